@@ -1,0 +1,99 @@
+package vae
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/internal/fixtures"
+)
+
+func fixtureConfig(t testing.TB) (Config, string) {
+	t.Helper()
+	dir := fixtures.Require(t, "sd15-tiny/model/vae")
+	js, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseConfig(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, filepath.Join(dir, "diffusion_pytorch_model.safetensors")
+}
+
+// loadFixture opens the sd15-tiny VAE and the reference tensors.
+func loadFixture(t testing.TB) (*Model, *safetensors.File) {
+	t.Helper()
+	cfg, path := fixtureConfig(t)
+	refPath := fixtures.Require(t, "sd15-tiny/reference.safetensors")
+	w, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	m, err := New(cpu.New(), cfg, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := safetensors.Open(refPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ref.Close() })
+	return m, ref
+}
+
+func refTensor(t testing.TB, ref safetensors.Source, name string) ([]float32, [4]int) {
+	t.Helper()
+	v, shape, err := safetensors.Float32(ref, name)
+	if err != nil {
+		t.Fatalf("reference %s: %v", name, err)
+	}
+	if len(shape) != 4 {
+		t.Fatalf("reference %s: shape %v is not 4-D", name, shape)
+	}
+	return v, [4]int{shape[0], shape[1], shape[2], shape[3]}
+}
+
+func checkClose(t *testing.T, what string, got []float32, gotShape [4]int, want []float32, wantShape [4]int, tol float64) {
+	t.Helper()
+	if gotShape != wantShape {
+		t.Fatalf("%s: shape %v, want %v", what, gotShape, wantShape)
+	}
+	if e := fixtures.RelErr(got, want); e > tol {
+		t.Fatalf("%s: relative error %.3g > %g", what, e, tol)
+	} else {
+		t.Logf("%s: relative error %.3g", what, e)
+	}
+}
+
+func TestFixtureDecode(t *testing.T) {
+	m, ref := loadFixture(t)
+	if m.Factor() != 4 {
+		t.Fatalf("Factor() = %d, want 4", m.Factor())
+	}
+	z, zs := refTensor(t, ref, "vae/dec_in")
+	want, ws := refTensor(t, ref, "vae/dec_out")
+	got, gs, err := m.Decode(context.Background(), z, zs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkClose(t, "decode", got, gs, want, ws, 1e-4)
+}
+
+func TestFixtureEncode(t *testing.T) {
+	m, ref := loadFixture(t)
+	img, is := refTensor(t, ref, "vae/enc_in")
+	wantMean, ms := refTensor(t, ref, "vae/enc_mean")
+	wantLogvar, _ := refTensor(t, ref, "vae/enc_logvar")
+	mean, logvar, ls, err := m.Encode(context.Background(), img, is)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkClose(t, "mean", mean, ls, wantMean, ms, 1e-4)
+	checkClose(t, "logvar", logvar, ls, wantLogvar, ms, 1e-4)
+}
