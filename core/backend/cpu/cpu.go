@@ -21,6 +21,8 @@ import (
 type Backend struct {
 	threads int
 	pool    pool
+	kernel  *microKernel // GEMM micro-kernel
+	work    gemmWorkPool // GEMM packing space
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -46,7 +48,7 @@ func WithPoolLimit(bytes int64) Option {
 
 // New returns a CPU backend.
 func New(opts ...Option) *Backend {
-	b := &Backend{threads: runtime.GOMAXPROCS(0)}
+	b := &Backend{threads: runtime.GOMAXPROCS(0), kernel: bestKernel()}
 	b.pool.limit = (2 << 30) / 4
 	for _, o := range opts {
 		o(b)

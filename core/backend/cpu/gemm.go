@@ -1,21 +1,265 @@
 package cpu
 
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// The matrix multiply follows the BLIS/GotoBLAS scheme: the output C is cut
+// into tiles handed to worker goroutines; within a tile, blocks of kc rows
+// of op(B) are packed into strips of nr columns (kept in L3/L2), blocks of mc
+// rows of A into strips of mr rows (kept in L2), and a register-tiled
+// micro-kernel multiplies one mr-strip by one nr-strip (kept in L1).
+const (
+	gemmKC = 256 // depth of a packed block
+	gemmMC = 144 // rows of A per packed block (a multiple of every mr)
+	// Largest task tile: tmMax rows × tnMax columns of C.
+	tmMax = 576
+	tnMax = 1024
+)
+
+// microKernel multiplies packed panels: for a full mr×nr tile it adds
+// Σ_p a[p·mr+i]·b[p·nr+j] over k steps into c[i·ldc+j].
+type microKernel struct {
+	name   string
+	mr, nr int
+	fn     func(k int, a, b, c []float32, ldc int)
+}
+
+// bSource packs a block of op(B), the k×n right-hand matrix.
+type bSource interface {
+	// pack writes rows [p0, p0+kc) and columns [j0, j0+nc) as consecutive
+	// strips of nr columns: strip s occupies dst[s·kc·nr:], element (p, j)
+	// of the strip at p·nr + j. Columns at or beyond n are zero.
+	pack(dst []float32, p0, kc, j0, nc, nr int)
+}
+
+// matB is op(B) stored row-major as k×n with row stride ld.
+type matB struct {
+	data []float32
+	ld   int
+	n    int
+}
+
+func (m matB) pack(dst []float32, p0, kc, j0, nc, nr int) {
+	for s := 0; s*nr < nc; s++ {
+		js := j0 + s*nr
+		w := min(nr, m.n-js)
+		strip := dst[s*kc*nr : (s+1)*kc*nr]
+		for p := 0; p < kc; p++ {
+			row := m.data[(p0+p)*m.ld+js : (p0+p)*m.ld+js+w]
+			d := strip[p*nr : p*nr+nr]
+			copy(d, row)
+			clear(d[w:])
+		}
+	}
+}
+
+// matBT is op(B) = Bᵀ where B is stored row-major as n×k with row stride ld
+// (a Linear weight, or the keys of attention).
+type matBT struct {
+	data []float32
+	ld   int
+	n    int
+}
+
+func (m matBT) pack(dst []float32, p0, kc, j0, nc, nr int) {
+	for s := 0; s*nr < nc; s++ {
+		js := j0 + s*nr
+		w := min(nr, m.n-js)
+		strip := dst[s*kc*nr : (s+1)*kc*nr]
+		for j := 0; j < w; j++ {
+			col := m.data[(js+j)*m.ld+p0 : (js+j)*m.ld+p0+kc]
+			for p, v := range col {
+				strip[p*nr+j] = v
+			}
+		}
+		if w < nr {
+			for p := 0; p < kc; p++ {
+				clear(strip[p*nr+w : p*nr+nr])
+			}
+		}
+	}
+}
+
+// packA writes rows [i0, i0+mc) and columns [p0, p0+kc) of the row-major
+// m×k matrix a as strips of mr rows: strip s at dst[s·kc·mr:], element
+// (i, p) of the strip at p·mr + i. Rows at or beyond m are zero.
+func packA(dst, a []float32, lda, m, i0, mc, p0, kc, mr int) {
+	for s := 0; s*mr < mc; s++ {
+		is := i0 + s*mr
+		h := min(mr, m-is)
+		strip := dst[s*kc*mr : (s+1)*kc*mr]
+		for i := 0; i < h; i++ {
+			row := a[(is+i)*lda+p0 : (is+i)*lda+p0+kc]
+			for p, v := range row {
+				strip[p*mr+i] = v
+			}
+		}
+		if h < mr {
+			for p := 0; p < kc; p++ {
+				clear(strip[p*mr+h : p*mr+mr])
+			}
+		}
+	}
+}
+
+// gemmWork is a worker's packing space.
+type gemmWork struct {
+	a, b []float32
+	edge []float32
+}
+
+// gemmProblem describes C += A·op(B) with A m×k row-major (row stride lda)
+// and C m×n row-major (row stride ldc).
+type gemmProblem struct {
+	m, n, k int
+	a       []float32
+	lda     int
+	b       bSource
+	c       []float32
+	ldc     int
+}
+
+// tile computes rows [m0, m1) and columns [n0, n1) of C serially.
+func (g *gemmProblem) tile(kern *microKernel, w *gemmWork, m0, m1, n0, n1 int) {
+	mr, nr := kern.mr, kern.nr
+	nc := n1 - n0
+	ncPad := (nc + nr - 1) / nr * nr
+	if need := gemmKC * ncPad; len(w.b) < need {
+		w.b = make([]float32, need)
+	}
+	if need := gemmKC * gemmMC; len(w.a) < need {
+		w.a = make([]float32, need)
+	}
+	if len(w.edge) < mr*nr {
+		w.edge = make([]float32, mr*nr)
+	}
+	for p0 := 0; p0 < g.k; p0 += gemmKC {
+		kc := min(gemmKC, g.k-p0)
+		g.b.pack(w.b, p0, kc, n0, nc, nr)
+		for i0 := m0; i0 < m1; i0 += gemmMC {
+			mc := min(gemmMC, m1-i0)
+			packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
+			for js := 0; js*nr < nc; js++ {
+				bs := w.b[js*kc*nr : (js+1)*kc*nr]
+				j := n0 + js*nr
+				wj := min(nr, n1-j)
+				for is := 0; is*mr < mc; is++ {
+					as := w.a[is*kc*mr : (is+1)*kc*mr]
+					i := i0 + is*mr
+					hi := min(mr, m1-i)
+					if hi == mr && wj == nr {
+						kern.fn(kc, as, bs, g.c[i*g.ldc+j:], g.ldc)
+						continue
+					}
+					e := w.edge[:mr*nr]
+					clear(e)
+					kern.fn(kc, as, bs, e, nr)
+					for r := 0; r < hi; r++ {
+						cr := g.c[(i+r)*g.ldc+j : (i+r)*g.ldc+j+wj]
+						for q, v := range e[r*nr : r*nr+wj] {
+							cr[q] += v
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// serial computes the whole problem on the calling goroutine.
+func (g *gemmProblem) serial(kern *microKernel, w *gemmWork) {
+	if g.m == 0 || g.n == 0 || g.k == 0 {
+		return
+	}
+	for n0 := 0; n0 < g.n; n0 += tnMax {
+		g.tile(kern, w, 0, g.m, n0, min(g.n, n0+tnMax))
+	}
+}
+
+// gemmPlan picks task tile sizes: as large as the caps allow, shrunk until
+// there are a few tasks per thread.
+func gemmPlan(m, n, threads int, kern *microKernel) (tm, tn int) {
+	round := func(v, q int) int { return max(q, (v+q-1)/q*q) }
+	tm, tn = min(round(m, kern.mr), tmMax), min(round(n, kern.nr), tnMax)
+	want := 3 * threads
+	if threads == 1 {
+		want = 1
+	}
+	for ((m+tm-1)/tm)*((n+tn-1)/tn) < want {
+		switch {
+		case tn >= 2*tm && tn/2 >= 4*kern.nr:
+			tn = round(tn/2, kern.nr)
+		case tm/2 >= 2*kern.mr:
+			tm = round(tm/2, kern.mr)
+		case tn/2 >= 2*kern.nr:
+			tn = round(tn/2, kern.nr)
+		default:
+			return tm, tn
+		}
+	}
+	return tm, tn
+}
+
+// gemmWorkPool hands out packing space to workers.
+type gemmWorkPool struct{ p sync.Pool }
+
+func (wp *gemmWorkPool) get() *gemmWork {
+	if w, ok := wp.p.Get().(*gemmWork); ok {
+		return w
+	}
+	return &gemmWork{}
+}
+
+func (wp *gemmWorkPool) put(w *gemmWork) { wp.p.Put(w) }
+
+// runGemm computes the problem across the backend's threads.
+func (be *Backend) runGemm(g *gemmProblem) {
+	if g.m == 0 || g.n == 0 || g.k == 0 {
+		return
+	}
+	kern := be.kernel
+	flops := 2 * g.m * g.n * g.k
+	if be.threads == 1 || flops < 1<<18 {
+		w := be.work.get()
+		g.serial(kern, w)
+		be.work.put(w)
+		return
+	}
+	tm, tn := gemmPlan(g.m, g.n, be.threads, kern)
+	tilesM, tilesN := (g.m+tm-1)/tm, (g.n+tn-1)/tn
+	tasks := tilesM * tilesN
+	var next atomic.Int64
+	// One goroutine per thread takes tasks until none are left.
+	be.parallelFor(min(be.threads, tasks), 1, func(_, _ int) {
+		w := be.work.get()
+		defer be.work.put(w)
+		for {
+			t := int(next.Add(1) - 1)
+			if t >= tasks {
+				return
+			}
+			ti, tj := t/tilesN, t%tilesN
+			g.tile(kern, w, ti*tm, min(g.m, ti*tm+tm), tj*tn, min(g.n, tj*tn+tn))
+		}
+	})
+}
+
 // gemm accumulates C += A·op(B) for row-major float32 matrices: A is m×k
 // with row stride lda; op(B) is k×n, stored as B (k×n, row stride ldb) or,
 // when transB is set, as Bᵀ (n×k, row stride ldb); C is m×n with row
 // stride ldc. Work is spread over the backend's threads.
 func (be *Backend) gemm(m, n, k int, a []float32, lda int, b []float32, ldb int, transB bool, c []float32, ldc int) {
-	if m == 0 || n == 0 || k == 0 {
-		return
+	var src bSource = matB{data: b, ld: ldb, n: n}
+	if transB {
+		src = matBT{data: b, ld: ldb, n: n}
 	}
-	grain := max(1, (1<<16)/max(1, n*k))
-	be.parallelFor(m, grain, func(lo, hi int) {
-		gemmNaive(lo, hi, n, k, a, lda, b, ldb, transB, c, ldc)
-	})
+	be.runGemm(&gemmProblem{m: m, n: n, k: k, a: a, lda: lda, b: src, c: c, ldc: ldc})
 }
 
-// gemmNaive is the straightforward kernel over rows [lo, hi) of C; it is
-// also the reference the blocked kernel is tested against.
+// gemmNaive is the straightforward kernel over rows [lo, hi) of C, the
+// reference the blocked kernel is tested against.
 func gemmNaive(lo, hi, n, k int, a []float32, lda int, b []float32, ldb int, transB bool, c []float32, ldc int) {
 	for i := lo; i < hi; i++ {
 		ci := c[i*ldc : i*ldc+n]
