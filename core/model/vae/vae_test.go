@@ -2,6 +2,7 @@ package vae
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -96,4 +97,42 @@ func TestFixtureEncode(t *testing.T) {
 	}
 	checkClose(t, "mean", mean, ls, wantMean, ms, 1e-4)
 	checkClose(t, "logvar", logvar, ls, wantLogvar, ms, 1e-4)
+}
+
+func TestFixtureDecodeTiled(t *testing.T) {
+	m, ref := loadFixture(t)
+	z, zs := refTensor(t, ref, "vae/dec_in")
+	want, ws := refTensor(t, ref, "vae/dec_out")
+	got, gs, tiles, err := m.decodeTiled(context.Background(), z, zs, TileOptions{Tile: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tiles < 4 {
+		t.Fatalf("smallest layer split into %d tiles, want ≥ 4", tiles)
+	}
+	checkClose(t, "tiled decode vs reference", got, gs, want, ws, 1e-4)
+}
+
+// TestDecodeTiledMatchesDecode decodes a batch of two 24×24 latents (a
+// 96×96 image) with 16-pixel tiles: every tiled layer has at least 4 tiles,
+// most of them 9 to 36 including partial ones at the right and bottom.
+func TestDecodeTiledMatchesDecode(t *testing.T) {
+	m, _ := loadFixture(t)
+	shape := [4]int{2, 4, 24, 24}
+	z := make([]float32, 2*4*24*24)
+	for i := range z {
+		z[i] = float32(math.Sin(float64(i)*0.37) + 0.5*math.Cos(float64(i)*0.011))
+	}
+	want, ws, err := m.Decode(context.Background(), z, shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gs, tiles, err := m.decodeTiled(context.Background(), z, shape, TileOptions{Tile: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tiles < 4 {
+		t.Fatalf("smallest layer split into %d tiles, want ≥ 4", tiles)
+	}
+	checkClose(t, "tiled vs untiled", got, gs, want, ws, 1e-3)
 }
