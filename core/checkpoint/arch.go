@@ -1,0 +1,499 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
+
+// Block type names of the diffusers UNet and VAE configs this package maps.
+const (
+	crossAttnDown = "CrossAttnDownBlock2D"
+	plainDown     = "DownBlock2D"
+	crossAttnUp   = "CrossAttnUpBlock2D"
+	plainUp       = "UpBlock2D"
+	midCrossAttn  = "UNetMidBlock2DCrossAttn"
+	vaeDown       = "DownEncoderBlock2D"
+	vaeUp         = "UpDecoderBlock2D"
+)
+
+// UNetLayout is the part of a UNet2DConditionModel config that decides
+// which tensors the model holds and how they are named.
+type UNetLayout struct {
+	InChannels, OutChannels int
+	BlockOut                []int  // channels per level
+	LayersPerBlock          int    // resnets per down level (up levels hold one more)
+	DownAttention           []bool // per down level: CrossAttnDownBlock2D
+	UpAttention             []bool // per up level (deepest first): CrossAttnUpBlock2D
+	DownDepth               []int  // transformer blocks per attention, per down level
+	UpDepth                 []int  // per up level
+	MidDepth                int    // transformer blocks in the mid attention
+	CrossAttentionDim       int
+	UseLinearProjection     bool
+	AttentionHeads          []int // heads per level as the config states them
+	raw                     map[string]json.RawMessage
+}
+
+// VAELayout is the part of an AutoencoderKL config that decides its tensors.
+type VAELayout struct {
+	InChannels, OutChannels, LatentChannels int
+	BlockOut                                []int
+	LayersPerBlock                          int
+	MidAttention                            bool
+	QuantConv, PostQuantConv                bool
+}
+
+// TextLayout is the part of a CLIPTextModel config that decides its tensors.
+type TextLayout struct {
+	Hidden, Intermediate, Layers, Heads, Vocab, Positions int
+}
+
+// jsonInts decodes an int or a list of ints; n>0 broadcasts a single int.
+func jsonInts(raw json.RawMessage, n int, field string) ([]int, error) {
+	var one int
+	if err := json.Unmarshal(raw, &one); err == nil {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = one
+		}
+		return out, nil
+	}
+	var list []int
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, fmt.Errorf("%s: want an integer or a list of integers, got %s", field, raw)
+	}
+	if n > 0 && len(list) != n {
+		return nil, fmt.Errorf("%s: %d values for %d blocks", field, len(list), n)
+	}
+	return list, nil
+}
+
+// configObject decodes a JSON config as an object, keeping raw values.
+func configObject(js []byte, what string) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(js, &m); err != nil {
+		return nil, fmt.Errorf("checkpoint: %s config: %w", what, err)
+	}
+	if m == nil {
+		return nil, fmt.Errorf("checkpoint: %s config is not a JSON object", what)
+	}
+	return m, nil
+}
+
+func getInt(m map[string]json.RawMessage, key string, def int, what string) (int, error) {
+	raw, ok := m[key]
+	if !ok || string(raw) == "null" {
+		if def < 0 {
+			return 0, fmt.Errorf("checkpoint: %s config: missing %q", what, key)
+		}
+		return def, nil
+	}
+	var v int
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return 0, fmt.Errorf("checkpoint: %s config: %q: want an integer, got %s", what, key, raw)
+	}
+	return v, nil
+}
+
+func getStrings(m map[string]json.RawMessage, key, what string) ([]string, error) {
+	raw, ok := m[key]
+	if !ok {
+		return nil, fmt.Errorf("checkpoint: %s config: missing %q", what, key)
+	}
+	var v []string
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("checkpoint: %s config: %q: want a list of strings, got %s", what, key, raw)
+	}
+	return v, nil
+}
+
+func checkClass(m map[string]json.RawMessage, want, what string) error {
+	raw, ok := m["_class_name"]
+	if !ok {
+		return nil
+	}
+	var c string
+	if err := json.Unmarshal(raw, &c); err != nil || c != want {
+		return fmt.Errorf("checkpoint: %s config: _class_name %s is not %s", what, raw, want)
+	}
+	return nil
+}
+
+// ParseUNetLayout reads the tensor layout from a diffusers UNet config.
+// Block types other than the SD 1.x/2.x ones are refused, naming the field.
+func ParseUNetLayout(js []byte) (UNetLayout, error) {
+	const what = "unet"
+	m, err := configObject(js, what)
+	if err != nil {
+		return UNetLayout{}, err
+	}
+	if err := checkClass(m, "UNet2DConditionModel", what); err != nil {
+		return UNetLayout{}, err
+	}
+	var l UNetLayout
+	l.raw = m
+	if l.InChannels, err = getInt(m, "in_channels", 4, what); err != nil {
+		return l, err
+	}
+	if l.OutChannels, err = getInt(m, "out_channels", 4, what); err != nil {
+		return l, err
+	}
+	raw, ok := m["block_out_channels"]
+	if !ok {
+		return l, fmt.Errorf("checkpoint: unet config: missing \"block_out_channels\"")
+	}
+	if l.BlockOut, err = jsonInts(raw, 0, "block_out_channels"); err != nil || len(l.BlockOut) == 0 {
+		return l, fmt.Errorf("checkpoint: unet config: block_out_channels: %v", err)
+	}
+	n := len(l.BlockOut)
+	for _, c := range l.BlockOut {
+		if c <= 0 {
+			return l, fmt.Errorf("checkpoint: unet config: block_out_channels %v", l.BlockOut)
+		}
+	}
+	if l.LayersPerBlock, err = getInt(m, "layers_per_block", 2, what); err != nil {
+		return l, err
+	}
+	if l.LayersPerBlock < 1 || l.LayersPerBlock > 64 {
+		return l, fmt.Errorf("checkpoint: unet config: layers_per_block %d out of range", l.LayersPerBlock)
+	}
+	down, err := getStrings(m, "down_block_types", what)
+	if err != nil {
+		return l, err
+	}
+	up, err := getStrings(m, "up_block_types", what)
+	if err != nil {
+		return l, err
+	}
+	if len(down) != n || len(up) != n {
+		return l, fmt.Errorf("checkpoint: unet config: %d down and %d up block types for %d levels", len(down), len(up), n)
+	}
+	for i, t := range down {
+		switch t {
+		case crossAttnDown:
+			l.DownAttention = append(l.DownAttention, true)
+		case plainDown:
+			l.DownAttention = append(l.DownAttention, false)
+		default:
+			return l, fmt.Errorf("checkpoint: unet config: down_block_types[%d]: unsupported block type %q", i, t)
+		}
+	}
+	for i, t := range up {
+		switch t {
+		case crossAttnUp:
+			l.UpAttention = append(l.UpAttention, true)
+		case plainUp:
+			l.UpAttention = append(l.UpAttention, false)
+		default:
+			return l, fmt.Errorf("checkpoint: unet config: up_block_types[%d]: unsupported block type %q", i, t)
+		}
+	}
+	if raw, ok := m["mid_block_type"]; ok {
+		var mt *string
+		if err := json.Unmarshal(raw, &mt); err != nil || mt == nil || *mt != midCrossAttn {
+			return l, fmt.Errorf("checkpoint: unet config: mid_block_type: unsupported %s", raw)
+		}
+	}
+	l.DownDepth = make([]int, n)
+	for i := range l.DownDepth {
+		l.DownDepth[i] = 1
+	}
+	if raw, ok := m["transformer_layers_per_block"]; ok && string(raw) != "null" {
+		if l.DownDepth, err = jsonInts(raw, n, "transformer_layers_per_block"); err != nil {
+			return l, fmt.Errorf("checkpoint: unet config: %w", err)
+		}
+	}
+	l.UpDepth = make([]int, n)
+	for i := range l.UpDepth {
+		l.UpDepth[i] = l.DownDepth[n-1-i]
+	}
+	if raw, ok := m["reverse_transformer_layers_per_block"]; ok && string(raw) != "null" {
+		return l, fmt.Errorf("checkpoint: unet config: reverse_transformer_layers_per_block is not supported")
+	}
+	l.MidDepth = l.DownDepth[n-1]
+	for _, d := range append(append([]int(nil), l.DownDepth...), l.MidDepth) {
+		if d < 1 || d > 64 {
+			return l, fmt.Errorf("checkpoint: unet config: transformer_layers_per_block %v out of range", l.DownDepth)
+		}
+	}
+	if l.CrossAttentionDim, err = getInt(m, "cross_attention_dim", 768, what); err != nil {
+		return l, err
+	}
+	if raw, ok := m["use_linear_projection"]; ok {
+		if err := json.Unmarshal(raw, &l.UseLinearProjection); err != nil {
+			return l, fmt.Errorf("checkpoint: unet config: use_linear_projection: %s", raw)
+		}
+	}
+	if raw, ok := m["attention_head_dim"]; ok && string(raw) != "null" {
+		if l.AttentionHeads, err = jsonInts(raw, n, "attention_head_dim"); err != nil {
+			return l, fmt.Errorf("checkpoint: unet config: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// ParseVAELayout reads the tensor layout from a diffusers AutoencoderKL config.
+func ParseVAELayout(js []byte) (VAELayout, error) {
+	const what = "vae"
+	m, err := configObject(js, what)
+	if err != nil {
+		return VAELayout{}, err
+	}
+	if err := checkClass(m, "AutoencoderKL", what); err != nil {
+		return VAELayout{}, err
+	}
+	var l VAELayout
+	if l.InChannels, err = getInt(m, "in_channels", 3, what); err != nil {
+		return l, err
+	}
+	if l.OutChannels, err = getInt(m, "out_channels", 3, what); err != nil {
+		return l, err
+	}
+	if l.LatentChannels, err = getInt(m, "latent_channels", 4, what); err != nil {
+		return l, err
+	}
+	raw, ok := m["block_out_channels"]
+	if !ok {
+		return l, fmt.Errorf("checkpoint: vae config: missing \"block_out_channels\"")
+	}
+	if l.BlockOut, err = jsonInts(raw, 0, "block_out_channels"); err != nil || len(l.BlockOut) == 0 {
+		return l, fmt.Errorf("checkpoint: vae config: block_out_channels: %v", err)
+	}
+	if l.LayersPerBlock, err = getInt(m, "layers_per_block", 1, what); err != nil {
+		return l, err
+	}
+	if l.LayersPerBlock < 1 || l.LayersPerBlock > 64 {
+		return l, fmt.Errorf("checkpoint: vae config: layers_per_block %d out of range", l.LayersPerBlock)
+	}
+	for _, k := range []string{"down_block_types", "up_block_types"} {
+		types, err := getStrings(m, k, what)
+		if err != nil {
+			return l, err
+		}
+		want := vaeDown
+		if k == "up_block_types" {
+			want = vaeUp
+		}
+		if len(types) != len(l.BlockOut) {
+			return l, fmt.Errorf("checkpoint: vae config: %s: %d types for %d levels", k, len(types), len(l.BlockOut))
+		}
+		for i, t := range types {
+			if t != want {
+				return l, fmt.Errorf("checkpoint: vae config: %s[%d]: unsupported block type %q", k, i, t)
+			}
+		}
+	}
+	l.MidAttention, l.QuantConv, l.PostQuantConv = true, true, true
+	for key, dst := range map[string]*bool{"mid_block_add_attention": &l.MidAttention, "use_quant_conv": &l.QuantConv, "use_post_quant_conv": &l.PostQuantConv} {
+		if raw, ok := m[key]; ok && string(raw) != "null" {
+			if err := json.Unmarshal(raw, dst); err != nil {
+				return l, fmt.Errorf("checkpoint: vae config: %s: want a boolean, got %s", key, raw)
+			}
+		}
+	}
+	return l, nil
+}
+
+// ParseTextLayout reads the tensor layout from a transformers CLIPTextModel config.
+func ParseTextLayout(js []byte) (TextLayout, error) {
+	const what = "text encoder"
+	m, err := configObject(js, what)
+	if err != nil {
+		return TextLayout{}, err
+	}
+	if raw, ok := m["architectures"]; ok && string(raw) != "null" {
+		var archs []string
+		if err := json.Unmarshal(raw, &archs); err != nil || len(archs) != 1 || archs[0] != "CLIPTextModel" {
+			return TextLayout{}, fmt.Errorf("checkpoint: text encoder config: architectures %s: only CLIPTextModel is supported", raw)
+		}
+	}
+	var l TextLayout
+	for key, dst := range map[string]*int{"hidden_size": &l.Hidden, "intermediate_size": &l.Intermediate,
+		"num_hidden_layers": &l.Layers, "num_attention_heads": &l.Heads, "vocab_size": &l.Vocab, "max_position_embeddings": &l.Positions} {
+		if *dst, err = getInt(m, key, -1, what); err != nil {
+			return l, err
+		}
+		if *dst <= 0 {
+			return l, fmt.Errorf("checkpoint: text encoder config: %s = %d", key, *dst)
+		}
+	}
+	return l, nil
+}
+
+// names helpers ---------------------------------------------------------
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func wb(prefix string) []string { return []string{prefix + ".weight", prefix + ".bias"} }
+
+// unetResnetNames lists the tensors of a UNet ResnetBlock2D.
+func unetResnetNames(p string, in, out int) []string {
+	var n []string
+	for _, m := range []string{"norm1", "conv1", "time_emb_proj", "norm2", "conv2"} {
+		n = append(n, wb(p+"."+m)...)
+	}
+	if in != out {
+		n = append(n, wb(p+".conv_shortcut")...)
+	}
+	return n
+}
+
+// transformerNames lists the tensors of a Transformer2DModel of depth d.
+func transformerNames(p string, depth int) []string {
+	n := append(wb(p+".norm"), wb(p+".proj_in")...)
+	n = append(n, wb(p+".proj_out")...)
+	for t := 0; t < depth; t++ {
+		b := p + ".transformer_blocks." + itoa(t)
+		for _, nm := range []string{"norm1", "norm2", "norm3", "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"} {
+			n = append(n, wb(b+"."+nm)...)
+		}
+		for _, a := range []string{"attn1", "attn2"} {
+			for _, q := range []string{"to_q", "to_k", "to_v"} {
+				n = append(n, b+"."+a+"."+q+".weight")
+			}
+		}
+	}
+	return n
+}
+
+// ExpectedNames lists every tensor a UNet with this layout holds, in
+// diffusers naming.
+func (l UNetLayout) ExpectedNames() []string {
+	n := append(wb("conv_in"), wb("time_embedding.linear_1")...)
+	n = append(n, wb("time_embedding.linear_2")...)
+	L := len(l.BlockOut)
+	out := l.BlockOut[0]
+	for b := 0; b < L; b++ {
+		in := out
+		out = l.BlockOut[b]
+		for r := 0; r < l.LayersPerBlock; r++ {
+			p := "down_blocks." + itoa(b)
+			rin := out
+			if r == 0 {
+				rin = in
+			}
+			n = append(n, unetResnetNames(p+".resnets."+itoa(r), rin, out)...)
+			if l.DownAttention[b] {
+				n = append(n, transformerNames(p+".attentions."+itoa(r), l.DownDepth[b])...)
+			}
+		}
+		if b < L-1 {
+			n = append(n, wb("down_blocks."+itoa(b)+".downsamplers.0.conv")...)
+		}
+	}
+	c := l.BlockOut[L-1]
+	n = append(n, unetResnetNames("mid_block.resnets.0", c, c)...)
+	n = append(n, transformerNames("mid_block.attentions.0", l.MidDepth)...)
+	n = append(n, unetResnetNames("mid_block.resnets.1", c, c)...)
+	prevOut := c
+	for i := 0; i < L; i++ {
+		level := L - 1 - i
+		outC := l.BlockOut[level]
+		inC := l.BlockOut[max(level-1, 0)]
+		p := "up_blocks." + itoa(i)
+		for r := 0; r <= l.LayersPerBlock; r++ {
+			skip := outC
+			if r == l.LayersPerBlock {
+				skip = inC
+			}
+			rin := outC
+			if r == 0 {
+				rin = prevOut
+			}
+			n = append(n, unetResnetNames(p+".resnets."+itoa(r), rin+skip, outC)...)
+			if l.UpAttention[i] {
+				n = append(n, transformerNames(p+".attentions."+itoa(r), l.UpDepth[i])...)
+			}
+		}
+		if i < L-1 {
+			n = append(n, wb(p+".upsamplers.0.conv")...)
+		}
+		prevOut = outC
+	}
+	n = append(n, wb("conv_norm_out")...)
+	return append(n, wb("conv_out")...)
+}
+
+func vaeResnetNames(p string, in, out int) []string {
+	var n []string
+	for _, m := range []string{"norm1", "conv1", "norm2", "conv2"} {
+		n = append(n, wb(p+"."+m)...)
+	}
+	if in != out {
+		n = append(n, wb(p+".conv_shortcut")...)
+	}
+	return n
+}
+
+func vaeMidNames(p string, c int, attn bool) []string {
+	n := vaeResnetNames(p+".resnets.0", c, c)
+	if attn {
+		for _, m := range []string{"group_norm", "to_q", "to_k", "to_v", "to_out.0"} {
+			n = append(n, wb(p+".attentions.0."+m)...)
+		}
+	}
+	return append(n, vaeResnetNames(p+".resnets.1", c, c)...)
+}
+
+// ExpectedNames lists every tensor an AutoencoderKL with this layout holds.
+func (l VAELayout) ExpectedNames() []string {
+	L := len(l.BlockOut)
+	n := wb("encoder.conv_in")
+	out := l.BlockOut[0]
+	for b := 0; b < L; b++ {
+		in := out
+		out = l.BlockOut[b]
+		for r := 0; r < l.LayersPerBlock; r++ {
+			rin := out
+			if r == 0 {
+				rin = in
+			}
+			n = append(n, vaeResnetNames("encoder.down_blocks."+itoa(b)+".resnets."+itoa(r), rin, out)...)
+		}
+		if b < L-1 {
+			n = append(n, wb("encoder.down_blocks."+itoa(b)+".downsamplers.0.conv")...)
+		}
+	}
+	c := l.BlockOut[L-1]
+	n = append(n, vaeMidNames("encoder.mid_block", c, l.MidAttention)...)
+	n = append(n, wb("encoder.conv_norm_out")...)
+	n = append(n, wb("encoder.conv_out")...)
+	if l.QuantConv {
+		n = append(n, wb("quant_conv")...)
+	}
+	if l.PostQuantConv {
+		n = append(n, wb("post_quant_conv")...)
+	}
+	n = append(n, wb("decoder.conv_in")...)
+	n = append(n, vaeMidNames("decoder.mid_block", c, l.MidAttention)...)
+	prev := c
+	for i := 0; i < L; i++ {
+		outC := l.BlockOut[L-1-i]
+		for r := 0; r <= l.LayersPerBlock; r++ {
+			rin := outC
+			if r == 0 {
+				rin = prev
+			}
+			n = append(n, vaeResnetNames("decoder.up_blocks."+itoa(i)+".resnets."+itoa(r), rin, outC)...)
+		}
+		if i < L-1 {
+			n = append(n, wb("decoder.up_blocks."+itoa(i)+".upsamplers.0.conv")...)
+		}
+		prev = outC
+	}
+	n = append(n, wb("decoder.conv_norm_out")...)
+	return append(n, wb("decoder.conv_out")...)
+}
+
+// ExpectedNames lists every tensor of a CLIP text model with this layout,
+// named without the "text_model." prefix.
+func (l TextLayout) ExpectedNames() []string {
+	n := []string{"embeddings.token_embedding.weight", "embeddings.position_embedding.weight"}
+	for i := 0; i < l.Layers; i++ {
+		p := "encoder.layers." + itoa(i)
+		for _, m := range []string{"layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"} {
+			n = append(n, wb(p+"."+m)...)
+		}
+	}
+	return append(n, wb("final_layer_norm")...)
+}

@@ -1,0 +1,159 @@
+// Package checkpoint loads a Stable Diffusion model from either layout it
+// is distributed in — a diffusers folder (model_index.json with unet/, vae/,
+// text_encoder/, tokenizer/ and scheduler/) or a single-file original
+// (CompVis/LDM) checkpoint — and presents both the same way: diffusers
+// configs as JSON and each component's tensors under diffusers names. It
+// also writes a diffusers model back out in the single-file layout.
+package checkpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/kiln-project/kiln/core/safetensors"
+)
+
+// Layout names of a loaded model.
+const (
+	LayoutDiffusers  = "diffusers"
+	LayoutSingleFile = "single-file"
+)
+
+// Options adjust how Load reads a model.
+type Options struct {
+	// TokenizerDir is the tokenizer folder for a single-file checkpoint;
+	// when empty, a tokenizer/ folder beside the file is used.
+	TokenizerDir string
+	// Variant selects weight files such as "*.fp16.safetensors" in a
+	// diffusers folder; plain files are used when the variant is absent.
+	Variant string
+	// Prediction overrides the scheduler's prediction type: "epsilon" or
+	// "v_prediction" ("" keeps the config's, the file's metadata, or epsilon).
+	Prediction string
+	// TextEncoderConfig, UNetConfig and VAEConfig replace the configs a
+	// single-file checkpoint would otherwise take from its metadata or
+	// infer from tensor shapes.
+	TextEncoderConfig, UNetConfig, VAEConfig []byte
+}
+
+// Model is a loaded checkpoint: configs in diffusers/transformers JSON and
+// each component's tensors under diffusers names.
+type Model struct {
+	Path         string
+	Layout       string // LayoutDiffusers or LayoutSingleFile
+	TokenizerDir string // folder with tokenizer.json or vocab.json + merges.txt
+
+	TextEncoderConfig, UNetConfig, VAEConfig, SchedulerConfig []byte
+
+	// TextEncoder tensors are named as transformers' CLIPTextModel names
+	// them without the "text_model." prefix (e.g. "embeddings.token_embedding.weight").
+	TextEncoder, UNet, VAE safetensors.Source
+
+	// Ignored lists tensors of a single file outside the three components
+	// (EMA copies, noise schedule buffers) that were left unused.
+	Ignored []string
+
+	closers []io.Closer
+}
+
+// Close releases the memory maps behind the model's sources.
+func (m *Model) Close() error {
+	var errs []error
+	for _, c := range m.closers {
+		errs = append(errs, c.Close())
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}
+
+// Load opens a diffusers folder or a single-file original checkpoint.
+func Load(path string, opts Options) (*Model, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	switch opts.Prediction {
+	case "", "epsilon", "v_prediction":
+	default:
+		return nil, fmt.Errorf("checkpoint: prediction %q: want epsilon or v_prediction", opts.Prediction)
+	}
+	if st.IsDir() {
+		return loadDiffusers(path, opts)
+	}
+	switch {
+	case strings.HasSuffix(path, ".safetensors"):
+		return loadSingleFile(path, opts)
+	case strings.HasSuffix(path, ".ckpt") || strings.HasSuffix(path, ".pt") || strings.HasSuffix(path, ".pth") || strings.HasSuffix(path, ".bin"):
+		return nil, fmt.Errorf("checkpoint: %s is a pickle file; only safetensors weights are loaded (convert it to .safetensors first)", path)
+	}
+	return nil, fmt.Errorf("checkpoint: %s is neither a diffusers folder nor a .safetensors file", path)
+}
+
+// findTokenizer checks that dir holds a CLIP tokenizer in one of the two
+// accepted forms.
+func findTokenizer(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err == nil {
+		return nil
+	}
+	_, e1 := os.Stat(filepath.Join(dir, "vocab.json"))
+	_, e2 := os.Stat(filepath.Join(dir, "merges.txt"))
+	if e1 == nil && e2 == nil {
+		return nil
+	}
+	return fmt.Errorf("checkpoint: tokenizer folder %s holds neither tokenizer.json nor vocab.json + merges.txt", dir)
+}
+
+// checkNames compares a component's tensor names with the names its
+// layout requires, naming the first missing and the first unexpected one.
+// display maps a presented name to the name in the file, for messages.
+func checkNames(what string, src safetensors.Source, want []string, display func(string) string) error {
+	have := src.Names()
+	wantSet := make(map[string]bool, len(want))
+	for _, n := range want {
+		wantSet[n] = true
+	}
+	var missing, extra []string
+	for _, n := range want {
+		if _, ok := src.Info(n); !ok {
+			missing = append(missing, n)
+		}
+	}
+	for _, n := range have {
+		if !wantSet[n] {
+			extra = append(extra, display(n))
+		}
+	}
+	slices.Sort(missing)
+	slices.Sort(extra)
+	switch {
+	case len(missing) > 0:
+		more := ""
+		if len(missing) > 1 {
+			more = fmt.Sprintf(" (and %d more)", len(missing)-1)
+		}
+		return fmt.Errorf("checkpoint: %s: missing tensor %q%s", what, missing[0], more)
+	case len(extra) > 0:
+		more := ""
+		if len(extra) > 1 {
+			more = fmt.Sprintf(" (and %d more)", len(extra)-1)
+		}
+		return fmt.Errorf("checkpoint: %s: unexpected tensor %q%s", what, extra[0], more)
+	}
+	return nil
+}
+
+// withPrediction returns the scheduler config with prediction_type set.
+func withPrediction(js []byte, prediction string) ([]byte, error) {
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil || m == nil {
+		return nil, fmt.Errorf("checkpoint: scheduler config is not a JSON object")
+	}
+	m["prediction_type"] = prediction
+	return json.MarshalIndent(m, "", "  ")
+}

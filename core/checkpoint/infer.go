@@ -1,0 +1,331 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/kiln-project/kiln/core/safetensors"
+)
+
+// SD 1.x/2.x constants of the original training setup.
+const (
+	sd1CrossAttentionDim = 768
+	sd2CrossAttentionDim = 1024
+	sd1Heads             = 8  // SD 1.x UNets use 8 heads at every level
+	sd2HeadDim           = 64 // SD 2.x UNets use 64-channel heads
+	clipHeadDim          = 64 // CLIP ViT-L/14 and OpenCLIP text towers use 64-channel heads
+	sdScalingFactor      = 0.18215
+)
+
+// shapeOf returns the shape of a tensor that must exist with the given rank.
+func shapeOf(src safetensors.Source, what, name string, rank int) ([]int, error) {
+	info, ok := src.Info(name)
+	if !ok {
+		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, name)
+	}
+	if len(info.Shape) != rank {
+		return nil, fmt.Errorf("checkpoint: %s: tensor %q has shape %v, want %d dimensions", what, name, info.Shape, rank)
+	}
+	for _, d := range info.Shape {
+		if d <= 0 {
+			return nil, fmt.Errorf("checkpoint: %s: tensor %q has empty shape %v", what, name, info.Shape)
+		}
+	}
+	return info.Shape, nil
+}
+
+func has(src safetensors.Source, name string) bool {
+	_, ok := src.Info(name)
+	return ok
+}
+
+// countIndexed counts the consecutive indices i = 0, 1, ... for which
+// format(i) names an existing tensor.
+func countIndexed(src safetensors.Source, format func(int) string) int {
+	n := 0
+	for n < 1024 && has(src, format(n)) {
+		n++
+	}
+	return n
+}
+
+// intOrList encodes per-level values as one int when they are all equal.
+func intOrList(v []int) any {
+	for _, x := range v[1:] {
+		if x != v[0] {
+			return v
+		}
+	}
+	return v[0]
+}
+
+// InferUNetConfig derives a diffusers UNet2DConditionModel config from the
+// shapes of UNet tensors named as in diffusers. Heads follow the SD rule:
+// 8 per level, except for a 1024-wide cross-attention (SD 2.x) where heads
+// are 64 channels wide.
+func InferUNetConfig(src safetensors.Source) ([]byte, error) {
+	const what = "infer unet config"
+	convIn, err := shapeOf(src, what, "conv_in.weight", 4)
+	if err != nil {
+		return nil, err
+	}
+	convOut, err := shapeOf(src, what, "conv_out.weight", 4)
+	if err != nil {
+		return nil, err
+	}
+	temb, err := shapeOf(src, what, "time_embedding.linear_1.weight", 2)
+	if err != nil {
+		return nil, err
+	}
+	levels := countIndexed(src, func(b int) string { return fmt.Sprintf("down_blocks.%d.resnets.0.conv1.weight", b) })
+	if levels == 0 {
+		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "down_blocks.0.resnets.0.conv1.weight")
+	}
+	lpb := countIndexed(src, func(r int) string { return fmt.Sprintf("down_blocks.0.resnets.%d.conv1.weight", r) })
+	blockOut := make([]int, levels)
+	downTypes := make([]string, levels)
+	upTypes := make([]string, levels)
+	depth := make([]int, levels)
+	crossDim, linearProj := 0, false
+	sawAttention := false
+	for b := 0; b < levels; b++ {
+		s, err := shapeOf(src, what, fmt.Sprintf("down_blocks.%d.resnets.0.conv1.weight", b), 4)
+		if err != nil {
+			return nil, err
+		}
+		blockOut[b] = s[0]
+		downTypes[b], depth[b] = plainDown, 1
+		attn := fmt.Sprintf("down_blocks.%d.attentions.0", b)
+		if has(src, attn+".proj_in.weight") {
+			downTypes[b] = crossAttnDown
+			depth[b] = countIndexed(src, func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.norm1.weight", attn, t) })
+			if depth[b] == 0 {
+				return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, attn+".transformer_blocks.0.norm1.weight")
+			}
+			if !sawAttention {
+				sawAttention = true
+				pin, ok := src.Info(attn + ".proj_in.weight")
+				if !ok || (len(pin.Shape) != 2 && len(pin.Shape) != 4) {
+					return nil, fmt.Errorf("checkpoint: %s: tensor %q has shape %v, want a linear or 1×1 conv weight", what, attn+".proj_in.weight", pin.Shape)
+				}
+				linearProj = len(pin.Shape) == 2
+				k, err := shapeOf(src, what, attn+".transformer_blocks.0.attn2.to_k.weight", 2)
+				if err != nil {
+					return nil, err
+				}
+				crossDim = k[1]
+			}
+		}
+		up := levels - 1 - b
+		upTypes[up] = plainUp
+		if has(src, fmt.Sprintf("up_blocks.%d.attentions.0.proj_in.weight", up)) {
+			upTypes[up] = crossAttnUp
+		}
+	}
+	midAttn := "mid_block.attentions.0"
+	midDepth := countIndexed(src, func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.norm1.weight", midAttn, t) })
+	if midDepth == 0 {
+		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, midAttn+".transformer_blocks.0.norm1.weight")
+	}
+	if !sawAttention {
+		k, err := shapeOf(src, what, midAttn+".transformer_blocks.0.attn2.to_k.weight", 2)
+		if err != nil {
+			return nil, err
+		}
+		crossDim = k[1]
+		pin, _ := src.Info(midAttn + ".proj_in.weight")
+		linearProj = len(pin.Shape) == 2
+	}
+	// Plain levels carry no transformer; give them the mid depth's neighbour
+	// value so that a uniform model is described by one integer.
+	for b := range depth {
+		if downTypes[b] == plainDown {
+			depth[b] = 0
+		}
+	}
+	uniform := midDepth
+	for b := range depth {
+		if depth[b] == 0 {
+			depth[b] = uniform
+		}
+	}
+	if depth[levels-1] != midDepth {
+		return nil, fmt.Errorf("checkpoint: %s: mid block has %d transformer layers, deepest level %d", what, midDepth, depth[levels-1])
+	}
+	var heads any = sd1Heads
+	if crossDim == sd2CrossAttentionDim {
+		h := make([]int, levels)
+		for b, c := range blockOut {
+			if c%sd2HeadDim != 0 {
+				return nil, fmt.Errorf("checkpoint: %s: %d channels at level %d are not a multiple of the %d-channel SD 2.x heads", what, c, b, sd2HeadDim)
+			}
+			h[b] = c / sd2HeadDim
+		}
+		heads = intOrList(h)
+	}
+	cfg := map[string]any{
+		"_class_name":                  "UNet2DConditionModel",
+		"act_fn":                       "silu",
+		"attention_head_dim":           heads,
+		"block_out_channels":           blockOut,
+		"center_input_sample":          false,
+		"cross_attention_dim":          crossDim,
+		"down_block_types":             downTypes,
+		"downsample_padding":           1,
+		"dual_cross_attention":         false,
+		"flip_sin_to_cos":              true,
+		"freq_shift":                   0,
+		"in_channels":                  convIn[1],
+		"layers_per_block":             lpb,
+		"mid_block_scale_factor":       1,
+		"mid_block_type":               midCrossAttn,
+		"norm_eps":                     1e-5,
+		"norm_num_groups":              32,
+		"only_cross_attention":         false,
+		"out_channels":                 convOut[0],
+		"resnet_time_scale_shift":      "default",
+		"sample_size":                  64,
+		"transformer_layers_per_block": intOrList(depth),
+		"up_block_types":               upTypes,
+		"upcast_attention":             false,
+		"use_linear_projection":        linearProj,
+	}
+	if temb[0] != 4*blockOut[0] {
+		cfg["time_embedding_dim"] = temb[0]
+	}
+	return json.MarshalIndent(cfg, "", "  ")
+}
+
+// InferVAEConfig derives a diffusers AutoencoderKL config from the shapes
+// of VAE tensors named as in diffusers.
+func InferVAEConfig(src safetensors.Source, scalingFactor float64) ([]byte, error) {
+	const what = "infer vae config"
+	convIn, err := shapeOf(src, what, "encoder.conv_in.weight", 4)
+	if err != nil {
+		return nil, err
+	}
+	convOut, err := shapeOf(src, what, "decoder.conv_out.weight", 4)
+	if err != nil {
+		return nil, err
+	}
+	decIn, err := shapeOf(src, what, "decoder.conv_in.weight", 4)
+	if err != nil {
+		return nil, err
+	}
+	levels := countIndexed(src, func(b int) string { return fmt.Sprintf("encoder.down_blocks.%d.resnets.0.conv1.weight", b) })
+	if levels == 0 {
+		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "encoder.down_blocks.0.resnets.0.conv1.weight")
+	}
+	lpb := countIndexed(src, func(r int) string { return fmt.Sprintf("encoder.down_blocks.0.resnets.%d.conv1.weight", r) })
+	blockOut := make([]int, levels)
+	down := make([]string, levels)
+	up := make([]string, levels)
+	for b := range blockOut {
+		s, err := shapeOf(src, what, fmt.Sprintf("encoder.down_blocks.%d.resnets.0.conv1.weight", b), 4)
+		if err != nil {
+			return nil, err
+		}
+		blockOut[b] = s[0]
+		down[b], up[b] = vaeDown, vaeUp
+	}
+	cfg := map[string]any{
+		"_class_name":             "AutoencoderKL",
+		"act_fn":                  "silu",
+		"block_out_channels":      blockOut,
+		"down_block_types":        down,
+		"force_upcast":            true,
+		"in_channels":             convIn[1],
+		"latent_channels":         decIn[1],
+		"layers_per_block":        lpb,
+		"mid_block_add_attention": has(src, "encoder.mid_block.attentions.0.to_q.weight"),
+		"norm_num_groups":         32,
+		"out_channels":            convOut[0],
+		"sample_size":             512,
+		"scaling_factor":          scalingFactor,
+		"shift_factor":            nil,
+		"up_block_types":          up,
+		"use_post_quant_conv":     has(src, "post_quant_conv.weight"),
+		"use_quant_conv":          has(src, "quant_conv.weight"),
+	}
+	return json.MarshalIndent(cfg, "", "  ")
+}
+
+// InferTextConfig derives a transformers CLIPTextModel config (as SD 1.x
+// uses: quick_gelu, 64-channel heads) from the shapes of text encoder
+// tensors named without "text_model.".
+func InferTextConfig(src safetensors.Source) ([]byte, error) {
+	const what = "infer text encoder config"
+	tok, err := shapeOf(src, what, "embeddings.token_embedding.weight", 2)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := shapeOf(src, what, "embeddings.position_embedding.weight", 2)
+	if err != nil {
+		return nil, err
+	}
+	layers := countIndexed(src, func(i int) string { return fmt.Sprintf("encoder.layers.%d.mlp.fc1.weight", i) })
+	if layers == 0 {
+		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "encoder.layers.0.mlp.fc1.weight")
+	}
+	fc1, err := shapeOf(src, what, "encoder.layers.0.mlp.fc1.weight", 2)
+	if err != nil {
+		return nil, err
+	}
+	hidden := tok[1]
+	if pos[1] != hidden || fc1[1] != hidden {
+		return nil, fmt.Errorf("checkpoint: %s: widths disagree: token embedding %d, position embedding %d, fc1 input %d", what, hidden, pos[1], fc1[1])
+	}
+	if hidden%clipHeadDim != 0 {
+		return nil, fmt.Errorf("checkpoint: %s: hidden size %d is not a multiple of CLIP's %d-channel heads, so the head count cannot be inferred; pass the text encoder config in Options.TextEncoderConfig", what, hidden, clipHeadDim)
+	}
+	cfg := map[string]any{
+		"architectures":           []string{"CLIPTextModel"},
+		"attention_dropout":       0.0,
+		"bos_token_id":            49406,
+		"eos_token_id":            49407,
+		"hidden_act":              "quick_gelu",
+		"hidden_size":             hidden,
+		"initializer_factor":      1.0,
+		"initializer_range":       0.02,
+		"intermediate_size":       fc1[0],
+		"layer_norm_eps":          1e-5,
+		"max_position_embeddings": pos[0],
+		"model_type":              "clip_text_model",
+		"num_attention_heads":     hidden / clipHeadDim,
+		"num_hidden_layers":       layers,
+		"pad_token_id":            49407,
+		"projection_dim":          hidden,
+		"vocab_size":              tok[0],
+	}
+	return json.MarshalIndent(cfg, "", "  ")
+}
+
+// DefaultSchedulerConfig returns the SD 1.x/2.x training noise schedule as
+// a diffusers EulerDiscreteScheduler config with the given prediction type
+// ("epsilon" or "v_prediction").
+func DefaultSchedulerConfig(prediction string) []byte {
+	cfg := map[string]any{
+		"_class_name":            "EulerDiscreteScheduler",
+		"beta_end":               0.012,
+		"beta_schedule":          "scaled_linear",
+		"beta_start":             0.00085,
+		"clip_sample":            false,
+		"final_sigmas_type":      "zero",
+		"interpolation_type":     "linear",
+		"num_train_timesteps":    1000,
+		"prediction_type":        prediction,
+		"rescale_betas_zero_snr": false,
+		"set_alpha_to_one":       false,
+		"sigma_max":              nil,
+		"sigma_min":              nil,
+		"steps_offset":           1,
+		"timestep_spacing":       "linspace",
+		"timestep_type":          "discrete",
+		"trained_betas":          nil,
+		"use_beta_sigmas":        false,
+		"use_exponential_sigmas": false,
+		"use_karras_sigmas":      false,
+	}
+	js, _ := json.MarshalIndent(cfg, "", "  ") // a literal map of plain values cannot fail
+	return js
+}

@@ -1,0 +1,421 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/kiln-project/kiln/core/safetensors"
+)
+
+// Metadata keys under which WriteSingleFile stores the diffusers configs
+// (when asked to) and that loadSingleFile reads before inferring them.
+const (
+	MetaUNetConfig        = "kiln.unet_config"
+	MetaVAEConfig         = "kiln.vae_config"
+	MetaTextEncoderConfig = "kiln.text_encoder_config"
+	MetaPrediction        = "prediction_type"
+)
+
+// ignoredPrefixes are tensors of community single files that are not part
+// of the three components: the EMA copy of the UNet, noise schedule
+// buffers, and the VAE's training loss networks.
+var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
+
+func loadSingleFile(path string, opts Options) (*Model, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	m := &Model{Path: path, Layout: LayoutSingleFile, closers: []io.Closer{f}}
+	fail := func(err error) (*Model, error) {
+		m.Close()
+		return nil, err
+	}
+	m.TokenizerDir = opts.TokenizerDir
+	if m.TokenizerDir == "" {
+		m.TokenizerDir = filepath.Join(filepath.Dir(path), "tokenizer")
+		if err := findTokenizer(m.TokenizerDir); err != nil {
+			return fail(fmt.Errorf("checkpoint: %s carries no tokenizer and there is none beside it (%v); set Options.TokenizerDir", path, err))
+		}
+	} else if err := findTokenizer(m.TokenizerDir); err != nil {
+		return fail(err)
+	}
+	var unetNames, vaeNames, textNames []string
+	for _, n := range f.Names() {
+		switch {
+		case strings.HasPrefix(n, PrefixOpenCLIP):
+			return fail(fmt.Errorf("checkpoint: %s: tensor %q belongs to an SD 2.x OpenCLIP text encoder (cond_stage_model.model.*), which is not supported yet; use the diffusers folder of this model", path, n))
+		case strings.HasPrefix(n, PrefixUNet):
+			unetNames = append(unetNames, strings.TrimPrefix(n, PrefixUNet))
+		case hasAnyPrefix(n, ignoredInsidePrefixes):
+			m.Ignored = append(m.Ignored, n)
+		case strings.HasPrefix(n, PrefixVAE):
+			vaeNames = append(vaeNames, strings.TrimPrefix(n, PrefixVAE))
+		case strings.HasPrefix(n, PrefixCLIP):
+			textNames = append(textNames, strings.TrimPrefix(n, PrefixCLIP))
+		default:
+			m.Ignored = append(m.Ignored, n)
+		}
+	}
+	switch {
+	case len(unetNames) == 0:
+		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: not an original-layout Stable Diffusion checkpoint (a lone component file, SDXL or another architecture?)", path, PrefixUNet))
+	case len(vaeNames) == 0:
+		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: the file carries no VAE", path, PrefixVAE))
+	case len(textNames) == 0:
+		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: the file carries no CLIP text encoder", path, PrefixCLIP))
+	}
+
+	lpb, err := originalUNetLayersPerBlock(unetNames)
+	if err != nil {
+		return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+	}
+	unetEntries := map[string]safetensors.ViewEntry{}
+	for _, n := range unetNames {
+		d, err := UNetToDiffusers(n, lpb)
+		if err != nil {
+			return fail(err)
+		}
+		unetEntries[d] = safetensors.ViewEntry{From: PrefixUNet + n}
+	}
+	levels, err := originalVAELevels(vaeNames)
+	if err != nil {
+		return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+	}
+	vaeEntries := map[string]safetensors.ViewEntry{}
+	for _, n := range vaeNames {
+		d, reshape, err := VAEToDiffusers(n, levels)
+		if err != nil {
+			return fail(err)
+		}
+		e := safetensors.ViewEntry{From: PrefixVAE + n}
+		if reshape {
+			info, _ := f.Info(e.From)
+			switch {
+			case len(info.Shape) == 4 && info.Shape[2] == 1 && info.Shape[3] == 1:
+				e.Shape = info.Shape[:2]
+			case len(info.Shape) == 2:
+			default:
+				return fail(fmt.Errorf("checkpoint: VAE tensor %q has shape %v, want a (C, C, 1, 1) or (C, C) attention weight", e.From, info.Shape))
+			}
+		}
+		vaeEntries[d] = e
+	}
+	textEntries := map[string]safetensors.ViewEntry{}
+	for _, n := range textNames {
+		d, err := TextToDiffusers(n)
+		if err != nil {
+			return fail(err)
+		}
+		if d == "" {
+			continue
+		}
+		if prev, dup := textEntries[d]; dup {
+			return fail(fmt.Errorf("checkpoint: text encoder holds both %q and %q", prev.From, PrefixCLIP+n))
+		}
+		textEntries[d] = safetensors.ViewEntry{From: PrefixCLIP + n}
+	}
+	unet, err := safetensors.NewView(f, unetEntries)
+	if err != nil {
+		return fail(err)
+	}
+	vae, err := safetensors.NewView(f, vaeEntries)
+	if err != nil {
+		return fail(err)
+	}
+	text, err := safetensors.NewView(f, textEntries)
+	if err != nil {
+		return fail(err)
+	}
+
+	md := f.Metadata()
+	pick := func(override []byte, key string, infer func() ([]byte, error)) ([]byte, error) {
+		if len(override) > 0 {
+			return override, nil
+		}
+		if s, ok := md[key]; ok {
+			return []byte(s), nil
+		}
+		return infer()
+	}
+	if m.UNetConfig, err = pick(opts.UNetConfig, MetaUNetConfig, func() ([]byte, error) { return InferUNetConfig(unet) }); err != nil {
+		return fail(err)
+	}
+	if m.VAEConfig, err = pick(opts.VAEConfig, MetaVAEConfig, func() ([]byte, error) { return InferVAEConfig(vae, sdScalingFactor) }); err != nil {
+		return fail(err)
+	}
+	if m.TextEncoderConfig, err = pick(opts.TextEncoderConfig, MetaTextEncoderConfig, func() ([]byte, error) { return InferTextConfig(text) }); err != nil {
+		return fail(err)
+	}
+	unetL, err := ParseUNetLayout(m.UNetConfig)
+	if err != nil {
+		return fail(err)
+	}
+	vaeL, err := ParseVAELayout(m.VAEConfig)
+	if err != nil {
+		return fail(err)
+	}
+	textL, err := ParseTextLayout(m.TextEncoderConfig)
+	if err != nil {
+		return fail(err)
+	}
+	if unetL.LayersPerBlock != lpb {
+		return fail(fmt.Errorf("checkpoint: %s: unet config has layers_per_block %d, the file's blocks hold %d", path, unetL.LayersPerBlock, lpb))
+	}
+	if len(vaeL.BlockOut) != levels {
+		return fail(fmt.Errorf("checkpoint: %s: vae config has %d levels, the file's decoder %d", path, len(vaeL.BlockOut), levels))
+	}
+	origName := func(v *safetensors.View) func(string) string {
+		return func(n string) string { from, _ := v.Source(n); return from }
+	}
+	if err := checkNames("unet", unet, unetL.ExpectedNames(), origName(unet)); err != nil {
+		return fail(err)
+	}
+	if err := checkNames("vae", vae, vaeL.ExpectedNames(), origName(vae)); err != nil {
+		return fail(err)
+	}
+	if err := checkNames("text_encoder", text, textL.ExpectedNames(), origName(text)); err != nil {
+		return fail(err)
+	}
+	if unetL.CrossAttentionDim != textL.Hidden {
+		return fail(fmt.Errorf("checkpoint: %s: the UNet attends to %d-wide text features but the text encoder is %d wide", path, unetL.CrossAttentionDim, textL.Hidden))
+	}
+	m.UNet, m.VAE, m.TextEncoder = unet, vae, text
+
+	prediction := opts.Prediction
+	if prediction == "" {
+		if prediction, err = predictionFromMetadata(md); err != nil {
+			return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+		}
+	}
+	m.SchedulerConfig = DefaultSchedulerConfig(prediction)
+
+	return m, nil
+}
+
+// predictionFromMetadata reads the prediction type that trainers record in
+// safetensors metadata; epsilon when none is recorded.
+func predictionFromMetadata(md map[string]string) (string, error) {
+	for _, k := range []string{MetaPrediction, "modelspec.prediction_type"} {
+		v, ok := md[k]
+		if !ok {
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "epsilon", "eps":
+			return "epsilon", nil
+		case "v", "v_prediction", "v-prediction", "v_pred":
+			return "v_prediction", nil
+		}
+		return "", fmt.Errorf("metadata %s = %q is not a known prediction type", k, v)
+	}
+	if v, ok := md["ss_v_parameterization"]; ok {
+		if b, err := strconv.ParseBool(v); err == nil && b {
+			return "v_prediction", nil
+		}
+	}
+	return "epsilon", nil
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// indexAfter returns the integer that follows prefix in name.
+func indexAfter(name, prefix string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return 0, false
+	}
+	i, _, ok := splitIndex(rest)
+	return i, ok
+}
+
+// originalUNetLayersPerBlock derives layers_per_block from the original
+// block numbering: levels = downsamplers + 1, and the output blocks hold
+// levels × (layers_per_block + 1) entries.
+func originalUNetLayersPerBlock(names []string) (int, error) {
+	down := map[int]bool{}
+	out := map[int]bool{}
+	in := map[int]bool{}
+	for _, n := range names {
+		if i, ok := indexAfter(n, "input_blocks."); ok {
+			in[i] = true
+			if strings.HasSuffix(n, ".0.op.weight") {
+				down[i] = true
+			}
+		}
+		if i, ok := indexAfter(n, "output_blocks."); ok {
+			out[i] = true
+		}
+	}
+	levels := len(down) + 1
+	if len(out) == 0 || len(out)%levels != 0 || len(out)/levels < 2 {
+		return 0, fmt.Errorf("UNet has %d output blocks for %d levels: cannot work out layers per block", len(out), levels)
+	}
+	lpb := len(out)/levels - 1
+	for i := 0; i < len(out); i++ {
+		if !out[i] {
+			return 0, fmt.Errorf("UNet has no tensors for %soutput_blocks.%d", PrefixUNet, i)
+		}
+	}
+	for i := 0; i < levels*(lpb+1); i++ {
+		if !in[i] {
+			return 0, fmt.Errorf("UNet has no tensors for %sinput_blocks.%d", PrefixUNet, i)
+		}
+	}
+	return lpb, nil
+}
+
+// originalVAELevels counts the original decoder's up levels.
+func originalVAELevels(names []string) (int, error) {
+	up := map[int]bool{}
+	for _, n := range names {
+		if i, ok := indexAfter(n, "decoder.up."); ok && i < 64 {
+			up[i] = true
+		}
+	}
+	for i := 0; i < len(up); i++ {
+		if !up[i] {
+			return 0, fmt.Errorf("VAE has no tensors for %sdecoder.up.%d", PrefixVAE, i)
+		}
+	}
+	if len(up) == 0 {
+		return 0, fmt.Errorf("VAE has no %sdecoder.up.* tensors", PrefixVAE)
+	}
+	return len(up), nil
+}
+
+// WriteOptions adjust WriteSingleFile.
+type WriteOptions struct {
+	// EmbedConfigs stores the UNet, VAE and text encoder configs in the
+	// file's metadata so that a later Load needs no inference.
+	EmbedConfigs bool
+	// DType converts floating-point weights: "" keeps them, "F16", "BF16"
+	// or "F32" converts.
+	DType string
+}
+
+// WriteSingleFile writes a model in the original single-file layout
+// (model.diffusion_model.*, first_stage_model.*,
+// cond_stage_model.transformer.text_model.*), as SD 1.x checkpoints are
+// distributed. The scheduler's prediction type is recorded in metadata.
+func WriteSingleFile(path string, m *Model, opts WriteOptions) error {
+	unetL, err := ParseUNetLayout(m.UNetConfig)
+	if err != nil {
+		return err
+	}
+	vaeL, err := ParseVAELayout(m.VAEConfig)
+	if err != nil {
+		return err
+	}
+	textL, err := ParseTextLayout(m.TextEncoderConfig)
+	if err != nil {
+		return err
+	}
+	switch opts.DType {
+	case "", "F32", "F16", "BF16":
+	default:
+		return fmt.Errorf("checkpoint: write: dtype %q: want F32, F16 or BF16", opts.DType)
+	}
+	layout := Layout{UNetLayersPerBlock: unetL.LayersPerBlock, UNetUpAttention: unetL.UpAttention, VAELevels: len(vaeL.BlockOut)}
+	var out []safetensors.WriteTensor
+	add := func(src safetensors.Source, name, orig string, shape []int) error {
+		t, err := safetensors.FromSource(src, name, orig)
+		if err != nil {
+			return fmt.Errorf("checkpoint: write %s: %w", orig, err)
+		}
+		if shape != nil {
+			t.Shape = shape
+		}
+		if opts.DType != "" && opts.DType != t.DType && safetensors.DTypeSize(t.DType) > 0 && isFloat(t.DType) {
+			v, _, err := safetensors.Float32(src, name)
+			if err != nil {
+				return fmt.Errorf("checkpoint: write %s: %w", orig, err)
+			}
+			switch opts.DType {
+			case "F16":
+				t = safetensors.F16Tensor(orig, t.Shape, v)
+			case "BF16":
+				t = safetensors.BF16Tensor(orig, t.Shape, v)
+			default:
+				t = safetensors.F32Tensor(orig, t.Shape, v)
+			}
+		}
+		out = append(out, t)
+		return nil
+	}
+	for _, n := range m.UNet.Names() {
+		o, err := UNetToOriginal(n, layout)
+		if err != nil {
+			return err
+		}
+		if err := add(m.UNet, n, PrefixUNet+o, nil); err != nil {
+			return err
+		}
+	}
+	for _, n := range m.VAE.Names() {
+		o, reshape, err := VAEToOriginal(n, layout.VAELevels)
+		if err != nil {
+			return err
+		}
+		var shape []int
+		if info, _ := m.VAE.Info(n); reshape && len(info.Shape) == 2 {
+			shape = append(info.Shape, 1, 1)
+		}
+		if err := add(m.VAE, n, PrefixVAE+o, shape); err != nil {
+			return err
+		}
+	}
+	for _, n := range m.TextEncoder.Names() {
+		if err := add(m.TextEncoder, n, PrefixCLIP+TextToOriginal(n), nil); err != nil {
+			return err
+		}
+	}
+	ids := make([]int64, textL.Positions)
+	for i := range ids {
+		ids[i] = int64(i)
+	}
+	out = append(out, safetensors.I64Tensor(PrefixCLIP+"text_model.embeddings.position_ids", []int{1, textL.Positions}, ids))
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+
+	md := map[string]string{"format": "pt"}
+	var sched struct {
+		Prediction string `json:"prediction_type"`
+	}
+	if len(m.SchedulerConfig) > 0 {
+		if err := json.Unmarshal(m.SchedulerConfig, &sched); err != nil {
+			return fmt.Errorf("checkpoint: write: scheduler config: %w", err)
+		}
+	}
+	if sched.Prediction != "" {
+		md[MetaPrediction] = sched.Prediction
+	}
+	if opts.EmbedConfigs {
+		md[MetaUNetConfig] = string(m.UNetConfig)
+		md[MetaVAEConfig] = string(m.VAEConfig)
+		md[MetaTextEncoderConfig] = string(m.TextEncoderConfig)
+	}
+	if err := safetensors.WriteFile(path, out, md); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+func isFloat(dtype string) bool {
+	switch dtype {
+	case "F64", "F32", "F16", "BF16":
+		return true
+	}
+	return false
+}
