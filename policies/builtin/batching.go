@@ -1,0 +1,268 @@
+package builtin
+
+import (
+	"sort"
+
+	"github.com/kiln-project/kiln/wasmhost/abi"
+)
+
+// DefaultMaxWaitUS is the batching wait bound used when the input gives none.
+const DefaultMaxWaitUS = 200_000
+
+// minGain is the smallest relative drop in per-image step latency that
+// makes waiting for one more image worthwhile.
+const minGain = 0.10
+
+// Batching chooses the next batch from the queue:
+//
+//   - the head job is the one with the highest priority; among equal
+//     priorities the one whose tenant has the lowest served/weight ratio
+//     (weighted fairness), then the earliest arrival (first come, first
+//     served), then the lowest index;
+//   - the batch takes jobs with the head's compatibility key, picking each
+//     time the tenant with the lowest ratio counting the images already
+//     taken, while they fit in max_batch images and in free memory;
+//   - the batch is dispatched now when it is full, when any queued job
+//     has waited max_wait, when one of its jobs would miss its deadline
+//     by waiting, or when the measured step latencies show that one more
+//     image would not lower the per-image cost by 10%; otherwise the
+//     policy waits until the oldest job in the batch reaches max_wait (or
+//     a deadline's slack ends).
+func Batching(in *abi.BatchingInput) abi.BatchingOutput {
+	if len(in.Jobs) == 0 {
+		return abi.BatchingOutput{Wait: true, WaitUS: waitBound(in)}
+	}
+	maxBatch := uint64(in.MaxBatch)
+	if maxBatch == 0 {
+		maxBatch = 1
+	}
+	share := tenantShares(in)
+	order := make([]int, len(in.Jobs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		return before(in, share, order[a], 0, order[b], 0)
+	})
+	head := &in.Jobs[order[0]]
+
+	// Per-tenant queues of compatible jobs, each in priority-then-arrival order.
+	queues := map[string][]int{}
+	var tenants []string
+	for _, i := range order {
+		j := &in.Jobs[i]
+		if j.CompatKey != head.CompatKey {
+			continue
+		}
+		if _, ok := queues[j.Tenant]; !ok {
+			tenants = append(tenants, j.Tenant)
+		}
+		queues[j.Tenant] = append(queues[j.Tenant], i)
+	}
+	// Within a tenant, order already sorts by priority, arrival and index.
+	sort.Strings(tenants)
+
+	taken := map[string]float64{}
+	var batch []uint32
+	var images, mem uint64
+	full := false
+	for {
+		// The next job: highest priority among the tenants' heads, then the
+		// lowest ratio counting what this batch already gives the tenant.
+		best := ""
+		for _, t := range tenants {
+			if len(queues[t]) == 0 {
+				continue
+			}
+			if best == "" || before(in, share, queues[t][0], taken[t], queues[best][0], taken[best]) {
+				best = t
+			}
+		}
+		if best == "" {
+			break
+		}
+		idx := queues[best][0]
+		j := &in.Jobs[idx]
+		n := imagesOf(j)
+		fits := images+n <= maxBatch && (in.FreeMemBytes == 0 || mem+j.MemBytes <= in.FreeMemBytes)
+		if len(batch) > 0 && !fits {
+			full = true
+			break
+		}
+		// The head batch always holds its first job, even when oversized.
+		batch = append(batch, uint32(idx))
+		images += n
+		mem += j.MemBytes
+		taken[best] += float64(n)
+		queues[best] = queues[best][1:]
+		if images >= maxBatch {
+			full = true
+			break
+		}
+	}
+
+	if full {
+		return abi.BatchingOutput{Jobs: batch}
+	}
+	maxWait := waitBound(in)
+	var oldest int64 = in.NowUS
+	deadlineSlack := int64(-1)
+	steps := uint64(0)
+	for _, i := range batch {
+		j := &in.Jobs[i]
+		if j.ArrivalUS < oldest {
+			oldest = j.ArrivalUS
+		}
+		if uint64(j.Steps) > steps {
+			steps = uint64(j.Steps)
+		}
+	}
+	runUS := int64(steps) * int64(latencyAt(in.StepLatency, images+1))
+	for _, i := range batch {
+		j := &in.Jobs[i]
+		if j.DeadlineUS > 0 {
+			slack := j.DeadlineUS - in.NowUS - runUS
+			if deadlineSlack < 0 || slack < deadlineSlack {
+				deadlineSlack = slack
+				if slack < 0 {
+					deadlineSlack = 0
+				}
+			}
+		}
+	}
+	waited := in.NowUS - oldest
+	if waited < 0 {
+		waited = 0
+	}
+	if overdue(in, maxWait) || uint64(waited) >= maxWait || deadlineSlack == 0 || !worthWaiting(in.StepLatency, images) {
+		return abi.BatchingOutput{Jobs: batch}
+	}
+	wait := maxWait - uint64(waited)
+	if deadlineSlack > 0 && uint64(deadlineSlack) < wait {
+		wait = uint64(deadlineSlack)
+	}
+	return abi.BatchingOutput{Wait: true, WaitUS: wait}
+}
+
+// before orders job a ahead of job b: higher priority, then the lower
+// served/weight ratio of its tenant (counting extra images already given
+// to the tenant in this batch), then the earlier arrival, then the lower
+// index.
+func before(in *abi.BatchingInput, s shares, a int, extraA float64, b int, extraB float64) bool {
+	ja, jb := &in.Jobs[a], &in.Jobs[b]
+	if ja.Priority != jb.Priority {
+		return ja.Priority > jb.Priority
+	}
+	if ra, rb := s.ratio(ja.Tenant, extraA), s.ratio(jb.Tenant, extraB); ra != rb {
+		return ra < rb
+	}
+	if ja.ArrivalUS != jb.ArrivalUS {
+		return ja.ArrivalUS < jb.ArrivalUS
+	}
+	return a < b
+}
+
+// overdue reports whether any queued job has waited maxWait; the policy
+// then never waits, so the queue keeps moving.
+func overdue(in *abi.BatchingInput, maxWait uint64) bool {
+	for i := range in.Jobs {
+		if w := in.NowUS - in.Jobs[i].ArrivalUS; w > 0 && uint64(w) >= maxWait {
+			return true
+		}
+	}
+	return false
+}
+
+func waitBound(in *abi.BatchingInput) uint64 {
+	w := in.MaxWaitUS
+	if w == 0 {
+		w = DefaultMaxWaitUS
+	}
+	if w > abi.MaxWaitUS {
+		w = abi.MaxWaitUS
+	}
+	return w
+}
+
+func imagesOf(j *abi.Job) uint64 {
+	if j.N == 0 {
+		return 1
+	}
+	return uint64(j.N)
+}
+
+type shares map[string]abi.TenantShare
+
+func tenantShares(in *abi.BatchingInput) shares {
+	s := make(shares, len(in.Tenants))
+	for _, t := range in.Tenants {
+		s[t.Tenant] = t
+	}
+	return s
+}
+
+// ratio is the tenant's served images (plus extra) per unit of weight;
+// unknown tenants have weight 1 and nothing served.
+func (s shares) ratio(tenant string, extra float64) float64 {
+	t, ok := s[tenant]
+	w := 1.0
+	served := 0.0
+	if ok {
+		if t.Weight > 0 {
+			w = t.Weight
+		}
+		if t.Served > 0 {
+			served = t.Served
+		}
+	}
+	return (served + extra) / w
+}
+
+// latencyAt interpolates the step latency (µs) at batch size b from the
+// measurements, extrapolating linearly past the ends; 0 when unknown.
+func latencyAt(ls []abi.StepLatency, b uint64) float64 {
+	pts := make([]abi.StepLatency, 0, len(ls))
+	for _, l := range ls {
+		if l.Batch > 0 && l.LatencyUS > 0 {
+			pts = append(pts, l)
+		}
+	}
+	if len(pts) == 0 {
+		return 0
+	}
+	sort.Slice(pts, func(i, j int) bool { return pts[i].Batch < pts[j].Batch })
+	if len(pts) == 1 {
+		return float64(pts[0].LatencyUS) * float64(b) / float64(pts[0].Batch)
+	}
+	lo, hi := pts[0], pts[1]
+	for k := 1; k < len(pts); k++ {
+		lo, hi = pts[k-1], pts[k]
+		if uint64(pts[k].Batch) >= b {
+			break
+		}
+	}
+	if hi.Batch == lo.Batch {
+		return float64(hi.LatencyUS)
+	}
+	slope := (float64(hi.LatencyUS) - float64(lo.LatencyUS)) / float64(hi.Batch-lo.Batch)
+	v := float64(lo.LatencyUS) + slope*(float64(b)-float64(lo.Batch))
+	if v < 1 {
+		v = 1
+	}
+	return v
+}
+
+// worthWaiting reports whether adding one image to a batch of b lowers
+// the per-image step latency by at least minGain. Without measurements it
+// assumes batching pays (the GPU case) and lets max_wait bound the wait.
+func worthWaiting(ls []abi.StepLatency, b uint64) bool {
+	if b == 0 {
+		return true
+	}
+	cur, next := latencyAt(ls, b), latencyAt(ls, b+1)
+	if cur == 0 || next == 0 {
+		return true
+	}
+	perCur, perNext := cur/float64(b), next/float64(b+1)
+	return perNext <= perCur*(1-minGain)
+}
