@@ -177,11 +177,20 @@ func (c *Config) Validate() error {
 		len(c.Heads) != n || len(c.CrossAttentionDim) != n || len(c.TransformerLayers) != n {
 		return bad("block_out_channels", "per-block settings do not all have %d entries", n)
 	}
-	if c.InChannels < 1 {
-		return bad("in_channels", "%d is not positive", c.InChannels)
+	// Limits far above any real model keep a hostile config from declaring
+	// absurd numbers of layers or sizes.
+	const maxWidth, maxLayers, maxLevels = 1 << 16, 64, 8
+	if n > maxLevels {
+		return bad("block_out_channels", "%d levels exceed the limit of %d", n, maxLevels)
 	}
-	if c.OutChannels < 1 {
-		return bad("out_channels", "%d is not positive", c.OutChannels)
+	if c.InChannels < 1 || c.InChannels > maxWidth {
+		return bad("in_channels", "%d is not in [1, %d]", c.InChannels, maxWidth)
+	}
+	if c.OutChannels < 1 || c.OutChannels > maxWidth {
+		return bad("out_channels", "%d is not in [1, %d]", c.OutChannels, maxWidth)
+	}
+	if c.TimeEmbedDim > maxWidth {
+		return bad("time_embedding_dim", "%d exceeds the limit of %d", c.TimeEmbedDim, maxWidth)
 	}
 	if c.NormGroups < 1 {
 		return bad("norm_num_groups", "%d is not positive", c.NormGroups)
@@ -199,6 +208,18 @@ func (c *Config) Validate() error {
 		return bad("block_out_channels", "first width %d is too small for a timestep embedding", c.BlockOutChannels[0])
 	}
 	for i, ch := range c.BlockOutChannels {
+		if ch > maxWidth {
+			return bad("block_out_channels", "width %d exceeds the limit of %d", ch, maxWidth)
+		}
+		if c.LayersPerBlock[i] > maxLayers {
+			return bad("layers_per_block", "block %d: %d layers exceed the limit of %d", i, c.LayersPerBlock[i], maxLayers)
+		}
+		if c.TransformerLayers[i] > maxLayers {
+			return bad("transformer_layers_per_block", "block %d: %d layers exceed the limit of %d", i, c.TransformerLayers[i], maxLayers)
+		}
+		if c.CrossAttentionDim[i] > maxWidth {
+			return bad("cross_attention_dim", "block %d: %d exceeds the limit of %d", i, c.CrossAttentionDim[i], maxWidth)
+		}
 		if ch < 1 || ch%c.NormGroups != 0 {
 			return bad("block_out_channels", "width %d of block %d is not a positive multiple of norm_num_groups %d", ch, i, c.NormGroups)
 		}

@@ -118,6 +118,9 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("vae config: field %q: %s", field, fmt.Sprintf(format, args...))
 	}
+	// Limits far above any real model keep a hostile config from declaring
+	// absurd sizes.
+	const maxWidth = 1 << 16
 	n := len(c.BlockOutChannels)
 	switch {
 	case n == 0:
@@ -128,20 +131,23 @@ func (c *Config) Validate() error {
 		return bad("down_block_types", "has %d entries, block_out_channels has %d", len(c.DownBlockTypes), n)
 	case len(c.UpBlockTypes) != n:
 		return bad("up_block_types", "has %d entries, block_out_channels has %d", len(c.UpBlockTypes), n)
-	case c.InChannels < 1:
-		return bad("in_channels", "%d is not positive", c.InChannels)
-	case c.OutChannels < 1:
-		return bad("out_channels", "%d is not positive", c.OutChannels)
-	case c.LatentChannels < 1:
-		return bad("latent_channels", "%d is not positive", c.LatentChannels)
-	case c.LayersPerBlock < 1:
-		return bad("layers_per_block", "%d is not positive", c.LayersPerBlock)
+	case c.InChannels < 1 || c.InChannels > maxWidth:
+		return bad("in_channels", "%d is not in [1, %d]", c.InChannels, maxWidth)
+	case c.OutChannels < 1 || c.OutChannels > maxWidth:
+		return bad("out_channels", "%d is not in [1, %d]", c.OutChannels, maxWidth)
+	case c.LatentChannels < 1 || c.LatentChannels > maxWidth:
+		return bad("latent_channels", "%d is not in [1, %d]", c.LatentChannels, maxWidth)
+	case c.LayersPerBlock < 1 || c.LayersPerBlock > 64:
+		return bad("layers_per_block", "%d is not in [1, 64]", c.LayersPerBlock)
 	case c.NormGroups < 1:
 		return bad("norm_num_groups", "%d is not positive", c.NormGroups)
 	case !(c.ScalingFactor > 0):
 		return bad("scaling_factor", "%g is not positive", c.ScalingFactor)
 	}
 	for i, ch := range c.BlockOutChannels {
+		if ch > maxWidth {
+			return bad("block_out_channels", "width %d exceeds the limit of %d", ch, maxWidth)
+		}
 		if ch < 1 || ch%c.NormGroups != 0 {
 			return bad("block_out_channels", "width %d of level %d is not a positive multiple of norm_num_groups %d", ch, i, c.NormGroups)
 		}
