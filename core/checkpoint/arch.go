@@ -3,7 +3,6 @@ package checkpoint
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
 )
 
 // Block type names of the diffusers UNet and VAE configs this package maps.
@@ -31,7 +30,7 @@ type UNetLayout struct {
 	CrossAttentionDim       int
 	UseLinearProjection     bool
 	AttentionHeads          []int // heads per level as the config states them
-	raw                     map[string]json.RawMessage
+	TimeEmbeddingDim        int   // 0: 4 × BlockOut[0]
 }
 
 // VAELayout is the part of an AutoencoderKL config that decides its tensors.
@@ -131,7 +130,6 @@ func ParseUNetLayout(js []byte) (UNetLayout, error) {
 		return UNetLayout{}, err
 	}
 	var l UNetLayout
-	l.raw = m
 	if l.InChannels, err = getInt(m, "in_channels", 4, what); err != nil {
 		return l, err
 	}
@@ -223,6 +221,9 @@ func ParseUNetLayout(js []byte) (UNetLayout, error) {
 		if err := json.Unmarshal(raw, &l.UseLinearProjection); err != nil {
 			return l, fmt.Errorf("checkpoint: unet config: use_linear_projection: %s", raw)
 		}
+	}
+	if l.TimeEmbeddingDim, err = getInt(m, "time_embedding_dim", 0, what); err != nil {
+		return l, err
 	}
 	if raw, ok := m["attention_head_dim"]; ok && string(raw) != "null" {
 		if l.AttentionHeads, err = jsonInts(raw, n, "attention_head_dim"); err != nil {
@@ -318,182 +319,4 @@ func ParseTextLayout(js []byte) (TextLayout, error) {
 		}
 	}
 	return l, nil
-}
-
-// names helpers ---------------------------------------------------------
-
-func itoa(i int) string { return strconv.Itoa(i) }
-
-func wb(prefix string) []string { return []string{prefix + ".weight", prefix + ".bias"} }
-
-// unetResnetNames lists the tensors of a UNet ResnetBlock2D.
-func unetResnetNames(p string, in, out int) []string {
-	var n []string
-	for _, m := range []string{"norm1", "conv1", "time_emb_proj", "norm2", "conv2"} {
-		n = append(n, wb(p+"."+m)...)
-	}
-	if in != out {
-		n = append(n, wb(p+".conv_shortcut")...)
-	}
-	return n
-}
-
-// transformerNames lists the tensors of a Transformer2DModel of depth d.
-func transformerNames(p string, depth int) []string {
-	n := append(wb(p+".norm"), wb(p+".proj_in")...)
-	n = append(n, wb(p+".proj_out")...)
-	for t := 0; t < depth; t++ {
-		b := p + ".transformer_blocks." + itoa(t)
-		for _, nm := range []string{"norm1", "norm2", "norm3", "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"} {
-			n = append(n, wb(b+"."+nm)...)
-		}
-		for _, a := range []string{"attn1", "attn2"} {
-			for _, q := range []string{"to_q", "to_k", "to_v"} {
-				n = append(n, b+"."+a+"."+q+".weight")
-			}
-		}
-	}
-	return n
-}
-
-// ExpectedNames lists every tensor a UNet with this layout holds, in
-// diffusers naming.
-func (l UNetLayout) ExpectedNames() []string {
-	n := append(wb("conv_in"), wb("time_embedding.linear_1")...)
-	n = append(n, wb("time_embedding.linear_2")...)
-	L := len(l.BlockOut)
-	out := l.BlockOut[0]
-	for b := 0; b < L; b++ {
-		in := out
-		out = l.BlockOut[b]
-		for r := 0; r < l.LayersPerBlock; r++ {
-			p := "down_blocks." + itoa(b)
-			rin := out
-			if r == 0 {
-				rin = in
-			}
-			n = append(n, unetResnetNames(p+".resnets."+itoa(r), rin, out)...)
-			if l.DownAttention[b] {
-				n = append(n, transformerNames(p+".attentions."+itoa(r), l.DownDepth[b])...)
-			}
-		}
-		if b < L-1 {
-			n = append(n, wb("down_blocks."+itoa(b)+".downsamplers.0.conv")...)
-		}
-	}
-	c := l.BlockOut[L-1]
-	n = append(n, unetResnetNames("mid_block.resnets.0", c, c)...)
-	n = append(n, transformerNames("mid_block.attentions.0", l.MidDepth)...)
-	n = append(n, unetResnetNames("mid_block.resnets.1", c, c)...)
-	prevOut := c
-	for i := 0; i < L; i++ {
-		level := L - 1 - i
-		outC := l.BlockOut[level]
-		inC := l.BlockOut[max(level-1, 0)]
-		p := "up_blocks." + itoa(i)
-		for r := 0; r <= l.LayersPerBlock; r++ {
-			skip := outC
-			if r == l.LayersPerBlock {
-				skip = inC
-			}
-			rin := outC
-			if r == 0 {
-				rin = prevOut
-			}
-			n = append(n, unetResnetNames(p+".resnets."+itoa(r), rin+skip, outC)...)
-			if l.UpAttention[i] {
-				n = append(n, transformerNames(p+".attentions."+itoa(r), l.UpDepth[i])...)
-			}
-		}
-		if i < L-1 {
-			n = append(n, wb(p+".upsamplers.0.conv")...)
-		}
-		prevOut = outC
-	}
-	n = append(n, wb("conv_norm_out")...)
-	return append(n, wb("conv_out")...)
-}
-
-func vaeResnetNames(p string, in, out int) []string {
-	var n []string
-	for _, m := range []string{"norm1", "conv1", "norm2", "conv2"} {
-		n = append(n, wb(p+"."+m)...)
-	}
-	if in != out {
-		n = append(n, wb(p+".conv_shortcut")...)
-	}
-	return n
-}
-
-func vaeMidNames(p string, c int, attn bool) []string {
-	n := vaeResnetNames(p+".resnets.0", c, c)
-	if attn {
-		for _, m := range []string{"group_norm", "to_q", "to_k", "to_v", "to_out.0"} {
-			n = append(n, wb(p+".attentions.0."+m)...)
-		}
-	}
-	return append(n, vaeResnetNames(p+".resnets.1", c, c)...)
-}
-
-// ExpectedNames lists every tensor an AutoencoderKL with this layout holds.
-func (l VAELayout) ExpectedNames() []string {
-	L := len(l.BlockOut)
-	n := wb("encoder.conv_in")
-	out := l.BlockOut[0]
-	for b := 0; b < L; b++ {
-		in := out
-		out = l.BlockOut[b]
-		for r := 0; r < l.LayersPerBlock; r++ {
-			rin := out
-			if r == 0 {
-				rin = in
-			}
-			n = append(n, vaeResnetNames("encoder.down_blocks."+itoa(b)+".resnets."+itoa(r), rin, out)...)
-		}
-		if b < L-1 {
-			n = append(n, wb("encoder.down_blocks."+itoa(b)+".downsamplers.0.conv")...)
-		}
-	}
-	c := l.BlockOut[L-1]
-	n = append(n, vaeMidNames("encoder.mid_block", c, l.MidAttention)...)
-	n = append(n, wb("encoder.conv_norm_out")...)
-	n = append(n, wb("encoder.conv_out")...)
-	if l.QuantConv {
-		n = append(n, wb("quant_conv")...)
-	}
-	if l.PostQuantConv {
-		n = append(n, wb("post_quant_conv")...)
-	}
-	n = append(n, wb("decoder.conv_in")...)
-	n = append(n, vaeMidNames("decoder.mid_block", c, l.MidAttention)...)
-	prev := c
-	for i := 0; i < L; i++ {
-		outC := l.BlockOut[L-1-i]
-		for r := 0; r <= l.LayersPerBlock; r++ {
-			rin := outC
-			if r == 0 {
-				rin = prev
-			}
-			n = append(n, vaeResnetNames("decoder.up_blocks."+itoa(i)+".resnets."+itoa(r), rin, outC)...)
-		}
-		if i < L-1 {
-			n = append(n, wb("decoder.up_blocks."+itoa(i)+".upsamplers.0.conv")...)
-		}
-		prev = outC
-	}
-	n = append(n, wb("decoder.conv_norm_out")...)
-	return append(n, wb("decoder.conv_out")...)
-}
-
-// ExpectedNames lists every tensor of a CLIP text model with this layout,
-// named without the "text_model." prefix.
-func (l TextLayout) ExpectedNames() []string {
-	n := []string{"embeddings.token_embedding.weight", "embeddings.position_embedding.weight"}
-	for i := 0; i < l.Layers; i++ {
-		p := "encoder.layers." + itoa(i)
-		for _, m := range []string{"layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"} {
-			n = append(n, wb(p+"."+m)...)
-		}
-	}
-	return append(n, wb("final_layer_norm")...)
 }

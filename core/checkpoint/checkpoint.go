@@ -109,41 +109,48 @@ func findTokenizer(dir string) error {
 	return fmt.Errorf("checkpoint: tokenizer folder %s holds neither tokenizer.json nor vocab.json + merges.txt", dir)
 }
 
-// checkNames compares a component's tensor names with the names its
-// layout requires, naming the first missing and the first unexpected one.
-// display maps a presented name to the name in the file, for messages.
-func checkNames(what string, src safetensors.Source, want []string, display func(string) string) error {
-	have := src.Names()
+// checkTensors compares a component's tensors with those its config
+// requires: the first missing tensor, unexpected tensor, tensor of the
+// wrong shape or of a non-floating-point dtype is named. display maps a
+// presented name to the name in the file, for messages.
+func checkTensors(what string, src safetensors.Source, want []TensorSpec, display func(string) string) error {
 	wantSet := make(map[string]bool, len(want))
-	for _, n := range want {
-		wantSet[n] = true
-	}
-	var missing, extra []string
-	for _, n := range want {
-		if _, ok := src.Info(n); !ok {
-			missing = append(missing, n)
+	var missing []string
+	for _, w := range want {
+		wantSet[w.Name] = true
+		info, ok := src.Info(w.Name)
+		if !ok {
+			missing = append(missing, w.Name)
+			continue
+		}
+		if !slices.Equal(info.Shape, w.Shape) {
+			return fmt.Errorf("checkpoint: %s: tensor %q has shape %v, the config needs %v", what, display(w.Name), info.Shape, w.Shape)
+		}
+		switch info.DType {
+		case "F32", "F16", "BF16":
+		default:
+			return fmt.Errorf("checkpoint: %s: tensor %q has dtype %s, want F32, F16 or BF16", what, display(w.Name), info.DType)
 		}
 	}
-	for _, n := range have {
+	var extra []string
+	for _, n := range src.Names() {
 		if !wantSet[n] {
 			extra = append(extra, display(n))
 		}
 	}
 	slices.Sort(missing)
 	slices.Sort(extra)
+	more := func(list []string) string {
+		if len(list) > 1 {
+			return fmt.Sprintf(" (and %d more)", len(list)-1)
+		}
+		return ""
+	}
 	switch {
 	case len(missing) > 0:
-		more := ""
-		if len(missing) > 1 {
-			more = fmt.Sprintf(" (and %d more)", len(missing)-1)
-		}
-		return fmt.Errorf("checkpoint: %s: missing tensor %q%s", what, missing[0], more)
+		return fmt.Errorf("checkpoint: %s: missing tensor %q%s", what, missing[0], more(missing))
 	case len(extra) > 0:
-		more := ""
-		if len(extra) > 1 {
-			more = fmt.Sprintf(" (and %d more)", len(extra)-1)
-		}
-		return fmt.Errorf("checkpoint: %s: unexpected tensor %q%s", what, extra[0], more)
+		return fmt.Errorf("checkpoint: %s: unexpected tensor %q%s", what, extra[0], more(extra))
 	}
 	return nil
 }

@@ -114,18 +114,18 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 		return fail(err)
 	}
 	same := func(n string) string { return n }
-	if err := checkNames("unet", unet, unetL.ExpectedNames(), same); err != nil {
+	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), same); err != nil {
 		return fail(err)
 	}
 	m.UNet = unet
-	if err := checkNames("vae", vae, vaeL.ExpectedNames(), same); err != nil {
+	if err := checkTensors("vae", vae, vaeL.ExpectedTensors(), same); err != nil {
 		return fail(err)
 	}
 	m.VAE = vae
 	if m.TextEncoder, err = textView(te); err != nil {
 		return fail(err)
 	}
-	if err := checkNames("text_encoder", m.TextEncoder, textL.ExpectedNames(), func(n string) string {
+	if err := checkTensors("text_encoder", m.TextEncoder, textL.ExpectedTensors(), func(n string) string {
 		from, _ := m.TextEncoder.(*safetensors.View).Source(n)
 		return from
 	}); err != nil {

@@ -27,29 +27,45 @@ const (
 var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
 
 func loadSingleFile(path string, opts Options) (*Model, error) {
+	if opts.TokenizerDir == "" {
+		opts.TokenizerDir = filepath.Join(filepath.Dir(path), "tokenizer")
+		if err := findTokenizer(opts.TokenizerDir); err != nil {
+			return nil, fmt.Errorf("checkpoint: %s carries no tokenizer and there is none beside it (%v); set Options.TokenizerDir", path, err)
+		}
+	}
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
-	m := &Model{Path: path, Layout: LayoutSingleFile, closers: []io.Closer{f}}
-	fail := func(err error) (*Model, error) {
-		m.Close()
+	m, err := FromOriginal(f, f.Metadata(), opts)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w (file %s)", err, path)
+	}
+	m.Path = path
+	m.closers = []io.Closer{f}
+	return m, nil
+}
+
+// FromOriginal builds a Model from tensors in the original single-file
+// layout (SD 1.x): it maps their names to diffusers names, takes configs
+// from opts, then metadata, then infers them from the shapes, and checks
+// every tensor against the configs. opts.TokenizerDir is required. The
+// Model does not own src: closing it leaves src open.
+func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*Model, error) {
+	m := &Model{Layout: LayoutSingleFile, TokenizerDir: opts.TokenizerDir}
+	if m.TokenizerDir == "" {
+		return nil, fmt.Errorf("checkpoint: a single-file checkpoint carries no tokenizer; set Options.TokenizerDir")
+	}
+	if err := findTokenizer(m.TokenizerDir); err != nil {
 		return nil, err
 	}
-	m.TokenizerDir = opts.TokenizerDir
-	if m.TokenizerDir == "" {
-		m.TokenizerDir = filepath.Join(filepath.Dir(path), "tokenizer")
-		if err := findTokenizer(m.TokenizerDir); err != nil {
-			return fail(fmt.Errorf("checkpoint: %s carries no tokenizer and there is none beside it (%v); set Options.TokenizerDir", path, err))
-		}
-	} else if err := findTokenizer(m.TokenizerDir); err != nil {
-		return fail(err)
-	}
+	f := src
 	var unetNames, vaeNames, textNames []string
 	for _, n := range f.Names() {
 		switch {
 		case strings.HasPrefix(n, PrefixOpenCLIP):
-			return fail(fmt.Errorf("checkpoint: %s: tensor %q belongs to an SD 2.x OpenCLIP text encoder (cond_stage_model.model.*), which is not supported yet; use the diffusers folder of this model", path, n))
+			return nil, fmt.Errorf("checkpoint: tensor %q belongs to an SD 2.x OpenCLIP text encoder (cond_stage_model.model.*), which is not supported yet; use the diffusers folder of this model", n)
 		case strings.HasPrefix(n, PrefixUNet):
 			unetNames = append(unetNames, strings.TrimPrefix(n, PrefixUNet))
 		case hasAnyPrefix(n, ignoredInsidePrefixes):
@@ -64,34 +80,34 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 	}
 	switch {
 	case len(unetNames) == 0:
-		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: not an original-layout Stable Diffusion checkpoint (a lone component file, SDXL or another architecture?)", path, PrefixUNet))
+		return nil, fmt.Errorf("checkpoint: no %s* tensors: not an original-layout Stable Diffusion checkpoint (a lone component file, SDXL or another architecture?)", PrefixUNet)
 	case len(vaeNames) == 0:
-		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: the file carries no VAE", path, PrefixVAE))
+		return nil, fmt.Errorf("checkpoint: no %s* tensors: the file carries no VAE", PrefixVAE)
 	case len(textNames) == 0:
-		return fail(fmt.Errorf("checkpoint: %s: no %s* tensors: the file carries no CLIP text encoder", path, PrefixCLIP))
+		return nil, fmt.Errorf("checkpoint: no %s* tensors: the file carries no CLIP text encoder", PrefixCLIP)
 	}
 
 	lpb, err := originalUNetLayersPerBlock(unetNames)
 	if err != nil {
-		return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	unetEntries := map[string]safetensors.ViewEntry{}
 	for _, n := range unetNames {
 		d, err := UNetToDiffusers(n, lpb)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		unetEntries[d] = safetensors.ViewEntry{From: PrefixUNet + n}
 	}
 	levels, err := originalVAELevels(vaeNames)
 	if err != nil {
-		return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	vaeEntries := map[string]safetensors.ViewEntry{}
 	for _, n := range vaeNames {
 		d, reshape, err := VAEToDiffusers(n, levels)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		e := safetensors.ViewEntry{From: PrefixVAE + n}
 		if reshape {
@@ -101,7 +117,7 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 				e.Shape = info.Shape[:2]
 			case len(info.Shape) == 2:
 			default:
-				return fail(fmt.Errorf("checkpoint: VAE tensor %q has shape %v, want a (C, C, 1, 1) or (C, C) attention weight", e.From, info.Shape))
+				return nil, fmt.Errorf("checkpoint: VAE tensor %q has shape %v, want a (C, C, 1, 1) or (C, C) attention weight", e.From, info.Shape)
 			}
 		}
 		vaeEntries[d] = e
@@ -110,30 +126,29 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 	for _, n := range textNames {
 		d, err := TextToDiffusers(n)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		if d == "" {
 			continue
 		}
 		if prev, dup := textEntries[d]; dup {
-			return fail(fmt.Errorf("checkpoint: text encoder holds both %q and %q", prev.From, PrefixCLIP+n))
+			return nil, fmt.Errorf("checkpoint: text encoder holds both %q and %q", prev.From, PrefixCLIP+n)
 		}
 		textEntries[d] = safetensors.ViewEntry{From: PrefixCLIP + n}
 	}
 	unet, err := safetensors.NewView(f, unetEntries)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	vae, err := safetensors.NewView(f, vaeEntries)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	text, err := safetensors.NewView(f, textEntries)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 
-	md := f.Metadata()
 	pick := func(override []byte, key string, infer func() ([]byte, error)) ([]byte, error) {
 		if len(override) > 0 {
 			return override, nil
@@ -144,53 +159,53 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 		return infer()
 	}
 	if m.UNetConfig, err = pick(opts.UNetConfig, MetaUNetConfig, func() ([]byte, error) { return InferUNetConfig(unet) }); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if m.VAEConfig, err = pick(opts.VAEConfig, MetaVAEConfig, func() ([]byte, error) { return InferVAEConfig(vae, sdScalingFactor) }); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if m.TextEncoderConfig, err = pick(opts.TextEncoderConfig, MetaTextEncoderConfig, func() ([]byte, error) { return InferTextConfig(text) }); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	unetL, err := ParseUNetLayout(m.UNetConfig)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	vaeL, err := ParseVAELayout(m.VAEConfig)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	textL, err := ParseTextLayout(m.TextEncoderConfig)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if unetL.LayersPerBlock != lpb {
-		return fail(fmt.Errorf("checkpoint: %s: unet config has layers_per_block %d, the file's blocks hold %d", path, unetL.LayersPerBlock, lpb))
+		return nil, fmt.Errorf("checkpoint: unet config has layers_per_block %d, the file's blocks hold %d", unetL.LayersPerBlock, lpb)
 	}
 	if len(vaeL.BlockOut) != levels {
-		return fail(fmt.Errorf("checkpoint: %s: vae config has %d levels, the file's decoder %d", path, len(vaeL.BlockOut), levels))
+		return nil, fmt.Errorf("checkpoint: vae config has %d levels, the file's decoder %d", len(vaeL.BlockOut), levels)
 	}
 	origName := func(v *safetensors.View) func(string) string {
 		return func(n string) string { from, _ := v.Source(n); return from }
 	}
-	if err := checkNames("unet", unet, unetL.ExpectedNames(), origName(unet)); err != nil {
-		return fail(err)
+	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet)); err != nil {
+		return nil, err
 	}
-	if err := checkNames("vae", vae, vaeL.ExpectedNames(), origName(vae)); err != nil {
-		return fail(err)
+	if err := checkTensors("vae", vae, vaeL.ExpectedTensors(), origName(vae)); err != nil {
+		return nil, err
 	}
-	if err := checkNames("text_encoder", text, textL.ExpectedNames(), origName(text)); err != nil {
-		return fail(err)
+	if err := checkTensors("text_encoder", text, textL.ExpectedTensors(), origName(text)); err != nil {
+		return nil, err
 	}
 	if unetL.CrossAttentionDim != textL.Hidden {
-		return fail(fmt.Errorf("checkpoint: %s: the UNet attends to %d-wide text features but the text encoder is %d wide", path, unetL.CrossAttentionDim, textL.Hidden))
+		return nil, fmt.Errorf("checkpoint: the UNet attends to %d-wide text features but the text encoder is %d wide", unetL.CrossAttentionDim, textL.Hidden)
 	}
 	m.UNet, m.VAE, m.TextEncoder = unet, vae, text
 
 	prediction := opts.Prediction
 	if prediction == "" {
 		if prediction, err = predictionFromMetadata(md); err != nil {
-			return fail(fmt.Errorf("checkpoint: %s: %w", path, err))
+			return nil, fmt.Errorf("checkpoint: %w", err)
 		}
 	}
 	m.SchedulerConfig = DefaultSchedulerConfig(prediction)
