@@ -152,12 +152,18 @@ func (c *Config) Validate() error {
 			return bad("block_out_channels", "width %d of level %d is not a positive multiple of norm_num_groups %d", ch, i, c.NormGroups)
 		}
 	}
-	if (c.LatentsMean == nil) != (c.LatentsStd == nil) {
-		return bad("latents_mean", "latents_mean and latents_std must be given together")
+	switch {
+	case c.LatentsMean == nil && c.LatentsStd != nil:
+		return bad("latents_std", "given without latents_mean")
+	case c.LatentsMean != nil && c.LatentsStd == nil:
+		return bad("latents_mean", "given without latents_std")
 	}
 	if c.LatentsMean != nil {
-		if len(c.LatentsMean) != c.LatentChannels || len(c.LatentsStd) != c.LatentChannels {
-			return bad("latents_mean", "latents_mean and latents_std need %d values (one per latent channel)", c.LatentChannels)
+		if len(c.LatentsMean) != c.LatentChannels {
+			return bad("latents_mean", "has %d values, want one per latent channel (%d)", len(c.LatentsMean), c.LatentChannels)
+		}
+		if len(c.LatentsStd) != c.LatentChannels {
+			return bad("latents_std", "has %d values, want one per latent channel (%d)", len(c.LatentsStd), c.LatentChannels)
 		}
 		for _, s := range c.LatentsStd {
 			if !(s > 0) {
