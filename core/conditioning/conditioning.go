@@ -99,7 +99,7 @@ segments:
 // frame surrounds ids with BOS and EOS and pads them to MaxLength().
 func frame(tok *tokenizer.Tokenizer, ids []int32, weights []float32) Chunk {
 	n := tok.MaxLength()
-	c := Chunk{IDs: tok.Pad77(ids), Weights: make([]float32, n)}
+	c := Chunk{IDs: tok.Frame(ids), Weights: make([]float32, n)}
 	for i := range c.Weights {
 		c.Weights[i] = 1
 	}

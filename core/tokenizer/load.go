@@ -81,6 +81,7 @@ type tokenField struct {
 	content string
 }
 
+// UnmarshalJSON accepts a string, an AddedToken object or null.
 func (f *tokenField) UnmarshalJSON(b []byte) error {
 	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
 		return nil

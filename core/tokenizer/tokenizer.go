@@ -111,12 +111,12 @@ func (t *Tokenizer) Encode(text string) []int32 {
 // EOS, and padding up to MaxLength(): what CLIPTokenizer gives with
 // padding="max_length", truncation=True.
 func (t *Tokenizer) EncodePadded(text string) []int32 {
-	return t.Pad77(t.Encode(text))
+	return t.Frame(t.Encode(text))
 }
 
-// Pad77 frames ids (without special tokens) as one model input of
+// Frame frames ids (without special tokens) as one model input of
 // MaxLength() tokens: BOS, ids truncated to MaxLength()-2, EOS, padding.
-func (t *Tokenizer) Pad77(ids []int32) []int32 {
+func (t *Tokenizer) Frame(ids []int32) []int32 {
 	room := t.maxLength - 2
 	if len(ids) > room {
 		ids = ids[:room]
