@@ -14,6 +14,8 @@ func job(id, tenant string, prio int32, ageUS int64, key string) abi.Job {
 	return abi.Job{ID: id, Tenant: tenant, Priority: prio, ArrivalUS: now - ageUS, Width: 512, Height: 512, N: 1, Steps: 20, Sampler: "euler", CompatKey: key}
 }
 
+func lat(batch, us uint32) abi.StepLatency { return abi.StepLatency{Batch: batch, LatencyUS: us} }
+
 func ids(in *abi.BatchingInput, out abi.BatchingOutput) []string {
 	var s []string
 	for _, i := range out.Jobs {
@@ -108,12 +110,12 @@ func TestBatchingWaitsUntilMaxWait(t *testing.T) {
 func TestBatchingUsesLatencyTable(t *testing.T) {
 	in := &abi.BatchingInput{NowUS: now, MaxBatch: 8, MaxWaitUS: 200_000, Jobs: []abi.Job{job("a", "t", 0, 10, "k")}}
 	// GPU-like: batch 4 costs little more than batch 1 → waiting pays.
-	in.StepLatency = []abi.StepLatency{{1, 28_000}, {4, 33_300}, {8, 53_100}}
+	in.StepLatency = []abi.StepLatency{lat(1, 28_000), lat(4, 33_300), lat(8, 53_100)}
 	if out := decide(t, in); !out.Wait {
 		t.Fatalf("GPU latencies: want a wait, got %+v", out)
 	}
 	// CPU-like: latency linear in batch → no gain, dispatch now.
-	in.StepLatency = []abi.StepLatency{{1, 100_000}, {2, 200_000}, {4, 400_000}}
+	in.StepLatency = []abi.StepLatency{lat(1, 100_000), lat(2, 200_000), lat(4, 400_000)}
 	if out := decide(t, in); out.Wait {
 		t.Fatalf("linear latencies: want dispatch, got %+v", out)
 	}
@@ -143,7 +145,7 @@ func TestBatchingCapsImagesAndMemory(t *testing.T) {
 
 func TestBatchingDeadlineForcesDispatch(t *testing.T) {
 	in := &abi.BatchingInput{NowUS: now, MaxBatch: 4, MaxWaitUS: 1_000_000,
-		StepLatency: []abi.StepLatency{{1, 10_000}, {2, 11_000}},
+		StepLatency: []abi.StepLatency{lat(1, 10_000), lat(2, 11_000)},
 		Jobs:        []abi.Job{job("a", "t", 0, 10, "k")}}
 	in.Jobs[0].DeadlineUS = now + 20*11_000 // just the run time: no slack
 	if out := decide(t, in); out.Wait {

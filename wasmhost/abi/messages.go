@@ -1,6 +1,6 @@
 package abi
 
-import "fmt"
+import "errors"
 
 // Job is one queued job as a batching policy sees it.
 type Job struct {
@@ -231,7 +231,7 @@ func status(d *Decoder) error {
 		}
 		return &GuestError{Message: msg}
 	default:
-		return fmt.Errorf("abi: unknown status byte %d", s)
+		return errors.New("abi: unknown status byte " + itoa(int64(s)))
 	}
 }
 
@@ -682,13 +682,13 @@ func decImage(d *Decoder) Image {
 // its pixel buffer holds exactly 4 × Width × Height bytes.
 func (im *Image) Check() error {
 	if im.Width == 0 || im.Height == 0 || im.Width > MaxImageSide || im.Height > MaxImageSide {
-		return fmt.Errorf("abi: image %d×%d: each side must be 1..%d", im.Width, im.Height, MaxImageSide)
+		return errors.New("abi: image " + dims(im.Width, im.Height) + ": each side must be 1.." + itoa(MaxImageSide))
 	}
 	if uint64(im.Width)*uint64(im.Height) > MaxImagePixels {
-		return fmt.Errorf("abi: image %d×%d exceeds %d pixels", im.Width, im.Height, MaxImagePixels)
+		return errors.New("abi: image " + dims(im.Width, im.Height) + " exceeds " + itoa(MaxImagePixels) + " pixels")
 	}
 	if want := 4 * uint64(im.Width) * uint64(im.Height); uint64(len(im.Pix)) != want {
-		return fmt.Errorf("abi: image %d×%d needs %d pixel bytes, got %d", im.Width, im.Height, want, len(im.Pix))
+		return errors.New("abi: image " + dims(im.Width, im.Height) + " needs " + utoa(want) + " pixel bytes, got " + itoa(int64(len(im.Pix))))
 	}
 	return nil
 }

@@ -1,7 +1,7 @@
 package abi
 
 import (
-	"fmt"
+	"errors"
 	"math"
 )
 
@@ -13,23 +13,23 @@ type InvalidError struct {
 }
 
 func (e *InvalidError) Error() string {
-	return fmt.Sprintf("abi: invalid %s answer: %s", e.Hook, e.Reason)
+	return "abi: invalid " + string(e.Hook) + " answer: " + e.Reason
 }
 
-func invalid(h Hook, format string, args ...any) error {
-	return &InvalidError{Hook: h, Reason: fmt.Sprintf(format, args...)}
+func invalid(h Hook, reason string) error {
+	return &InvalidError{Hook: h, Reason: reason}
 }
 
 // CheckBatchingInput reports an input the host must not send.
 func CheckBatchingInput(in *BatchingInput) error {
 	if len(in.Jobs) == 0 {
-		return fmt.Errorf("abi: batching input has no jobs")
+		return errors.New("abi: batching input has no jobs")
 	}
 	if len(in.Jobs) > MaxJobs {
-		return fmt.Errorf("abi: batching input has %d jobs, limit %d", len(in.Jobs), MaxJobs)
+		return errors.New("abi: batching input has " + itoa(int64(len(in.Jobs))) + " jobs, limit " + itoa(MaxJobs))
 	}
 	if in.MaxBatch == 0 {
-		return fmt.Errorf("abi: batching input has max_batch 0")
+		return errors.New("abi: batching input has max_batch 0")
 	}
 	return nil
 }
@@ -44,7 +44,7 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 			return invalid(HookBatching, "a wait must not name jobs")
 		}
 		if out.WaitUS == 0 || out.WaitUS > MaxWaitUS {
-			return invalid(HookBatching, "wait of %d µs is outside 1..%d", out.WaitUS, MaxWaitUS)
+			return invalid(HookBatching, "wait of "+utoa(out.WaitUS)+" µs is outside 1.."+itoa(MaxWaitUS))
 		}
 		return nil
 	}
@@ -57,17 +57,17 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 	key := ""
 	for i, idx := range out.Jobs {
 		if int64(idx) >= int64(len(in.Jobs)) {
-			return invalid(HookBatching, "job index %d out of range (%d jobs)", idx, len(in.Jobs))
+			return invalid(HookBatching, "job index "+utoa(uint64(idx))+" out of range ("+itoa(int64(len(in.Jobs)))+" jobs)")
 		}
 		if seen[idx] {
-			return invalid(HookBatching, "job index %d named twice", idx)
+			return invalid(HookBatching, "job index "+utoa(uint64(idx))+" named twice")
 		}
 		seen[idx] = true
 		j := &in.Jobs[idx]
 		if i == 0 {
 			key = j.CompatKey
 		} else if j.CompatKey != key {
-			return invalid(HookBatching, "jobs %d and %d have different compatibility keys", out.Jobs[0], idx)
+			return invalid(HookBatching, "jobs "+utoa(uint64(out.Jobs[0]))+" and "+utoa(uint64(idx))+" have different compatibility keys")
 		}
 		n := uint64(j.N)
 		if n == 0 {
@@ -77,10 +77,10 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 		mem += j.MemBytes
 	}
 	if images > uint64(in.MaxBatch) && len(out.Jobs) > 1 {
-		return invalid(HookBatching, "batch of %d images exceeds max_batch %d", images, in.MaxBatch)
+		return invalid(HookBatching, "batch of "+utoa(images)+" images exceeds max_batch "+utoa(uint64(in.MaxBatch)))
 	}
 	if in.FreeMemBytes > 0 && mem > in.FreeMemBytes && len(out.Jobs) > 1 {
-		return invalid(HookBatching, "batch needs %d bytes, %d free", mem, in.FreeMemBytes)
+		return invalid(HookBatching, "batch needs "+utoa(mem)+" bytes, "+utoa(in.FreeMemBytes)+" free")
 	}
 	return nil
 }
@@ -88,7 +88,7 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 // CheckEvictionInput reports an input the host must not send.
 func CheckEvictionInput(in *EvictionInput) error {
 	if len(in.Models) > MaxModels {
-		return fmt.Errorf("abi: eviction input has %d models, limit %d", len(in.Models), MaxModels)
+		return errors.New("abi: eviction input has " + itoa(int64(len(in.Models))) + " models, limit " + itoa(MaxModels))
 	}
 	return nil
 }
@@ -101,18 +101,18 @@ func ValidateEviction(in *EvictionInput, out *EvictionOutput) error {
 	var freed, offloaded, evictable uint64
 	for _, v := range out.Victims {
 		if int64(v.Index) >= int64(len(in.Models)) {
-			return invalid(HookEviction, "model index %d out of range (%d models)", v.Index, len(in.Models))
+			return invalid(HookEviction, "model index "+utoa(uint64(v.Index))+" out of range ("+itoa(int64(len(in.Models)))+" models)")
 		}
 		if seen[v.Index] {
-			return invalid(HookEviction, "model index %d named twice", v.Index)
+			return invalid(HookEviction, "model index "+utoa(uint64(v.Index))+" named twice")
 		}
 		seen[v.Index] = true
 		m := &in.Models[v.Index]
 		if m.Pinned {
-			return invalid(HookEviction, "model %q is pinned", m.ID)
+			return invalid(HookEviction, "model "+quote(m.ID)+" is pinned")
 		}
 		if m.InUse {
-			return invalid(HookEviction, "model %q is in use", m.ID)
+			return invalid(HookEviction, "model "+quote(m.ID)+" is in use")
 		}
 		freed += m.Bytes
 		if v.Offload {
@@ -120,7 +120,7 @@ func ValidateEviction(in *EvictionInput, out *EvictionOutput) error {
 		}
 	}
 	if offloaded > in.HostFreeBytes {
-		return invalid(HookEviction, "offloading %d bytes, host has %d free", offloaded, in.HostFreeBytes)
+		return invalid(HookEviction, "offloading "+utoa(offloaded)+" bytes, host has "+utoa(in.HostFreeBytes)+" free")
 	}
 	for i := range in.Models {
 		if !in.Models[i].Pinned && !in.Models[i].InUse {
@@ -128,7 +128,7 @@ func ValidateEviction(in *EvictionInput, out *EvictionOutput) error {
 		}
 	}
 	if freed < in.NeededBytes && evictable >= in.NeededBytes {
-		return invalid(HookEviction, "frees %d of the %d bytes needed though %d are evictable", freed, in.NeededBytes, evictable)
+		return invalid(HookEviction, "frees "+utoa(freed)+" of the "+utoa(in.NeededBytes)+" bytes needed though "+utoa(evictable)+" are evictable")
 	}
 	return nil
 }
@@ -137,13 +137,13 @@ func ValidateEviction(in *EvictionInput, out *EvictionOutput) error {
 func CheckQualityInput(in *QualityInput) error {
 	l := &in.Limits
 	if l.MinSteps > l.MaxSteps || l.MinWidth > l.MaxWidth || l.MinHeight > l.MaxHeight {
-		return fmt.Errorf("abi: quality limits are empty ranges")
+		return errors.New("abi: quality limits are empty ranges")
 	}
 	if l.SizeMultiple == 0 {
-		return fmt.Errorf("abi: quality limits: size_multiple is 0")
+		return errors.New("abi: quality limits: size_multiple is 0")
 	}
 	if math.IsNaN(in.Level) || in.Level < 0 || in.Level > 1 {
-		return fmt.Errorf("abi: quality level %v outside 0..1", in.Level)
+		return errors.New("abi: quality level " + ftoa(in.Level) + " outside 0..1")
 	}
 	return nil
 }
@@ -166,25 +166,25 @@ func allowed(v, requested string, list []string) bool {
 func ValidateQuality(in *QualityInput, out *QualityOutput) error {
 	l, p := &in.Limits, &out.Params
 	if p.Steps < l.MinSteps || p.Steps > l.MaxSteps {
-		return invalid(HookQuality, "steps %d outside %d..%d", p.Steps, l.MinSteps, l.MaxSteps)
+		return invalid(HookQuality, "steps "+rng(p.Steps, l.MinSteps, l.MaxSteps))
 	}
 	if p.Width < l.MinWidth || p.Width > l.MaxWidth {
-		return invalid(HookQuality, "width %d outside %d..%d", p.Width, l.MinWidth, l.MaxWidth)
+		return invalid(HookQuality, "width "+rng(p.Width, l.MinWidth, l.MaxWidth))
 	}
 	if p.Height < l.MinHeight || p.Height > l.MaxHeight {
-		return invalid(HookQuality, "height %d outside %d..%d", p.Height, l.MinHeight, l.MaxHeight)
+		return invalid(HookQuality, "height "+rng(p.Height, l.MinHeight, l.MaxHeight))
 	}
 	if l.SizeMultiple > 0 && (p.Width%l.SizeMultiple != 0 || p.Height%l.SizeMultiple != 0) {
-		return invalid(HookQuality, "size %d×%d is not a multiple of %d", p.Width, p.Height, l.SizeMultiple)
+		return invalid(HookQuality, "size "+dims(p.Width, p.Height)+" is not a multiple of "+utoa(uint64(l.SizeMultiple)))
 	}
 	if !allowed(p.Sampler, in.Request.Sampler, l.Samplers) {
-		return invalid(HookQuality, "sampler %q is not allowed", p.Sampler)
+		return invalid(HookQuality, "sampler "+quote(p.Sampler)+" is not allowed")
 	}
 	if !allowed(p.Profile, in.Request.Profile, l.Profiles) {
-		return invalid(HookQuality, "profile %q is not allowed", p.Profile)
+		return invalid(HookQuality, "profile "+quote(p.Profile)+" is not allowed")
 	}
 	if math.IsNaN(out.Level) || out.Level < 0 || out.Level > 1 {
-		return invalid(HookQuality, "level %v outside 0..1", out.Level)
+		return invalid(HookQuality, "level "+ftoa(out.Level)+" outside 0..1")
 	}
 	return nil
 }
@@ -200,16 +200,16 @@ func ValidatePre(out *PreOutput) error {
 		return nil
 	}
 	if out.Width == 0 || out.Height == 0 || out.Width > MaxImageSide || out.Height > MaxImageSide {
-		return invalid(HookNodePre, "size %d×%d outside 1..%d", out.Width, out.Height, MaxImageSide)
+		return invalid(HookNodePre, "size "+dims(out.Width, out.Height)+" outside 1.."+itoa(MaxImageSide))
 	}
 	if out.Width%8 != 0 || out.Height%8 != 0 {
-		return invalid(HookNodePre, "size %d×%d is not a multiple of 8", out.Width, out.Height)
+		return invalid(HookNodePre, "size "+dims(out.Width, out.Height)+" is not a multiple of 8")
 	}
 	if out.Steps == 0 || out.Steps > MaxSteps {
-		return invalid(HookNodePre, "steps %d outside 1..%d", out.Steps, MaxSteps)
+		return invalid(HookNodePre, "steps "+utoa(uint64(out.Steps))+" outside 1.."+itoa(MaxSteps))
 	}
 	if out.Guidance < 0 || out.Guidance > 100 {
-		return invalid(HookNodePre, "guidance %v outside 0..100", out.Guidance)
+		return invalid(HookNodePre, "guidance "+ftoa(out.Guidance)+" outside 0..100")
 	}
 	if out.Prompt == "" {
 		return invalid(HookNodePre, "empty prompt")
@@ -228,10 +228,14 @@ func ValidatePost(out *PostOutput, maxPixels uint64) error {
 		return nil
 	}
 	if err := out.Image.Check(); err != nil {
-		return invalid(HookNodePost, "%v", err)
+		return invalid(HookNodePost, err.Error())
 	}
 	if maxPixels > 0 && uint64(out.Image.Width)*uint64(out.Image.Height) > maxPixels {
-		return invalid(HookNodePost, "image %d×%d exceeds %d pixels", out.Image.Width, out.Image.Height, maxPixels)
+		return invalid(HookNodePost, "image "+dims(out.Image.Width, out.Image.Height)+" exceeds "+utoa(maxPixels)+" pixels")
 	}
 	return nil
+}
+
+func rng(v, lo, hi uint32) string {
+	return utoa(uint64(v)) + " outside " + utoa(uint64(lo)) + ".." + utoa(uint64(hi))
 }

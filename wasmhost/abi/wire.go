@@ -3,7 +3,6 @@ package abi
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math"
 )
 
@@ -112,7 +111,7 @@ func (d *Decoder) U8() uint8 {
 func (d *Decoder) Bool(field string) bool {
 	v := d.U8()
 	if v > 1 {
-		d.Fail(fmt.Errorf("abi: %s: boolean byte %d is not 0 or 1", field, v))
+		d.Fail(errors.New("abi: " + field + ": boolean byte " + itoa(int64(v)) + " is not 0 or 1"))
 		return false
 	}
 	return v == 1
@@ -146,7 +145,7 @@ func (d *Decoder) I64() int64 { return int64(d.U64()) }
 func (d *Decoder) F64(field string) float64 {
 	v := math.Float64frombits(d.U64())
 	if math.IsNaN(v) || math.IsInf(v, 0) {
-		d.Fail(fmt.Errorf("abi: %s: %v is not a finite number", field, v))
+		d.Fail(errors.New("abi: " + field + ": " + ftoa(v) + " is not a finite number"))
 		return 0
 	}
 	return v
@@ -159,7 +158,7 @@ func (d *Decoder) Str(field string, max int) string {
 		return ""
 	}
 	if int64(n) > int64(max) {
-		d.Fail(fmt.Errorf("abi: %s: %d bytes exceeds the limit of %d", field, n, max))
+		d.Fail(errors.New("abi: " + field + ": " + utoa(uint64(n)) + " bytes exceeds the limit of " + itoa(int64(max))))
 		return ""
 	}
 	b := d.take(int(n))
@@ -177,7 +176,7 @@ func (d *Decoder) Blob(field string, max int) []byte {
 		return nil
 	}
 	if int64(n) > int64(max) {
-		d.Fail(fmt.Errorf("abi: %s: %d bytes exceeds the limit of %d", field, n, max))
+		d.Fail(errors.New("abi: " + field + ": " + utoa(uint64(n)) + " bytes exceeds the limit of " + itoa(int64(max))))
 		return nil
 	}
 	return d.take(int(n))
@@ -192,7 +191,7 @@ func (d *Decoder) Count(field string, max, minItem int) int {
 		return 0
 	}
 	if int64(n) > int64(max) {
-		d.Fail(fmt.Errorf("abi: %s: %d items exceeds the limit of %d", field, n, max))
+		d.Fail(errors.New("abi: " + field + ": " + utoa(uint64(n)) + " items exceeds the limit of " + itoa(int64(max))))
 		return 0
 	}
 	if minItem > 0 && int64(n)*int64(minItem) > int64(d.Remaining()) {
@@ -205,6 +204,6 @@ func (d *Decoder) Count(field string, max, minItem int) int {
 // End records an error if bytes remain unread.
 func (d *Decoder) End(what string) {
 	if d.err == nil && d.Remaining() != 0 {
-		d.err = fmt.Errorf("abi: %s: %d trailing bytes", what, d.Remaining())
+		d.err = errors.New("abi: " + what + ": " + itoa(int64(d.Remaining())) + " trailing bytes")
 	}
 }

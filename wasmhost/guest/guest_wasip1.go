@@ -3,7 +3,6 @@
 package guest
 
 import (
-	"fmt"
 	"unsafe"
 
 	"github.com/kiln-project/kiln/wasmhost/abi"
@@ -45,7 +44,7 @@ func Serve(ptr, n int32, h Handler) (packed int64) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			packed = pack(abi.EncodeError(outBuf, fmt.Sprint("panic: ", r)))
+			packed = pack(abi.EncodeError(outBuf, "panic: "+describe(r)))
 		}
 	}()
 	return pack(h(inBuf[:n], outBuf))
@@ -81,4 +80,17 @@ func Count(name string, delta int64) {
 		return
 	}
 	hostCounterAdd(unsafe.Pointer(unsafe.StringData(name)), int32(len(name)), delta)
+}
+
+// describe renders a recovered panic value without fmt (which would add
+// hundreds of kilobytes to every guest).
+func describe(r any) string {
+	switch v := r.(type) {
+	case string:
+		return v
+	case error:
+		return v.Error()
+	default:
+		return "non-string panic value"
+	}
 }

@@ -8,10 +8,10 @@ package imageops
 
 import (
 	"errors"
-	"fmt"
 	"image"
 	"image/color"
 	"math"
+	"strconv"
 )
 
 // Filter selects a resampling kernel.
@@ -26,19 +26,30 @@ const (
 	Nearest Filter = 1
 )
 
-// ErrBounds is wrapped by errors about rectangles outside an image.
+// ErrBounds is matched (errors.Is) by errors about rectangles outside an
+// image.
 var ErrBounds = errors.New("imageops: out of bounds")
+
+type boundsError struct{ msg string }
+
+func (e *boundsError) Error() string        { return e.msg }
+func (e *boundsError) Is(target error) bool { return target == ErrBounds }
+
+// The package avoids fmt so that Wasm guests importing it stay small.
+func itoa(v int) string     { return strconv.Itoa(v) }
+func ftoa(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+func dims(w, h int) string  { return itoa(w) + "×" + itoa(h) }
 
 func check(name string, im *image.NRGBA) error {
 	if im == nil {
-		return fmt.Errorf("imageops: %s image is nil", name)
+		return errors.New("imageops: " + name + " image is nil")
 	}
 	w, h := im.Rect.Dx(), im.Rect.Dy()
 	if w <= 0 || h <= 0 {
-		return fmt.Errorf("imageops: %s image is empty (%d×%d)", name, w, h)
+		return errors.New("imageops: " + name + " image is empty (" + dims(w, h) + ")")
 	}
 	if im.Stride < 4*w || len(im.Pix) < im.Stride*(h-1)+4*w {
-		return fmt.Errorf("imageops: %s image buffer too small for %d×%d", name, w, h)
+		return errors.New("imageops: " + name + " image buffer too small for " + dims(w, h))
 	}
 	return nil
 }
@@ -47,14 +58,14 @@ func check(name string, im *image.NRGBA) error {
 // 4·w·h bytes long (no copy) or allocating a zeroed buffer when pix is nil.
 func New(w, h int, pix []byte) (*image.NRGBA, error) {
 	if w <= 0 || h <= 0 {
-		return nil, fmt.Errorf("imageops: invalid size %d×%d", w, h)
+		return nil, errors.New("imageops: invalid size " + dims(w, h))
 	}
 	n := 4 * w * h
 	if pix == nil {
 		pix = make([]byte, n)
 	}
 	if len(pix) != n {
-		return nil, fmt.Errorf("imageops: %d×%d needs %d bytes, got %d", w, h, n, len(pix))
+		return nil, errors.New("imageops: " + dims(w, h) + " needs " + itoa(n) + " bytes, got " + itoa(len(pix)))
 	}
 	return &image.NRGBA{Pix: pix, Stride: 4 * w, Rect: image.Rect(0, 0, w, h)}, nil
 }
@@ -75,7 +86,7 @@ func Resize(dst, src *image.NRGBA, f Filter) error {
 		resizeLinear(dst, src)
 		return nil
 	default:
-		return fmt.Errorf("imageops: unknown filter %d", f)
+		return errors.New("imageops: unknown filter " + itoa(int(f)))
 	}
 }
 
@@ -268,8 +279,8 @@ func Crop(dst, src *image.NRGBA, x, y int) error {
 	}
 	w, h := dst.Rect.Dx(), dst.Rect.Dy()
 	if x < 0 || y < 0 || x+w > src.Rect.Dx() || y+h > src.Rect.Dy() {
-		return fmt.Errorf("imageops: crop %d×%d at (%d,%d) of a %d×%d image: %w",
-			w, h, x, y, src.Rect.Dx(), src.Rect.Dy(), ErrBounds)
+		return &boundsError{"imageops: crop " + dims(w, h) + " at (" + itoa(x) + "," + itoa(y) + ") of a " +
+			dims(src.Rect.Dx(), src.Rect.Dy()) + " image: out of bounds"}
 	}
 	for r := 0; r < h; r++ {
 		s := src.Pix[(y+r)*src.Stride+4*x:]
@@ -306,7 +317,7 @@ func Overlay(dst, src *image.NRGBA, x, y int, opacity float32) error {
 		return err
 	}
 	if !(opacity >= 0 && opacity <= 1) {
-		return fmt.Errorf("imageops: opacity %v outside 0..1", opacity)
+		return errors.New("imageops: opacity " + ftoa(float64(opacity)) + " outside 0..1")
 	}
 	r := image.Rect(x, y, x+src.Rect.Dx(), y+src.Rect.Dy()).Intersect(image.Rect(0, 0, dst.Rect.Dx(), dst.Rect.Dy()))
 	for py := r.Min.Y; py < r.Max.Y; py++ {
@@ -365,17 +376,17 @@ func DrawText(dst *image.NRGBA, x, y int, text string, scale, pad int, fg, bg co
 		return err
 	}
 	if scale < 1 || scale > MaxTextScale {
-		return fmt.Errorf("imageops: text scale %d outside 1..%d", scale, MaxTextScale)
+		return errors.New("imageops: text scale " + itoa(scale) + " outside 1.." + itoa(MaxTextScale))
 	}
 	if pad < 0 || pad > 1024 {
-		return fmt.Errorf("imageops: text padding %d outside 0..1024", pad)
+		return errors.New("imageops: text padding " + itoa(pad) + " outside 0..1024")
 	}
 	n := 0
 	for range text {
 		n++
 	}
 	if n > MaxTextRunes {
-		return fmt.Errorf("imageops: text of %d characters exceeds %d", n, MaxTextRunes)
+		return errors.New("imageops: text of " + itoa(n) + " characters exceeds " + itoa(MaxTextRunes))
 	}
 	tw, th := TextSize(text, scale)
 	if tw == 0 {
@@ -441,7 +452,7 @@ func ApplyColorMatrix(im *image.NRGBA, m *ColorMatrix) error {
 	}
 	for _, v := range m {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("imageops: colour matrix holds %v", v)
+			return errors.New("imageops: colour matrix holds " + ftoa(float64(v)))
 		}
 	}
 	w, h := im.Rect.Dx(), im.Rect.Dy()

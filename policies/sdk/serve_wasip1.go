@@ -1,0 +1,53 @@
+//go:build wasip1
+
+package sdk
+
+import (
+	"github.com/kiln-project/kiln/wasmhost/abi"
+	"github.com/kiln-project/kiln/wasmhost/guest"
+)
+
+// Batching serves one call of the batching hook with fn.
+func Batching(ptr, n int32, fn func(*BatchingInput) (BatchingOutput, error)) int64 {
+	return guest.Serve(ptr, n, func(in, out []byte) []byte {
+		msg, err := abi.DecodeBatchingInput(in)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		ans, err := fn(&msg)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		return abi.EncodeBatchingOutput(out, &ans)
+	})
+}
+
+// Eviction serves one call of the eviction hook with fn.
+func Eviction(ptr, n int32, fn func(*EvictionInput) (EvictionOutput, error)) int64 {
+	return guest.Serve(ptr, n, func(in, out []byte) []byte {
+		msg, err := abi.DecodeEvictionInput(in)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		ans, err := fn(&msg)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		return abi.EncodeEvictionOutput(out, &ans)
+	})
+}
+
+// Quality serves one call of the quality hook with fn.
+func Quality(ptr, n int32, fn func(*QualityInput) (QualityOutput, error)) int64 {
+	return guest.Serve(ptr, n, func(in, out []byte) []byte {
+		msg, err := abi.DecodeQualityInput(in)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		ans, err := fn(&msg)
+		if err != nil {
+			return abi.EncodeError(out, err.Error())
+		}
+		return abi.EncodeQualityOutput(out, &ans)
+	})
+}
