@@ -49,7 +49,7 @@ type weightSpec struct {
 // New checks every weight in w against cfg (presence, shape, dtype) before
 // loading any, then uploads them to be. The first problem found is
 // returned, naming the tensor.
-func New(be backend.Backend, cfg Config, w safetensors.Source) (m *Model, err error) {
+func New(be backend.Backend, cfg Config, w safetensors.Source) (_ *Model, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -57,7 +57,7 @@ func New(be backend.Backend, cfg Config, w safetensors.Source) (m *Model, err er
 	if _, ok := w.Info("text_model.embeddings.token_embedding.weight"); ok {
 		prefix = "text_model."
 	}
-	m = &Model{be: be, cfg: cfg, layers: make([]block, cfg.NumHiddenLayers)}
+	m := &Model{be: be, cfg: cfg, layers: make([]block, cfg.NumHiddenLayers)}
 	specs := m.specs(prefix)
 	dtypes := make([]tensor.DType, len(specs))
 	for i, s := range specs {
@@ -159,6 +159,11 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int, clipSkip int
 		return nil, nil, fmt.Errorf("clip: encode: clip skip %d: want 0 to num_hidden_layers (%d)", clipSkip, c.NumHiddenLayers)
 	}
 	keepAfter := c.NumHiddenLayers - max(clipSkip, 1) + 1 // layers run before the hidden output is taken
+	defer func() {
+		if err != nil {
+			hidden, pooled = nil, nil
+		}
+	}()
 	defer backend.Recover(&err)
 	be := m.be
 
