@@ -70,6 +70,10 @@ func (r *ConfigReader) Raw(name string) string {
 }
 
 func (r *ConfigReader) decode(name string, dst any) bool {
+	if r.Null(name) {
+		r.Failf(name, "is null, want a value")
+		return false
+	}
 	if err := json.Unmarshal(r.fields[name], dst); err != nil {
 		r.Failf(name, "cannot read %s: %v", r.Raw(name), err)
 		return false
@@ -99,6 +103,10 @@ func (r *ConfigReader) OptInt(name string) (int, bool) {
 
 func (r *ConfigReader) intValue(name string, raw json.RawMessage) (int, bool) {
 	var f float64
+	if string(bytes.TrimSpace(raw)) == "null" {
+		r.Failf(name, "is null, want an integer")
+		return 0, false
+	}
 	if err := json.Unmarshal(raw, &f); err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<40 {
 		r.Failf(name, "want an integer, got %s", bytes.TrimSpace(raw))
 		return 0, false
