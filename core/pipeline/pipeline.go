@@ -1,0 +1,735 @@
+// Package pipeline runs Stable Diffusion text-to-image and image-to-image
+// generation as diffusers' StableDiffusionPipeline and
+// StableDiffusionImg2ImgPipeline do: prompt conditioning, torch-compatible
+// initial noise, the sampler loop with classifier-free guidance as one
+// batched UNet call, and VAE decoding. A job of n images runs as one batch;
+// by default image i draws its noise from its own generator seeded with
+// seed+i, so any image can be regenerated alone.
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"strings"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/model/clip"
+	"github.com/kiln-project/kiln/core/model/unet"
+	"github.com/kiln-project/kiln/core/model/vae"
+	"github.com/kiln-project/kiln/core/rng"
+	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/core/tokenizer"
+)
+
+// Limits on a request, to refuse absurd work before allocating it.
+const (
+	MaxImages = 64
+	MaxSide   = 4096
+	MaxSteps  = 1000
+)
+
+// Request describes one generation job.
+type Request struct {
+	Prompt, NegativePrompt string
+	// Width and Height are the image size in pixels (0: the model's
+	// default, or the init image's size); both must divide by the VAE
+	// downsampling factor.
+	Width, Height int
+	// Steps is the number of inference steps (0: 20). For img2img only
+	// the last Strength·Steps of them run.
+	Steps int
+	// N is the number of images, generated as one batch (0: 1).
+	N int
+	// ClipSkip counts layers from the end of the text encoder as
+	// AUTOMATIC1111 does: 0 or 1 use the last layer, 2 the penultimate.
+	ClipSkip int
+	// Guidance is the classifier-free guidance scale; at 1 or below the
+	// model runs without the unconditional half.
+	Guidance float64
+	// GuidanceRescale is the φ of Lin et al. 2023 (0 = off).
+	GuidanceRescale float64
+	// Strength is img2img's denoising strength in (0, 1].
+	Strength float64
+	// Sampler names the sampler (see sample.Names); "" uses the model's
+	// scheduler configuration as it is.
+	Sampler string
+	// Eta is DDIM's stochasticity (0 = deterministic).
+	Eta float64
+	// Seed seeds image 0's generator; image i uses Seed+i.
+	Seed uint64
+	// RNG is the noise generator: "cpu" (torch CPU, the default) or
+	// "cuda" (torch CUDA Philox).
+	RNG string
+	// SharedGenerator draws the whole batch's noise from one generator
+	// seeded with Seed, as diffusers does with a single torch.Generator,
+	// instead of one generator per image.
+	SharedGenerator bool
+	// InitImage turns the job into img2img; it is resized to Width×Height
+	// when those are set and differ.
+	InitImage image.Image
+	// InitPixels is an alternative to InitImage: a (1, 3, Height, Width)
+	// image in [0, 1], used as is (no 8-bit rounding).
+	InitPixels []float32
+	// Emphasis parses the A1111 emphasis syntax; off tokenizes literally.
+	Emphasis bool
+	// Truncate cuts prompts to one 75-token chunk (as diffusers does)
+	// instead of encoding further chunks.
+	Truncate bool
+	// Noise, when set, is the initial noise (N, C, H/f, W/f) instead of the
+	// generators' first draw; later noise still comes from the generators.
+	Noise []float32
+	// SkipDecode leaves Images and Pixels empty (latents only).
+	SkipDecode bool
+}
+
+// Progress reports one finished model evaluation.
+type Progress struct {
+	// Step counts the evaluations done so far (1-based); Steps is the
+	// total for this job (Heun evaluates twice per step).
+	Step, Steps int
+	// Timestep is the model timestep of this evaluation.
+	Timestep float64
+	// Preview is the predicted clean image mapped to RGB at latent
+	// resolution through the model's latent-to-RGB matrix, the batch's
+	// images side by side; nil when the model has no such matrix.
+	Preview *image.RGBA
+	// Latents are the batch latents after this evaluation; valid only
+	// during the callback.
+	Latents []float32
+}
+
+// Result is a finished job.
+type Result struct {
+	// Images are the decoded images, 8-bit.
+	Images []*image.RGBA
+	// Pixels are the decoded images in [0, 1], (N, 3, H, W), before 8-bit
+	// rounding; PixelShape is their shape.
+	Pixels     []float32
+	PixelShape [4]int
+	// Latents are the final latents (N, C, H/f, W/f) in the UNet's scale.
+	Latents     []float32
+	LatentShape [4]int
+	// Seeds holds each image's seed.
+	Seeds []uint64
+	// Sampler is the sampler that ran (resolved name).
+	Sampler string
+}
+
+// Pipeline is a loaded model ready to generate. It is not safe for
+// concurrent use (its backend is not).
+type Pipeline struct {
+	be        backend.Backend
+	model     *checkpoint.Model
+	enc       *conditioning.Encoder
+	unet      *unet.Model
+	vae       *vae.Model
+	sched     *sample.Config
+	ucfg      unet.Config
+	vcfg      vae.Config
+	latentRGB *[][3]float64
+	size      int // default image side in pixels
+}
+
+// sd1LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews.
+var sd1LatentRGB = [][3]float64{
+	{0.3512, 0.2297, 0.3227},
+	{0.3250, 0.4974, 0.2350},
+	{-0.2829, 0.1762, 0.2721},
+	{-0.2120, -0.2616, -0.7177},
+}
+
+// Load opens a model (diffusers folder or single-file checkpoint) and
+// builds its components on be.
+func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m, err := checkpoint.Load(modelPath, checkpoint.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	p, err := New(be, m)
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// New builds a pipeline from a loaded checkpoint; the pipeline owns m and
+// closes it in Close.
+func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
+	p := &Pipeline{be: be, model: m}
+	tok, err := tokenizer.Load(m.TokenizerDir)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: tokenizer: %w", err)
+	}
+	ccfg, err := clip.ParseConfig(m.TextEncoderConfig)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: text encoder config: %w", err)
+	}
+	cm, err := clip.New(be, ccfg, m.TextEncoder)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: text encoder: %w", err)
+	}
+	if p.enc, err = conditioning.New(tok, cm); err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if p.ucfg, err = unet.ParseConfig(m.UNetConfig); err != nil {
+		return nil, fmt.Errorf("pipeline: unet config: %w", err)
+	}
+	if p.unet, err = unet.New(be, p.ucfg, m.UNet); err != nil {
+		return nil, fmt.Errorf("pipeline: unet: %w", err)
+	}
+	if p.vcfg, err = vae.ParseConfig(m.VAEConfig); err != nil {
+		return nil, fmt.Errorf("pipeline: vae config: %w", err)
+	}
+	if p.vae, err = vae.New(be, p.vcfg, m.VAE); err != nil {
+		return nil, fmt.Errorf("pipeline: vae: %w", err)
+	}
+	if p.sched, err = sample.ParseConfig(m.SchedulerConfig); err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if p.ucfg.InChannels != p.vcfg.LatentChannels {
+		return nil, fmt.Errorf("pipeline: unet takes %d latent channels, vae makes %d", p.ucfg.InChannels, p.vcfg.LatentChannels)
+	}
+	if p.enc.Dim() != p.ucfg.ContextDim() {
+		return nil, fmt.Errorf("pipeline: text encoder width %d, unet cross-attention width %d", p.enc.Dim(), p.ucfg.ContextDim())
+	}
+	if p.vcfg.LatentChannels == 4 {
+		p.latentRGB = &sd1LatentRGB
+	}
+	var us struct {
+		SampleSize json.RawMessage `json:"sample_size"`
+	}
+	p.size = 64 * p.vae.Factor()
+	if json.Unmarshal(m.UNetConfig, &us) == nil {
+		var n int
+		var pair []int
+		if json.Unmarshal(us.SampleSize, &n) == nil && n > 0 {
+			p.size = n * p.vae.Factor()
+		} else if json.Unmarshal(us.SampleSize, &pair) == nil && len(pair) > 0 && pair[0] > 0 {
+			p.size = pair[0] * p.vae.Factor()
+		}
+	}
+	return p, nil
+}
+
+// Close releases the model files.
+func (p *Pipeline) Close() error {
+	if p.model != nil {
+		return p.model.Close()
+	}
+	return nil
+}
+
+// Factor is the VAE downsampling factor: image sides must divide by it.
+func (p *Pipeline) Factor() int { return p.vae.Factor() }
+
+// DefaultSize is the model's native image side in pixels.
+func (p *Pipeline) DefaultSize() int { return p.size }
+
+// DefaultSampler is the sampler the model's scheduler config selects.
+func (p *Pipeline) DefaultSampler() (string, error) { return p.sched.DefaultSampler() }
+
+// SetSchedulerConfig replaces the scheduler configuration that requests
+// without an explicit sampler use (and that named samplers start from).
+func (p *Pipeline) SetSchedulerConfig(c *sample.Config) { p.sched = c.Clone() }
+
+// SchedulerConfig returns the model's scheduler configuration.
+func (p *Pipeline) SchedulerConfig() *sample.Config { return p.sched.Clone() }
+
+// job is the resolved state of one Generate call.
+type job struct {
+	req        Request
+	n          int
+	c, h, w    int // latent channels and size
+	per        int // latent values per image
+	gens       []rng.Generator
+	seeds      []uint64
+	cfg        bool
+	img2img    bool
+	initPixels []float32
+}
+
+// resolve validates a request and fills its defaults.
+func (p *Pipeline) resolve(req Request) (*job, error) {
+	j := &job{req: req}
+	if req.N == 0 {
+		req.N = 1
+	}
+	if req.Steps == 0 {
+		req.Steps = 20
+	}
+	f := p.vae.Factor()
+	if req.InitImage != nil && req.InitPixels != nil {
+		return nil, errors.New("pipeline: give InitImage or InitPixels, not both")
+	}
+	if req.InitImage != nil {
+		b := req.InitImage.Bounds()
+		if b.Dx() <= 0 || b.Dy() <= 0 {
+			return nil, errors.New("pipeline: init image is empty")
+		}
+		if req.Width == 0 && req.Height == 0 {
+			req.Width, req.Height = b.Dx()/f*f, b.Dy()/f*f
+		}
+	}
+	if req.Width == 0 {
+		req.Width = p.size
+	}
+	if req.Height == 0 {
+		req.Height = p.size
+	}
+	switch {
+	case req.N < 1 || req.N > MaxImages:
+		return nil, fmt.Errorf("pipeline: n must be in 1..%d, got %d", MaxImages, req.N)
+	case req.Steps < 1 || req.Steps > MaxSteps:
+		return nil, fmt.Errorf("pipeline: steps must be in 1..%d, got %d", MaxSteps, req.Steps)
+	case req.Width <= 0 || req.Height <= 0 || req.Width > MaxSide || req.Height > MaxSide:
+		return nil, fmt.Errorf("pipeline: size %dx%d must be within 1..%d", req.Width, req.Height, MaxSide)
+	case req.Width%f != 0 || req.Height%f != 0:
+		return nil, fmt.Errorf("pipeline: size %dx%d is not divisible by the VAE factor %d", req.Width, req.Height, f)
+	case math.IsNaN(req.Guidance) || math.IsInf(req.Guidance, 0):
+		return nil, fmt.Errorf("pipeline: guidance %v is not a finite number", req.Guidance)
+	case math.IsNaN(req.GuidanceRescale) || req.GuidanceRescale < 0 || req.GuidanceRescale > 1:
+		return nil, fmt.Errorf("pipeline: guidance rescale %v must be in [0, 1]", req.GuidanceRescale)
+	case req.ClipSkip < 0:
+		return nil, fmt.Errorf("pipeline: clip skip %d must not be negative", req.ClipSkip)
+	}
+	j.img2img = req.InitImage != nil || req.InitPixels != nil
+	if j.img2img {
+		if !(req.Strength > 0 && req.Strength <= 1) {
+			return nil, fmt.Errorf("pipeline: strength %v must be in (0, 1] for img2img", req.Strength)
+		}
+		if req.InitPixels != nil {
+			if len(req.InitPixels) != 3*req.Width*req.Height {
+				return nil, fmt.Errorf("pipeline: init pixels hold %d values, want 3×%d×%d", len(req.InitPixels), req.Height, req.Width)
+			}
+			j.initPixels = req.InitPixels
+		} else {
+			j.initPixels = imageToPixels(req.InitImage, req.Width, req.Height)
+		}
+	} else if req.Strength != 0 {
+		return nil, errors.New("pipeline: strength applies to img2img only (no init image given)")
+	}
+	j.n = req.N
+	j.c = p.vcfg.LatentChannels
+	j.h, j.w = req.Height/f, req.Width/f
+	j.per = j.c * j.h * j.w
+	if req.Noise != nil && len(req.Noise) != j.n*j.per {
+		return nil, fmt.Errorf("pipeline: noise holds %d values, want %d×%d×%d×%d", len(req.Noise), j.n, j.c, j.h, j.w)
+	}
+	j.cfg = req.Guidance > 1
+	if req.SharedGenerator {
+		g, err := rng.New(req.RNG, req.Seed)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline: %w", err)
+		}
+		j.gens = []rng.Generator{g}
+	}
+	for i := 0; i < j.n; i++ {
+		seed := req.Seed + uint64(i)
+		if req.SharedGenerator {
+			seed = req.Seed
+		} else {
+			g, err := rng.New(req.RNG, seed)
+			if err != nil {
+				return nil, fmt.Errorf("pipeline: %w", err)
+			}
+			j.gens = append(j.gens, g)
+		}
+		j.seeds = append(j.seeds, seed)
+	}
+	j.req = req
+	return j, nil
+}
+
+// draw returns standard normal noise for the whole batch with `per`
+// values per image: one draw per image generator, or one draw of the whole
+// batch from the shared generator.
+func (j *job) draw(per int) []float32 {
+	if len(j.gens) == 1 && j.req.SharedGenerator {
+		return j.gens[0].Randn(per * j.n)
+	}
+	out := make([]float32, 0, per*j.n)
+	for _, g := range j.gens {
+		out = append(out, g.Randn(per)...)
+	}
+	return out
+}
+
+// Generate runs one job. onProgress, when not nil, is called after every
+// model evaluation. Cancelling ctx stops the job between evaluations.
+func (p *Pipeline) Generate(ctx context.Context, req Request, onProgress func(Progress)) (*Result, error) {
+	j, err := p.resolve(req)
+	if err != nil {
+		return nil, err
+	}
+	req = j.req
+	s, err := sample.New(p.sched, req.Sampler, req.Steps, sample.Options{Eta: req.Eta})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	name := req.Sampler
+	if name == "" {
+		name, _ = p.sched.DefaultSampler()
+	}
+	cond, ctxLen, err := p.conditioning(ctx, j)
+	if err != nil {
+		return nil, err
+	}
+	timesteps := s.Timesteps()
+	begin := 0
+	var x []float32
+	if j.img2img {
+		initSteps := min(int(float64(req.Steps)*req.Strength), req.Steps)
+		if initSteps < 1 {
+			return nil, fmt.Errorf("pipeline: strength %v leaves no step of %d to run", req.Strength, req.Steps)
+		}
+		begin = (req.Steps - initSteps) * s.Order()
+		if begin >= len(timesteps) {
+			return nil, fmt.Errorf("pipeline: strength %v leaves no step to run", req.Strength)
+		}
+		x0, err := p.encodeInit(ctx, j)
+		if err != nil {
+			return nil, err
+		}
+		noise := req.Noise
+		if noise == nil {
+			noise = j.draw(j.per)
+		}
+		x = s.AddNoise(x0, noise, begin)
+	} else {
+		noise := req.Noise
+		if noise == nil {
+			noise = j.draw(j.per)
+		}
+		sigma := float32(s.InitNoiseSigma())
+		x = make([]float32, len(noise))
+		for i, v := range noise {
+			x[i] = v * sigma
+		}
+	}
+	shape := [4]int{j.n, j.c, j.h, j.w}
+	drawStep := func() []float32 { return j.draw(j.per) }
+	total := len(timesteps) - begin
+	for i := begin; i < len(timesteps); i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		out, err := p.predict(ctx, j, s, x, i, cond, ctxLen, shape)
+		if err != nil {
+			return nil, err
+		}
+		next, x0, err := s.Step(i, out, x, drawStep)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline: step %d: %w", i, err)
+		}
+		x = next
+		if onProgress != nil {
+			pr := Progress{Step: i - begin + 1, Steps: total, Timestep: timesteps[i], Latents: x}
+			if p.latentRGB != nil {
+				pr.Preview = preview(x0, shape, *p.latentRGB)
+			}
+			onProgress(pr)
+		}
+	}
+	res := &Result{Latents: x, LatentShape: shape, Seeds: j.seeds, Sampler: name}
+	if req.SkipDecode {
+		return res, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := p.decode(ctx, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// conditioning encodes the prompts into the UNet context: (2N, L, D) with
+// the unconditional half first when guidance is on, else (N, L, D).
+func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, error) {
+	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate}
+	pos, err := p.enc.EncodeResult(ctx, j.req.Prompt, opts)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pipeline: prompt: %w", err)
+	}
+	d := pos.Dim
+	parts := []conditioning.Result{pos}
+	if j.cfg {
+		neg, err := p.enc.EncodeResult(ctx, j.req.NegativePrompt, opts)
+		if err != nil {
+			return nil, 0, fmt.Errorf("pipeline: negative prompt: %w", err)
+		}
+		parts = []conditioning.Result{neg, pos}
+	}
+	// Prompts of different lengths (long prompts): pad the shorter with
+	// the encoding of an empty chunk, as AUTOMATIC1111 does.
+	L := 0
+	for _, r := range parts {
+		L = max(L, r.Length)
+	}
+	var empty []float32
+	for k := range parts {
+		if parts[k].Length < L {
+			if empty == nil {
+				e, err := p.enc.EncodeResult(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip})
+				if err != nil {
+					return nil, 0, fmt.Errorf("pipeline: empty prompt: %w", err)
+				}
+				empty = e.Hidden
+			}
+			h := parts[k].Hidden
+			for len(h) < L*d {
+				h = append(h, empty...)
+			}
+			parts[k].Hidden = h[:L*d]
+			parts[k].Length = L
+		}
+	}
+	out := make([]float32, 0, len(parts)*j.n*L*d)
+	for _, r := range parts {
+		for i := 0; i < j.n; i++ {
+			out = append(out, r.Hidden...)
+		}
+	}
+	return out, L, nil
+}
+
+// predict runs the UNet on sample x at evaluation i and returns the guided
+// model output for the batch.
+func (p *Pipeline) predict(ctx context.Context, j *job, s sample.Sampler, x []float32, i int, cond []float32, ctxLen int, shape [4]int) ([]float32, error) {
+	in := s.ScaleModelInput(x, i)
+	b := shape[0]
+	if j.cfg {
+		in = append(append(make([]float32, 0, 2*len(in)), in...), in...)
+		b *= 2
+	}
+	t := []float32{float32(s.Timesteps()[i])}
+	out, err := p.unet.Forward(ctx, in, [4]int{b, shape[1], shape[2], shape[3]}, t, cond, ctxLen)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: unet: %w", err)
+	}
+	if !j.cfg {
+		return out, nil
+	}
+	n := len(x)
+	uncond, text := out[:n], out[n:]
+	g := float32(j.req.Guidance)
+	guided := make([]float32, n)
+	for k := range guided {
+		guided[k] = uncond[k] + float32(g*float32(text[k]-uncond[k]))
+	}
+	if phi := j.req.GuidanceRescale; phi > 0 {
+		rescale(guided, text, shape[0], phi)
+	}
+	return guided, nil
+}
+
+// rescale applies guidance rescale (Lin et al. 2023, eq. 16) per image:
+// the guided prediction is scaled to the standard deviation of the text
+// prediction and blended with the unscaled one by phi.
+func rescale(cfg, text []float32, n int, phi float64) {
+	per := len(cfg) / n
+	for i := 0; i < n; i++ {
+		c := cfg[i*per : (i+1)*per]
+		t := text[i*per : (i+1)*per]
+		ratio := stddev(t) / stddev(c)
+		if math.IsNaN(ratio) || math.IsInf(ratio, 0) {
+			continue
+		}
+		for k := range c {
+			v := float64(c[k])
+			c[k] = float32(phi*(v*ratio) + (1-phi)*v)
+		}
+	}
+}
+
+// stddev is the sample standard deviation (n−1 denominator, as torch.std).
+func stddev(a []float32) float64 {
+	var mean float64
+	for _, v := range a {
+		mean += float64(v)
+	}
+	mean /= float64(len(a))
+	var ss float64
+	for _, v := range a {
+		d := float64(v) - mean
+		ss += d * d
+	}
+	return math.Sqrt(ss / float64(len(a)-1))
+}
+
+// encodeInit encodes the init image and samples the posterior for every
+// image of the batch with its generator (mean + std·ε), scaled to the
+// UNet's latent space.
+func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
+	px := make([]float32, len(j.initPixels))
+	for i, v := range j.initPixels {
+		px[i] = 2*v - 1
+	}
+	mean, logvar, lshape, err := p.vae.Encode(ctx, px, [4]int{1, 3, j.req.Height, j.req.Width})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: vae encode: %w", err)
+	}
+	per := lshape[1] * lshape[2] * lshape[3]
+	if per != j.per {
+		return nil, fmt.Errorf("pipeline: vae encoded to %v, want %d values per image", lshape, j.per)
+	}
+	std := make([]float32, per)
+	for k, lv := range logvar {
+		lv = min(max(lv, -30), 20)
+		std[k] = float32(math.Exp(0.5 * float64(lv)))
+	}
+	var eps []float32
+	if j.req.SharedGenerator {
+		// diffusers encodes the single init image once, samples its
+		// posterior once and repeats the latent for the batch.
+		e := j.gens[0].Randn(per)
+		for i := 0; i < j.n; i++ {
+			eps = append(eps, e...)
+		}
+	} else {
+		eps = j.draw(per)
+	}
+	x := make([]float32, j.n*per)
+	for i := 0; i < j.n; i++ {
+		for k := 0; k < per; k++ {
+			x[i*per+k] = mean[k] + std[k]*eps[i*per+k]
+		}
+	}
+	if err := p.vcfg.Normalize(x, [4]int{j.n, j.c, j.h, j.w}); err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	return x, nil
+}
+
+// decode turns the result's latents into pixels and 8-bit images.
+func (p *Pipeline) decode(ctx context.Context, res *Result) error {
+	z := append([]float32(nil), res.Latents...)
+	if err := p.vcfg.Denormalize(z, res.LatentShape); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	img, shape, err := p.vae.Decode(ctx, z, res.LatentShape)
+	if err != nil {
+		return fmt.Errorf("pipeline: vae decode: %w", err)
+	}
+	if shape[1] != 3 {
+		return fmt.Errorf("pipeline: vae decoded %d channels, want 3", shape[1])
+	}
+	for i, v := range img {
+		img[i] = min(max(v/2+0.5, 0), 1)
+	}
+	res.Pixels, res.PixelShape = img, shape
+	res.Images = PixelsToImages(img, shape)
+	return nil
+}
+
+// PixelsToImages converts (N, 3, H, W) pixels in [0, 1] to 8-bit images,
+// rounding as diffusers' numpy_to_pil does.
+func PixelsToImages(px []float32, shape [4]int) []*image.RGBA {
+	n, h, w := shape[0], shape[2], shape[3]
+	plane := h * w
+	out := make([]*image.RGBA, n)
+	for i := 0; i < n; i++ {
+		im := image.NewRGBA(image.Rect(0, 0, w, h))
+		base := i * 3 * plane
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				o := im.PixOffset(x, y)
+				for c := 0; c < 3; c++ {
+					im.Pix[o+c] = to8(px[base+c*plane+y*w+x])
+				}
+				im.Pix[o+3] = 255
+			}
+		}
+		out[i] = im
+	}
+	return out
+}
+
+func to8(v float32) uint8 {
+	f := math.Round(float64(v) * 255)
+	return uint8(min(max(f, 0), 255))
+}
+
+// imageToPixels converts an image to (1, 3, h, w) values in [0, 1],
+// resizing it bilinearly when its size differs.
+func imageToPixels(im image.Image, w, h int) []float32 {
+	b := im.Bounds()
+	sw, sh := b.Dx(), b.Dy()
+	px := make([]float32, 3*w*h)
+	sample := func(x, y int) [3]float64 {
+		r, g, bb, _ := im.At(b.Min.X+x, b.Min.Y+y).RGBA()
+		return [3]float64{float64(r) / 65535, float64(g) / 65535, float64(bb) / 65535}
+	}
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			var v [3]float64
+			if sw == w && sh == h {
+				v = sample(x, y)
+			} else {
+				fx := (float64(x)+0.5)*float64(sw)/float64(w) - 0.5
+				fy := (float64(y)+0.5)*float64(sh)/float64(h) - 0.5
+				x0, y0 := int(math.Floor(fx)), int(math.Floor(fy))
+				ax, ay := fx-float64(x0), fy-float64(y0)
+				cl := func(v, hi int) int { return min(max(v, 0), hi-1) }
+				p00, p10 := sample(cl(x0, sw), cl(y0, sh)), sample(cl(x0+1, sw), cl(y0, sh))
+				p01, p11 := sample(cl(x0, sw), cl(y0+1, sh)), sample(cl(x0+1, sw), cl(y0+1, sh))
+				for c := 0; c < 3; c++ {
+					v[c] = (p00[c]*(1-ax)+p10[c]*ax)*(1-ay) + (p01[c]*(1-ax)+p11[c]*ax)*ay
+				}
+			}
+			for c := 0; c < 3; c++ {
+				px[c*w*h+y*w+x] = float32(v[c])
+			}
+		}
+	}
+	return px
+}
+
+// preview maps the predicted clean latents through the latent-to-RGB
+// matrix: one pixel per latent position, the images side by side.
+func preview(x0 []float32, shape [4]int, m [][3]float64) *image.RGBA {
+	n, c, h, w := shape[0], shape[1], shape[2], shape[3]
+	if c != len(m) || len(x0) != n*c*h*w {
+		return nil
+	}
+	im := image.NewRGBA(image.Rect(0, 0, n*w, h))
+	plane := h * w
+	for i := 0; i < n; i++ {
+		base := i * c * plane
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				var rgb [3]float64
+				for ch := 0; ch < c; ch++ {
+					v := float64(x0[base+ch*plane+y*w+x])
+					for k := 0; k < 3; k++ {
+						rgb[k] += v * m[ch][k]
+					}
+				}
+				o := im.PixOffset(i*w+x, y)
+				for k := 0; k < 3; k++ {
+					im.Pix[o+k] = uint8(min(max((rgb[k]+1)/2*255, 0), 255))
+				}
+				im.Pix[o+3] = 255
+			}
+		}
+	}
+	return im
+}
+
+// SamplerLabel is the AUTOMATIC1111 display name of a sampler name.
+func SamplerLabel(name string) string {
+	if l := sample.Label(name); l != name {
+		return l
+	}
+	return strings.ToUpper(name[:min(1, len(name))]) + name[min(1, len(name)):]
+}
