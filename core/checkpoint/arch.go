@@ -1,8 +1,10 @@
 package checkpoint
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // Block type names of the diffusers UNet and VAE configs this package maps.
@@ -130,6 +132,9 @@ func ParseUNetLayout(js []byte) (UNetLayout, error) {
 		return UNetLayout{}, err
 	}
 	var l UNetLayout
+	if err := checkUNetExtras(m); err != nil {
+		return l, err
+	}
 	if l.InChannels, err = getInt(m, "in_channels", 4, what); err != nil {
 		return l, err
 	}
@@ -319,4 +324,42 @@ func ParseTextLayout(js []byte) (TextLayout, error) {
 		}
 	}
 	return l, nil
+}
+
+// unetNeutral lists UNet config fields that add or reshape tensors, with
+// the JSON values under which they do not (the SD 1.x/2.x values). Any
+// other value is refused, naming the field, since the tensors would not
+// follow the layout this package maps.
+var unetNeutral = map[string][]string{
+	"addition_embed_type":                   {"null"},
+	"class_embed_type":                      {"null"},
+	"num_class_embeds":                      {"null"},
+	"encoder_hid_dim":                       {"null"},
+	"encoder_hid_dim_type":                  {"null"},
+	"time_cond_proj_dim":                    {"null"},
+	"projection_class_embeddings_input_dim": {"null"},
+	"conv_in_kernel":                        {"3"},
+	"conv_out_kernel":                       {"3"},
+	"attention_type":                        {`"default"`},
+	"dual_cross_attention":                  {"false"},
+	"only_cross_attention":                  {"false"},
+	"time_embedding_type":                   {`"positional"`},
+	"mid_block_only_cross_attention":        {"null", "false"},
+	"num_attention_heads":                   {"null"},
+	"class_embeddings_concat":               {"false"},
+	"timestep_post_act":                     {"null"},
+}
+
+func checkUNetExtras(m map[string]json.RawMessage) error {
+	for key, ok := range unetNeutral {
+		raw, present := m[key]
+		if !present {
+			continue
+		}
+		v := string(bytes.Join(bytes.Fields(raw), nil))
+		if !slices.Contains(ok, v) {
+			return fmt.Errorf("checkpoint: unet config: %s = %s is not supported (this loader maps SD 1.x/2.x UNets)", key, raw)
+		}
+	}
+	return nil
 }

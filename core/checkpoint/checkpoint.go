@@ -120,16 +120,16 @@ func checkTensors(what string, src safetensors.Source, want []TensorSpec, displa
 		wantSet[w.Name] = true
 		info, ok := src.Info(w.Name)
 		if !ok {
-			missing = append(missing, w.Name)
+			missing = append(missing, display(w.Name))
 			continue
 		}
 		if !slices.Equal(info.Shape, w.Shape) {
-			return fmt.Errorf("checkpoint: %s: tensor %q has shape %v, the config needs %v", what, display(w.Name), info.Shape, w.Shape)
+			return &TensorError{What: what, Name: display(w.Name), Problem: fmt.Sprintf("has shape %v, the config needs %v", info.Shape, w.Shape)}
 		}
 		switch info.DType {
 		case "F32", "F16", "BF16":
 		default:
-			return fmt.Errorf("checkpoint: %s: tensor %q has dtype %s, want F32, F16 or BF16", what, display(w.Name), info.DType)
+			return &TensorError{What: what, Name: display(w.Name), Problem: fmt.Sprintf("has dtype %s, want F32, F16 or BF16", info.DType)}
 		}
 	}
 	var extra []string

@@ -126,8 +126,10 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 		return fail(err)
 	}
 	if err := checkTensors("text_encoder", m.TextEncoder, textL.ExpectedTensors(), func(n string) string {
-		from, _ := m.TextEncoder.(*safetensors.View).Source(n)
-		return from
+		if from, ok := m.TextEncoder.(*safetensors.View).Source(n); ok {
+			return from
+		}
+		return n
 	}); err != nil {
 		return fail(err)
 	}

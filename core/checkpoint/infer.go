@@ -3,6 +3,8 @@ package checkpoint
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
 )
@@ -17,33 +19,53 @@ const (
 	sdScalingFactor      = 0.18215
 )
 
+// TensorError reports a tensor that is missing or does not fit; Name is
+// the name as the caller presents it (callers may rewrite it to the name
+// in the file).
+type TensorError struct {
+	What    string // "unet", "infer vae config", ...
+	Name    string
+	Problem string // "" for a missing tensor
+}
+
+func (e *TensorError) Error() string {
+	if e.Problem == "" {
+		return fmt.Sprintf("checkpoint: %s: missing tensor %q", e.What, e.Name)
+	}
+	return fmt.Sprintf("checkpoint: %s: tensor %q %s", e.What, e.Name, e.Problem)
+}
+
 // shapeOf returns the shape of a tensor that must exist with the given rank.
 func shapeOf(src safetensors.Source, what, name string, rank int) ([]int, error) {
 	info, ok := src.Info(name)
 	if !ok {
-		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, name)
+		return nil, &TensorError{What: what, Name: name}
 	}
 	if len(info.Shape) != rank {
-		return nil, fmt.Errorf("checkpoint: %s: tensor %q has shape %v, want %d dimensions", what, name, info.Shape, rank)
+		return nil, &TensorError{What: what, Name: name, Problem: fmt.Sprintf("has shape %v, want %d dimensions", info.Shape, rank)}
 	}
 	for _, d := range info.Shape {
 		if d <= 0 {
-			return nil, fmt.Errorf("checkpoint: %s: tensor %q has empty shape %v", what, name, info.Shape)
+			return nil, &TensorError{What: what, Name: name, Problem: fmt.Sprintf("has empty shape %v", info.Shape)}
 		}
 	}
 	return info.Shape, nil
 }
 
-func has(src safetensors.Source, name string) bool {
-	_, ok := src.Info(name)
-	return ok
+// nameIndex answers "is there any tensor under this module path" over a
+// source's sorted names.
+type nameIndex []string
+
+func (x nameIndex) hasPrefix(p string) bool {
+	i := sort.SearchStrings(x, p)
+	return i < len(x) && strings.HasPrefix(x[i], p)
 }
 
-// countIndexed counts the consecutive indices i = 0, 1, ... for which
-// format(i) names an existing tensor.
-func countIndexed(src safetensors.Source, format func(int) string) int {
+// count counts the consecutive indices i = 0, 1, ... for which some tensor
+// lies under the module path format(i) (which ends in ".").
+func (x nameIndex) count(format func(int) string) int {
 	n := 0
-	for n < 1024 && has(src, format(n)) {
+	for n < 1024 && x.hasPrefix(format(n)) {
 		n++
 	}
 	return n
@@ -77,11 +99,12 @@ func InferUNetConfig(src safetensors.Source) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	levels := countIndexed(src, func(b int) string { return fmt.Sprintf("down_blocks.%d.resnets.0.conv1.weight", b) })
+	idx := nameIndex(src.Names())
+	levels := idx.count(func(b int) string { return fmt.Sprintf("down_blocks.%d.", b) })
 	if levels == 0 {
-		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "down_blocks.0.resnets.0.conv1.weight")
+		return nil, &TensorError{What: what, Name: "down_blocks.0.resnets.0.conv1.weight"}
 	}
-	lpb := countIndexed(src, func(r int) string { return fmt.Sprintf("down_blocks.0.resnets.%d.conv1.weight", r) })
+	lpb := idx.count(func(r int) string { return fmt.Sprintf("down_blocks.0.resnets.%d.", r) })
 	blockOut := make([]int, levels)
 	downTypes := make([]string, levels)
 	upTypes := make([]string, levels)
@@ -96,17 +119,20 @@ func InferUNetConfig(src safetensors.Source) ([]byte, error) {
 		blockOut[b] = s[0]
 		downTypes[b], depth[b] = plainDown, 1
 		attn := fmt.Sprintf("down_blocks.%d.attentions.0", b)
-		if has(src, attn+".proj_in.weight") {
+		if idx.hasPrefix(attn + ".") {
 			downTypes[b] = crossAttnDown
-			depth[b] = countIndexed(src, func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.norm1.weight", attn, t) })
+			depth[b] = idx.count(func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.", attn, t) })
 			if depth[b] == 0 {
-				return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, attn+".transformer_blocks.0.norm1.weight")
+				return nil, &TensorError{What: what, Name: attn + ".transformer_blocks.0.norm1.weight"}
 			}
 			if !sawAttention {
 				sawAttention = true
 				pin, ok := src.Info(attn + ".proj_in.weight")
-				if !ok || (len(pin.Shape) != 2 && len(pin.Shape) != 4) {
-					return nil, fmt.Errorf("checkpoint: %s: tensor %q has shape %v, want a linear or 1×1 conv weight", what, attn+".proj_in.weight", pin.Shape)
+				if !ok {
+					return nil, &TensorError{What: what, Name: attn + ".proj_in.weight"}
+				}
+				if len(pin.Shape) != 2 && len(pin.Shape) != 4 {
+					return nil, &TensorError{What: what, Name: attn + ".proj_in.weight", Problem: fmt.Sprintf("has shape %v, want a linear or 1×1 conv weight", pin.Shape)}
 				}
 				linearProj = len(pin.Shape) == 2
 				k, err := shapeOf(src, what, attn+".transformer_blocks.0.attn2.to_k.weight", 2)
@@ -118,14 +144,14 @@ func InferUNetConfig(src safetensors.Source) ([]byte, error) {
 		}
 		up := levels - 1 - b
 		upTypes[up] = plainUp
-		if has(src, fmt.Sprintf("up_blocks.%d.attentions.0.proj_in.weight", up)) {
+		if idx.hasPrefix(fmt.Sprintf("up_blocks.%d.attentions.", up)) {
 			upTypes[up] = crossAttnUp
 		}
 	}
 	midAttn := "mid_block.attentions.0"
-	midDepth := countIndexed(src, func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.norm1.weight", midAttn, t) })
+	midDepth := idx.count(func(t int) string { return fmt.Sprintf("%s.transformer_blocks.%d.", midAttn, t) })
 	if midDepth == 0 {
-		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, midAttn+".transformer_blocks.0.norm1.weight")
+		return nil, &TensorError{What: what, Name: midAttn + ".transformer_blocks.0.norm1.weight"}
 	}
 	if !sawAttention {
 		k, err := shapeOf(src, what, midAttn+".transformer_blocks.0.attn2.to_k.weight", 2)
@@ -212,11 +238,12 @@ func InferVAEConfig(src safetensors.Source, scalingFactor float64) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	levels := countIndexed(src, func(b int) string { return fmt.Sprintf("encoder.down_blocks.%d.resnets.0.conv1.weight", b) })
+	idx := nameIndex(src.Names())
+	levels := idx.count(func(b int) string { return fmt.Sprintf("encoder.down_blocks.%d.", b) })
 	if levels == 0 {
-		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "encoder.down_blocks.0.resnets.0.conv1.weight")
+		return nil, &TensorError{What: what, Name: "encoder.down_blocks.0.resnets.0.conv1.weight"}
 	}
-	lpb := countIndexed(src, func(r int) string { return fmt.Sprintf("encoder.down_blocks.0.resnets.%d.conv1.weight", r) })
+	lpb := idx.count(func(r int) string { return fmt.Sprintf("encoder.down_blocks.0.resnets.%d.", r) })
 	blockOut := make([]int, levels)
 	down := make([]string, levels)
 	up := make([]string, levels)
@@ -237,15 +264,15 @@ func InferVAEConfig(src safetensors.Source, scalingFactor float64) ([]byte, erro
 		"in_channels":             convIn[1],
 		"latent_channels":         decIn[1],
 		"layers_per_block":        lpb,
-		"mid_block_add_attention": has(src, "encoder.mid_block.attentions.0.to_q.weight"),
+		"mid_block_add_attention": idx.hasPrefix("encoder.mid_block.attentions.") || idx.hasPrefix("decoder.mid_block.attentions."),
 		"norm_num_groups":         32,
 		"out_channels":            convOut[0],
 		"sample_size":             512,
 		"scaling_factor":          scalingFactor,
 		"shift_factor":            nil,
 		"up_block_types":          up,
-		"use_post_quant_conv":     has(src, "post_quant_conv.weight"),
-		"use_quant_conv":          has(src, "quant_conv.weight"),
+		"use_post_quant_conv":     idx.hasPrefix("post_quant_conv."),
+		"use_quant_conv":          idx.hasPrefix("quant_conv."),
 	}
 	return json.MarshalIndent(cfg, "", "  ")
 }
@@ -263,9 +290,9 @@ func InferTextConfig(src safetensors.Source) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	layers := countIndexed(src, func(i int) string { return fmt.Sprintf("encoder.layers.%d.mlp.fc1.weight", i) })
+	layers := nameIndex(src.Names()).count(func(i int) string { return fmt.Sprintf("encoder.layers.%d.", i) })
 	if layers == 0 {
-		return nil, fmt.Errorf("checkpoint: %s: missing tensor %q", what, "encoder.layers.0.mlp.fc1.weight")
+		return nil, &TensorError{What: what, Name: "encoder.layers.0.mlp.fc1.weight"}
 	}
 	fc1, err := shapeOf(src, what, "encoder.layers.0.mlp.fc1.weight", 2)
 	if err != nil {

@@ -107,7 +107,7 @@ func isTransformerParam(rest string) bool {
 // UNetToDiffusers maps an original UNet key (without the
 // "model.diffusion_model." prefix) to its diffusers name.
 func UNetToDiffusers(orig string, lpb int) (string, error) {
-	bad := fmt.Errorf("checkpoint: unexpected UNet tensor %q", PrefixUNet+orig)
+	bad := errBad("checkpoint: unexpected UNet tensor %q", PrefixUNet+orig)
 	if lpb < 1 {
 		return "", fmt.Errorf("checkpoint: layers per block %d", lpb)
 	}
@@ -210,7 +210,7 @@ func UNetToDiffusers(orig string, lpb int) (string, error) {
 // the "model.diffusion_model." prefix).
 func UNetToOriginal(name string, l Layout) (string, error) {
 	lpb := l.UNetLayersPerBlock
-	bad := fmt.Errorf("checkpoint: UNet tensor %q has no original-layout name", name)
+	bad := errBad("checkpoint: UNet tensor %q has no original-layout name", name)
 	if lpb < 1 {
 		return "", fmt.Errorf("checkpoint: layers per block %d", lpb)
 	}
@@ -302,7 +302,7 @@ func UNetToOriginal(name string, l Layout) (string, error) {
 // its diffusers name; reshape reports a 1×1 convolution weight that
 // diffusers stores as a linear (C, C) matrix.
 func VAEToDiffusers(orig string, levels int) (name string, reshape bool, err error) {
-	bad := fmt.Errorf("checkpoint: unexpected VAE tensor %q", PrefixVAE+orig)
+	bad := errBad("checkpoint: unexpected VAE tensor %q", PrefixVAE+orig)
 	if levels < 1 {
 		return "", false, fmt.Errorf("checkpoint: VAE with %d levels", levels)
 	}
@@ -380,7 +380,7 @@ func VAEToDiffusers(orig string, levels int) (name string, reshape bool, err err
 // "first_stage_model."); reshape reports a linear attention weight that the
 // original stores as a (C, C, 1, 1) convolution.
 func VAEToOriginal(name string, levels int) (orig string, reshape bool, err error) {
-	bad := fmt.Errorf("checkpoint: VAE tensor %q has no original-layout name", name)
+	bad := errBad("checkpoint: VAE tensor %q has no original-layout name", name)
 	if levels < 1 {
 		return "", false, fmt.Errorf("checkpoint: VAE with %d levels", levels)
 	}
@@ -471,3 +471,14 @@ func TextToDiffusers(orig string) (string, error) {
 func TextToOriginal(name string) string {
 	return "text_model." + strings.TrimPrefix(name, "text_model.")
 }
+
+// lazyErr formats its message only when read, so that the mapping's
+// happy path allocates no error text.
+type lazyErr struct {
+	format string
+	name   string
+}
+
+func (e *lazyErr) Error() string { return fmt.Sprintf(e.format, e.name) }
+
+func errBad(format, name string) error { return &lazyErr{format, name} }

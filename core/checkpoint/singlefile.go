@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -158,14 +159,25 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		}
 		return infer()
 	}
+	// Inference names tensors as diffusers does; report them as the file does.
+	inferLayout := Layout{UNetLayersPerBlock: lpb, VAELevels: levels}
+	rename := func(err error, reverse func(string) (string, error)) error {
+		var te *TensorError
+		if errors.As(err, &te) {
+			if o, rerr := reverse(te.Name); rerr == nil {
+				te.Name = o
+			}
+		}
+		return err
+	}
 	if m.UNetConfig, err = pick(opts.UNetConfig, MetaUNetConfig, func() ([]byte, error) { return InferUNetConfig(unet) }); err != nil {
-		return nil, err
+		return nil, rename(err, func(n string) (string, error) { o, err := UNetToOriginal(n, inferLayout); return PrefixUNet + o, err })
 	}
 	if m.VAEConfig, err = pick(opts.VAEConfig, MetaVAEConfig, func() ([]byte, error) { return InferVAEConfig(vae, sdScalingFactor) }); err != nil {
-		return nil, err
+		return nil, rename(err, func(n string) (string, error) { o, _, err := VAEToOriginal(n, levels); return PrefixVAE + o, err })
 	}
 	if m.TextEncoderConfig, err = pick(opts.TextEncoderConfig, MetaTextEncoderConfig, func() ([]byte, error) { return InferTextConfig(text) }); err != nil {
-		return nil, err
+		return nil, rename(err, func(n string) (string, error) { return PrefixCLIP + TextToOriginal(n), nil })
 	}
 	unetL, err := ParseUNetLayout(m.UNetConfig)
 	if err != nil {
@@ -185,16 +197,30 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	if len(vaeL.BlockOut) != levels {
 		return nil, fmt.Errorf("checkpoint: vae config has %d levels, the file's decoder %d", len(vaeL.BlockOut), levels)
 	}
-	origName := func(v *safetensors.View) func(string) string {
-		return func(n string) string { from, _ := v.Source(n); return from }
+	// Messages name tensors as the file does: present ones by the view's
+	// source, missing ones by the reverse mapping.
+	layout := Layout{UNetLayersPerBlock: lpb, UNetUpAttention: unetL.UpAttention, VAELevels: levels}
+	origName := func(v *safetensors.View, reverse func(string) (string, error)) func(string) string {
+		return func(n string) string {
+			if from, ok := v.Source(n); ok {
+				return from
+			}
+			if o, err := reverse(n); err == nil {
+				return o
+			}
+			return n
+		}
 	}
-	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet)); err != nil {
+	unetOrig := func(n string) (string, error) { o, err := UNetToOriginal(n, layout); return PrefixUNet + o, err }
+	vaeOrig := func(n string) (string, error) { o, _, err := VAEToOriginal(n, levels); return PrefixVAE + o, err }
+	textOrig := func(n string) (string, error) { return PrefixCLIP + TextToOriginal(n), nil }
+	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet, unetOrig)); err != nil {
 		return nil, err
 	}
-	if err := checkTensors("vae", vae, vaeL.ExpectedTensors(), origName(vae)); err != nil {
+	if err := checkTensors("vae", vae, vaeL.ExpectedTensors(), origName(vae, vaeOrig)); err != nil {
 		return nil, err
 	}
-	if err := checkTensors("text_encoder", text, textL.ExpectedTensors(), origName(text)); err != nil {
+	if err := checkTensors("text_encoder", text, textL.ExpectedTensors(), origName(text, textOrig)); err != nil {
 		return nil, err
 	}
 	if unetL.CrossAttentionDim != textL.Hidden {
@@ -266,7 +292,7 @@ func originalUNetLayersPerBlock(names []string) (int, error) {
 	for _, n := range names {
 		if i, ok := indexAfter(n, "input_blocks."); ok {
 			in[i] = true
-			if strings.HasSuffix(n, ".0.op.weight") {
+			if strings.HasSuffix(n, ".0.op.weight") || strings.HasSuffix(n, ".0.op.bias") {
 				down[i] = true
 			}
 		}
