@@ -172,8 +172,9 @@ func build(cfg Config) *Model {
 
 // Forward predicts the model output (noise, or v) for sample (B, C, H, W)
 // at per-sample timesteps (len B, or len 1 for the whole batch), attending
-// to context (B, ctxLen, ContextDim). H and W must divide by
-// Config().Factor(). It returns a new slice of the sample's shape.
+// to context (B, ctxLen, ContextDim). H and W may be any size, as in
+// diffusers; sizes that divide by Config().Factor() avoid a round trip to
+// the host at each upsampling. It returns a new slice of the sample's shape.
 func (m *Model) Forward(ctx context.Context, sample []float32, shape [4]int, timesteps []float32, context []float32, ctxLen int) (out []float32, err error) {
 	defer backend.Recover(&err)
 	cfg := &m.cfg
@@ -181,8 +182,8 @@ func (m *Model) Forward(ctx context.Context, sample []float32, shape [4]int, tim
 	if bn < 1 || h < 1 || w < 1 || c != cfg.InChannels {
 		return nil, fmt.Errorf("unet: sample shape %v: want (B, %d, H, W) with B, H, W ≥ 1", shape, cfg.InChannels)
 	}
-	if f := cfg.Factor(); h%f != 0 || w%f != 0 {
-		return nil, fmt.Errorf("unet: sample %d×%d: height and width must be multiples of %d", h, w, f)
+	if f := cfg.Factor(); cfg.DownsamplePadding == 0 && (h%f != 0 || w%f != 0) {
+		return nil, fmt.Errorf("unet: sample %d×%d: with downsample_padding 0, height and width must be multiples of %d", h, w, f)
 	}
 	if len(sample) != bn*c*h*w {
 		return nil, fmt.Errorf("unet: sample holds %d values, shape %v needs %d", len(sample), shape, bn*c*h*w)
@@ -255,6 +256,12 @@ func (m *Model) Forward(ctx context.Context, sample []float32, shape [4]int, tim
 		}
 		if b.upsampler != nil {
 			hs = nn.Swap(be, hs, be.UpsampleNearest2x(hs))
+			// A level of odd size s was downsampled to (s+1)/2; nearest
+			// upsampling to s (diffusers' forward_upsample_size) is the 2×
+			// upsampling without its last row or column.
+			if next := skips[len(skips)-1]; hs.Dim(2) != next.Dim(2) || hs.Dim(3) != next.Dim(3) {
+				hs = nn.Swap(be, hs, cropOnHost(be, hs, next.Dim(2), next.Dim(3)))
+			}
 			hs = nn.Swap(be, hs, b.upsampler.Forward(be, hs))
 		}
 	}
@@ -330,4 +337,22 @@ func Sinusoidal(ts []float32, dim int, flip bool, shift float64) []float32 {
 		}
 	}
 	return out
+}
+
+// cropOnHost returns the top-left (h, w) window of x (B, C, H, W). The
+// backend interface has no slicing op, so the crop goes through the host;
+// it is needed only for samples whose size does not divide by Factor.
+func cropOnHost(be backend.Backend, x *tensor.Tensor, h, w int) *tensor.Tensor {
+	s := x.Shape()
+	if h > s[2] || w > s[3] {
+		backend.Fail("crop", "window %d×%d larger than %s", h, w, s)
+	}
+	src := be.ToFloat32(x)
+	dst := make([]float32, s[0]*s[1]*h*w)
+	for p := range s[0] * s[1] {
+		for y := range h {
+			copy(dst[(p*h+y)*w:(p*h+y+1)*w], src[(p*s[2]+y)*s[3]:])
+		}
+	}
+	return be.FromFloat32(tensor.Shape{s[0], s[1], h, w}, dst)
 }
