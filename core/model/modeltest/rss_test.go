@@ -4,46 +4,15 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/model/modeltest"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
-
-// peakRSS returns the process's peak resident set in MiB (VmHWM, or
-// getrusage's maxrss where /proc is absent).
-func peakRSS() float64 {
-	if b, err := os.ReadFile("/proc/self/status"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-				if err == nil {
-					return kb / 1024
-				}
-			}
-		}
-	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		return float64(ru.Maxrss) / 1024
-	}
-	return 0
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkFixtureLoadAndRun loads the sd15-tiny UNet and VAE from the
 // fixture folder and runs one UNet forward (batch 2, 16×16) and one VAE
@@ -52,8 +21,8 @@ func cpuTime() time.Duration {
 // belongs to it.
 func BenchmarkFixtureLoadAndRun(b *testing.B) {
 	dir := fixtures.Require(b, "sd15-tiny/model")
-	rss0 := peakRSS()
-	cpu0 := cpuTime()
+	rss0 := modeltest.PeakRSS()
+	cpu0 := modeltest.CPUTime()
 	for b.Loop() {
 		be := cpu.New()
 		js, err := os.ReadFile(filepath.Join(dir, "unet", "config.json"))
@@ -99,7 +68,7 @@ func BenchmarkFixtureLoadAndRun(b *testing.B) {
 		uw.Close()
 		vw.Close()
 	}
-	b.ReportMetric(peakRSS(), "peak-RSS-MiB")
+	b.ReportMetric(modeltest.PeakRSS(), "peak-RSS-MiB")
 	b.ReportMetric(rss0, "RSS-before-MiB")
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e6, "cpu-ms/op")
+	b.ReportMetric(float64(modeltest.CPUTime()-cpu0)/float64(b.N)/1e6, "cpu-ms/op")
 }

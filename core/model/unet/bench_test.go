@@ -81,6 +81,8 @@ func BenchmarkSD15Forward(b *testing.B) {
 	for i := range cond {
 		cond[i] = float32(i%11)/5 - 1
 	}
+	b.ReportMetric(modeltest.PeakRSS(), "load-peak-RSS-MiB")
+	cpu0 := modeltest.CPUTime()
 	b.ResetTimer()
 	for b.Loop() {
 		out, err := m.Forward(context.Background(), sample, [4]int{1, 4, 64, 64}, []float32{500}, cond, 77)
@@ -93,4 +95,6 @@ func BenchmarkSD15Forward(b *testing.B) {
 			}
 		}
 	}
+	b.ReportMetric(float64(modeltest.CPUTime()-cpu0)/float64(b.N)/1e9, "cpu-s/op")
+	b.ReportMetric(modeltest.PeakRSS(), "peak-RSS-MiB")
 }
