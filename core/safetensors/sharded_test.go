@@ -1,6 +1,7 @@
 package safetensors
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,5 +129,42 @@ func TestView(t *testing.T) {
 	}
 	if _, err := v.Bytes("q.weight"); err == nil {
 		t.Fatal("view exposes a name it does not map")
+	}
+}
+
+func TestViewRows(t *testing.T) {
+	m, err := NewMemory([]WriteTensor{
+		F32Tensor("qkv.weight", []int{6, 2}, []float32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}),
+		F32Tensor("qkv.bias", []int{6}, []float32{0, 1, 2, 3, 4, 5}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewView(m, map[string]ViewEntry{
+		"k.weight": {From: "qkv.weight", RowStart: 2, RowEnd: 4},
+		"v.bias":   {From: "qkv.bias", RowStart: 4, RowEnd: 6},
+		"v.flat":   {From: "qkv.weight", RowStart: 4, RowEnd: 6, Shape: []int{4}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, shape, err := Float32(v, "k.weight")
+	if err != nil || fmt.Sprint(shape) != "[2 2]" || fmt.Sprint(k) != "[4 5 6 7]" {
+		t.Fatalf("k.weight %v %v %v", k, shape, err)
+	}
+	b, shape, err := Float32(v, "v.bias")
+	if err != nil || fmt.Sprint(shape) != "[2]" || fmt.Sprint(b) != "[4 5]" {
+		t.Fatalf("v.bias %v %v %v", b, shape, err)
+	}
+	if f, _, _ := Float32(v, "v.flat"); fmt.Sprint(f) != "[8 9 10 11]" {
+		t.Fatalf("v.flat %v", f)
+	}
+	if info, _ := v.Info("k.weight"); info.End-info.Begin != 16 {
+		t.Fatalf("k.weight info %+v", info)
+	}
+	for _, bad := range []ViewEntry{{From: "qkv.weight", RowStart: 4, RowEnd: 7}, {From: "qkv.weight", RowStart: 3, RowEnd: 3}, {From: "qkv.weight", RowStart: 0, RowEnd: 2, Shape: []int{3}}} {
+		if _, err := NewView(m, map[string]ViewEntry{"x": bad}); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
 	}
 }

@@ -9,10 +9,13 @@ import (
 
 // ViewEntry maps one tensor of a View to a tensor of the underlying source,
 // optionally presenting it with a different shape of the same element count
-// (for example a (C, C, 1, 1) convolution weight seen as a (C, C) matrix).
+// (for example a (C, C, 1, 1) convolution weight seen as a (C, C) matrix),
+// or only the rows [RowStart, RowEnd) of its outermost dimension (for
+// example the query third of a fused query/key/value projection).
 type ViewEntry struct {
-	From  string
-	Shape []int // nil keeps the source's shape
+	From             string
+	Shape            []int // nil keeps the source's shape (of the selected rows)
+	RowStart, RowEnd int   // RowEnd 0: all rows
 }
 
 // View presents tensors of another source under new names (and, per
@@ -34,6 +37,21 @@ func NewView(src Source, entries map[string]ViewEntry) (*View, error) {
 		if !ok {
 			return nil, fmt.Errorf("safetensors: view: tensor %q refers to missing tensor %q", name, e.From)
 		}
+		numel := info.Numel()
+		if e.RowEnd != 0 {
+			if len(info.Shape) == 0 || e.RowStart < 0 || e.RowEnd <= e.RowStart || e.RowEnd > info.Shape[0] {
+				return nil, fmt.Errorf("safetensors: view: tensor %q: rows [%d, %d) outside %q %v", name, e.RowStart, e.RowEnd, e.From, info.Shape)
+			}
+			rowShape := slices.Clone(info.Shape)
+			rowShape[0] = e.RowEnd - e.RowStart
+			numel = 1
+			for _, d := range rowShape {
+				numel *= d
+			}
+			if e.Shape == nil {
+				e.Shape = rowShape
+			}
+		}
 		if e.Shape != nil {
 			n := 1
 			for _, d := range e.Shape {
@@ -42,8 +60,8 @@ func NewView(src Source, entries map[string]ViewEntry) (*View, error) {
 				}
 				n *= d
 			}
-			if n != info.Numel() {
-				return nil, fmt.Errorf("safetensors: view: tensor %q: shape %v does not hold the %d elements of %q %v", name, e.Shape, info.Numel(), e.From, info.Shape)
+			if n != numel {
+				return nil, fmt.Errorf("safetensors: view: tensor %q: shape %v does not hold the %d elements of %q %v", name, e.Shape, numel, e.From, info.Shape)
 			}
 			e.Shape = slices.Clone(e.Shape)
 		}
@@ -81,6 +99,10 @@ func (v *View) Info(name string) (TensorInfo, bool) {
 		return TensorInfo{}, false
 	}
 	info.Name = name
+	if e.RowEnd != 0 {
+		rowBytes := (info.End - info.Begin) / int64(info.Shape[0])
+		info.Begin, info.End = info.Begin+int64(e.RowStart)*rowBytes, info.Begin+int64(e.RowEnd)*rowBytes
+	}
 	if e.Shape != nil {
 		info.Shape = slices.Clone(e.Shape)
 	}
@@ -93,7 +115,16 @@ func (v *View) Bytes(name string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("safetensors: no tensor %q in view", name)
 	}
-	return v.src.Bytes(e.From)
+	b, err := v.src.Bytes(e.From)
+	if err != nil || e.RowEnd == 0 {
+		return b, err
+	}
+	info, ok := v.src.Info(e.From)
+	if !ok || len(info.Shape) == 0 || info.Shape[0] < e.RowEnd {
+		return nil, fmt.Errorf("safetensors: view: tensor %q: source %q changed", name, e.From)
+	}
+	rowBytes := len(b) / info.Shape[0]
+	return b[e.RowStart*rowBytes : e.RowEnd*rowBytes : e.RowEnd*rowBytes], nil
 }
 
 // Source returns the name in the underlying source that a view name refers
