@@ -1,0 +1,199 @@
+// Package jobs is the durable job flow shared by gateways and workers: the
+// job record (a JetStream KV bucket), the work queue (a JetStream
+// work-queue stream with one durable consumer per priority), images and
+// uploads (a JetStream object store), and the core-NATS subjects of live
+// events, cancellations and worker heartbeats.
+package jobs
+
+import (
+	"crypto/rand"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Job states. Queued and Running are live; the others are final.
+const (
+	StatusQueued    = "queued"
+	StatusRunning   = "running"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusCanceled  = "canceled"
+)
+
+// Final reports whether a status is terminal.
+func Final(status string) bool {
+	return status == StatusSucceeded || status == StatusFailed || status == StatusCanceled
+}
+
+// ValidStatus reports whether s names a job state.
+func ValidStatus(s string) bool {
+	switch s {
+	case StatusQueued, StatusRunning, StatusSucceeded, StatusFailed, StatusCanceled:
+		return true
+	}
+	return false
+}
+
+// Priorities, highest first. Each has its own consumer so that workers take
+// high-priority jobs before older normal ones.
+const (
+	PriorityHigh   = "high"
+	PriorityNormal = "normal"
+	PriorityLow    = "low"
+)
+
+// Priorities lists the priorities in the order workers serve them.
+func Priorities() []string { return []string{PriorityHigh, PriorityNormal, PriorityLow} }
+
+// ValidPriority reports whether p is a priority.
+func ValidPriority(p string) bool {
+	return p == PriorityHigh || p == PriorityNormal || p == PriorityLow
+}
+
+// Params are a job's validated, normalised generation parameters.
+type Params struct {
+	Model          string  `json:"model"`
+	Profile        string  `json:"profile"`
+	Prompt         string  `json:"prompt"`
+	NegativePrompt string  `json:"negative_prompt,omitempty"`
+	Width          int     `json:"width"`
+	Height         int     `json:"height"`
+	Steps          int     `json:"steps"`
+	Guidance       float64 `json:"guidance"`
+	Sampler        string  `json:"sampler"`
+	Seed           uint64  `json:"seed"`
+	N              int     `json:"n"`
+	ClipSkip       int     `json:"clip_skip,omitempty"`
+	// InitImage names the uploaded init image (img2img); Strength applies.
+	InitImage string  `json:"init_image,omitempty"`
+	Strength  float64 `json:"strength,omitempty"`
+	Priority  string  `json:"priority"`
+}
+
+// Image is one generated image of a job.
+type Image struct {
+	ID     string `json:"id"`
+	Seed   uint64 `json:"seed"`
+	Width  int    `json:"width"`
+	Height int    `json:"height"`
+}
+
+// Error says why a job failed.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes of failed jobs.
+const (
+	ErrCodeEngine     = "engine_error"      // the model failed
+	ErrCodeModel      = "model_unavailable" // the model could not be loaded
+	ErrCodeAttempts   = "attempts_exhausted"
+	ErrCodeLost       = "lost"
+	ErrCodeBadRequest = "invalid_job"
+)
+
+// Job is the durable record of one request.
+type Job struct {
+	ID     string `json:"id"`
+	Tenant string `json:"tenant"`
+	Status string `json:"status"`
+	Params Params `json:"params"`
+	// Source is "api" or "openai".
+	Source     string     `json:"source,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// Attempts counts deliveries to workers.
+	Attempts        int     `json:"attempts"`
+	Worker          string  `json:"worker,omitempty"`
+	Images          []Image `json:"images,omitempty"`
+	Error           *Error  `json:"error,omitempty"`
+	CancelRequested bool    `json:"cancel_requested,omitempty"`
+}
+
+// NewID returns a time-ordered identifier: 10 characters of millisecond
+// timestamp and 16 of randomness in Crockford base32 (lowercase), so that
+// identifiers sort by creation time.
+func NewID() string {
+	return newIDAt(time.Now())
+}
+
+const crockford = "0123456789abcdefghjkmnpqrstvwxyz"
+
+func newIDAt(t time.Time) string {
+	var b [26]byte
+	ms := uint64(t.UnixMilli())
+	for i := 9; i >= 0; i-- {
+		b[i] = crockford[ms&31]
+		ms >>= 5
+	}
+	var r [10]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		panic(fmt.Sprintf("jobs: crypto/rand failed: %v", err))
+	}
+	var acc uint64
+	bits, j := 0, 10
+	for _, x := range r { // 80 random bits → 16 characters
+		acc = acc<<8 | uint64(x)
+		bits += 8
+		for bits >= 5 {
+			bits -= 5
+			b[j] = crockford[(acc>>uint(bits))&31]
+			j++
+		}
+	}
+	return string(b[:])
+}
+
+// ValidID reports whether s has the form NewID makes.
+func ValidID(s string) bool {
+	if len(s) != 26 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune(crockford, rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// ImageID names image i of a job.
+func ImageID(jobID string, i int) string { return fmt.Sprintf("%s-%d", jobID, i) }
+
+// ParseImageID splits an image id into its job id and index.
+func ParseImageID(s string) (jobID string, index int, ok bool) {
+	j, idx, found := strings.Cut(s, "-")
+	if !found || !ValidID(j) || idx == "" || len(idx) > 3 {
+		return "", 0, false
+	}
+	n := 0
+	for _, c := range idx {
+		if c < '0' || c > '9' {
+			return "", 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if idx != fmt.Sprint(n) {
+		return "", 0, false
+	}
+	return j, n, true
+}
+
+// ValidTenantID reports whether s can name a tenant: 1-32 characters of
+// lowercase letters, digits, '-' and '_', starting with a letter or digit.
+// Tenant ids appear in NATS subjects and KV keys.
+func ValidTenantID(s string) bool {
+	if s == "" || len(s) > 32 || s[0] == '-' || s[0] == '_' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,81 @@
+package worker
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/kiln-project/kiln/server/jobs"
+)
+
+// Pending is a job a worker holds in its local window, not yet started.
+type Pending struct {
+	Job     *jobs.Job
+	Arrived time.Time
+}
+
+// Decision is a scheduler's answer: run these pending jobs (indices into
+// the pending list) now as one batch, or wait up to Wait for more to arrive.
+type Decision struct {
+	Run  []int
+	Wait time.Duration
+}
+
+// Scheduler decides which of the worker's pending jobs run next. It is the
+// hook for batching policies: the built-in FCFS runs one job at a time,
+// highest priority first, oldest first.
+type Scheduler interface {
+	Decide(now time.Time, pending []Pending) (Decision, error)
+}
+
+// FCFS is the built-in scheduler.
+type FCFS struct{}
+
+func priorityRank(p string) int {
+	switch p {
+	case jobs.PriorityHigh:
+		return 0
+	case jobs.PriorityLow:
+		return 2
+	}
+	return 1
+}
+
+// Decide implements Scheduler.
+func (FCFS) Decide(_ time.Time, pending []Pending) (Decision, error) {
+	if len(pending) == 0 {
+		return Decision{}, nil
+	}
+	idx := make([]int, len(pending))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		pa, pb := pending[idx[a]], pending[idx[b]]
+		ra, rb := priorityRank(pa.Job.Params.Priority), priorityRank(pb.Job.Params.Priority)
+		if ra != rb {
+			return ra < rb
+		}
+		return pa.Job.CreatedAt.Before(pb.Job.CreatedAt)
+	})
+	return Decision{Run: idx[:1]}, nil
+}
+
+// checkDecision validates a scheduler's answer: indices in range and
+// unique, and at most maxWait of waiting.
+func checkDecision(d Decision, n int, maxWait time.Duration) error {
+	seen := map[int]bool{}
+	for _, i := range d.Run {
+		if i < 0 || i >= n {
+			return fmt.Errorf("worker: scheduler chose index %d of %d", i, n)
+		}
+		if seen[i] {
+			return fmt.Errorf("worker: scheduler chose index %d twice", i)
+		}
+		seen[i] = true
+	}
+	if len(d.Run) == 0 && (d.Wait <= 0 || d.Wait > maxWait) {
+		return fmt.Errorf("worker: scheduler chose nothing and a wait of %v", d.Wait)
+	}
+	return nil
+}
