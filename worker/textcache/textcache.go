@@ -171,4 +171,3 @@ func HashBytes(data []byte) string {
 	h.Write(b[:])
 	return fmt.Sprintf("xxh64:%016x", h.Sum64())
 }
-
