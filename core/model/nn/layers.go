@@ -120,7 +120,7 @@ func (r *Resnet) Forward(be backend.Backend, x, tembAct *tensor.Tensor) *tensor.
 	h = swap(be, h, r.Conv1.Forward(be, h))
 	if r.TimeProj != nil {
 		t := r.TimeProj.Forward(be, tembAct)
-		h = swap(be, h, be.AddBroadcast(h, t))
+		h = swap(be, h, addPerChannel(be, h, t))
 		be.Free(t)
 	}
 	h = swap(be, h, r.Norm2.Forward(be, h, true))
@@ -144,3 +144,14 @@ func swap(be backend.Backend, old, next *tensor.Tensor) *tensor.Tensor {
 // Swap frees old and returns next, for model code that replaces an
 // intermediate activation by the result of an op on it.
 func Swap(be backend.Backend, old, next *tensor.Tensor) *tensor.Tensor { return swap(be, old, next) }
+
+// addPerChannel adds v (B, C) to every pixel of x (B, C, H, W). x is seen
+// as (B, C, H·W, 1) so that v can only fit as its prefix: on (B, C, H, W)
+// itself a v with (B, C) = (H, W) would also fit as a suffix.
+func addPerChannel(be backend.Backend, x, v *tensor.Tensor) *tensor.Tensor {
+	s := x.Shape()
+	flat := be.Reshape(x, tensor.Shape{s[0], s[1], s[2] * s[3], 1})
+	sum := be.AddBroadcast(flat, v)
+	be.Free(flat)
+	return swap(be, sum, be.Reshape(sum, s))
+}

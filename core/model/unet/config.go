@@ -183,6 +183,17 @@ func (c *Config) Validate() error {
 	if n > maxLevels {
 		return bad("block_out_channels", "%d levels exceed the limit of %d", n, maxLevels)
 	}
+	for i := range n {
+		if t := c.DownBlockTypes[i]; t != CrossAttnDownBlock2D && t != DownBlock2D {
+			return bad("down_block_types", "block type %q is not implemented (CrossAttnDownBlock2D, DownBlock2D)", t)
+		}
+		if t := c.UpBlockTypes[i]; t != CrossAttnUpBlock2D && t != UpBlock2D {
+			return bad("up_block_types", "block type %q is not implemented (CrossAttnUpBlock2D, UpBlock2D)", t)
+		}
+	}
+	if c.MidBlockType != "" && c.MidBlockType != UNetMidBlock2DCrossAttn {
+		return bad("mid_block_type", "%q is not implemented (UNetMidBlock2DCrossAttn or null)", c.MidBlockType)
+	}
 	if c.InChannels < 1 || c.InChannels > maxWidth {
 		return bad("in_channels", "%d is not in [1, %d]", c.InChannels, maxWidth)
 	}

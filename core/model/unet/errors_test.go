@@ -210,13 +210,15 @@ func TestForwardRejectsBadInput(t *testing.T) {
 // which diffusers handles by upsampling to the skip's size.
 func TestOddSizes(t *testing.T) {
 	m, _ := loadFixture(t)
-	for _, hw := range [][2]int{{15, 17}, {1, 1}, {3, 16}} {
-		n := 4 * hw[0] * hw[1]
+	// Batch 2 at 2×32 makes the first level's activations (2, 32, 2, 32):
+	// the per-channel time embedding (2, 32) must still add per channel.
+	for _, hw := range [][3]int{{1, 15, 17}, {1, 1, 1}, {1, 3, 16}, {2, 2, 32}} {
+		n := hw[0] * 4 * hw[1] * hw[2]
 		s := make([]float32, n)
 		for i := range s {
 			s[i] = float32(i%5) - 2
 		}
-		out, err := m.Forward(context.Background(), s, [4]int{1, 4, hw[0], hw[1]}, []float32{10}, make([]float32, 3*32), 3)
+		out, err := m.Forward(context.Background(), s, [4]int{hw[0], 4, hw[1], hw[2]}, []float32{10}, make([]float32, hw[0]*3*32), 3)
 		if err != nil {
 			t.Fatalf("%v: %v", hw, err)
 		}

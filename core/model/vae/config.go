@@ -145,6 +145,12 @@ func (c *Config) Validate() error {
 		return bad("scaling_factor", "%g is not positive", c.ScalingFactor)
 	}
 	for i, ch := range c.BlockOutChannels {
+		if c.DownBlockTypes[i] != DownEncoderBlock2D {
+			return bad("down_block_types", "block type %q is not implemented (DownEncoderBlock2D)", c.DownBlockTypes[i])
+		}
+		if c.UpBlockTypes[i] != UpDecoderBlock2D {
+			return bad("up_block_types", "block type %q is not implemented (UpDecoderBlock2D)", c.UpBlockTypes[i])
+		}
 		if ch > maxWidth {
 			return bad("block_out_channels", "width %d exceeds the limit of %d", ch, maxWidth)
 		}
