@@ -22,7 +22,9 @@ type Backend struct {
 	threads int
 	pool    pool
 	kernel  *microKernel // GEMM micro-kernel
+	vec     bool         // use the assembly vector helpers (exp, max)
 	work    gemmWorkPool // GEMM packing space
+	scores  sync.Pool    // attention score blocks (*[]float32)
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -48,7 +50,7 @@ func WithPoolLimit(bytes int64) Option {
 
 // New returns a CPU backend.
 func New(opts ...Option) *Backend {
-	b := &Backend{threads: runtime.GOMAXPROCS(0), kernel: bestKernel()}
+	b := &Backend{threads: runtime.GOMAXPROCS(0), kernel: bestKernel(), vec: hasVec()}
 	b.pool.limit = (2 << 30) / 4
 	for _, o := range opts {
 		o(b)

@@ -3,6 +3,7 @@ package cpu
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -320,7 +321,12 @@ func TestConv2D(t *testing.T) {
 		want, shape := refConv(xs, ws, bs, c.bn, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.p)
 		x := be.FromFloat32(tensor.Shape{c.bn, c.cin, c.h, c.w}, xs)
 		w := be.FromFloat32(tensor.Shape{c.cout, c.cin, c.kh, c.kw}, ws)
-		check(t, "Conv2D", be.Conv2D(x, w, b, c.p), shape, want, be, 1e-5)
+		// Every micro-kernel packs the patches in strips of its own width.
+		for _, kern := range availableKernels() {
+			be.kernel = kern
+			check(t, "Conv2D "+kern.name, be.Conv2D(x, w, b, c.p), shape, want, be, 1e-5)
+		}
+		be.kernel = bestKernel()
 	}
 	x := be.FromFloat32(tensor.Shape{1, 3, 4, 4}, make([]float32, 48))
 	mustFail(t, "Conv2D", func() {
@@ -460,17 +466,25 @@ func TestAttention(t *testing.T) {
 		causal               bool
 	}{
 		{1, 1, 1, 4, 1, false}, {2, 7, 7, 12, 3, true}, {1, 77, 77, 64, 8, true}, {2, 33, 13, 40, 5, false},
-		{1, 9, 77, 16, 2, false}, {1, 5, 3, 8, 2, true}, {2, 65, 65, 24, 1, false},
+		{1, 9, 77, 16, 2, false}, {1, 5, 3, 8, 2, true}, {2, 65, 65, 24, 1, false}, {1, 200, 150, 32, 2, true},
 	} {
 		qs, ks, vs := randn(r, c.bn*c.lq*c.f), randn(r, c.bn*c.lk*c.f), randn(r, c.bn*c.lk*c.f)
-		scale := 1 / math.Sqrt(float64(c.f/c.heads))
-		want := refAttention(qs, ks, vs, c.bn, c.lq, c.lk, c.f, c.heads, scale, c.causal)
 		q := be.FromFloat32(tensor.Shape{c.bn, c.lq, c.f}, qs)
 		k := be.FromFloat32(tensor.Shape{c.bn, c.lk, c.f}, ks)
 		v := be.FromFloat32(tensor.Shape{c.bn, c.lk, c.f}, vs)
-		got := be.Attention(q, k, v, backend.AttentionParams{Heads: c.heads, Scale: float32(scale), Causal: c.causal})
-		check(t, "Attention", got, tensor.Shape{c.bn, c.lq, c.f}, want, be, 1e-5)
+		for _, scale := range []float64{1 / math.Sqrt(float64(c.f/c.heads)), -0.3} {
+			want := refAttention(qs, ks, vs, c.bn, c.lq, c.lk, c.f, c.heads, scale, c.causal)
+			// Scalar and vector softmax, wide and narrow micro-kernels.
+			for _, vec := range []bool{false, hasVec()} {
+				for _, kern := range []*microKernel{bestKernel(), &goKernels[0]} {
+					be.vec, be.kernel = vec, kern
+					got := be.Attention(q, k, v, backend.AttentionParams{Heads: c.heads, Scale: float32(scale), Causal: c.causal})
+					check(t, fmt.Sprintf("Attention %+v scale %.3g vec %v %s", c, scale, vec, kern.name), got, tensor.Shape{c.bn, c.lq, c.f}, want, be, 1e-5)
+				}
+			}
+		}
 	}
+	be.vec, be.kernel = hasVec(), bestKernel()
 	q := be.FromFloat32(tensor.Shape{1, 2, 6}, make([]float32, 12))
 	k := be.FromFloat32(tensor.Shape{1, 3, 6}, make([]float32, 18))
 	mustFail(t, "Attention", func() { be.Attention(q, k, k, backend.AttentionParams{Heads: 4, Scale: 1}) }, "4 heads")

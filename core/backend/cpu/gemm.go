@@ -13,8 +13,7 @@ import (
 const (
 	gemmKC = 256 // depth of a packed block
 	gemmMC = 144 // rows of A per packed block (a multiple of every mr)
-	// Largest task tile: tmMax rows × tnMax columns of C.
-	tmMax = 576
+	// Widest block of op(B) packed at once by a serial GEMM.
 	tnMax = 1024
 )
 
@@ -24,6 +23,7 @@ type microKernel struct {
 	name   string
 	mr, nr int
 	fn     func(k int, a, b, c []float32, ldc int)
+	simd   bool // an assembly kernel
 }
 
 // bSource packs a block of op(B), the k×n right-hand matrix.
@@ -141,27 +141,35 @@ func (g *gemmProblem) tile(kern *microKernel, w *gemmWork, m0, m1, n0, n1 int) {
 		for i0 := m0; i0 < m1; i0 += gemmMC {
 			mc := min(gemmMC, m1-i0)
 			packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
-			for js := 0; js*nr < nc; js++ {
-				bs := w.b[js*kc*nr : (js+1)*kc*nr]
-				j := n0 + js*nr
-				wj := min(nr, n1-j)
-				for is := 0; is*mr < mc; is++ {
-					as := w.a[is*kc*mr : (is+1)*kc*mr]
-					i := i0 + is*mr
-					hi := min(mr, m1-i)
-					if hi == mr && wj == nr {
-						kern.fn(kc, as, bs, g.c[i*g.ldc+j:], g.ldc)
-						continue
-					}
-					e := w.edge[:mr*nr]
-					clear(e)
-					kern.fn(kc, as, bs, e, nr)
-					for r := 0; r < hi; r++ {
-						cr := g.c[(i+r)*g.ldc+j : (i+r)*g.ldc+j+wj]
-						for q, v := range e[r*nr : r*nr+wj] {
-							cr[q] += v
-						}
-					}
+			g.macro(kern, w, w.b, kc, i0, mc, n0, nc, 0, (nc+nr-1)/nr)
+		}
+	}
+}
+
+// macro multiplies a packed block of A (rows [i0, i0+mc), depth kc) by the
+// packed strips [s0, s1) of a block of op(B) that starts at column j0 and
+// is nc columns wide, adding into C.
+func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, bp []float32, kc, i0, mc, j0, nc, s0, s1 int) {
+	mr, nr := kern.mr, kern.nr
+	for js := s0; js < s1; js++ {
+		bs := bp[js*kc*nr : (js+1)*kc*nr]
+		j := j0 + js*nr
+		wj := min(nr, j0+nc-j)
+		for is := 0; is*mr < mc; is++ {
+			as := w.a[is*kc*mr : (is+1)*kc*mr]
+			i := i0 + is*mr
+			hi := min(mr, i0+mc-i)
+			if hi == mr && wj == nr {
+				kern.fn(kc, as, bs, g.c[i*g.ldc+j:], g.ldc)
+				continue
+			}
+			e := w.edge[:mr*nr]
+			clear(e)
+			kern.fn(kc, as, bs, e, nr)
+			for r := 0; r < hi; r++ {
+				cr := g.c[(i+r)*g.ldc+j : (i+r)*g.ldc+j+wj]
+				for q, v := range e[r*nr : r*nr+wj] {
+					cr[q] += v
 				}
 			}
 		}
@@ -178,30 +186,6 @@ func (g *gemmProblem) serial(kern *microKernel, w *gemmWork) {
 	}
 }
 
-// gemmPlan picks task tile sizes: as large as the caps allow, shrunk until
-// there are a few tasks per thread.
-func gemmPlan(m, n, threads int, kern *microKernel) (tm, tn int) {
-	round := func(v, q int) int { return max(q, (v+q-1)/q*q) }
-	tm, tn = min(round(m, kern.mr), tmMax), min(round(n, kern.nr), tnMax)
-	want := 3 * threads
-	if threads == 1 {
-		want = 1
-	}
-	for ((m+tm-1)/tm)*((n+tn-1)/tn) < want {
-		switch {
-		case tn >= 2*tm && tn/2 >= 4*kern.nr:
-			tn = round(tn/2, kern.nr)
-		case tm/2 >= 2*kern.mr:
-			tm = round(tm/2, kern.mr)
-		case tn/2 >= 2*kern.nr:
-			tn = round(tn/2, kern.nr)
-		default:
-			return tm, tn
-		}
-	}
-	return tm, tn
-}
-
 // gemmWorkPool hands out packing space to workers.
 type gemmWorkPool struct{ p sync.Pool }
 
@@ -214,36 +198,73 @@ func (wp *gemmWorkPool) get() *gemmWork {
 
 func (wp *gemmWorkPool) put(w *gemmWork) { wp.p.Put(w) }
 
-// runGemm computes the problem across the backend's threads.
+// gemmNC is the widest block of op(B) packed at once in the threaded GEMM
+// (kc × nc floats shared by all workers, kept in the last-level cache).
+const gemmNC = 2048
+
+// runGemm computes the problem across the backend's threads. For each
+// block of kc rows and nc columns of op(B) the workers first pack B
+// together, then share out the (rows of A) × (columns of B) units of the
+// block, each packing its own slice of A.
 func (be *Backend) runGemm(g *gemmProblem) {
 	if g.m == 0 || g.n == 0 || g.k == 0 {
 		return
 	}
 	kern := be.kernel
-	flops := 2 * g.m * g.n * g.k
-	if be.threads == 1 || flops < 1<<18 {
+	mr, nr := kern.mr, kern.nr
+	if be.threads == 1 || 2*g.m*g.n*g.k < 1<<18 {
 		w := be.work.get()
 		g.serial(kern, w)
 		be.work.put(w)
 		return
 	}
-	tm, tn := gemmPlan(g.m, g.n, be.threads, kern)
-	tilesM, tilesN := (g.m+tm-1)/tm, (g.n+tn-1)/tn
-	tasks := tilesM * tilesN
-	var next atomic.Int64
-	// One goroutine per thread takes tasks until none are left.
-	be.parallelFor(min(be.threads, tasks), 1, func(_, _ int) {
-		w := be.work.get()
-		defer be.work.put(w)
-		for {
-			t := int(next.Add(1) - 1)
-			if t >= tasks {
-				return
-			}
-			ti, tj := t/tilesN, t%tilesN
-			g.tile(kern, w, ti*tm, min(g.m, ti*tm+tm), tj*tn, min(g.n, tj*tn+tn))
+	shared := be.work.get()
+	defer be.work.put(shared)
+	nc := min((g.n+nr-1)/nr*nr, gemmNC)
+	if need := gemmKC * nc; len(shared.b) < need {
+		shared.b = make([]float32, need)
+	}
+	mBlocks := (g.m + gemmMC - 1) / gemmMC
+	for j0 := 0; j0 < g.n; j0 += nc {
+		ncj := min(nc, g.n-j0)
+		strips := (ncj + nr - 1) / nr
+		// Split the columns so that there are a few units per thread.
+		split := min(strips, max(1, (4*be.threads+mBlocks-1)/mBlocks))
+		perUnit := (strips + split - 1) / split
+		split = (strips + perUnit - 1) / perUnit
+		units := mBlocks * split
+		for p0 := 0; p0 < g.k; p0 += gemmKC {
+			kc := min(gemmKC, g.k-p0)
+			bp := shared.b[:kc*strips*nr]
+			be.parallelFor(strips, 1, func(lo, hi int) {
+				jl := j0 + lo*nr
+				g.b.pack(bp[lo*kc*nr:hi*kc*nr], p0, kc, jl, min(hi*nr, ncj)-lo*nr, nr)
+			})
+			var next atomic.Int64
+			be.parallelFor(min(be.threads, units), 1, func(_, _ int) {
+				w := be.work.get()
+				defer be.work.put(w)
+				if need := gemmKC * gemmMC; len(w.a) < need {
+					w.a = make([]float32, need)
+				}
+				if len(w.edge) < mr*nr {
+					w.edge = make([]float32, mr*nr)
+				}
+				for {
+					u := int(next.Add(1) - 1)
+					if u >= units {
+						return
+					}
+					mb, sb := u/split, u%split
+					i0 := mb * gemmMC
+					mc := min(gemmMC, g.m-i0)
+					s0, s1 := sb*perUnit, min(strips, sb*perUnit+perUnit)
+					packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
+					g.macro(kern, w, bp, kc, i0, mc, j0, ncj, s0, s1)
+				}
+			})
 		}
-	})
+	}
 }
 
 // gemm accumulates C += A·op(B) for row-major float32 matrices: A is m×k
@@ -282,4 +303,73 @@ func gemmNaive(lo, hi, n, k int, a []float32, lda int, b []float32, ldb int, tra
 			}
 		}
 	}
+}
+
+// packedB is op(B) packed once in full for repeated serial GEMMs against
+// it (attention reuses one head's keys and values for every block of
+// queries): k-blocks of gemmKC rows, each as strips of nr columns.
+type packedB struct {
+	k, n, nr int
+	data     []float32
+}
+
+// blockOffset returns where k-block p0 starts and how deep it is.
+func (pb *packedB) blockOffset(p0 int) (off, kc int) {
+	strips := (pb.n + pb.nr - 1) / pb.nr
+	return p0 * strips * pb.nr, min(gemmKC, pb.k-p0)
+}
+
+// packFull packs all of src (k×n) for micro-kernels nr wide into buf,
+// growing it as needed, and returns the packed matrix.
+func packFull(buf []float32, src bSource, k, n, nr int) packedB {
+	strips := (n + nr - 1) / nr
+	need := k * strips * nr
+	if cap(buf) < need {
+		buf = make([]float32, need)
+	}
+	pb := packedB{k: k, n: n, nr: nr, data: buf[:need]}
+	for p0 := 0; p0 < k; p0 += gemmKC {
+		off, kc := pb.blockOffset(p0)
+		src.pack(pb.data[off:off+kc*strips*nr], p0, kc, 0, n, nr)
+	}
+	return pb
+}
+
+// gemmPacked accumulates C += A·B serially for a B packed by packFull with
+// kern's nr; A is m×pb.k row-major (row stride lda), C m×pb.n (stride ldc).
+func gemmPacked(kern *microKernel, w *gemmWork, m int, a []float32, lda int, pb packedB, c []float32, ldc int) {
+	if kern.nr != pb.nr {
+		panic("cpu: packed B for another micro-kernel")
+	}
+	if need := gemmKC * gemmMC; len(w.a) < need {
+		w.a = make([]float32, need)
+	}
+	if len(w.edge) < kern.mr*kern.nr {
+		w.edge = make([]float32, kern.mr*kern.nr)
+	}
+	g := gemmProblem{m: m, n: pb.n, k: pb.k, a: a, lda: lda, c: c, ldc: ldc}
+	strips := (pb.n + pb.nr - 1) / pb.nr
+	for p0 := 0; p0 < pb.k; p0 += gemmKC {
+		off, kc := pb.blockOffset(p0)
+		bp := pb.data[off : off+kc*strips*pb.nr]
+		for i0 := 0; i0 < m; i0 += gemmMC {
+			mc := min(gemmMC, m-i0)
+			packA(w.a, a, lda, m, i0, mc, p0, kc, kern.mr)
+			g.macro(kern, w, bp, kc, i0, mc, 0, pb.n, 0, strips)
+		}
+	}
+}
+
+// narrowKernel returns the assembly micro-kernel that does the least work
+// on an m×n product counting padding: each kernel call issues 2·mr vector
+// FMAs per step whatever its width, so the cost is ⌈m/mr⌉·mr·⌈n/nr⌉.
+func narrowKernel(best *microKernel, m, n int, all []*microKernel) *microKernel {
+	cost := func(k *microKernel) int { return (m + k.mr - 1) / k.mr * k.mr * ((n + k.nr - 1) / k.nr) }
+	pick := best
+	for _, k := range all {
+		if k.simd && cost(k) < cost(pick) {
+			pick = k
+		}
+	}
+	return pick
 }

@@ -34,10 +34,10 @@ func kernel12x32(k int, a, b, c []float32, ldc int) {
 func asmKernels() []microKernel {
 	var ks []microKernel
 	if cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL {
-		ks = append(ks, microKernel{name: "avx512_12x32", mr: 12, nr: 32, fn: kernel12x32})
+		ks = append(ks, microKernel{name: "avx512_12x32", mr: 12, nr: 32, fn: kernel12x32, simd: true})
 	}
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
-		ks = append(ks, microKernel{name: "avx2_6x16", mr: 6, nr: 16, fn: kernel6x16})
+		ks = append(ks, microKernel{name: "avx2_6x16", mr: 6, nr: 16, fn: kernel6x16, simd: true})
 	}
 	return ks
 }

@@ -1,7 +1,7 @@
 package cpu
 
 import (
-	"math"
+	"sync/atomic"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
@@ -35,53 +35,101 @@ func (be *Backend) Attention(q, k, v *tensor.Tensor, p backend.AttentionParams) 
 	return out
 }
 
-// attention runs over (batch, head, query row) with one row of scores per
-// worker at a time.
+// attentionBlock is the number of query rows whose scores one worker holds
+// at a time.
+const attentionBlock = 32
+
+// attention works per (batch, head). Each head's keys and values are packed
+// once for the GEMM; then tasks of one block of query rows compute the
+// block's scores S = q·kᵀ, turn each row into softmax numerators in place,
+// multiply by v and divide by the row sums. A worker never holds more than
+// one block of one head's scores.
 func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p backend.AttentionParams) {
 	h := p.Heads
 	d := f / h
-	be.parallelFor(bn*h*lq, max(1, 8192/max(1, lk*d)), func(lo, hi int) {
-		scores := make([]float32, lk)
-		acc := make([]float32, d)
-		for idx := lo; idx < hi; idx++ {
-			i := idx % lq
-			hd := (idx / lq) % h
-			b := idx / (lq * h)
-			qi := qd[(b*lq+i)*f+hd*d : (b*lq+i)*f+hd*d+d]
-			n := lk
-			if p.Causal {
-				n = min(lk, i+1)
+	qb := attentionBlock
+	for qb > 8 && bn*h*((lq+qb-1)/qb) < 4*be.threads {
+		qb /= 2
+	}
+	kernS := be.kernel
+	kernO := be.kernel
+	if be.kernel.simd {
+		kernO = narrowKernel(be.kernel, qb, d, availableKernels())
+	}
+	// Pack every head's keys (as Kᵀ, d × lk) and values (lk × d).
+	heads := bn * h
+	kp := make([]packedB, heads)
+	vp := make([]packedB, heads)
+	be.parallelFor(heads, 1, func(lo, hi int) {
+		for bh := lo; bh < hi; bh++ {
+			b, hd := bh/h, bh%h
+			off := b*lk*f + hd*d
+			kp[bh] = packFull(nil, matBT{data: kd[off:], ld: f, n: lk}, d, lk, kernS.nr)
+			vp[bh] = packFull(nil, matB{data: vd[off:], ld: f, n: d}, lk, d, kernO.nr)
+		}
+	})
+	blocks := (lq + qb - 1) / qb
+	tasks := heads * blocks
+	var next atomic.Int64
+	be.parallelFor(min(be.threads, tasks), 1, func(_, _ int) {
+		w := be.work.get()
+		defer be.work.put(w)
+		sp, _ := be.scores.Get().(*[]float32)
+		if sp == nil || len(*sp) < qb*lk {
+			s := make([]float32, qb*lk)
+			sp = &s
+		}
+		defer be.scores.Put(sp)
+		sums := make([]float32, qb)
+		for {
+			t := int(next.Add(1) - 1)
+			if t >= tasks {
+				return
 			}
-			sc := scores[:n]
-			mx := float32(math.Inf(-1))
-			for j := range sc {
-				kj := kd[(b*lk+j)*f+hd*d : (b*lk+j)*f+hd*d+d]
-				var s float32
-				for t, qv := range qi {
-					s += qv * kj[t]
+			blk, bh := t%blocks, t/blocks
+			b, hd := bh/h, bh%h
+			i0 := blk * qb
+			rows := min(qb, lq-i0)
+			s := (*sp)[:rows*lk]
+			clear(s)
+			qoff := (b*lq+i0)*f + hd*d
+			gemmPacked(kernS, w, rows, qd[qoff:], f, kp[bh], s, lk)
+			for r := 0; r < rows; r++ {
+				row := s[r*lk : r*lk+lk]
+				valid := row
+				if p.Causal {
+					valid = row[:min(lk, i0+r+1)]
+					clear(row[len(valid):])
 				}
-				s *= p.Scale
-				sc[j] = s
-				mx = max(mx, s)
-			}
-			var sum float32
-			for j, s := range sc {
-				e := float32(math.Exp(float64(s - mx)))
-				sc[j] = e
-				sum += e
-			}
-			clear(acc)
-			for j, e := range sc {
-				vj := vd[(b*lk+j)*f+hd*d : (b*lk+j)*f+hd*d+d]
-				for t, vv := range vj {
-					acc[t] += e * vv
+				var shift float32
+				if p.Scale >= 0 {
+					shift = maxf(valid, be.vec) * p.Scale
+				} else {
+					shift = -maxf(negate(valid), be.vec) * p.Scale
+					negate(valid)
 				}
+				sums[r] = expScaleSum(valid, p.Scale, shift, be.vec)
 			}
-			dst := od[(b*lq+i)*f+hd*d : (b*lq+i)*f+hd*d+d]
-			inv := 1 / sum
-			for t, a := range acc {
-				dst[t] = a * inv
+			o := od[qoff:]
+			for r := 0; r < rows; r++ {
+				clear(o[r*f : r*f+d])
+			}
+			gemmPacked(kernO, w, rows, s, lk, vp[bh], o, f)
+			for r := 0; r < rows; r++ {
+				inv := 1 / sums[r]
+				orow := o[r*f : r*f+d]
+				for i := range orow {
+					orow[i] *= inv
+				}
 			}
 		}
 	})
+}
+
+// negate flips the sign of every element of x in place and returns x.
+func negate(x []float32) []float32 {
+	for i := range x {
+		x[i] = -x[i]
+	}
+	return x
 }

@@ -89,64 +89,87 @@ type convGeom struct {
 	p                                  backend.Conv2DParams
 }
 
-// conv2d runs the convolution as GEMMs: out[b] (Cout × P) = W (Cout × Cin·kh·kw)
-// · cols (Cin·kh·kw × P), where cols unrolls the input patches, built for a
-// block of output pixels at a time to bound memory. 1×1 stride-1 unpadded
-// convolutions use the input directly.
+// conv2d runs the convolution as one GEMM per image: out[b] (Cout × P) =
+// W (Cout × Cin·kh·kw) · cols (Cin·kh·kw × P), where the patch matrix cols
+// is never stored: the GEMM packs its blocks straight from the image
+// (convB). 1×1 stride-1 unpadded convolutions use the image as B directly.
 func (be *Backend) conv2d(xd, wd, bd, od []float32, g convGeom) {
 	P := g.oh * g.ow
 	CK := g.cin * g.kh * g.kw
+	p := g.p
+	pointwise := g.kh == 1 && g.kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadBottom == 0 && p.PadLeft == 0 && p.PadRight == 0
 	for bi := 0; bi < g.b; bi++ {
 		ob := od[bi*g.cout*P : (bi+1)*g.cout*P]
-		for co := 0; co < g.cout; co++ {
-			row := ob[co*P : co*P+P]
-			v := float32(0)
-			if bd != nil {
-				v = bd[co]
+		be.parallelFor(g.cout, max(1, elementGrain/max(P, 1)), func(lo, hi int) {
+			for co := lo; co < hi; co++ {
+				row := ob[co*P : co*P+P]
+				v := float32(0)
+				if bd != nil {
+					v = bd[co]
+				}
+				for i := range row {
+					row[i] = v
+				}
 			}
-			for i := range row {
-				row[i] = v
-			}
-		}
+		})
 		xb := xd[bi*g.cin*g.h*g.w : (bi+1)*g.cin*g.h*g.w]
-		p := g.p
-		if g.kh == 1 && g.kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadBottom == 0 && p.PadLeft == 0 && p.PadRight == 0 {
-			be.gemm(g.cout, P, CK, wd, CK, xb, P, false, ob, P)
-			continue
+		var src bSource = convB{x: xb, g: g}
+		if pointwise {
+			src = matB{data: xb, ld: P, n: P}
 		}
-		block := max(64, min(P, (1<<22)/max(CK, 1)))
-		cols := make([]float32, CK*block)
-		for p0 := 0; p0 < P; p0 += block {
-			pc := min(block, P-p0)
-			im2col(cols[:CK*pc], xb, g, p0, pc)
-			be.gemm(g.cout, pc, CK, wd, CK, cols, pc, false, ob[p0:], P)
-		}
+		be.runGemm(&gemmProblem{m: g.cout, n: P, k: CK, a: wd, lda: CK, b: src, c: ob, ldc: P})
 	}
 }
 
-// im2col writes the patches of output pixels [p0, p0+pc) of one image as a
-// (Cin·kh·kw) × pc matrix.
-func im2col(cols, xb []float32, g convGeom, p0, pc int) {
+// convB is the patch matrix of one image as the B operand of a GEMM:
+// row (c, ky, kx), column (oy, ox) holds x[c, oy·s+ky-padTop, ox·s+kx-padLeft]
+// or zero outside the image.
+type convB struct {
+	x []float32
+	g convGeom
+}
+
+func (cb convB) pack(dst []float32, p0, kc, j0, nc, nr int) {
+	g := cb.g
+	n := g.oh * g.ow
 	s := g.p.Stride
-	r := 0
-	for c := 0; c < g.cin; c++ {
-		xc := xb[c*g.h*g.w : (c+1)*g.h*g.w]
-		for ky := 0; ky < g.kh; ky++ {
-			for kx := 0; kx < g.kw; kx++ {
-				dst := cols[r*pc : r*pc+pc]
-				r++
-				for j := range dst {
-					pix := p0 + j
-					oy, ox := pix/g.ow, pix%g.ow
-					iy := oy*s + ky - g.p.PadTop
+	khw := g.kh * g.kw
+	for st := 0; st*nr < nc; st++ {
+		js := j0 + st*nr
+		w := min(nr, n-js)
+		strip := dst[st*kc*nr : (st+1)*kc*nr]
+		for p := 0; p < kc; p++ {
+			r := p0 + p
+			c, rem := r/khw, r%khw
+			ky, kx := rem/g.kw, rem%g.kw
+			d := strip[p*nr : p*nr+nr]
+			xc := cb.x[c*g.h*g.w : (c+1)*g.h*g.w]
+			for j := 0; j < w; {
+				pix := js + j
+				oy, ox := pix/g.ow, pix%g.ow
+				seg := min(w-j, g.ow-ox)
+				iy := oy*s + ky - g.p.PadTop
+				ds := d[j : j+seg]
+				if iy < 0 || iy >= g.h {
+					clear(ds)
+				} else {
+					row := xc[iy*g.w : (iy+1)*g.w]
 					ix := ox*s + kx - g.p.PadLeft
-					if iy < 0 || iy >= g.h || ix < 0 || ix >= g.w {
-						dst[j] = 0
+					if s == 1 && ix >= 0 && ix+seg <= g.w {
+						copy(ds, row[ix:ix+seg])
 					} else {
-						dst[j] = xc[iy*g.w+ix]
+						for q := range ds {
+							if xi := ix + q*s; xi >= 0 && xi < g.w {
+								ds[q] = row[xi]
+							} else {
+								ds[q] = 0
+							}
+						}
 					}
 				}
+				j += seg
 			}
+			clear(d[w:])
 		}
 	}
 }

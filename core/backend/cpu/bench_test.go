@@ -1,0 +1,57 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/tensor"
+)
+
+// BenchmarkConv2D measures 3×3 convolutions at UNet and VAE sizes.
+func BenchmarkConv2D(b *testing.B) {
+	for _, c := range []struct{ cin, cout, h, stride int }{
+		{320, 320, 64, 1}, {640, 640, 32, 1}, {1280, 1280, 16, 1}, {320, 320, 64, 2}, {128, 128, 256, 1},
+	} {
+		b.Run(fmt.Sprintf("%dto%d_%dx%d_s%d", c.cin, c.cout, c.h, c.h, c.stride), func(b *testing.B) {
+			be := New()
+			r := rand.New(rand.NewPCG(1, 1))
+			x := be.FromFloat32(tensor.Shape{1, c.cin, c.h, c.h}, randn(r, c.cin*c.h*c.h))
+			w := be.FromFloat32(tensor.Shape{c.cout, c.cin, 3, 3}, randn(r, c.cout*c.cin*9))
+			bias := be.FromFloat32(tensor.Shape{c.cout}, randn(r, c.cout))
+			p := backend.SymmetricPad(c.stride, 1)
+			var flops float64
+			b.ResetTimer()
+			for range b.N {
+				y := be.Conv2D(x, w, bias, p)
+				flops += 2 * float64(y.Numel()) * float64(c.cin*9)
+				be.Free(y)
+			}
+			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
+// BenchmarkAttention measures self-attention at the UNet's largest size
+// and cross-attention against 77 text tokens.
+func BenchmarkAttention(b *testing.B) {
+	for _, c := range []struct{ lq, lk, f, heads int }{
+		{4096, 4096, 320, 8}, {4096, 77, 320, 8}, {1024, 1024, 640, 8}, {77, 77, 768, 12},
+	} {
+		b.Run(fmt.Sprintf("q%d_k%d_f%d_h%d", c.lq, c.lk, c.f, c.heads), func(b *testing.B) {
+			be := New()
+			r := rand.New(rand.NewPCG(1, 1))
+			q := be.FromFloat32(tensor.Shape{1, c.lq, c.f}, randn(r, c.lq*c.f))
+			k := be.FromFloat32(tensor.Shape{1, c.lk, c.f}, randn(r, c.lk*c.f))
+			v := be.FromFloat32(tensor.Shape{1, c.lk, c.f}, randn(r, c.lk*c.f))
+			p := backend.AttentionParams{Heads: c.heads, Scale: float32(1 / math.Sqrt(float64(c.f/c.heads)))}
+			b.ResetTimer()
+			for range b.N {
+				be.Free(be.Attention(q, k, v, p))
+			}
+			b.ReportMetric(4*float64(c.lq)*float64(c.lk)*float64(c.f)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}

@@ -1,0 +1,9 @@
+//go:build !amd64 || purego
+
+package cpu
+
+func hasVec() bool { return false }
+
+func expScaleVec(x []float32, scale, shift float32) (int, float32) { return 0, 0 }
+
+func maxVec(x []float32) (int, float32) { return 0, 0 }
