@@ -47,6 +47,9 @@ type Value struct {
 	Hidden      []float32
 	HiddenShape []int
 	Pooled      []float32
+	// Extra carries the encoder's own result type alongside the tensors
+	// (not counted in the size beyond the tensors).
+	Extra any
 }
 
 func (v *Value) bytes() int64 { return int64(4*(len(v.Hidden)+len(v.Pooled))) + 64 }

@@ -1,0 +1,210 @@
+// Package sdengine adapts the native Stable Diffusion pipeline
+// (core/pipeline) to the worker's Engine interface: it loads checkpoints
+// on a backend for one device, routes prompt encodings through the shared
+// text-encoder cache, and converts requests, progress and results.
+package sdengine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"image"
+	"sort"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/textcache"
+)
+
+// EncodeFunc encodes one prompt with the pipeline's text encoder.
+type EncodeFunc = func(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error)
+
+// EncodeHook sits between the pipeline and its text encoder: it may answer
+// from a cache or call encode.
+type EncodeHook = func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
+
+// encodeHooker is implemented by pipelines that let a hook intercept prompt
+// encoding. The adapter installs the text cache through it when present.
+type encodeHooker interface {
+	SetEncodeHook(hook EncodeHook)
+}
+
+// Engine loads Stable Diffusion models for one device.
+type Engine struct {
+	device string
+	be     backend.Backend
+	text   *textcache.Cache
+}
+
+// New returns an engine for device ("cpu"; GPU devices arrive with the
+// CUDA backend). text may be nil (no text-encoder cache).
+func New(device string, text *textcache.Cache) (*Engine, error) {
+	switch device {
+	case "cpu", "auto":
+		return &Engine{device: "cpu", be: cpu.New(), text: text}, nil
+	}
+	return nil, fmt.Errorf("sdengine: device %q is not available in this build (the CUDA backend is not wired yet); use --device cpu", device)
+}
+
+// Device implements worker.Engine.
+func (e *Engine) Device() string { return e.device }
+
+// Load implements worker.Engine.
+func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cm, err := checkpoint.Load(m.Path, checkpoint.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	hash, err := HashSource(cm.TextEncoder)
+	if err != nil {
+		cm.Close()
+		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
+	}
+	p, err := pipeline.New(e.be, cm)
+	if err != nil {
+		cm.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	mod := &Model{p: p, encoderHash: hash}
+	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
+		h.SetEncodeHook(CacheHook(e.text, hash))
+		mod.cached = true
+	}
+	return mod, nil
+}
+
+// CacheHook returns the hook that answers prompt encodings from cache,
+// keyed by (encoder hash, prompt, clip skip, emphasis); long-prompt
+// handling is part of the key through the options' LongPrompts flag.
+func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
+	return func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error) {
+		enc := encoderHash
+		if !opts.LongPrompts {
+			enc += "/truncate"
+		}
+		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis}
+		var res conditioning.Result
+		v, err := cache.Get(key, func() (*textcache.Value, error) {
+			r, err := encode(ctx, text, opts)
+			if err != nil {
+				return nil, err
+			}
+			res = r
+			return &textcache.Value{Hidden: r.Hidden, HiddenShape: []int{1, r.Length, r.Dim}, Pooled: r.Pooled, Extra: r}, nil
+		})
+		if err != nil {
+			return conditioning.Result{}, err
+		}
+		if r, ok := v.Extra.(conditioning.Result); ok {
+			// Callers may modify Hidden (padding appends to it): hand out a copy.
+			r.Hidden = append([]float32(nil), r.Hidden...)
+			return r, nil
+		}
+		return res, nil
+	}
+}
+
+// HashSource returns a content hash of a set of tensors: names, dtypes,
+// shapes and bytes, in name order (the same weights hash the same whether
+// they come from a diffusers folder or a single-file checkpoint).
+func HashSource(src safetensors.Source) (string, error) {
+	if src == nil {
+		return "", errors.New("no tensors")
+	}
+	h := xxhash.New()
+	names := src.Names()
+	sort.Strings(names)
+	var num [8]byte
+	for _, n := range names {
+		info, ok := src.Info(n)
+		if !ok {
+			return "", fmt.Errorf("tensor %s vanished", n)
+		}
+		h.WriteString(n)
+		h.WriteString(info.DType)
+		for _, d := range info.Shape {
+			binary.LittleEndian.PutUint64(num[:], uint64(d))
+			h.Write(num[:])
+		}
+		b, err := src.Bytes(n)
+		if err != nil {
+			return "", fmt.Errorf("tensor %s: %w", n, err)
+		}
+		h.Write(b)
+	}
+	return fmt.Sprintf("xxh64:%016x", h.Sum64()), nil
+}
+
+// Model is a loaded pipeline.
+type Model struct {
+	p           *pipeline.Pipeline
+	encoderHash string
+	cached      bool
+}
+
+// Pipeline returns the underlying pipeline.
+func (m *Model) Pipeline() *pipeline.Pipeline { return m.p }
+
+// TextCacheActive reports whether prompt encodings go through the cache
+// (the pipeline supports the encode hook).
+func (m *Model) TextCacheActive() bool { return m.cached }
+
+// EncoderHash is the content hash of the model's text encoder.
+func (m *Model) EncoderHash() string { return m.encoderHash }
+
+// Close implements worker.Model.
+func (m *Model) Close() error { return m.p.Close() }
+
+// Generate implements worker.Model.
+func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress func(worker.Progress)) (*worker.Result, error) {
+	preq := pipeline.Request{
+		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
+		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
+		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
+		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true,
+	}
+	var cb func(pipeline.Progress)
+	if onProgress != nil {
+		cb = func(p pipeline.Progress) {
+			wp := worker.Progress{Step: p.Step, Steps: p.Steps}
+			if p.Preview != nil {
+				wp.Preview = firstImage(p.Preview, req.N)
+			}
+			onProgress(wp)
+		}
+	}
+	res, err := m.p.Generate(ctx, preq, cb)
+	if err != nil {
+		return nil, err
+	}
+	out := &worker.Result{Seeds: res.Seeds, Images: make([]image.Image, len(res.Images))}
+	for i, im := range res.Images {
+		out.Images[i] = im
+	}
+	return out, nil
+}
+
+// firstImage crops the first of n previews laid side by side.
+func firstImage(im *image.RGBA, n int) image.Image {
+	if n <= 1 {
+		return im
+	}
+	b := im.Bounds()
+	w := b.Dx() / n
+	if w <= 0 {
+		return im
+	}
+	return im.SubImage(image.Rect(b.Min.X, b.Min.Y, b.Min.X+w, b.Max.Y))
+}
