@@ -23,7 +23,8 @@ type command struct {
 // commands lists the subcommands; each lives in a file of its own name.
 func commands() map[string]command {
 	return map[string]command{
-		"version": {"print the version", runVersion},
+		"version":  {"print the version", runVersion},
+		"generate": {"generate images from a prompt (txt2img, img2img)", runGenerate},
 	}
 }
 

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"image"
+	_ "image/jpeg" // init images may be JPEG
+	_ "image/png"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/sample"
+)
+
+// generateFlags are the command-line settings of `kiln generate`.
+type generateFlags struct {
+	model, prompt, negative, sampler, rngKind, initImage, output, latents, device string
+	steps, width, height, n, clipSkip                                             int
+	guidance, rescale, strength, eta                                              float64
+	seed                                                                          int64
+	emphasis, truncate                                                            bool
+}
+
+func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
+	f := &generateFlags{}
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint (required)")
+	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
+	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
+	fs.IntVar(&f.steps, "steps", 20, "inference steps")
+	fs.Float64Var(&f.guidance, "guidance", 7.5, "classifier-free guidance scale (≤ 1: off)")
+	fs.Float64Var(&f.rescale, "guidance-rescale", 0, "guidance rescale φ in [0, 1]")
+	fs.StringVar(&f.sampler, "sampler", "", "sampler: "+strings.Join(sample.Names(), ", ")+" (default: the model's scheduler)")
+	fs.Float64Var(&f.eta, "eta", 0, "DDIM eta (stochasticity)")
+	fs.Int64Var(&f.seed, "seed", -1, "seed of the first image (image i uses seed+i); -1 picks one at random")
+	fs.StringVar(&f.rngKind, "rng", "cpu", "noise generator: cpu (torch CPU, as ComfyUI) or cuda (torch CUDA Philox, as AUTOMATIC1111)")
+	fs.IntVar(&f.width, "width", 0, "image width in pixels (default: the model's, or the init image's)")
+	fs.IntVar(&f.height, "height", 0, "image height in pixels")
+	fs.IntVar(&f.n, "n", 1, "number of images, generated as one batch")
+	fs.StringVar(&f.initImage, "init-image", "", "init image (PNG or JPEG) for img2img")
+	fs.Float64Var(&f.strength, "strength", 0.75, "img2img denoising strength in (0, 1]")
+	fs.IntVar(&f.clipSkip, "clip-skip", 0, "text encoder layers to skip from the end (A1111 numbering: 2 = penultimate)")
+	fs.StringVar(&f.output, "output", "", "output PNG (several images get numbered names; default kiln-<seed>.png unless --save-latents is given)")
+	fs.StringVar(&f.latents, "save-latents", "", "write the final latents (n, C, h/f, w/f) as tensor \"latents\" to this safetensors file")
+	fs.BoolVar(&f.emphasis, "emphasis", true, "parse the (word:1.2) emphasis syntax; false tokenizes the prompt literally")
+	fs.BoolVar(&f.truncate, "truncate", false, "cut prompts to 75 tokens (as diffusers) instead of encoding further chunks")
+	fs.StringVar(&f.device, "device", "auto", "compute device: auto or cpu")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "usage: kiln generate --model DIR|FILE --prompt TEXT [flags]\n\nflags:")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))}
+	}
+	switch {
+	case f.model == "":
+		return nil, usageError{errors.New("--model is required (a diffusers folder or a .safetensors checkpoint)")}
+	case f.rngKind != "cpu" && f.rngKind != "cuda":
+		return nil, usageError{fmt.Errorf("--rng %q: want cpu or cuda", f.rngKind)}
+	case f.device != "auto" && f.device != "cpu":
+		return nil, usageError{fmt.Errorf("--device %q: want auto or cpu", f.device)}
+	case f.n < 1 || f.n > pipeline.MaxImages:
+		return nil, usageError{fmt.Errorf("-n %d: want 1..%d", f.n, pipeline.MaxImages)}
+	case f.steps < 1 || f.steps > pipeline.MaxSteps:
+		return nil, usageError{fmt.Errorf("--steps %d: want 1..%d", f.steps, pipeline.MaxSteps)}
+	case f.width < 0 || f.height < 0:
+		return nil, usageError{fmt.Errorf("--width/--height must not be negative")}
+	case f.seed < -1:
+		return nil, usageError{fmt.Errorf("--seed %d: want a non-negative seed or -1", f.seed)}
+	case f.clipSkip < 0:
+		return nil, usageError{fmt.Errorf("--clip-skip %d must not be negative", f.clipSkip)}
+	case f.initImage != "" && !(f.strength > 0 && f.strength <= 1):
+		return nil, usageError{fmt.Errorf("--strength %v: want a value in (0, 1]", f.strength)}
+	case f.rescale < 0 || f.rescale > 1:
+		return nil, usageError{fmt.Errorf("--guidance-rescale %v: want a value in [0, 1]", f.rescale)}
+	case f.eta < 0:
+		return nil, usageError{fmt.Errorf("--eta %v must not be negative", f.eta)}
+	}
+	if f.sampler != "" {
+		known := false
+		for _, n := range sample.Names() {
+			known = known || n == strings.ToLower(f.sampler)
+		}
+		if !known {
+			return nil, usageError{fmt.Errorf("--sampler %q is unknown (known: %s)", f.sampler, strings.Join(sample.Names(), ", "))}
+		}
+	}
+	return f, nil
+}
+
+// openBackend returns the compute backend for --device.
+func openBackend(device string) (backend.Backend, error) {
+	switch device {
+	case "auto", "cpu":
+		return cpu.New(), nil
+	}
+	return nil, fmt.Errorf("unknown device %q", device)
+}
+
+func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseGenerateFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	seed := uint64(f.seed)
+	if f.seed < 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("random seed: %w", err)
+		}
+		seed = uint64(binary.LittleEndian.Uint32(b[:]))
+	}
+	req := pipeline.Request{
+		Prompt: f.prompt, NegativePrompt: f.negative, Width: f.width, Height: f.height, Steps: f.steps,
+		N: f.n, ClipSkip: f.clipSkip, Guidance: f.guidance, GuidanceRescale: f.rescale, Sampler: strings.ToLower(f.sampler),
+		Eta: f.eta, Seed: seed, RNG: f.rngKind, Emphasis: f.emphasis, Truncate: f.truncate,
+		SkipDecode: f.output == "" && f.latents != "",
+	}
+	if f.initImage != "" {
+		im, err := loadImage(f.initImage)
+		if err != nil {
+			return err
+		}
+		req.InitImage, req.Strength = im, f.strength
+	}
+	be, err := openBackend(f.device)
+	if err != nil {
+		return usageError{err}
+	}
+	start := time.Now()
+	p, err := pipeline.Load(ctx, be, f.model)
+	if err != nil {
+		return fmt.Errorf("load model %s: %w", f.model, err)
+	}
+	defer p.Close()
+	loaded := time.Since(start)
+	bar := newProgressBar(stderr)
+	res, err := p.Generate(ctx, req, bar.update)
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	if f.latents != "" {
+		if err := saveLatents(f.latents, res); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", f.latents)
+	}
+	if !req.SkipDecode {
+		out := f.output
+		if out == "" {
+			out = fmt.Sprintf("kiln-%d.png", seed)
+		}
+		for i, im := range res.Images {
+			path := numberedPath(out, i, len(res.Images))
+			params := generationParameters(f, req, res, i, p)
+			if err := writePNG(path, im, params); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote %s (seed %d)\n", path, res.Seeds[i])
+		}
+	}
+	if !bar.tty {
+		fmt.Fprintf(stderr, "kiln generate: %d image(s), %s, model loaded in %s, total %s\n", len(res.Seeds), res.Sampler,
+			loaded.Round(time.Millisecond), elapsed.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// loadImage reads a PNG or JPEG file.
+func loadImage(path string) (image.Image, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("init image: %w", err)
+	}
+	defer fh.Close()
+	im, _, err := image.Decode(fh)
+	if err != nil {
+		return nil, fmt.Errorf("init image %s: %w", path, err)
+	}
+	return im, nil
+}
+
+// numberedPath gives image i of n its file name: the path itself for a
+// single image, else stem-<i+1>.ext.
+func numberedPath(path string, i, n int) string {
+	if n == 1 {
+		return path
+	}
+	ext := filepath.Ext(path)
+	if ext == "" {
+		ext = ".png"
+	}
+	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(path, filepath.Ext(path)), i+1, ext)
+}
+
+// generationParameters describes image i in AUTOMATIC1111's format.
+func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.Result, i int, p *pipeline.Pipeline) imageio.Parameters {
+	ps := imageio.Parameters{Prompt: req.Prompt, NegativePrompt: req.NegativePrompt}
+	g := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	ps.Set("Steps", strconv.Itoa(req.Steps))
+	ps.Set("Sampler", pipeline.SamplerLabel(res.Sampler))
+	ps.Set("CFG scale", g(req.Guidance))
+	ps.Set("Seed", strconv.FormatUint(res.Seeds[i], 10))
+	ps.Set("Size", fmt.Sprintf("%dx%d", res.PixelShape[3], res.PixelShape[2]))
+	ps.Set("Model", modelName(f.model))
+	if req.InitImage != nil {
+		ps.Set("Denoising strength", g(req.Strength))
+	}
+	if req.ClipSkip > 1 {
+		ps.Set("Clip skip", strconv.Itoa(req.ClipSkip))
+	}
+	if req.GuidanceRescale > 0 {
+		ps.Set("Guidance rescale", g(req.GuidanceRescale))
+	}
+	if req.Eta > 0 {
+		ps.Set("Eta", g(req.Eta))
+	}
+	if req.RNG == "cpu" {
+		ps.Set("RNG", "CPU") // AUTOMATIC1111 notes a non-GPU noise source
+	}
+	if !req.Emphasis {
+		ps.Set("Emphasis", "No norm")
+	}
+	ps.Set("Version", "kiln "+version)
+	return ps
+}
+
+func modelName(path string) string {
+	base := filepath.Base(filepath.Clean(path))
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
+func writePNG(path string, im image.Image, params imageio.Parameters) error {
+	fh, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	if err := imageio.WritePNG(fh, im, imageio.Text{Key: imageio.ParametersKey, Value: params.String()}); err != nil {
+		fh.Close()
+		return fmt.Errorf("output %s: %w", path, err)
+	}
+	if err := fh.Close(); err != nil {
+		return fmt.Errorf("output %s: %w", path, err)
+	}
+	return nil
+}
+
+func saveLatents(path string, res *pipeline.Result) error {
+	s := res.LatentShape
+	t := safetensors.F32Tensor("latents", []int{s[0], s[1], s[2], s[3]}, res.Latents)
+	seeds := make([]string, len(res.Seeds))
+	for i, v := range res.Seeds {
+		seeds[i] = strconv.FormatUint(v, 10)
+	}
+	md := map[string]string{"sampler": res.Sampler, "seeds": strings.Join(seeds, ",")}
+	if err := safetensors.WriteFile(path, []safetensors.WriteTensor{t}, md); err != nil {
+		return fmt.Errorf("save latents: %w", err)
+	}
+	return nil
+}
+
+// progressBar draws steps, it/s and ETA on a terminal; elsewhere it is
+// silent.
+type progressBar struct {
+	w     io.Writer
+	tty   bool
+	start time.Time
+	drawn bool
+}
+
+func newProgressBar(w io.Writer) *progressBar {
+	b := &progressBar{w: w, start: time.Now()}
+	if fh, ok := w.(*os.File); ok {
+		if st, err := fh.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			b.tty = true
+		}
+	}
+	return b
+}
+
+func (b *progressBar) update(pr pipeline.Progress) {
+	if !b.tty {
+		return
+	}
+	fmt.Fprint(b.w, "\r"+progressLine(pr.Step, pr.Steps, time.Since(b.start)))
+	b.drawn = true
+}
+
+func (b *progressBar) finish() {
+	if b.drawn {
+		fmt.Fprintln(b.w)
+	}
+}
+
+// progressLine renders "[=====>     ]  5/20  3.21 it/s  ETA 4s".
+func progressLine(step, steps int, elapsed time.Duration) string {
+	const width = 30
+	filled := 0
+	if steps > 0 {
+		filled = step * width / steps
+	}
+	bar := strings.Repeat("=", filled)
+	if filled < width {
+		bar += ">" + strings.Repeat(" ", width-filled-1)
+	}
+	rate := 0.0
+	if s := elapsed.Seconds(); s > 0 {
+		rate = float64(step) / s
+	}
+	eta := "?"
+	if rate > 0 {
+		eta = (time.Duration(float64(steps-step) / rate * float64(time.Second))).Round(time.Second).String()
+	}
+	return fmt.Sprintf("[%s] %d/%d  %.2f it/s  ETA %s", bar, step, steps, rate, eta)
+}
