@@ -18,6 +18,9 @@ const (
 	vaeUp         = "UpDecoderBlock2D"
 )
 
+// maxLevels bounds the resolution levels a config may declare.
+const maxLevels = 16
+
 // UNetLayout is the part of a UNet2DConditionModel config that decides
 // which tensors the model holds and how they are named.
 type UNetLayout struct {
@@ -149,6 +152,9 @@ func ParseUNetLayout(js []byte) (UNetLayout, error) {
 		return l, fmt.Errorf("checkpoint: unet config: block_out_channels: %v", err)
 	}
 	n := len(l.BlockOut)
+	if n > maxLevels {
+		return l, fmt.Errorf("checkpoint: unet config: %d levels is too many", n)
+	}
 	for _, c := range l.BlockOut {
 		if c <= 0 {
 			return l, fmt.Errorf("checkpoint: unet config: block_out_channels %v", l.BlockOut)
@@ -265,6 +271,14 @@ func ParseVAELayout(js []byte) (VAELayout, error) {
 	if l.BlockOut, err = jsonInts(raw, 0, "block_out_channels"); err != nil || len(l.BlockOut) == 0 {
 		return l, fmt.Errorf("checkpoint: vae config: block_out_channels: %v", err)
 	}
+	if len(l.BlockOut) > maxLevels {
+		return l, fmt.Errorf("checkpoint: vae config: %d levels is too many", len(l.BlockOut))
+	}
+	for _, c := range l.BlockOut {
+		if c <= 0 {
+			return l, fmt.Errorf("checkpoint: vae config: block_out_channels %v", l.BlockOut)
+		}
+	}
 	if l.LayersPerBlock, err = getInt(m, "layers_per_block", 1, what); err != nil {
 		return l, err
 	}
@@ -319,8 +333,8 @@ func ParseTextLayout(js []byte) (TextLayout, error) {
 		if *dst, err = getInt(m, key, -1, what); err != nil {
 			return l, err
 		}
-		if *dst <= 0 {
-			return l, fmt.Errorf("checkpoint: text encoder config: %s = %d", key, *dst)
+		if *dst <= 0 || (key == "num_hidden_layers" && *dst > 1024) {
+			return l, fmt.Errorf("checkpoint: text encoder config: %s = %d out of range", key, *dst)
 		}
 	}
 	return l, nil

@@ -150,10 +150,12 @@ func TestBadSingleFiles(t *testing.T) {
 		{"text config class", rewrite(t, p, withConfig(MetaTextEncoderConfig, func(c map[string]any) {
 			c["architectures"] = []string{"CLIPTextModelWithProjection"}
 		}), keep), "only CLIPTextModel"},
-		{"OpenCLIP text encoder", rewrite(t, p, nil, func(wt safetensors.WriteTensor) *safetensors.WriteTensor {
-			wt.Name = strings.Replace(wt.Name, PrefixCLIP+"text_model.", PrefixOpenCLIP, 1)
+		{"two text encoders", rewrite(t, p, nil, func(wt safetensors.WriteTensor) *safetensors.WriteTensor {
+			if wt.Name == PrefixCLIP+"text_model.final_layer_norm.bias" {
+				wt.Name = PrefixOpenCLIP + "ln_final.bias"
+			}
 			return &wt
-		}), "SD 2.x OpenCLIP"},
+		}), "two text encoders"},
 		{"no UNet", rewrite(t, p, nil, func(wt safetensors.WriteTensor) *safetensors.WriteTensor {
 			if strings.HasPrefix(wt.Name, PrefixUNet) {
 				return nil

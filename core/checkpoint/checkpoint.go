@@ -21,7 +21,9 @@ import (
 
 // Layout names of a loaded model.
 const (
-	LayoutDiffusers  = "diffusers"
+	// LayoutDiffusers is a diffusers model folder.
+	LayoutDiffusers = "diffusers"
+	// LayoutSingleFile is one original-layout (CompVis/LDM) safetensors file.
 	LayoutSingleFile = "single-file"
 )
 

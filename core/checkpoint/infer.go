@@ -28,6 +28,7 @@ type TensorError struct {
 	Problem string // "" for a missing tensor
 }
 
+// Error formats the message, naming the tensor.
 func (e *TensorError) Error() string {
 	if e.Problem == "" {
 		return fmt.Sprintf("checkpoint: %s: missing tensor %q", e.What, e.Name)
@@ -162,21 +163,16 @@ func InferUNetConfig(src safetensors.Source) ([]byte, error) {
 		pin, _ := src.Info(midAttn + ".proj_in.weight")
 		linearProj = len(pin.Shape) == 2
 	}
-	// Plain levels carry no transformer; give them the mid depth's neighbour
-	// value so that a uniform model is described by one integer.
+	// Levels without attention have no transformer depth of their own;
+	// describe them with the mid block's so that a uniform model is one
+	// integer, as diffusers writes it.
 	for b := range depth {
 		if downTypes[b] == plainDown {
-			depth[b] = 0
-		}
-	}
-	uniform := midDepth
-	for b := range depth {
-		if depth[b] == 0 {
-			depth[b] = uniform
+			depth[b] = midDepth
 		}
 	}
 	if depth[levels-1] != midDepth {
-		return nil, fmt.Errorf("checkpoint: %s: mid block has %d transformer layers, deepest level %d", what, midDepth, depth[levels-1])
+		return nil, fmt.Errorf("checkpoint: %s: mid block has %d transformer layers, deepest level %d (diffusers ties them together)", what, midDepth, depth[levels-1])
 	}
 	var heads any = sd1Heads
 	if crossDim == sd2CrossAttentionDim {
@@ -281,6 +277,17 @@ func InferVAEConfig(src safetensors.Source, scalingFactor float64) ([]byte, erro
 // uses: quick_gelu, 64-channel heads) from the shapes of text encoder
 // tensors named without "text_model.".
 func InferTextConfig(src safetensors.Source) ([]byte, error) {
+	return inferTextConfig(src, "quick_gelu")
+}
+
+// InferOpenCLIPTextConfig derives the CLIPTextModel config of an SD 2.x
+// OpenCLIP text tower (GELU activation, 64-channel heads) from the shapes
+// of its tensors as OpenCLIPToDiffusers presents them.
+func InferOpenCLIPTextConfig(src safetensors.Source) ([]byte, error) {
+	return inferTextConfig(src, "gelu")
+}
+
+func inferTextConfig(src safetensors.Source, act string) ([]byte, error) {
 	const what = "infer text encoder config"
 	tok, err := shapeOf(src, what, "embeddings.token_embedding.weight", 2)
 	if err != nil {
@@ -310,7 +317,7 @@ func InferTextConfig(src safetensors.Source) ([]byte, error) {
 		"attention_dropout":       0.0,
 		"bos_token_id":            49406,
 		"eos_token_id":            49407,
-		"hidden_act":              "quick_gelu",
+		"hidden_act":              act,
 		"hidden_size":             hidden,
 		"initializer_factor":      1.0,
 		"initializer_range":       0.02,

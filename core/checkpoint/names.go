@@ -8,17 +8,15 @@ import (
 
 // Key prefixes of the original (CompVis/LDM) single-file layout.
 const (
-	PrefixUNet     = "model.diffusion_model."
-	PrefixVAE      = "first_stage_model."
-	PrefixCLIP     = "cond_stage_model.transformer."
+	// PrefixUNet starts the UNet's keys.
+	PrefixUNet = "model.diffusion_model."
+	// PrefixVAE starts the autoencoder's keys.
+	PrefixVAE = "first_stage_model."
+	// PrefixCLIP starts the SD 1.x CLIP text encoder's keys (a transformers
+	// CLIPTextModel state dict).
+	PrefixCLIP = "cond_stage_model.transformer."
+	// PrefixOpenCLIP starts the SD 2.x OpenCLIP text tower's keys.
 	PrefixOpenCLIP = "cond_stage_model.model."
-)
-
-// Component names a tensor can belong to.
-const (
-	UNet        = "unet"
-	VAE         = "vae"
-	TextEncoder = "text_encoder"
 )
 
 // Layout carries the few structural facts the name mapping needs that the
@@ -479,6 +477,7 @@ type lazyErr struct {
 	name   string
 }
 
+// Error formats the message.
 func (e *lazyErr) Error() string { return fmt.Sprintf(e.format, e.name) }
 
 func errBad(format, name string) error { return &lazyErr{format, name} }

@@ -16,13 +16,17 @@ import (
 // Metadata keys under which WriteSingleFile stores the diffusers configs
 // (when asked to) and that loadSingleFile reads before inferring them.
 const (
-	MetaUNetConfig        = "kiln.unet_config"
-	MetaVAEConfig         = "kiln.vae_config"
+	// MetaUNetConfig holds the UNet's diffusers config JSON.
+	MetaUNetConfig = "kiln.unet_config"
+	// MetaVAEConfig holds the VAE's diffusers config JSON.
+	MetaVAEConfig = "kiln.vae_config"
+	// MetaTextEncoderConfig holds the text encoder's transformers config JSON.
 	MetaTextEncoderConfig = "kiln.text_encoder_config"
-	MetaPrediction        = "prediction_type"
+	// MetaPrediction holds "epsilon" or "v_prediction".
+	MetaPrediction = "prediction_type"
 )
 
-// ignoredPrefixes are tensors of community single files that are not part
+// ignoredInsidePrefixes are tensors of community single files that are not part
 // of the three components: the EMA copy of the UNet, noise schedule
 // buffers, and the VAE's training loss networks.
 var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
@@ -62,11 +66,11 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		return nil, err
 	}
 	f := src
-	var unetNames, vaeNames, textNames []string
+	var unetNames, vaeNames, textNames, openNames []string
 	for _, n := range f.Names() {
 		switch {
 		case strings.HasPrefix(n, PrefixOpenCLIP):
-			return nil, fmt.Errorf("checkpoint: tensor %q belongs to an SD 2.x OpenCLIP text encoder (cond_stage_model.model.*), which is not supported yet; use the diffusers folder of this model", n)
+			openNames = append(openNames, strings.TrimPrefix(n, PrefixOpenCLIP))
 		case strings.HasPrefix(n, PrefixUNet):
 			unetNames = append(unetNames, strings.TrimPrefix(n, PrefixUNet))
 		case hasAnyPrefix(n, ignoredInsidePrefixes):
@@ -84,8 +88,10 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		return nil, fmt.Errorf("checkpoint: no %s* tensors: not an original-layout Stable Diffusion checkpoint (a lone component file, SDXL or another architecture?)", PrefixUNet)
 	case len(vaeNames) == 0:
 		return nil, fmt.Errorf("checkpoint: no %s* tensors: the file carries no VAE", PrefixVAE)
-	case len(textNames) == 0:
-		return nil, fmt.Errorf("checkpoint: no %s* tensors: the file carries no CLIP text encoder", PrefixCLIP)
+	case len(textNames) == 0 && len(openNames) == 0:
+		return nil, fmt.Errorf("checkpoint: no %s* or %s* tensors: the file carries no CLIP text encoder", PrefixCLIP, PrefixOpenCLIP)
+	case len(textNames) > 0 && len(openNames) > 0:
+		return nil, fmt.Errorf("checkpoint: the file carries two text encoders (%s* and %s*)", PrefixCLIP, PrefixOpenCLIP)
 	}
 
 	lpb, err := originalUNetLayersPerBlock(unetNames)
@@ -124,6 +130,14 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		vaeEntries[d] = e
 	}
 	textEntries := map[string]safetensors.ViewEntry{}
+	openCLIP := len(openNames) > 0
+	if openCLIP {
+		var ignored []string
+		if textEntries, ignored, err = OpenCLIPToDiffusers(f, PrefixOpenCLIP, openNames); err != nil {
+			return nil, err
+		}
+		m.Ignored = append(m.Ignored, ignored...)
+	}
 	for _, n := range textNames {
 		d, err := TextToDiffusers(n)
 		if err != nil {
@@ -160,6 +174,15 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		return infer()
 	}
 	// Inference names tensors as diffusers does; report them as the file does.
+	textOrig := func(n string) (string, error) {
+		if openCLIP {
+			if o, ok := openCLIPOriginal(n); ok {
+				return PrefixOpenCLIP + o, nil
+			}
+			return n, fmt.Errorf("no OpenCLIP name")
+		}
+		return PrefixCLIP + TextToOriginal(n), nil
+	}
 	inferLayout := Layout{UNetLayersPerBlock: lpb, VAELevels: levels}
 	rename := func(err error, reverse func(string) (string, error)) error {
 		var te *TensorError
@@ -176,8 +199,13 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	if m.VAEConfig, err = pick(opts.VAEConfig, MetaVAEConfig, func() ([]byte, error) { return InferVAEConfig(vae, sdScalingFactor) }); err != nil {
 		return nil, rename(err, func(n string) (string, error) { o, _, err := VAEToOriginal(n, levels); return PrefixVAE + o, err })
 	}
-	if m.TextEncoderConfig, err = pick(opts.TextEncoderConfig, MetaTextEncoderConfig, func() ([]byte, error) { return InferTextConfig(text) }); err != nil {
-		return nil, rename(err, func(n string) (string, error) { return PrefixCLIP + TextToOriginal(n), nil })
+	if m.TextEncoderConfig, err = pick(opts.TextEncoderConfig, MetaTextEncoderConfig, func() ([]byte, error) {
+		if openCLIP {
+			return InferOpenCLIPTextConfig(text)
+		}
+		return InferTextConfig(text)
+	}); err != nil {
+		return nil, rename(err, textOrig)
 	}
 	unetL, err := ParseUNetLayout(m.UNetConfig)
 	if err != nil {
@@ -213,7 +241,6 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	}
 	unetOrig := func(n string) (string, error) { o, err := UNetToOriginal(n, layout); return PrefixUNet + o, err }
 	vaeOrig := func(n string) (string, error) { o, _, err := VAEToOriginal(n, levels); return PrefixVAE + o, err }
-	textOrig := func(n string) (string, error) { return PrefixCLIP + TextToOriginal(n), nil }
 	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet, unetOrig)); err != nil {
 		return nil, err
 	}
