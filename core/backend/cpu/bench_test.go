@@ -55,3 +55,34 @@ func BenchmarkAttention(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNormAndActivations measures the memory-bound ops at UNet sizes
+// (GB/s counts the bytes read and written once).
+func BenchmarkNormAndActivations(b *testing.B) {
+	be := New()
+	r := rand.New(rand.NewPCG(1, 1))
+	img := be.FromFloat32(tensor.Shape{1, 320, 64, 64}, randn(r, 320*64*64))
+	tok := be.FromFloat32(tensor.Shape{1, 4096, 320}, randn(r, 4096*320))
+	ff := be.FromFloat32(tensor.Shape{1, 4096, 2560}, randn(r, 4096*2560))
+	w320, b320 := be.FromFloat32(tensor.Shape{320}, randn(r, 320)), be.FromFloat32(tensor.Shape{320}, randn(r, 320))
+	for _, c := range []struct {
+		name  string
+		bytes int
+		op    func() *tensor.Tensor
+	}{
+		{"GroupNormSiLU_320x64x64", 8 * img.Numel(), func() *tensor.Tensor { return be.GroupNorm(img, w320, b320, 32, 1e-5, true) }},
+		{"GroupNorm_320x64x64", 8 * img.Numel(), func() *tensor.Tensor { return be.GroupNorm(img, w320, b320, 32, 1e-5, false) }},
+		{"LayerNorm_4096x320", 8 * tok.Numel(), func() *tensor.Tensor { return be.LayerNorm(tok, w320, b320, 1e-5) }},
+		{"SiLU_320x64x64", 8 * img.Numel(), func() *tensor.Tensor { return be.SiLU(img) }},
+		{"GEGLU_4096x2560", 6 * ff.Numel(), func() *tensor.Tensor { return be.GEGLU(ff) }},
+		{"Add_320x64x64", 12 * img.Numel(), func() *tensor.Tensor { return be.Add(img, img) }},
+		{"ImageToTokens_320x64x64", 8 * img.Numel(), func() *tensor.Tensor { return be.ImageToTokens(img) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				be.Free(c.op())
+			}
+			b.ReportMetric(float64(c.bytes)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+	}
+}

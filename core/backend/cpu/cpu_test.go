@@ -373,7 +373,14 @@ func TestLayerNorm(t *testing.T) {
 }
 
 func TestGroupNorm(t *testing.T) {
+	for _, vec := range []bool{false, hasVec()} {
+		testGroupNorm(t, vec)
+	}
+}
+
+func testGroupNorm(t *testing.T, vec bool) {
 	be := newTest(t)
+	be.vec = vec
 	r := rand.New(rand.NewPCG(7, 8))
 	for _, c := range []struct {
 		shape  tensor.Shape
@@ -382,6 +389,7 @@ func TestGroupNorm(t *testing.T) {
 	}{
 		{tensor.Shape{1, 4, 3, 3}, 2, false}, {tensor.Shape{2, 6, 5, 7}, 3, true}, {tensor.Shape{2, 32, 4, 4}, 32, true},
 		{tensor.Shape{1, 64, 9, 9}, 32, false}, {tensor.Shape{1, 5, 1, 1}, 1, true}, {tensor.Shape{3, 8, 11}, 4, false},
+		{tensor.Shape{1, 64, 8, 9}, 32, true}, {tensor.Shape{2, 12, 5, 5}, 4, true},
 	} {
 		bn, ch := c.shape[0], c.shape[1]
 		sp := c.shape[2:].Numel()
@@ -515,48 +523,58 @@ func TestEmbeddingGatherRows(t *testing.T) {
 }
 
 func TestElementwise(t *testing.T) {
-	be := newTest(t)
-	r := rand.New(rand.NewPCG(13, 14))
-	shape := tensor.Shape{3, 5, 70001 % 97}
-	n := shape.Numel()
-	as, bs := randn(r, n), randn(r, n)
-	a, b := be.FromFloat32(shape, as), be.FromFloat32(shape, bs)
-	apply := func(f func(x float64) float64) []float64 {
-		w := make([]float64, n)
-		for i, v := range as {
-			w[i] = f(float64(v))
+	for _, vec := range []bool{false, hasVec()} {
+		be := newTest(t)
+		be.vec = vec
+		r := rand.New(rand.NewPCG(13, 14))
+		shape := tensor.Shape{3, 5, 67}
+		n := shape.Numel()
+		as, bs := randn(r, n), randn(r, n)
+		for i := 0; i < 12; i++ { // tails of the activations
+			as[i] = float32(i-6) * 15
 		}
-		return w
+		a, b := be.FromFloat32(shape, as), be.FromFloat32(shape, bs)
+		apply := func(f func(x float64) float64) []float64 {
+			w := make([]float64, n)
+			for i, v := range as {
+				w[i] = f(float64(v))
+			}
+			return w
+		}
+		sum := make([]float64, n)
+		for i := range sum {
+			sum[i] = float64(as[i]) + float64(bs[i])
+		}
+		name := fmt.Sprintf(" (vec %v)", vec)
+		check(t, "Add"+name, be.Add(a, b), shape, sum, be, 1e-7)
+		check(t, "Scale"+name, be.Scale(a, -1.5), shape, apply(func(x float64) float64 { return -1.5 * x }), be, 1e-7)
+		check(t, "SiLU"+name, be.SiLU(a), shape, apply(func(x float64) float64 { return x / (1 + math.Exp(-x)) }), be, 1e-6)
+		check(t, "QuickGELU"+name, be.QuickGELU(a), shape, apply(func(x float64) float64 { return x / (1 + math.Exp(-1.702*x)) }), be, 1e-6)
+		// GELU against tabulated values of x·Φ(x).
+		known := be.FromFloat32(tensor.Shape{5}, []float32{1, -1, 0, 2.5, -4})
+		check(t, "GELU"+name, be.GELU(known), tensor.Shape{5}, []float64{0.8413447460685429, -0.15865525393145707, 0, 2.4844758366855595, -0.00012668496733247968}, be, 1e-6)
+		check(t, "GELU"+name, be.GELU(a), shape, apply(func(x float64) float64 { return 0.5 * x * math.Erfc(-x/math.Sqrt2) }), be, 1e-6)
+		mustFail(t, "Add", func() { be.Add(a, be.Reshape(b, tensor.Shape{15, shape[2]})) }, "(3, 5,", "(15,")
 	}
-	sum := make([]float64, n)
-	for i := range sum {
-		sum[i] = float64(as[i]) + float64(bs[i])
-	}
-	check(t, "Add", be.Add(a, b), shape, sum, be, 1e-7)
-	check(t, "Scale", be.Scale(a, -1.5), shape, apply(func(x float64) float64 { return -1.5 * x }), be, 1e-7)
-	check(t, "SiLU", be.SiLU(a), shape, apply(func(x float64) float64 { return x / (1 + math.Exp(-x)) }), be, 1e-6)
-	check(t, "QuickGELU", be.QuickGELU(a), shape, apply(func(x float64) float64 { return x / (1 + math.Exp(-1.702*x)) }), be, 1e-6)
-	// GELU against tabulated values of x·Φ(x).
-	known := be.FromFloat32(tensor.Shape{5}, []float32{1, -1, 0, 2.5, -4})
-	check(t, "GELU", be.GELU(known), tensor.Shape{5}, []float64{0.8413447460685429, -0.15865525393145707, 0, 2.4844758366855595, -0.00012668496733247968}, be, 1e-6)
-	check(t, "GELU", be.GELU(a), shape, apply(func(x float64) float64 { return 0.5 * x * math.Erfc(-x/math.Sqrt2) }), be, 1e-6)
-	mustFail(t, "Add", func() { be.Add(a, be.Reshape(b, tensor.Shape{15, shape[2]})) }, "(3, 5,", "(15,")
 }
 
 func TestGEGLU(t *testing.T) {
-	be := newTest(t)
-	r := rand.New(rand.NewPCG(15, 16))
-	shape := tensor.Shape{2, 7, 2 * 13}
-	xs := randn(r, shape.Numel())
-	want := make([]float64, 0, shape.Numel()/2)
-	for row := 0; row < 14; row++ {
-		for i := 0; i < 13; i++ {
-			a, g := float64(xs[row*26+i]), float64(xs[row*26+13+i])
-			want = append(want, a*0.5*g*math.Erfc(-g/math.Sqrt2))
+	for _, vec := range []bool{false, hasVec()} {
+		be := newTest(t)
+		be.vec = vec
+		r := rand.New(rand.NewPCG(15, 16))
+		shape := tensor.Shape{2, 7, 2 * 13}
+		xs := randn(r, shape.Numel())
+		want := make([]float64, 0, shape.Numel()/2)
+		for row := 0; row < 14; row++ {
+			for i := 0; i < 13; i++ {
+				a, g := float64(xs[row*26+i]), float64(xs[row*26+13+i])
+				want = append(want, a*0.5*g*math.Erfc(-g/math.Sqrt2))
+			}
 		}
+		check(t, fmt.Sprintf("GEGLU (vec %v)", vec), be.GEGLU(be.FromFloat32(shape, xs)), tensor.Shape{2, 7, 13}, want, be, 1e-6)
+		mustFail(t, "GEGLU", func() { be.GEGLU(be.FromFloat32(tensor.Shape{1, 3}, make([]float32, 3))) }, "(1, 3)")
 	}
-	check(t, "GEGLU", be.GEGLU(be.FromFloat32(shape, xs)), tensor.Shape{2, 7, 13}, want, be, 1e-6)
-	mustFail(t, "GEGLU", func() { be.GEGLU(be.FromFloat32(tensor.Shape{1, 3}, make([]float32, 3))) }, "(1, 3)")
 }
 
 func TestAddBroadcast(t *testing.T) {

@@ -39,6 +39,26 @@ func TestExpf(t *testing.T) {
 	}
 }
 
+func TestErff(t *testing.T) {
+	r := rand.New(rand.NewPCG(35, 36))
+	var worst float64
+	for i := range 400000 {
+		x := float32(r.NormFloat64() * 3)
+		if i%2 == 0 {
+			x = float32(r.Float64()*2 - 1)
+		}
+		d := math.Abs(float64(erff(x)) - math.Erf(float64(x)))
+		worst = max(worst, d)
+		if d > 3e-7 {
+			t.Fatalf("erff(%v) = %v, want %v", x, erff(x), math.Erf(float64(x)))
+		}
+	}
+	t.Logf("largest error %.3g", worst)
+	if erff(0) != 0 || erff(10) != 1 || erff(-10) != -1 {
+		t.Fatal("erff special values")
+	}
+}
+
 func BenchmarkExp(b *testing.B) {
 	xs := randn(rand.New(rand.NewPCG(1, 1)), 4096)
 	b.Run("expf", func(b *testing.B) {
@@ -55,6 +75,15 @@ func BenchmarkExp(b *testing.B) {
 		for range b.N {
 			for _, x := range xs {
 				s += float32(math.Exp(float64(x)))
+			}
+		}
+		_ = s
+	})
+	b.Run("erff", func(b *testing.B) {
+		var s float32
+		for range b.N {
+			for _, x := range xs {
+				s += erff(x)
 			}
 		}
 		_ = s
@@ -83,6 +112,36 @@ func TestVectorHelpersMatchScalar(t *testing.T) {
 		x[r.IntN(n)] = 95 // beyond the clamp after scaling by 1
 		if mv, ms := maxf(x, true), maxf(x, false); mv != ms {
 			t.Fatalf("n=%d: max %v (vector) vs %v (scalar)", n, mv, ms)
+		}
+		// Activations, including arguments far beyond exp's range.
+		wide := append([]float32(nil), x...)
+		wide[0], wide[n-1] = 120, -120
+		for _, alpha := range []float32{1, 1.702} {
+			a, b := make([]float32, n), make([]float32, n)
+			sigmul(a, wide, alpha, true)
+			sigmul(b, wide, alpha, false)
+			for i := range a {
+				want := float64(wide[i]) / (1 + math.Exp(-float64(alpha)*float64(wide[i])))
+				if math.Abs(float64(a[i])-want) > 3e-7*math.Max(1, math.Abs(want)) || math.Abs(float64(b[i])-want) > 3e-7*math.Max(1, math.Abs(want)) {
+					t.Fatalf("n=%d: x·σ(%v·%v) = %v (vector), %v (scalar), want %v", n, alpha, wide[i], a[i], b[i], want)
+				}
+			}
+		}
+		m := randn(r, n)
+		for _, mul := range [][]float32{nil, m} {
+			a, b := make([]float32, n), make([]float32, n)
+			geluMul(a, wide, mul, true)
+			geluMul(b, wide, mul, false)
+			for i := range a {
+				want := 0.5 * float64(wide[i]) * math.Erfc(-float64(wide[i])/math.Sqrt2)
+				if mul != nil {
+					want *= float64(mul[i])
+				}
+				tol := 5e-7 * math.Max(1, math.Abs(float64(wide[i])))
+				if math.Abs(float64(a[i])-want) > tol || math.Abs(float64(b[i])-want) > tol {
+					t.Fatalf("n=%d: GELU(%v)·m = %v (vector), %v (scalar), want %v", n, wide[i], a[i], b[i], want)
+				}
+			}
 		}
 		for _, sc := range []float32{1, 0.125} {
 			shift := maxf(x, false) * sc

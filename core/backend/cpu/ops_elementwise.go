@@ -93,40 +93,22 @@ func (be *Backend) Scale(x *tensor.Tensor, s float32) *tensor.Tensor {
 	})
 }
 
-func siluf(v float32) float32 { return v / (1 + float32(math.Exp(float64(-v)))) }
-
-func geluf(v float32) float32 {
-	x := float64(v)
-	return float32(0.5 * x * (1 + math.Erf(x/math.Sqrt2)))
-}
-
-func quickGELUf(v float32) float32 { return v / (1 + float32(math.Exp(float64(-1.702*v)))) }
+// geluf returns the erf GELU v·Φ(v) = v/2·(1 + erf(v/√2)).
+func geluf(v float32) float32 { return 0.5 * v * (1 + erff(v*(1/math.Sqrt2))) }
 
 // SiLU returns x·sigmoid(x).
 func (be *Backend) SiLU(x *tensor.Tensor) *tensor.Tensor {
-	return be.unary("SiLU", x, func(dst, src []float32) {
-		for i, v := range src {
-			dst[i] = siluf(v)
-		}
-	})
+	return be.unary("SiLU", x, func(dst, src []float32) { sigmul(dst, src, 1, be.vec) })
 }
 
 // GELU returns the exact (erf) GELU of x.
 func (be *Backend) GELU(x *tensor.Tensor) *tensor.Tensor {
-	return be.unary("GELU", x, func(dst, src []float32) {
-		for i, v := range src {
-			dst[i] = geluf(v)
-		}
-	})
+	return be.unary("GELU", x, func(dst, src []float32) { geluMul(dst, src, nil, be.vec) })
 }
 
 // QuickGELU returns x·sigmoid(1.702·x).
 func (be *Backend) QuickGELU(x *tensor.Tensor) *tensor.Tensor {
-	return be.unary("QuickGELU", x, func(dst, src []float32) {
-		for i, v := range src {
-			dst[i] = quickGELUf(v)
-		}
-	})
+	return be.unary("QuickGELU", x, func(dst, src []float32) { sigmul(dst, src, 1.702, be.vec) })
 }
 
 // GEGLU splits the last dimension into halves a and g and returns a·GELU(g).
@@ -147,11 +129,7 @@ func (be *Backend) GEGLU(x *tensor.Tensor) *tensor.Tensor {
 	rows := len(xd) / d2
 	be.parallelFor(rows, max(1, elementGrain/d2), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			a, g := xd[r*d2:r*d2+d], xd[r*d2+d:r*d2+d2]
-			dst := od[r*d : r*d+d]
-			for i := range dst {
-				dst[i] = a[i] * geluf(g[i])
-			}
+			geluMul(od[r*d:r*d+d], xd[r*d2+d:r*d2+d2], xd[r*d2:r*d2+d], be.vec)
 		}
 	})
 	return out

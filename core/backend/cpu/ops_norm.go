@@ -37,24 +37,20 @@ func (be *Backend) LayerNorm(x, w, b *tensor.Tensor, eps float32) *tensor.Tensor
 	rows := x.Numel() / d
 	be.parallelFor(rows, max(1, 4096/d), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			normalize(od[r*d:r*d+d], xd[r*d:r*d+d], eps)
-			dst := od[r*d : r*d+d]
+			src, dst := xd[r*d:r*d+d], od[r*d:r*d+d]
+			mean, inv := stats(src, eps)
+			m, s := float32(mean), float32(inv)
+			for i, v := range src {
+				dst[i] = (v - m) * s
+			}
 			applyAffine(dst, wd, bd)
 		}
 	})
 	return out
 }
 
-// normalize writes (src - mean) / sqrt(var + eps) into dst, computing the
-// statistics in float64 with two passes.
-func normalize(dst, src []float32, eps float32) {
-	mean, inv := stats(src, eps)
-	for i, v := range src {
-		dst[i] = float32((float64(v) - mean) * inv)
-	}
-}
-
-// stats returns the mean and 1/sqrt(var + eps) of src.
+// stats returns the mean and 1/sqrt(var + eps) of src, accumulated in
+// float64 over two passes.
 func stats(src []float32, eps float32) (mean, inv float64) {
 	var s float64
 	for _, v := range src {
@@ -113,11 +109,12 @@ func (be *Backend) GroupNorm(x, w, b *tensor.Tensor, groups int, eps float32, si
 			g := bg % groups
 			base := bg * gsize
 			mean, inv := stats(xd[base:base+gsize], eps)
+			m := float32(mean)
 			for ci := 0; ci < cpg; ci++ {
 				ch := g*cpg + ci
-				scale, shift := float32(1), float32(0)
+				scale, shift := float32(inv), float32(0)
 				if wd != nil {
-					scale = wd[ch]
+					scale = float32(inv * float64(wd[ch]))
 				}
 				if bd != nil {
 					shift = bd[ch]
@@ -125,11 +122,10 @@ func (be *Backend) GroupNorm(x, w, b *tensor.Tensor, groups int, eps float32, si
 				src := xd[base+ci*spatial : base+(ci+1)*spatial]
 				dst := od[base+ci*spatial : base+(ci+1)*spatial]
 				for i, v := range src {
-					y := float32((float64(v)-mean)*inv)*scale + shift
-					if silu {
-						y = siluf(y)
-					}
-					dst[i] = y
+					dst[i] = (v-m)*scale + shift
+				}
+				if silu {
+					sigmul(dst, dst, 1, be.vec)
 				}
 			}
 		}

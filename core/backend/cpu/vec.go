@@ -32,3 +32,30 @@ func maxf(x []float32, vec bool) float32 {
 	}
 	return m
 }
+
+// sigmul sets dst[i] = src[i]·sigmoid(alpha·src[i]).
+func sigmul(dst, src []float32, alpha float32, vec bool) {
+	done := 0
+	if vec {
+		done = sigmulVec(dst, src, alpha)
+	}
+	for i := done; i < len(src); i++ {
+		v := src[i]
+		dst[i] = v / (1 + expf(-alpha*v))
+	}
+}
+
+// geluMul sets dst[i] = GELU(x[i])·m[i], or GELU(x[i]) when m is nil.
+func geluMul(dst, x, m []float32, vec bool) {
+	done := 0
+	if vec {
+		done = geluMulVec(dst, x, m)
+	}
+	for i := done; i < len(x); i++ {
+		g := geluf(x[i])
+		if m != nil {
+			g *= m[i]
+		}
+		dst[i] = g
+	}
+}

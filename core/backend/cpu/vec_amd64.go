@@ -32,3 +32,38 @@ func maxVec(x []float32) (int, float32) {
 	}
 	return n, maxAVX2(&x[0], n)
 }
+
+//go:noescape
+func sigmulAVX2(dst, src *float32, n int, alpha float32)
+
+//go:noescape
+func geluMulAVX2(dst, x, m *float32, n int)
+
+// sigmulVec handles the leading multiple of 8 elements of src and returns
+// how many it did.
+func sigmulVec(dst, src []float32, alpha float32) int {
+	n := len(src) &^ 7
+	if n == 0 {
+		return 0
+	}
+	_ = dst[n-1]
+	sigmulAVX2(&dst[0], &src[0], n, alpha)
+	return n
+}
+
+// geluMulVec handles the leading multiple of 8 elements of x (times m
+// unless m is nil) and returns how many it did.
+func geluMulVec(dst, x, m []float32) int {
+	n := len(x) &^ 7
+	if n == 0 {
+		return 0
+	}
+	_ = dst[n-1]
+	var mp *float32
+	if m != nil {
+		_ = m[n-1]
+		mp = &m[0]
+	}
+	geluMulAVX2(&dst[0], &x[0], mp, n)
+	return n
+}
