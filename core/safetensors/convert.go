@@ -4,29 +4,23 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 	"unsafe"
 )
 
 // Float16ToFloat32 converts an IEEE 754 half-precision value (as its bit
 // pattern) to float32 exactly, subnormals, infinities and NaN included.
 func Float16ToFloat32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h) & 0x3ff
-	switch {
-	case exp == 0x1f: // inf or NaN; keep the payload
-		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
-	case exp != 0: // normal: rebias 15 → 127
-		return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
-	case mant == 0: // signed zero
-		return math.Float32frombits(sign)
+	bits := uint32(h&0x7fff) << 13 // exponent and mantissa in float32 position
+	var f float32
+	if h&0x7c00 == 0x7c00 {
+		f = math.Float32frombits(bits | 0x7f800000) // inf or NaN; keep the payload
+	} else {
+		// Rebias the exponent by scaling: exact for normals and subnormals.
+		f = math.Float32frombits(bits) * 0x1p112
 	}
-	// Subnormal half: mant × 2^-24, which is a normal float32.
-	f := float32(mant) * (1.0 / (1 << 24))
-	if sign != 0 {
-		f = -f
-	}
-	return f
+	return math.Float32frombits(math.Float32bits(f) | uint32(h&0x8000)<<16)
 }
 
 // Float32ToFloat16 converts a float32 to the nearest half-precision value
@@ -134,15 +128,19 @@ func bytesToFloat32(b []byte, dtype string, n int) ([]float32, error) {
 		return out, nil
 	case "F16":
 		out := make([]float32, n)
-		for i := range out {
-			out[i] = Float16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
+		parallel(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				out[i] = Float16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+			}
+		})
 		return out, nil
 	case "BF16":
 		out := make([]float32, n)
-		for i := range out {
-			out[i] = BFloat16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
+		parallel(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				out[i] = BFloat16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+			}
+		})
 		return out, nil
 	case "F64":
 		out := make([]float32, n)
@@ -190,4 +188,26 @@ func Int64(src Source, name string) ([]int64, []int, error) {
 		return out, info.Shape, nil
 	}
 	return nil, nil, fmt.Errorf("safetensors: tensor %q: dtype %s is not I64 or I32", name, info.DType)
+}
+
+// parallel runs fn over [0, n) split across the available cores when n is
+// large enough to pay for the goroutines.
+func parallel(n int, fn func(lo, hi int)) {
+	const grain = 1 << 18
+	workers := min(runtime.GOMAXPROCS(0), (n+grain-1)/grain)
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
 }

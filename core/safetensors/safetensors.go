@@ -84,7 +84,8 @@ type Header struct {
 // without reading tensor data: header length within the file and under
 // MaxHeaderSize, valid JSON, known dtypes, unique names, shapes whose size
 // matches the byte range, ranges inside the data section and not
-// overlapping, and string-only __metadata__.
+// overlapping, and string-only __metadata__. Unreferenced bytes between
+// tensors are tolerated (the reference writer never leaves any).
 func ParseHeader(prefix []byte, fileSize int64) (*Header, error) {
 	if fileSize < 8 || len(prefix) < 8 {
 		return nil, fmt.Errorf("safetensors: file of %d bytes is too short for the 8-byte header length", fileSize)
