@@ -52,7 +52,7 @@ var (
 )
 
 // loadEnv loads the fixture model once for all tests of the package.
-func loadEnv(t *testing.T) *fixtureEnv {
+func loadEnv(t testing.TB) *fixtureEnv {
 	t.Helper()
 	modelDir := fixtures.Require(t, "sd15-tiny/model")
 	refPath := fixtures.Require(t, "sd15-tiny/reference.safetensors")
@@ -91,7 +91,7 @@ func loadEnv(t *testing.T) *fixtureEnv {
 	return envVal
 }
 
-func (e *fixtureEnv) tensor(t *testing.T, name string) []float32 {
+func (e *fixtureEnv) tensor(t testing.TB, name string) []float32 {
 	t.Helper()
 	v, _, err := safetensors.Float32(e.ref, name)
 	if err != nil {

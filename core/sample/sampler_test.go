@@ -59,8 +59,18 @@ func levelOf(t *testing.T, cfg *Config, s Sampler, i int) (float64, float64) {
 // of a point-mass data distribution: the final latent must be the point
 // (up to the residual noise of schedules that stop short of σ = 0).
 func TestSamplersRecoverPointMass(t *testing.T) {
+	type run struct {
+		name string
+		eta  float64
+	}
+	var runs []run
+	for _, n := range Names() {
+		runs = append(runs, run{n, 0})
+	}
+	runs = append(runs, run{"ddim", 0.7})
 	for _, pred := range []string{"epsilon", "v_prediction"} {
-		for _, name := range Names() {
+		for _, r := range runs {
+			name := r.name
 			cfg, err := ParseConfig([]byte(sd15Config))
 			if err != nil {
 				t.Fatal(err)
@@ -72,10 +82,11 @@ func TestSamplersRecoverPointMass(t *testing.T) {
 			if name == "lcm" {
 				steps = 4
 			}
-			s, err := New(cfg, name, steps, Options{})
+			s, err := New(cfg, name, steps, Options{Eta: r.eta})
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
+			draws := 0
 			rng := rand.New(rand.NewPCG(1, 2))
 			const n = 64
 			c := make([]float32, n)
@@ -83,6 +94,7 @@ func TestSamplersRecoverPointMass(t *testing.T) {
 				c[j] = float32(rng.NormFloat64() * 0.8)
 			}
 			noise := func() []float32 {
+				draws++
 				z := make([]float32, n)
 				for j := range z {
 					z[j] = float32(rng.NormFloat64())
@@ -116,7 +128,22 @@ func TestSamplersRecoverPointMass(t *testing.T) {
 				tol = 0.1 // these stop at ᾱ_0 < 1 (set_alpha_to_one false) or add final noise
 			}
 			if worst > tol || math.IsNaN(worst) {
-				t.Errorf("%s (%s): final latent off the data point by %g", name, pred, worst)
+				t.Errorf("%s eta %g (%s): final latent off the data point by %g", name, r.eta, pred, worst)
+			}
+			// noise draws: the initial one plus one per stochastic step
+			want := 1
+			switch {
+			case name == "euler_a" || strings.HasPrefix(name, "dpmpp_2m_sde"):
+				want += steps
+			case name == "ddpm": // every step but t = 0 (leading spacing ends at t = 1)
+				want += steps
+			case name == "lcm": // every step but the last
+				want += steps - 1
+			case name == "ddim" && r.eta > 0:
+				want += steps
+			}
+			if draws != want {
+				t.Errorf("%s eta %g: %d noise draws, want %d", name, r.eta, draws, want)
 			}
 		}
 	}
