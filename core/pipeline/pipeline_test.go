@@ -130,8 +130,10 @@ func requestFor(e *fixtureEnv, t *testing.T, name string, c pipelineCase) Reques
 		Prompt: c.Prompt, NegativePrompt: c.NegativePrompt, Steps: c.Steps, N: n,
 		Guidance: c.Guidance, GuidanceRescale: c.GuidanceRescale, Seed: c.Seed, RNG: "cpu",
 		Width: 64, Height: 64, Truncate: true,
-		// diffusers draws the batch's noise from its one generator
-		SharedGenerator: true,
+		// diffusers draws a batch's noise from its one generator; a single
+		// image uses Kiln's default per-image generator (seed+0), which is
+		// the same stream
+		SharedGenerator: n > 1,
 	}
 	if strings.HasPrefix(name, "img2img") {
 		req.Strength = c.Strength
