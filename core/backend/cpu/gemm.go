@@ -11,7 +11,7 @@ import (
 // rows of A into strips of mr rows (kept in L2), and a register-tiled
 // micro-kernel multiplies one mr-strip by one nr-strip (kept in L1).
 const (
-	gemmKC = 256 // depth of a packed block
+	gemmKC = 192 // depth of a packed block: a 32-wide strip of B (24 KiB) and a 12-row strip of A stay in L1
 	gemmMC = 144 // rows of A per packed block (a multiple of every mr)
 	// Widest block of op(B) packed at once by a serial GEMM.
 	tnMax = 1024
