@@ -1,10 +1,3 @@
-// Package cpu is the reference backend: every op of backend.Backend in
-// float32 on the host, contiguous row-major, multi-threaded across cores.
-//
-// Tensors made by this backend hold a *handle as their storage. Weights
-// uploaded as F32 alias the caller's bytes (a memory map) without copying;
-// activations come from a per-backend pool of buffers keyed by length, which
-// Free refills.
 package cpu
 
 import (

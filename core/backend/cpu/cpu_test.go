@@ -602,6 +602,11 @@ func TestAddBroadcast(t *testing.T) {
 		wantB[i] = float64(ys[i]) + float64(ps[i%4])
 	}
 	check(t, "AddBroadcast bias", be.AddBroadcast(y, be.FromFloat32(tensor.Shape{4}, ps[:4])), y.Shape(), wantB, be, 1e-7)
+	wantS := make([]float64, len(ys))
+	for i := range ys {
+		wantS[i] = float64(ys[i]) + 2.5
+	}
+	check(t, "AddBroadcast scalar", be.AddBroadcast(y, be.FromFloat32(tensor.Shape{}, []float32{2.5})), y.Shape(), wantS, be, 1e-7)
 	sq := be.FromFloat32(tensor.Shape{4, 4}, make([]float32, 16))
 	mustFail(t, "AddBroadcast", func() { be.AddBroadcast(sq, be.FromFloat32(tensor.Shape{4}, ps[:4])) }, "both")
 	mustFail(t, "AddBroadcast", func() { be.AddBroadcast(y, be.FromFloat32(tensor.Shape{5}, ps[:5])) }, "(5)", "(3, 7, 4)")

@@ -56,16 +56,22 @@ func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p back
 	if be.kernel.simd {
 		kernO = narrowKernel(be.kernel, qb, d, availableKernels())
 	}
-	// Pack every head's keys (as Kᵀ, d × lk) and values (lk × d).
+	// Pack every head's keys (as Kᵀ, d × lk) and values (lk × d) into
+	// buffers from the activation pool.
 	heads := bn * h
+	kSize := d * ((lk + kernS.nr - 1) / kernS.nr * kernS.nr)
+	vSize := lk * ((d + kernO.nr - 1) / kernO.nr * kernO.nr)
+	kbuf, vbuf := be.pool.get(heads*kSize), be.pool.get(heads*vSize)
+	defer be.pool.put(kbuf)
+	defer be.pool.put(vbuf)
 	kp := make([]packedB, heads)
 	vp := make([]packedB, heads)
 	be.parallelFor(heads, 1, func(lo, hi int) {
 		for bh := lo; bh < hi; bh++ {
 			b, hd := bh/h, bh%h
 			off := b*lk*f + hd*d
-			kp[bh] = packFull(nil, matBT{data: kd[off:], ld: f, n: lk}, d, lk, kernS.nr)
-			vp[bh] = packFull(nil, matB{data: vd[off:], ld: f, n: d}, lk, d, kernO.nr)
+			kp[bh] = packFull(kbuf[bh*kSize:(bh+1)*kSize:(bh+1)*kSize], matBT{data: kd[off:], ld: f, n: lk}, d, lk, kernS.nr)
+			vp[bh] = packFull(vbuf[bh*vSize:(bh+1)*vSize:(bh+1)*vSize], matB{data: vd[off:], ld: f, n: d}, lk, d, kernO.nr)
 		}
 	})
 	blocks := (lq + qb - 1) / qb

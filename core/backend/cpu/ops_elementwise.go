@@ -37,8 +37,9 @@ func (be *Backend) Add(a, b *tensor.Tensor) *tensor.Tensor {
 
 // AddBroadcast returns x + v where v's shape is a prefix of x's (v repeated
 // over x's trailing dimensions) or a suffix of it (v repeated over x's
-// leading dimensions). Equal shapes add elementwise; a v that fits both
-// ways otherwise is ambiguous and fails.
+// leading dimensions). Equal shapes add elementwise and a scalar v of
+// shape () is added everywhere; a v that fits both ways otherwise is
+// ambiguous and fails.
 func (be *Backend) AddBroadcast(x, v *tensor.Tensor) *tensor.Tensor {
 	const op = "AddBroadcast"
 	xd, vd := data(op, x), data(op, v)
@@ -48,6 +49,9 @@ func (be *Backend) AddBroadcast(x, v *tensor.Tensor) *tensor.Tensor {
 	}
 	prefix := len(vs) <= len(xs) && xs[:len(vs)].Equal(vs)
 	suffix := len(vs) <= len(xs) && xs[len(xs)-len(vs):].Equal(vs)
+	if len(vs) == 0 { // a scalar: both placements agree
+		suffix = false
+	}
 	switch {
 	case prefix && suffix:
 		backend.Fail(op, "v %s fits x %s both as prefix and as suffix", vs, xs)

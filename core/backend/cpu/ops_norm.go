@@ -50,19 +50,38 @@ func (be *Backend) LayerNorm(x, w, b *tensor.Tensor, eps float32) *tensor.Tensor
 }
 
 // stats returns the mean and 1/sqrt(var + eps) of src, accumulated in
-// float64 over two passes.
+// float64 over two passes, each with four independent sums so that the
+// additions overlap.
 func stats(src []float32, eps float32) (mean, inv float64) {
-	var s float64
-	for _, v := range src {
-		s += float64(v)
+	n := len(src)
+	var s0, s1, s2, s3 float64
+	i := 0
+	for ; i+4 <= n; i += 4 {
+		v := src[i : i+4 : i+4]
+		s0 += float64(v[0])
+		s1 += float64(v[1])
+		s2 += float64(v[2])
+		s3 += float64(v[3])
 	}
-	mean = s / float64(len(src))
-	var q float64
-	for _, v := range src {
-		dv := float64(v) - mean
-		q += dv * dv
+	for ; i < n; i++ {
+		s0 += float64(src[i])
 	}
-	return mean, 1 / math.Sqrt(q/float64(len(src))+float64(eps))
+	mean = (s0 + s1 + s2 + s3) / float64(n)
+	var q0, q1, q2, q3 float64
+	i = 0
+	for ; i+4 <= n; i += 4 {
+		v := src[i : i+4 : i+4]
+		d0, d1, d2, d3 := float64(v[0])-mean, float64(v[1])-mean, float64(v[2])-mean, float64(v[3])-mean
+		q0 += d0 * d0
+		q1 += d1 * d1
+		q2 += d2 * d2
+		q3 += d3 * d3
+	}
+	for ; i < n; i++ {
+		d := float64(src[i]) - mean
+		q0 += d * d
+	}
+	return mean, 1 / math.Sqrt((q0+q1+q2+q3)/float64(n)+float64(eps))
 }
 
 func applyAffine(dst, w, b []float32) {
