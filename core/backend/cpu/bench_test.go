@@ -13,7 +13,7 @@ import (
 // BenchmarkConv2D measures 3×3 convolutions at UNet and VAE sizes.
 func BenchmarkConv2D(b *testing.B) {
 	for _, c := range []struct{ cin, cout, h, stride int }{
-		{320, 320, 64, 1}, {640, 640, 32, 1}, {1280, 1280, 16, 1}, {320, 320, 64, 2}, {128, 128, 256, 1},
+		{320, 320, 64, 1}, {640, 640, 32, 1}, {1280, 1280, 16, 1}, {1280, 1280, 8, 1}, {2560, 1280, 8, 1}, {320, 320, 64, 2}, {128, 128, 256, 1},
 	} {
 		b.Run(fmt.Sprintf("%dto%d_%dx%d_s%d", c.cin, c.cout, c.h, c.h, c.stride), func(b *testing.B) {
 			be := New()

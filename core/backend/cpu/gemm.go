@@ -23,8 +23,16 @@ type microKernel struct {
 	name   string
 	mr, nr int
 	fn     func(k int, a, b, c []float32, ldc int)
-	simd   bool // an assembly kernel
+	// rowA, where present, is fn reading A in place: row i of the strip at
+	// a[i·lda:], used when packing A would cost more than it saves.
+	rowA func(k int, a []float32, lda int, b, c []float32, ldc int)
+	simd bool // an assembly kernel
 }
+
+// rowAStrips is the most strips of B a block of A meets for which A is
+// read in place rather than packed: packing pays off only when the packed
+// block is reused across many strips.
+const rowAStrips = 4
 
 // bSource packs a block of op(B), the k×n right-hand matrix.
 type bSource interface {
@@ -138,34 +146,66 @@ func (g *gemmProblem) tile(kern *microKernel, w *gemmWork, m0, m1, n0, n1 int) {
 	for p0 := 0; p0 < g.k; p0 += gemmKC {
 		kc := min(gemmKC, g.k-p0)
 		g.b.pack(w.b, p0, kc, n0, nc, nr)
+		strips := (nc + nr - 1) / nr
+		rowA := kern.rowA != nil && strips <= rowAStrips
 		for i0 := m0; i0 < m1; i0 += gemmMC {
 			mc := min(gemmMC, m1-i0)
-			packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
-			g.macro(kern, w, w.b, kc, i0, mc, n0, nc, 0, (nc+nr-1)/nr)
+			g.prepA(kern, w, i0, mc, p0, kc, rowA)
+			g.macro(kern, w, w.b, kc, i0, mc, n0, nc, 0, strips, p0, rowA)
 		}
 	}
 }
 
-// macro multiplies a packed block of A (rows [i0, i0+mc), depth kc) by the
-// packed strips [s0, s1) of a block of op(B) that starts at column j0 and
-// is nc columns wide, adding into C.
-func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, bp []float32, kc, i0, mc, j0, nc, s0, s1 int) {
+// prepA packs rows [i0, i0+mc) and depth [p0, p0+kc) of A into w.a: all
+// of its mr-strips, or with rowA only a final partial strip (at w.a[0:]),
+// since full strips are then read in place.
+func (g *gemmProblem) prepA(kern *microKernel, w *gemmWork, i0, mc, p0, kc int, rowA bool) {
+	if !rowA {
+		packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, kern.mr)
+		return
+	}
+	if rem := mc % kern.mr; rem != 0 {
+		packA(w.a, g.a, g.lda, g.m, i0+mc-rem, rem, p0, kc, kern.mr)
+	}
+}
+
+// macro multiplies a block of A (rows [i0, i0+mc), depth [p0, p0+kc),
+// prepared by prepA) by the packed strips [s0, s1) of a block of op(B) that
+// starts at column j0 and is nc columns wide, adding into C.
+func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, bp []float32, kc, i0, mc, j0, nc, s0, s1, p0 int, rowA bool) {
 	mr, nr := kern.mr, kern.nr
 	for js := s0; js < s1; js++ {
 		bs := bp[js*kc*nr : (js+1)*kc*nr]
 		j := j0 + js*nr
 		wj := min(nr, j0+nc-j)
 		for is := 0; is*mr < mc; is++ {
-			as := w.a[is*kc*mr : (is+1)*kc*mr]
 			i := i0 + is*mr
 			hi := min(mr, i0+mc-i)
+			inPlace := rowA && hi == mr
+			var as []float32
+			switch {
+			case inPlace:
+				as = g.a[i*g.lda+p0:]
+			case rowA:
+				as = w.a[:kc*mr]
+			default:
+				as = w.a[is*kc*mr : (is+1)*kc*mr]
+			}
 			if hi == mr && wj == nr {
-				kern.fn(kc, as, bs, g.c[i*g.ldc+j:], g.ldc)
+				if inPlace {
+					kern.rowA(kc, as, g.lda, bs, g.c[i*g.ldc+j:], g.ldc)
+				} else {
+					kern.fn(kc, as, bs, g.c[i*g.ldc+j:], g.ldc)
+				}
 				continue
 			}
 			e := w.edge[:mr*nr]
 			clear(e)
-			kern.fn(kc, as, bs, e, nr)
+			if inPlace {
+				kern.rowA(kc, as, g.lda, bs, e, nr)
+			} else {
+				kern.fn(kc, as, bs, e, nr)
+			}
 			for r := 0; r < hi; r++ {
 				cr := g.c[(i+r)*g.ldc+j : (i+r)*g.ldc+j+wj]
 				for q, v := range e[r*nr : r*nr+wj] {
@@ -259,8 +299,9 @@ func (be *Backend) runGemm(g *gemmProblem) {
 					i0 := mb * gemmMC
 					mc := min(gemmMC, g.m-i0)
 					s0, s1 := sb*perUnit, min(strips, sb*perUnit+perUnit)
-					packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
-					g.macro(kern, w, bp, kc, i0, mc, j0, ncj, s0, s1)
+					rowA := kern.rowA != nil && s1-s0 <= rowAStrips
+					g.prepA(kern, w, i0, mc, p0, kc, rowA)
+					g.macro(kern, w, bp, kc, i0, mc, j0, ncj, s0, s1, p0, rowA)
 				}
 			})
 		}
@@ -272,6 +313,26 @@ func (be *Backend) runGemm(g *gemmProblem) {
 // when transB is set, as Bᵀ (n×k, row stride ldb); C is m×n with row
 // stride ldc. Work is spread over the backend's threads.
 func (be *Backend) gemm(m, n, k int, a []float32, lda int, b []float32, ldb int, transB bool, c []float32, ldc int) {
+	if m == 0 || n == 0 || k == 0 {
+		return
+	}
+	kern := be.kernel
+	if transB && kern.rowA != nil && m <= rowAStrips*kern.nr && n > m {
+		// Few rows against a large stored Bᵀ (a Linear on a few tokens):
+		// packing that weight would cost more than the product, so compute
+		// Cᵀ = B·Aᵀ with the weight read in place as the left operand.
+		t := be.pool.get(n * m)
+		clear(t)
+		be.runGemm(&gemmProblem{m: n, n: m, k: k, a: b, lda: ldb, b: matBT{data: a, ld: lda, n: m}, c: t, ldc: m})
+		for i := 0; i < m; i++ {
+			ci := c[i*ldc : i*ldc+n]
+			for j := range ci {
+				ci[j] += t[j*m+i]
+			}
+		}
+		be.pool.put(t)
+		return
+	}
 	var src bSource = matB{data: b, ld: ldb, n: n}
 	if transB {
 		src = matBT{data: b, ld: ldb, n: n}
@@ -349,13 +410,14 @@ func gemmPacked(kern *microKernel, w *gemmWork, m int, a []float32, lda int, pb 
 	}
 	g := gemmProblem{m: m, n: pb.n, k: pb.k, a: a, lda: lda, c: c, ldc: ldc}
 	strips := (pb.n + pb.nr - 1) / pb.nr
+	rowA := kern.rowA != nil && strips <= rowAStrips
 	for p0 := 0; p0 < pb.k; p0 += gemmKC {
 		off, kc := pb.blockOffset(p0)
 		bp := pb.data[off : off+kc*strips*pb.nr]
 		for i0 := 0; i0 < m; i0 += gemmMC {
 			mc := min(gemmMC, m-i0)
-			packA(w.a, a, lda, m, i0, mc, p0, kc, kern.mr)
-			g.macro(kern, w, bp, kc, i0, mc, 0, pb.n, 0, strips)
+			g.prepA(kern, w, i0, mc, p0, kc, rowA)
+			g.macro(kern, w, bp, kc, i0, mc, 0, pb.n, 0, strips, p0, rowA)
 		}
 	}
 }

@@ -71,7 +71,7 @@ func benchGemm(b *testing.B, be *Backend, m, n, k int) {
 // BenchmarkMatmul measures x·wᵀ (the Linear layout) on square and UNet shapes.
 func BenchmarkMatmul(b *testing.B) {
 	for _, s := range [][3]int{{256, 256, 256}, {512, 512, 512}, {1024, 1024, 1024},
-		{4096, 320, 320}, {4096, 640, 320}, {4096, 2560, 320}, {4096, 320, 1280}, {1024, 640, 640}, {256, 1280, 1280}, {77, 768, 768}} {
+		{4096, 320, 320}, {4096, 640, 320}, {4096, 2560, 320}, {4096, 320, 1280}, {1024, 640, 640}, {256, 1280, 1280}, {77, 768, 768}, {64, 1280, 1280}, {64, 10240, 1280}, {1, 1280, 320}} {
 		b.Run(fmt.Sprintf("%dx%dx%d", s[0], s[1], s[2]), func(b *testing.B) { benchGemm(b, New(), s[0], s[1], s[2]) })
 	}
 }

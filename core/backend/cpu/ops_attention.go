@@ -74,6 +74,12 @@ func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p back
 			vp[bh] = packFull(vbuf[bh*vSize:(bh+1)*vSize:(bh+1)*vSize], matB{data: vd[off:], ld: f, n: d}, lk, d, kernO.nr)
 		}
 	})
+	// Rows of scores are read in place by the second product; a stride that
+	// is not a multiple of 256 floats keeps them from sharing cache sets.
+	ldS := (lk + 15) / 16 * 16
+	if ldS%256 == 0 {
+		ldS += 16
+	}
 	blocks := (lq + qb - 1) / qb
 	tasks := heads * blocks
 	var next atomic.Int64
@@ -81,8 +87,8 @@ func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p back
 		w := be.work.get()
 		defer be.work.put(w)
 		sp, _ := be.scores.Get().(*[]float32)
-		if sp == nil || len(*sp) < qb*lk {
-			s := make([]float32, qb*lk)
+		if sp == nil || len(*sp) < qb*ldS {
+			s := make([]float32, qb*ldS)
 			sp = &s
 		}
 		defer be.scores.Put(sp)
@@ -96,12 +102,12 @@ func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p back
 			b, hd := bh/h, bh%h
 			i0 := blk * qb
 			rows := min(qb, lq-i0)
-			s := (*sp)[:rows*lk]
+			s := (*sp)[:rows*ldS]
 			clear(s)
 			qoff := (b*lq+i0)*f + hd*d
-			gemmPacked(kernS, w, rows, qd[qoff:], f, kp[bh], s, lk)
+			gemmPacked(kernS, w, rows, qd[qoff:], f, kp[bh], s, ldS)
 			for r := 0; r < rows; r++ {
-				row := s[r*lk : r*lk+lk]
+				row := s[r*ldS : r*ldS+lk]
 				valid := row
 				if p.Causal {
 					valid = row[:min(lk, i0+r+1)]
@@ -120,7 +126,7 @@ func (be *Backend) attention(qd, kd, vd, od []float32, bn, lq, lk, f int, p back
 			for r := 0; r < rows; r++ {
 				clear(o[r*f : r*f+d])
 			}
-			gemmPacked(kernO, w, rows, s, lk, vp[bh], o, f)
+			gemmPacked(kernO, w, rows, s, ldS, vp[bh], o, f)
 			for r := 0; r < rows; r++ {
 				inv := 1 / sums[r]
 				orow := o[r*f : r*f+d]
