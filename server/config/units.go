@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +54,18 @@ func (b ByteSize) String() string {
 		}
 	}
 	return strconv.FormatInt(int64(b), 10)
+}
+
+// Human formats the size for people, e.g. "11.8GiB".
+func (b ByteSize) Human() string {
+	v := float64(b)
+	for _, u := range []string{"B", "KiB", "MiB", "GiB", "TiB"} {
+		if v < 1024 || u == "TiB" {
+			return strconv.FormatFloat(math.Round(v*10)/10, 'f', -1, 64) + u
+		}
+		v /= 1024
+	}
+	return b.String()
 }
 
 // Set implements flag.Value.

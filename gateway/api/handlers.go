@@ -1,0 +1,452 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"image"
+	_ "image/jpeg" // init images
+	_ "image/png"  // init images
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/gateway/apierr"
+	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/validate"
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/events"
+	"github.com/kiln-project/kiln/server/jobs"
+)
+
+// ParamsView is a job's parameters as the API shows them.
+type ParamsView struct {
+	jobs.Params
+	// InitImage tells whether the job is image-to-image.
+	InitImage bool `json:"init_image,omitempty"`
+}
+
+// JobView is a job as the API shows it.
+type JobView struct {
+	ID              string         `json:"id"`
+	Status          string         `json:"status"`
+	Params          ParamsView     `json:"params"`
+	CreatedAt       time.Time      `json:"created_at"`
+	StartedAt       *time.Time     `json:"started_at,omitempty"`
+	FinishedAt      *time.Time     `json:"finished_at,omitempty"`
+	Attempts        int            `json:"attempts"`
+	Worker          string         `json:"worker,omitempty"`
+	Images          []events.Image `json:"images"`
+	Error           *jobs.Error    `json:"error,omitempty"`
+	CancelRequested bool           `json:"cancel_requested,omitempty"`
+	Position        *int           `json:"position,omitempty"`
+}
+
+func view(j *jobs.Job) JobView {
+	v := JobView{ID: j.ID, Status: j.Status, Params: ParamsView{Params: j.Params, InitImage: j.Params.InitImage != ""},
+		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt, Attempts: j.Attempts,
+		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}}
+	for _, im := range j.Images {
+		v.Images = append(v.Images, events.Image{ID: im.ID, URL: jobwatch.ImageURL(im.ID), Seed: im.Seed, Width: im.Width, Height: im.Height})
+	}
+	return v
+}
+
+// decodeInitImage decodes a base64 (or data: URL) PNG or JPEG, checking
+// its pixel count before decoding it.
+func decodeInitImage(s string, maxPixels int) ([]byte, image.Config, *apierr.Error) {
+	if rest, ok := strings.CutPrefix(s, "data:"); ok {
+		meta, payload, found := strings.Cut(rest, ",")
+		if !found || !strings.HasSuffix(meta, ";base64") {
+			return nil, image.Config{}, apierr.Invalid("init_image", "a data: URL must be base64 encoded")
+		}
+		s = payload
+	}
+	data, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		if data, err = base64.RawStdEncoding.DecodeString(s); err != nil {
+			if data, err = base64.URLEncoding.DecodeString(s); err != nil {
+				return nil, image.Config{}, apierr.Invalid("init_image", "init_image is not valid base64")
+			}
+		}
+	}
+	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return nil, image.Config{}, apierr.Invalid("init_image", "init_image is not a PNG or JPEG image: %v", err)
+	}
+	if format != "png" && format != "jpeg" {
+		return nil, image.Config{}, apierr.Invalid("init_image", "init_image must be PNG or JPEG, not %s", format)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width > validate.MaxSide || cfg.Height > validate.MaxSide ||
+		cfg.Width*cfg.Height > maxPixels {
+		return nil, image.Config{}, apierr.Limit("init_image", "init_image is %d×%d; the limit max_image_pixels is %d (sides up to %d)",
+			cfg.Width, cfg.Height, maxPixels, validate.MaxSide)
+	}
+	if _, _, err := image.Decode(bytes.NewReader(data)); err != nil {
+		return nil, image.Config{}, apierr.Invalid("init_image", "init_image does not decode: %v", err)
+	}
+	return data, cfg, nil
+}
+
+// Submit validates a job request for a tenant, checks its quotas and
+// enqueues it.
+func (s *Server) Submit(ctx context.Context, p auth.Principal, r *validate.JobRequest, source string) (*jobs.Job, *apierr.Error) {
+	j, err := s.submit(ctx, p, r, source)
+	if err != nil {
+		s.m.rejected.With(err.Code).Inc()
+	}
+	return j, err
+}
+
+func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRequest, source string) (*jobs.Job, *apierr.Error) {
+	var initData []byte
+	if r.InitImage != "" {
+		data, cfg, err := decodeInitImage(r.InitImage, s.cfg.MaxImagePixels)
+		if err != nil {
+			return nil, err
+		}
+		initData = data
+		// Without an explicit size, img2img keeps the init image's size.
+		if r.Width == nil && r.Height == nil {
+			w, h := max(cfg.Width/8*8, validate.MinSide), max(cfg.Height/8*8, validate.MinSide)
+			r.Width, r.Height = &w, &h
+		}
+	}
+	params, aerr := s.validator.Plan(p, r, initData != nil)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if s.o.Quality != nil {
+		params = s.adjustQuality(ctx, p, params)
+	}
+	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
+		CreatedAt: time.Now().UTC()}
+	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if initData != nil {
+		name, err := s.o.Store.PutUpload(ctx, p.Tenant, j.ID, initData)
+		if err != nil {
+			undo()
+			return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "storing the init image failed; retry")
+		}
+		j.Params.InitImage = name
+	}
+	if err := s.o.Store.Submit(ctx, j); err != nil {
+		undo()
+		s.log.Error("enqueue failed", "err", err)
+		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "the job could not be queued; retry")
+	}
+	_ = s.o.Conn.Publish(events.KickSubject, []byte(params.Priority))
+	s.m.submitted.With(source).Inc()
+	return j, nil
+}
+
+func (s *Server) adjustQuality(ctx context.Context, p auth.Principal, params jobs.Params) jobs.Params {
+	in := QualityInput{Params: params, Limits: p.Quota,
+		P50: time.Duration(s.m.latencies.Quantile(0.5) * float64(time.Second)),
+		P95: time.Duration(s.m.latencies.Quantile(0.95) * float64(time.Second))}
+	if pr, ok := s.o.Profiles[params.Profile]; ok {
+		in.Target = pr.LatencyTarget.D()
+	}
+	if waiting, _, err := s.o.Store.QueueDepth(ctx); err == nil {
+		in.QueueDepth = waiting
+	}
+	out, err := s.o.Quality.Adjust(ctx, in)
+	if err != nil {
+		return params
+	}
+	out.Prompt, out.NegativePrompt, out.Seed, out.Model = params.Prompt, params.NegativePrompt, params.Seed, params.Model
+	if s.validator.CheckLimits(p, out) != nil {
+		return params
+	}
+	return out
+}
+
+// Wait implements openai.Backend.
+func (s *Server) Wait(ctx context.Context, tenant, id string) (*jobs.Job, error) {
+	return s.watch.Wait(ctx, tenant, id)
+}
+
+// Cancel implements openai.Backend.
+func (s *Server) Cancel(ctx context.Context, tenant, id string) { _, _ = s.cancel(ctx, tenant, id) }
+
+// Image implements openai.Backend.
+func (s *Server) Image(ctx context.Context, tenant, id string) ([]byte, error) {
+	return s.o.Store.GetImage(ctx, tenant, id)
+}
+
+// HasProfile implements openai.Backend.
+func (s *Server) HasProfile(name string) bool { _, ok := s.o.Profiles[name]; return ok }
+
+// ImageURL implements openai.Backend: an absolute URL signed for an hour.
+func (s *Server) ImageURL(r *http.Request, tenant, imageID string) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	u := url.URL{Scheme: scheme, Host: r.Host, Path: jobwatch.ImageURL(imageID),
+		RawQuery: s.o.Signer.Query(tenant, imageID, time.Hour).Encode()}
+	return u.String()
+}
+
+func (s *Server) createJob(c echo.Context) error {
+	var r validate.JobRequest
+	if err := apierr.DecodeStrict(c.Request().Body, int64(s.cfg.MaxBodyBytes), &r); err != nil {
+		s.m.rejected.With(err.Code).Inc()
+		return writeError(c, err)
+	}
+	j, err := s.Submit(c.Request().Context(), principal(c), &r, "api")
+	if err != nil {
+		return writeError(c, err)
+	}
+	v := view(j)
+	pctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if pos, err := s.o.Store.Position(pctx, j.Params.Priority); err == nil {
+		v.Position = &pos
+	}
+	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
+	return c.JSON(http.StatusAccepted, v)
+}
+
+func (s *Server) getJob(c echo.Context) error {
+	j, _, err := s.o.Store.Get(c.Request().Context(), principal(c).Tenant, c.Param("id"))
+	if errors.Is(err, jobs.ErrNotFound) {
+		return writeError(c, apierr.NotFound("job"))
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, view(j))
+}
+
+func (s *Server) listJobs(c echo.Context) error {
+	q := c.QueryParams()
+	for k := range q {
+		switch k {
+		case "status", "limit", "cursor":
+		default:
+			return writeError(c, &apierr.Error{Status: 400, Code: apierr.CodeUnknownField, Field: k, Message: "unknown query parameter " + strconv.Quote(k)})
+		}
+	}
+	o := jobs.ListOptions{Status: q.Get("status"), Limit: 20, Before: q.Get("cursor")}
+	if o.Status != "" && !jobs.ValidStatus(o.Status) {
+		return writeError(c, apierr.Invalid("status", "status must be queued, running, succeeded, failed or canceled"))
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 100 {
+			return writeError(c, apierr.Invalid("limit", "limit must be from 1 to 100"))
+		}
+		o.Limit = n
+	}
+	if o.Before != "" && !jobs.ValidID(o.Before) {
+		return writeError(c, apierr.Invalid("cursor", "cursor is not a job id"))
+	}
+	list, next, err := s.o.Store.List(c.Request().Context(), principal(c).Tenant, o)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Jobs       []JobView `json:"jobs"`
+		NextCursor string    `json:"next_cursor,omitempty"`
+	}{Jobs: make([]JobView, 0, len(list)), NextCursor: next}
+	for _, j := range list {
+		out.Jobs = append(out.Jobs, view(j))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// cancel stops a tenant's job: a queued job is canceled at once, a running
+// one is asked to stop at its next step.
+func (s *Server) cancel(ctx context.Context, tenant, id string) (*jobs.Job, *apierr.Error) {
+	errFinal := errors.New("final")
+	now := time.Now().UTC()
+	j, err := s.o.Store.Update(ctx, tenant, id, func(r *jobs.Job) error {
+		switch r.Status {
+		case jobs.StatusQueued:
+			r.Status, r.FinishedAt, r.CancelRequested = jobs.StatusCanceled, &now, true
+		case jobs.StatusRunning:
+			r.CancelRequested = true
+		default:
+			return errFinal
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, jobs.ErrNotFound):
+		return nil, apierr.NotFound("job")
+	case errors.Is(err, errFinal):
+		return nil, apierr.New(http.StatusConflict, apierr.CodeConflict, "", "job already %s", j.Status)
+	case err != nil:
+		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "cancel failed; retry")
+	}
+	if j.Status == jobs.StatusRunning {
+		_ = s.o.Conn.Publish(events.CancelSubject(tenant, id), nil)
+	}
+	return j, nil
+}
+
+func (s *Server) cancelJob(c echo.Context) error {
+	j, err := s.cancel(c.Request().Context(), principal(c).Tenant, c.Param("id"))
+	if err != nil {
+		return writeError(c, err)
+	}
+	code := http.StatusOK
+	if j.Status == jobs.StatusRunning {
+		code = http.StatusAccepted // stops at the next step
+	}
+	return c.JSON(code, view(j))
+}
+
+func (s *Server) getImage(c echo.Context) error {
+	id := c.Param("id")
+	var tenant string
+	if c.QueryParam("sig") != "" {
+		t, err := s.o.Signer.Verify(c.QueryParams(), id)
+		if err != nil {
+			return writeError(c, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "", "%v", err))
+		}
+		tenant = t
+	} else {
+		p, err := s.auth.Authenticate(c.Request())
+		if err != nil {
+			return writeError(c, err)
+		}
+		tenant = p.Tenant
+	}
+	data, err := s.o.Store.GetImage(c.Request().Context(), tenant, id)
+	if errors.Is(err, jobs.ErrNotFound) {
+		return writeError(c, apierr.NotFound("image"))
+	}
+	if err != nil {
+		return err
+	}
+	h := c.Response().Header()
+	h.Set("Cache-Control", "private, max-age=86400, immutable")
+	h.Set("Content-Disposition", fmt.Sprintf(`inline; filename="%s.png"`, id))
+	return c.Blob(http.StatusOK, "image/png", data)
+}
+
+func (s *Server) listModels(c echo.Context) error {
+	s.o.Models.Refresh()
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+		Format  string `json:"format"`
+		Bytes   int64  `json:"bytes"`
+		Default bool   `json:"default"`
+	}
+	def := s.o.Models.Default()
+	out := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, m := range s.o.Models.List() {
+		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def})
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) listProfiles(c echo.Context) error {
+	out := struct {
+		Default string           `json:"default"`
+		Data    []config.Profile `json:"data"`
+	}{Default: s.cfg.DefaultProfile, Data: []config.Profile{}}
+	for _, name := range sortedKeys(s.o.Profiles) {
+		out.Data = append(out.Data, s.o.Profiles[name])
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) listSamplers(c echo.Context) error {
+	type smp struct {
+		ID    string `json:"id"`
+		Label string `json:"label"`
+	}
+	out := struct {
+		Data []smp `json:"data"`
+	}{}
+	for _, n := range s.validator.Samplers() {
+		out.Data = append(out.Data, smp{n, sample.Label(n)})
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) account(c echo.Context) error {
+	p := principal(c)
+	return c.JSON(http.StatusOK, map[string]any{
+		"tenant": p.Tenant, "keyless": p.Local, "quota": p.Quota,
+		"active_jobs": s.limiter.Active(p.Tenant), "websockets": s.hub.Count(p.Tenant),
+		"limits": map[string]any{"max_side": validate.MaxSide, "min_side": validate.MinSide, "max_prompt_chars": validate.MaxPromptChars,
+			"max_guidance": validate.MaxGuidance, "max_seed": uint64(validate.MaxSeed), "max_image_pixels": s.cfg.MaxImagePixels,
+			"max_body_bytes": int64(s.cfg.MaxBodyBytes)},
+	})
+}
+
+func (s *Server) getStatus(c echo.Context) error {
+	return c.JSON(http.StatusOK, s.status(c.Request().Context()))
+}
+
+func (s *Server) websocket(c echo.Context) error {
+	s.hub.Serve(c.Response(), c.Request(), principal(c))
+	return nil
+}
+
+func (s *Server) generations(c echo.Context) error {
+	s.openai.Generations(c.Response(), c.Request(), principal(c))
+	return nil
+}
+
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	if err := s.Ready(); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"status": "ready", "workers": len(s.liveWorkers())})
+}
+
+func (s *Server) metrics(c echo.Context) error {
+	c.Response().Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	c.Response().WriteHeader(http.StatusOK)
+	_, err := s.o.Registry.WriteTo(c.Response())
+	return err
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// parseOrigin turns "https://app.example.com" into the host pattern the
+// WebSocket library checks ("app.example.com").
+func parseOrigin(o string) (string, error) {
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("invalid origin %q", o)
+	}
+	return u.Host, nil
+}

@@ -1,0 +1,457 @@
+// Package api is Kiln's HTTP gateway: the native JSON API under /v1
+// (jobs, images, models, profiles, samplers, account, status), the OpenAI
+// Images endpoint, the WebSocket event stream, health and readiness
+// probes, Prometheus metrics and the OpenAPI document, on Echo. It wires
+// authentication, quotas, validation and the WebSocket hub to the job
+// store and follows job records and worker heartbeats to feed them.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/gateway/apierr"
+	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/openai"
+	"github.com/kiln-project/kiln/gateway/quota"
+	"github.com/kiln-project/kiln/gateway/urlsign"
+	"github.com/kiln-project/kiln/gateway/validate"
+	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/events"
+	"github.com/kiln-project/kiln/server/gpu"
+	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/metrics"
+	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/tenants"
+)
+
+// QualityPolicy may adjust a validated job before it is enqueued (the
+// adaptive quality hook). The result is checked against the tenant's
+// limits again; an error or an out-of-limits answer keeps the original.
+type QualityPolicy interface {
+	Adjust(ctx context.Context, in QualityInput) (jobs.Params, error)
+}
+
+// QualityInput is what a quality policy sees.
+type QualityInput struct {
+	QueueDepth int
+	// P50 and P95 are recent job latencies (queue wait + run).
+	P50, P95 time.Duration
+	// Target is the profile's latency target.
+	Target time.Duration
+	Params jobs.Params
+	Limits config.Quota
+}
+
+// Options configure a Server.
+type Options struct {
+	Config   *config.Config
+	Store    *jobs.Store
+	Tenants  *tenants.Store
+	Conn     *nats.Conn
+	Models   *models.Registry
+	Profiles map[string]config.Profile
+	Registry *metrics.Registry
+	Signer   *urlsign.Signer
+	GPU      *gpu.Monitor
+	Logger   *slog.Logger
+	// AllowLocal admits keyless requests as the local tenant while no
+	// tenant exists (only for loopback listeners).
+	AllowLocal bool
+	// Quality is the optional quality policy.
+	Quality QualityPolicy
+	// Web serves the browser client at / (nil: none).
+	Web http.Handler
+}
+
+// Server is the gateway.
+type Server struct {
+	o         Options
+	cfg       *config.Config
+	log       *slog.Logger
+	echo      *echo.Echo
+	auth      *auth.Authenticator
+	limiter   *quota.Limiter
+	validator *validate.Validator
+	hub       *ws.Hub
+	watch     *jobwatch.Watcher
+	openai    *openai.Handler
+
+	mu      sync.Mutex
+	workers map[string]workerSeen
+
+	m serverMetrics
+}
+
+type workerSeen struct {
+	hb   events.Heartbeat
+	seen time.Time
+}
+
+type serverMetrics struct {
+	requests   *metrics.CounterVec
+	latency    *metrics.HistogramVec
+	submitted  *metrics.CounterVec
+	rejected   *metrics.CounterVec
+	queueDepth *metrics.Gauge
+	inFlight   *metrics.Gauge
+	workers    *metrics.Gauge
+	latencies  *metrics.Histogram // end-to-end job latency seen by the gateway
+}
+
+// New builds the gateway.
+func New(o Options) (*Server, error) {
+	if o.Config == nil || o.Store == nil || o.Tenants == nil || o.Conn == nil || o.Models == nil || o.Registry == nil || o.Signer == nil {
+		return nil, errors.New("api: Config, Store, Tenants, Conn, Models, Registry and Signer are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg := o.Config
+	v, err := validate.New(o.Models, o.Profiles, cfg.DefaultProfile, int64(cfg.PlanCacheBytes))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}}
+	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
+	reg := o.Registry
+	s.m = serverMetrics{
+		requests: reg.NewCounterVec("kiln_http_requests_total", "HTTP requests by route pattern, method and status code.", "route", "method", "code"),
+		latency: reg.NewHistogramVec("kiln_http_request_duration_seconds", "HTTP request latency by route pattern.",
+			[]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120}, "route"),
+		submitted:  reg.NewCounterVec("kiln_jobs_submitted_total", "Jobs accepted by the gateway, by source.", "source"),
+		rejected:   reg.NewCounterVec("kiln_jobs_rejected_total", "Job submissions refused, by error code.", "code"),
+		queueDepth: reg.NewGauge("kiln_queue_depth", "Jobs waiting for a worker."),
+		inFlight:   reg.NewGauge("kiln_jobs_in_flight", "Jobs delivered to workers and not yet finished."),
+		workers:    reg.NewGauge("kiln_workers", "Workers that sent a heartbeat recently."),
+		latencies: reg.NewHistogram("kiln_job_latency_seconds", "Time from submission to a final state, seen by the gateway.",
+			metrics.ExponentialBuckets(0.01, 2, 16)),
+	}
+	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		for _, c := range []struct {
+			name  string
+			stats func() (uint64, uint64, float64)
+		}{{"plan", s.validator.Stats}} {
+			h, m, r := c.stats()
+			emit("kiln_cache_hits_total", "Cache hits by cache.", "counter", []string{"cache"}, []string{c.name}, float64(h))
+			emit("kiln_cache_misses_total", "Cache misses by cache.", "counter", []string{"cache"}, []string{c.name}, float64(m))
+			emit("kiln_cache_hit_ratio", "Cache hit ratio since start, by cache.", "gauge", []string{"cache"}, []string{c.name}, r)
+		}
+	})
+	s.hub = ws.New(ws.Options{Store: o.Store, MaxPerTenant: cfg.MaxWebSocketsPerTenant, SendQueue: cfg.WSSendQueue,
+		OriginPatterns: originPatterns(cfg.CORSOrigins), MetricsInterval: cfg.MetricsInterval.D(), Registry: reg, Logger: o.Logger})
+	s.watch = jobwatch.New(jobwatch.Options{Store: o.Store, Live: s.limiter.Observe, Emit: s.onJobEvent})
+	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.echo = s.routes()
+	return s, nil
+}
+
+// originPatterns turns CORS origins into WebSocket origin host patterns.
+func originPatterns(origins []string) []string {
+	var out []string
+	for _, o := range origins {
+		if o == "*" {
+			return []string{"*"}
+		}
+		if u, err := parseOrigin(o); err == nil {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// Handler returns the HTTP handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Hub returns the WebSocket hub.
+func (s *Server) Hub() *ws.Hub { return s.hub }
+
+// Auth returns the authenticator.
+func (s *Server) Auth() *auth.Authenticator { return s.auth }
+
+// Validator returns the request validator.
+func (s *Server) Validator() *validate.Validator { return s.validator }
+
+// Run follows tenants, job records, events and heartbeats until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 4)
+	go func() { errc <- s.auth.Run(ctx) }()
+	go func() { errc <- s.watch.Run(ctx) }()
+	progress, err := s.o.Conn.Subscribe(events.ProgressWildcard, func(m *nats.Msg) {
+		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
+			s.hub.PublishRaw(tenant, job, m.Data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("api: subscribe: %w", err)
+	}
+	defer progress.Unsubscribe()
+	preview, err := s.o.Conn.Subscribe(events.PreviewWildcard, func(m *nats.Msg) {
+		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
+			s.hub.PublishPreview(tenant, job, m.Data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("api: subscribe: %w", err)
+	}
+	defer preview.Unsubscribe()
+	hb, err := s.o.Conn.Subscribe(events.HeartbeatSubject, func(m *nats.Msg) {
+		var h events.Heartbeat
+		if json.Unmarshal(m.Data, &h) != nil || h.Worker == "" {
+			return
+		}
+		s.mu.Lock()
+		if h.Stopped {
+			delete(s.workers, h.Worker)
+		} else {
+			s.workers[h.Worker] = workerSeen{hb: h, seen: time.Now()}
+		}
+		s.mu.Unlock()
+	})
+	if err != nil {
+		return fmt.Errorf("api: subscribe: %w", err)
+	}
+	defer hb.Unsubscribe()
+
+	t := time.NewTicker(s.cfg.MetricsInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		case <-t.C:
+			s.hub.Broadcast(s.status(ctx))
+		}
+	}
+}
+
+// Ready reports whether the gateway can serve: NATS connected and the
+// tenant and job mirrors synced.
+func (s *Server) Ready() error {
+	if !s.o.Conn.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	select {
+	case <-s.auth.Synced():
+	default:
+		return errors.New("tenants not loaded yet")
+	}
+	select {
+	case <-s.watch.Synced():
+	default:
+		return errors.New("job records not loaded yet")
+	}
+	return nil
+}
+
+// Close ends WebSocket connections (before the HTTP server shuts down).
+func (s *Server) Close() {
+	s.hub.Close()
+	s.validator.Close()
+}
+
+func (s *Server) onJobEvent(tenant string, ev events.Event) {
+	if ev.Type == events.TypeSucceeded || ev.Type == events.TypeFailed || ev.Type == events.TypeCanceled {
+		if j, _, err := s.o.Store.Get(context.Background(), tenant, ev.Job); err == nil {
+			s.m.latencies.Observe(time.Since(j.CreatedAt).Seconds())
+		}
+	}
+	s.hub.PublishEvent(tenant, ev)
+}
+
+// liveWorkers lists workers heard from within three intervals.
+func (s *Server) liveWorkers() []events.Heartbeat {
+	limit := 3*s.cfg.MetricsInterval.D() + time.Second
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]events.Heartbeat, 0, len(s.workers))
+	for id, w := range s.workers {
+		if time.Since(w.seen) > limit {
+			delete(s.workers, id)
+			continue
+		}
+		out = append(out, w.hb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Worker < out[j].Worker })
+	return out
+}
+
+// status builds the metrics event (also served by GET /v1/status).
+func (s *Server) status(ctx context.Context) events.Metrics {
+	m := events.Metrics{Type: events.TypeMetrics, Time: time.Now().UTC(), Workers: []events.WorkerStatus{}, GPUs: []events.GPU{}}
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if waiting, inFlight, err := s.o.Store.QueueDepth(qctx); err == nil {
+		m.QueueDepth, m.Running = waiting, inFlight
+		s.m.queueDepth.Set(float64(waiting))
+		s.m.inFlight.Set(float64(inFlight))
+	}
+	seenGPU := map[string]bool{}
+	for _, hb := range s.liveWorkers() {
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models})
+		for _, g := range hb.GPUs {
+			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
+			if !seenGPU[k] {
+				seenGPU[k] = true
+				m.GPUs = append(m.GPUs, g)
+			}
+		}
+	}
+	if len(m.GPUs) == 0 && s.o.GPU != nil {
+		if g := s.o.GPU.Read(); g != nil {
+			m.GPUs = g
+		}
+	}
+	s.m.workers.Set(float64(len(m.Workers)))
+	return m
+}
+
+// principalKey is where the auth middleware leaves the principal.
+const principalKey = "kiln.principal"
+
+func principal(c echo.Context) auth.Principal {
+	p, _ := c.Get(principalKey).(auth.Principal)
+	return p
+}
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(s.instrument, s.recover)
+	if len(s.cfg.CORSOrigins) > 0 {
+		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
+			AllowOrigins:  s.cfg.CORSOrigins,
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodOptions},
+			AllowHeaders:  []string{"Authorization", "Content-Type"},
+			ExposeHeaders: []string{"Retry-After", "Location"},
+			MaxAge:        600,
+		}))
+	}
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", s.metrics)
+	e.GET("/v1/openapi.json", s.openapi)
+
+	v1 := e.Group("/v1", s.authenticate)
+	v1.POST("/jobs", s.createJob)
+	v1.GET("/jobs", s.listJobs)
+	v1.GET("/jobs/:id", s.getJob)
+	v1.DELETE("/jobs/:id", s.cancelJob)
+	v1.GET("/models", s.listModels)
+	v1.GET("/profiles", s.listProfiles)
+	v1.GET("/samplers", s.listSamplers)
+	v1.GET("/account", s.account)
+	v1.GET("/status", s.getStatus)
+	v1.GET("/ws", s.websocket)
+	v1.POST("/images/generations", s.generations)
+	// Images authenticate by key or by a signed URL.
+	e.GET("/v1/images/:id", s.getImage)
+	if s.o.Web != nil {
+		web := echo.WrapHandler(s.o.Web)
+		e.GET("/", web)
+		e.GET("/*", web)
+	}
+	return e
+}
+
+func isOpenAIRoute(c echo.Context) bool { return c.Path() == "/v1/images/generations" }
+
+// writeError renders an API error in the route's shape.
+func writeError(c echo.Context, e *apierr.Error) error {
+	if isOpenAIRoute(c) {
+		openai.WriteError(c.Response(), e)
+	} else {
+		apierr.Write(c.Response(), e)
+	}
+	return nil
+}
+
+func (s *Server) errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apierr.Error
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &he):
+		code := apierr.CodeInvalid
+		switch he.Code {
+		case http.StatusNotFound:
+			code = apierr.CodeNotFound
+		case http.StatusMethodNotAllowed:
+			code = "method_not_allowed"
+		case http.StatusRequestEntityTooLarge:
+			code = apierr.CodeTooLarge
+		case http.StatusUnauthorized:
+			code = apierr.CodeUnauthorized
+		}
+		ae = &apierr.Error{Status: he.Code, Code: code, Message: fmt.Sprint(he.Message)}
+	default:
+		s.log.Error("request failed", "path", c.Request().URL.Path, "err", err)
+		ae = apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "internal error")
+	}
+	_ = writeError(c, ae)
+}
+
+func (s *Server) recover(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				if r == http.ErrAbortHandler {
+					panic(r)
+				}
+				s.log.Error("handler panic", "path", c.Request().URL.Path, "panic", r)
+				err = apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "internal error")
+			}
+		}()
+		return next(c)
+	}
+}
+
+func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		s.m.requests.With(route, c.Request().Method, fmt.Sprint(c.Response().Status)).Inc()
+		s.m.latency.With(route).Observe(time.Since(start).Seconds())
+		return nil
+	}
+}
+
+func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		p, err := s.auth.Authenticate(c.Request())
+		if err != nil {
+			return writeError(c, err)
+		}
+		c.Set(principalKey, p)
+		return next(c)
+	}
+}

@@ -1,0 +1,188 @@
+// Package jobwatch follows the job records in the KV bucket on behalf of a
+// gateway: it turns state changes into events (queued, started,
+// succeeded, failed, canceled) for the WebSocket hub, keeps the quota
+// limiter's count of live jobs, and lets requests wait for a job to finish.
+package jobwatch
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/kiln-project/kiln/server/events"
+	"github.com/kiln-project/kiln/server/jobs"
+)
+
+// Options configure a Watcher.
+type Options struct {
+	Store *jobs.Store
+	// Live is told whether each job counts as live (queued or running).
+	Live func(tenant, id string, live bool)
+	// Emit receives each state change as an event for the job's tenant.
+	Emit func(tenant string, ev events.Event)
+}
+
+// Watcher follows job records.
+type Watcher struct {
+	o       Options
+	mu      sync.Mutex
+	last    map[string]string // key → last status of live jobs
+	waiters map[string][]chan *jobs.Job
+	synced  chan struct{}
+}
+
+// New returns a watcher; call Run.
+func New(o Options) *Watcher {
+	if o.Live == nil {
+		o.Live = func(string, string, bool) {}
+	}
+	if o.Emit == nil {
+		o.Emit = func(string, events.Event) {}
+	}
+	return &Watcher{o: o, last: map[string]string{}, waiters: map[string][]chan *jobs.Job{}, synced: make(chan struct{})}
+}
+
+// Synced is closed once the current records have been read.
+func (w *Watcher) Synced() <-chan struct{} { return w.synced }
+
+// Run follows the records until ctx ends.
+func (w *Watcher) Run(ctx context.Context) error {
+	kw, err := w.o.Store.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	defer kw.Stop()
+	replaying := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-kw.Updates():
+			if !ok {
+				return errors.New("jobwatch: watch ended")
+			}
+			if e == nil {
+				if replaying {
+					replaying = false
+					close(w.synced)
+				}
+				continue
+			}
+			j, ok := jobs.DecodeEntry(e)
+			if !ok {
+				continue
+			}
+			w.handle(ctx, j, replaying)
+		}
+	}
+}
+
+func key(tenant, id string) string { return tenant + "." + id }
+
+func (w *Watcher) handle(ctx context.Context, j *jobs.Job, replaying bool) {
+	k := key(j.Tenant, j.ID)
+	final := jobs.Final(j.Status)
+	w.o.Live(j.Tenant, j.ID, !final)
+	w.mu.Lock()
+	prev, seen := w.last[k]
+	if final {
+		delete(w.last, k)
+	} else {
+		w.last[k] = j.Status
+	}
+	var ws []chan *jobs.Job
+	if final {
+		ws = w.waiters[k]
+		delete(w.waiters, k)
+	}
+	w.mu.Unlock()
+	for _, ch := range ws {
+		ch <- j
+	}
+	if replaying || (seen && prev == j.Status) {
+		return
+	}
+	if !seen && final && j.FinishedAt != nil && time.Since(*j.FinishedAt) > time.Minute {
+		return // an old record touched again (e.g. a late ack), not news
+	}
+	ev, ok := EventOf(j)
+	if !ok {
+		return
+	}
+	if ev.Type == events.TypeQueued {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if pos, err := w.o.Store.Position(pctx, j.Params.Priority); err == nil {
+			ev.Position = &pos
+		}
+		cancel()
+	}
+	w.o.Emit(j.Tenant, ev)
+}
+
+// ImageURL is the API path of an image.
+func ImageURL(id string) string { return "/v1/images/" + id }
+
+// EventOf describes a job's current state as an event.
+func EventOf(j *jobs.Job) (events.Event, bool) {
+	ev := events.Event{Job: j.ID, Time: time.Now().UTC()}
+	switch j.Status {
+	case jobs.StatusQueued:
+		ev.Type = events.TypeQueued
+	case jobs.StatusRunning:
+		ev.Type, ev.Worker, ev.Attempt, ev.Steps = events.TypeStarted, j.Worker, j.Attempts, j.Params.Steps
+	case jobs.StatusSucceeded:
+		ev.Type = events.TypeSucceeded
+		for _, im := range j.Images {
+			ev.Images = append(ev.Images, events.Image{ID: im.ID, URL: ImageURL(im.ID), Seed: im.Seed, Width: im.Width, Height: im.Height})
+		}
+	case jobs.StatusFailed:
+		ev.Type = events.TypeFailed
+		if j.Error != nil {
+			ev.Error = &events.Error{Code: j.Error.Code, Message: j.Error.Message}
+		}
+	case jobs.StatusCanceled:
+		ev.Type = events.TypeCanceled
+	default:
+		return ev, false
+	}
+	if j.StartedAt != nil && j.FinishedAt != nil {
+		ev.DurationMS = j.FinishedAt.Sub(*j.StartedAt).Milliseconds()
+	}
+	return ev, true
+}
+
+// Wait returns the job once it is final, or ctx's error.
+func (w *Watcher) Wait(ctx context.Context, tenant, id string) (*jobs.Job, error) {
+	ch := make(chan *jobs.Job, 1)
+	k := key(tenant, id)
+	w.mu.Lock()
+	w.waiters[k] = append(w.waiters[k], ch)
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		list := w.waiters[k]
+		for i, c := range list {
+			if c == ch {
+				w.waiters[k] = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(w.waiters[k]) == 0 {
+			delete(w.waiters, k)
+		}
+		w.mu.Unlock()
+	}()
+	// It may have finished before we registered.
+	if j, _, err := w.o.Store.Get(ctx, tenant, id); err != nil {
+		return nil, err
+	} else if jobs.Final(j.Status) {
+		return j, nil
+	}
+	select {
+	case j := <-ch:
+		return j, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

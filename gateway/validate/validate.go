@@ -1,0 +1,311 @@
+// Package validate turns a job request into a plan: the normalised
+// generation parameters with the profile's defaults applied, checked
+// against the model list, the samplers, the profile's caps and the
+// tenant's limits. Plans are cached in a Ristretto cache keyed by tenant,
+// quota version, model list version and the normalised parameters, so
+// repeated request shapes skip the checks; a change of models or quotas
+// changes the key.
+package validate
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/gateway/apierr"
+	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/models"
+)
+
+// Limits that no tenant may exceed.
+const (
+	MaxPromptChars = 4000
+	MaxSide        = 4096
+	MinSide        = 64
+	MaxGuidance    = 30.0
+	MaxClipSkip    = 12
+	// MaxSeed keeps seeds exact in JavaScript numbers.
+	MaxSeed = 1<<53 - 1
+)
+
+// JobRequest is the body of POST /v1/jobs. Pointer fields are optional:
+// absent means the profile's default.
+type JobRequest struct {
+	Prompt         string   `json:"prompt"`
+	NegativePrompt string   `json:"negative_prompt,omitempty"`
+	Model          string   `json:"model,omitempty"`
+	Profile        string   `json:"profile,omitempty"`
+	Width          *int     `json:"width,omitempty"`
+	Height         *int     `json:"height,omitempty"`
+	Steps          *int     `json:"steps,omitempty"`
+	Guidance       *float64 `json:"guidance,omitempty"`
+	Sampler        string   `json:"sampler,omitempty"`
+	Seed           *uint64  `json:"seed,omitempty"`
+	N              *int     `json:"n,omitempty"`
+	ClipSkip       *int     `json:"clip_skip,omitempty"`
+	// InitImage is a PNG or JPEG, base64 or as a data: URL (img2img).
+	InitImage string   `json:"init_image,omitempty"`
+	Strength  *float64 `json:"strength,omitempty"`
+	Priority  string   `json:"priority,omitempty"`
+}
+
+// Validator checks requests and caches plans. It is safe for concurrent use.
+type Validator struct {
+	models         *models.Registry
+	profiles       map[string]config.Profile
+	defaultProfile string
+	samplers       map[string]bool
+	cache          *ristretto.Cache[string, *jobs.Params]
+	hits, misses   atomic.Uint64
+}
+
+// New returns a validator with a plan cache of cacheBytes.
+func New(reg *models.Registry, profiles map[string]config.Profile, defaultProfile string, cacheBytes int64) (*Validator, error) {
+	if _, ok := profiles[defaultProfile]; !ok {
+		return nil, fmt.Errorf("validate: default profile %q does not exist", defaultProfile)
+	}
+	c, err := ristretto.NewCache(&ristretto.Config[string, *jobs.Params]{
+		NumCounters: max(1000, cacheBytes/256*10),
+		MaxCost:     cacheBytes,
+		BufferItems: 64,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("validate: plan cache: %w", err)
+	}
+	s := map[string]bool{}
+	for _, n := range sample.Names() {
+		s[n] = true
+	}
+	return &Validator{models: reg, profiles: profiles, defaultProfile: defaultProfile, samplers: s, cache: c}, nil
+}
+
+// Close stops the plan cache.
+func (v *Validator) Close() { v.cache.Close() }
+
+// Stats returns plan cache hits, misses and hit ratio.
+func (v *Validator) Stats() (hits, misses uint64, ratio float64) {
+	hits, misses = v.hits.Load(), v.misses.Load()
+	if hits+misses > 0 {
+		ratio = float64(hits) / float64(hits+misses)
+	}
+	return hits, misses, ratio
+}
+
+// Samplers lists the accepted sampler names.
+func (v *Validator) Samplers() []string {
+	out := make([]string, 0, len(v.samplers))
+	for n := range v.samplers {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Plan validates a request for a tenant and returns the job parameters.
+// hasInit says whether the request carries an init image (decoded by the
+// caller).
+func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Params, *apierr.Error) {
+	if strings.TrimSpace(r.Prompt) == "" {
+		return jobs.Params{}, apierr.Invalid("prompt", "prompt is required")
+	}
+	for _, f := range []struct{ name, text string }{{"prompt", r.Prompt}, {"negative_prompt", r.NegativePrompt}} {
+		if !utf8.ValidString(f.text) {
+			return jobs.Params{}, apierr.Invalid(f.name, "%s is not valid UTF-8", f.name)
+		}
+		if n := utf8.RuneCountInString(f.text); n > MaxPromptChars {
+			return jobs.Params{}, apierr.Limit(f.name, "%s has %d characters; the limit is %d", f.name, n, MaxPromptChars)
+		}
+	}
+	key := v.key(p, r, hasInit)
+	var params jobs.Params
+	if cached, ok := v.cache.Get(key); ok {
+		v.hits.Add(1)
+		params = *cached
+	} else {
+		v.misses.Add(1)
+		var err *apierr.Error
+		params, err = v.plan(p, r, hasInit)
+		if err != nil {
+			return jobs.Params{}, err
+		}
+		cp := params
+		v.cache.Set(key, &cp, int64(len(key))+256)
+	}
+	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
+	if r.Seed != nil {
+		if *r.Seed > MaxSeed {
+			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))
+		}
+		params.Seed = *r.Seed
+	} else {
+		params.Seed = RandomSeed()
+	}
+	return params, nil
+}
+
+// RandomSeed draws a seed below 2³² (as AUTOMATIC1111 does).
+func RandomSeed() uint64 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return uint64(binary.LittleEndian.Uint32(b[:]))
+}
+
+func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
+	var b strings.Builder
+	opt := func(x *int) string {
+		if x == nil {
+			return "-"
+		}
+		return fmt.Sprint(*x)
+	}
+	optf := func(x *float64) string {
+		if x == nil {
+			return "-"
+		}
+		return fmt.Sprint(*x)
+	}
+	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
+		p.Tenant, p.QuotaVersion, v.models.Version(), r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
+		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority)
+	return b.String()
+}
+
+// plan does the checks of a request shape.
+func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Params, *apierr.Error) {
+	prof := r.Profile
+	if prof == "" {
+		prof = v.defaultProfile
+	}
+	pr, ok := v.profiles[prof]
+	if !ok {
+		names := make([]string, 0, len(v.profiles))
+		for n := range v.profiles {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return jobs.Params{}, apierr.Invalid("profile", "unknown profile %q; choose one of %s", r.Profile, strings.Join(names, ", "))
+	}
+	out := jobs.Params{Profile: prof, Sampler: pr.Sampler, Steps: pr.Steps, Guidance: pr.Guidance,
+		Width: pr.Width, Height: pr.Height, N: 1, Priority: jobs.PriorityNormal}
+
+	out.Model = r.Model
+	if out.Model == "" {
+		out.Model = v.models.Default()
+		if out.Model == "" {
+			return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model",
+				"no model is installed; start kiln serve with --model name=path or put one in the models folder")
+		}
+	} else if _, ok := v.models.Get(out.Model); !ok {
+		return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model", "unknown model %q (GET /v1/models lists them)", r.Model)
+	}
+
+	if r.Width != nil {
+		out.Width = *r.Width
+	}
+	if r.Height != nil {
+		out.Height = *r.Height
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"width", out.Width}, {"height", out.Height}} {
+		if f.v < MinSide || f.v > MaxSide || f.v%8 != 0 {
+			return jobs.Params{}, apierr.Invalid(f.name, "%s must be a multiple of 8 from %d to %d, got %d", f.name, MinSide, MaxSide, f.v)
+		}
+	}
+	pixels := out.Width * out.Height
+	if pixels > p.Quota.MaxPixels {
+		return jobs.Params{}, apierr.Limit("width", "%d×%d = %d pixels exceeds the tenant limit max_pixels=%d", out.Width, out.Height, pixels, p.Quota.MaxPixels)
+	}
+	if pixels > pr.MaxPixels {
+		return jobs.Params{}, apierr.Limit("width", "%d×%d = %d pixels exceeds the %s profile's max_pixels=%d", out.Width, out.Height, pixels, prof, pr.MaxPixels)
+	}
+
+	if r.Steps != nil {
+		out.Steps = *r.Steps
+	}
+	if out.Steps < 1 {
+		return jobs.Params{}, apierr.Invalid("steps", "steps must be at least 1")
+	}
+	if out.Steps > p.Quota.MaxSteps {
+		return jobs.Params{}, apierr.Limit("steps", "steps=%d exceeds the tenant limit max_steps=%d", out.Steps, p.Quota.MaxSteps)
+	}
+	if out.Steps > pr.MaxSteps {
+		return jobs.Params{}, apierr.Limit("steps", "steps=%d exceeds the %s profile's max_steps=%d", out.Steps, prof, pr.MaxSteps)
+	}
+
+	if r.N != nil {
+		out.N = *r.N
+	}
+	if out.N < 1 {
+		return jobs.Params{}, apierr.Invalid("n", "n must be at least 1")
+	}
+	if out.N > p.Quota.MaxN {
+		return jobs.Params{}, apierr.Limit("n", "n=%d exceeds the tenant limit max_n=%d", out.N, p.Quota.MaxN)
+	}
+	if out.N > pr.MaxN {
+		return jobs.Params{}, apierr.Limit("n", "n=%d exceeds the %s profile's max_n=%d", out.N, prof, pr.MaxN)
+	}
+
+	if r.Guidance != nil {
+		out.Guidance = *r.Guidance
+	}
+	if math.IsNaN(out.Guidance) || out.Guidance < 0 || out.Guidance > MaxGuidance {
+		return jobs.Params{}, apierr.Invalid("guidance", "guidance must be from 0 to %g", MaxGuidance)
+	}
+
+	if r.Sampler != "" {
+		if !v.samplers[r.Sampler] {
+			return jobs.Params{}, apierr.Invalid("sampler", "unknown sampler %q; choose one of %s", r.Sampler, strings.Join(v.Samplers(), ", "))
+		}
+		out.Sampler = r.Sampler
+	}
+	if r.ClipSkip != nil {
+		if *r.ClipSkip < 0 || *r.ClipSkip > MaxClipSkip {
+			return jobs.Params{}, apierr.Invalid("clip_skip", "clip_skip must be from 0 to %d", MaxClipSkip)
+		}
+		out.ClipSkip = *r.ClipSkip
+	}
+	if r.Priority != "" {
+		if !jobs.ValidPriority(r.Priority) {
+			return jobs.Params{}, apierr.Invalid("priority", "priority must be low, normal or high")
+		}
+		out.Priority = r.Priority
+	}
+	switch {
+	case r.Strength != nil && !hasInit:
+		return jobs.Params{}, apierr.Invalid("strength", "strength applies only with init_image")
+	case hasInit:
+		out.Strength = 0.75
+		if r.Strength != nil {
+			out.Strength = *r.Strength
+		}
+		if math.IsNaN(out.Strength) || out.Strength <= 0 || out.Strength > 1 {
+			return jobs.Params{}, apierr.Invalid("strength", "strength must be in (0, 1]")
+		}
+		if int(float64(out.Steps)*out.Strength) < 1 {
+			return jobs.Params{}, apierr.Invalid("strength", "strength %g of %d steps leaves no step to run", out.Strength, out.Steps)
+		}
+	}
+	return out, nil
+}
+
+// CheckLimits re-checks parameters (for example after a quality policy
+// changed them) against the tenant's limits and the profile's caps.
+func (v *Validator) CheckLimits(p auth.Principal, params jobs.Params) *apierr.Error {
+	w, h, s, n, g := params.Width, params.Height, params.Steps, params.N, params.Guidance
+	r := &JobRequest{Prompt: params.Prompt, Model: params.Model, Profile: params.Profile, Width: &w, Height: &h,
+		Steps: &s, N: &n, Guidance: &g, Sampler: params.Sampler, Priority: params.Priority}
+	_, err := v.plan(p, r, false)
+	return err
+}

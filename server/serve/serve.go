@@ -1,0 +1,471 @@
+// Package serve runs `kiln serve`: it connects to NATS JetStream (an
+// embedded server under the data directory by default), opens the job,
+// tenant and image stores, and starts the roles the configuration asks
+// for — the HTTP gateway, one worker per device — and shuts them down in
+// order on SIGTERM: stop accepting, let running jobs finish or hand them
+// back, flush the store.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kiln-project/kiln/gateway/api"
+	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/urlsign"
+	"github.com/kiln-project/kiln/server/broker"
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/gpu"
+	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/metrics"
+	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/tenants"
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/modelcache"
+	"github.com/kiln-project/kiln/worker/sdengine"
+	"github.com/kiln-project/kiln/worker/textcache"
+)
+
+// EngineFactory makes the engine of one worker.
+type EngineFactory func(device string, text *textcache.Cache) (worker.Engine, error)
+
+// Options configure Start.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger
+	// NewEngine makes worker engines; nil uses the native pipeline.
+	NewEngine EngineFactory
+	// Web serves the browser client at / (nil: none).
+	Web http.Handler
+	// Quality is the optional quality policy of the gateway.
+	Quality api.QualityPolicy
+	// Scheduler and Eviction are optional worker policies.
+	Scheduler worker.Scheduler
+	Eviction  modelcache.Policy
+}
+
+// Instance is a running server.
+type Instance struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	broker *broker.Broker
+	gpu    *gpu.Monitor
+	text   *textcache.Cache
+
+	api     *api.Server
+	http    *http.Server
+	admin   *http.Server
+	addr    string
+	runStop context.CancelFunc
+	runDone sync.WaitGroup
+
+	workers    []*worker.Worker
+	workerStop context.CancelFunc
+	workerDone sync.WaitGroup
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Addr returns the HTTP listener's address ("" without one).
+func (in *Instance) Addr() string { return in.addr }
+
+// NATSURL returns the URL on which the embedded NATS server accepts other
+// processes ("" without a listener).
+func (in *Instance) NATSURL() string { return in.broker.ClientURL() }
+
+// Workers returns the workers of this process.
+func (in *Instance) Workers() []*worker.Worker { return in.workers }
+
+// Start brings the server up and returns once it serves.
+func Start(ctx context.Context, o Options) (in *Instance, err error) {
+	cfg := o.Config
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.NewEngine == nil {
+		o.NewEngine = func(device string, text *textcache.Cache) (worker.Engine, error) {
+			return sdengine.New(device, text)
+		}
+	}
+	in = &Instance{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			in.Stop(context.Background())
+		}
+	}()
+
+	reg := metrics.NewRegistry()
+	reg.RegisterProcess()
+	in.gpu = gpu.Open()
+	if in.gpu.Available() {
+		log.Info("NVML found: GPU metrics enabled")
+	}
+	registerGPU(reg, in.gpu)
+
+	in.broker, err = broker.Start(ctx, broker.Options{URL: cfg.NATS, DataDir: cfg.DataDir, Listen: cfg.NATSListen,
+		Name: "kiln-" + cfg.Role, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if u := in.broker.ClientURL(); u != "" {
+		log.Info("embedded NATS accepts connections", "url", u)
+	}
+	store, err := jobs.Open(ctx, in.broker.JS, jobs.Options{Attempts: cfg.JobAttempts, AckWait: cfg.AckWait.D(),
+		Retention: cfg.JobRetention.D()})
+	if err != nil {
+		return nil, err
+	}
+	modelsDir := cfg.ModelsDir
+	if modelsDir == "" && cfg.DataDir != "" {
+		modelsDir = filepath.Join(cfg.DataDir, "models")
+	}
+	reg2 := models.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	reg2.Refresh()
+	for _, p := range reg2.Problems() {
+		log.Warn("model skipped", "problem", p)
+	}
+	if len(reg2.List()) == 0 {
+		log.Warn("no model is installed: jobs will be refused until one is given with --model name=path or placed in the models folder", "models_dir", modelsDir)
+	} else {
+		names := []string{}
+		for _, m := range reg2.List() {
+			names = append(names, m.Name)
+		}
+		log.Info("models", "available", names, "default", reg2.Default())
+	}
+	text, err := textcache.New(int64(cfg.TextCacheBytes))
+	if err != nil {
+		return nil, err
+	}
+	in.text = text
+	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		h, m, r := text.Stats()
+		emit("kiln_cache_hits_total", "Cache hits by cache.", "counter", []string{"cache"}, []string{"text_encoder"}, float64(h))
+		emit("kiln_cache_misses_total", "Cache misses by cache.", "counter", []string{"cache"}, []string{"text_encoder"}, float64(m))
+		emit("kiln_cache_hit_ratio", "Cache hit ratio since start, by cache.", "gauge", []string{"cache"}, []string{"text_encoder"}, r)
+	})
+
+	if cfg.Role == config.RoleAll || cfg.Role == config.RoleGateway {
+		if err := in.startGateway(ctx, o, reg, store, reg2); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Role == config.RoleAll || cfg.Role == config.RoleWorker {
+		if err := in.startWorkers(o, reg, store, reg2); err != nil {
+			return nil, err
+		}
+		if cfg.Role == config.RoleWorker && cfg.Listen != "" {
+			if err := in.startProbeListener(reg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if cfg.AdminListen != "" {
+		if err := in.startAdmin(); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Registry, store *jobs.Store, mreg *models.Registry) error {
+	cfg := in.cfg
+	ts, err := tenants.Open(ctx, in.broker.JS, 1)
+	if err != nil {
+		return err
+	}
+	signer, err := urlsign.Load(ctx, in.broker.JS, 1)
+	if err != nil {
+		return err
+	}
+	profiles, err := config.Profiles()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen %s: %w", cfg.Listen, err)
+	}
+	in.addr = ln.Addr().String()
+	loopback := auth.IsLoopback(in.addr)
+	if !loopback {
+		list, _, err := ts.List(ctx)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		live := 0
+		for _, t := range list {
+			if !t.Revoked {
+				live++
+			}
+		}
+		if live == 0 {
+			ln.Close()
+			return fmt.Errorf("serve: refusing to listen on %s (not loopback) without any tenant: create one with `kiln tenants create NAME --data-dir %s`, or listen on 127.0.0.1", in.addr, cfg.DataDir)
+		}
+	}
+	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
+		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
+		Quality: o.Quality, Web: o.Web})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	in.runStop = stop
+	in.runDone.Add(2)
+	go func() {
+		defer in.runDone.Done()
+		if err := in.api.Run(runCtx); err != nil {
+			in.log.Error("gateway background work stopped", "err", err)
+		}
+	}()
+	go func() { // re-enqueue jobs a crash left without a queue message; refresh models
+		defer in.runDone.Done()
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			if n, err := store.Reconcile(runCtx, time.Minute); err != nil && runCtx.Err() == nil {
+				in.log.Warn("reconcile failed", "err", err)
+			} else if n > 0 {
+				in.log.Warn("re-enqueued jobs that had lost their queue message", "jobs", n)
+			}
+			mreg.Refresh()
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	in.http = &http.Server{Handler: in.api.Handler(), ReadHeaderTimeout: cfg.ReadHeaderTimeout.D(),
+		ReadTimeout: cfg.ReadTimeout.D(), IdleTimeout: cfg.IdleTimeout.D(), MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(in.log.Handler(), slog.LevelWarn)}
+	go func() {
+		if err := in.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			in.log.Error("http server failed", "err", err)
+		}
+	}()
+	// Wait until tenants and job records are mirrored, so the first
+	// request sees the right tenants.
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	for in.api.Ready() != nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("serve: gateway not ready: %v", in.api.Ready())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	mode := "API keys required"
+	if in.api.Auth().Keyless() {
+		mode = "keyless local tenant (loopback, no tenants)"
+	}
+	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", mode)
+	return nil
+}
+
+func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.Store, mreg *models.Registry) error {
+	cfg := in.cfg
+	hw, err := config.HardwareProfiles()
+	if err != nil {
+		return err
+	}
+	gpus := in.gpu.Read()
+	var profile config.Hardware
+	var ok bool
+	if cfg.HardwareProfile != "auto" {
+		profile, ok = hw[cfg.HardwareProfile]
+		if !ok {
+			return fmt.Errorf("serve: unknown hardware profile %q", cfg.HardwareProfile)
+		}
+	}
+	device := cfg.Device
+	if device == "auto" {
+		device = "cpu" // GPU workers arrive with the CUDA backend
+	}
+	total := gpu.SystemMemory()
+	gpuName := ""
+	if device != "cpu" && len(gpus) > 0 {
+		total, gpuName = gpus[0].MemoryTotal, gpus[0].Name
+	}
+	if total <= 0 {
+		total = 8 << 30
+	}
+	if !ok {
+		profile, ok = config.MatchHardware(hw, gpuName, total)
+		if !ok {
+			profile = config.Hardware{Name: "fallback", MemoryBudget: config.Budget{Percent: 80}, MaxBatch: 1}
+		}
+	}
+	budget := cfg.MemoryBudget.Resolve(total, profile.MemoryBudget)
+	perWorker := budget / int64(cfg.Workers)
+	in.log.Info("workers", "count", cfg.Workers, "device", device, "hardware_profile", profile.Name,
+		"memory_budget", config.ByteSize(budget).Human(), "max_batch", profile.MaxBatch)
+	wm := worker.NewMetrics(reg)
+	caches := make([]*modelcache.Cache, 0, cfg.Workers)
+	ctx, stop := context.WithCancel(context.Background())
+	in.workerStop = stop
+	for i := 0; i < cfg.Workers; i++ {
+		eng, err := o.NewEngine(device, in.text)
+		if err != nil {
+			return err
+		}
+		cache := modelcache.New(perWorker, o.Eviction)
+		caches = append(caches, cache)
+		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache,
+			Scheduler: o.Scheduler, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
+			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
+			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: in.gpu.Read})
+		if err != nil {
+			return err
+		}
+		in.workers = append(in.workers, w)
+		in.workerDone.Add(1)
+		go func() {
+			defer in.workerDone.Done()
+			if err := w.Run(ctx); err != nil {
+				in.log.Error("worker stopped", "worker", w.ID(), "err", err)
+			}
+		}()
+	}
+	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		for i, c := range caches {
+			s := c.Stats()
+			l, v := []string{"worker"}, []string{in.workers[i].ID()}
+			emit("kiln_model_cache_bytes", "Bytes held by resident models.", "gauge", l, v, float64(s.Bytes))
+			emit("kiln_model_cache_budget_bytes", "Memory budget of the model cache.", "gauge", l, v, float64(s.Budget))
+			emit("kiln_model_cache_resident", "Resident models.", "gauge", l, v, float64(s.Resident))
+			emit("kiln_model_loads_total", "Model loads (cache misses).", "counter", l, v, float64(s.Loads))
+			emit("kiln_model_evictions_total", "Models dropped to make room.", "counter", l, v, float64(s.Evictions))
+			emit("kiln_model_policy_fallbacks_total", "Eviction policy answers replaced by LRU.", "counter", l, v, float64(s.PolicyFallbacks))
+		}
+	})
+	return nil
+}
+
+// startProbeListener serves /healthz, /readyz and /metrics for a
+// worker-only process.
+func (in *Instance) startProbeListener(reg *metrics.Registry) error {
+	ln, err := net.Listen("tcp", in.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen %s: %w", in.cfg.Listen, err)
+	}
+	in.addr = ln.Addr().String()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !in.broker.Conn.IsConnected() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(`{"status":"unavailable","reason":"not connected to NATS"}` + "\n"))
+			return
+		}
+		fmt.Fprintf(w, `{"status":"ready","workers":%d}`+"\n", len(in.workers))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		reg.WriteTo(w)
+	})
+	in.http = &http.Server{Handler: mux, ReadHeaderTimeout: in.cfg.ReadHeaderTimeout.D()}
+	go in.http.Serve(ln)
+	in.log.Info("worker probes listening", "addr", in.addr)
+	return nil
+}
+
+func (in *Instance) startAdmin() error {
+	ln, err := net.Listen("tcp", in.cfg.AdminListen)
+	if err != nil {
+		return fmt.Errorf("serve: admin listen %s: %w", in.cfg.AdminListen, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	in.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go in.admin.Serve(ln)
+	in.log.Info("admin listener with pprof", "addr", ln.Addr().String())
+	return nil
+}
+
+// Stop shuts down in order: refuse new work, let running jobs finish
+// within the shutdown timeout (or hand them back), close connections and
+// flush the store. It is safe to call more than once.
+func (in *Instance) Stop(ctx context.Context) error {
+	in.stopOnce.Do(func() { in.stopErr = in.stop(ctx) })
+	return in.stopErr
+}
+
+func (in *Instance) stop(ctx context.Context) error {
+	grace := in.cfg.ShutdownTimeout.D() + 5*time.Second
+	sctx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	var wg sync.WaitGroup
+	if in.api != nil {
+		in.api.Close() // WebSockets go away first: they never end by themselves
+	}
+	if in.http != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := in.http.Shutdown(sctx); err != nil {
+				in.http.Close()
+			}
+		}()
+	}
+	if in.workerStop != nil {
+		in.workerStop()
+		wg.Add(1)
+		go func() { defer wg.Done(); in.workerDone.Wait() }()
+	}
+	wg.Wait()
+	if in.runStop != nil {
+		in.runStop()
+		in.runDone.Wait()
+	}
+	if in.admin != nil {
+		in.admin.Close()
+	}
+	var err error
+	if in.broker != nil {
+		err = in.broker.Close()
+	}
+	if in.text != nil {
+		in.text.Close()
+	}
+	in.gpu.Close()
+	in.log.Info("stopped")
+	return err
+}
+
+// registerGPU exposes NVML readings as metrics.
+func registerGPU(reg *metrics.Registry, mon *gpu.Monitor) {
+	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		for _, g := range mon.Read() {
+			l, v := []string{"gpu", "name"}, []string{fmt.Sprint(g.Index), g.Name}
+			emit("kiln_gpu_memory_used_bytes", "GPU memory in use (NVML).", "gauge", l, v, float64(g.MemoryUsed))
+			emit("kiln_gpu_memory_total_bytes", "GPU memory (NVML).", "gauge", l, v, float64(g.MemoryTotal))
+			emit("kiln_gpu_utilization_ratio", "GPU utilisation 0..1 (NVML).", "gauge", l, v, g.Utilization)
+			emit("kiln_gpu_temperature_celsius", "GPU temperature (NVML).", "gauge", l, v, g.TemperatureC)
+			emit("kiln_gpu_power_watts", "GPU power draw (NVML).", "gauge", l, v, g.PowerW)
+		}
+	})
+}
