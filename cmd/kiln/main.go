@@ -25,6 +25,8 @@ func commands() map[string]command {
 	return map[string]command{
 		"version":  {"print the version", runVersion},
 		"generate": {"generate images from a prompt (txt2img, img2img)", runGenerate},
+		"serve":    {"run the API server, workers and embedded NATS", runServe},
+		"tenants":  {"manage tenants and API keys (create, key, list, revoke, quota)", runTenants},
 	}
 }
 
