@@ -1,0 +1,47 @@
+package cuda
+
+import "github.com/kiln-project/kiln/cuda/cublas"
+
+// karg is one resolved kernel argument: its bits and its size in bytes.
+type karg struct {
+	v    uint64
+	size uint8
+}
+
+// launchCfg is a kernel's grid, block and dynamic shared memory.
+type launchCfg struct {
+	grid, block [3]uint32
+	shmem       uint32
+}
+
+// graphHandle names an instantiated, launchable graph of an engine.
+type graphHandle uintptr
+
+// eventHandle names a timing event of an engine.
+type eventHandle uintptr
+
+// engine is what the backend needs from a device: memory, copies, kernel
+// launches, matrix products and graph capture, all in stream order. The CUDA
+// implementation (cudaEngine) runs on the device's locked OS thread; tests
+// use an emulation in Go. Device addresses are plain integers.
+type engine interface {
+	alloc(n int64) (uint64, error)
+	free(p uint64)
+	// upload copies src to dst in stream order; src may be reused on return.
+	upload(dst uint64, src []byte) error
+	// download waits for all queued work, then copies src to dst.
+	download(dst []byte, src uint64) error
+	memset(dst uint64, n int64, v byte) error
+	launch(kernel string, cfg launchCfg, args []karg) error
+	gemm(g *cublas.Gemm) error
+	beginCapture() error
+	endCapture() (graphHandle, int, error) // the graph and its node count
+	launchGraph(g graphHandle) error
+	destroyGraph(g graphHandle)
+	sync() error
+	memInfo() (free, total int64, err error)
+	newEvent() (eventHandle, error)
+	record(e eventHandle) error
+	elapsed(a, b eventHandle) (float32, error)
+	close()
+}

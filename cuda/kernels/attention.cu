@@ -1,0 +1,220 @@
+// Fused attention (flash-attention style): softmax(scale·q·kᵀ)·v computed
+// tile by tile with an online softmax, so no score matrix ever reaches device
+// memory. fp16/bf16 tensor cores (mma.sync m16n8k16) with float32
+// accumulation and float32 softmax statistics.
+//
+// Layout: q (B, Lq, ·), k and v (B, Lk, ·), out (B, Lq, ·) with head h at
+// columns [h·D, (h+1)·D) and row strides ldq, ldk, ldv, ldo (elements).
+// D % 8 == 0 and D ≤ DP, DP % 16 == 0. grid (ceil(Lq/64), H, B), 128 threads:
+// each of the 4 warps owns 16 query rows.
+#include "common.cuh"
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_addr(p)));
+}
+
+template <typename T> struct Mma;
+template <> struct Mma<f16> {
+  __device__ __forceinline__ static void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ __forceinline__ static unsigned pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&h);
+  }
+};
+template <> struct Mma<bf16> {
+  __device__ __forceinline__ static void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ __forceinline__ static unsigned pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&h);
+  }
+};
+
+// load_tile copies rows [r0, r0+ROWS) of one head (D columns at col0) into
+// shared memory of row stride DP+8, zero-filling rows ≥ nrows and columns ≥ D.
+template <typename T, int ROWS, int DP>
+__device__ __forceinline__ void load_tile(T* sm, const T* g, int ld, int r0, int nrows, int D) {
+  constexpr int CV = DP / 8;
+  for (int idx = threadIdx.x; idx < ROWS * CV; idx += blockDim.x) {
+    int r = idx / CV, cv = idx % CV;
+    uint4 u = make_uint4(0, 0, 0, 0);
+    if (r0 + r < nrows && cv * 8 < D) u = *reinterpret_cast<const uint4*>(g + (size_t)(r0 + r) * ld + cv * 8);
+    *reinterpret_cast<uint4*>(sm + r * (DP + 8) + cv * 8) = u;
+  }
+}
+
+template <typename T, int DP>
+__device__ __forceinline__ void flash_impl(void* pout, const void* pq, const void* pk, const void* pv, int Lq, int Lk,
+                                           int D, int ldq, int ldk, int ldv, int ldo, float scale_log2, int causal) {
+  constexpr int BM = 64, BN = 64, SR = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sa = reinterpret_cast<T*>(smem_raw);  // Q, then K tiles
+  T* sv = sa + BM * SR;                    // V tiles
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const T* q = (const T*)pq + (size_t)b * Lq * ldq + (size_t)h * D;
+  const T* k = (const T*)pk + (size_t)b * Lk * ldk + (size_t)h * D;
+  const T* v = (const T*)pv + (size_t)b * Lk * ldv + (size_t)h * D;
+  T* out = (T*)pout + (size_t)b * Lq * ldo + (size_t)h * D;
+
+  load_tile<T, BM, DP>(sa, q, ldq, q0, Lq, D);
+  __syncthreads();
+  unsigned qf[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; kk++) {
+    int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    int col = kk * 16 + (lane >> 4) * 8;
+    ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sa + row * SR + col);
+  }
+  __syncthreads();
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int i = 0; i < DP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+  int kv_end = Lk;
+  if (causal) kv_end = min(Lk, q0 + BM);
+
+  for (int kv0 = 0; kv0 < kv_end; kv0 += BN) {
+    load_tile<T, BN, DP>(sa, k, ldk, kv0, Lk, D);
+    load_tile<T, BN, DP>(sv, v, ldv, kv0, Lk, D);
+    __syncthreads();
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+#pragma unroll
+      for (int n2 = 0; n2 < BN / 16; n2++) {
+        unsigned b0, b1, b2, b3;
+        int row = n2 * 16 + (lane & 7) + (lane >> 4) * 8;
+        int col = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldsm_x4(b0, b1, b2, b3, sa + row * SR + col);
+        Mma<T>::run(s[2 * n2], qf[kk], b0, b1);
+        Mma<T>::run(s[2 * n2 + 1], qf[kk], b2, b3);
+      }
+    }
+    // scale, mask and the online softmax update (rows row0: e 0,1; row1: e 2,3)
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int j = kv0 + nt * 8 + t4 * 2 + (e & 1);
+        int r = e < 2 ? row0 : row1;
+        float val = s[nt][e] * scale_log2;
+        if (j >= Lk || (causal && j > r)) val = -INFINITY;
+        s[nt][e] = val;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    float base0 = mn0 == -INFINITY ? 0.f : mn0, base1 = mn1 == -INFINITY ? 0.f : mn1;
+    float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1);
+    m0 = mn0;
+    m1 = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+      s[nt][0] = exp2f(s[nt][0] - base0);
+      s[nt][1] = exp2f(s[nt][1] - base0);
+      s[nt][2] = exp2f(s[nt][2] - base1);
+      s[nt][3] = exp2f(s[nt][3] - base1);
+      rs0 += s[nt][0] + s[nt][1];
+      rs1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) {
+      o[i][0] *= al0;
+      o[i][1] *= al0;
+      o[i][2] *= al1;
+      o[i][3] *= al1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      unsigned a[4];
+      a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int d2 = 0; d2 < DP / 16; d2++) {
+        unsigned b0, b1, b2, b3;
+        int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        int col = d2 * 16 + (lane >> 4) * 8;
+        ldsm_x4_t(b0, b1, b2, b3, sv + row * SR + col);
+        Mma<T>::run(o[2 * d2], a, b0, b1);
+        Mma<T>::run(o[2 * d2 + 1], a, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+  for (int nt = 0; nt < DP / 8; nt++) {
+    int d = nt * 8 + t4 * 2;
+    if (d < D) {
+      if (row0 < Lq) {
+        T* p = out + (size_t)row0 * ldo + d;
+        p[0] = fromf<T>(o[nt][0] * inv0);
+        p[1] = fromf<T>(o[nt][1] * inv0);
+      }
+      if (row1 < Lq) {
+        T* p = out + (size_t)row1 * ldo + d;
+        p[0] = fromf<T>(o[nt][2] * inv1);
+        p[1] = fromf<T>(o[nt][3] * inv1);
+      }
+    }
+  }
+}
+
+// flash_<DP>_<type>: shared memory (64 + 64) · (DP + 8) elements, dynamic.
+#define KILN_FLASH(DP, TN, T)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) flash##DP##_##TN(                                            \
+      void* out, const void* q, const void* k, const void* v, int Lq, int Lk, int D, int ldq, int ldk, int ldv, \
+      int ldo, float scale_log2, int causal) {                                                                   \
+    flash_impl<T, DP>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                          \
+  }
+#define KILN_FLASH2(DP) KILN_FLASH(DP, f16, f16) KILN_FLASH(DP, bf16, bf16)
+KILN_FLASH2(16)
+KILN_FLASH2(32)
+KILN_FLASH2(48)
+KILN_FLASH2(64)
+KILN_FLASH2(80)
+KILN_FLASH2(96)
+KILN_FLASH2(128)
+KILN_FLASH2(160)

@@ -1,0 +1,26 @@
+package cuda
+
+import (
+	"os"
+	"strconv"
+)
+
+func getenv(k string) string { return os.Getenv(k) }
+
+// fromEnv applies KILN_CUDA_* overrides.
+func (o *Options) fromEnv(get func(string) string) {
+	if v := get("KILN_CUDA_GRAPHS"); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			o.Graphs = b
+		}
+	}
+	if v := get("KILN_CUDA_CONV"); v != "" {
+		o.Conv = v
+	}
+	if v := get("KILN_CUDA_ATTENTION"); v != "" {
+		o.Attention = v
+	}
+	if v := get("KILN_CUDA_LINEAR"); v != "" {
+		o.Linear = v
+	}
+}

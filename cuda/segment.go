@@ -1,0 +1,198 @@
+package cuda
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/kiln-project/kiln/core/tensor"
+	"github.com/kiln-project/kiln/cuda/cublas"
+)
+
+// layout is how a tensor's elements lie in its buffer.
+type layout uint8
+
+const (
+	rowMajor layout = iota // logical order
+	nhwc                   // a 4-D (B, C, H, W) tensor stored channels-last
+)
+
+// buffer is device memory that one or more tensor handles view. Ops only
+// record work: a buffer made by the unflushed segment has no address until
+// the segment is planned and run (see flush).
+type buffer struct {
+	size int64
+	addr uint64
+
+	seg *segment // the unflushed segment that makes it, else nil
+	idx int      // index in seg.bufs
+
+	refs int // handles not yet freed
+
+	own      bool  // addr is an allocator block of class ownSize that this buffer owns
+	ownSize  int64 //
+	weight   bool  // an uploaded weight
+	lastRead *segment
+
+	graph *graphEntry // set when it lives in a captured graph's arena
+	epoch uint64      // the graph replay that wrote it
+
+	dead error // non-nil: the contents are gone (why)
+}
+
+// storage is one tensor handle's view of a buffer.
+type storage struct {
+	dev    *Device
+	buf    *buffer
+	layout layout
+	freed  bool
+}
+
+// arg is a kernel argument while recording: a buffer reference (buf non-nil)
+// or a scalar of size 4 or 8.
+type arg struct {
+	buf  *buffer
+	off  int64
+	v    uint64
+	size uint8
+}
+
+func pbuf(b *buffer) arg           { return arg{buf: b, size: 8} }
+func pbufOff(b *buffer, off int64) arg { return arg{buf: b, off: off, size: 8} }
+func pnull() arg                  { return arg{size: 8} }
+func i32(v int) arg               { return arg{v: uint64(uint32(int32(v))), size: 4} }
+func u32(v int) arg               { return arg{v: uint64(uint32(v)), size: 4} }
+func f32(v float32) arg           { return arg{v: uint64(math.Float32bits(v)), size: 4} }
+
+type recKind uint8
+
+const (
+	recKernel recKind = iota
+	recGemm
+	recUpload
+	recMemset
+)
+
+// bufRef is a buffer plus a byte offset.
+type bufRef struct {
+	buf *buffer
+	off int64
+}
+
+// record is one unit of recorded work.
+type record struct {
+	kind   recKind
+	kernel string
+	cfg    launchCfg
+	args   []arg
+	gemm   cublas.Gemm // pointers unresolved; a, b, c give them
+	ga, gb, gc bufRef
+	data   []byte  // upload source
+	dst    *buffer // upload or memset target
+	val    byte    // memset value
+	writes *buffer
+	reads  []*buffer
+}
+
+// segment is the work recorded since the last flush.
+type segment struct {
+	recs []*record
+	bufs []*buffer
+}
+
+// newBuffer makes a buffer of n bytes produced by the current segment.
+func (d *Device) newBuffer(n int64) *buffer {
+	if n < 16 {
+		n = 16
+	}
+	n = (n + 255) &^ 255
+	b := &buffer{size: n, seg: d.seg, idx: len(d.seg.bufs)}
+	d.seg.bufs = append(d.seg.bufs, b)
+	return b
+}
+
+// check fails op when b cannot be read.
+func (d *Device) checkReadable(op string, b *buffer) {
+	if b.dead != nil {
+		fail(op, "%v", b.dead)
+	}
+	if b.graph != nil && b.epoch != b.graph.epoch {
+		fail(op, "tensor overwritten: it was made by a captured CUDA graph step that has been replayed since (keep no activation across steps, or set KILN_CUDA_GRAPHS=0)")
+	}
+}
+
+// launch records a kernel; out is written, the other buffer arguments read.
+func (d *Device) launch(kernel string, cfg launchCfg, out *buffer, args ...arg) {
+	r := &record{kind: recKernel, kernel: kernel, cfg: cfg, args: args, writes: out}
+	for _, a := range args {
+		if a.buf != nil && a.buf != out {
+			r.reads = append(r.reads, a.buf)
+		}
+	}
+	d.add(r)
+}
+
+// add appends r to the segment and notes which buffers it reads.
+func (d *Device) add(r *record) {
+	for _, b := range r.reads {
+		b.lastRead = d.seg
+	}
+	if r.writes != nil && r.writes.seg != d.seg {
+		panic("cuda: internal error: a record writes a buffer of another segment")
+	}
+	d.seg.recs = append(d.seg.recs, r)
+}
+
+// gemmRecord records a matrix product whose C is out.
+func (d *Device) gemmRecord(g cublas.Gemm, a, b bufRef, out bufRef) {
+	r := &record{kind: recGemm, gemm: g, ga: a, gb: b, gc: out, writes: out.buf, reads: []*buffer{a.buf, b.buf}}
+	if g.Beta != 0 {
+		r.reads = append(r.reads, out.buf)
+	}
+	d.add(r)
+}
+
+// uploadRecord records copying host bytes into dst at flush.
+func (d *Device) uploadRecord(dst *buffer, data []byte) {
+	d.add(&record{kind: recUpload, dst: dst, data: data, writes: dst})
+}
+
+// keyEncoder builds the byte string that identifies a segment's work for
+// the graph cache: kernels, launch shapes, scalars, external addresses, and
+// internal buffers by index, size and whether they outlive the segment.
+type keyEncoder struct{ b []byte }
+
+func (k *keyEncoder) u64(v uint64) { k.b = binary.LittleEndian.AppendUint64(k.b, v) }
+func (k *keyEncoder) u32(v uint32) { k.b = binary.LittleEndian.AppendUint32(k.b, v) }
+func (k *keyEncoder) str(s string) { k.u32(uint32(len(s))); k.b = append(k.b, s...) }
+
+func (k *keyEncoder) ref(seg *segment, b *buffer, off int64, slot map[*buffer]int) {
+	if b == nil {
+		k.u32(0)
+		return
+	}
+	if b.seg == seg {
+		k.u32(1)
+		k.u32(uint32(slot[b]))
+	} else {
+		k.u32(2)
+		k.u64(b.addr)
+	}
+	k.u64(uint64(off))
+}
+
+func (k *keyEncoder) gemm(g *cublas.Gemm) {
+	for _, v := range []int64{int64(g.TransA), int64(g.TransB), int64(g.M), int64(g.N), int64(g.K),
+		int64(math.Float32bits(g.Alpha)), int64(math.Float32bits(g.Beta)), int64(g.AType), int64(g.LDA), g.StrideA,
+		int64(g.BType), int64(g.LDB), g.StrideB, int64(g.CType), int64(g.LDC), g.StrideC, int64(g.Batch), int64(g.Compute)} {
+		k.u64(uint64(v))
+	}
+}
+
+// describe names a tensor for error messages.
+func describe(t *tensor.Tensor) string {
+	if t == nil {
+		return "nil"
+	}
+	return fmt.Sprintf("%s %s", t.Shape(), t.DType())
+}
