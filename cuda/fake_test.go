@@ -187,13 +187,13 @@ func (e *fakeEngine) launchGraph(g graphHandle) error {
 	return nil
 }
 
-func (e *fakeEngine) destroyGraph(g graphHandle)               { delete(e.graphs, g) }
-func (e *fakeEngine) sync() error                              { return nil }
-func (e *fakeEngine) memInfo() (int64, int64, error)           { return 1 << 34, 1 << 34, nil }
-func (e *fakeEngine) newEvent() (eventHandle, error)           { return 1, nil }
-func (e *fakeEngine) record(eventHandle) error                 { return nil }
+func (e *fakeEngine) destroyGraph(g graphHandle)                { delete(e.graphs, g) }
+func (e *fakeEngine) sync() error                               { return nil }
+func (e *fakeEngine) memInfo() (int64, int64, error)            { return 1 << 34, 1 << 34, nil }
+func (e *fakeEngine) newEvent() (eventHandle, error)            { return 1, nil }
+func (e *fakeEngine) record(eventHandle) error                  { return nil }
 func (e *fakeEngine) elapsed(a, b eventHandle) (float32, error) { return 0, nil }
-func (e *fakeEngine) close()                                   {}
+func (e *fakeEngine) close()                                    {}
 
 var errFakeOOM = &fakeOOMError{}
 
@@ -215,11 +215,11 @@ func dtOf(s string) tensor.DType {
 	panic("unknown dtype suffix " + s)
 }
 
-func (a karg) p() uint64   { return a.v }
-func (a karg) i() int      { return int(int32(uint32(a.v))) }
-func (a karg) f() float32  { return math.Float32frombits(uint32(a.v)) }
+func (a karg) p() uint64  { return a.v }
+func (a karg) i() int     { return int(int32(uint32(a.v))) }
+func (a karg) f() float32 { return math.Float32frombits(uint32(a.v)) }
 
-func gelu(x float64) float64 { return 0.5 * x * (1 + math.Erf(x/math.Sqrt2)) }
+func gelu(x float64) float64  { return 0.5 * x * (1 + math.Erf(x/math.Sqrt2)) }
 func siluF(x float64) float64 { return x / (1 + math.Exp(-x)) }
 
 func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {

@@ -87,8 +87,8 @@ type spec struct {
 	scale  float64
 }
 
-func act(s ...int) spec    { return spec{shape: s, scale: 1} }
-func weight(s ...int) spec { return spec{shape: s, weight: true, scale: 1} }
+func act(s ...int) spec             { return spec{shape: s, scale: 1} }
+func weight(s ...int) spec          { return spec{shape: s, weight: true, scale: 1} }
 func (s spec) times(f float64) spec { s.scale = f; return s }
 
 func randData(r *rand.Rand, n int, scale float64) []float32 {
@@ -175,7 +175,9 @@ func opCases() []opCase {
 			return be.Conv2D(x[0], x[1], nil, backend.SymmetricPad(2, 1))
 		}},
 		{"Conv2D 1x1", []spec{act(2, 24, 5, 6), weight(16, 24, 1, 1), weight(16)}, conv(backend.SymmetricPad(1, 0))},
-		{"LayerNorm", []spec{act(2, 7, 48).times(3), weight(48), weight(48)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.LayerNorm(x[0], x[1], x[2], 1e-5) }},
+		{"LayerNorm", []spec{act(2, 7, 48).times(3), weight(48), weight(48)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.LayerNorm(x[0], x[1], x[2], 1e-5)
+		}},
 		{"LayerNorm no affine", []spec{act(3, 300)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.LayerNorm(x[0], nil, nil, 1e-5) }},
 		{"GroupNorm SiLU", []spec{act(2, 64, 8, 8).times(2), weight(64), weight(64)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.GroupNorm(be.Scale(x[0], 1), x[1], x[2], 32, 1e-6, true)
@@ -195,7 +197,9 @@ func opCases() []opCase {
 		{"Embedding", []spec{weight(50, 24)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.Embedding(x[0], []int32{3, 0, 49, 7, 7, 12}, tensor.Shape{2, 3})
 		}},
-		{"GatherRows", []spec{act(3, 9, 16)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.GatherRows(x[0], []int{8, 0, 4}) }},
+		{"GatherRows", []spec{act(3, 9, 16)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.GatherRows(x[0], []int{8, 0, 4})
+		}},
 		{"Add images", []spec{act(2, 8, 4, 4), act(2, 8, 4, 4)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Add(x[0], x[1]) }},
 		{"Add odd", []spec{act(3, 5), act(3, 5)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Add(x[0], x[1]) }},
 		{"AddBroadcast (B,C) on image", []spec{act(2, 24, 3, 5), act(2, 24)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.AddBroadcast(x[0], x[1]) }},
@@ -215,7 +219,9 @@ func opCases() []opCase {
 		{"UpsampleNearest2x odd", []spec{act(1, 3, 2, 2)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.UpsampleNearest2x(x[0]) }},
 		{"ImageToTokens", []spec{act(2, 6, 3, 4)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.ImageToTokens(x[0]) }},
 		{"TokensToImage", []spec{act(2, 12, 6)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.TokensToImage(x[0], 3, 4) }},
-		{"Reshape image", []spec{act(2, 6, 3, 4)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Reshape(x[0], tensor.Shape{12, 12}) }},
+		{"Reshape image", []spec{act(2, 6, 3, 4)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.Reshape(x[0], tensor.Shape{12, 12})
+		}},
 		{"Reshape tokens to 4-D then conv", []spec{act(1, 12, 32), weight(8, 32, 3, 3), weight(8)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.Conv2D(be.Reshape(x[0], tensor.Shape{1, 32, 3, 4}), x[1], x[2], backend.SymmetricPad(1, 1))
 		}},
@@ -393,15 +399,19 @@ func TestErrors(t *testing.T) {
 	other, _ := newFakeDevice(DefaultOptions())
 	x := be.FromFloat32(tensor.Shape{2, 3}, []float32{1, 2, 3, 4, 5, 6})
 	cases := map[string]func(){
-		"freed":      func() { y := be.Scale(x, 2); be.Free(y); be.SiLU(y) },
-		"foreign":    func() { be.SiLU(other.Backend(tensor.F16).FromFloat32(tensor.Shape{1}, []float32{1})) },
-		"shape":      func() { be.Add(x, be.FromFloat32(tensor.Shape{3, 2}, make([]float32, 6))) },
-		"upload":     func() { be.Upload(tensor.Shape{3}, tensor.F32, make([]byte, 5)) },
-		"from":       func() { be.FromFloat32(tensor.Shape{4}, []float32{1}) },
-		"embedding":  func() { be.Embedding(be.Upload(tensor.Shape{2, 2}, tensor.F32, make([]byte, 16)), []int32{2}, tensor.Shape{1}) },
-		"attention":  func() { be.Attention(x, x, x, backend.AttentionParams{Heads: 2}) },
-		"conv":       func() { be.Conv2D(x, x, nil, backend.SymmetricPad(1, 0)) },
-		"groupnorm":  func() { be.GroupNorm(be.FromFloat32(tensor.Shape{1, 3, 1, 1}, []float32{1, 2, 3}), nil, nil, 2, 1e-5, false) },
+		"freed":   func() { y := be.Scale(x, 2); be.Free(y); be.SiLU(y) },
+		"foreign": func() { be.SiLU(other.Backend(tensor.F16).FromFloat32(tensor.Shape{1}, []float32{1})) },
+		"shape":   func() { be.Add(x, be.FromFloat32(tensor.Shape{3, 2}, make([]float32, 6))) },
+		"upload":  func() { be.Upload(tensor.Shape{3}, tensor.F32, make([]byte, 5)) },
+		"from":    func() { be.FromFloat32(tensor.Shape{4}, []float32{1}) },
+		"embedding": func() {
+			be.Embedding(be.Upload(tensor.Shape{2, 2}, tensor.F32, make([]byte, 16)), []int32{2}, tensor.Shape{1})
+		},
+		"attention": func() { be.Attention(x, x, x, backend.AttentionParams{Heads: 2}) },
+		"conv":      func() { be.Conv2D(x, x, nil, backend.SymmetricPad(1, 0)) },
+		"groupnorm": func() {
+			be.GroupNorm(be.FromFloat32(tensor.Shape{1, 3, 1, 1}, []float32{1, 2, 3}), nil, nil, 2, 1e-5, false)
+		},
 		"broadcast":  func() { be.AddBroadcast(x, be.FromFloat32(tensor.Shape{5}, make([]float32, 5))) },
 		"nil tensor": func() { be.SiLU(nil) },
 	}

@@ -57,12 +57,12 @@ type arg struct {
 	size uint8
 }
 
-func pbuf(b *buffer) arg           { return arg{buf: b, size: 8} }
+func pbuf(b *buffer) arg               { return arg{buf: b, size: 8} }
 func pbufOff(b *buffer, off int64) arg { return arg{buf: b, off: off, size: 8} }
-func pnull() arg                  { return arg{size: 8} }
-func i32(v int) arg               { return arg{v: uint64(uint32(int32(v))), size: 4} }
-func u32(v int) arg               { return arg{v: uint64(uint32(v)), size: 4} }
-func f32(v float32) arg           { return arg{v: uint64(math.Float32bits(v)), size: 4} }
+func pnull() arg                       { return arg{size: 8} }
+func i32(v int) arg                    { return arg{v: uint64(uint32(int32(v))), size: 4} }
+func u32(v int) arg                    { return arg{v: uint64(uint32(v)), size: 4} }
+func f32(v float32) arg                { return arg{v: uint64(math.Float32bits(v)), size: 4} }
 
 type recKind uint8
 
@@ -81,17 +81,17 @@ type bufRef struct {
 
 // record is one unit of recorded work.
 type record struct {
-	kind   recKind
-	kernel string
-	cfg    launchCfg
-	args   []arg
-	gemm   cublas.Gemm // pointers unresolved; a, b, c give them
+	kind       recKind
+	kernel     string
+	cfg        launchCfg
+	args       []arg
+	gemm       cublas.Gemm // pointers unresolved; a, b, c give them
 	ga, gb, gc bufRef
-	data   []byte  // upload source
-	dst    *buffer // upload or memset target
-	val    byte    // memset value
-	writes *buffer
-	reads  []*buffer
+	data       []byte  // upload source
+	dst        *buffer // upload or memset target
+	val        byte    // memset value
+	writes     *buffer
+	reads      []*buffer
 }
 
 // segment is the work recorded since the last flush.
