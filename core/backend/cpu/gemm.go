@@ -150,29 +150,30 @@ func (g *gemmProblem) tile(kern *microKernel, w *gemmWork, m0, m1, n0, n1 int) {
 		rowA := kern.rowA != nil && strips <= rowAStrips
 		for i0 := m0; i0 < m1; i0 += gemmMC {
 			mc := min(gemmMC, m1-i0)
-			g.prepA(kern, w, i0, mc, p0, kc, rowA)
-			g.macro(kern, w, w.b, kc, i0, mc, n0, nc, 0, strips, p0, rowA)
+			g.prepA(kern, w.a, i0, mc, p0, kc, rowA)
+			g.macro(kern, w, w.a, w.b, kc, i0, mc, n0, nc, 0, strips, p0, rowA)
 		}
 	}
 }
 
-// prepA packs rows [i0, i0+mc) and depth [p0, p0+kc) of A into w.a: all
-// of its mr-strips, or with rowA only a final partial strip (at w.a[0:]),
-// since full strips are then read in place.
-func (g *gemmProblem) prepA(kern *microKernel, w *gemmWork, i0, mc, p0, kc int, rowA bool) {
+// prepA packs rows [i0, i0+mc) and depth [p0, p0+kc) of A into ap as
+// strips of mr rows: all of them, or with rowA only a final partial strip
+// (full strips are then read in place).
+func (g *gemmProblem) prepA(kern *microKernel, ap []float32, i0, mc, p0, kc int, rowA bool) {
+	mr := kern.mr
 	if !rowA {
-		packA(w.a, g.a, g.lda, g.m, i0, mc, p0, kc, kern.mr)
+		packA(ap, g.a, g.lda, g.m, i0, mc, p0, kc, mr)
 		return
 	}
-	if rem := mc % kern.mr; rem != 0 {
-		packA(w.a, g.a, g.lda, g.m, i0+mc-rem, rem, p0, kc, kern.mr)
+	if rem := mc % mr; rem != 0 {
+		packA(ap[(mc/mr)*kc*mr:], g.a, g.lda, g.m, i0+mc-rem, rem, p0, kc, mr)
 	}
 }
 
 // macro multiplies a block of A (rows [i0, i0+mc), depth [p0, p0+kc),
-// prepared by prepA) by the packed strips [s0, s1) of a block of op(B) that
+// its strips packed at ap as prepA leaves them) by the packed strips [s0, s1) of a block of op(B) that
 // starts at column j0 and is nc columns wide, adding into C.
-func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, bp []float32, kc, i0, mc, j0, nc, s0, s1, p0 int, rowA bool) {
+func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, ap, bp []float32, kc, i0, mc, j0, nc, s0, s1, p0 int, rowA bool) {
 	mr, nr := kern.mr, kern.nr
 	for js := s0; js < s1; js++ {
 		bs := bp[js*kc*nr : (js+1)*kc*nr]
@@ -182,14 +183,9 @@ func (g *gemmProblem) macro(kern *microKernel, w *gemmWork, bp []float32, kc, i0
 			i := i0 + is*mr
 			hi := min(mr, i0+mc-i)
 			inPlace := rowA && hi == mr
-			var as []float32
-			switch {
-			case inPlace:
-				as = g.a[i*g.lda+p0:]
-			case rowA:
-				as = w.a[:kc*mr]
-			default:
-				as = w.a[is*kc*mr : (is+1)*kc*mr]
+			as := g.a[i*g.lda+p0:]
+			if !inPlace {
+				as = ap[is*kc*mr : (is+1)*kc*mr]
 			}
 			if hi == mr && wj == nr {
 				if inPlace {
@@ -240,12 +236,12 @@ func (wp *gemmWorkPool) put(w *gemmWork) { wp.p.Put(w) }
 
 // gemmNC is the widest block of op(B) packed at once in the threaded GEMM
 // (kc × nc floats shared by all workers, kept in the last-level cache).
-const gemmNC = 2048
+const gemmNC = 4096
 
 // runGemm computes the problem across the backend's threads. For each
-// block of kc rows and nc columns of op(B) the workers first pack B
-// together, then share out the (rows of A) × (columns of B) units of the
-// block, each packing its own slice of A.
+// block of kc rows and nc columns of op(B), the workers first pack that
+// block of B and the matching depth of A together, then share out units of
+// (gemmMC rows of A) × (a run of B strips).
 func (be *Backend) runGemm(g *gemmProblem) {
 	if g.m == 0 || g.n == 0 || g.k == 0 {
 		return
@@ -264,6 +260,10 @@ func (be *Backend) runGemm(g *gemmProblem) {
 	if need := gemmKC * nc; len(shared.b) < need {
 		shared.b = make([]float32, need)
 	}
+	aStrips := (g.m + mr - 1) / mr
+	if need := gemmKC * aStrips * mr; len(shared.a) < need {
+		shared.a = make([]float32, need)
+	}
 	mBlocks := (g.m + gemmMC - 1) / gemmMC
 	for j0 := 0; j0 < g.n; j0 += nc {
 		ncj := min(nc, g.n-j0)
@@ -273,22 +273,41 @@ func (be *Backend) runGemm(g *gemmProblem) {
 		perUnit := (strips + split - 1) / split
 		split = (strips + perUnit - 1) / perUnit
 		units := mBlocks * split
+		rowA := kern.rowA != nil && perUnit <= rowAStrips
+		// Where several units share rows of A, A is packed once for all of
+		// them: every strip, or with rowA only a final partial one. Else each
+		// unit packs its own rows right before use, while they are in cache.
+		aFirst := aStrips
+		switch {
+		case rowA:
+			aFirst = g.m / mr
+		case split > 1:
+			aFirst = 0
+		}
 		for p0 := 0; p0 < g.k; p0 += gemmKC {
 			kc := min(gemmKC, g.k-p0)
 			bp := shared.b[:kc*strips*nr]
-			be.parallelFor(strips, 1, func(lo, hi int) {
-				jl := j0 + lo*nr
-				g.b.pack(bp[lo*kc*nr:hi*kc*nr], p0, kc, jl, min(hi*nr, ncj)-lo*nr, nr)
+			ap := shared.a[:kc*aStrips*mr]
+			be.parallelFor(strips+aStrips-aFirst, 1, func(lo, hi int) {
+				for t := lo; t < hi; t++ {
+					if t < strips {
+						jl := j0 + t*nr
+						g.b.pack(bp[t*kc*nr:(t+1)*kc*nr], p0, kc, jl, min(nr, ncj-t*nr), nr)
+						continue
+					}
+					sa := aFirst + t - strips
+					packA(ap[sa*kc*mr:(sa+1)*kc*mr], g.a, g.lda, g.m, sa*mr, min(mr, g.m-sa*mr), p0, kc, mr)
+				}
 			})
 			var next atomic.Int64
 			be.parallelFor(min(be.threads, units), 1, func(_, _ int) {
 				w := be.work.get()
 				defer be.work.put(w)
-				if need := gemmKC * gemmMC; len(w.a) < need {
-					w.a = make([]float32, need)
-				}
 				if len(w.edge) < mr*nr {
 					w.edge = make([]float32, mr*nr)
+				}
+				if need := gemmKC * gemmMC; aFirst == aStrips && len(w.a) < need {
+					w.a = make([]float32, need)
 				}
 				for {
 					u := int(next.Add(1) - 1)
@@ -299,9 +318,12 @@ func (be *Backend) runGemm(g *gemmProblem) {
 					i0 := mb * gemmMC
 					mc := min(gemmMC, g.m-i0)
 					s0, s1 := sb*perUnit, min(strips, sb*perUnit+perUnit)
-					rowA := kern.rowA != nil && s1-s0 <= rowAStrips
-					g.prepA(kern, w, i0, mc, p0, kc, rowA)
-					g.macro(kern, w, bp, kc, i0, mc, j0, ncj, s0, s1, p0, rowA)
+					a := ap[(i0/mr)*kc*mr:]
+					if aFirst == aStrips { // not packed in common
+						a = w.a
+						g.prepA(kern, a, i0, mc, p0, kc, false)
+					}
+					g.macro(kern, w, a, bp, kc, i0, mc, j0, ncj, s0, s1, p0, rowA)
 				}
 			})
 		}
@@ -416,8 +438,8 @@ func gemmPacked(kern *microKernel, w *gemmWork, m int, a []float32, lda int, pb 
 		bp := pb.data[off : off+kc*strips*pb.nr]
 		for i0 := 0; i0 < m; i0 += gemmMC {
 			mc := min(gemmMC, m-i0)
-			g.prepA(kern, w, i0, mc, p0, kc, rowA)
-			g.macro(kern, w, bp, kc, i0, mc, 0, pb.n, 0, strips, p0, rowA)
+			g.prepA(kern, w.a, i0, mc, p0, kc, rowA)
+			g.macro(kern, w, w.a, bp, kc, i0, mc, 0, pb.n, 0, strips, p0, rowA)
 		}
 	}
 }
