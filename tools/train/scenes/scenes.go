@@ -20,6 +20,7 @@ import (
 	"image/color"
 	"math"
 	"math/rand/v2"
+	"sort"
 	"strings"
 )
 
@@ -391,4 +392,51 @@ func inPolygon(p [][2]float64, x, y float64) bool {
 		}
 	}
 	return in
+}
+
+// HeldOut reports whether a caption belongs to the evaluation split, which
+// training never sees: about one caption in ten, chosen by a hash of its
+// text so that the split is stable.
+func HeldOut(caption string) bool {
+	h := uint32(2166136261)
+	for i := 0; i < len(caption); i++ {
+		h ^= uint32(caption[i])
+		h *= 16777619
+	}
+	return h%10 == 0
+}
+
+// Words returns every word of the grammar, the vocabulary of captions.
+func Words() []string {
+	set := map[string]bool{"a": true, "an": true, "and": true, "on": true, "background": true}
+	for _, c := range Palette() {
+		set[c.Name] = true
+	}
+	for _, s := range append(append(Shapes(), Positions()...), Sizes()...) {
+		for _, w := range strings.Fields(s) {
+			set[w] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for w := range set {
+		out = append(out, w)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// HeldOutCaptions returns n distinct captions of the evaluation split, drawn
+// deterministically from seed; training data never contains them.
+func HeldOutCaptions(n int, seed uint64) []string {
+	r := rand.New(rand.NewPCG(seed, 1))
+	seen := map[string]bool{}
+	var out []string
+	for len(out) < n {
+		c := Random(r, 0.3).Caption()
+		if HeldOut(c) && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
 }
