@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-project/kiln/cuda/cu"
 	"github.com/kiln-project/kiln/cuda/cublas"
 	"github.com/kiln-project/kiln/cuda/internal/half"
+	"github.com/kiln-project/kiln/cuda/kernels"
 )
 
 // fakeEngine emulates the device in Go: memory as byte slices, every kernel
@@ -137,7 +138,19 @@ func (e *fakeEngine) memset(dst uint64, n int64, v byte) error {
 	})
 }
 
+// imageKernels is the set of entry points the real image has.
+var imageKernels = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range kernels.Names() {
+		m[n] = true
+	}
+	return m
+}()
+
 func (e *fakeEngine) launch(kernel string, cfg launchCfg, args []karg) error {
+	if !imageKernels[kernel] {
+		return fmt.Errorf("fake device: kernel %s is not in the compiled image", kernel)
+	}
 	a := append([]karg(nil), args...)
 	return e.do(func() (err error) {
 		defer func() {

@@ -436,12 +436,12 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 		xb = b.d.newBuffer(int64(x.Numel()) * int64(dt.Size()))
 		b.transpose(xb, xs.buf, dt, bn, c, hw)
 	}
-	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw/16, 256))
+	splits := max(1, min((4*max(b.d.info.SMs, 1)+bn-1)/bn, hw/8, 128))
 	ws := b.d.newBuffer(int64(bn*splits*c) * 8)
 	ab := b.d.newBuffer(int64(bn*c) * 8)
 	b.d.launch("gn_partial"+suffix(dt), launchCfg{grid: [3]uint32{uint32(splits), uint32(bn), 1}, block: [3]uint32{256, 1, 1}},
 		ws, pbuf(ws), pbuf(xb), i32(hw), i32(c), i32(splits))
-	b.d.launch("gn_finalize"+suffix(dt), launchCfg{grid: [3]uint32{uint32((bn*groups + 63) / 64), 1, 1}, block: [3]uint32{64, 1, 1}},
+	b.d.launch("gn_finalize"+suffix(dt), launchCfg{grid: [3]uint32{uint32(bn * groups), 1, 1}, block: [3]uint32{32, 1, 1}},
 		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(bn), i32(hw), i32(c), i32(groups), i32(splits), f32(eps))
 	s := 0
 	if silu {

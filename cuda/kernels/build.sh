@@ -24,7 +24,11 @@ trap 'rm -rf "$tmp"' EXIT
   -Xfatbin=-compress-all \
   -o "$tmp/kernels.fatbin" "$tmp/all.cu"
 mv "$tmp/kernels.fatbin" kernels.fatbin
+# The entry points, for `kiln doctor` and the test that every kernel the
+# backend launches exists.
+"${CUOBJDUMP:-cuobjdump}" -symbols kernels.fatbin | awk '/STO_ENTRY/ {print $NF}' | LC_ALL=C sort -u > kernels.list
 src="$(./sourcehash.sh)"
 img="$(sha256sum kernels.fatbin | cut -d' ' -f1)"
-printf 'sources %s\nimage %s\nnvcc %s\n' "$src" "$img" "$("$NVCC" --version | tail -1 | tr -s ' ')" > kernels.sum
+list="$(sha256sum kernels.list | cut -d' ' -f1)"
+printf 'sources %s\nimage %s\nlist %s\nnvcc %s\n' "$src" "$img" "$list" "$("$NVCC" --version | tail -1 | tr -s ' ')" > kernels.sum
 cat kernels.sum

@@ -23,6 +23,20 @@ var image []byte
 //go:embed kernels.sum
 var sum string
 
+//go:embed kernels.list
+var list string
+
+// Names returns the kernel entry points in the image, sorted.
+func Names() []string {
+	var out []string
+	for _, l := range strings.Split(list, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // Image returns the fat binary (SASS for sm_80/86/89/90 and compute_90 PTX)
 // to load with cuModuleLoadData. Callers must not modify it.
 func Image() []byte { return image }
@@ -49,9 +63,20 @@ func Recorded() (sources, imageHash, nvcc string, err error) {
 }
 
 // ImageHash returns the SHA-256 of the embedded image.
-func ImageHash() string {
-	h := sha256.Sum256(image)
+func ImageHash() string { return hashOf(image) }
+
+func hashOf(b []byte) string {
+	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+func recordedField(key string) string {
+	for _, l := range strings.Split(sum, "\n") {
+		if k, v, ok := strings.Cut(l, " "); ok && k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 // SourceHash computes the hash that build.sh records, over the *.cu, *.cuh
@@ -88,6 +113,10 @@ func CheckFresh(dir string) error {
 	src, img, _, err := Recorded()
 	if err != nil {
 		return err
+	}
+	listHash := recordedField("list")
+	if got := hashOf([]byte(list)); listHash != "" && got != listHash {
+		return fmt.Errorf("kernels: kernels.list hashes to %s but kernels.sum records %s; run `task cuda:kernels`", got, listHash)
 	}
 	if got := ImageHash(); got != img {
 		return fmt.Errorf("kernels: kernels.fatbin hashes to %s but kernels.sum records %s; run `task cuda:kernels`", got, img)

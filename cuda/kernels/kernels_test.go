@@ -67,3 +67,19 @@ func TestSourceHashMatchesScript(t *testing.T) {
 		t.Fatalf("script %s, Go %s", out, got)
 	}
 }
+
+func TestNames(t *testing.T) {
+	names := Names()
+	if len(names) < 50 {
+		t.Fatalf("only %d kernel names", len(names))
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+	}
+	for _, n := range []string{"add_f16", "flash80_f16", "conv_128x128_bf16", "gn_apply_f32", "convert_f32_f16"} {
+		if !seen[n] {
+			t.Errorf("kernel %s missing from kernels.list", n)
+		}
+	}
+}

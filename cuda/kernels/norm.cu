@@ -42,66 +42,72 @@ __device__ __forceinline__ void gn_partial_impl(float* ws, const void* px, int h
   int p0 = (int)((long long)hw * s / splits), p1 = (int)((long long)hw * (s + 1) / splits);
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
     float k = tof<T>(x[ch]);
-    float s1a = 0.f, s2a = 0.f, s1b = 0.f, s2b = 0.f;
+    float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
     int p = p0;
-    for (; p + 1 < p1; p += 2) {
-      float ta = tof<T>(x[(size_t)p * c + ch]) - k;
-      float tb = tof<T>(x[(size_t)(p + 1) * c + ch]) - k;
-      s1a += ta;
-      s2a += ta * ta;
-      s1b += tb;
-      s2b += tb * tb;
+    for (; p + 3 < p1; p += 4) {
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        float t = tof<T>(x[(size_t)(p + u) * c + ch]) - k;
+        s1[u] += t;
+        s2[u] += t * t;
+      }
     }
-    if (p < p1) {
+    for (; p < p1; p++) {
       float t = tof<T>(x[(size_t)p * c + ch]) - k;
-      s1a += t;
-      s2a += t * t;
+      s1[0] += t;
+      s2[0] += t * t;
     }
     float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
-    o[0] = s1a + s1b;
-    o[1] = s2a + s2b;
+    o[0] = (s1[0] + s1[1]) + (s1[2] + s1[3]);
+    o[1] = (s2[0] + s2[1]) + (s2[2] + s2[3]);
   }
 }
 KILN_EXPORT3(gn_partial, (float* ws, const void* x, int hw, int c, int splits), (ws, x, hw, c, splits))
 
-// gn_finalize: for batch b and group g (one thread each), combines the
-// partial sums into the group's mean and variance and writes per channel the
-// affine ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β, a = rstd·w,
+// gn_finalize: one warp per (batch b, group g), blockDim.x == 32: combines
+// the partial sums into the group's mean and variance and writes per channel
+// the affine ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β, a = rstd·w,
 // β = bias − mean·a. w and bias may be null.
 template <typename T>
 __device__ __forceinline__ void gn_finalize_impl(float* ab, const float* ws, const void* px, const float* w,
                                                  const float* bias, int batch, int hw, int c, int groups, int splits,
                                                  float eps) {
-  int t = blockIdx.x * blockDim.x + threadIdx.x;
+  int t = blockIdx.x;
   if (t >= batch * groups) return;
-  int b = t / groups, g = t % groups;
+  int b = t / groups, g = t % groups, lane = threadIdx.x;
   int cpg = c / groups;
   const T* x = (const T*)px + (size_t)b * hw * c;
   float n = (float)hw;
-  // first pass: channel means → group mean
-  double gmean = 0.0;
-  for (int ch = g * cpg; ch < (g + 1) * cpg; ch++) {
-    double s1 = 0.0;
-    for (int s = 0; s < splits; s++) s1 += ws[(((size_t)b * splits + s) * c + ch) * 2];
-    gmean += (double)tof<T>(x[ch]) + s1 / n;
-  }
-  gmean /= cpg;
-  double m2 = 0.0;
-  for (int ch = g * cpg; ch < (g + 1) * cpg; ch++) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int s = 0; s < splits; s++) {
+  // per channel: mean offset s1/n and m2 = s2 − s1²/n, reduced over splits by the warp
+  double gmean = 0.0, m2 = 0.0;
+  for (int i = 0; i < cpg; i++) {
+    int ch = g * cpg + i;
+    float s1 = 0.f, s2 = 0.f;
+    for (int s = lane; s < splits; s += 32) {
       const float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
       s1 += o[0];
       s2 += o[1];
     }
-    double cm = (double)tof<T>(x[ch]) + s1 / n;
-    double d = cm - gmean;
-    m2 += (s2 - s1 * s1 / n) + n * d * d;
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    // Welford-style merge of channel i (mean cm, m2 ci) into the group
+    double cm = (double)tof<T>(x[ch]) + (double)s1 / n;
+    double ci = (double)s2 - (double)s1 * (double)s1 / n;
+    if (i == 0) {
+      gmean = cm;
+      m2 = ci;
+    } else {
+      double na = (double)i * n, nb = n;
+      double d = cm - gmean;
+      gmean += d * nb / (na + nb);
+      m2 += ci + d * d * na * nb / (na + nb);
+    }
   }
-  double var = m2 / (n * cpg);
+  double var = m2 / ((double)n * cpg);
   if (var < 0) var = 0;
   float rstd = (float)(1.0 / sqrt(var + (double)eps));
-  for (int ch = g * cpg; ch < (g + 1) * cpg; ch++) {
+  for (int i = lane; i < cpg; i += 32) {
+    int ch = g * cpg + i;
     float a = rstd * (w ? w[ch] : 1.f);
     ab[((size_t)b * c + ch) * 2] = a;
     ab[((size_t)b * c + ch) * 2 + 1] = (bias ? bias[ch] : 0.f) - (float)gmean * a;
