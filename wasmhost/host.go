@@ -148,14 +148,16 @@ type Host struct {
 }
 
 type runtimeKey struct {
-	tenant string
-	kind   Kind
+	tenant  string
+	kind    Kind
+	trusted bool
 }
 
 // runtime is one wazero runtime: a tenant's sandbox for one kind of module.
 type runtime struct {
-	rt    wazero.Runtime
-	pages uint32
+	rt      wazero.Runtime
+	pages   uint32
+	trusted bool
 }
 
 // New returns a host with cfg's limits.
@@ -184,14 +186,15 @@ func (h *Host) Metrics() *Metrics { return h.metrics }
 var ErrClosed = errors.New("wasmhost: closed")
 
 // runtimeFor returns the runtime of tenant for kind, creating it (with the
-// host modules instantiated) on first use.
-func (h *Host) runtimeFor(ctx context.Context, tenant string, kind Kind) (*runtime, error) {
+// host modules instantiated) on first use. Trusted runtimes compile code
+// without wazero's deadline checks (see Spec.Trusted).
+func (h *Host) runtimeFor(ctx context.Context, tenant string, kind Kind, trusted bool) (*runtime, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	key := runtimeKey{tenant, kind}
+	key := runtimeKey{tenant, kind, trusted}
 	if r, ok := h.runtimes[key]; ok {
 		return r, nil
 	}
@@ -200,7 +203,7 @@ func (h *Host) runtimeFor(ctx context.Context, tenant string, kind Kind) (*runti
 		pages = h.cfg.NodeMemoryPages
 	}
 	rc := wazero.NewRuntimeConfig().
-		WithCloseOnContextDone(true).
+		WithCloseOnContextDone(!trusted).
 		WithMemoryLimitPages(pages).
 		WithCompilationCache(h.cache).
 		WithDebugInfoEnabled(false)
@@ -213,7 +216,7 @@ func (h *Host) runtimeFor(ctx context.Context, tenant string, kind Kind) (*runti
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("wasmhost: tenant %q: %w", tenant, err)
 	}
-	r := &runtime{rt: rt, pages: pages}
+	r := &runtime{rt: rt, pages: pages, trusted: trusted}
 	h.runtimes[key] = r
 	return r, nil
 }

@@ -1,6 +1,7 @@
 package builtin
 
 import (
+	"slices"
 	"sort"
 
 	"github.com/kiln-project/kiln/wasmhost/abi"
@@ -36,49 +37,71 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 	if maxBatch == 0 {
 		maxBatch = 1
 	}
-	share := tenantShares(in)
+	// Tenants by index, with their weights and served images. (Written
+	// for the Wasm build too: slices and precomputed keys instead of maps
+	// and closures keep the guest fast.)
+	tenantOf := make([]int, len(in.Jobs))
+	var ts []tenantState
+	for i := range in.Jobs {
+		t := in.Jobs[i].Tenant
+		k := -1
+		for x := range ts {
+			if ts[x].name == t {
+				k = x
+				break
+			}
+		}
+		if k < 0 {
+			k = len(ts)
+			ts = append(ts, tenantState{name: t, weight: 1})
+			for _, sh := range in.Tenants {
+				if sh.Tenant == t {
+					if sh.Weight > 0 {
+						ts[k].weight = sh.Weight
+					}
+					if sh.Served > 0 {
+						ts[k].served = sh.Served
+					}
+					break
+				}
+			}
+		}
+		tenantOf[i] = k
+	}
 	order := make([]int, len(in.Jobs))
 	for i := range order {
 		order[i] = i
 	}
-	sort.SliceStable(order, func(a, b int) bool {
-		return before(in, share, order[a], 0, order[b], 0)
+	slices.SortStableFunc(order, func(a, b int) int {
+		return compareJobs(in, ts, tenantOf, a, b)
 	})
 	head := &in.Jobs[order[0]]
 
-	// Per-tenant queues of compatible jobs, each in priority-then-arrival order.
-	queues := map[string][]int{}
-	var tenants []string
+	// Per-tenant queues of compatible jobs; order already sorts them by
+	// priority, arrival and index within a tenant.
+	queues := make([][]int, len(ts))
 	for _, i := range order {
-		j := &in.Jobs[i]
-		if j.CompatKey != head.CompatKey {
-			continue
+		if in.Jobs[i].CompatKey == head.CompatKey {
+			queues[tenantOf[i]] = append(queues[tenantOf[i]], i)
 		}
-		if _, ok := queues[j.Tenant]; !ok {
-			tenants = append(tenants, j.Tenant)
-		}
-		queues[j.Tenant] = append(queues[j.Tenant], i)
 	}
-	// Within a tenant, order already sorts by priority, arrival and index.
-	sort.Strings(tenants)
 
-	taken := map[string]float64{}
 	var batch []uint32
 	var images, mem uint64
 	full := false
 	for {
-		// The next job: highest priority among the tenants' heads, then the
-		// lowest ratio counting what this batch already gives the tenant.
-		best := ""
-		for _, t := range tenants {
+		// The next job: the best of the tenants' heads, counting what this
+		// batch already gives each tenant.
+		best := -1
+		for t := range queues {
 			if len(queues[t]) == 0 {
 				continue
 			}
-			if best == "" || before(in, share, queues[t][0], taken[t], queues[best][0], taken[best]) {
+			if best < 0 || compareJobs(in, ts, tenantOf, queues[t][0], queues[best][0]) < 0 {
 				best = t
 			}
 		}
-		if best == "" {
+		if best < 0 {
 			break
 		}
 		idx := queues[best][0]
@@ -93,7 +116,7 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 		batch = append(batch, uint32(idx))
 		images += n
 		mem += j.MemBytes
-		taken[best] += float64(n)
+		ts[best].taken += float64(n)
 		queues[best] = queues[best][1:]
 		if images >= maxBatch {
 			full = true
@@ -144,22 +167,42 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 	return abi.BatchingOutput{Wait: true, WaitUS: wait}
 }
 
-// before orders job a ahead of job b: higher priority, then the lower
-// served/weight ratio of its tenant (counting extra images already given
-// to the tenant in this batch), then the earlier arrival, then the lower
-// index.
-func before(in *abi.BatchingInput, s shares, a int, extraA float64, b int, extraB float64) bool {
+type tenantState struct {
+	name           string
+	weight, served float64
+	taken          float64 // images given to the tenant in the batch being built
+}
+
+// ratio is the tenant's served images (plus those taken in this batch)
+// per unit of weight.
+func (t *tenantState) ratio() float64 { return (t.served + t.taken) / t.weight }
+
+// compareJobs orders job a ahead of job b (negative result): higher
+// priority, then the lower served/weight ratio of its tenant, then the
+// earlier arrival, then the lower index.
+func compareJobs(in *abi.BatchingInput, ts []tenantState, tenantOf []int, a, b int) int {
 	ja, jb := &in.Jobs[a], &in.Jobs[b]
 	if ja.Priority != jb.Priority {
-		return ja.Priority > jb.Priority
+		if ja.Priority > jb.Priority {
+			return -1
+		}
+		return 1
 	}
-	if ra, rb := s.ratio(ja.Tenant, extraA), s.ratio(jb.Tenant, extraB); ra != rb {
-		return ra < rb
+	if ta, tb := tenantOf[a], tenantOf[b]; ta != tb {
+		if ra, rb := ts[ta].ratio(), ts[tb].ratio(); ra != rb {
+			if ra < rb {
+				return -1
+			}
+			return 1
+		}
 	}
 	if ja.ArrivalUS != jb.ArrivalUS {
-		return ja.ArrivalUS < jb.ArrivalUS
+		if ja.ArrivalUS < jb.ArrivalUS {
+			return -1
+		}
+		return 1
 	}
-	return a < b
+	return a - b
 }
 
 // overdue reports whether any queued job has waited maxWait; the policy
@@ -189,33 +232,6 @@ func imagesOf(j *abi.Job) uint64 {
 		return 1
 	}
 	return uint64(j.N)
-}
-
-type shares map[string]abi.TenantShare
-
-func tenantShares(in *abi.BatchingInput) shares {
-	s := make(shares, len(in.Tenants))
-	for _, t := range in.Tenants {
-		s[t.Tenant] = t
-	}
-	return s
-}
-
-// ratio is the tenant's served images (plus extra) per unit of weight;
-// unknown tenants have weight 1 and nothing served.
-func (s shares) ratio(tenant string, extra float64) float64 {
-	t, ok := s[tenant]
-	w := 1.0
-	served := 0.0
-	if ok {
-		if t.Weight > 0 {
-			w = t.Weight
-		}
-		if t.Served > 0 {
-			served = t.Served
-		}
-	}
-	return (served + extra) / w
 }
 
 // latencyAt interpolates the step latency (µs) at batch size b from the

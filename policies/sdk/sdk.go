@@ -17,6 +17,13 @@
 // input, encodes the answer (or the error) and keeps the buffers alive.
 // Everything a policy needs to decide is in its input: there is no clock,
 // filesystem or network, and randomness is deterministic.
+//
+// The input passed to a hook function is only valid until it returns: its
+// strings share the input buffer and its slices are reused by the next
+// call (decoding then allocates nothing, which matters under the host's
+// deadline checks). Copy what must outlive the call (strings.Clone,
+// slices.Clone). Answers should depend only on the input: the host may
+// discard an instance, and its state, at any time.
 package sdk
 
 import (

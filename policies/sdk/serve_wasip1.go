@@ -7,14 +7,21 @@ import (
 	"github.com/kiln-project/kiln/wasmhost/guest"
 )
 
+// Reused input messages: decoding into them allocates nothing once their
+// slices have grown, and their strings share the input buffer. They are
+// valid only until the hook returns (see the package documentation).
+var (
+	batchingIn BatchingInput
+	evictionIn EvictionInput
+)
+
 // Batching serves one call of the batching hook with fn.
 func Batching(ptr, n int32, fn func(*BatchingInput) (BatchingOutput, error)) int64 {
 	return guest.Serve(ptr, n, func(in, out []byte) []byte {
-		msg, err := abi.DecodeBatchingInput(in)
-		if err != nil {
+		if err := abi.DecodeBatchingInputInto(in, &batchingIn, true); err != nil {
 			return abi.EncodeError(out, err.Error())
 		}
-		ans, err := fn(&msg)
+		ans, err := fn(&batchingIn)
 		if err != nil {
 			return abi.EncodeError(out, err.Error())
 		}
@@ -25,11 +32,10 @@ func Batching(ptr, n int32, fn func(*BatchingInput) (BatchingOutput, error)) int
 // Eviction serves one call of the eviction hook with fn.
 func Eviction(ptr, n int32, fn func(*EvictionInput) (EvictionOutput, error)) int64 {
 	return guest.Serve(ptr, n, func(in, out []byte) []byte {
-		msg, err := abi.DecodeEvictionInput(in)
-		if err != nil {
+		if err := abi.DecodeEvictionInputInto(in, &evictionIn, true); err != nil {
 			return abi.EncodeError(out, err.Error())
 		}
-		ans, err := fn(&msg)
+		ans, err := fn(&evictionIn)
 		if err != nil {
 			return abi.EncodeError(out, err.Error())
 		}

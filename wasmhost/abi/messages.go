@@ -242,12 +242,11 @@ func encStrings(e *Encoder, ss []string) {
 	}
 }
 
-func decStrings(d *Decoder, field string) []string {
+func decStrings(d *Decoder, field string) []string { return decStringsInto(d, field, nil) }
+
+func decStringsInto(d *Decoder, field string, dst []string) []string {
 	n := d.Count(field, MaxListItems, 4)
-	if n == 0 {
-		return nil
-	}
-	out := make([]string, n)
+	out := grow(dst, n)
 	for i := range out {
 		out[i] = d.Str(field, MaxStringBytes)
 	}
@@ -319,48 +318,67 @@ func EncodeBatchingInput(dst []byte, in *BatchingInput) []byte {
 // DecodeBatchingInput decodes a batching input.
 func DecodeBatchingInput(b []byte) (BatchingInput, error) {
 	var in BatchingInput
+	err := DecodeBatchingInputInto(b, &in, false)
+	return in, err
+}
+
+// DecodeBatchingInputInto decodes a batching input into in, reusing its
+// slices' memory; with alias set its strings share b's memory (see
+// Decoder.Alias). Guest SDKs use it to avoid allocating on every call.
+func DecodeBatchingInputInto(b []byte, in *BatchingInput, alias bool) error {
 	d := NewDecoder(b)
+	if alias {
+		d.Alias()
+	}
 	in.NowUS = d.I64()
 	in.Model = d.Str("model", MaxStringBytes)
-	in.CompatRules = decStrings(d, "compat_rules")
+	in.CompatRules = decStringsInto(d, "compat_rules", in.CompatRules[:0])
 	in.MaxBatch = d.U32()
 	in.MaxWaitUS = d.U64()
 	in.FreeMemBytes = d.U64()
-	if n := d.Count("step_latency", MaxListItems, 8); n > 0 {
-		in.StepLatency = make([]StepLatency, n)
-		for i := range in.StepLatency {
-			in.StepLatency[i] = StepLatency{Batch: d.U32(), LatencyUS: d.U32()}
-		}
+	n := d.Count("step_latency", MaxListItems, 8)
+	in.StepLatency = grow(in.StepLatency, n)
+	for i := range in.StepLatency {
+		in.StepLatency[i] = StepLatency{Batch: d.U32(), LatencyUS: d.U32()}
 	}
-	if n := d.Count("tenants", MaxListItems, 20); n > 0 {
-		in.Tenants = make([]TenantShare, n)
-		for i := range in.Tenants {
-			t := &in.Tenants[i]
-			t.Tenant = d.Str("tenant", MaxStringBytes)
-			t.Weight = d.F64("tenant weight")
-			t.Served = d.F64("tenant served")
-		}
+	n = d.Count("tenants", MaxListItems, 20)
+	in.Tenants = grow(in.Tenants, n)
+	for i := range in.Tenants {
+		t := &in.Tenants[i]
+		t.Tenant = d.Interned("tenant", MaxStringBytes)
+		t.Weight = d.F64("tenant weight")
+		t.Served = d.F64("tenant served")
 	}
-	if n := d.Count("jobs", MaxJobs, 60); n > 0 {
-		in.Jobs = make([]Job, n)
-		for i := range in.Jobs {
-			j := &in.Jobs[i]
-			j.ID = d.Str("job id", MaxStringBytes)
-			j.Tenant = d.Str("job tenant", MaxStringBytes)
-			j.Priority = d.I32()
-			j.ArrivalUS = d.I64()
-			j.DeadlineUS = d.I64()
-			j.Width = d.U32()
-			j.Height = d.U32()
-			j.N = d.U32()
-			j.Steps = d.U32()
-			j.Sampler = d.Str("job sampler", MaxStringBytes)
-			j.CompatKey = d.Str("job compat_key", MaxStringBytes)
-			j.MemBytes = d.U64()
-		}
+	n = d.Count("jobs", MaxJobs, 60)
+	in.Jobs = grow(in.Jobs, n)
+	for i := range in.Jobs {
+		j := &in.Jobs[i]
+		j.ID = d.Str("job id", MaxStringBytes)
+		j.Tenant = d.Interned("job tenant", MaxStringBytes)
+		j.Priority = d.I32()
+		j.ArrivalUS = d.I64()
+		j.DeadlineUS = d.I64()
+		j.Width = d.U32()
+		j.Height = d.U32()
+		j.N = d.U32()
+		j.Steps = d.U32()
+		j.Sampler = d.Interned("job sampler", MaxStringBytes)
+		j.CompatKey = d.Interned("job compat_key", MaxStringBytes)
+		j.MemBytes = d.U64()
 	}
 	d.End("batching input")
-	return in, d.Err()
+	return d.Err()
+}
+
+// grow returns s resized to n items (nil for 0), reusing its memory.
+func grow[T any](s []T, n int) []T {
+	if n == 0 {
+		return nil
+	}
+	if cap(s) >= n {
+		return s[:n]
+	}
+	return make([]T, n)
 }
 
 // EncodeBatchingOutput appends a StatusOK output carrying out to dst[:0].
@@ -423,27 +441,36 @@ func EncodeEvictionInput(dst []byte, in *EvictionInput) []byte {
 // DecodeEvictionInput decodes an eviction input.
 func DecodeEvictionInput(b []byte) (EvictionInput, error) {
 	var in EvictionInput
+	err := DecodeEvictionInputInto(b, &in, false)
+	return in, err
+}
+
+// DecodeEvictionInputInto decodes an eviction input into in, reusing its
+// memory and, with alias set, sharing b's memory for strings.
+func DecodeEvictionInputInto(b []byte, in *EvictionInput, alias bool) error {
 	d := NewDecoder(b)
+	if alias {
+		d.Alias()
+	}
 	in.NowUS = d.I64()
 	in.NeededBytes = d.U64()
 	in.BudgetBytes = d.U64()
 	in.UsedBytes = d.U64()
 	in.HostFreeBytes = d.U64()
-	if n := d.Count("models", MaxModels, 38); n > 0 {
-		in.Models = make([]Model, n)
-		for i := range in.Models {
-			m := &in.Models[i]
-			m.ID = d.Str("model id", MaxStringBytes)
-			m.Bytes = d.U64()
-			m.LastUseUS = d.I64()
-			m.Uses = d.U64()
-			m.LoadUS = d.U64()
-			m.Pinned = d.Bool("pinned")
-			m.InUse = d.Bool("in_use")
-		}
+	n := d.Count("models", MaxModels, 38)
+	in.Models = grow(in.Models, n)
+	for i := range in.Models {
+		m := &in.Models[i]
+		m.ID = d.Str("model id", MaxStringBytes)
+		m.Bytes = d.U64()
+		m.LastUseUS = d.I64()
+		m.Uses = d.U64()
+		m.LoadUS = d.U64()
+		m.Pinned = d.Bool("pinned")
+		m.InUse = d.Bool("in_use")
 	}
 	d.End("eviction input")
-	return in, d.Err()
+	return d.Err()
 }
 
 // EncodeEvictionOutput appends a StatusOK output carrying out to dst[:0].

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"unsafe"
 )
 
 // Encoder appends ABI values to a byte slice: integers and floats
@@ -62,12 +63,22 @@ func (e *Encoder) Blob(b []byte) {
 var ErrTruncated = errors.New("abi: message truncated")
 
 // Decoder reads ABI values from a byte slice. The first error sticks:
-// later reads return zero values and Err reports it.
+// later reads return zero values and Err reports it. The primitive reads
+// are small enough to be inlined, which matters in Wasm guests, where
+// every call costs a deadline check.
 type Decoder struct {
-	b   []byte
-	off int
-	err error
+	b      []byte
+	off    int
+	err    error
+	intern map[string]string
+	alias  bool
 }
+
+// Alias makes the decoder return strings that share the input's memory
+// instead of copies: no allocation, but the strings are only valid while
+// the input is. Guest SDKs use it for inputs, which live until the hook
+// returns.
+func (d *Decoder) Alias() { d.alias = true }
 
 // NewDecoder returns a decoder over b.
 func NewDecoder(b []byte) *Decoder { return &Decoder{b: b} }
@@ -78,33 +89,31 @@ func (d *Decoder) Err() error { return d.err }
 // Remaining returns the number of unread bytes.
 func (d *Decoder) Remaining() int { return len(d.b) - d.off }
 
-// Fail records err unless an error is already recorded.
+// Fail records err unless an error is already recorded, and stops
+// further reads.
 func (d *Decoder) Fail(err error) {
 	if d.err == nil {
 		d.err = err
 	}
+	d.off = len(d.b)
 }
 
-func (d *Decoder) take(n int) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n < 0 || d.Remaining() < n {
+func (d *Decoder) short() {
+	if d.err == nil {
 		d.err = ErrTruncated
-		return nil
 	}
-	s := d.b[d.off : d.off+n : d.off+n]
-	d.off += n
-	return s
+	d.off = len(d.b)
 }
 
 // U8 reads one byte.
 func (d *Decoder) U8() uint8 {
-	b := d.take(1)
-	if b == nil {
-		return 0
+	if d.off < len(d.b) {
+		v := d.b[d.off]
+		d.off++
+		return v
 	}
-	return b[0]
+	d.short()
+	return 0
 }
 
 // Bool reads a byte that must be 0 or 1.
@@ -119,11 +128,13 @@ func (d *Decoder) Bool(field string) bool {
 
 // U32 reads a little-endian uint32.
 func (d *Decoder) U32() uint32 {
-	b := d.take(4)
-	if b == nil {
-		return 0
+	if d.off <= len(d.b)-4 {
+		v := binary.LittleEndian.Uint32(d.b[d.off:])
+		d.off += 4
+		return v
 	}
-	return binary.LittleEndian.Uint32(b)
+	d.short()
+	return 0
 }
 
 // I32 reads a little-endian int32.
@@ -131,11 +142,13 @@ func (d *Decoder) I32() int32 { return int32(d.U32()) }
 
 // U64 reads a little-endian uint64.
 func (d *Decoder) U64() uint64 {
-	b := d.take(8)
-	if b == nil {
-		return 0
+	if d.off <= len(d.b)-8 {
+		v := binary.LittleEndian.Uint64(d.b[d.off:])
+		d.off += 8
+		return v
 	}
-	return binary.LittleEndian.Uint64(b)
+	d.short()
+	return 0
 }
 
 // I64 reads a little-endian int64.
@@ -151,35 +164,57 @@ func (d *Decoder) F64(field string) float64 {
 	return v
 }
 
-// Str reads a string of at most max bytes.
-func (d *Decoder) Str(field string, max int) string {
+// bytesN reads a u32 length of at most max and that many bytes, aliased.
+func (d *Decoder) bytesN(field string, max int) []byte {
 	n := d.U32()
-	if d.err != nil {
-		return ""
-	}
 	if int64(n) > int64(max) {
 		d.Fail(errors.New("abi: " + field + ": " + utoa(uint64(n)) + " bytes exceeds the limit of " + itoa(int64(max))))
-		return ""
+		return nil
 	}
-	b := d.take(int(n))
-	if b == nil {
-		return ""
+	if int64(n) > int64(len(d.b)-d.off) {
+		d.short()
+		return nil
+	}
+	s := d.b[d.off : d.off+int(n) : d.off+int(n)]
+	d.off += int(n)
+	return s
+}
+
+// Str reads a string of at most max bytes.
+func (d *Decoder) Str(field string, max int) string {
+	b := d.bytesN(field, max)
+	if d.alias && len(b) > 0 {
+		return unsafe.String(&b[0], len(b))
 	}
 	return string(b)
+}
+
+// Interned reads a string like Str but returns one shared copy for equal
+// values within this decoder (tenants, samplers and compatibility keys
+// repeat across jobs; fewer allocations are much faster in a guest).
+func (d *Decoder) Interned(field string, max int) string {
+	b := d.bytesN(field, max)
+	if len(b) == 0 {
+		return ""
+	}
+	if d.alias {
+		return unsafe.String(&b[0], len(b))
+	}
+	if s, ok := d.intern[string(b)]; ok {
+		return s
+	}
+	if d.intern == nil {
+		d.intern = make(map[string]string, 8)
+	}
+	s := string(b)
+	d.intern[s] = s
+	return s
 }
 
 // Blob reads a byte string of at most max bytes. The result aliases the
 // decoder's input; copy it to keep it beyond the input's lifetime.
 func (d *Decoder) Blob(field string, max int) []byte {
-	n := d.U32()
-	if d.err != nil {
-		return nil
-	}
-	if int64(n) > int64(max) {
-		d.Fail(errors.New("abi: " + field + ": " + utoa(uint64(n)) + " bytes exceeds the limit of " + itoa(int64(max))))
-		return nil
-	}
-	return d.take(int(n))
+	return d.bytesN(field, max)
 }
 
 // Count reads a list length of at most max items, each at least minItem
@@ -195,7 +230,7 @@ func (d *Decoder) Count(field string, max, minItem int) int {
 		return 0
 	}
 	if minItem > 0 && int64(n)*int64(minItem) > int64(d.Remaining()) {
-		d.Fail(ErrTruncated)
+		d.short()
 		return 0
 	}
 	return int(n)
