@@ -29,10 +29,18 @@ type microKernel struct {
 	simd bool // an assembly kernel
 }
 
-// rowAStrips is the most strips of B a block of A meets for which A is
-// read in place rather than packed: packing pays off only when the packed
-// block is reused across many strips.
-const rowAStrips = 4
+// useRowA reports whether kern reads A in place (no packing) for a row
+// stride of lda floats. Measured on this project's machine, in-place reads
+// beat packing at every size; strides that are multiples of 4 KiB are the
+// exception: the mr rows would then compete for the same L1 cache sets.
+func useRowA(kern *microKernel, lda int) bool {
+	return kern.rowA != nil && lda%1024 != 0
+}
+
+// swapRows is the most rows of A for which a product with a stored Bᵀ (a
+// Linear weight) is computed as Cᵀ = B·Aᵀ, so that the large weight is read
+// in place instead of being packed.
+const swapRows = 128
 
 // bSource packs a block of op(B), the k×n right-hand matrix.
 type bSource interface {
@@ -147,7 +155,7 @@ func (g *gemmProblem) tile(kern *microKernel, w *gemmWork, m0, m1, n0, n1 int) {
 		kc := min(gemmKC, g.k-p0)
 		g.b.pack(w.b, p0, kc, n0, nc, nr)
 		strips := (nc + nr - 1) / nr
-		rowA := kern.rowA != nil && strips <= rowAStrips
+		rowA := useRowA(kern, g.lda)
 		for i0 := m0; i0 < m1; i0 += gemmMC {
 			mc := min(gemmMC, m1-i0)
 			g.prepA(kern, w.a, i0, mc, p0, kc, rowA)
@@ -273,7 +281,7 @@ func (be *Backend) runGemm(g *gemmProblem) {
 		perUnit := (strips + split - 1) / split
 		split = (strips + perUnit - 1) / perUnit
 		units := mBlocks * split
-		rowA := kern.rowA != nil && perUnit <= rowAStrips
+		rowA := useRowA(kern, g.lda)
 		// Where several units share rows of A, A is packed once for all of
 		// them: every strip, or with rowA only a final partial one. Else each
 		// unit packs its own rows right before use, while they are in cache.
@@ -339,7 +347,7 @@ func (be *Backend) gemm(m, n, k int, a []float32, lda int, b []float32, ldb int,
 		return
 	}
 	kern := be.kernel
-	if transB && kern.rowA != nil && m <= rowAStrips*kern.nr && n > m {
+	if transB && useRowA(kern, ldb) && m <= swapRows && n > m {
 		// Few rows against a large stored Bᵀ (a Linear on a few tokens):
 		// packing that weight would cost more than the product, so compute
 		// Cᵀ = B·Aᵀ with the weight read in place as the left operand.
@@ -432,7 +440,7 @@ func gemmPacked(kern *microKernel, w *gemmWork, m int, a []float32, lda int, pb 
 	}
 	g := gemmProblem{m: m, n: pb.n, k: pb.k, a: a, lda: lda, c: c, ldc: ldc}
 	strips := (pb.n + pb.nr - 1) / pb.nr
-	rowA := kern.rowA != nil && strips <= rowAStrips
+	rowA := useRowA(kern, lda)
 	for p0 := 0; p0 < pb.k; p0 += gemmKC {
 		off, kc := pb.blockOffset(p0)
 		bp := pb.data[off : off+kc*strips*pb.nr]
