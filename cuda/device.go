@@ -26,6 +26,9 @@ type Options struct {
 	// Linear picks "auto", "cublas" or "implicit" for matrix products with
 	// weights.
 	Linear string
+	// ConvTile forces the implicit-GEMM tile ("128x128", "128x64",
+	// "64x64"); "" chooses by shape.
+	ConvTile string
 	// ScoreBytes bounds the score memory of the unfused attention path.
 	ScoreBytes int64
 	// Poison fills all activation memory with 0xff bytes (NaN in every

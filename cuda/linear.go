@@ -102,10 +102,10 @@ func (b *Backend) implicitConv(out, x, w, bias, res *buffer, dt tensor.DType, g 
 	sms := max(b.d.info.SMs, 1)
 	tiles := func(bm, bn int) int { return ((m + bm - 1) / bm) * ((g.cout + bn - 1) / bn) }
 	name, bm, bnT, smem := "conv_64x64", 64, 64, 40960
-	switch {
-	case g.cout%128 == 0 && tiles(128, 128) >= sms:
+	switch t := b.d.opts.ConvTile; {
+	case t == "128x128" || t == "" && g.cout%128 == 0 && tiles(128, 128) >= sms:
 		name, bm, bnT, smem = "conv_128x128", 128, 128, 61440
-	case tiles(128, 64) >= sms:
+	case t == "128x64" || t == "" && tiles(128, 64) >= sms:
 		name, bm, bnT, smem = "conv_128x64", 128, 64, 46080
 	}
 	cfg := launchCfg{grid: [3]uint32{uint32((m + bm - 1) / bm), uint32((g.cout + bnT - 1) / bnT), 1}, block: [3]uint32{256, 1, 1}, shmem: uint32(smem)}

@@ -523,3 +523,45 @@ func TestPlanArenaNoOverlap(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelVariants runs every implicit-GEMM tile, the implicit kernel as a
+// linear layer, and every fused-attention head size, on shapes with partial
+// tiles, against the CPU.
+func TestKernelVariants(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 11))
+	var tgs []target
+	for _, tg := range targets(t) {
+		if tg.be.ActivationDType() != tensor.F32 {
+			tgs = append(tgs, tg)
+		}
+	}
+	for _, tile := range []string{"128x128", "128x64", "64x64"} {
+		for _, tg := range tgs {
+			d := tg.be.Device()
+			saved := d.opts
+			d.opts.ConvTile = tile
+			d.opts.Linear = "implicit"
+			v := target{tg.name + "/" + tile, tg.be, tg.tol}
+			runCase(t, r, v, opCase{"Conv2D 3x3 tile " + tile, []spec{act(2, 64, 13, 11), weight(136, 64, 3, 3).times(0.1), weight(136)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(1, 1))
+				}})
+			runCase(t, r, v, opCase{"Conv2D stride 2 tile " + tile, []spec{act(1, 96, 17, 16), weight(64, 96, 3, 3).times(0.1), weight(64)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Conv2D(x[0], x[1], x[2], backend.Conv2DParams{Stride: 2, PadBottom: 1, PadRight: 1})
+				}})
+			runCase(t, r, v, opCase{"Linear via implicit kernel " + tile, []spec{act(3, 50, 96), weight(130, 96).times(0.2), weight(130)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Linear(x[0], x[1], x[2]) }})
+			d.opts = saved
+		}
+	}
+	for _, hd := range []int{16, 24, 32, 48, 56, 80, 96, 104, 128, 152} {
+		for _, tg := range tgs {
+			h := 2
+			runCase(t, r, tg, opCase{"Attention D=" + itoa(hd), []spec{act(2, 131, h * hd), act(2, 70, h * hd), act(2, 70, h * hd)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
+				}})
+		}
+	}
+}

@@ -103,6 +103,8 @@ func LibraryDirs() []string {
 		"/usr/lib/x86_64-linux-gnu",
 		"/usr/lib/aarch64-linux-gnu",
 		"/usr/lib/wsl/lib",
+		"/usr/local/nvidia/lib64",
+		"/usr/local/nvidia/lib",
 	)
 	var roots []string
 	if home, err := os.UserHomeDir(); err == nil {

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/kiln-project/kiln/cuda"
+	"github.com/kiln-project/kiln/cuda/bench"
+)
+
+// runBench implements `kiln bench`: load time, text encoder, UNet step, VAE
+// decode, end-to-end latency and throughput per model and batch size.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultOptions()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, or synthetic:sd15, synthetic:sd15@768, synthetic:sd21")
+	batches := fs.String("batch-sizes", "1,4,8", "comma-separated images per job")
+	fs.IntVar(&o.Steps, "steps", o.Steps, "sampler steps")
+	fs.IntVar(&o.Iterations, "iterations", o.Iterations, "timed repetitions of each measurement")
+	fs.IntVar(&o.Warmup, "warmup", o.Warmup, "untimed repetitions first")
+	fs.Float64Var(&o.Guidance, "guidance", o.Guidance, "classifier-free guidance scale")
+	fs.StringVar(&o.Sampler, "sampler", o.Sampler, "sampler")
+	fs.IntVar(&o.Size, "size", 0, "image side in pixels (default: the model's)")
+	fs.BoolVar(&o.Profile, "profile", false, "add a per-kernel breakdown of one UNet step (GPU)")
+	fs.BoolVar(&o.Components, "components", true, "time text encoder, UNet step and VAE decode on their own too")
+	device := fs.String("device", "auto", "compute device: auto, cpu or cuda:N")
+	output := fs.String("output", "", "write the results as JSON to this file")
+	check := fs.Bool("check", false, "only report the GPU setup (as kiln doctor) and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if *check {
+		rep := cuda.Probe()
+		rep.Print(stdout)
+		return nil
+	}
+	o.Models = nil
+	for _, m := range strings.Split(*models, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			o.Models = append(o.Models, m)
+		}
+	}
+	o.Batches = nil
+	for _, b := range strings.Split(*batches, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(b))
+		if err != nil || n < 1 {
+			return usageError{fmt.Errorf("--batch-sizes: %q is not a positive number", b)}
+		}
+		o.Batches = append(o.Batches, n)
+	}
+	if len(o.Models) == 0 {
+		return usageError{errors.New("--models: name at least one model")}
+	}
+	if o.Steps < 1 || o.Iterations < 1 || o.Warmup < 0 {
+		return usageError{errors.New("--steps and --iterations must be ≥ 1, --warmup ≥ 0")}
+	}
+	if _, _, err := cuda.ParseDevice(*device); err != nil {
+		return usageError{err}
+	}
+	sel, err := cuda.Select(*device)
+	if err != nil {
+		return err
+	}
+	defer sel.Close()
+	fmt.Fprintln(stderr, sel.Reason)
+	var prog *bench.Progress
+	if isTerminal(stderr) {
+		prog = bench.NewProgress(stderr)
+	}
+	rep, err := bench.Run(ctx, sel, o, prog)
+	if rep != nil && len(rep.Results) > 0 {
+		rep.WriteTable(stdout)
+		if *output != "" {
+			f, ferr := os.Create(*output)
+			if ferr != nil {
+				return errors.Join(err, ferr)
+			}
+			ferr = rep.WriteJSON(f)
+			if cerr := f.Close(); ferr == nil {
+				ferr = cerr
+			}
+			if ferr != nil {
+				return errors.Join(err, fmt.Errorf("writing %s: %w", *output, ferr))
+			}
+		}
+	}
+	return err
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,395 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/model/clip"
+	"github.com/kiln-project/kiln/core/model/unet"
+	"github.com/kiln-project/kiln/core/model/vae"
+	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/tensor"
+	"github.com/kiln-project/kiln/core/tokenizer"
+	"github.com/kiln-project/kiln/cuda"
+)
+
+// Options configure a benchmark run.
+type Options struct {
+	Models     []string // model folders or files, or synthetic:NAME
+	Batches    []int    // images per job
+	Steps      int      // sampler steps
+	Iterations int      // timed repetitions of each measurement
+	Warmup     int      // untimed repetitions before (graph capture happens here)
+	Guidance   float64  // classifier-free guidance scale
+	Sampler    string   // sampler name ("" = euler)
+	Size       int      // image side in pixels (0 = the model's default)
+	Prompt     string
+	Profile    bool // per-kernel breakdown of one UNet step (GPU only)
+	Components bool // time text encoder, UNet step and VAE decode on their own
+	Seed       uint64
+}
+
+// DefaultOptions returns the settings of the published numbers: 20 Euler
+// steps, CFG 7.5, batches 1, 4 and 8, three timed iterations.
+func DefaultOptions() Options {
+	return Options{Batches: []int{1, 4, 8}, Steps: 20, Iterations: 3, Warmup: 1, Guidance: 7.5, Sampler: "euler",
+		Prompt: "a photograph of an astronaut riding a horse", Components: true, Seed: 1}
+}
+
+// Stat summarises repeated timings in milliseconds.
+type Stat struct {
+	P50 float64 `json:"p50_ms"`
+	P95 float64 `json:"p95_ms"`
+	Min float64 `json:"min_ms"`
+	N   int     `json:"n"`
+}
+
+func stat(ds []time.Duration) Stat {
+	if len(ds) == 0 {
+		return Stat{}
+	}
+	ms := make([]float64, len(ds))
+	for i, d := range ds {
+		ms[i] = float64(d) / 1e6
+	}
+	sort.Float64s(ms)
+	pct := func(p float64) float64 {
+		i := int(p*float64(len(ms)-1) + 0.5)
+		return ms[min(i, len(ms)-1)]
+	}
+	return Stat{P50: pct(0.5), P95: pct(0.95), Min: ms[0], N: len(ms)}
+}
+
+// Result is one model at one batch size.
+type Result struct {
+	Model           string        `json:"model"`
+	Batch           int           `json:"batch"`
+	Width           int           `json:"width"`
+	Height          int           `json:"height"`
+	Steps           int           `json:"steps"`
+	LoadSeconds     float64       `json:"load_seconds"`
+	TextEncoder     Stat          `json:"text_encoder"`
+	UNetStep        Stat          `json:"unet_step_cfg"`
+	VAEDecode       Stat          `json:"vae_decode"`
+	StepInterval    Stat          `json:"pipeline_step"`
+	EndToEnd        Stat          `json:"end_to_end"`
+	ImagesPerSecond float64       `json:"images_per_second"`
+	PeakBytes       int64         `json:"peak_device_bytes,omitempty"`
+	Profile         []cuda.OpTime `json:"unet_step_profile,omitempty"`
+}
+
+// Report is the whole run.
+type Report struct {
+	Date     string   `json:"date"`
+	Device   string   `json:"device"`
+	Reason   string   `json:"device_reason"`
+	GPU      string   `json:"gpu,omitempty"`
+	Driver   string   `json:"driver,omitempty"`
+	Guidance float64  `json:"guidance"`
+	Sampler  string   `json:"sampler"`
+	Results  []Result `json:"results"`
+}
+
+// Run benchmarks every model at every batch size on sel's backend. prog
+// receives progress (nil for none).
+func Run(ctx context.Context, sel *cuda.Selection, opts Options, prog *Progress) (*Report, error) {
+	if opts.Steps < 1 || opts.Iterations < 1 || len(opts.Models) == 0 || len(opts.Batches) == 0 {
+		return nil, fmt.Errorf("bench: need models, batch sizes, steps ≥ 1 and iterations ≥ 1")
+	}
+	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Device: sel.Backend.Name(), Reason: sel.Reason,
+		Guidance: opts.Guidance, Sampler: opts.Sampler}
+	if sel.Device != nil {
+		in := sel.Device.Info()
+		rep.GPU = fmt.Sprintf("%s (sm_%d%d, %d SMs, %.0f GiB)", in.Name, in.Major, in.Minor, in.SMs, float64(in.Memory)/(1<<30))
+		rep.Driver = fmt.Sprintf("CUDA %d.%d, cuBLAS %d", in.Driver/1000, (in.Driver%1000)/10, in.CuBLASMajor)
+	}
+	perBatch := (opts.Warmup+opts.Iterations)*(opts.Steps+1) + 1
+	if opts.Components {
+		perBatch += 3 * (opts.Warmup + opts.Iterations + 1)
+	}
+	prog.start(len(opts.Models) * len(opts.Batches) * perBatch)
+	for _, name := range opts.Models {
+		res, err := runModel(ctx, sel, name, opts, prog)
+		rep.Results = append(rep.Results, res...)
+		if err != nil {
+			prog.finish()
+			return rep, err
+		}
+	}
+	prog.finish()
+	return rep, nil
+}
+
+func openModel(name string, seed uint64) (*checkpoint.Model, int, func(), error) {
+	if s, ok := strings.CutPrefix(name, SyntheticPrefix); ok {
+		return Synthetic(s, seed)
+	}
+	m, err := checkpoint.Load(name, checkpoint.Options{})
+	return m, 0, func() {}, err
+}
+
+func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Options, prog *Progress) ([]Result, error) {
+	be := sel.Backend
+	prog.describe(name + ": loading")
+	t0 := time.Now()
+	m, size, cleanup, err := openModel(name, opts.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	defer cleanup()
+	p, err := pipeline.New(be, m)
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	defer p.Close()
+	if sel.Device != nil {
+		if err := sel.Device.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	load := time.Since(t0).Seconds()
+	if opts.Size > 0 {
+		size = opts.Size
+	}
+	if size == 0 {
+		size = p.DefaultSize()
+	}
+	var comps *components
+	if opts.Components || opts.Profile {
+		prog.describe(name + ": loading components")
+		if comps, err = loadComponents(be, m); err != nil {
+			return nil, fmt.Errorf("bench: %s: %w", name, err)
+		}
+	}
+	var out []Result
+	for bi, b := range opts.Batches {
+		r := Result{Model: name, Batch: b, Width: size, Height: size, Steps: opts.Steps, LoadSeconds: load}
+		label := fmt.Sprintf("%s batch %d", name, b)
+		if comps != nil {
+			if err := comps.time(ctx, &r, opts, size/p.Factor(), prog, label); err != nil {
+				return out, err
+			}
+			if opts.Profile && bi == 0 && sel.Device != nil {
+				prog.describe(label + ": profiling a UNet step")
+				r.Profile, err = sel.Device.Profile(func() error {
+					_, err := comps.unetStep(ctx, b, size/p.Factor())
+					return err
+				})
+				if err != nil {
+					return out, err
+				}
+			}
+		}
+		prog.describe(label + ": end to end")
+		req := pipeline.Request{Prompt: opts.Prompt, Width: size, Height: size, Steps: opts.Steps, N: b,
+			Guidance: opts.Guidance, Sampler: opts.Sampler, Seed: opts.Seed}
+		var e2e, steps []time.Duration
+		for it := 0; it < opts.Warmup+opts.Iterations; it++ {
+			if sel.Device != nil {
+				sel.Device.ResetPeak()
+			}
+			var last time.Time
+			var iv []time.Duration
+			start := time.Now()
+			last = start
+			_, err := p.Generate(ctx, req, func(pr pipeline.Progress) {
+				now := time.Now()
+				if pr.Step > 1 {
+					iv = append(iv, now.Sub(last))
+				}
+				last = now
+				prog.add(1)
+			})
+			if err != nil {
+				return out, fmt.Errorf("bench: %s: %w", label, err)
+			}
+			d := time.Since(start)
+			prog.add(1)
+			if it >= opts.Warmup {
+				e2e = append(e2e, d)
+				steps = append(steps, iv...)
+				if sel.Device != nil {
+					r.PeakBytes = max(r.PeakBytes, sel.Device.Stats().Peak)
+				}
+			}
+		}
+		r.EndToEnd = stat(e2e)
+		r.StepInterval = stat(steps)
+		if r.EndToEnd.P50 > 0 {
+			r.ImagesPerSecond = float64(b) / (r.EndToEnd.P50 / 1000)
+		}
+		out = append(out, r)
+		prog.add(1)
+	}
+	return out, nil
+}
+
+// components are standalone copies of a pipeline's models, timed alone.
+type components struct {
+	be  backend.Backend
+	enc *conditioning.Encoder
+	un  *unet.Model
+	va  *vae.Model
+	ctx int // context width
+	rng *rand.Rand
+}
+
+func loadComponents(be backend.Backend, m *checkpoint.Model) (*components, error) {
+	tok, err := tokenizer.Load(m.TokenizerDir)
+	if err != nil {
+		return nil, err
+	}
+	ccfg, err := clip.ParseConfig(m.TextEncoderConfig)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := clip.New(be, ccfg, m.TextEncoder)
+	if err != nil {
+		return nil, err
+	}
+	enc, err := conditioning.New(tok, cm)
+	if err != nil {
+		return nil, err
+	}
+	ucfg, err := unet.ParseConfig(m.UNetConfig)
+	if err != nil {
+		return nil, err
+	}
+	un, err := unet.New(be, ucfg, m.UNet)
+	if err != nil {
+		return nil, err
+	}
+	vcfg, err := vae.ParseConfig(m.VAEConfig)
+	if err != nil {
+		return nil, err
+	}
+	vbe := be
+	if w, ok := be.(interface {
+		WithActivationDType(tensor.DType) backend.Backend
+	}); ok {
+		vbe = w.WithActivationDType(tensor.BF16) // fp16 VAEs overflow
+	}
+	va, err := vae.New(vbe, vcfg, m.VAE)
+	if err != nil {
+		return nil, err
+	}
+	return &components{be: be, enc: enc, un: un, va: va, ctx: ucfg.ContextDim(), rng: rand.New(rand.NewPCG(7, 7))}, nil
+}
+
+func (c *components) randn(n int) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = float32(c.rng.NormFloat64())
+	}
+	return out
+}
+
+// unetStep runs one UNet evaluation with classifier-free guidance: batch
+// 2·b at latent side s.
+func (c *components) unetStep(ctx context.Context, b, s int) ([]float32, error) {
+	n := 2 * b
+	x := c.randn(n * 4 * s * s)
+	cond := c.randn(n * 77 * c.ctx)
+	return c.un.Forward(ctx, x, [4]int{n, 4, s, s}, []float32{500}, cond, 77)
+}
+
+func (c *components) time(ctx context.Context, r *Result, opts Options, s int, prog *Progress, label string) error {
+	reps := opts.Warmup + opts.Iterations
+	var te, us, vd []time.Duration
+	prog.describe(label + ": text encoder")
+	for i := 0; i <= reps; i++ { // one extra warm-up: the graph is captured on the second run
+		t := time.Now()
+		if _, err := c.enc.Encode(ctx, opts.Prompt, conditioning.DefaultOptions()); err != nil {
+			return err
+		}
+		if _, err := c.enc.Encode(ctx, "", conditioning.DefaultOptions()); err != nil {
+			return err
+		}
+		if i > opts.Warmup {
+			te = append(te, time.Since(t))
+		}
+		prog.add(1)
+	}
+	prog.describe(label + ": UNet step")
+	for i := 0; i <= reps; i++ {
+		t := time.Now()
+		if _, err := c.unetStep(ctx, r.Batch, s); err != nil {
+			return err
+		}
+		if i > opts.Warmup {
+			us = append(us, time.Since(t))
+		}
+		prog.add(1)
+	}
+	prog.describe(label + ": VAE decode")
+	for i := 0; i <= reps; i++ {
+		z := c.randn(r.Batch * 4 * s * s)
+		t := time.Now()
+		if _, _, err := c.va.Decode(ctx, z, [4]int{r.Batch, 4, s, s}); err != nil {
+			return err
+		}
+		if i > opts.Warmup {
+			vd = append(vd, time.Since(t))
+		}
+		prog.add(1)
+	}
+	r.TextEncoder, r.UNetStep, r.VAEDecode = stat(te), stat(us), stat(vd)
+	return nil
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the report as a readable table.
+func (r *Report) WriteTable(w io.Writer) {
+	fmt.Fprintln(w, r.Reason)
+	if r.GPU != "" {
+		fmt.Fprintf(w, "gpu %s, %s\n", r.GPU, r.Driver)
+	}
+	fmt.Fprintf(w, "%s, guidance %.1f, sampler %s\n\n", r.Date, r.Guidance, r.Sampler)
+	fmt.Fprintf(w, "%-22s %5s %6s %8s %9s %10s %9s %9s %10s %10s %7s %9s\n",
+		"model", "batch", "size", "load s", "text ms", "unet ms", "step ms", "vae ms", "e2e p50", "e2e p95", "img/s", "peak GiB")
+	for _, x := range r.Results {
+		peak := "-"
+		if x.PeakBytes > 0 {
+			peak = fmt.Sprintf("%.2f", float64(x.PeakBytes)/(1<<30))
+		}
+		fmt.Fprintf(w, "%-22s %5d %6d %8.1f %9.1f %10.1f %9.1f %9.1f %10.1f %10.1f %7.2f %9s\n",
+			x.Model, x.Batch, x.Width, x.LoadSeconds, x.TextEncoder.P50, x.UNetStep.P50, x.StepInterval.P50,
+			x.VAEDecode.P50, x.EndToEnd.P50, x.EndToEnd.P95, x.ImagesPerSecond, peak)
+	}
+	for _, x := range r.Results {
+		if len(x.Profile) == 0 {
+			continue
+		}
+		var total time.Duration
+		for _, o := range x.Profile {
+			total += o.Time
+		}
+		fmt.Fprintf(w, "\nUNet step (CFG, batch %d) by kernel, %s, device time %.2f ms:\n", x.Batch, x.Model, float64(total)/1e6)
+		for i, o := range x.Profile {
+			if i == 25 {
+				fmt.Fprintf(w, "  … %d more\n", len(x.Profile)-25)
+				break
+			}
+			fmt.Fprintf(w, "  %-40s %5d calls %9.3f ms %5.1f%%\n", o.Name, o.Calls, float64(o.Time)/1e6, 100*float64(o.Time)/float64(total))
+		}
+	}
+}
+
+var _ = runtime.GC
