@@ -27,6 +27,8 @@ func commands() map[string]command {
 		"generate": {"generate images from a prompt (txt2img, img2img)", runGenerate},
 		"serve":    {"run the API server, workers and embedded NATS", runServe},
 		"tenants":  {"manage tenants and API keys (create, key, list, revoke, quota)", runTenants},
+		"bench":    {"benchmark models on this machine (load, text encoder, UNet step, VAE, end to end)", runBench},
+		"doctor":   {"report the GPU setup: CUDA driver, cuBLAS, GPUs, kernel image", runDoctor},
 	}
 }
 
