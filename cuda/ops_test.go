@@ -558,7 +558,7 @@ func TestKernelVariants(t *testing.T) {
 	for _, hd := range []int{16, 24, 32, 48, 56, 80, 96, 104, 128, 152} {
 		for _, tg := range tgs {
 			h := 2
-			runCase(t, r, tg, opCase{"Attention D=" + itoa(hd), []spec{act(2, 131, h * hd), act(2, 70, h * hd), act(2, 70, h * hd)},
+			runCase(t, r, tg, opCase{"Attention D=" + itoa(hd), []spec{act(2, 131, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
 				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
 				}})

@@ -149,11 +149,17 @@ func TestKernelTimings(t *testing.T) {
 	attn(1, 4096, 4096, 1, 512)
 
 	measure("groupnorm+silu 320 64x64 b2", "", tensor.F16, 0, []spec{act(2, 320, 64, 64), weight(320), weight(320)},
-		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.GroupNorm(x[0], x[1], x[2], 32, 1e-5, true) })
+		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.GroupNorm(x[0], x[1], x[2], 32, 1e-5, true)
+		})
 	measure("groupnorm+silu 128 512x512 b1 bf16", "", tensor.BF16, 0, []spec{act(1, 128, 512, 512), weight(128), weight(128)},
-		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.GroupNorm(x[0], x[1], x[2], 32, 1e-6, true) })
+		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.GroupNorm(x[0], x[1], x[2], 32, 1e-6, true)
+		})
 	measure("layernorm 8192x320", "", tensor.F16, 0, []spec{act(2, 4096, 320), weight(320), weight(320)},
-		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.LayerNorm(x[0], x[1], x[2], 1e-5) })
+		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.LayerNorm(x[0], x[1], x[2], 1e-5)
+		})
 	measure("geglu 8192x2560", "", tensor.F16, 0, []spec{act(2, 4096, 2560)},
 		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.GEGLU(x[0]) })
 	measure("add 8192x320", "", tensor.F16, 0, []spec{act(2, 4096, 320), act(2, 4096, 320)},
