@@ -24,7 +24,8 @@ import (
 
 // Budgets bound a module during the dry run.
 type Budgets struct {
-	// PolicyCall is the deadline of one policy call (50 ms).
+	// PolicyCall is the deadline of one policy call (100 ms, the serving
+	// host's default deadline: a module that passes fits it).
 	PolicyCall time.Duration
 	// NodeCall is the deadline of one node call (2 s).
 	NodeCall time.Duration
@@ -36,7 +37,7 @@ type Budgets struct {
 
 func (b Budgets) withDefaults() Budgets {
 	if b.PolicyCall == 0 {
-		b.PolicyCall = 50 * time.Millisecond
+		b.PolicyCall = 100 * time.Millisecond
 	}
 	if b.NodeCall == 0 {
 		b.NodeCall = 2 * time.Second
@@ -163,6 +164,7 @@ func Test(ctx context.Context, name string, wasm []byte, opts Options) (*Report,
 		// Report the reasons of the kind asked for, or of the last kind tried.
 		if opts.Kind != nil || i == len(kinds)-1 {
 			rep.Rejected = ve.Reasons
+			rep.Module.Kind = k.String()
 		}
 	}
 	if m == nil {
