@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"tenants":  {"manage tenants and API keys (create, key, list, revoke, quota)", runTenants},
 		"bench":    {"benchmark models on this machine (load, text encoder, UNet step, VAE, end to end)", runBench},
 		"doctor":   {"report the GPU setup: CUDA driver, cuBLAS, GPUs, kernel image", runDoctor},
+		"policy":   {"test Wasm policies and nodes against the conformance suite (kiln policy test FILE.wasm)", runPolicy},
 	}
 }
 
