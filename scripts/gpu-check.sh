@@ -20,7 +20,10 @@ bin="${KILN_GPU_BIN:-}"
 if [ -n "$bin" ]; then
   bin="$(cd "$bin" && pwd)"
   if [ -z "${KILN_FIXTURES:-}" ] && [ -f "$bin/fixtures.tar.xz" ]; then
-    fx="${TMPDIR:-/tmp}/kiln-fixtures"; mkdir -p "$fx" && tar -C "$fx" -xJf "$bin/fixtures.tar.xz" && export KILN_FIXTURES="$fx"
+    fx="${TMPDIR:-/tmp}/kiln-fixtures"; mkdir -p "$fx"
+    tar -C "$fx" -xJf "$bin/fixtures.tar.xz" 2>/dev/null ||
+      python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bin/fixtures.tar.xz" "$fx"
+    export KILN_FIXTURES="$fx"
   fi
   if [ -z "${KILN_FIXTURES:-}" ] && [ -d "$bin/fixtures" ]; then export KILN_FIXTURES="$bin/fixtures"; fi
   TEST="$bin/cuda.test"
