@@ -87,7 +87,7 @@ func JudgeScene(scene scenes.Scene, img image.Image) Verdict {
 		c := objs[i]
 		n := fmt.Sprintf("object %d", i+1)
 		add(n+" colour", o.Colour, nearestColour(c.colour))
-		add(n+" shape", o.Shape, c.shape(p.w, p.h))
+		add(n+" shape", o.Shape, p.core(c).shape(p.w, p.h))
 		if o.Position != "" {
 			add(n+" position", o.Position, positionOf(c.cx/float64(p.w), c.cy/float64(p.h)))
 		}
@@ -342,33 +342,99 @@ func (p *pixels) components(pl plane) []component {
 	return out
 }
 
-// shape classifies the component by how much of its circumscribed circle it
-// fills and how much of its convex hull (stars are far from convex).
+// core returns the part of a component whose colour is close to the
+// component's median colour, largest connected piece only: generated images
+// carry specks of other colours along edges that would distort the shape
+// measures.
+func (p *pixels) core(c component) component {
+	in := make(map[int]bool, len(c.pts))
+	for _, pt := range c.pts {
+		if dist(p.rgb[pt[1]*p.w+pt[0]], c.colour) < 70 {
+			in[pt[1]*p.w+pt[0]] = true
+		}
+	}
+	var best []int
+	seen := make(map[int]bool, len(in))
+	for start := range in {
+		if seen[start] {
+			continue
+		}
+		piece := []int{start}
+		seen[start] = true
+		for k := 0; k < len(piece); k++ {
+			i := piece[k]
+			x, y := i%p.w, i/p.w
+			for _, d := range [4][2]int{{1, 0}, {-1, 0}, {0, 1}, {0, -1}} {
+				nx, ny := x+d[0], y+d[1]
+				j := ny*p.w + nx
+				if nx >= 0 && ny >= 0 && nx < p.w && ny < p.h && in[j] && !seen[j] {
+					seen[j] = true
+					piece = append(piece, j)
+				}
+			}
+		}
+		if len(piece) > len(best) {
+			best = piece
+		}
+	}
+	if len(best) < c.area/2 {
+		return c
+	}
+	out := component{area: len(best), colour: c.colour}
+	for _, i := range best {
+		x, y := i%p.w, i/p.w
+		out.pts = append(out.pts, [2]int{x, y})
+		out.cx += float64(x) + 0.5
+		out.cy += float64(y) + 0.5
+	}
+	out.cx /= float64(out.area)
+	out.cy /= float64(out.area)
+	return out
+}
+
+// shape classifies the component by measures that survive the soft corners
+// of generated images: solidity (area over convex-hull area; stars are far
+// from convex), fill (area over the circle through the farthest pixel:
+// circle 1, square 2/π, triangle 0.41) and spread, the normalised second
+// moment of area (circle 1/2π ≈ 0.159, square 1/6, triangle 0.192), which
+// tells a rounded square from a circle.
 func (c component) shape(w, h int) string {
-	r2 := 0.0
+	hull := convexHull(c.pts)
+	solidity := float64(c.area) / polygonArea(hull)
+	var m2, r2 float64
 	for _, pt := range c.pts {
 		dx, dy := float64(pt[0])+0.5-c.cx, float64(pt[1])+0.5-c.cy
-		if d := dx*dx + dy*dy; d > r2 {
-			r2 = d
-		}
+		d := dx*dx + dy*dy
+		m2 += d
+		r2 = math.Max(r2, d)
 	}
 	r := math.Sqrt(r2) + 0.5
 	fill := float64(c.area) / (math.Pi * r * r)
-	solidity := float64(c.area) / hullArea(c.pts)
+	spread := m2 / (float64(c.area) * float64(c.area))
 	switch {
 	case solidity < 0.80:
 		return "star"
-	case fill > 0.80:
-		return "circle"
-	case fill > 0.52:
-		return "square"
-	default:
+	case fill < 0.585:
 		return "triangle"
+	case spread < 0.1615 && fill > 0.78:
+		return "circle"
+	default:
+		return "square"
 	}
 }
 
-// hullArea is the area of the convex hull of the pixel squares' corners.
-func hullArea(pts [][2]int) float64 {
+// polygonArea is the area of a simple polygon by the shoelace formula.
+func polygonArea(poly [][2]float64) float64 {
+	area := 0.0
+	for i := range poly {
+		j := (i + 1) % len(poly)
+		area += poly[i][0]*poly[j][1] - poly[j][0]*poly[i][1]
+	}
+	return math.Abs(area) / 2
+}
+
+// convexHull returns the convex hull of the pixel squares' corners, in order.
+func convexHull(pts [][2]int) [][2]float64 {
 	var corners [][2]float64
 	for _, p := range pts {
 		x, y := float64(p[0]), float64(p[1])
@@ -398,9 +464,5 @@ func hullArea(pts [][2]int) float64 {
 		}
 		hull = append(hull, p)
 	}
-	area := 0.0
-	for i := 0; i+1 < len(hull); i++ {
-		area += hull[i][0]*hull[i+1][1] - hull[i+1][0]*hull[i][1]
-	}
-	return math.Abs(area) / 2
+	return hull[:len(hull)-1] // the last point repeats the first
 }

@@ -35,16 +35,17 @@ func main() {
 	seed := flag.Uint64("seed", 1, "caption split seed (as datagen's -seed)")
 	sheet := flag.String("sheet", "", "write a contact sheet of the first 32 images to this PNG")
 	verbose := flag.Bool("v", false, "print every failure")
+	save := flag.String("save", "", "save every image as NNN.png in this folder")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *model, *n, *steps, *guidance, *sampler, *seed, *sheet, *verbose); err != nil {
+	if err := run(ctx, *model, *n, *steps, *guidance, *sampler, *seed, *sheet, *save, *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "eval:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, model string, n, steps int, guidance float64, sampler string, seed uint64, sheet string, verbose bool) error {
+func run(ctx context.Context, model string, n, steps int, guidance float64, sampler string, seed uint64, sheet, save string, verbose bool) error {
 	if model == "" {
 		p, err := models.BuiltinPath()
 		if err != nil {
@@ -66,6 +67,11 @@ func run(ctx context.Context, model string, n, steps int, guidance float64, samp
 		res, err := p.Generate(ctx, pipeline.Request{Prompt: c, Steps: steps, Guidance: guidance, Sampler: sampler, Seed: uint64(i)}, nil)
 		if err != nil {
 			return fmt.Errorf("caption %q: %w", c, err)
+		}
+		if save != "" {
+			if err := writePNG(fmt.Sprintf("%s/%03d.png", save, i), res.Images[0]); err != nil {
+				return err
+			}
 		}
 		v, err := judge.Judge(c, res.Images[0])
 		if err != nil {
@@ -109,15 +115,19 @@ func run(ctx context.Context, model string, n, steps int, guidance float64, samp
 		for i, t := range thumbs {
 			draw.Draw(out, image.Rect((i%8)*s, (i/8)*s, (i%8)*s+s, (i/8)*s+s), t, image.Point{}, draw.Src)
 		}
-		f, err := os.Create(sheet)
-		if err != nil {
-			return err
-		}
-		if err := png.Encode(f, out); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
+		return writePNG(sheet, out)
 	}
 	return nil
+}
+
+func writePNG(path string, im image.Image) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := png.Encode(f, im); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
