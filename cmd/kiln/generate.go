@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/models"
 )
 
 // generateFlags are the command-line settings of `kiln generate`.
@@ -38,7 +39,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	f := &generateFlags{}
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint (required)")
+	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint (default: the built-in "+models.BuiltinName+")")
 	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
 	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
 	fs.IntVar(&f.steps, "steps", 20, "inference steps")
@@ -61,7 +62,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto or cpu")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: kiln generate --model DIR|FILE --prompt TEXT [flags]\n\nflags:")
+			fmt.Fprintln(stderr, "usage: kiln generate [--model DIR|FILE] --prompt TEXT [flags]\n\nflags:")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return nil, err
@@ -72,8 +73,6 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 		return nil, usageError{fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))}
 	}
 	switch {
-	case f.model == "":
-		return nil, usageError{errors.New("--model is required (a diffusers folder or a .safetensors checkpoint)")}
 	case f.rngKind != "cpu" && f.rngKind != "cuda":
 		return nil, usageError{fmt.Errorf("--rng %q: want cpu or cuda", f.rngKind)}
 	case f.device != "auto" && f.device != "cpu":
@@ -147,6 +146,11 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usageError{err}
 	}
 	start := time.Now()
+	if f.model == "" {
+		if f.model, err = models.BuiltinPath(); err != nil {
+			return err
+		}
+	}
 	p, err := pipeline.Load(ctx, be, f.model)
 	if err != nil {
 		return fmt.Errorf("load model %s: %w", f.model, err)

@@ -109,7 +109,6 @@ func TestGenerateErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no model", []string{"--prompt", "x"}, 2, "--model is required"},
 		{"bad flag", []string{"--model", model, "--stepz", "3"}, 2, "stepz"},
 		{"bad number", []string{"--model", model, "--steps", "many"}, 2, "steps"},
 		{"unknown sampler", []string{"--model", model, "--sampler", "euler_x"}, 2, "unknown"},
