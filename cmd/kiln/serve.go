@@ -11,6 +11,7 @@ import (
 
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/serve"
+	"github.com/kiln-project/kiln/web"
 )
 
 // runServe starts the server and blocks until SIGTERM or SIGINT.
@@ -23,7 +24,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{err}
 	}
 	log := newLogger(cfg, stderr)
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: log})
+	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: log, Web: web.Handler()})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,262 @@
+// The generate form: its menus filled from the server (models, profiles,
+// samplers, the tenant's limits), its values kept in localStorage across
+// reloads, client-side checks against the limits, and errors shown next to
+// the field they concern.
+
+import { h } from './dom.js';
+import {
+  SIZE_PRESETS, sizeLabel, effectiveLimits, defaultSettings, validateSettings, buildRequest, randomSeed,
+} from './format.js';
+
+const STORAGE_KEY = 'kiln.settings.v1';
+
+// Form control of each settings key.
+const CONTROLS = {
+  prompt: 'prompt', negative_prompt: 'negative', model: 'model', profile: 'profile', size: 'size',
+  width: 'width', height: 'height', steps: 'steps', guidance: 'guidance', sampler: 'sampler', seed: 'seed', n: 'n',
+};
+
+// Where the error of each API field is shown.
+const ERROR_SLOT = {
+  prompt: 'prompt', negative_prompt: 'negative', model: 'model', profile: 'profile', width: 'size', height: 'size',
+  steps: 'steps', guidance: 'guidance', sampler: 'sampler', seed: 'seed', n: 'n', clip_skip: 'steps',
+};
+
+/** SettingsForm drives the generate form. */
+export class SettingsForm {
+  constructor(form, { onSubmit, storage = globalThis.localStorage }) {
+    this.form = form;
+    this.storage = storage;
+    this.account = null;
+    this.profiles = [];
+    this.defaultProfile = '';
+    this.el = (id) => form.querySelector(`#${id}`);
+    this.advanced = this.el('advanced');
+
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      onSubmit();
+    });
+    // Enter submits; Shift+Enter (or an IME composition) adds a line.
+    for (const id of ['prompt', 'negative']) {
+      this.el(id).addEventListener('keydown', (e) => {
+        if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.ctrlKey && !e.altKey && !e.metaKey) {
+          e.preventDefault();
+          form.requestSubmit();
+        }
+      });
+    }
+    form.addEventListener('input', (e) => {
+      if (e.target.id === 'width' || e.target.id === 'height') this.el('size').value = 'custom';
+      this.clearError(e.target.id);
+      this.save();
+    });
+    form.addEventListener('change', (e) => {
+      if (e.target.id === 'profile') this.refreshProfile();
+      if (e.target.id === 'size') this.syncSize();
+      this.save();
+    });
+    this.advanced.addEventListener('toggle', () => this.save());
+    this.el('dice').addEventListener('click', () => {
+      this.el('seed').value = String(randomSeed());
+      this.clearError('seed');
+      this.save();
+    });
+    this.el('reset').addEventListener('click', () => {
+      const keep = this.read();
+      this.write({ ...defaultSettings(), prompt: keep.prompt, negative_prompt: keep.negative_prompt });
+      this.save();
+    });
+  }
+
+  /** Fills the menus from the server's answers and restores saved values. */
+  setOptions({ account, models, profiles, samplers }) {
+    this.account = account;
+    this.profiles = profiles.data ?? [];
+    this.defaultProfile = profiles.default ?? '';
+    const defModel = (models.data ?? []).find((m) => m.default)?.id ?? '';
+    fill(this.el('model'), [
+      ['', defModel ? `Default (${defModel})` : 'Default'],
+      ...(models.data ?? []).map((m) => [m.id, m.id]),
+    ]);
+    fill(this.el('profile'), [
+      ['', `Default (${this.defaultProfile})`],
+      ...this.profiles.map((p) => [p.name, p.description ? `${p.name} — ${p.description}` : p.name]),
+    ]);
+    this.samplers = samplers.data ?? [];
+    this.restore();
+  }
+
+  /** The profile that applies: the chosen one or the server's default. */
+  currentProfile() {
+    const name = this.el('profile').value || this.defaultProfile;
+    return this.profiles.find((p) => p.name === name) ?? null;
+  }
+
+  /** The limits of the tenant and the chosen profile. */
+  limits() {
+    return effectiveLimits(this.account, this.currentProfile());
+  }
+
+  /** Rebuilds what depends on the profile: defaults shown, caps, size menu. */
+  refreshProfile() {
+    const p = this.currentProfile();
+    const lim = this.limits();
+    const sampler = this.el('sampler').value;
+    const label = (id) => this.samplers.find((s) => s.id === id)?.label ?? id;
+    fill(this.el('sampler'), [
+      ['', p ? `Profile's (${label(p.sampler)})` : 'Profile\'s'],
+      ...this.samplers.map((s) => [s.id, s.label]),
+    ]);
+    this.el('sampler').value = this.samplers.some((s) => s.id === sampler) ? sampler : '';
+
+    const size = this.el('size').value;
+    const opts = [['default', p ? `Profile's (${p.width} × ${p.height})` : 'Profile\'s']];
+    for (const [w, hgt] of SIZE_PRESETS) {
+      const over = w * hgt > lim.maxPixels;
+      opts.push([`${w}x${hgt}`, sizeLabel(w, hgt) + (over ? ' — over your limit' : ''), over]);
+    }
+    opts.push(['custom', 'Custom…']);
+    fill(this.el('size'), opts);
+    this.el('size').value = opts.some(([v, , dis]) => v === size && !dis) ? size : 'default';
+
+    this.el('steps').placeholder = p ? String(p.steps) : '';
+    this.el('steps').max = String(lim.maxSteps);
+    this.el('guidance').placeholder = p ? String(p.guidance) : '';
+    this.el('guidance').max = String(lim.maxGuidance);
+    this.el('n').max = String(lim.maxN);
+    for (const id of ['width', 'height']) {
+      this.el(id).min = String(lim.minSide);
+      this.el(id).max = String(lim.maxSide);
+    }
+    this.el('steps-hint').textContent = `Empty uses the profile's ${p?.steps ?? ''}; at most ${lim.maxSteps}.`;
+    this.el('size-hint').textContent = `Sides are multiples of 8; at most ${lim.maxPixels.toLocaleString('en')} pixels.`;
+    this.el('n-hint').textContent = `At most ${lim.maxN} per job.`;
+    this.el('guidance-hint').textContent = `Empty uses the profile's ${p?.guidance ?? ''}; 0 to ${lim.maxGuidance}.`;
+    this.syncSize();
+  }
+
+  /** Shows the chosen size in the width and height boxes (typing in them
+   * switches the menu to Custom). */
+  syncSize() {
+    const v = this.el('size').value;
+    const w = this.el('width');
+    const hgt = this.el('height');
+    const m = /^(\d+)x(\d+)$/.exec(v);
+    if (m) {
+      w.value = m[1];
+      hgt.value = m[2];
+    } else if (v === 'default') {
+      const p = this.currentProfile();
+      w.value = p ? String(p.width) : '';
+      hgt.value = p ? String(p.height) : '';
+    }
+  }
+
+  /** The form's values. */
+  read() {
+    const s = {};
+    for (const [k, id] of Object.entries(CONTROLS)) s[k] = this.el(id).value;
+    return s;
+  }
+
+  /** Puts values into the form. */
+  write(s) {
+    const d = { ...defaultSettings(), ...s };
+    this.el('profile').value = d.profile;
+    if (this.el('profile').value !== d.profile) this.el('profile').value = '';
+    this.refreshProfile();
+    for (const [k, id] of Object.entries(CONTROLS)) {
+      if (k === 'profile') continue;
+      const el = this.el(id);
+      el.value = d[k] ?? '';
+      if (el.tagName === 'SELECT' && el.value !== String(d[k] ?? '')) {
+        // A value the server no longer offers (a removed model, a size now
+        // over the limit): keep the width and height as a custom size.
+        el.value = k === 'size' ? 'custom' : '';
+      }
+    }
+    this.syncSize();
+    if (d.size === 'custom' || this.el('size').value === 'custom') {
+      this.el('width').value = d.width;
+      this.el('height').value = d.height;
+    }
+    this.clearErrors();
+  }
+
+  /** Saves the values (and whether the advanced panel is open). */
+  save() {
+    try {
+      this.storage.setItem(STORAGE_KEY, JSON.stringify({ ...this.read(), advancedOpen: this.advanced.open }));
+    } catch { /* storage full or disabled: settings just do not persist */ }
+  }
+
+  /** Restores saved values, or the defaults. */
+  restore() {
+    let saved = null;
+    try {
+      saved = JSON.parse(this.storage.getItem(STORAGE_KEY) ?? 'null');
+    } catch { /* corrupt: start over */ }
+    this.write(saved && typeof saved === 'object' ? saved : defaultSettings());
+    if (saved?.advancedOpen) this.advanced.open = true;
+  }
+
+  /** Loads settings from a job ("use these settings again"). */
+  apply(s) {
+    this.write(s);
+    this.advanced.open = true;
+    this.save();
+    this.el('prompt').focus();
+    this.form.scrollIntoView({ block: 'start', behavior: 'smooth' });
+  }
+
+  /** Checks the form; returns the request body or null after showing errors. */
+  request() {
+    const s = this.read();
+    const errs = validateSettings(s, this.limits(), this.currentProfile());
+    this.clearErrors();
+    if (Object.keys(errs).length) {
+      for (const [field, msg] of Object.entries(errs)) this.showError(field, msg);
+      return null;
+    }
+    return buildRequest(s, this.currentProfile());
+  }
+
+  /** Shows an error next to the field the API (or a check) named. */
+  showError(field, msg) {
+    const slot = ERROR_SLOT[field];
+    if (!slot) return false;
+    const box = this.el(`err-${slot}`);
+    box.textContent = msg;
+    box.hidden = false;
+    const ctl = this.el(slot);
+    ctl.setAttribute('aria-invalid', 'true');
+    if (ctl.closest('#advanced') && !this.advanced.open) this.advanced.open = true;
+    if (!this.form.querySelector('[aria-invalid="true"]:focus')) {
+      const first = this.form.querySelector('[aria-invalid="true"]');
+      if (first) first.focus();
+    }
+    return true;
+  }
+
+  clearError(id) {
+    const slot = { width: 'size', height: 'size' }[id] ?? id;
+    const box = this.el(`err-${slot}`);
+    if (box) {
+      box.hidden = true;
+      box.textContent = '';
+    }
+    this.el(slot)?.removeAttribute('aria-invalid');
+  }
+
+  clearErrors() {
+    for (const slot of new Set(Object.values(ERROR_SLOT))) this.clearError(slot);
+  }
+}
+
+/** Replaces a select's options with [value, label, disabled] triples. */
+function fill(select, options) {
+  const v = select.value;
+  select.replaceChildren(...options.map(([value, label, disabled]) => h('option', { value, disabled: !!disabled }, label)));
+  if (options.some(([value, , dis]) => value === v && !dis)) select.value = v;
+}
