@@ -7,6 +7,7 @@ package jobs
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -69,6 +70,9 @@ type Params struct {
 	InitImage string  `json:"init_image,omitempty"`
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
+	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
+	// kept as the client sent it; wasmhost/adapter decodes and runs it.
+	Nodes json.RawMessage `json:"nodes,omitempty"`
 }
 
 // Image is one generated image of a job.
