@@ -10,6 +10,7 @@ package validate
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"sort"
@@ -57,6 +58,10 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// Nodes names Wasm pre- and post-processing nodes:
+	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
+	// (checked and run by the gateway's node hooks).
+	Nodes json.RawMessage `json:"nodes,omitempty"`
 }
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
@@ -142,6 +147,7 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		v.cache.Set(key, &cp, int64(len(key))+256)
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
+	params.Nodes = r.Nodes
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {
 			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))
