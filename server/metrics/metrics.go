@@ -21,6 +21,17 @@ type Registry struct {
 	mu       sync.Mutex
 	families map[string]family
 	collects []func(emit func(name, help, typ string, labels []string, values []string, v float64))
+	texts    []func(w io.Writer) error
+}
+
+// CollectText registers a function called at every scrape that writes
+// complete metric families in the text format after the registry's own
+// (the Wasm host renders its histograms this way). Its names must not
+// clash with the registry's.
+func (r *Registry) CollectText(fn func(w io.Writer) error) {
+	r.mu.Lock()
+	r.texts = append(r.texts, fn)
+	r.mu.Unlock()
 }
 
 type family interface {
@@ -63,6 +74,7 @@ func (r *Registry) WriteTo(w io.Writer) (int64, error) {
 		fams = append(fams, f)
 	}
 	collects := append([]func(emit func(string, string, string, []string, []string, float64)){}, r.collects...)
+	texts := append([]func(io.Writer) error{}, r.texts...)
 	r.mu.Unlock()
 
 	// Collected samples are grouped into families by name.
@@ -117,6 +129,11 @@ func (r *Registry) WriteTo(w io.Writer) (int64, error) {
 		writeHeader(bw, e.name, e.c.help, e.c.typ)
 		for _, s := range e.c.samples {
 			writeSample(bw, e.name, "", s.labels, s.values, "", "", s.v)
+		}
+	}
+	for _, fn := range texts {
+		if err := fn(bw); err != nil {
+			return cw.n, err
 		}
 	}
 	err := bw.Flush()
