@@ -124,6 +124,9 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	if aerr != nil {
 		return nil, aerr
 	}
+	if params, aerr = s.preNodes(ctx, p, params); aerr != nil {
+		return nil, aerr
+	}
 	if s.o.Quality != nil {
 		params = s.adjustQuality(ctx, p, params)
 	}
@@ -152,7 +155,7 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 }
 
 func (s *Server) adjustQuality(ctx context.Context, p auth.Principal, params jobs.Params) jobs.Params {
-	in := QualityInput{Params: params, Limits: p.Quota,
+	in := QualityInput{Tenant: p.Tenant, Params: params, Limits: p.Quota,
 		P50: time.Duration(s.m.latencies.Quantile(0.5) * float64(time.Second)),
 		P95: time.Duration(s.m.latencies.Quantile(0.95) * float64(time.Second))}
 	if pr, ok := s.o.Profiles[params.Profile]; ok {

@@ -47,6 +47,8 @@ type QualityPolicy interface {
 
 // QualityInput is what a quality policy sees.
 type QualityInput struct {
+	// Tenant is the tenant whose request it is.
+	Tenant     string
 	QueueDepth int
 	// P50 and P95 are recent job latencies (queue wait + run).
 	P50, P95 time.Duration
@@ -73,6 +75,8 @@ type Options struct {
 	AllowLocal bool
 	// Quality is the optional quality policy.
 	Quality QualityPolicy
+	// Wasm adds pre-processing nodes and the module upload API (nil: none).
+	Wasm WasmHooks
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 }
@@ -365,6 +369,7 @@ func (s *Server) routes() *echo.Echo {
 	v1.POST("/images/generations", s.generations)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
+	s.wasmRoutes(e)
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
 		e.GET("/", web)
