@@ -316,7 +316,8 @@ func check(scope string, kind Kind, name string) error {
 			return fmt.Errorf("%w: %q is a built-in node", ErrForbidden, name)
 		}
 	}
-	if name == "builtin" {
+	switch name {
+	case "builtin", "rollback", "shadow", "activate":
 		return fmt.Errorf("%w: %q is reserved", ErrForbidden, name)
 	}
 	return nil
