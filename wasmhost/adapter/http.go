@@ -205,7 +205,7 @@ func (h *handlers) describe(c echo.Context, kind registry.Kind, scope, name, slo
 		return fail(c, apiError(err))
 	}
 	if len(vs) == 0 {
-		return fail(c, apierr.NotFound(string(kind) + " " + strconv.Quote(name)))
+		return fail(c, apierr.NotFound(string(kind)+" "+strconv.Quote(name)))
 	}
 	slot, err := h.w.Registry.Slot(ctx, scope, kind, slotName)
 	if err != nil {
@@ -364,4 +364,3 @@ func (h *handlers) rollbackNode(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, info)
 }
-
