@@ -283,9 +283,13 @@ func TestQualityRespectsTenantLimits(t *testing.T) {
 	if out.Params.Steps != 25 || out.Params.Width != 704 || out.Params.Height != 512 {
 		t.Fatalf("got %+v", out.Params)
 	}
-	// A backlog raises the level before p95 moves.
+	// A backlog raises the level once p95 nears the target, not before.
 	in = qualityIn()
 	in.QueueDepth = 40
+	if out := Quality(in); out.Level != 0 {
+		t.Fatalf("backlog at low p95: level %v", out.Level)
+	}
+	in.P95US = 3.5e6
 	if out := Quality(in); out.Level != 0.05 {
 		t.Fatalf("backlog level %v, want 0.05", out.Level)
 	}

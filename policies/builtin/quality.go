@@ -18,8 +18,11 @@ const (
 	// minRaise is the smallest rise when the target is missed.
 	minRaise = 0.05
 	// backlogPerSlot is the queue depth per running job above which the
-	// controller counts the queue as a backlog even before p95 rises.
+	// controller counts the queue as a backlog.
 	backlogPerSlot = 4
+	// backlogFrom is the p95/target ratio from which a backlog raises the
+	// level before p95 crosses the target.
+	backlogFrom = 0.8
 	// sizeFrom is the level above which the size shrinks too (steps go first).
 	sizeFrom = 0.5
 	// minScale is the side scale at level 1.
@@ -32,7 +35,8 @@ const (
 //
 //   - p95 above target raises the level by half the relative excess
 //     (between 0.05 and 0.25 per decision); a queue deeper than four jobs
-//     per running job raises it by 0.05 even before p95 moves;
+//     per running job raises it by 0.05 once p95 is within 20% of the
+//     target;
 //   - p95 under 70% of the target with no backlog lowers it by 0.1;
 //   - steps shrink linearly with the level, down to half the request (not
 //     below the tenant's minimum); above level 0.5 the width and height
@@ -51,7 +55,7 @@ func Quality(in *abi.QualityInput) abi.QualityOutput {
 	}
 	if in.TargetP95US > 0 {
 		ratio := float64(in.P95US) / float64(in.TargetP95US)
-		backlog := in.QueueDepth > backlogPerSlot*(in.Running+1)
+		backlog := in.QueueDepth > backlogPerSlot*(in.Running+1) && ratio >= backlogFrom
 		switch {
 		case ratio > 1:
 			level += math.Min(maxRaise, math.Max(minRaise, (ratio-1)/2))
