@@ -28,6 +28,7 @@ import (
 	"github.com/kiln-project/kiln/server/metrics"
 	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/tenants"
+	"github.com/kiln-project/kiln/wasmhost/adapter"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/modelcache"
 	"github.com/kiln-project/kiln/worker/sdengine"
@@ -50,6 +51,14 @@ type Options struct {
 	// Scheduler and Eviction are optional worker policies.
 	Scheduler worker.Scheduler
 	Eviction  modelcache.Policy
+	// Post post-processes images (nil: the Wasm node chains).
+	Post worker.PostProcessor
+	// Wasm adds pre-processing nodes and the module upload API to the
+	// gateway (nil: the Wasm registry's).
+	Wasm api.WasmHooks
+	// NoWasm runs without the Wasm host: no node chains or uploads, and
+	// the Go defaults for every policy left nil.
+	NoWasm bool
 }
 
 // Instance is a running server.
@@ -61,6 +70,7 @@ type Instance struct {
 	text   *textcache.Cache
 
 	api     *api.Server
+	wasm    *adapter.Wasm
 	http    *http.Server
 	admin   *http.Server
 	addr    string
@@ -148,6 +158,9 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		return nil, err
 	}
 	in.text = text
+	if err := in.startWasm(ctx, &o, reg); err != nil {
+		return nil, err
+	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		h, m, r := text.Stats()
 		emit("kiln_cache_hits_total", "Cache hits by cache.", "counter", []string{"cache"}, []string{"text_encoder"}, float64(h))
@@ -217,7 +230,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 	}
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
-		Quality: o.Quality, Web: o.Web})
+		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm})
 	if err != nil {
 		ln.Close()
 		return err
@@ -326,8 +339,9 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		}
 		cache := modelcache.New(perWorker, o.Eviction)
 		caches = append(caches, cache)
+		sched, window := in.wasmScheduler(o.Scheduler, profile.MaxBatch)
 		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache,
-			Scheduler: o.Scheduler, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
+			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
 			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: in.gpu.Read})
 		if err != nil {
@@ -444,6 +458,7 @@ func (in *Instance) stop(ctx context.Context) error {
 	if in.admin != nil {
 		in.admin.Close()
 	}
+	in.stopWasm(sctx)
 	var err error
 	if in.broker != nil {
 		err = in.broker.Close()
