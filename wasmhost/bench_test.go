@@ -2,6 +2,7 @@ package wasmhost
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"sort"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
+	"github.com/kiln-project/kiln/wasmhost/internal/guestbuild"
 )
 
 // percentiles reports p50 and p99 of the per-operation times in µs.
@@ -179,5 +181,52 @@ func BenchmarkInstantiate(b *testing.B) {
 		b.StopTimer()
 		_ = inst.mod.Close(ctx)
 		b.StartTimer()
+	}
+}
+
+// BenchmarkGuestDecode compares, inside a Go guest, decoding the 64-job
+// batching input in the ABI's binary encoding and in JSON (the whole call:
+// copy in, decode, answer). It builds testdata/decodebench with the Go
+// toolchain.
+func BenchmarkGuestDecode(b *testing.B) {
+	dir := b.TempDir()
+	wasm := guestbuild.New(dir).Build(b, "./testdata/decodebench")
+	in := sampleBatching(64)
+	bin := abi.EncodeBatchingInput(nil, in)
+	js, _ := json.Marshal(in)
+	for _, trusted := range []bool{false, true} {
+		h := newTestHost(b, Config{})
+		m, err := h.Load(context.Background(), Spec{Name: "decodebench", Kind: KindPolicy, Trusted: trusted}, wasm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		suffix := "-checked"
+		if trusted {
+			suffix = "-trusted"
+		}
+		for _, c := range []struct {
+			name  string
+			hook  abi.Hook
+			input []byte
+		}{{"binary", abi.HookBatching, bin}, {"json", abi.HookQuality, js}} {
+			b.Run(c.name+suffix, func(b *testing.B) {
+				check := func([]byte) error { return nil }
+				for i := 0; i < 20; i++ {
+					m.invoke(context.Background(), c.hook, 0, c.input, 1<<20, check)
+				}
+				b.ReportMetric(float64(len(c.input)), "input-bytes")
+				d := make([]time.Duration, 0, b.N)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t := time.Now()
+					if o := m.invoke(context.Background(), c.hook, 0, c.input, 1<<20, check); !o.OK() {
+						b.Fatal(o.Err)
+					}
+					d = append(d, time.Since(t))
+				}
+				b.StopTimer()
+				percentiles(b, d)
+			})
+		}
 	}
 }

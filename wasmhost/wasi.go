@@ -13,15 +13,16 @@ import (
 )
 
 // The host offers exactly the WASI preview 1 functions that Go's wasip1
-// runtime and the syscall package's initialisation import (the latter
-// comes with any use of package time), made deterministic: no arguments,
+// runtime, the syscall package's initialisation (which comes with any use
+// of package time) and package os's standard files (which come with fmt)
+// import, made deterministic: no arguments,
 // a fixed environment (guestEnviron), a virtual clock (the wall clock
 // reads the input's "now", the monotonic clock advances 1 µs per read,
 // sleeping advances it instead of blocking), a seeded random stream, and
 // stdout/stderr sent to the rate-limited log. There is no filesystem (no
 // preopened directory, and no path or file functions: a module that
-// imports them, as one using package os does, is refused), no socket and
-// no real time.
+// imports them, as one opening files does, is refused), no socket and no
+// real time.
 
 // WASI errno values.
 const (
@@ -71,6 +72,9 @@ func wasiFuncs() []hostFunc {
 		{"fd_fdstat_set_flags", []api.ValueType{i32, i32}, []api.ValueType{i32}, fdFdstatSetFlags},
 		{"fd_prestat_get", []api.ValueType{i32, i32}, []api.ValueType{i32}, badf},
 		{"fd_prestat_dir_name", []api.ValueType{i32, i32, i32}, []api.ValueType{i32}, badf},
+		// What package os links in (with fmt): closing a descriptor, of
+		// which there are none to close.
+		{"fd_close", []api.ValueType{i32}, []api.ValueType{i32}, badf},
 	}
 }
 
