@@ -30,7 +30,7 @@ type Spec struct {
 	Kind Kind
 	// Trusted compiles the module without wazero's deadline checks, which
 	// cost a check at every loop header and so every function entry of a
-	// Go guest: about 8× on the built-in batching decision. A trusted
+	// Go guest: 4–9× on the built-in batching decision (measured). A trusted
 	// call still falls back on traps, memory exhaustion and invalid
 	// answers, but cannot be interrupted at its deadline. Only for the
 	// modules Kiln ships (the caller must verify the bytes); uploaded
