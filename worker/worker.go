@@ -183,7 +183,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-kaStopped
 		mu.Lock()
 		for _, p := range pending {
-			_ = p.msg.Nak() // never started: hand back as is
+			w.handBack(p.msg, p.Job) // never started
 		}
 		pending = nil
 		mu.Unlock()
@@ -257,7 +257,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				// Shutting down: hand back what has not started.
 				for _, q := range chosen[i:] {
-					_ = q.msg.Nak()
+					w.handBack(q.msg, q.Job)
 				}
 				break
 			}
@@ -464,7 +464,7 @@ func (w *Worker) process(ctx context.Context, p pendingMsg) {
 		if err != nil && !errors.Is(err, errSkip) {
 			log.Warn("hand-back record update failed", "err", err)
 		}
-		_ = msg.Nak()
+		w.handBack(msg, j)
 		w.o.Metrics.HandedBack.Inc()
 		log.Info("job handed back")
 		return
@@ -481,6 +481,19 @@ func (w *Worker) process(ctx context.Context, p pendingMsg) {
 	if err := msg.DoubleAck(finish); err != nil {
 		log.Warn("ack failed; the job may be delivered again and will be skipped", "err", err)
 	}
+}
+
+// handBack returns a job to the queue: a fresh message, then the old one
+// acknowledged (falling back to a negative acknowledgement).
+func (w *Worker) handBack(msg jetstream.Msg, j *jobs.Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.o.Store.Requeue(ctx, j); err != nil {
+		w.log.Warn("requeue failed; leaving the job to redelivery", "job", j.ID, "err", err)
+		_ = msg.Nak()
+		return
+	}
+	_ = msg.Ack()
 }
 
 type modelError struct{ err error }

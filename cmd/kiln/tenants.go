@@ -38,6 +38,12 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return flag.ErrHelp
 	}
 	sub, rest := args[0], args[1:]
+	switch sub {
+	case "create", "key", "list", "revoke", "quota":
+	default:
+		fprintf(stderr, "%s", tenantsUsage)
+		return usageError{fmt.Errorf("unknown tenants command %q", sub)}
+	}
 	defaults, err := config.Default()
 	if err != nil {
 		return err

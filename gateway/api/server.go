@@ -355,18 +355,19 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/metrics", s.metrics)
 	e.GET("/v1/openapi.json", s.openapi)
 
-	v1 := e.Group("/v1", s.authenticate)
-	v1.POST("/jobs", s.createJob)
-	v1.GET("/jobs", s.listJobs)
-	v1.GET("/jobs/:id", s.getJob)
-	v1.DELETE("/jobs/:id", s.cancelJob)
-	v1.GET("/models", s.listModels)
-	v1.GET("/profiles", s.listProfiles)
-	v1.GET("/samplers", s.listSamplers)
-	v1.GET("/account", s.account)
-	v1.GET("/status", s.getStatus)
-	v1.GET("/ws", s.websocket)
-	v1.POST("/images/generations", s.generations)
+	// Route-level middleware (not a group's) keeps 405 for known paths.
+	a := s.authenticate
+	e.POST("/v1/jobs", s.createJob, a)
+	e.GET("/v1/jobs", s.listJobs, a)
+	e.GET("/v1/jobs/:id", s.getJob, a)
+	e.DELETE("/v1/jobs/:id", s.cancelJob, a)
+	e.GET("/v1/models", s.listModels, a)
+	e.GET("/v1/profiles", s.listProfiles, a)
+	e.GET("/v1/samplers", s.listSamplers, a)
+	e.GET("/v1/account", s.account, a)
+	e.GET("/v1/status", s.getStatus, a)
+	e.GET("/v1/ws", s.websocket, a)
+	e.POST("/v1/images/generations", s.generations, a)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
 	s.wasmRoutes(e)
@@ -458,5 +459,19 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		c.Set(principalKey, p)
 		return next(c)
+	}
+}
+
+// Route is one method and path of the API.
+type Route struct{ Method, Path string }
+
+// Routes lists the API's routes with their paths in OpenAPI form
+// ("/v1/jobs/{id}"), excluding the web client.
+func Routes() []Route {
+	return []Route{
+		{"GET", "/healthz"}, {"GET", "/readyz"}, {"GET", "/metrics"}, {"GET", "/v1/openapi.json"},
+		{"POST", "/v1/jobs"}, {"GET", "/v1/jobs"}, {"GET", "/v1/jobs/{id}"}, {"DELETE", "/v1/jobs/{id}"},
+		{"GET", "/v1/images/{id}"}, {"GET", "/v1/models"}, {"GET", "/v1/profiles"}, {"GET", "/v1/samplers"},
+		{"GET", "/v1/account"}, {"GET", "/v1/status"}, {"GET", "/v1/ws"}, {"POST", "/v1/images/generations"},
 	}
 }

@@ -52,9 +52,20 @@ var ErrDataDirLocked = errors.New("broker: the data directory is in use by anoth
 
 // Start connects to NATS as opts say.
 func Start(ctx context.Context, opts Options) (*Broker, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	onErr := nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		subj := ""
+		if sub != nil {
+			subj = sub.Subject
+		}
+		logger.Debug("nats asynchronous error", "subject", subj, "err", err)
+	})
 	if opts.URL != "" {
 		nc, err := nats.Connect(opts.URL, nats.Name(opts.Name), nats.MaxReconnects(-1),
-			nats.ReconnectWait(500*time.Millisecond))
+			nats.ReconnectWait(500*time.Millisecond), onErr)
 		if err != nil {
 			return nil, fmt.Errorf("broker: connect %s: %w", opts.URL, err)
 		}
@@ -119,7 +130,7 @@ func Start(ctx context.Context, opts Options) (*Broker, error) {
 		lock.release()
 		return nil, errors.New("broker: embedded server did not become ready")
 	}
-	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name(opts.Name))
+	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name(opts.Name), onErr)
 	if err != nil {
 		srv.Shutdown()
 		lock.release()

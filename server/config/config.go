@@ -157,12 +157,6 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("config: role %q: want all, gateway or worker", c.Role)
 	}
-	if c.Role == RoleGateway && c.NATS == "" {
-		return fmt.Errorf("config: role gateway needs nats (the URL of the server the workers use)")
-	}
-	if c.Role == RoleWorker && c.NATS == "" {
-		return fmt.Errorf("config: role worker needs nats (the URL of the server the gateway uses)")
-	}
 	if c.Role != RoleWorker || c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("config: listen %q: %w", c.Listen, err)

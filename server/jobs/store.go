@@ -168,6 +168,14 @@ func (s *Store) Submit(ctx context.Context, j *Job) error {
 	return nil
 }
 
+// Requeue publishes a fresh queue message for a job that a worker hands
+// back (the caller then acknowledges the old one). A fresh message is
+// available at once, even across a restart of the NATS server, whereas a
+// negative acknowledgement may only take effect after the ack wait.
+func (s *Store) Requeue(ctx context.Context, j *Job) error {
+	return s.enqueue(ctx, j, fmt.Sprintf("%s.h%d", j.ID, time.Now().UnixNano()))
+}
+
 func (s *Store) enqueue(ctx context.Context, j *Job, msgID string) error {
 	body, _ := json.Marshal(QueueMessage{Tenant: j.Tenant, ID: j.ID})
 	_, err := s.js.Publish(ctx, QueueSubject(j.Params.Priority, j.Tenant, j.ID), body, jetstream.WithMsgID(msgID))

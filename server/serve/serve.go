@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/api"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/urlsign"
+	"github.com/kiln-project/kiln/gateway/ws"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/gpu"
@@ -71,6 +72,7 @@ type Instance struct {
 
 	api     *api.Server
 	wasm    *adapter.Wasm
+	tenants *tenants.Store
 	http    *http.Server
 	admin   *http.Server
 	addr    string
@@ -92,6 +94,17 @@ func (in *Instance) Addr() string { return in.addr }
 // processes ("" without a listener).
 func (in *Instance) NATSURL() string { return in.broker.ClientURL() }
 
+// Hub returns the gateway's WebSocket hub (gateway roles only, else nil).
+func (in *Instance) Hub() *ws.Hub {
+	if in.api == nil {
+		return nil
+	}
+	return in.api.Hub()
+}
+
+// Tenants returns the tenant store (gateway roles only, else nil).
+func (in *Instance) Tenants() *tenants.Store { return in.tenants }
+
 // Workers returns the workers of this process.
 func (in *Instance) Workers() []*worker.Worker { return in.workers }
 
@@ -107,10 +120,11 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 			return sdengine.New(device, text)
 		}
 	}
-	in = &Instance{cfg: cfg, log: log}
+	inst := &Instance{cfg: cfg, log: log}
+	in = inst
 	defer func() {
 		if err != nil {
-			in.Stop(context.Background())
+			inst.Stop(context.Background())
 		}
 	}()
 
@@ -197,6 +211,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 	if err != nil {
 		return err
 	}
+	in.tenants = ts
 	signer, err := urlsign.Load(ctx, in.broker.JS, 1)
 	if err != nil {
 		return err
