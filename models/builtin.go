@@ -23,19 +23,6 @@ const BuiltinName = "kiln-shapes"
 //go:embed kiln-shapes
 var builtin embed.FS
 
-// Recommended are the built-in model's default generation settings.
-type Recommended struct {
-	Width, Height, Steps int
-	Guidance             float64
-	Sampler              string
-}
-
-// BuiltinDefaults returns the settings at which kiln-shapes was evaluated
-// (see its model card).
-func BuiltinDefaults() Recommended {
-	return Recommended{Width: 128, Height: 128, Steps: 20, Guidance: 5, Sampler: "dpmpp_2m"}
-}
-
 // BuiltinFS returns the built-in model's files, rooted at the model folder.
 func BuiltinFS() fs.FS {
 	sub, err := fs.Sub(builtin, BuiltinName)
