@@ -62,11 +62,16 @@ func (b *Backend) Attention(q, k, v *tensor.Tensor, p backend.AttentionParams) *
 	}
 	if dt != tensor.F32 && d%8 == 0 && flashDim(d) > 0 && b.d.opts.Attention != "gemm" {
 		dp := flashDim(d)
-		cfg := launchCfg{grid: [3]uint32{uint32((lq + 63) / 64), uint32(h), uint32(bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(128 * (dp + 8) * 2)}
+		name := "flashp"
+		smem := 5 * 64 * (dp + 8) * 2 // K and V double-buffered
+		if smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flash1" {
+			name, smem = "flash", 2*64*(dp+8)*2
+		}
+		cfg := launchCfg{grid: [3]uint32{uint32((lq + 63) / 64), uint32(h), uint32(bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(smem)}
 		if bn > 65535 || h > 65535 {
 			fail(op, "batch %d or heads %d exceed the grid limit", bn, h)
 		}
-		b.d.launch("flash"+itoa(dp)+suffix(dt), cfg, out, pbuf(out), pbuf(qb), pbuf(kb), pbuf(vb),
+		b.d.launch(name+itoa(dp)+suffix(dt), cfg, out, pbuf(out), pbuf(qb), pbuf(kb), pbuf(vb),
 			i32(lq), i32(lk), i32(d), i32(f), i32(f), i32(f), i32(f), f32(p.Scale*float32(math.Log2E)), i32(causal))
 		return b.wrap(q.Shape(), dt, rowMajor, out)
 	}

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
@@ -205,9 +206,29 @@ func (b *Backend) Free(ts ...*tensor.Tensor) {
 	}
 }
 
-// encode converts float32 values to little-endian bytes of dt.
+// encode converts float32 values to little-endian bytes of dt, in
+// parallel for large inputs (a UNet step's text context).
 func encode(src []float32, dt tensor.DType) []byte {
 	raw := make([]byte, len(src)*dt.Size())
+	const chunk = 32 << 10
+	if len(src) > 2*chunk {
+		var wg sync.WaitGroup
+		for lo := 0; lo < len(src); lo += chunk {
+			hi := min(len(src), lo+chunk)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				encodeInto(raw[lo*dt.Size():hi*dt.Size()], src[lo:hi], dt)
+			}()
+		}
+		wg.Wait()
+		return raw
+	}
+	encodeInto(raw, src, dt)
+	return raw
+}
+
+func encodeInto(raw []byte, src []float32, dt tensor.DType) {
 	switch dt {
 	case tensor.F16:
 		half.EncodeF16(raw, src)
@@ -216,7 +237,6 @@ func encode(src []float32, dt tensor.DType) []byte {
 	default:
 		half.EncodeF32(raw, src)
 	}
-	return raw
 }
 
 // decode converts little-endian bytes of dt to float32 values.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-project/kiln/cuda/cu"
 	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/cudnn"
 	"github.com/kiln-project/kiln/cuda/kernels"
 )
 
@@ -15,7 +16,12 @@ import (
 var (
 	loadDriver = sync.OnceValues(cu.Load)
 	loadCuBLAS = sync.OnceValues(cublas.Load)
+	loadCuDNN  = sync.OnceValues(cudnn.Load)
 )
+
+// cudnnWorkspace is the fixed cuDNN workspace of a device; algorithms that
+// need more are not used. Fixed, because captured graphs keep its address.
+const cudnnWorkspace = 256 << 20
 
 const (
 	stageBytes   = 32 << 20 // each of two pinned staging buffers
@@ -48,6 +54,12 @@ type cudaEngine struct {
 	next    int
 
 	graphs map[graphHandle]cu.Graph
+
+	dnn      *cudnn.Lib // nil: no cuDNN
+	dnnErr   error
+	dnnH     cudnn.Handle
+	dnnWS    cu.DevicePtr
+	dnnConvs map[cudnn.ConvShape]*cudnn.Conv
 }
 
 // newCUDAEngine sets up device ordinal on the calling (locked) thread.
@@ -101,6 +113,15 @@ func newCUDAEngine(drv *cu.Driver, blas *cublas.Lib, ordinal int) (e *cudaEngine
 }
 
 func (e *cudaEngine) close() {
+	for _, c := range e.dnnConvs {
+		c.Close()
+	}
+	if e.dnnH != 0 {
+		e.dnn.Destroy(e.dnnH)
+	}
+	if e.dnnWS != 0 {
+		_ = e.drv.MemFree(e.dnnWS)
+	}
 	for h, g := range e.graphs {
 		_ = e.drv.GraphExecDestroy(cu.GraphExec(h))
 		_ = e.drv.GraphDestroy(g)
@@ -269,3 +290,63 @@ func (e *cudaEngine) record(ev eventHandle) error {
 func (e *cudaEngine) elapsed(a, b eventHandle) (float32, error) {
 	return e.drv.EventElapsed(cu.Event(a), cu.Event(b))
 }
+
+// initCuDNN opens cuDNN on first use; without it hasCuDNN is false.
+func (e *cudaEngine) initCuDNN() bool {
+	if e.dnn != nil || e.dnnErr != nil {
+		return e.dnn != nil
+	}
+	lib, err := loadCuDNN()
+	if err == nil {
+		e.dnnH, err = lib.Create(e.stream)
+	}
+	if err == nil {
+		e.dnnWS, err = e.drv.MemAlloc(cudnnWorkspace)
+	}
+	if err != nil {
+		if e.dnnH != 0 {
+			lib.Destroy(e.dnnH)
+			e.dnnH = 0
+		}
+		e.dnnErr = err
+		return false
+	}
+	e.dnn = lib
+	e.dnnConvs = make(map[cudnn.ConvShape]*cudnn.Conv)
+	return true
+}
+
+func (e *cudaEngine) hasCuDNN() bool { return e.initCuDNN() }
+
+func (e *cudaEngine) cudnnDesc(sh cudnn.ConvShape) (*cudnn.Conv, error) {
+	if !e.initCuDNN() {
+		return nil, fmt.Errorf("cuDNN unavailable: %w", e.dnnErr)
+	}
+	c, ok := e.dnnConvs[sh]
+	if !ok {
+		var err error
+		if c, err = e.dnn.NewConv(sh); err != nil {
+			return nil, err
+		}
+		e.dnnConvs[sh] = c
+	}
+	return c, nil
+}
+
+func (e *cudaEngine) cudnnFind(sh cudnn.ConvShape, x, w, y uint64) ([]cudnn.AlgoPerf, error) {
+	c, err := e.cudnnDesc(sh)
+	if err != nil {
+		return nil, err
+	}
+	return c.Find(e.dnnH, cu.DevicePtr(x), cu.DevicePtr(w), cu.DevicePtr(y), e.dnnWS, cudnnWorkspace)
+}
+
+func (e *cudaEngine) cudnnConv(k *cudnnCall) error {
+	c, err := e.cudnnDesc(k.shape)
+	if err != nil {
+		return err
+	}
+	return c.Forward(e.dnnH, k.algo, cu.DevicePtr(k.x), cu.DevicePtr(k.w), cu.DevicePtr(k.y), e.dnnWS, cudnnWorkspace)
+}
+
+func (e *cudaEngine) destroyEvent(ev eventHandle) { _ = e.drv.EventDestroy(cu.Event(ev)) }

@@ -31,6 +31,13 @@ type Options struct {
 	ConvTile string
 	// ScoreBytes bounds the score memory of the unfused attention path.
 	ScoreBytes int64
+	// Speculate launches a captured graph as soon as the recording has
+	// matched it up to its last upload, overlapping the host's recording of
+	// the rest with the device's work (default on; KILN_CUDA_SPECULATE=0).
+	Speculate bool
+	// Fuse folds residual additions into the kernel that makes one operand
+	// (default on; KILN_CUDA_FUSE=0 turns it off).
+	Fuse bool
 	// Poison fills all activation memory with 0xff bytes (NaN in every
 	// float type) before each segment runs, so that tests catch outputs a
 	// kernel failed to write.
@@ -41,7 +48,7 @@ type Options struct {
 // variables (KILN_CUDA_GRAPHS=0, KILN_CUDA_CONV, KILN_CUDA_ATTENTION,
 // KILN_CUDA_LINEAR).
 func DefaultOptions() Options {
-	o := Options{Graphs: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", ScoreBytes: 256 << 20}
+	o := Options{Graphs: true, Fuse: true, Speculate: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", ScoreBytes: 256 << 20}
 	o.fromEnv(getenv)
 	return o
 }
@@ -67,6 +74,9 @@ type Stats struct {
 	Transient     int           // segments run directly
 	Captured      int           // segments captured as graphs
 	Replayed      int           // graph replays
+	Fused         int           // residual additions folded into other kernels
+	Speculated    int           // graphs launched before their segment was fully recorded
+	Misspeculated int           // such launches whose segment then differed
 	Graphs        int           // graphs held now
 	HostFlushTime time.Duration // host time spent planning and issuing
 	InUse         int64         // device bytes held (weights, activations, graph arenas)
@@ -85,17 +95,25 @@ type Device struct {
 	eng  engine
 	w    *worker
 
-	alloc  *allocator
-	seg    *segment
-	graphs map[string]*graphEntry
-	seen   map[uint64]int
-	clock  uint64
-	broken error
-	kargs  []karg
-	stats  Stats
+	alloc   *allocator
+	seg     *segment
+	graphs  map[string]*graphEntry
+	byFirst map[string]*graphEntry // by the encoding of their first record
+	spec    *speculation
+	seen    map[uint64]int
+	clock   uint64
+	broken  error
+	kargs   []karg
+	stats   Stats
 
 	profiling bool
 	profile   map[string]*OpTime
+
+	tune     bool // measure algorithm choices on first use (real devices)
+	scratch  bool // recording a candidate for measurement
+	convPick map[convKey]convPlan
+	linPick  map[linKey]linPlan
+	tuneLog  []string
 
 	deferred []*buffer // freed while read by the unflushed segment
 
@@ -146,7 +164,8 @@ func (w *worker) stop() { close(w.ch) }
 // newDevice wraps an engine; the caller has run its setup on w.
 func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 	d := &Device{info: info, opts: opts, eng: eng, w: w, seg: &segment{},
-		graphs: make(map[string]*graphEntry), seen: make(map[uint64]int)}
+		graphs: make(map[string]*graphEntry), byFirst: make(map[string]*graphEntry), seen: make(map[uint64]int),
+		convPick: make(map[convKey]convPlan), linPick: make(map[linKey]linPlan)}
 	if d.opts.MaxGraphs < 1 {
 		d.opts.MaxGraphs = 1
 	}
@@ -163,6 +182,23 @@ func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 		d.drainCleanups()
 	}
 	return d
+}
+
+// submit queues f on the device thread without waiting; *errp receives its
+// error, which the next run call (FIFO behind it) can read.
+func (d *Device) submit(f func() error, errp *error) {
+	if d.w == nil {
+		*errp = f()
+		return
+	}
+	d.w.ch <- func() {
+		defer func() {
+			if r := recover(); r != nil {
+				*errp = fmt.Errorf("cuda: panic on the device thread: %v", r)
+			}
+		}()
+		*errp = f()
+	}
 }
 
 // run executes f on the device thread.

@@ -1,6 +1,16 @@
 package cuda
 
-import "github.com/kiln-project/kiln/cuda/cublas"
+import (
+	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/cudnn"
+)
+
+// cudnnCall is a cuDNN convolution with resolved addresses.
+type cudnnCall struct {
+	shape   cudnn.ConvShape
+	algo    int
+	x, w, y uint64
+}
 
 // karg is one resolved kernel argument: its bits and its size in bytes.
 type karg struct {
@@ -43,5 +53,11 @@ type engine interface {
 	newEvent() (eventHandle, error)
 	record(e eventHandle) error
 	elapsed(a, b eventHandle) (float32, error)
+	destroyEvent(e eventHandle)
+	// hasCuDNN reports whether convolutions can go to cuDNN.
+	hasCuDNN() bool
+	// cudnnFind times cuDNN's algorithms for shape on scratch buffers.
+	cudnnFind(shape cudnn.ConvShape, x, w, y uint64) ([]cudnn.AlgoPerf, error)
+	cudnnConv(c *cudnnCall) error
 	close()
 }

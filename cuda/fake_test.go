@@ -10,6 +10,7 @@ import (
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/cuda/cu"
 	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/cudnn"
 	"github.com/kiln-project/kiln/cuda/internal/half"
 	"github.com/kiln-project/kiln/cuda/kernels"
 )
@@ -40,7 +41,7 @@ func newFakeEngine() *fakeEngine {
 // newFakeDevice returns a Device over a fake engine.
 func newFakeDevice(opts Options) (*Device, *fakeEngine) {
 	e := newFakeEngine()
-	info := Info{Ordinal: 0, Name: "fake", Major: 9, SMs: 4, Memory: 1 << 34}
+	info := Info{Ordinal: 0, Name: "fake", Major: 9, SMs: 4, Memory: 1 << 34, MaxSharedOpt: 227 << 10}
 	return newDevice(info, opts, e, nil), e
 }
 
@@ -285,11 +286,14 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		e.write(a[0].p(), dt, x)
 	case strings.HasPrefix(kernel, "bias_act_"):
 		dt := dtOf(last)
-		rows, cols, act := a[3].i(), a[4].i(), a[5].i()
+		rows, cols, act := a[4].i(), a[5].i(), a[6].i()
 		x := e.read(a[1].p(), dt, rows*cols)
-		var bias []float32
+		var bias, res []float32
 		if a[2].p() != 0 {
 			bias = e.read(a[2].p(), tensor.F32, cols)
+		}
+		if a[3].p() != 0 {
+			res = e.read(a[3].p(), dt, rows*cols)
 		}
 		for i := range x {
 			f := float64(x[i])
@@ -301,6 +305,9 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 				f = siluF(f)
 			case 2:
 				f = gelu(f)
+			}
+			if res != nil {
+				f += float64(res[i])
 			}
 			x[i] = float32(f)
 		}
@@ -395,6 +402,12 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 	case strings.HasPrefix(kernel, "layernorm_"):
 		dt := dtOf(last)
 		d, eps, rows := a[4].i(), float64(a[5].f()), int(cfg.grid[0])
+		if strings.HasPrefix(kernel, "layernorm_warp_") {
+			rows, d, eps = a[4].i(), a[5].i(), float64(a[6].f())
+			if int(cfg.grid[0]) != (rows+7)/8 || d%(16/dt.Size()) != 0 || d > 8*32*16/dt.Size() {
+				return fmt.Errorf("layernorm_warp launch %+v for %d rows of %d", cfg, rows, d)
+			}
+		}
 		x := e.read(a[1].p(), dt, rows*d)
 		var w, b []float32
 		if a[2].p() != 0 {
@@ -426,32 +439,32 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			}
 		}
 		e.write(a[0].p(), dt, x)
-	case strings.HasPrefix(kernel, "gn_partial_"):
+	case strings.HasPrefix(kernel, "gn_sums_"):
 		dt := dtOf(last)
 		hw, c, splits, bn := a[2].i(), a[3].i(), a[4].i(), int(cfg.grid[1])
+		if int(cfg.grid[0]) != splits || cfg.shmem < uint32(8*c) {
+			return fmt.Errorf("gn_sums launch %+v for %d splits, %d channels", cfg, splits, c)
+		}
 		x := e.read(a[1].p(), dt, bn*hw*c)
-		ws := make([]float32, bn*splits*c*2)
+		ws := e.read(a[0].p(), tensor.F32, bn*c*2)
 		for b := 0; b < bn; b++ {
-			for s := 0; s < splits; s++ {
-				p0, p1 := hw*s/splits, hw*(s+1)/splits
-				for ch := 0; ch < c; ch++ {
-					k := float64(x[b*hw*c+ch])
-					var s1, s2 float64
-					for p := p0; p < p1; p++ {
-						t := float64(x[(b*hw+p)*c+ch]) - k
-						s1 += t
-						s2 += t * t
-					}
-					o := ((b*splits+s)*c + ch) * 2
-					ws[o], ws[o+1] = float32(s1), float32(s2)
+			for ch := 0; ch < c; ch++ {
+				k := float64(x[b*hw*c+ch])
+				var s1, s2 float64
+				for p := 0; p < hw; p++ {
+					t := float64(x[(b*hw+p)*c+ch]) - k
+					s1 += t
+					s2 += t * t
 				}
+				ws[(b*c+ch)*2] += float32(s1)
+				ws[(b*c+ch)*2+1] += float32(s2)
 			}
 		}
 		e.write(a[0].p(), tensor.F32, ws)
-	case strings.HasPrefix(kernel, "gn_finalize_"):
+	case strings.HasPrefix(kernel, "gn_affine_"):
 		dt := dtOf(last)
-		bn, hw, c, groups, splits, eps := a[5].i(), a[6].i(), a[7].i(), a[8].i(), a[9].i(), float64(a[10].f())
-		ws := e.read(a[1].p(), tensor.F32, bn*splits*c*2)
+		bn, hw, c, groups, eps := a[5].i(), a[6].i(), a[7].i(), a[8].i(), float64(a[9].f())
+		ws := e.read(a[1].p(), tensor.F32, bn*c*2)
 		x := e.read(a[2].p(), dt, bn*hw*c)
 		var w, bias []float32
 		if a[3].p() != 0 {
@@ -466,22 +479,17 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		for b := 0; b < bn; b++ {
 			for g := 0; g < groups; g++ {
 				var gm float64
-				s1s := make([]float64, cpg)
-				s2s := make([]float64, cpg)
 				for i := 0; i < cpg; i++ {
 					ch := g*cpg + i
-					for s := 0; s < splits; s++ {
-						o := ((b*splits+s)*c + ch) * 2
-						s1s[i] += float64(ws[o])
-						s2s[i] += float64(ws[o+1])
-					}
-					gm += float64(x[b*hw*c+ch]) + s1s[i]/n
+					gm += float64(x[b*hw*c+ch]) + float64(ws[(b*c+ch)*2])/n
 				}
 				gm /= float64(cpg)
 				var m2 float64
 				for i := 0; i < cpg; i++ {
-					cm := float64(x[b*hw*c+g*cpg+i]) + s1s[i]/n
-					m2 += s2s[i] - s1s[i]*s1s[i]/n + n*(cm-gm)*(cm-gm)
+					ch := g*cpg + i
+					s1, s2 := float64(ws[(b*c+ch)*2]), float64(ws[(b*c+ch)*2+1])
+					cm := float64(x[b*hw*c+ch]) + s1/n
+					m2 += s2 - s1*s1/n + n*(cm-gm)*(cm-gm)
 				}
 				rstd := 1 / math.Sqrt(max(0, m2/(n*float64(cpg)))+eps)
 				for i := 0; i < cpg; i++ {
@@ -538,14 +546,19 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		e.write(a[0].p(), dt, out)
 	case strings.HasPrefix(kernel, "flash"):
 		dt := dtOf(last)
-		dp, _ := strconv.Atoi(strings.TrimPrefix(parts[0], "flash"))
+		pipelined := strings.HasPrefix(parts[0], "flashp")
+		dp, _ := strconv.Atoi(strings.TrimPrefix(strings.TrimPrefix(parts[0], "flashp"), "flash"))
+		wantSmem := uint32(2 * 64 * (dp + 8) * 2)
+		if pipelined {
+			wantSmem = uint32(5 * 64 * (dp + 8) * 2)
+		}
 		lq, lk, d, ldq, ldk, ldv, ldo := a[4].i(), a[5].i(), a[6].i(), a[7].i(), a[8].i(), a[9].i(), a[10].i()
 		sl2, causal := float64(a[11].f()), a[12].i()
 		if d > dp || d%8 != 0 {
 			return fmt.Errorf("head size %d for flash%d", d, dp)
 		}
 		bn, h := int(cfg.grid[2]), int(cfg.grid[1])
-		if int(cfg.grid[0]) != (lq+63)/64 || cfg.shmem != uint32(128*(dp+8)*2) {
+		if int(cfg.grid[0]) != (lq+63)/64 || cfg.shmem != wantSmem {
 			return fmt.Errorf("flash launch %+v for lq %d", cfg, lq)
 		}
 		q := e.read(a[1].p(), dt, bn*lq*ldq)
@@ -602,33 +615,7 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		if a[4].p() != 0 {
 			res = e.read(a[4].p(), dt, M*Cout)
 		}
-		out := make([]float32, M*Cout)
-		for m := 0; m < M; m++ {
-			ox, oy, b := m%Wo, (m/Wo)%Ho, m/(Wo*Ho)
-			for n := 0; n < Cout; n++ {
-				var s float64
-				for r := 0; r < R; r++ {
-					for ss := 0; ss < S; ss++ {
-						iy, ix := oy*st-pt+r, ox*st-pl+ss
-						if iy < 0 || iy >= H || ix < 0 || ix >= W {
-							continue
-						}
-						xo := ((b*H+iy)*W + ix) * C
-						wo := n*K + (r*S+ss)*C
-						for c := 0; c < C; c++ {
-							s += float64(x[xo+c]) * float64(w[wo+c])
-						}
-					}
-				}
-				if bias != nil {
-					s += float64(bias[n])
-				}
-				if res != nil {
-					s += float64(res[m*Cout+n])
-				}
-				out[m*Cout+n] = float32(s)
-			}
-		}
+		out := convRef(x, w, bias, res, bn, H, W, C, Ho, Wo, Cout, R, S, st, pt, pl)
 		e.write(a[0].p(), dt, out)
 	default:
 		return fmt.Errorf("fake device: no emulation of kernel %s", kernel)
@@ -697,3 +684,61 @@ func (e *fakeEngine) emulateGemm(g *cublas.Gemm) {
 var _ = half.ToF32
 
 func (*fakeOOMError) Is(target error) bool { return target == cu.ErrOutOfMemory }
+
+func (e *fakeEngine) destroyEvent(eventHandle) {}
+func (e *fakeEngine) hasCuDNN() bool           { return true }
+
+func (e *fakeEngine) cudnnFind(sh cudnn.ConvShape, x, w, y uint64) ([]cudnn.AlgoPerf, error) {
+	return []cudnn.AlgoPerf{{Algo: 1}}, nil
+}
+
+// cudnnConv emulates cuDNN's NHWC cross-correlation with KRSC filters.
+func (e *fakeEngine) cudnnConv(c *cudnnCall) error {
+	cc := *c
+	sh := cc.shape
+	return e.do(func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("cudnn conv: %v", r)
+			}
+		}()
+		dt := tensorOf(sh.DataType)
+		out := convRef(e.read(cc.x, dt, sh.N*sh.H*sh.W*sh.C), e.read(cc.w, dt, sh.K*sh.R*sh.S*sh.C), nil, nil,
+			sh.N, sh.H, sh.W, sh.C, sh.OutH, sh.OutW, sh.K, sh.R, sh.S, sh.Stride, sh.PadH, sh.PadW)
+		e.write(cc.y, dt, out)
+		return nil
+	})
+}
+
+// convRef is a direct channels-last convolution.
+func convRef(x, w, bias, res []float32, bn, H, W, C, Ho, Wo, Cout, R, S, st, pt, pl int) []float32 {
+	M, K := bn*Ho*Wo, R*S*C
+	out := make([]float32, M*Cout)
+	for m := 0; m < M; m++ {
+		ox, oy, b := m%Wo, (m/Wo)%Ho, m/(Wo*Ho)
+		for n := 0; n < Cout; n++ {
+			var s float64
+			for r := 0; r < R; r++ {
+				for ss := 0; ss < S; ss++ {
+					iy, ix := oy*st-pt+r, ox*st-pl+ss
+					if iy < 0 || iy >= H || ix < 0 || ix >= W {
+						continue
+					}
+					xo := ((b*H+iy)*W + ix) * C
+					wo := n*K + (r*S+ss)*C
+					for c := 0; c < C; c++ {
+						s += float64(x[xo+c]) * float64(w[wo+c])
+					}
+				}
+			}
+			if bias != nil {
+				s += float64(bias[n])
+			}
+			if res != nil {
+				s += float64(res[m*Cout+n])
+			}
+			out[m*Cout+n] = float32(s)
+		}
+	}
+	return out
+}

@@ -52,7 +52,8 @@ func (b *Backend) Linear(x, w, bias *tensor.Tensor) *tensor.Tensor {
 }
 
 // matmulNT records out (m, n) = a (m, k) · w (n, k)ᵀ + bias (+ res), all
-// row-major, choosing Kiln's tensor-core kernel or cuBLAS.
+// row-major, by the planned method (Kiln's tensor-core kernel with the bias
+// fused, or cuBLAS and a bias kernel).
 func (b *Backend) matmulNT(out, a, w *buffer, m, n, k int, dt tensor.DType, bias, res *buffer) {
 	if k == 0 {
 		b.d.add(&record{kind: recMemset, dst: out, writes: out})
@@ -61,8 +62,17 @@ func (b *Backend) matmulNT(out, a, w *buffer, m, n, k int, dt tensor.DType, bias
 		}
 		return
 	}
-	if b.implicitOK(dt, k, n) && (b.d.opts.Linear == "implicit") {
-		b.implicitConv(out, a, w, bias, res, dt, convGeom{h: 1, w: m, c: k, ho: 1, wo: m, bn: 1, cout: n, kh: 1, kw: 1, stride: 1})
+	p := b.planLinear(m, n, k, dt, bias != nil)
+	b.emitLinear(p, out, a, w, bias, m, n, k, dt)
+	if res != nil {
+		b.d.launch("add"+suffix(dt), b.d.grid1(m*n/vecN(dt)+1), out, pbuf(out), pbuf(out), pbuf(res), u32(m*n))
+	}
+}
+
+// emitLinear records a matrix product by plan p.
+func (b *Backend) emitLinear(p linPlan, out, a, w *buffer, bias *buffer, m, n, k int, dt tensor.DType) {
+	if p.method == linImplicit {
+		b.implicitConv(out, a, w, bias, nil, dt, convGeom{h: 1, w: m, c: k, ho: 1, wo: m, bn: 1, cout: n, kh: 1, kw: 1, stride: 1}, p.tile)
 		return
 	}
 	g := cublas.Gemm{TransA: cublas.OpT, TransB: cublas.OpN, M: n, N: m, K: k, Alpha: 1,
@@ -71,14 +81,11 @@ func (b *Backend) matmulNT(out, a, w *buffer, m, n, k int, dt tensor.DType, bias
 	if bias != nil {
 		b.biasAct(out, out, bias, m, n, dt, 0)
 	}
-	if res != nil {
-		b.d.launch("add"+suffix(dt), b.d.grid1(m*n/vecN(dt)+1), out, pbuf(out), pbuf(out), pbuf(res), u32(m*n))
-	}
 }
 
 // biasAct records dst = act(x + bias) over rows × cols.
 func (b *Backend) biasAct(dst, x, bias *buffer, rows, cols int, dt tensor.DType, act int) {
-	b.d.launch("bias_act"+suffix(dt), b.d.grid1(rows*cols/vecN(dt)+1), dst, pbuf(dst), pbuf(x), pOpt(bias), u32(rows), i32(cols), i32(act))
+	b.d.launch("bias_act"+suffix(dt), b.d.grid1(rows*cols/vecN(dt)+1), dst, pbuf(dst), pbuf(x), pOpt(bias), pnull(), u32(rows), i32(cols), i32(act))
 }
 
 // implicitOK reports whether Kiln's implicit-GEMM kernel handles channels
@@ -95,17 +102,19 @@ type convGeom struct {
 	padT, padL     int
 }
 
-// implicitConv records Kiln's implicit-GEMM convolution kernel.
-func (b *Backend) implicitConv(out, x, w, bias, res *buffer, dt tensor.DType, g convGeom) {
+// implicitConv records Kiln's implicit-GEMM convolution kernel with the
+// given tile ("" chooses by shape).
+func (b *Backend) implicitConv(out, x, w, bias, res *buffer, dt tensor.DType, g convGeom, tile string) {
 	m := g.bn * g.ho * g.wo
 	k := g.kh * g.kw * g.c
-	sms := max(b.d.info.SMs, 1)
-	tiles := func(bm, bn int) int { return ((m + bm - 1) / bm) * ((g.cout + bn - 1) / bn) }
+	if tile == "" {
+		tile = b.heuristicTile(m, g.cout)
+	}
 	name, bm, bnT, smem := "conv_64x64", 64, 64, 40960
-	switch t := b.d.opts.ConvTile; {
-	case t == "128x128" || t == "" && g.cout%128 == 0 && tiles(128, 128) >= sms:
+	switch tile {
+	case "128x128":
 		name, bm, bnT, smem = "conv_128x128", 128, 128, 61440
-	case t == "128x64" || t == "" && tiles(128, 64) >= sms:
+	case "128x64":
 		name, bm, bnT, smem = "conv_128x64", 128, 64, 46080
 	}
 	cfg := launchCfg{grid: [3]uint32{uint32((m + bm - 1) / bm), uint32((g.cout + bnT - 1) / bnT), 1}, block: [3]uint32{256, 1, 1}, shmem: uint32(smem)}
@@ -152,13 +161,10 @@ func (b *Backend) Conv2D(x, w, bias *tensor.Tensor, p backend.Conv2DParams) *ten
 	wb := b.channelsLast(w, wst)
 	g := convGeom{bn: bn, h: h, w: wd, c: cin, ho: ho, wo: wo, cout: cout, kh: kh, kw: kw, stride: p.Stride, padT: p.PadTop, padL: p.PadLeft}
 	m := bn * ho * wo
-	switch {
-	case kh == 1 && kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadLeft == 0 && p.PadBottom == 0 && p.PadRight == 0:
+	if kh == 1 && kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadLeft == 0 && p.PadBottom == 0 && p.PadRight == 0 {
 		b.matmulNT(out, xb, wb, m, cout, cin, dt, bb, nil)
-	case b.implicitOK(dt, cin, cout) && b.d.opts.Conv != "im2col":
-		b.implicitConv(out, xb, wb, bb, nil, dt, g)
-	default:
-		b.im2colConv(out, xb, wb, bb, dt, g)
+	} else {
+		b.emitConv(b.planConv(g, p.PadBottom, p.PadRight, dt), out, xb, wb, bb, dt, g)
 	}
 	return b.wrap(osh, dt, nhwc, out)
 }

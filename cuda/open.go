@@ -53,7 +53,9 @@ func Open(ordinal int, opts Options) (*Device, error) {
 		w.stop()
 		return nil, fmt.Errorf("%w: cuda:%d: %v", ErrNoGPU, ordinal, err)
 	}
-	return newDevice(info, opts, eng, w), nil
+	d := newDevice(info, opts, eng, w)
+	d.tune = true
+	return d, nil
 }
 
 func deviceInfo(drv *cu.Driver, dev cu.Device, info *Info) error {
@@ -184,6 +186,8 @@ func recordLabel(r *record) string {
 		return fmt.Sprintf("cublas gemm %dx%dx%d", g.M, g.N, g.K)
 	case recUpload:
 		return "upload"
+	case recCudnn:
+		return fmt.Sprintf("cudnn conv algo %d", r.algo)
 	}
 	return "memset"
 }
@@ -193,9 +197,7 @@ func (d *Device) runProfiled(p *segPlan) error {
 	evs := make([]eventHandle, 0, 2*len(p.recs))
 	defer func() {
 		for _, e := range evs {
-			if ce, ok := d.eng.(*cudaEngine); ok {
-				_ = ce.drv.EventDestroy(cu.Event(e))
-			}
+			d.eng.destroyEvent(e)
 		}
 	}()
 	for _, r := range p.recs {

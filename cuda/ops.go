@@ -299,7 +299,9 @@ func (b *Backend) Reshape(x *tensor.Tensor, shape tensor.Shape) *tensor.Tensor {
 	if shape.Numel() != x.Numel() {
 		fail(op, "cannot reshape %s (%d elements) to %s (%d elements)", x.Shape(), x.Numel(), shape, shape.Numel())
 	}
-	if xs.layout == nhwc && shape.Equal(x.Shape()) {
+	// A channels-last image keeps its memory under any (B, C, H', W') with
+	// H'·W' = H·W: the pixels stay in the same order.
+	if xs.layout == nhwc && len(shape) == 4 && shape[0] == x.Dim(0) && shape[1] == x.Dim(1) {
 		return b.wrap(shape, x.DType(), nhwc, xs.buf)
 	}
 	return b.wrap(shape, x.DType(), rowMajor, b.logical(x, xs))
@@ -391,11 +393,16 @@ func (b *Backend) LayerNorm(x, w, bias *tensor.Tensor, eps float32) *tensor.Tens
 		return b.wrap(sh, dt, rowMajor, out)
 	}
 	rows := x.Numel() / dim
+	xb := b.logical(x, xs)
+	if n := vecN(dt); dim%n == 0 && dim <= 8*32*n {
+		cfg := launchCfg{grid: [3]uint32{uint32((rows + 7) / 8), 1, 1}, block: [3]uint32{256, 1, 1}}
+		b.d.launch("layernorm_warp"+suffix(dt), cfg, out, pbuf(out), pbuf(xb), pOpt(wb), pOpt(bb), i32(rows), i32(dim), f32(eps))
+		return b.wrap(sh, dt, rowMajor, out)
+	}
 	threads := 256
 	for threads > 32 && threads/2 >= dim {
 		threads /= 2
 	}
-	xb := b.logical(x, xs)
 	cfg := launchCfg{grid: [3]uint32{uint32(rows), 1, 1}, block: [3]uint32{uint32(threads), 1, 1}}
 	b.d.launch("layernorm"+suffix(dt), cfg, out, pbuf(out), pbuf(xb), pOpt(wb), pOpt(bb), i32(dim), f32(eps))
 	return b.wrap(sh, dt, rowMajor, out)
@@ -436,13 +443,21 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 		xb = b.d.newBuffer(int64(x.Numel()) * int64(dt.Size()))
 		b.transpose(xb, xs.buf, dt, bn, c, hw)
 	}
-	splits := max(1, min((4*max(b.d.info.SMs, 1)+bn-1)/bn, hw/8, 128))
-	ws := b.d.newBuffer(int64(bn*splits*c) * 8)
+	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw/16))
+	ws := b.d.newBuffer(int64(bn*c) * 8)
 	ab := b.d.newBuffer(int64(bn*c) * 8)
-	b.d.launch("gn_partial"+suffix(dt), launchCfg{grid: [3]uint32{uint32(splits), uint32(bn), 1}, block: [3]uint32{256, 1, 1}},
+	b.d.add(&record{kind: recMemset, dst: ws, writes: ws})
+	threads := 256
+	if cv := c / vecN(dt); c%vecN(dt) == 0 && cv > 256 {
+		threads = min(1024, (cv+31)/32*32)
+	}
+	if 8*c > 48<<10 {
+		fail(op, "%d channels exceed the group-norm kernel's shared memory", c)
+	}
+	b.d.launch("gn_sums"+suffix(dt), launchCfg{grid: [3]uint32{uint32(splits), uint32(bn), 1}, block: [3]uint32{uint32(threads), 1, 1}, shmem: uint32(8 * c)},
 		ws, pbuf(ws), pbuf(xb), i32(hw), i32(c), i32(splits))
-	b.d.launch("gn_finalize"+suffix(dt), launchCfg{grid: [3]uint32{uint32(bn * groups), 1, 1}, block: [3]uint32{32, 1, 1}},
-		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(bn), i32(hw), i32(c), i32(groups), i32(splits), f32(eps))
+	b.d.launch("gn_affine"+suffix(dt), launchCfg{grid: [3]uint32{uint32((bn*c + 127) / 128), 1, 1}, block: [3]uint32{128, 1, 1}},
+		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(bn), i32(hw), i32(c), i32(groups), f32(eps))
 	s := 0
 	if silu {
 		s = 1

@@ -191,6 +191,7 @@ func opCases() []opCase {
 		{"Attention D=8", []spec{act(2, 40, 32), act(2, 40, 32), act(2, 40, 32)}, attn(backend.AttentionParams{Heads: 4, Scale: sc(8)})},
 		{"Attention D=40 cross", []spec{act(2, 70, 320), act(2, 77, 320), act(2, 77, 320)}, attn(backend.AttentionParams{Heads: 8, Scale: sc(40)})},
 		{"Attention D=64 causal", []spec{act(1, 77, 256), act(1, 77, 256), act(1, 77, 256)}, attn(backend.AttentionParams{Heads: 4, Scale: sc(64), Causal: true})},
+		{"Attention D=64 causal long", []spec{act(1, 200, 128), act(1, 200, 128), act(1, 200, 128)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(64), Causal: true})},
 		{"Attention D=160", []spec{act(1, 65, 320), act(1, 20, 320), act(1, 20, 320)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(160)})},
 		{"Attention D=4 (unfused)", []spec{act(2, 9, 8), act(2, 11, 8), act(2, 11, 8)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(4), Upcast: true})},
 		{"Attention one head D=512 (unfused)", []spec{act(1, 33, 512), act(1, 33, 512), act(1, 33, 512)}, attn(backend.AttentionParams{Heads: 1, Scale: sc(512)})},
@@ -558,10 +559,138 @@ func TestKernelVariants(t *testing.T) {
 	for _, hd := range []int{16, 24, 32, 48, 56, 80, 96, 104, 128, 152} {
 		for _, tg := range tgs {
 			h := 2
+			d := tg.be.Device()
+			saved := d.opts
+			d.opts.Attention = "flash1"
+			runCase(t, r, tg, opCase{"Attention single-stage D=" + itoa(hd), []spec{act(2, 131, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
+				}})
+			d.opts = saved
 			runCase(t, r, tg, opCase{"Attention D=" + itoa(hd), []spec{act(2, 131, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
 				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
 				}})
 		}
+	}
+}
+
+// TestReshapeKeepsChannelsLast checks the view path of Reshape on images
+// (the UNet's per-channel add goes through (B, C, H·W, 1)).
+func TestReshapeKeepsChannelsLast(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 13))
+	for _, tg := range targets(t) {
+		runCase(t, r, tg, opCase{"per-channel add through a reshape", []spec{act(2, 16, 3, 5), act(2, 16)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			s := x[0].Shape()
+			flat := be.Reshape(x[0], tensor.Shape{s[0], s[1], s[2] * s[3], 1})
+			sum := be.AddBroadcast(flat, x[1])
+			return be.GroupNorm(be.Reshape(sum, s), nil, nil, 4, 1e-5, false)
+		}})
+	}
+	d, e := newFakeDevice(DefaultOptions())
+	be := d.Backend(tensor.F16)
+	x := be.FromFloat32(tensor.Shape{1, 8, 2, 2}, make([]float32, 32))
+	y := be.Reshape(x, tensor.Shape{1, 8, 4, 1})
+	be.ToFloat32(be.Reshape(y, tensor.Shape{1, 8, 2, 2}))
+	if e.launches != 1 { // only the transpose of the download
+		t.Fatalf("%d kernel launches for two reshapes and a download", e.launches)
+	}
+}
+
+// TestConvMethods forces each convolution method (cuDNN where present,
+// Kiln's implicit GEMM, im2col + cuBLAS) on every target.
+func TestConvMethods(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 17))
+	for _, method := range []string{"cudnn", "implicit", "im2col"} {
+		for _, tg := range targets(t) {
+			d := tg.be.Device()
+			saved := d.opts
+			d.opts.Conv = method
+			v := target{tg.name + "/" + method, tg.be, tg.tol}
+			runCase(t, r, v, opCase{"Conv2D 3x3 " + method, []spec{act(2, 32, 9, 7), weight(48, 32, 3, 3).times(0.2), weight(48)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(1, 1))
+				}})
+			runCase(t, r, v, opCase{"Conv2D 3x3 stride 2 " + method, []spec{act(1, 8, 9, 10), weight(16, 8, 3, 3).times(0.2), weight(16)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(2, 1))
+				}})
+			runCase(t, r, v, opCase{"Conv2D asymmetric pad " + method, []spec{act(1, 32, 8, 8), weight(32, 32, 3, 3).times(0.2), weight(32)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Conv2D(x[0], x[1], x[2], backend.Conv2DParams{Stride: 2, PadBottom: 1, PadRight: 1})
+				}})
+			d.opts = saved
+		}
+	}
+}
+
+// TestResidualFusion checks that additions after a convolution or a biased
+// linear layer are folded into it, with unchanged results.
+func TestResidualFusion(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 19))
+	for _, tg := range targets(t) {
+		d := tg.be.Device()
+		before := d.Stats().Fused
+		runCase(t, r, tg, opCase{"conv + residual", []spec{act(2, 32, 6, 5), weight(32, 32, 3, 3).times(0.2), weight(32), act(2, 32, 6, 5)},
+			func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+				h := be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(1, 1))
+				out := be.Add(x[3], h)
+				be.Free(h)
+				return out
+			}})
+		runCase(t, r, tg, opCase{"linear + residual", []spec{act(2, 7, 32), weight(32, 32).times(0.2), weight(32), act(2, 7, 32)},
+			func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+				h := be.Linear(x[0], x[1], x[2])
+				out := be.Add(h, x[3])
+				be.Free(h)
+				return out
+			}})
+		runCase(t, r, tg, opCase{"kept operand is not fused", []spec{act(2, 7, 32), weight(32, 32).times(0.2), weight(32), act(2, 7, 32)},
+			func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+				h := be.Linear(x[0], x[1], x[2])
+				out := be.Add(h, x[3])
+				return be.Add(out, h)
+			}})
+		if d.opts.Fuse && d.Stats().Fused-before < 2 {
+			t.Errorf("%s: %d additions fused, want at least 2", tg.name, d.Stats().Fused-before)
+		}
+	}
+}
+
+// TestSpeculativeReplay checks that a repeated segment is launched as soon
+// as its uploads are recorded, that the result is right, and that a segment
+// which then diverges is detected and run correctly instead.
+func TestSpeculativeReplay(t *testing.T) {
+	d, _ := newFakeDevice(DefaultOptions())
+	be := d.Backend(tensor.F32)
+	ref := cpu.New()
+	r := rand.New(rand.NewPCG(seed(t), 23))
+	wdata := randData(r, 16*16, 0.3)
+	w := be.Upload(tensor.Shape{16, 16}, tensor.F32, f32Bytes(wdata))
+	wr := ref.Upload(tensor.Shape{16, 16}, tensor.F32, f32Bytes(wdata))
+	step := func(be backend.Backend, w *tensor.Tensor, x []float32, extra bool) []float32 {
+		h := be.FromFloat32(tensor.Shape{3, 16}, x)
+		for i := 0; i < 4; i++ {
+			h = swapT(be, h, be.Linear(h, w, nil))
+			h = swapT(be, h, be.SiLU(h))
+		}
+		if extra {
+			h = swapT(be, h, be.Scale(h, 2))
+		}
+		out := be.ToFloat32(h)
+		be.Free(h)
+		return out
+	}
+	for i := 0; i < 6; i++ {
+		x := randData(r, 48, 1)
+		extra := i == 4
+		got, want := step(be, w, x, extra), step(ref, wr, x, extra)
+		if e := fixtures.RelErr(got, want); e > 1e-5 {
+			t.Fatalf("step %d: relative error %.3g", i, e)
+		}
+	}
+	st := d.Stats()
+	if st.Speculated < 2 || st.Misspeculated != 1 {
+		t.Fatalf("want speculative replays and one detected divergence: %+v", st)
 	}
 }

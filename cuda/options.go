@@ -14,6 +14,16 @@ func (o *Options) fromEnv(get func(string) string) {
 			o.Graphs = b
 		}
 	}
+	if v := get("KILN_CUDA_SPECULATE"); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			o.Speculate = b
+		}
+	}
+	if v := get("KILN_CUDA_FUSE"); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			o.Fuse = b
+		}
+	}
 	if v := get("KILN_CUDA_CONV"); v != "" {
 		o.Conv = v
 	}

@@ -17,9 +17,13 @@ type graphEntry struct {
 	arena     uint64
 	arenaSize int64 // allocator size class of arena
 	size      int64 // bytes of the arena the plan uses
-	offsets   []int64
-	epoch     uint64 // bumped on every replay and on eviction
-	lastUse   uint64
+	// rawOffsets gives each buffer of the recorded segment (by creation
+	// index) its offset in the arena, -1 for buffers nothing uses.
+	rawOffsets []int64
+	first      string // encoding of the first record, to find it early
+	lastUpload int    // index of the last upload record, -1 for none
+	epoch      uint64 // bumped on every replay and on eviction
+	lastUse    uint64
 }
 
 var errFreed = errors.New("use of a freed tensor")
@@ -81,13 +85,11 @@ type segPlan struct {
 	first    []int
 	last     []int
 	escape   []bool
-	key      string
-	hash     uint64
 	uploadBy []int // slot of each upload record
 }
 
 // analyse drops records whose results nobody reads (dead code), numbers the
-// live buffers and computes their lifetimes and the segment's key.
+// live buffers and computes their lifetimes.
 func analyse(seg *segment) *segPlan {
 	needed := make([]bool, len(seg.bufs))
 	for i, b := range seg.bufs {
@@ -155,54 +157,6 @@ func analyse(seg *segment) *segPlan {
 			p.last[s] = end
 		}
 	}
-	var k keyEncoder
-	k.u32(uint32(len(p.slots)))
-	for s, b := range p.slots {
-		k.u64(uint64(b.size))
-		if p.escape[s] {
-			k.u32(1)
-		} else {
-			k.u32(0)
-		}
-	}
-	for _, r := range p.recs {
-		k.u32(uint32(r.kind))
-		switch r.kind {
-		case recKernel:
-			k.str(r.kernel)
-			for _, v := range r.cfg.grid {
-				k.u32(v)
-			}
-			for _, v := range r.cfg.block {
-				k.u32(v)
-			}
-			k.u32(r.cfg.shmem)
-			k.ref(seg, r.writes, 0, slot)
-			for _, a := range r.args {
-				if a.buf != nil {
-					k.ref(seg, a.buf, a.off, slot)
-				} else {
-					k.u32(3)
-					k.u64(a.v)
-				}
-			}
-		case recGemm:
-			k.gemm(&r.gemm)
-			k.ref(seg, r.ga.buf, r.ga.off, slot)
-			k.ref(seg, r.gb.buf, r.gb.off, slot)
-			k.ref(seg, r.gc.buf, r.gc.off, slot)
-		case recUpload:
-			k.u32(uint32(slot[r.writes]))
-			k.u64(uint64(len(r.data)))
-		case recMemset:
-			k.ref(seg, r.dst, 0, slot)
-			k.u32(uint32(r.val))
-		}
-	}
-	p.key = string(k.b)
-	h := fnv.New64a()
-	h.Write(k.b)
-	p.hash = h.Sum64()
 	return p
 }
 
@@ -232,22 +186,49 @@ func (d *Device) runSegment(seg *segment) error {
 	if d.broken != nil {
 		return d.broken
 	}
-	p := analyse(seg)
+	useGraphs := d.opts.Graphs && !d.profiling
+	var key string
+	if useGraphs {
+		key = seg.fullKey()
+	}
+	sp := d.spec
+	d.spec = nil
 	for _, b := range seg.bufs {
 		if b.refs == 0 {
 			b.dead = errFreed
 		}
 	}
+	if sp != nil && sp.seg == seg && sp.launched {
+		if sp.err != nil {
+			return d.noteErr(sp.err)
+		}
+		if key == sp.g.key {
+			d.bindRaw(sp.g, seg, false)
+			d.stats.Replayed++
+			d.stats.Speculated++
+			return nil
+		}
+		d.stats.Misspeculated++ // the graph's arena holds junk now; run normally
+	}
+	if useGraphs {
+		if g, ok := d.graphs[key]; ok {
+			return d.replay(g, seg)
+		}
+	}
+	if d.opts.Fuse {
+		d.stats.Fused += fuseResiduals(seg)
+	}
+	p := analyse(seg)
 	if len(p.recs) == 0 {
 		return nil
 	}
-	if d.opts.Graphs && !d.profiling {
-		if g, ok := d.graphs[p.key]; ok {
-			return d.replay(g, p)
-		}
-		d.seen[p.hash]++
-		if d.seen[p.hash] >= 2 {
-			return d.capture(p)
+	if useGraphs {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		hash := h.Sum64()
+		d.seen[hash]++
+		if d.seen[hash] >= 2 {
+			return d.capture(p, seg, key)
 		}
 		if len(d.seen) > 4096 {
 			clear(d.seen)
@@ -308,7 +289,7 @@ func (d *Device) runTransient(p *segPlan) error {
 
 // capture runs the segment under stream capture into a CUDA graph whose
 // arena holds every buffer, then launches it and keeps it for replays.
-func (d *Device) capture(p *segPlan) error {
+func (d *Device) capture(p *segPlan, seg *segment, key string) error {
 	sizes := make([]int64, len(p.slots))
 	all := make([]bool, len(p.slots))
 	for s, b := range p.slots {
@@ -323,8 +304,15 @@ func (d *Device) capture(p *segPlan) error {
 	if err != nil {
 		return err
 	}
-	g := &graphEntry{key: p.key, arena: arena, arenaSize: class, offsets: offs, epoch: 1, size: total}
-	d.bind(g, p)
+	g := &graphEntry{key: key, arena: arena, arenaSize: class, epoch: 1, size: total,
+		rawOffsets: make([]int64, len(seg.bufs)), first: seg.first, lastUpload: seg.lastUpload}
+	for i := range g.rawOffsets {
+		g.rawOffsets[i] = -1
+	}
+	for s, b := range p.slots {
+		g.rawOffsets[b.idx] = offs[s]
+	}
+	d.bindRaw(g, seg, true)
 	if d.opts.Poison {
 		if err := d.poison(p, arena, total); err != nil {
 			d.alloc.release(arena, class)
@@ -359,7 +347,8 @@ func (d *Device) capture(p *segPlan) error {
 	g.exec, g.nodes = h, nodes
 	d.clock++
 	g.lastUse = d.clock
-	d.graphs[p.key] = g
+	d.graphs[key] = g
+	d.byFirst[g.first] = g
 	d.stats.Captured++
 	if err := d.eng.launchGraph(h); err != nil {
 		return d.noteErr(err)
@@ -367,20 +356,21 @@ func (d *Device) capture(p *segPlan) error {
 	return nil
 }
 
-// replay binds the segment's buffers to a captured graph's arena and
-// launches the graph.
-func (d *Device) replay(g *graphEntry, p *segPlan) error {
-	g.epoch++
-	d.clock++
-	g.lastUse = d.clock
-	d.bind(g, p)
+// replay binds the segment's buffers to a captured graph's arena, uploads
+// its inputs and launches the graph.
+func (d *Device) replay(g *graphEntry, seg *segment) error {
+	d.bindRaw(g, seg, true)
 	if d.opts.Poison {
-		if err := d.poison(p, g.arena, g.size); err != nil {
-			return err
+		if err := d.eng.memset(g.arena, g.size, 0xff); err != nil {
+			return d.noteErr(err)
 		}
 	}
-	if err := d.uploads(p); err != nil {
-		return d.noteErr(err)
+	for _, r := range seg.recs {
+		if r.kind == recUpload && r.dst.addr != 0 {
+			if err := d.exec(r); err != nil {
+				return d.noteErr(err)
+			}
+		}
 	}
 	d.stats.Replayed++
 	if err := d.eng.launchGraph(g.exec); err != nil {
@@ -389,13 +379,82 @@ func (d *Device) replay(g *graphEntry, p *segPlan) error {
 	return nil
 }
 
-func (d *Device) bind(g *graphEntry, p *segPlan) {
-	for s, b := range p.slots {
-		b.addr = g.arena + uint64(g.offsets[s])
-		if p.escape[s] {
-			b.graph, b.epoch = g, g.epoch
+// bindRaw gives the segment's buffers their addresses in g's arena and ties
+// the ones that outlive the segment to this run of g; bump starts a new run
+// (a speculative launch has already done so).
+func (d *Device) bindRaw(g *graphEntry, seg *segment, bump bool) {
+	if bump {
+		g.epoch++
+	}
+	d.clock++
+	g.lastUse = d.clock
+	for i, b := range seg.bufs {
+		if off := g.rawOffsets[i]; off >= 0 {
+			b.addr = g.arena + uint64(off)
+			if b.refs > 0 {
+				b.graph, b.epoch = g, g.epoch
+			}
 		}
 	}
+}
+
+// speculation is a graph launched before its segment was fully recorded:
+// once the recording matched a captured graph up to its last upload, the
+// uploads and the graph go to the device while the host records the rest,
+// which must then match too.
+type speculation struct {
+	seg      *segment
+	g        *graphEntry
+	pos      int // bytes of g.key matched
+	failed   bool
+	launched bool
+	err      error
+}
+
+// speculate compares one more record with the candidate graph and launches
+// it once every upload it needs is recorded.
+func (d *Device) speculate(sp *speculation, r *record, enc []byte) {
+	g := sp.g
+	if sp.pos+len(enc) > len(g.key) || g.key[sp.pos:sp.pos+len(enc)] != string(enc) {
+		sp.failed = true
+		return
+	}
+	sp.pos += len(enc)
+	for _, b := range r.reads {
+		if b.graph == g {
+			sp.failed = true // reads an output of g's previous run: never overwrite it early
+			return
+		}
+	}
+	if sp.launched || len(sp.seg.recs)-1 < g.lastUpload {
+		return
+	}
+	if d.graphs[g.key] != g {
+		sp.failed = true // evicted
+		return
+	}
+	type up struct {
+		addr uint64
+		data []byte
+	}
+	var ups []up
+	for _, rec := range sp.seg.recs {
+		if rec.kind == recUpload {
+			if off := g.rawOffsets[rec.dst.idx]; off >= 0 {
+				ups = append(ups, up{g.arena + uint64(off), rec.data})
+			}
+		}
+	}
+	g.epoch++ // the previous run's outputs are about to be overwritten
+	sp.launched = true
+	d.submit(func() error {
+		for _, u := range ups {
+			if err := d.eng.upload(u.addr, u.data); err != nil {
+				return err
+			}
+		}
+		return d.eng.launchGraph(g.exec)
+	}, &sp.err)
 }
 
 func (d *Device) uploads(p *segPlan) error {
@@ -427,6 +486,9 @@ func (d *Device) dropGraph(g *graphEntry) {
 	d.alloc.release(g.arena, g.arenaSize)
 	g.epoch++
 	delete(d.graphs, g.key)
+	if d.byFirst[g.first] == g {
+		delete(d.byFirst, g.first)
+	}
 }
 
 // exec issues one record to the engine.
@@ -453,6 +515,9 @@ func (d *Device) exec(r *record) error {
 		return d.eng.upload(r.dst.addr, r.data)
 	case recMemset:
 		return d.eng.memset(r.dst.addr, r.dst.size, r.val)
+	case recCudnn:
+		return d.eng.cudnnConv(&cudnnCall{shape: r.dnn, algo: r.algo,
+			x: r.ga.buf.addr + uint64(r.ga.off), w: r.gb.buf.addr + uint64(r.gb.off), y: r.gc.buf.addr + uint64(r.gc.off)})
 	}
 	return fmt.Errorf("cuda: unknown record kind %d", r.kind)
 }

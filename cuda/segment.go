@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/cudnn"
 )
 
 // layout is how a tensor's elements lie in its buffer.
@@ -71,6 +72,7 @@ const (
 	recGemm
 	recUpload
 	recMemset
+	recCudnn
 )
 
 // bufRef is a buffer plus a byte offset.
@@ -87,6 +89,8 @@ type record struct {
 	args       []arg
 	gemm       cublas.Gemm // pointers unresolved; a, b, c give them
 	ga, gb, gc bufRef
+	dnn        cudnn.ConvShape // recCudnn: x = ga, w = gb, y = gc
+	algo       int
 	data       []byte  // upload source
 	dst        *buffer // upload or memset target
 	val        byte    // memset value
@@ -98,6 +102,12 @@ type record struct {
 type segment struct {
 	recs []*record
 	bufs []*buffer
+	// raw is the encoding of recs as recorded (before fusion and dead-code
+	// removal), buffers named by their index in bufs: with the buffers'
+	// escape bits it keys the graph cache.
+	raw        []byte
+	first      string // encoding of the first record
+	lastUpload int    // index of the last upload record, -1 for none
 }
 
 // newBuffer makes a buffer of n bytes produced by the current segment.
@@ -134,13 +144,38 @@ func (d *Device) launch(kernel string, cfg launchCfg, out *buffer, args ...arg) 
 
 // add appends r to the segment and notes which buffers it reads.
 func (d *Device) add(r *record) {
+	seg := d.seg
 	for _, b := range r.reads {
-		b.lastRead = d.seg
+		b.lastRead = seg
 	}
-	if r.writes != nil && r.writes.seg != d.seg {
+	if r.writes != nil && r.writes.seg != seg && !d.scratch {
 		panic("cuda: internal error: a record writes a buffer of another segment")
 	}
-	d.seg.recs = append(d.seg.recs, r)
+	if len(seg.recs) == 0 {
+		seg.lastUpload = -1
+	}
+	seg.recs = append(seg.recs, r)
+	if d.scratch {
+		return
+	}
+	n := len(seg.raw)
+	seg.raw = encodeRecord(seg.raw, seg, r)
+	enc := seg.raw[n:]
+	if r.kind == recUpload {
+		seg.lastUpload = len(seg.recs) - 1
+	}
+	if len(seg.recs) == 1 {
+		seg.first = string(enc)
+		d.spec = nil
+		if d.opts.Graphs && d.opts.Speculate && !d.profiling {
+			if g := d.byFirst[seg.first]; g != nil {
+				d.spec = &speculation{seg: seg, g: g}
+			}
+		}
+	}
+	if sp := d.spec; sp != nil && sp.seg == seg && !sp.failed {
+		d.speculate(sp, r, enc)
+	}
 }
 
 // gemmRecord records a matrix product whose C is out.
@@ -152,6 +187,11 @@ func (d *Device) gemmRecord(g cublas.Gemm, a, b bufRef, out bufRef) {
 	d.add(r)
 }
 
+// cudnnRecord records a cuDNN convolution y = conv(x, w).
+func (d *Device) cudnnRecord(sh cudnn.ConvShape, algo int, x, w, y *buffer) {
+	d.add(&record{kind: recCudnn, dnn: sh, algo: algo, ga: bufRef{buf: x}, gb: bufRef{buf: w}, gc: bufRef{buf: y}, writes: y, reads: []*buffer{x, w}})
+}
+
 // uploadRecord records copying host bytes into dst at flush.
 func (d *Device) uploadRecord(dst *buffer, data []byte) {
 	d.add(&record{kind: recUpload, dst: dst, data: data, writes: dst})
@@ -159,22 +199,22 @@ func (d *Device) uploadRecord(dst *buffer, data []byte) {
 
 // keyEncoder builds the byte string that identifies a segment's work for
 // the graph cache: kernels, launch shapes, scalars, external addresses, and
-// internal buffers by index, size and whether they outlive the segment.
+// internal buffers by creation index.
 type keyEncoder struct{ b []byte }
 
 func (k *keyEncoder) u64(v uint64) { k.b = binary.LittleEndian.AppendUint64(k.b, v) }
 func (k *keyEncoder) u32(v uint32) { k.b = binary.LittleEndian.AppendUint32(k.b, v) }
 func (k *keyEncoder) str(s string) { k.u32(uint32(len(s))); k.b = append(k.b, s...) }
 
-func (k *keyEncoder) ref(seg *segment, b *buffer, off int64, slot map[*buffer]int) {
-	if b == nil {
+func (k *keyEncoder) ref(seg *segment, b *buffer, off int64) {
+	switch {
+	case b == nil:
 		k.u32(0)
 		return
-	}
-	if b.seg == seg {
+	case b.seg == seg:
 		k.u32(1)
-		k.u32(uint32(slot[b]))
-	} else {
+		k.u32(uint32(b.idx))
+	default:
 		k.u32(2)
 		k.u64(b.addr)
 	}
@@ -187,6 +227,71 @@ func (k *keyEncoder) gemm(g *cublas.Gemm) {
 		int64(g.BType), int64(g.LDB), g.StrideB, int64(g.CType), int64(g.LDC), g.StrideC, int64(g.Batch), int64(g.Compute)} {
 		k.u64(uint64(v))
 	}
+}
+
+// encodeRecord appends r's encoding to dst.
+func encodeRecord(dst []byte, seg *segment, r *record) []byte {
+	k := keyEncoder{b: dst}
+	k.u32(uint32(r.kind))
+	switch r.kind {
+	case recKernel:
+		k.str(r.kernel)
+		for _, v := range r.cfg.grid {
+			k.u32(v)
+		}
+		for _, v := range r.cfg.block {
+			k.u32(v)
+		}
+		k.u32(r.cfg.shmem)
+		k.ref(seg, r.writes, 0)
+		for _, a := range r.args {
+			if a.buf != nil {
+				k.ref(seg, a.buf, a.off)
+			} else {
+				k.u32(3)
+				k.u64(a.v)
+			}
+		}
+	case recGemm:
+		k.gemm(&r.gemm)
+		k.ref(seg, r.ga.buf, r.ga.off)
+		k.ref(seg, r.gb.buf, r.gb.off)
+		k.ref(seg, r.gc.buf, r.gc.off)
+	case recUpload:
+		k.ref(seg, r.writes, 0)
+		k.u64(uint64(len(r.data)))
+	case recMemset:
+		k.ref(seg, r.dst, 0)
+		k.u32(uint32(r.val))
+	case recCudnn:
+		sh := r.dnn
+		for _, v := range []int{sh.DataType, sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, sh.PadH, sh.PadW, sh.Stride, sh.OutH, sh.OutW, r.algo} {
+			k.u64(uint64(v))
+		}
+		k.ref(seg, r.ga.buf, r.ga.off)
+		k.ref(seg, r.gb.buf, r.gb.off)
+		k.ref(seg, r.gc.buf, r.gc.off)
+	}
+	return k.b
+}
+
+// fullKey is the segment's raw encoding followed by which buffers outlive
+// it (their handles are not freed), the other input of the memory plan.
+func (seg *segment) fullKey() string {
+	k := make([]byte, len(seg.raw), len(seg.raw)+len(seg.bufs)/8+16)
+	copy(k, seg.raw)
+	k = binary.LittleEndian.AppendUint32(k, uint32(len(seg.bufs)))
+	var bits byte
+	for i, b := range seg.bufs {
+		if b.refs > 0 {
+			bits |= 1 << (i % 8)
+		}
+		if i%8 == 7 || i == len(seg.bufs)-1 {
+			k = append(k, bits)
+			bits = 0
+		}
+	}
+	return string(k)
 }
 
 // describe names a tensor for error messages.

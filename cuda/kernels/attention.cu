@@ -202,6 +202,180 @@ __device__ __forceinline__ void flash_impl(void* pout, const void* pq, const voi
   }
 }
 
+__device__ __forceinline__ void fa_cp_async16(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void fa_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// async_tile starts copying rows [r0, r0+ROWS) of one head into shared
+// memory (row stride DP+8), zero-filling rows ≥ nrows and columns ≥ D.
+template <typename T, int ROWS, int DP>
+__device__ __forceinline__ void async_tile(T* sm, const T* g, int ld, int r0, int nrows, int D) {
+  constexpr int CV = DP / 8;
+  for (int idx = threadIdx.x; idx < ROWS * CV; idx += blockDim.x) {
+    int r = idx / CV, cv = idx % CV;
+    bool ok = r0 + r < nrows && cv * 8 < D;
+    fa_cp_async16(sm + r * (DP + 8) + cv * 8, ok ? g + (size_t)(r0 + r) * ld + cv * 8 : g, ok);
+  }
+}
+
+// flashp_impl is flash_impl with K/V tiles double-buffered through
+// cp.async: the next tile streams in while this one is computed. Shared
+// memory: Q (64 rows) + 2 × (K + V) (64 rows each) of DP+8 elements.
+template <typename T, int DP>
+__device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const void* pk, const void* pv, int Lq, int Lk,
+                                            int D, int ldq, int ldk, int ldv, int ldo, float scale_log2, int causal) {
+  constexpr int BM = 64, BN = 64, SR = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sq = reinterpret_cast<T*>(smem_raw);
+  T* sk = sq + BM * SR;      // 2 stages of BN rows
+  T* sv = sk + 2 * BN * SR;  // 2 stages of BN rows
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const T* q = (const T*)pq + (size_t)b * Lq * ldq + (size_t)h * D;
+  const T* k = (const T*)pk + (size_t)b * Lk * ldk + (size_t)h * D;
+  const T* v = (const T*)pv + (size_t)b * Lk * ldv + (size_t)h * D;
+  T* out = (T*)pout + (size_t)b * Lq * ldo + (size_t)h * D;
+  int kv_end = Lk;
+  if (causal) kv_end = min(Lk, q0 + BM);
+  const int ntiles = (kv_end + BN - 1) / BN;
+
+  async_tile<T, BM, DP>(sq, q, ldq, q0, Lq, D);
+  async_tile<T, BN, DP>(sk, k, ldk, 0, Lk, D);
+  async_tile<T, BN, DP>(sv, v, ldv, 0, Lk, D);
+  fa_commit();
+  fa_wait<0>();
+  __syncthreads();
+  unsigned qf[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; kk++) {
+    int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    int col = kk * 16 + (lane >> 4) * 8;
+    ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sq + row * SR + col);
+  }
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int i = 0; i < DP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+
+  for (int j = 0; j < ntiles; j++) {
+    const int kv0 = j * BN;
+    if (j + 1 < ntiles) {
+      int st = (j + 1) & 1;
+      async_tile<T, BN, DP>(sk + st * BN * SR, k, ldk, kv0 + BN, Lk, D);
+      async_tile<T, BN, DP>(sv + st * BN * SR, v, ldv, kv0 + BN, Lk, D);
+    }
+    fa_commit();
+    fa_wait<1>();
+    __syncthreads();
+    const T* ks = sk + (j & 1) * BN * SR;
+    const T* vs = sv + (j & 1) * BN * SR;
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+#pragma unroll
+      for (int n2 = 0; n2 < BN / 16; n2++) {
+        unsigned b0, b1, b2, b3;
+        int row = n2 * 16 + (lane & 7) + (lane >> 4) * 8;
+        int col = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldsm_x4(b0, b1, b2, b3, ks + row * SR + col);
+        Mma<T>::run(s[2 * n2], qf[kk], b0, b1);
+        Mma<T>::run(s[2 * n2 + 1], qf[kk], b2, b3);
+      }
+    }
+    const bool mask = causal || kv0 + BN > Lk;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float val = s[nt][e] * scale_log2;
+        if (mask) {
+          int jj = kv0 + nt * 8 + t4 * 2 + (e & 1);
+          int r = e < 2 ? row0 : row1;
+          if (jj >= Lk || (causal && jj > r)) val = -INFINITY;
+        }
+        s[nt][e] = val;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    float base0 = mn0 == -INFINITY ? 0.f : mn0, base1 = mn1 == -INFINITY ? 0.f : mn1;
+    float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1);
+    m0 = mn0;
+    m1 = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+      s[nt][0] = exp2f(s[nt][0] - base0);
+      s[nt][1] = exp2f(s[nt][1] - base0);
+      s[nt][2] = exp2f(s[nt][2] - base1);
+      s[nt][3] = exp2f(s[nt][3] - base1);
+      rs0 += s[nt][0] + s[nt][1];
+      rs1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) {
+      o[i][0] *= al0;
+      o[i][1] *= al0;
+      o[i][2] *= al1;
+      o[i][3] *= al1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      unsigned a[4];
+      a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int d2 = 0; d2 < DP / 16; d2++) {
+        unsigned b0, b1, b2, b3;
+        int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        int col = d2 * 16 + (lane >> 4) * 8;
+        ldsm_x4_t(b0, b1, b2, b3, vs + row * SR + col);
+        Mma<T>::run(o[2 * d2], a, b0, b1);
+        Mma<T>::run(o[2 * d2 + 1], a, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+  for (int nt = 0; nt < DP / 8; nt++) {
+    int d = nt * 8 + t4 * 2;
+    if (d < D) {
+      if (row0 < Lq) {
+        T* p = out + (size_t)row0 * ldo + d;
+        p[0] = fromf<T>(o[nt][0] * inv0);
+        p[1] = fromf<T>(o[nt][1] * inv0);
+      }
+      if (row1 < Lq) {
+        T* p = out + (size_t)row1 * ldo + d;
+        p[0] = fromf<T>(o[nt][2] * inv1);
+        p[1] = fromf<T>(o[nt][3] * inv1);
+      }
+    }
+  }
+}
+
 // flash_<DP>_<type>: shared memory (64 + 64) · (DP + 8) elements, dynamic.
 #define KILN_FLASH(DP, TN, T)                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) flash##DP##_##TN(                                            \
@@ -209,7 +383,14 @@ __device__ __forceinline__ void flash_impl(void* pout, const void* pq, const voi
       int ldo, float scale_log2, int causal) {                                                                   \
     flash_impl<T, DP>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                          \
   }
-#define KILN_FLASH2(DP) KILN_FLASH(DP, f16, f16) KILN_FLASH(DP, bf16, bf16)
+#define KILN_FLASHP(DP, TN, T)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(128) flashp##DP##_##TN(                                           \
+      void* out, const void* q, const void* k, const void* v, int Lq, int Lk, int D, int ldq, int ldk, int ldv, \
+      int ldo, float scale_log2, int causal) {                                                                   \
+    flashp_impl<T, DP>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                         \
+  }
+// flashp<DP>: shared memory 5 · 64 · (DP + 8) elements, dynamic.
+#define KILN_FLASH2(DP) KILN_FLASH(DP, f16, f16) KILN_FLASH(DP, bf16, bf16) KILN_FLASHP(DP, f16, f16) KILN_FLASHP(DP, bf16, bf16)
 KILN_FLASH2(16)
 KILN_FLASH2(32)
 KILN_FLASH2(48)

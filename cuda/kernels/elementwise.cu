@@ -109,36 +109,41 @@ KILN_BCAST(bf16, bf16, bf16, bf16)
 KILN_BCAST(f16, f16, f32, float)
 KILN_BCAST(bf16, bf16, f32, float)
 
-// bias_act: dst[r][c] = act(x[r][c] + bias[c]) over rows × cols, bias float
-// (may be null), act 0 none, 1 SiLU, 2 GELU. cols % Vec<T>::N == 0 uses vectors.
+// bias_act: dst[r][c] = act(x[r][c] + bias[c]) + res[r][c] over rows × cols;
+// bias (float) and res may be null; act 0 none, 1 SiLU, 2 GELU.
+// cols % Vec<T>::N == 0 uses vectors. dst may be x.
 template <typename T>
-__device__ __forceinline__ void bias_act_impl(void* dst, const void* px, const float* bias, u32 rows, int cols,
-                                              int act) {
+__device__ __forceinline__ void bias_act_impl(void* dst, const void* px, const float* bias, const void* pres, u32 rows,
+                                              int cols, int act) {
   const T* x = (const T*)px;
+  const T* res = (const T*)pres;
   T* y = (T*)dst;
   constexpr int N = Vec<T>::N;
   u32 n = rows * cols;
   if (cols % N == 0) {
     GRID_STRIDE(i, n / N) {
-      float f[N];
+      float f[N], r[N];
       Vec<T>::load(x + i * N, f);
+      if (res) Vec<T>::load(res + i * N, r);
       int c0 = (int)((i * N) % cols);
 #pragma unroll
       for (int j = 0; j < N; j++) {
         float t = f[j] + (bias ? bias[c0 + j] : 0.f);
-        f[j] = act == 1 ? silu(t) : act == 2 ? gelu_erf(t) : t;
+        t = act == 1 ? silu(t) : act == 2 ? gelu_erf(t) : t;
+        f[j] = res ? t + r[j] : t;
       }
       Vec<T>::store(y + i * N, f);
     }
   } else {
     GRID_STRIDE(i, n) {
       float t = tof<T>(x[i]) + (bias ? bias[i % cols] : 0.f);
-      y[i] = fromf<T>(act == 1 ? silu(t) : act == 2 ? gelu_erf(t) : t);
+      t = act == 1 ? silu(t) : act == 2 ? gelu_erf(t) : t;
+      y[i] = fromf<T>(res ? t + tof<T>(res[i]) : t);
     }
   }
 }
-KILN_EXPORT3(bias_act, (void* dst, const void* x, const float* bias, u32 rows, int cols, int act),
-             (dst, x, bias, rows, cols, act))
+KILN_EXPORT3(bias_act, (void* dst, const void* x, const float* bias, const void* res, u32 rows, int cols, int act),
+             (dst, x, bias, res, rows, cols, act))
 
 // geglu: dst[r][j] = x[r][j] · GELU(x[r][h + j]) for x (rows, 2h).
 template <typename T>

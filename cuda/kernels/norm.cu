@@ -30,93 +30,154 @@ __device__ __forceinline__ void layernorm_impl(void* dst, const void* px, const 
 KILN_EXPORT3(layernorm, (void* dst, const void* x, const float* w, const float* b, int d, float eps),
              (dst, x, w, b, d, eps))
 
-// gn_partial: per (split s, batch b) block, per channel c, the sums of
-// (x − k_c) and (x − k_c)² over the split's pixels, where the shift k_c =
-// x[b][0][c] keeps the later variance free of cancellation. x is (batch,
-// hw, c) channels-last; ws[((b·splits + s)·c + ch)·2 + {0,1}].
-// grid (splits, batch).
+// layernorm_warp: one warp per row (8 rows per 256-thread block) with the
+// row held in registers; needs d % Vec<T>::N == 0 and d ≤ 8·32·Vec<T>::N.
 template <typename T>
-__device__ __forceinline__ void gn_partial_impl(float* ws, const void* px, int hw, int c, int splits) {
+__device__ __forceinline__ void layernorm_warp_impl(void* dst, const void* px, const float* w, const float* b,
+                                                    int rows, int d, float eps) {
+  constexpr int N = Vec<T>::N, MAXV = 8;
+  int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* x = (const T*)px + (size_t)row * d;
+  T* y = (T*)dst + (size_t)row * d;
+  float v[MAXV][N];
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < MAXV; j++) {
+    int i = (j * 32 + lane) * N;
+    if (i < d) {
+      Vec<T>::load(x + i, v[j]);
+#pragma unroll
+      for (int e = 0; e < N; e++) sum += v[j][e];
+    }
+  }
+  float mean = warp_sum(sum) / d;
+  float q = 0.f;
+#pragma unroll
+  for (int j = 0; j < MAXV; j++) {
+    int i = (j * 32 + lane) * N;
+    if (i < d) {
+#pragma unroll
+      for (int e = 0; e < N; e++) {
+        float t = v[j][e] - mean;
+        q += t * t;
+      }
+    }
+  }
+  float rstd = rsqrtf(warp_sum(q) / d + eps);
+#pragma unroll
+  for (int j = 0; j < MAXV; j++) {
+    int i = (j * 32 + lane) * N;
+    if (i < d) {
+#pragma unroll
+      for (int e = 0; e < N; e++) {
+        float t = (v[j][e] - mean) * rstd;
+        if (w) t *= w[i + e];
+        if (b) t += b[i + e];
+        v[j][e] = t;
+      }
+      Vec<T>::store(y + i, v[j]);
+    }
+  }
+}
+KILN_EXPORT3(layernorm_warp, (void* dst, const void* x, const float* w, const float* b, int rows, int d, float eps),
+             (dst, x, w, b, rows, d, eps))
+
+// gn_sums: per (batch b, channel c) the sums of (x − k_c) and (x − k_c)²
+// over all pixels, added atomically into ws[(b·c + ch)·2 + {0,1}] (zeroed
+// before), where the shift k_c = x[b][0][c] keeps the later variance free of
+// cancellation. x is (batch, hw, c) channels-last. grid (splits, batch),
+// 256 threads; each block sums its slice of pixels in shared memory first.
+template <typename T>
+__device__ __forceinline__ void gn_sums_impl(float* ws, const void* px, int hw, int c, int splits) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* acc = reinterpret_cast<float*>(smem_raw);  // [c][2]
   int s = blockIdx.x, b = blockIdx.y;
   const T* x = (const T*)px + (size_t)b * hw * c;
   int p0 = (int)((long long)hw * s / splits), p1 = (int)((long long)hw * (s + 1) / splits);
-  for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
-    float k = tof<T>(x[ch]);
-    float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
-    int p = p0;
-    for (; p + 3 < p1; p += 4) {
+  for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) acc[i] = 0.f;
+  __syncthreads();
+  constexpr int N = Vec<T>::N;
+  if (c % N == 0 && c / N <= (int)blockDim.x) {
+    int cv = c / N;                        // vectors per pixel
+    int lanes = blockDim.x / cv;           // pixels processed side by side
+    int v = threadIdx.x % cv, lane = threadIdx.x / cv;
+    if (lane < lanes) {
+      float k[N], s1[N], s2[N], f[N];
+      Vec<T>::load(x + v * N, k);
 #pragma unroll
-      for (int u = 0; u < 4; u++) {
-        float t = tof<T>(x[(size_t)(p + u) * c + ch]) - k;
-        s1[u] += t;
-        s2[u] += t * t;
+      for (int j = 0; j < N; j++) s1[j] = s2[j] = 0.f;
+      for (int p = p0 + lane; p < p1; p += lanes) {
+        Vec<T>::load(x + (size_t)p * c + v * N, f);
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+          float t = f[j] - k[j];
+          s1[j] += t;
+          s2[j] += t * t;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < N; j++) {
+        atomicAdd(&acc[(v * N + j) * 2], s1[j]);
+        atomicAdd(&acc[(v * N + j) * 2 + 1], s2[j]);
       }
     }
-    for (; p < p1; p++) {
-      float t = tof<T>(x[(size_t)p * c + ch]) - k;
-      s1[0] += t;
-      s2[0] += t * t;
+  } else {
+    for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
+      float k = tof<T>(x[ch]), s1 = 0.f, s2 = 0.f;
+      for (int p = p0; p < p1; p++) {
+        float t = tof<T>(x[(size_t)p * c + ch]) - k;
+        s1 += t;
+        s2 += t * t;
+      }
+      acc[ch * 2] = s1;
+      acc[ch * 2 + 1] = s2;
     }
-    float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
-    o[0] = (s1[0] + s1[1]) + (s1[2] + s1[3]);
-    o[1] = (s2[0] + s2[1]) + (s2[2] + s2[3]);
   }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) atomicAdd(&ws[(size_t)b * c * 2 + i], acc[i]);
 }
-KILN_EXPORT3(gn_partial, (float* ws, const void* x, int hw, int c, int splits), (ws, x, hw, c, splits))
+KILN_EXPORT3(gn_sums, (float* ws, const void* x, int hw, int c, int splits), (ws, x, hw, c, splits))
 
-// gn_finalize: one warp per (batch b, group g), blockDim.x == 32: combines
-// the partial sums into the group's mean and variance and writes per channel
-// the affine ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β, a = rstd·w,
+// gn_affine: one thread per (batch b, channel ch): the group's mean and
+// variance from its channels' sums (merged exactly, channel by channel),
+// then ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β, a = rstd·w,
 // β = bias − mean·a. w and bias may be null.
 template <typename T>
-__device__ __forceinline__ void gn_finalize_impl(float* ab, const float* ws, const void* px, const float* w,
-                                                 const float* bias, int batch, int hw, int c, int groups, int splits,
-                                                 float eps) {
-  int t = blockIdx.x;
-  if (t >= batch * groups) return;
-  int b = t / groups, g = t % groups, lane = threadIdx.x;
-  int cpg = c / groups;
+__device__ __forceinline__ void gn_affine_impl(float* ab, const float* ws, const void* px, const float* w,
+                                               const float* bias, int batch, int hw, int c, int groups, float eps) {
+  int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= batch * c) return;
+  int b = t / c, ch = t % c;
+  int cpg = c / groups, g = ch / cpg;
   const T* x = (const T*)px + (size_t)b * hw * c;
-  float n = (float)hw;
-  // per channel: mean offset s1/n and m2 = s2 − s1²/n, reduced over splits by the warp
-  double gmean = 0.0, m2 = 0.0;
+  const float* sums = ws + (size_t)b * c * 2;
+  double n = (double)hw, gmean = 0.0, m2 = 0.0;
   for (int i = 0; i < cpg; i++) {
-    int ch = g * cpg + i;
-    float s1 = 0.f, s2 = 0.f;
-    for (int s = lane; s < splits; s += 32) {
-      const float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
-      s1 += o[0];
-      s2 += o[1];
-    }
-    s1 = warp_sum(s1);
-    s2 = warp_sum(s2);
-    // Welford-style merge of channel i (mean cm, m2 ci) into the group
-    double cm = (double)tof<T>(x[ch]) + (double)s1 / n;
-    double ci = (double)s2 - (double)s1 * (double)s1 / n;
+    int cc = g * cpg + i;
+    double s1 = sums[cc * 2], s2 = sums[cc * 2 + 1];
+    double cm = (double)tof<T>(x[cc]) + s1 / n;
+    double ci = s2 - s1 * s1 / n;
     if (i == 0) {
       gmean = cm;
       m2 = ci;
     } else {
-      double na = (double)i * n, nb = n;
-      double d = cm - gmean;
-      gmean += d * nb / (na + nb);
-      m2 += ci + d * d * na * nb / (na + nb);
+      double na = (double)i * n, d = cm - gmean;
+      gmean += d * n / (na + n);
+      m2 += ci + d * d * na * n / (na + n);
     }
   }
-  double var = m2 / ((double)n * cpg);
+  double var = m2 / (n * cpg);
   if (var < 0) var = 0;
   float rstd = (float)(1.0 / sqrt(var + (double)eps));
-  for (int i = lane; i < cpg; i += 32) {
-    int ch = g * cpg + i;
-    float a = rstd * (w ? w[ch] : 1.f);
-    ab[((size_t)b * c + ch) * 2] = a;
-    ab[((size_t)b * c + ch) * 2 + 1] = (bias ? bias[ch] : 0.f) - (float)gmean * a;
-  }
+  float a = rstd * (w ? w[ch] : 1.f);
+  ab[(size_t)t * 2] = a;
+  ab[(size_t)t * 2 + 1] = (bias ? bias[ch] : 0.f) - (float)gmean * a;
 }
-KILN_EXPORT3(gn_finalize,
+KILN_EXPORT3(gn_affine,
              (float* ab, const float* ws, const void* x, const float* w, const float* bias, int batch, int hw, int c,
-              int groups, int splits, float eps),
-             (ab, ws, x, w, bias, batch, hw, c, groups, splits, eps))
+              int groups, float eps),
+             (ab, ws, x, w, bias, batch, hw, c, groups, eps))
 
 // gn_apply: y = x·a + β per (batch, channel) from gn_finalize, then SiLU when
 // silu is set; x channels-last (batch, hw, c).
