@@ -191,6 +191,7 @@ class JobCard {
   /** Merges a newer view of the job (never moving it back in its life). */
   merge(job) {
     if (statusRank(job.status) < statusRank(this.job.status)) return;
+    if (isFinal(this.job.status) && job.status !== this.job.status) return; // final is final
     const was = this.job.status;
     this.job = { ...this.job, ...job };
     if (was !== job.status || job.status === 'queued') this.render();
@@ -198,6 +199,7 @@ class JobCard {
 
   event(ev) {
     const j = this.job;
+    if (isFinal(j.status)) return; // a final state never changes
     const rank = statusRank(ev.type === 'progress' || ev.type === 'started' ? 'running' : ev.type);
     if (rank >= 0 && rank < statusRank(j.status)) return; // late news
     switch (ev.type) {
@@ -310,9 +312,10 @@ class JobCard {
     let fig = this.mediaEl.querySelector('.preview');
     if (!fig) {
       const ratio = p.width && p.height ? `${p.width} / ${p.height}` : '1';
-      fig = h('figure', { class: 'preview', style: `aspect-ratio: ${ratio}` },
+      fig = h('figure', { class: 'preview' },
         h('img', { alt: 'Preview', hidden: true, decoding: 'async' }),
         h('figcaption', { class: 'preview-note' }));
+      fig.style.aspectRatio = ratio; // CSSOM: allowed by the style-src 'self' policy
       this.mediaEl.replaceChildren(fig);
     }
     const note = fig.querySelector('.preview-note');
@@ -329,16 +332,13 @@ class JobCard {
       dataset: { imageId: im.id },
     });
     const name = `kiln-${this.job.id}-${i}-seed${im.seed}.png`;
-    const dl = h('a', { class: 'button small', download: name, 'aria-disabled': 'true', role: 'button' }, 'Download');
+    const dl = h('a', { class: 'link', download: name, 'aria-disabled': 'true' }, 'Download');
     const copy = h('button', {
-      type: 'button', class: 'small', onclick: () => copyText(String(im.seed), `Seed ${im.seed} copied`),
+      type: 'button', class: 'link', onclick: () => copyText(String(im.seed), `Seed ${im.seed} copied`),
       'aria-label': `Copy seed ${im.seed}`,
     }, 'Copy seed');
-    const reuse = h('button', {
-      type: 'button', class: 'small', onclick: () => this.list.o.onUse(settingsFromParams(p, im.seed)),
-    }, 'Use these settings');
     const fig = h('figure', { class: 'result' }, h('div', { class: 'result-frame' }, img),
-      h('figcaption', {}, h('span', { class: 'seed' }, `Seed ${im.seed}`), h('span', { class: 'result-actions' }, reuse, dl, copy)));
+      h('figcaption', {}, h('span', { class: 'seed' }, `Seed ${im.seed}`), h('span', { class: 'result-actions' }, copy, dl)));
     this.list.image(im.url).then((url) => {
       img.src = url;
       dl.href = url;
@@ -417,11 +417,10 @@ class JobCard {
         'aria-label': `Cancel job: ${j.params?.prompt ?? ''}`,
       }, j.cancel_requested ? 'Canceling…' : 'Cancel'));
     }
-    if (j.status !== 'succeeded') {
-      buttons.push(h('button', {
-        type: 'button', class: 'small', onclick: () => this.list.o.onUse(settingsFromParams(j.params ?? {}, j.params?.seed)),
-      }, 'Use these settings'));
-    }
+    // The job's seed reproduces all of its images (image i uses seed + i).
+    buttons.push(h('button', {
+      type: 'button', class: 'small', onclick: () => this.list.o.onUse(settingsFromParams(j.params ?? {}, j.params?.seed)),
+    }, 'Use these settings again'));
     this.actionsEl.replaceChildren(...buttons);
     this.actionsEl.hidden = buttons.length === 0;
   }

@@ -120,9 +120,9 @@ export class SettingsForm {
     fill(this.el('size'), opts);
     this.el('size').value = opts.some(([v, , dis]) => v === size && !dis) ? size : 'default';
 
-    this.el('steps').placeholder = p ? String(p.steps) : '';
+    this.el('steps').placeholder = p ? `profile: ${p.steps}` : '';
     this.el('steps').max = String(lim.maxSteps);
-    this.el('guidance').placeholder = p ? String(p.guidance) : '';
+    this.el('guidance').placeholder = p ? `profile: ${p.guidance}` : '';
     this.el('guidance').max = String(lim.maxGuidance);
     this.el('n').max = String(lim.maxN);
     for (const id of ['width', 'height']) {

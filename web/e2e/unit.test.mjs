@@ -1,0 +1,121 @@
+// Unit tests of the client's pure modules (no browser, no server).
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  buildRequest, chosenSize, defaultSettings, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
+  jobsAhead, progressText, queueText, settingsFromParams, sizeProblem, statusRank, submitErrorText, validateSettings,
+} from '../js/format.js';
+import { decodePreview } from '../js/preview.js';
+
+const account = {
+  quota: { max_pixels: 1048576, max_steps: 150, max_n: 8 },
+  limits: { min_side: 64, max_side: 4096, max_guidance: 30, max_seed: 2 ** 53 - 1, max_prompt_chars: 4000 },
+};
+const balanced = { name: 'balanced', width: 512, height: 512, steps: 25, guidance: 7, max_pixels: 589824, max_steps: 60, max_n: 4 };
+
+// encodePreview mirrors the server's frame layout (server/events).
+function encodePreview({ job, step, steps, width, height, index, jpeg }) {
+  const h = 16 + job.length;
+  const buf = new Uint8Array(h + jpeg.length);
+  const dv = new DataView(buf.buffer);
+  buf.set([0x4b, 0x50, 0x56, 0x31]);
+  dv.setUint16(4, h);
+  dv.setUint16(6, step);
+  dv.setUint16(8, steps);
+  dv.setUint16(10, width);
+  dv.setUint16(12, height);
+  buf[14] = index;
+  buf[15] = job.length;
+  for (let i = 0; i < job.length; i++) buf[16 + i] = job.charCodeAt(i);
+  buf.set(jpeg, h);
+  return buf.buffer;
+}
+
+test('preview frames decode', () => {
+  const jpeg = new Uint8Array([0xff, 0xd8, 1, 2, 3, 0xff, 0xd9]);
+  const p = decodePreview(encodePreview({ job: '01abc', step: 3, steps: 300, width: 96, height: 128, index: 2, jpeg }));
+  assert.deepEqual({ ...p, jpeg: [...p.jpeg] }, { job: '01abc', step: 3, steps: 300, width: 96, height: 128, index: 2, jpeg: [...jpeg] });
+});
+
+test('broken preview frames are refused', () => {
+  const good = new Uint8Array(encodePreview({ job: 'j', step: 1, steps: 2, width: 1, height: 1, index: 0, jpeg: new Uint8Array(4) }));
+  assert.throws(() => decodePreview(good.slice(0, 10)), /not a preview/);
+  const badMagic = good.slice();
+  badMagic[0] = 0;
+  assert.throws(() => decodePreview(badMagic), /not a preview/);
+  const longHeader = good.slice();
+  new DataView(longHeader.buffer).setUint16(4, 999);
+  assert.throws(() => decodePreview(longHeader), /out of range/);
+  const noJob = good.slice();
+  noJob[15] = 0;
+  assert.throws(() => decodePreview(noJob), /out of range/);
+});
+
+test('limits combine the quota and the profile', () => {
+  const l = effectiveLimits(account, balanced);
+  assert.equal(l.maxPixels, 589824);
+  assert.equal(l.maxSteps, 60);
+  assert.equal(l.maxN, 4);
+  assert.equal(effectiveLimits(account, null).maxSteps, 150);
+});
+
+test('sizes are checked like the server does', () => {
+  const l = effectiveLimits(account, balanced);
+  assert.equal(sizeProblem(512, 512, l), '');
+  assert.match(sizeProblem(500, 512, l), /multiple of 8 \(try 504\)/);
+  assert.match(sizeProblem(32, 512, l), /from 64 to 4096/);
+  assert.match(sizeProblem(1024, 1024, l), /1,048,576 pixels; your limit is 589,824/);
+  assert.match(sizeProblem(NaN, 64, l), /whole number/);
+});
+
+test('settings validate and become a request', () => {
+  const l = effectiveLimits(account, balanced);
+  const s = { ...defaultSettings(), prompt: 'a red circle', size: '128x128', steps: '8', seed: '42', n: '2', guidance: '6.5' };
+  assert.deepEqual(validateSettings(s, l, balanced), {});
+  assert.deepEqual(buildRequest(s, balanced), { prompt: 'a red circle', width: 128, height: 128, steps: 8, guidance: 6.5, seed: 42, n: 2 });
+  // Empty fields are left to the profile.
+  assert.deepEqual(buildRequest({ ...defaultSettings(), prompt: 'x' }, balanced), { prompt: 'x' });
+  assert.deepEqual(chosenSize({ size: 'default' }, balanced), [512, 512]);
+  const bad = validateSettings({ ...s, prompt: ' ', steps: '61', seed: '-1', n: '0', guidance: 'abc', size: 'custom', width: '100', height: '64' }, l, balanced);
+  assert.deepEqual(Object.keys(bad).sort(), ['guidance', 'n', 'prompt', 'seed', 'steps', 'width']);
+  assert.match(bad.steps, /At most 60 steps/);
+});
+
+test('a job\'s parameters become settings again', () => {
+  const s = settingsFromParams({ prompt: 'p', negative_prompt: 'n', model: 'm', profile: 'balanced', width: 200, height: 128,
+    steps: 8, guidance: 7, sampler: 'euler_a', seed: 5, n: 1 }, 9);
+  assert.equal(s.size, 'custom');
+  assert.equal(s.width, '200');
+  assert.equal(s.seed, '9');
+  assert.equal(settingsFromParams({ width: 512, height: 768 }).size, '512x768');
+});
+
+test('progress, time left and queue words', () => {
+  assert.equal(etaSeconds(2, 10, 4), 2);
+  assert.equal(etaSeconds(2, 10, 0), null);
+  assert.equal(progressText(3, 8, 2.5), 'Step 3 of 8 · 2.5 it/s · about 2.0 s left');
+  assert.equal(progressText(8, 8, 12), 'Step 8 of 8 · 12 it/s · finishing');
+  assert.equal(formatDuration(125), '2 min 5 s');
+  assert.equal(formatDuration(3600 * 2 + 60), '2 h 1 min');
+  assert.equal(queueText(0), 'Waiting in the queue — next in line');
+  assert.equal(queueText(3), 'Waiting in the queue — 3 jobs ahead');
+  // The queue shrinks as jobs ahead start.
+  assert.equal(jobsAhead(5, 2), 1);
+  assert.equal(jobsAhead(5, null), 5);
+  assert.equal(jobsAhead(null, 3), 2);
+  assert.equal(formatBytes(1.5 * 2 ** 30), '1.5 GiB');
+});
+
+test('failures and refusals in plain words', () => {
+  const f = failureText({ code: 'model_unavailable', message: 'open unet: no such file' });
+  assert.equal(f.summary, 'The model could not be loaded, so the job could not run.');
+  assert.equal(f.detail, 'Details: open unet: no such file');
+  assert.equal(failureText(null).summary, 'The job failed.');
+  assert.equal(submitErrorText({ code: 'limit_exceeded', field: 'steps', message: 'steps=200 exceeds the tenant limit max_steps=150' }),
+    'Steps: Steps=200 exceeds the tenant limit max_steps=150.');
+  assert.equal(submitErrorText({ code: 'rate_limited', message: 'too many images this minute', retryAfter: 12 }),
+    'Slow down: Too many images this minute. Try again in 12 s.');
+  assert.match(submitErrorText({ code: 'network', message: 'x' }), /could not be reached/);
+  assert.ok(statusRank('succeeded') > statusRank('running') && statusRank('running') > statusRank('queued'));
+});
