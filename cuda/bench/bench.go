@@ -86,6 +86,7 @@ type Result struct {
 	ImagesPerSecond float64       `json:"images_per_second"`
 	PeakBytes       int64         `json:"peak_device_bytes,omitempty"`
 	Profile         []cuda.OpTime `json:"unet_step_profile,omitempty"`
+	VAEProfile      []cuda.OpTime `json:"vae_decode_profile,omitempty"`
 }
 
 // Report is the whole run.
@@ -98,6 +99,10 @@ type Report struct {
 	Guidance float64  `json:"guidance"`
 	Sampler  string   `json:"sampler"`
 	Results  []Result `json:"results"`
+	// Tuning lists the per-shape algorithm choices the GPU backend measured.
+	Tuning []string `json:"tuning,omitempty"`
+	// Stats are the GPU backend's counters at the end.
+	Stats *cuda.Stats `json:"backend_stats,omitempty"`
 }
 
 // Run benchmarks every model at every batch size on sel's backend. prog
@@ -127,6 +132,11 @@ func Run(ctx context.Context, sel *cuda.Selection, opts Options, prog *Progress)
 		}
 	}
 	prog.finish()
+	if sel.Device != nil {
+		rep.Tuning = sel.Device.TuneLog()
+		st := sel.Device.Stats()
+		rep.Stats = &st
+	}
 	return rep, nil
 }
 
@@ -180,10 +190,19 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 			if err := comps.time(ctx, &r, opts, size/p.Factor(), prog, label); err != nil {
 				return out, err
 			}
-			if opts.Profile && bi == 0 && sel.Device != nil {
+			if opts.Profile && (bi == 0 || bi == len(opts.Batches)-1) && sel.Device != nil {
 				prog.describe(label + ": profiling a UNet step")
 				r.Profile, err = sel.Device.Profile(func() error {
 					_, err := comps.unetStep(ctx, b, size/p.Factor())
+					return err
+				})
+				if err != nil {
+					return out, err
+				}
+				prog.describe(label + ": profiling a VAE decode")
+				r.VAEProfile, err = sel.Device.Profile(func() error {
+					s := size / p.Factor()
+					_, _, err := comps.va.Decode(ctx, comps.randn(b*4*s*s), [4]int{b, 4, s, s})
 					return err
 				})
 				if err != nil {
@@ -374,22 +393,36 @@ func (r *Report) WriteTable(w io.Writer) {
 			x.VAEDecode.P50, x.EndToEnd.P50, x.EndToEnd.P95, x.ImagesPerSecond, peak)
 	}
 	for _, x := range r.Results {
-		if len(x.Profile) == 0 {
-			continue
-		}
-		var total time.Duration
-		for _, o := range x.Profile {
-			total += o.Time
-		}
-		fmt.Fprintf(w, "\nUNet step (CFG, batch %d) by kernel, %s, device time %.2f ms:\n", x.Batch, x.Model, float64(total)/1e6)
-		for i, o := range x.Profile {
-			if i == 25 {
-				fmt.Fprintf(w, "  … %d more\n", len(x.Profile)-25)
-				break
-			}
-			fmt.Fprintf(w, "  %-40s %5d calls %9.3f ms %5.1f%%\n", o.Name, o.Calls, float64(o.Time)/1e6, 100*float64(o.Time)/float64(total))
+		printProfile(w, fmt.Sprintf("UNet step (CFG, batch %d), %s", x.Batch, x.Model), x.Profile)
+		printProfile(w, fmt.Sprintf("VAE decode (batch %d), %s", x.Batch, x.Model), x.VAEProfile)
+	}
+	if r.Stats != nil {
+		fmt.Fprintf(w, "\nbackend: %+v\n", *r.Stats)
+	}
+	if len(r.Tuning) > 0 {
+		fmt.Fprintf(w, "\nmeasured algorithm choices:\n")
+		for _, l := range r.Tuning {
+			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
 }
 
 var _ = runtime.GC
+
+func printProfile(w io.Writer, title string, ops []cuda.OpTime) {
+	if len(ops) == 0 {
+		return
+	}
+	var total time.Duration
+	for _, o := range ops {
+		total += o.Time
+	}
+	fmt.Fprintf(w, "\n%s by kernel, device time %.2f ms:\n", title, float64(total)/1e6)
+	for i, o := range ops {
+		if i == 30 {
+			fmt.Fprintf(w, "  … %d more\n", len(ops)-30)
+			break
+		}
+		fmt.Fprintf(w, "  %-44s %5d calls %9.3f ms %5.1f%%\n", o.Name, o.Calls, float64(o.Time)/1e6, 100*float64(o.Time)/float64(total))
+	}
+}
