@@ -99,7 +99,10 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
     assert.equal(await c.locator('.job-state').textContent(), 'Failed');
     const err = c.locator('.job-error');
     assert.equal(await err.locator('strong').textContent(), 'The model could not be loaded, so the job could not run.');
-    assert.match(await err.textContent(), /Details: loading model e2e-broken: .*safetensors/);
+    const details = err.locator('details');
+    assert.equal(await details.evaluate((d) => d.open), false); // the server's words are one click away
+    await details.locator('summary').click();
+    assert.match(await details.locator('p').textContent(), /^loading model e2e-broken: .*safetensors/);
     assert.equal(await c.locator('.result img').count(), 0);
     await c.getByRole('button', { name: 'Use these settings again' }).click();
     assert.equal(await page.inputValue('#model'), 'e2e-broken');

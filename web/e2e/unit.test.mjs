@@ -110,7 +110,7 @@ test('progress, time left and queue words', () => {
 test('failures and refusals in plain words', () => {
   const f = failureText({ code: 'model_unavailable', message: 'open unet: no such file' });
   assert.equal(f.summary, 'The model could not be loaded, so the job could not run.');
-  assert.equal(f.detail, 'Details: open unet: no such file');
+  assert.equal(f.detail, 'open unet: no such file');
   assert.equal(failureText(null).summary, 'The job failed.');
   assert.equal(submitErrorText({ code: 'limit_exceeded', field: 'steps', message: 'steps=200 exceeds the tenant limit max_steps=150' }),
     'Steps: Steps=200 exceeds the tenant limit max_steps=150.');

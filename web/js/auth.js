@@ -17,6 +17,7 @@ export class Auth {
     this.input = dialog.querySelector('#api-key');
     this.error = dialog.querySelector('#api-key-error');
     this.note = dialog.querySelector('#api-key-note');
+    this.memory = undefined; // the key, where sessionStorage is disabled
     // The page cannot work without a key: Escape does not close the dialog.
     dialog.addEventListener('cancel', (e) => e.preventDefault());
   }
@@ -24,14 +25,24 @@ export class Auth {
   /** The key ("" when none). */
   get key() {
     try {
-      return this.storage.getItem(STORAGE_KEY) ?? '';
+      return this.storage.getItem(STORAGE_KEY) ?? this.memory ?? '';
     } catch {
-      return '';
+      return this.memory ?? '';
+    }
+  }
+
+  /** Keeps the key for the tab (in memory only where storage is disabled). */
+  set key(k) {
+    try {
+      this.storage.setItem(STORAGE_KEY, k);
+    } catch {
+      this.memory = k;
     }
   }
 
   /** Forgets the key. */
   forget() {
+    this.memory = undefined;
     try {
       this.storage.removeItem(STORAGE_KEY);
     } catch { /* storage disabled */ }
@@ -60,7 +71,7 @@ export class Auth {
         button.disabled = true;
         try {
           const account = await new Api(() => key).account();
-          this.storage.setItem(STORAGE_KEY, key);
+          this.key = key;
           this.form.removeEventListener('submit', onSubmit);
           this.dialog.close();
           resolve(account);

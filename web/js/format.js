@@ -200,12 +200,11 @@ const FAILURES = {
   invalid_job: 'The worker could not run a job with these settings.',
 };
 
-/** A failed job's reason in plain words: {summary, detail}. */
+/** A failed job's reason in plain words: {summary, detail (the server's message)}. */
 export function failureText(err) {
   const code = err?.code ?? '';
   const summary = FAILURES[code] ?? 'The job failed.';
-  const detail = err?.message ? `Details: ${err.message}` : '';
-  return { summary, detail };
+  return { summary, detail: err?.message ?? '' };
 }
 
 const FIELD_NAMES = {

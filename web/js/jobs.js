@@ -404,7 +404,8 @@ class JobCard {
       return;
     }
     const { summary, detail } = failureText(j.error);
-    this.errorEl.replaceChildren(h('strong', {}, summary), detail ? h('span', { class: 'detail' }, ` ${detail}`) : '');
+    this.errorEl.replaceChildren(h('strong', {}, summary),
+      detail ? h('details', { class: 'detail' }, h('summary', {}, 'Technical details'), h('p', {}, detail)) : '');
     this.errorEl.hidden = false;
   }
 

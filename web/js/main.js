@@ -141,6 +141,8 @@ function reauth(note) {
   auth.forget();
   live.stop();
   jobs.clearImages();
+  $('conn').dataset.state = 'connecting';
+  $('conn').textContent = 'Waiting for a key';
   reauthing = auth.ask(note).then((account) => start(account)).finally(() => {
     reauthing = null;
   });
