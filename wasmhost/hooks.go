@@ -46,11 +46,11 @@ func (m *Module) CallBatching(ctx context.Context, in *abi.BatchingInput) (abi.B
 // Batching returns the module's batching decision, or the built-in's.
 func (m *Module) Batching(ctx context.Context, in *abi.BatchingInput) (abi.BatchingOutput, Outcome) {
 	if m != nil {
-		if out, o := m.CallBatching(ctx, in); o.OK() {
+		out, o := m.CallBatching(ctx, in)
+		if o.OK() {
 			return out, o
-		} else {
-			return builtin.Batching(in), fallback(o)
 		}
+		return builtin.Batching(in), fallback(o)
 	}
 	return builtin.Batching(in), Outcome{Result: ResultNative, Fallback: true}
 }
@@ -77,11 +77,11 @@ func (m *Module) CallEviction(ctx context.Context, in *abi.EvictionInput) (abi.E
 // Eviction returns the module's victims, or the built-in's.
 func (m *Module) Eviction(ctx context.Context, in *abi.EvictionInput) (abi.EvictionOutput, Outcome) {
 	if m != nil {
-		if out, o := m.CallEviction(ctx, in); o.OK() {
+		out, o := m.CallEviction(ctx, in)
+		if o.OK() {
 			return out, o
-		} else {
-			return builtin.Eviction(in), fallback(o)
 		}
+		return builtin.Eviction(in), fallback(o)
 	}
 	return builtin.Eviction(in), Outcome{Result: ResultNative, Fallback: true}
 }
@@ -108,11 +108,11 @@ func (m *Module) CallQuality(ctx context.Context, in *abi.QualityInput) (abi.Qua
 // Quality returns the module's adjusted request, or the built-in's.
 func (m *Module) Quality(ctx context.Context, in *abi.QualityInput) (abi.QualityOutput, Outcome) {
 	if m != nil {
-		if out, o := m.CallQuality(ctx, in); o.OK() {
+		out, o := m.CallQuality(ctx, in)
+		if o.OK() {
 			return out, o
-		} else {
-			return builtin.Quality(in), fallback(o)
 		}
+		return builtin.Quality(in), fallback(o)
 	}
 	return builtin.Quality(in), Outcome{Result: ResultNative, Fallback: true}
 }
@@ -136,11 +136,11 @@ func (m *Module) CallNodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutp
 // NodePre returns the module's answer, or FallbackPre's.
 func (m *Module) NodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutput, Outcome) {
 	if m != nil {
-		if out, o := m.CallNodePre(ctx, in); o.OK() {
+		out, o := m.CallNodePre(ctx, in)
+		if o.OK() {
 			return out, o
-		} else {
-			return FallbackPre(in), fallback(o)
 		}
+		return FallbackPre(in), fallback(o)
 	}
 	return FallbackPre(in), Outcome{Result: ResultNative, Fallback: true}
 }
@@ -168,11 +168,11 @@ func (m *Module) CallNodePost(ctx context.Context, in *abi.PostInput) (abi.PostO
 // change in.Image's pixels in place).
 func (m *Module) NodePost(ctx context.Context, in *abi.PostInput) (abi.PostOutput, Outcome) {
 	if m != nil {
-		if out, o := m.CallNodePost(ctx, in); o.OK() {
+		out, o := m.CallNodePost(ctx, in)
+		if o.OK() {
 			return out, o
-		} else {
-			return FallbackPost(in), fallback(o)
 		}
+		return FallbackPost(in), fallback(o)
 	}
 	return FallbackPost(in), Outcome{Result: ResultNative, Fallback: true}
 }

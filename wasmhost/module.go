@@ -267,10 +267,11 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit 
 }
 
 // instantiate creates an instance, runs its initialiser and checks its
-// version marker, all under the host's InitTimeout.
+// version marker, all under the host's InitTimeout (not the deadline of
+// the call that needs the instance: a slow start is not a failure).
 func (m *Module) instantiate(ctx context.Context) (*instance, error) {
 	st := &callState{inst: newInstanceState(), module: m}
-	ictx, cancel := context.WithTimeout(withCallState(ctx, st), m.host.cfg.InitTimeout)
+	ictx, cancel := context.WithTimeout(withCallState(context.WithoutCancel(ctx), st), m.host.cfg.InitTimeout)
 	defer cancel()
 	defer st.flush()
 	mod, err := m.rt.rt.InstantiateModule(ictx, m.compiled, wazero.NewModuleConfig().WithName("").WithStartFunctions())

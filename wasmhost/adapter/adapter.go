@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/wasmhost"
+	"github.com/kiln-project/kiln/wasmhost/conformance"
 	"github.com/kiln-project/kiln/wasmhost/registry"
 )
 
@@ -41,6 +42,8 @@ type Options struct {
 	Logger *slog.Logger
 	// PostWorkers bounds the post-processing pool (GOMAXPROCS).
 	PostWorkers int
+	// Budgets bound the upload dry run (conformance defaults).
+	Budgets conformance.Budgets
 }
 
 // Wasm is one process's Wasm runtime, registry and adapters.
@@ -85,7 +88,7 @@ func Start(ctx context.Context, o Options) (*Wasm, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.New(ctx, registry.Config{Store: store, Host: h, CacheDir: cfg.CacheDir, Logger: o.Logger})
+	reg, err := registry.New(ctx, registry.Config{Store: store, Host: h, CacheDir: cfg.CacheDir, Logger: o.Logger, Budgets: o.Budgets})
 	if err != nil {
 		_ = h.Close(ctx)
 		return nil, err

@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
+	"github.com/kiln-project/kiln/wasmhost/conformance"
 	"github.com/kiln-project/kiln/wasmhost/registry"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/modelcache"
@@ -52,7 +53,8 @@ func start(t *testing.T) *Wasm {
 		cacheDir = d
 	})
 	w, err := Start(context.Background(), Options{Host: wasmhost.Config{CacheDir: cacheDir, PolicyTimeout: 10 * time.Second, NodeTimeout: 20 * time.Second},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Budgets: conformance.Budgets{PolicyCall: 10 * time.Second, NodeCall: 20 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
