@@ -1,0 +1,124 @@
+package validate
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/models"
+)
+
+func setup(t *testing.T) (*Validator, *models.Registry, string) {
+	t.Helper()
+	dir := t.TempDir()
+	mk := func(name string) {
+		os.MkdirAll(filepath.Join(dir, name), 0o755)
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+	}
+	mk("alpha")
+	reg := models.New(nil, dir, "")
+	reg.Refresh()
+	profiles, err := config.Profiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := New(reg, profiles, "balanced", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v, reg, dir
+}
+
+func principal(version, maxSteps int) auth.Principal {
+	return auth.Principal{Tenant: "acme", QuotaVersion: version,
+		Quota: config.Quota{ConcurrentJobs: 1, ImagesPerMinute: 10, MaxPixels: 1 << 20, MaxSteps: maxSteps, MaxN: 4}}
+}
+
+func intp(v int) *int { return &v }
+
+func TestDefaultsFromProfile(t *testing.T) {
+	v, _, _ := setup(t)
+	p, err := v.Plan(principal(1, 60), &JobRequest{Prompt: "x"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Model != "alpha" || p.Profile != "balanced" || p.Steps != 25 || p.Sampler != "euler_a" || p.Width != 512 || p.N != 1 || p.Priority != "normal" {
+		t.Fatalf("defaults %+v", p)
+	}
+	if p.Seed >= 1<<32 {
+		t.Fatalf("random seed %d not below 2^32", p.Seed)
+	}
+	p2, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Profile: "speed_first"}, false)
+	if p2.Steps != 12 || p2.Sampler != "dpmpp_2m_karras" {
+		t.Fatalf("speed_first %+v", p2)
+	}
+}
+
+func waitHits(v *Validator, want uint64) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if h, _, _ := v.Stats(); h >= want {
+			return true
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return false
+}
+
+func TestPlanCacheKeysOnQuotaAndModels(t *testing.T) {
+	v, reg, dir := setup(t)
+	req := func() *JobRequest { return &JobRequest{Prompt: "x", Steps: intp(50)} }
+	if _, err := v.Plan(principal(1, 60), req(), false); err != nil {
+		t.Fatal(err)
+	}
+	v.cache.Wait()
+	if _, err := v.Plan(principal(1, 60), req(), false); err != nil {
+		t.Fatal(err)
+	}
+	if !waitHits(v, 1) {
+		t.Fatal("identical request shape missed the cache")
+	}
+	// The quota shrinks: a new version, a new key, and the new limit applies.
+	if _, err := v.Plan(principal(2, 40), req(), false); err == nil || err.Field != "steps" {
+		t.Fatalf("lowered quota not applied: %v", err)
+	}
+	// The model list changes: the cached plan for "model beta" must not be
+	// reused after beta disappears.
+	os.MkdirAll(filepath.Join(dir, "beta"), 0o755)
+	os.WriteFile(filepath.Join(dir, "beta", "model_index.json"), []byte("{}"), 0o644)
+	reg.Refresh()
+	r := &JobRequest{Prompt: "x", Model: "beta"}
+	if _, err := v.Plan(principal(1, 60), r, false); err != nil {
+		t.Fatal(err)
+	}
+	v.cache.Wait()
+	os.RemoveAll(filepath.Join(dir, "beta"))
+	reg.Refresh()
+	if _, err := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "beta"}, false); err == nil || err.Field != "model" {
+		t.Fatalf("removed model still accepted: %v", err)
+	}
+	// Per-request fields are never taken from the cache.
+	seed := uint64(7)
+	a, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "first", NegativePrompt: "n1", Seed: &seed}, false)
+	v.cache.Wait()
+	b, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "second", NegativePrompt: "n2"}, false)
+	if a.Prompt != "first" || b.Prompt != "second" || b.NegativePrompt != "n2" || a.Seed != 7 {
+		t.Fatalf("per-request fields mixed up: %+v %+v", a, b)
+	}
+}
+
+func TestCheckLimits(t *testing.T) {
+	v, _, _ := setup(t)
+	p, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Steps: intp(30)}, false)
+	if err := v.CheckLimits(principal(1, 60), p); err != nil {
+		t.Fatal(err)
+	}
+	p.Steps = 61
+	if err := v.CheckLimits(principal(1, 60), p); err == nil || err.Field != "steps" {
+		t.Fatalf("steps above limit: %v", err)
+	}
+}
