@@ -52,6 +52,7 @@ type Wasm struct {
 	Registry *registry.Registry
 	log      *slog.Logger
 	pool     *registry.Pool
+	stop     context.CancelFunc
 }
 
 // Start opens the module store and the Wasm host and loads the built-in
@@ -93,16 +94,25 @@ func Start(ctx context.Context, o Options) (*Wasm, error) {
 		_ = h.Close(ctx)
 		return nil, err
 	}
+	// Follow activations made by other processes sharing the bucket.
+	fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	if err := reg.Follow(fctx); err != nil {
+		stop()
+		_ = reg.Close(ctx)
+		_ = h.Close(ctx)
+		return nil, err
+	}
 	n := o.PostWorkers
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
 	o.Logger.Info("wasm host ready", "builtins_loaded_in", time.Since(t0).Round(time.Millisecond), "compile_cache", cfg.CacheDir)
-	return &Wasm{Host: h, Registry: reg, log: o.Logger, pool: registry.NewPool(n)}, nil
+	return &Wasm{Host: h, Registry: reg, log: o.Logger, pool: registry.NewPool(n), stop: stop}, nil
 }
 
 // Close stops the registry and the host.
 func (w *Wasm) Close(ctx context.Context) error {
+	w.stop()
 	return errors.Join(w.Registry.Close(ctx), w.Host.Close(ctx))
 }
 

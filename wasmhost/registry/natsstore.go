@@ -87,3 +87,29 @@ func (s *ObjectStore) Delete(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// Watch calls changed with the key of every object put or deleted after
+// it starts, until ctx ends.
+func (s *ObjectStore) Watch(ctx context.Context, changed func(key string)) error {
+	w, err := s.obs.Watch(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("registry: watch: %w", err)
+	}
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case info, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if info != nil {
+					changed(info.Name)
+				}
+			}
+		}
+	}()
+	return nil
+}

@@ -248,6 +248,26 @@ func (r *Registry) Reload() {
 	r.smu.Unlock()
 }
 
+// Watcher is a Store that reports changes made by other processes.
+type Watcher interface {
+	Watch(ctx context.Context, changed func(key string)) error
+}
+
+// Follow keeps the registry's slot states in step with other processes
+// sharing its store (when the store is a Watcher), until ctx ends: every
+// change of a slot state drops the cached states.
+func (r *Registry) Follow(ctx context.Context) error {
+	w, ok := r.cfg.Store.(Watcher)
+	if !ok {
+		return nil
+	}
+	return w.Watch(ctx, func(key string) {
+		if strings.HasSuffix(key, ".slot.json") {
+			r.Reload()
+		}
+	})
+}
+
 // BuiltinPolicies returns the built-in policies module.
 func (r *Registry) BuiltinPolicies() *wasmhost.Module { return r.builtinPolicies }
 

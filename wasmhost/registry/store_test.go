@@ -86,3 +86,54 @@ func TestObjectStore(t *testing.T) {
 	}
 	testStore(t, s)
 }
+
+// TestObjectStoreFollow: two registries share one JetStream bucket, as a
+// gateway and a worker process do; an activation in one is followed by
+// the other.
+func TestObjectStoreFollow(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := func() *Registry {
+		s, err := OpenObjectStore(ctx, js, ModulesBucket, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newRegistry(t, s)
+	}
+	gateway, worker := open(), open()
+	if err := worker.Follow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	in := batchingInput(10)
+	in.MaxWaitUS = 1
+	if out, _ := worker.Batching(ctx, in); len(out.Jobs) < 2 {
+		t.Fatalf("built-in decision %+v", out)
+	}
+	if _, err := gateway.Upload(ctx, UploadRequest{Kind: KindBatching, Name: "first", Wasm: firstJob(), Mode: ModeActivate}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, o := worker.Batching(ctx, in)
+		if len(out.Jobs) == 1 && o.OK() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker never followed the activation: %+v", out)
+		}
+	}
+}
