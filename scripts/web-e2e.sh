@@ -15,6 +15,7 @@
 #   KILN_E2E_MODEL  model folder to serve (default models/kiln-shapes)
 #   KILN_SCREENSHOT where to write the screenshot (unset: none)
 #   KILN_BIN        a kiln binary to test instead of building one
+#   KILN_E2E_TESTS  test files of web/e2e to run (default: all, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,7 +25,7 @@ for arg in "$@"; do
   case $arg in
     --screenshot) shot=$root/docs/screenshot.png ;;
     --screenshot=*) shot=${arg#*=} ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "web-e2e: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -124,7 +125,7 @@ status=0
 (
   cd web/e2e
   KILN_URL=$open_url KILN_KEYED_URL=$keyed_url KILN_KEY=$key KILN_MODEL_NAME=$model_name KILN_SCREENSHOT=$shot \
-    node --test --test-concurrency=1 unit.test.mjs generate.test.mjs auth.test.mjs layout.test.mjs
+    node --test --test-concurrency=1 ${KILN_E2E_TESTS:-unit.test.mjs generate.test.mjs auth.test.mjs layout.test.mjs}
 ) || status=$?
 
 if ((status != 0)); then

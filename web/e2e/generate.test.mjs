@@ -166,7 +166,53 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
     assert.ok(ids.indexOf(jobs.canceled) < ids.indexOf(jobs.done));
   });
 
-  test('a dropped connection shows a banner, reconnects and resubscribes', async () => {
+  test('older jobs come page by page, and the list filters by status', async () => {
+    // Thirteen more jobs, each canceled at once (no image work needed).
+    for (let i = 0; i < 13; i++) {
+      const res = await page.request.post(`${openURL()}/v1/jobs`, {
+        data: { prompt: `history ${i}`, width: 64, height: 64, steps: 8 },
+      });
+      assert.equal(res.status(), 202, await res.text());
+      const { id } = await res.json();
+      const del = await page.request.delete(`${openURL()}/v1/jobs/${id}`);
+      assert.ok([200, 202, 409].includes(del.status()), `cancel answered ${del.status()}`);
+    }
+    const total = (async () => {
+      let n = 0;
+      let cursor = '';
+      do {
+        const q = cursor ? `&cursor=${cursor}` : '';
+        const pageOf = await (await page.request.get(`${openURL()}/v1/jobs?limit=100${q}`)).json();
+        n += pageOf.jobs.length;
+        cursor = pageOf.next_cursor ?? '';
+      } while (cursor);
+      return n;
+    })();
+    await page.reload({ waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('body[data-ready="true"]');
+    const all = await total;
+    assert.ok(all > 12, `only ${all} jobs`);
+    assert.equal(await page.locator('li.job').count(), 12);
+    const more = page.getByRole('button', { name: 'Show older jobs' });
+    while (await more.isVisible()) {
+      const before = await page.locator('li.job').count();
+      await more.click();
+      await page.waitForFunction((n) => document.querySelectorAll('li.job').length > n, before);
+    }
+    assert.equal(await page.locator('li.job').count(), all);
+    await page.waitForSelector(`li.job[data-id="${jobs.done}"][data-status="succeeded"]`);
+
+    await page.selectOption('#filter', 'succeeded');
+    await page.waitForFunction(() => {
+      const els = [...document.querySelectorAll('li.job')];
+      return els.length > 0 && els.every((e) => e.dataset.status === 'succeeded');
+    });
+    assert.ok(await page.locator(`li.job[data-id="${jobs.done}"]`).isVisible());
+    await page.selectOption('#filter', '');
+    await page.waitForFunction(() => document.querySelectorAll('li.job[data-status="canceled"]').length > 0);
+  });
+
+  test('a dropped connection shows a banner, reconnects by itself and resubscribes', async () => {
     const p = await b.context.newPage();
     let blocked = false;
     const sockets = [];
@@ -198,9 +244,8 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
     }
     assert.equal(await card(p, id).getAttribute('data-status'), 'running');
 
-    // Let it back in: the page reconnects, resubscribes and catches up.
+    // Let it back in: the page reconnects by itself, resubscribes and catches up.
     blocked = false;
-    await p.click('#banner-retry');
     await p.waitForSelector('#conn[data-state="open"]');
     await p.locator('#banner').waitFor({ state: 'hidden' });
     await p.waitForSelector(`li.job[data-id="${id}"][data-status="succeeded"]`);
