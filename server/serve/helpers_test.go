@@ -26,7 +26,7 @@ type server struct {
 	cfg  *config.Config
 }
 
-func testConfig(t *testing.T) *config.Config {
+func testConfig(t testing.TB) *config.Config {
 	t.Helper()
 	model := fixtures.Require(t, "sd15-tiny/model")
 	cfg, err := config.Default()
