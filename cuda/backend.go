@@ -132,6 +132,11 @@ func (b *Backend) Upload(shape tensor.Shape, dt tensor.DType, raw []byte) *tenso
 		lay = nhwc
 	}
 	buf := &buffer{size: max(16, (int64(n)*int64(target.Size())+255)&^255), weight: true}
+	if sp := b.d.spec; sp != nil {
+		// A graph launched early could read this memory before the
+		// upload lands (stream order): it must not be trusted.
+		sp.failed, sp.tainted = true, true
+	}
 	err := b.d.run(func() error { return b.d.uploadWeight(buf, shape, dt, target, lay, raw) })
 	if err != nil {
 		backend.FailErr(op, err)

@@ -60,6 +60,11 @@ type cudaEngine struct {
 	dnnH     cudnn.Handle
 	dnnWS    cu.DevicePtr
 	dnnConvs map[cudnn.ConvShape]*cudnn.Conv
+
+	lt      *cublas.Lt // nil: not opened (yet)
+	ltErr   error
+	ltH     cublas.LtHandle
+	ltPlans map[cublas.LtShape]*cublas.LtPlan
 }
 
 // newCUDAEngine sets up device ordinal on the calling (locked) thread.
@@ -113,6 +118,12 @@ func newCUDAEngine(drv *cu.Driver, blas *cublas.Lib, ordinal int) (e *cudaEngine
 }
 
 func (e *cudaEngine) close() {
+	for _, p := range e.ltPlans {
+		p.Close()
+	}
+	if e.ltH != 0 {
+		e.lt.Destroy(e.ltH)
+	}
 	for _, c := range e.dnnConvs {
 		c.Close()
 	}
@@ -346,7 +357,45 @@ func (e *cudaEngine) cudnnConv(k *cudnnCall) error {
 	if err != nil {
 		return err
 	}
+	if k.b != 0 {
+		return c.ForwardBias(e.dnnH, k.algo, cu.DevicePtr(k.x), cu.DevicePtr(k.w), cu.DevicePtr(k.y), cu.DevicePtr(k.z), cu.DevicePtr(k.b), e.dnnWS, cudnnWorkspace)
+	}
 	return c.Forward(e.dnnH, k.algo, cu.DevicePtr(k.x), cu.DevicePtr(k.w), cu.DevicePtr(k.y), e.dnnWS, cudnnWorkspace)
+}
+
+// initLt opens cuBLASLt on first use.
+func (e *cudaEngine) initLt() bool {
+	if e.lt != nil || e.ltErr != nil {
+		return e.lt != nil
+	}
+	lt, err := e.blas.LoadLt()
+	if err == nil {
+		e.ltH, err = lt.Create()
+	}
+	if err != nil {
+		e.ltErr = err
+		return false
+	}
+	e.lt = lt
+	e.ltPlans = make(map[cublas.LtShape]*cublas.LtPlan)
+	return true
+}
+
+func (e *cudaEngine) hasLt() bool { return e.initLt() }
+
+func (e *cudaEngine) ltMatmul(k *ltCall) error {
+	if !e.initLt() {
+		return fmt.Errorf("cuBLASLt unavailable: %w", e.ltErr)
+	}
+	p, ok := e.ltPlans[k.shape]
+	if !ok {
+		var err error
+		if p, err = e.lt.Plan(e.ltH, k.shape, workspaceLen); err != nil {
+			return err
+		}
+		e.ltPlans[k.shape] = p
+	}
+	return p.Run(e.ltH, cu.DevicePtr(k.a), cu.DevicePtr(k.b), cu.DevicePtr(k.c), cu.DevicePtr(k.d), cu.DevicePtr(k.e), k.beta, e.ws, workspaceLen, e.stream)
 }
 
 func (e *cudaEngine) destroyEvent(ev eventHandle) { _ = e.drv.EventDestroy(cu.Event(ev)) }

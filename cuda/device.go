@@ -304,6 +304,10 @@ func (d *Device) releaseBuffer(b *buffer) {
 		d.stats.Weights -= b.size
 	}
 	b.own = false
+	for _, c := range b.alt {
+		d.releaseBuffer(c)
+	}
+	b.alt = nil
 }
 
 func (d *Device) releaseDeferred() {

@@ -5,11 +5,20 @@ import (
 	"github.com/kiln-project/kiln/cuda/cudnn"
 )
 
-// cudnnCall is a cuDNN convolution with resolved addresses.
+// cudnnCall is a cuDNN convolution with resolved addresses; with bias set
+// it is the fused y = conv(x, w) + bias (+ z) call.
 type cudnnCall struct {
-	shape   cudnn.ConvShape
-	algo    int
-	x, w, y uint64
+	shape         cudnn.ConvShape
+	algo          int
+	x, w, y, z, b uint64
+}
+
+// ltCall is a cuBLASLt product D = op(A)·op(B) + beta·C (+ bias) with
+// resolved addresses.
+type ltCall struct {
+	shape         cublas.LtShape
+	a, b, c, d, e uint64 // e: bias
+	beta          float32
 }
 
 // karg is one resolved kernel argument: its bits and its size in bytes.
@@ -59,5 +68,8 @@ type engine interface {
 	// cudnnFind times cuDNN's algorithms for shape on scratch buffers.
 	cudnnFind(shape cudnn.ConvShape, x, w, y uint64) ([]cudnn.AlgoPerf, error)
 	cudnnConv(c *cudnnCall) error
+	// hasLt reports whether cuBLASLt products are available.
+	hasLt() bool
+	ltMatmul(c *ltCall) error
 	close()
 }

@@ -446,25 +446,33 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			return fmt.Errorf("gn_sums launch %+v for %d splits, %d channels", cfg, splits, c)
 		}
 		x := e.read(a[1].p(), dt, bn*hw*c)
-		ws := e.read(a[0].p(), tensor.F32, bn*c*2)
+		ws := make([]float32, bn*splits*c*2)
 		for b := 0; b < bn; b++ {
-			for ch := 0; ch < c; ch++ {
-				k := float64(x[b*hw*c+ch])
-				var s1, s2 float64
-				for p := 0; p < hw; p++ {
-					t := float64(x[(b*hw+p)*c+ch]) - k
-					s1 += t
-					s2 += t * t
+			for s := 0; s < splits; s++ {
+				p0, p1 := hw*s/splits, hw*(s+1)/splits
+				for ch := 0; ch < c; ch++ {
+					k := float64(x[b*hw*c+ch])
+					var s1, s2 float64
+					for p := p0; p < p1; p++ {
+						t := float64(x[(b*hw+p)*c+ch]) - k
+						s1 += t
+						s2 += t * t
+					}
+					o := ((b*splits+s)*c + ch) * 2
+					ws[o], ws[o+1] = float32(s1), float32(s2)
 				}
-				ws[(b*c+ch)*2] += float32(s1)
-				ws[(b*c+ch)*2+1] += float32(s2)
 			}
 		}
 		e.write(a[0].p(), tensor.F32, ws)
 	case strings.HasPrefix(kernel, "gn_affine_"):
 		dt := dtOf(last)
-		bn, hw, c, groups, eps := a[5].i(), a[6].i(), a[7].i(), a[8].i(), float64(a[9].f())
-		ws := e.read(a[1].p(), tensor.F32, bn*c*2)
+		hw, c, groups, splits, eps := a[5].i(), a[6].i(), a[7].i(), a[8].i(), float64(a[9].f())
+		bn, cpg := int(cfg.grid[1]), c/groups
+		gpb := int(cfg.block[0]) / cpg
+		if gpb < 1 || int(cfg.block[0])%cpg != 0 || int(cfg.grid[0])*gpb < groups {
+			return fmt.Errorf("gn_affine launch %+v for %d groups of %d", cfg, groups, cpg)
+		}
+		ws := e.read(a[1].p(), tensor.F32, bn*splits*c*2)
 		x := e.read(a[2].p(), dt, bn*hw*c)
 		var w, bias []float32
 		if a[3].p() != 0 {
@@ -473,23 +481,30 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		if a[4].p() != 0 {
 			bias = e.read(a[4].p(), tensor.F32, c)
 		}
-		cpg := c / groups
 		n := float64(hw)
 		ab := make([]float32, bn*c*2)
 		for b := 0; b < bn; b++ {
+			cm := make([]float64, c)
+			ci := make([]float64, c)
+			for ch := 0; ch < c; ch++ {
+				var s1, s2 float64
+				for s := 0; s < splits; s++ {
+					o := ((b*splits+s)*c + ch) * 2
+					s1 += float64(ws[o])
+					s2 += float64(ws[o+1])
+				}
+				cm[ch] = float64(x[b*hw*c+ch]) + s1/n
+				ci[ch] = s2 - s1*s1/n
+			}
 			for g := 0; g < groups; g++ {
-				var gm float64
+				var gm, m2 float64
 				for i := 0; i < cpg; i++ {
-					ch := g*cpg + i
-					gm += float64(x[b*hw*c+ch]) + float64(ws[(b*c+ch)*2])/n
+					gm += cm[g*cpg+i]
 				}
 				gm /= float64(cpg)
-				var m2 float64
 				for i := 0; i < cpg; i++ {
-					ch := g*cpg + i
-					s1, s2 := float64(ws[(b*c+ch)*2]), float64(ws[(b*c+ch)*2+1])
-					cm := float64(x[b*hw*c+ch]) + s1/n
-					m2 += s2 - s1*s1/n + n*(cm-gm)*(cm-gm)
+					d := cm[g*cpg+i] - gm
+					m2 += ci[g*cpg+i] + n*d*d
 				}
 				rstd := 1 / math.Sqrt(max(0, m2/(n*float64(cpg)))+eps)
 				for i := 0; i < cpg; i++ {
@@ -617,6 +632,34 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		}
 		out := convRef(x, w, bias, res, bn, H, W, C, Ho, Wo, Cout, R, S, st, pt, pl)
 		e.write(a[0].p(), dt, out)
+	case strings.HasPrefix(kernel, "fill_random_"):
+		dt := dtOf(last)
+		n, seed, scale := a[1].i(), uint32(a[2].v), a[3].f()
+		out := make([]float32, n)
+		for i := range out {
+			h := uint32(i)*0x9E3779B1 ^ seed
+			h ^= h >> 16
+			h *= 0x85EBCA6B
+			h ^= h >> 13
+			h *= 0xC2B2AE35
+			h ^= h >> 16
+			out[i] = (float32(h>>8)*(1.0/16777216)*2 - 1) * scale
+		}
+		e.write(a[0].p(), dt, out)
+	case strings.HasPrefix(kernel, "max_diff_"):
+		dt := dtOf(last)
+		n := a[3].i()
+		x, y := e.read(a[1].p(), dt, n), e.read(a[2].p(), dt, n)
+		var d, m float64
+		for i := range x {
+			v := math.Abs(float64(x[i]) - float64(y[i]))
+			if !(v <= 3e38) {
+				v = 3e38
+			}
+			d = math.Max(d, v)
+			m = math.Max(m, math.Abs(float64(y[i])))
+		}
+		e.write(a[0].p(), tensor.F32, []float32{float32(d), float32(m)})
 	default:
 		return fmt.Errorf("fake device: no emulation of kernel %s", kernel)
 	}
@@ -703,7 +746,14 @@ func (e *fakeEngine) cudnnConv(c *cudnnCall) error {
 			}
 		}()
 		dt := tensorOf(sh.DataType)
-		out := convRef(e.read(cc.x, dt, sh.N*sh.H*sh.W*sh.C), e.read(cc.w, dt, sh.K*sh.R*sh.S*sh.C), nil, nil,
+		var bias, z []float32
+		if cc.b != 0 {
+			bias = e.read(cc.b, dt, sh.K)
+		}
+		if cc.z != 0 {
+			z = e.read(cc.z, dt, sh.N*sh.OutH*sh.OutW*sh.K)
+		}
+		out := convRef(e.read(cc.x, dt, sh.N*sh.H*sh.W*sh.C), e.read(cc.w, dt, sh.K*sh.R*sh.S*sh.C), bias, z,
 			sh.N, sh.H, sh.W, sh.C, sh.OutH, sh.OutW, sh.K, sh.R, sh.S, sh.Stride, sh.PadH, sh.PadW)
 		e.write(cc.y, dt, out)
 		return nil
@@ -741,4 +791,47 @@ func convRef(x, w, bias, res []float32, bn, H, W, C, Ho, Wo, Cout, R, S, st, pt,
 		}
 	}
 	return out
+}
+
+func (e *fakeEngine) hasLt() bool { return true }
+
+// ltMatmul emulates cuBLASLt: D = op(A)·op(B) + beta·C + bias (per row of D).
+func (e *fakeEngine) ltMatmul(c *ltCall) error {
+	k := *c
+	return e.do(func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("lt matmul: %v", r)
+			}
+		}()
+		sh := k.shape
+		dt := cuDT(sh.Type)
+		g := cublas.Gemm{TransA: sh.TransA, TransB: sh.TransB, M: sh.M, N: sh.N, K: sh.K, Alpha: 1,
+			A: cu.DevicePtr(k.a), AType: sh.Type, LDA: sh.LDA, B: cu.DevicePtr(k.b), BType: sh.Type, LDB: sh.LDB,
+			C: cu.DevicePtr(k.d), CType: sh.Type, LDC: sh.LDC, Batch: 1}
+		var cvals []float32
+		if k.beta != 0 {
+			cvals = e.read(k.c, dt, (sh.N-1)*sh.LDC+sh.M)
+		}
+		e.emulateGemm(&g)
+		out := e.read(k.d, dt, (sh.N-1)*sh.LDC+sh.M)
+		var bias []float32
+		if sh.Bias {
+			bias = e.read(k.e, dt, sh.M)
+		}
+		for j := 0; j < sh.N; j++ {
+			for i := 0; i < sh.M; i++ {
+				v := out[i+j*sh.LDC]
+				if cvals != nil {
+					v += k.beta * cvals[i+j*sh.LDC]
+				}
+				if bias != nil {
+					v += bias[i]
+				}
+				out[i+j*sh.LDC] = v
+			}
+		}
+		e.write(k.d, dt, out)
+		return nil
+	})
 }

@@ -1,6 +1,10 @@
 package cuda
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/kiln-project/kiln/cuda/cublas"
+)
 
 // fuseResiduals folds residual additions into the op that makes one of
 // their operands: an add kernel whose operand O is made by Kiln's
@@ -40,15 +44,15 @@ func fuseResiduals(seg *segment) int {
 				continue
 			}
 			r1 := seg.recs[i1]
-			if r1.kind != recKernel || !strings.HasSuffix(r1.kernel, "_"+dt) {
-				continue
-			}
 			resArg := -1
 			switch {
-			case strings.HasPrefix(r1.kernel, "conv_") && r1.args[4].buf == nil:
+			case r1.kind == recKernel && !strings.HasSuffix(r1.kernel, "_"+dt):
+			case r1.kind == recKernel && strings.HasPrefix(r1.kernel, "conv_") && r1.args[4].buf == nil:
 				resArg = 4
-			case strings.HasPrefix(r1.kernel, "bias_act_") && r1.args[3].buf == nil && r1.args[6].v == 0:
+			case r1.kind == recKernel && strings.HasPrefix(r1.kernel, "bias_act_") && r1.args[3].buf == nil && r1.args[6].v == 0:
 				resArg = 3
+			case (r1.kind == recLt || r1.kind == recCudnn && r1.gbias.buf != nil) && r1.gz.buf == nil && dtypeName(r1) == dt:
+				resArg = 100 // C of the product, z of the fused convolution
 			}
 			if resArg < 0 {
 				continue
@@ -66,16 +70,24 @@ func fuseResiduals(seg *segment) int {
 			}
 			// r1 now writes z = its result + y; o stays an input of an
 			// in-place bias kernel, and is otherwise left unwritten.
-			r1.args[0] = pbuf(z)
-			r1.args[resArg] = pbuf(y)
-			r1.writes = z
-			var reads []*buffer
-			for _, a := range r1.args[1:] {
-				if a.buf != nil {
-					reads = append(reads, a.buf)
+			if resArg == 100 {
+				r1.gz = bufRef{buf: y}
+				r1.gc = bufRef{buf: z}
+				r1.beta = 1
+				r1.writes = z
+				r1.reads = append(r1.reads, y)
+			} else {
+				r1.args[0] = pbuf(z)
+				r1.args[resArg] = pbuf(y)
+				r1.writes = z
+				var reads []*buffer
+				for _, a := range r1.args[1:] {
+					if a.buf != nil {
+						reads = append(reads, a.buf)
+					}
 				}
+				r1.reads = reads
 			}
-			r1.reads = reads
 			removed[i2] = true
 			n++
 			break
@@ -92,4 +104,18 @@ func fuseResiduals(seg *segment) int {
 	}
 	seg.recs = out
 	return n
+}
+
+// dtypeName names the element type of a library record as kernel names do.
+func dtypeName(r *record) string {
+	if r.kind == recLt {
+		switch r.lt.Type {
+		case cublas.R16F:
+			return "f16"
+		case cublas.R16BF:
+			return "bf16"
+		}
+		return "f32"
+	}
+	return suffix(tensorOf(r.dnn.DataType))[1:]
 }

@@ -94,3 +94,5 @@ func (e *nullEngine) cudnnFind(cudnn.ConvShape, uint64, uint64, uint64) ([]cudnn
 	return nil, nil
 }
 func (e *nullEngine) cudnnConv(*cudnnCall) error { e.launches++; return nil }
+func (e *nullEngine) hasLt() bool                { return false }
+func (e *nullEngine) ltMatmul(*ltCall) error     { e.launches++; return nil }

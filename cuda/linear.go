@@ -62,17 +62,32 @@ func (b *Backend) matmulNT(out, a, w *buffer, m, n, k int, dt tensor.DType, bias
 		}
 		return
 	}
-	p := b.planLinear(m, n, k, dt, bias != nil)
-	b.emitLinear(p, out, a, w, bias, m, n, k, dt)
+	biasT := b.d.biasIn(bias, dt, n)
+	p := b.planLinear(m, n, k, dt, bias != nil, biasT != nil)
+	b.emitLinear(p, out, a, w, bias, biasT, m, n, k, dt)
 	if res != nil {
 		b.d.launch("add"+suffix(dt), b.d.grid1(m*n/vecN(dt)+1), out, pbuf(out), pbuf(out), pbuf(res), u32(m*n))
 	}
 }
 
-// emitLinear records a matrix product by plan p.
-func (b *Backend) emitLinear(p linPlan, out, a, w *buffer, bias *buffer, m, n, k int, dt tensor.DType) {
-	if p.method == linImplicit {
+// emitLinear records a matrix product by plan p; biasT is the bias in dt
+// for cuBLASLt's epilogue (nil: apply the float32 bias with a kernel).
+func (b *Backend) emitLinear(p linPlan, out, a, w *buffer, bias, biasT *buffer, m, n, k int, dt tensor.DType) {
+	switch p.method {
+	case linImplicit:
 		b.implicitConv(out, a, w, bias, nil, dt, convGeom{h: 1, w: m, c: k, ho: 1, wo: m, bn: 1, cout: n, kh: 1, kw: 1, stride: 1}, p.tile)
+		return
+	case linLt:
+		sh := cublas.LtShape{TransA: cublas.OpT, TransB: cublas.OpN, M: n, N: m, K: k, LDA: k, LDB: k, LDC: n, Type: blasType(dt)}
+		if bias != nil && biasT != nil {
+			sh.Bias = true
+			b.d.ltRecord(sh, w, a, biasT, out)
+			return
+		}
+		b.d.ltRecord(sh, w, a, nil, out)
+		if bias != nil {
+			b.biasAct(out, out, bias, m, n, dt, 0)
+		}
 		return
 	}
 	g := cublas.Gemm{TransA: cublas.OpT, TransB: cublas.OpN, M: n, N: m, K: k, Alpha: 1,
@@ -164,7 +179,8 @@ func (b *Backend) Conv2D(x, w, bias *tensor.Tensor, p backend.Conv2DParams) *ten
 	if kh == 1 && kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadLeft == 0 && p.PadBottom == 0 && p.PadRight == 0 {
 		b.matmulNT(out, xb, wb, m, cout, cin, dt, bb, nil)
 	} else {
-		b.emitConv(b.planConv(g, p.PadBottom, p.PadRight, dt), out, xb, wb, bb, dt, g)
+		biasT := b.d.biasIn(bb, dt, cout)
+		b.emitConv(b.planConv(g, p.PadBottom, p.PadRight, dt, biasT != nil), out, xb, wb, bb, biasT, dt, g)
 	}
 	return b.wrap(osh, dt, nhwc, out)
 }

@@ -187,7 +187,15 @@ func recordLabel(r *record) string {
 	case recUpload:
 		return "upload"
 	case recCudnn:
+		if r.gbias.buf != nil {
+			return fmt.Sprintf("cudnn conv+bias algo %d", r.algo)
+		}
 		return fmt.Sprintf("cudnn conv algo %d", r.algo)
+	case recLt:
+		if r.lt.Bias {
+			return fmt.Sprintf("cublasLt gemm+bias %dx%dx%d", r.lt.M, r.lt.N, r.lt.K)
+		}
+		return fmt.Sprintf("cublasLt gemm %dx%dx%d", r.lt.M, r.lt.N, r.lt.K)
 	}
 	return "memset"
 }

@@ -443,10 +443,13 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 		xb = b.d.newBuffer(int64(x.Numel()) * int64(dt.Size()))
 		b.transpose(xb, xs.buf, dt, bn, c, hw)
 	}
-	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw/16))
-	ws := b.d.newBuffer(int64(bn*c) * 8)
+	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw/32, 64))
+	cpg := c / groups
+	if cpg > 1024 {
+		fail(op, "%d channels per group exceed the group-norm kernel", cpg)
+	}
+	ws := b.d.newBuffer(int64(bn*splits*c) * 8)
 	ab := b.d.newBuffer(int64(bn*c) * 8)
-	b.d.add(&record{kind: recMemset, dst: ws, writes: ws})
 	threads := 256
 	if cv := c / vecN(dt); c%vecN(dt) == 0 && cv > 256 {
 		threads = min(1024, (cv+31)/32*32)
@@ -456,8 +459,9 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 	}
 	b.d.launch("gn_sums"+suffix(dt), launchCfg{grid: [3]uint32{uint32(splits), uint32(bn), 1}, block: [3]uint32{uint32(threads), 1, 1}, shmem: uint32(8 * c)},
 		ws, pbuf(ws), pbuf(xb), i32(hw), i32(c), i32(splits))
-	b.d.launch("gn_affine"+suffix(dt), launchCfg{grid: [3]uint32{uint32((bn*c + 127) / 128), 1, 1}, block: [3]uint32{128, 1, 1}},
-		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(bn), i32(hw), i32(c), i32(groups), f32(eps))
+	gpb := max(1, 128/cpg)
+	b.d.launch("gn_affine"+suffix(dt), launchCfg{grid: [3]uint32{uint32((groups + gpb - 1) / gpb), uint32(bn), 1}, block: [3]uint32{uint32(gpb * cpg), 1, 1}},
+		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(hw), i32(c), i32(groups), i32(splits), f32(eps))
 	s := 0
 	if silu {
 		s = 1

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -601,7 +602,7 @@ func TestReshapeKeepsChannelsLast(t *testing.T) {
 // Kiln's implicit GEMM, im2col + cuBLAS) on every target.
 func TestConvMethods(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed(t), 17))
-	for _, method := range []string{"cudnn", "implicit", "im2col"} {
+	for _, method := range []string{"cudnn", "cudnn+bias", "implicit", "im2col"} {
 		for _, tg := range targets(t) {
 			d := tg.be.Device()
 			saved := d.opts
@@ -692,5 +693,93 @@ func TestSpeculativeReplay(t *testing.T) {
 	st := d.Stats()
 	if st.Speculated < 2 || st.Misspeculated != 1 {
 		t.Fatalf("want speculative replays and one detected divergence: %+v", st)
+	}
+}
+
+// TestSpeculationSeesWeightUploads checks that a graph launched early is
+// not trusted when weights were uploaded after it (to memory it reads).
+func TestSpeculationSeesWeightUploads(t *testing.T) {
+	d, _ := newFakeDevice(DefaultOptions())
+	be := d.Backend(tensor.F32)
+	r := rand.New(rand.NewPCG(seed(t), 29))
+	for i := 0; i < 5; i++ {
+		x := be.FromFloat32(tensor.Shape{2, 8}, randData(r, 16, 1))
+		wd := randData(r, 64, 1)
+		w := be.Upload(tensor.Shape{8, 8}, tensor.F32, f32Bytes(wd)) // after x: the graph may already run
+		got := be.ToFloat32(be.Linear(x, w, nil))
+		ref := cpu.New()
+		xr := ref.FromFloat32(tensor.Shape{2, 8}, be.ToFloat32(x))
+		want := ref.ToFloat32(ref.Linear(xr, ref.Upload(tensor.Shape{8, 8}, tensor.F32, f32Bytes(wd)), nil))
+		if e := fixtures.RelErr(got, want); e > 1e-5 {
+			t.Fatalf("run %d: relative error %.3g (stats %+v)", i, e, d.Stats())
+		}
+		be.Free(x, w)
+	}
+}
+
+// TestLinearMethods forces each matrix-product method on every target,
+// with and without bias and with a residual addition to fuse.
+func TestLinearMethods(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 31))
+	for _, method := range []string{"cublas", "cublaslt", "implicit"} {
+		for _, tg := range targets(t) {
+			d := tg.be.Device()
+			saved := d.opts
+			d.opts.Linear = method
+			d.opts.Conv = "cudnn+bias"
+			v := target{tg.name + "/" + method, tg.be, tg.tol}
+			runCase(t, r, v, opCase{"Linear bias " + method, []spec{act(2, 9, 64), weight(96, 64).times(0.2), weight(96)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Linear(x[0], x[1], x[2]) }})
+			runCase(t, r, v, opCase{"Linear no bias " + method, []spec{act(2, 9, 64), weight(96, 64).times(0.2)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Linear(x[0], x[1], nil) }})
+			runCase(t, r, v, opCase{"Linear + residual " + method, []spec{act(2, 9, 64), weight(64, 64).times(0.2), weight(64), act(2, 9, 64)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					h := be.Linear(x[0], x[1], x[2])
+					out := be.Add(x[3], h)
+					be.Free(h)
+					return out
+				}})
+			runCase(t, r, v, opCase{"Conv + residual (cudnn+bias) " + method, []spec{act(2, 32, 6, 5), weight(32, 32, 3, 3).times(0.2), weight(32), act(2, 32, 6, 5)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					h := be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(1, 1))
+					out := be.Add(h, x[3])
+					be.Free(h)
+					return out
+				}})
+			d.opts = saved
+		}
+	}
+}
+
+// TestTuningOnEmulator runs the measured choice on the emulated device
+// (where every candidate takes no time): each candidate must pass the
+// cross-check against the reference, and results must stay right.
+func TestTuningOnEmulator(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed(t), 37))
+	o := DefaultOptions()
+	o.Poison = true
+	d, _ := newFakeDevice(o)
+	d.tune = true
+	for _, dt := range []tensor.DType{tensor.F32, tensor.F16} {
+		tg := target{"fake-tuned/" + dt.String(), d.Backend(dt), tolFor(dt)}
+		runCase(t, r, tg, opCase{"tuned conv + residual", []spec{act(2, 32, 6, 5), weight(32, 32, 3, 3).times(0.2), weight(32), act(2, 32, 6, 5)},
+			func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+				h := be.Conv2D(x[0], x[1], x[2], backend.SymmetricPad(1, 1))
+				out := be.Add(h, x[3])
+				be.Free(h)
+				return out
+			}})
+		runCase(t, r, tg, opCase{"tuned linear", []spec{act(2, 9, 64), weight(96, 64).times(0.2), weight(96)},
+			func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Linear(x[0], x[1], x[2]) }})
+	}
+	log := d.TuneLog()
+	if len(log) != 4 {
+		t.Fatalf("want 4 measured choices, got %d: %v", len(log), log)
+	}
+	for _, l := range log {
+		if strings.Contains(l, "disagrees") {
+			t.Errorf("a candidate failed the cross-check: %s", l)
+		}
+		t.Log(l)
 	}
 }

@@ -202,7 +202,7 @@ func (d *Device) runSegment(seg *segment) error {
 		if sp.err != nil {
 			return d.noteErr(sp.err)
 		}
-		if key == sp.g.key {
+		if key == sp.g.key && !sp.tainted {
 			d.bindRaw(sp.g, seg, false)
 			d.stats.Replayed++
 			d.stats.Speculated++
@@ -408,6 +408,7 @@ type speculation struct {
 	pos      int // bytes of g.key matched
 	failed   bool
 	launched bool
+	tainted  bool // device memory was written outside the segment after the launch
 	err      error
 }
 
@@ -517,7 +518,13 @@ func (d *Device) exec(r *record) error {
 		return d.eng.memset(r.dst.addr, r.dst.size, r.val)
 	case recCudnn:
 		return d.eng.cudnnConv(&cudnnCall{shape: r.dnn, algo: r.algo,
-			x: r.ga.buf.addr + uint64(r.ga.off), w: r.gb.buf.addr + uint64(r.gb.off), y: r.gc.buf.addr + uint64(r.gc.off)})
+			x: refAddr(r.ga), w: refAddr(r.gb), y: refAddr(r.gc), z: refAddr(r.gz), b: refAddr(r.gbias)})
+	case recLt:
+		c := refAddr(r.gz)
+		if c == 0 {
+			c = refAddr(r.gc)
+		}
+		return d.eng.ltMatmul(&ltCall{shape: r.lt, a: refAddr(r.ga), b: refAddr(r.gb), c: c, d: refAddr(r.gc), e: refAddr(r.gbias), beta: r.beta})
 	}
 	return fmt.Errorf("cuda: unknown record kind %d", r.kind)
 }
@@ -537,4 +544,12 @@ func (d *Device) poison(p *segPlan, arena uint64, n int64) error {
 		}
 	}
 	return nil
+}
+
+// refAddr resolves a reference, 0 for none.
+func refAddr(r bufRef) uint64 {
+	if r.buf == nil {
+		return 0
+	}
+	return r.buf.addr + uint64(r.off)
 }

@@ -39,6 +39,8 @@ type buffer struct {
 	epoch uint64      // the graph replay that wrote it
 
 	dead error // non-nil: the contents are gone (why)
+
+	alt map[tensor.DType]*buffer // copies of a bias weight in other dtypes
 }
 
 // storage is one tensor handle's view of a buffer.
@@ -73,6 +75,7 @@ const (
 	recUpload
 	recMemset
 	recCudnn
+	recLt
 )
 
 // bufRef is a buffer plus a byte offset.
@@ -91,9 +94,12 @@ type record struct {
 	ga, gb, gc bufRef
 	dnn        cudnn.ConvShape // recCudnn: x = ga, w = gb, y = gc
 	algo       int
-	data       []byte  // upload source
-	dst        *buffer // upload or memset target
-	val        byte    // memset value
+	lt         cublas.LtShape // recLt: A = ga, B = gb, D = gc
+	gz, gbias  bufRef         // recCudnn, recLt: residual (C) and bias, optional
+	beta       float32        // recLt
+	data       []byte         // upload source
+	dst        *buffer        // upload or memset target
+	val        byte           // memset value
 	writes     *buffer
 	reads      []*buffer
 }
@@ -192,6 +198,22 @@ func (d *Device) cudnnRecord(sh cudnn.ConvShape, algo int, x, w, y *buffer) {
 	d.add(&record{kind: recCudnn, dnn: sh, algo: algo, ga: bufRef{buf: x}, gb: bufRef{buf: w}, gc: bufRef{buf: y}, writes: y, reads: []*buffer{x, w}})
 }
 
+// cudnnBiasRecord records the fused cuDNN y = conv(x, w) + bias.
+func (d *Device) cudnnBiasRecord(sh cudnn.ConvShape, algo int, x, w, bias, y *buffer) {
+	d.add(&record{kind: recCudnn, dnn: sh, algo: algo, ga: bufRef{buf: x}, gb: bufRef{buf: w}, gc: bufRef{buf: y},
+		gbias: bufRef{buf: bias}, writes: y, reads: []*buffer{x, w, bias}})
+}
+
+// ltRecord records the cuBLASLt product out = op(a)·op(b) (+ bias).
+func (d *Device) ltRecord(sh cublas.LtShape, a, b, bias, out *buffer) {
+	r := &record{kind: recLt, lt: sh, ga: bufRef{buf: a}, gb: bufRef{buf: b}, gc: bufRef{buf: out}, writes: out, reads: []*buffer{a, b}}
+	if bias != nil {
+		r.gbias = bufRef{buf: bias}
+		r.reads = append(r.reads, bias)
+	}
+	d.add(r)
+}
+
 // uploadRecord records copying host bytes into dst at flush.
 func (d *Device) uploadRecord(dst *buffer, data []byte) {
 	d.add(&record{kind: recUpload, dst: dst, data: data, writes: dst})
@@ -271,6 +293,21 @@ func encodeRecord(dst []byte, seg *segment, r *record) []byte {
 		k.ref(seg, r.ga.buf, r.ga.off)
 		k.ref(seg, r.gb.buf, r.gb.off)
 		k.ref(seg, r.gc.buf, r.gc.off)
+		k.ref(seg, r.gz.buf, r.gz.off)
+		k.ref(seg, r.gbias.buf, r.gbias.off)
+	case recLt:
+		sh := r.lt
+		for _, v := range []int{int(sh.TransA), int(sh.TransB), sh.M, sh.N, sh.K, sh.LDA, sh.LDB, sh.LDC, int(sh.Type), int(math.Float32bits(r.beta))} {
+			k.u64(uint64(v))
+		}
+		if sh.Bias {
+			k.u32(1)
+		}
+		k.ref(seg, r.ga.buf, r.ga.off)
+		k.ref(seg, r.gb.buf, r.gb.off)
+		k.ref(seg, r.gc.buf, r.gc.off)
+		k.ref(seg, r.gz.buf, r.gz.off)
+		k.ref(seg, r.gbias.buf, r.gbias.off)
 	}
 	return k.b
 }

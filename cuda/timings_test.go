@@ -36,9 +36,10 @@ func TestKernelTimings(t *testing.T) {
 	convVariants := []variant{
 		{"measured choice", func(o *Options) { o.Conv, o.ConvTile = "auto", "" }},
 		{"cudnn", func(o *Options) { o.Conv = "cudnn" }},
-		{"implicit 128x128", func(o *Options) { o.Conv, o.ConvTile = "auto", "128x128" }},
-		{"implicit 128x64", func(o *Options) { o.Conv, o.ConvTile = "auto", "128x64" }},
-		{"implicit 64x64", func(o *Options) { o.Conv, o.ConvTile = "auto", "64x64" }},
+		{"cudnn+bias", func(o *Options) { o.Conv = "cudnn+bias" }},
+		{"implicit 128x128", func(o *Options) { o.Conv, o.ConvTile = "implicit", "128x128" }},
+		{"implicit 128x64", func(o *Options) { o.Conv, o.ConvTile = "implicit", "128x64" }},
+		{"implicit 64x64", func(o *Options) { o.Conv, o.ConvTile = "implicit", "64x64" }},
 		{"im2col+cublas", func(o *Options) { o.Conv = "im2col" }},
 	}
 	measure := func(name, vname string, dt tensor.DType, flops float64, ins []spec, run func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor) {
@@ -122,7 +123,7 @@ func TestKernelTimings(t *testing.T) {
 
 	linear := func(m, k, n int) {
 		name := fmt.Sprintf("linear %dx%d→%d", m, k, n)
-		for _, v := range []string{"auto", "cublas", "implicit"} {
+		for _, v := range []string{"auto", "cublas", "cublaslt", "implicit"} {
 			d.opts.Linear = v
 			measure(name, v, tensor.F16, 2*float64(m)*float64(k)*float64(n), []spec{act(m, k), weight(n, k).times(0.05), weight(n)},
 				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor { return be.Linear(x[0], x[1], x[2]) })

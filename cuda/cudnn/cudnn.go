@@ -52,6 +52,8 @@ type Lib struct {
 	fCreateFilter, fSetFilter4d, fDestroyFilter         uintptr
 	fCreateConv, fSetConv2d, fSetConvMath, fDestroyConv uintptr
 	fFindFwdEx, fGetFwdWorkspace, fConvFwd              uintptr
+	fBiasAct, fCreateAct, fDestroyAct                   uintptr
+	setAct                                              func(desc uintptr, mode, nan int32, coef float64) int32
 }
 
 // Load opens libcudnn.so.9 (or .so.8) from the CUDA library folders.
@@ -82,6 +84,16 @@ func Load() (*Lib, error) {
 			return nil, fmt.Errorf("cuDNN: %w", err)
 		}
 		*s.p = p
+	}
+	// The fused convolution + bias (+ residual) call is optional.
+	if p, err := lib.Symbol("cudnnConvolutionBiasActivationForward"); err == nil {
+		c, err1 := lib.Symbol("cudnnCreateActivationDescriptor")
+		d, err2 := lib.Symbol("cudnnDestroyActivationDescriptor")
+		set, err3 := lib.Symbol("cudnnSetActivationDescriptor")
+		if err1 == nil && err2 == nil && err3 == nil {
+			l.fBiasAct, l.fCreateAct, l.fDestroyAct = p, c, d
+			purego.RegisterFunc(&l.setAct, set) // takes a double: needs the float-aware path
+		}
 	}
 	if p, err := lib.Symbol("cudnnGetVersion"); err == nil {
 		v, _, _ := purego.SyscallN(p)
@@ -126,6 +138,8 @@ type Conv struct {
 	x, y uintptr // tensor descriptors
 	w    uintptr // filter descriptor
 	c    uintptr // convolution descriptor
+	bias uintptr // (1, K, 1, 1) bias descriptor, for the fused call
+	act  uintptr // identity activation descriptor, for the fused call
 }
 
 // ConvShape is the geometry of a convolution; padding is symmetric.
@@ -170,8 +184,49 @@ func (l *Lib) NewConv(sh ConvShape) (cv *Conv, err error) {
 	if err = l.call("cudnnSetConvolution2dDescriptor", l.fSetConv2d, cv.c, uintptr(sh.PadH), uintptr(sh.PadW), uintptr(sh.Stride), uintptr(sh.Stride), 1, 1, crossCorrelation, DataFloat); err != nil {
 		return
 	}
-	err = l.call("cudnnSetConvolutionMathType", l.fSetConvMath, cv.c, tensorOpMath)
+	if err = l.call("cudnnSetConvolutionMathType", l.fSetConvMath, cv.c, tensorOpMath); err != nil {
+		return
+	}
+	if l.fBiasAct != 0 {
+		if err = l.call("cudnnCreateTensorDescriptor", l.fCreateTensor, uintptr(unsafe.Pointer(&cv.bias))); err != nil {
+			return
+		}
+		if err = l.call("cudnnSetTensor4dDescriptor(bias)", l.fSetTensor4d, cv.bias, formatNHWC, dt, 1, uintptr(sh.K), 1, 1); err != nil {
+			return
+		}
+		if err = l.call("cudnnCreateActivationDescriptor", l.fCreateAct, uintptr(unsafe.Pointer(&cv.act))); err != nil {
+			return
+		}
+		if s := l.setAct(cv.act, activationIdentity, 0, 0); s != statusSuccess {
+			err = &Error{Op: "cudnnSetActivationDescriptor", Status: int(s)}
+			return
+		}
+	}
 	return
+}
+
+const activationIdentity = 5
+
+// CanFuse reports whether ForwardBias is available.
+func (cv *Conv) CanFuse() bool { return cv.l.fBiasAct != 0 && cv.act != 0 }
+
+// ForwardBias enqueues y = conv(x, w) + bias (+ z when z is not 0) in one
+// call; bias holds K elements of the data type. cuDNN supports it for the
+// implicit precomputed GEMM algorithm (1).
+func (cv *Conv) ForwardBias(h Handle, algo int, x, w, y, z, bias, ws cu.DevicePtr, workspace int64) error {
+	l := cv.l
+	if !cv.CanFuse() {
+		return &Error{Op: "cudnnConvolutionBiasActivationForward", Status: statusNotSupport}
+	}
+	alphas := &[2]float32{1, 0}
+	if z != 0 {
+		alphas[1] = 1
+	} else {
+		z = y
+	}
+	return l.call("cudnnConvolutionBiasActivationForward", l.fBiasAct, uintptr(h), uintptr(unsafe.Pointer(&alphas[0])),
+		cv.x, uintptr(x), cv.w, uintptr(w), cv.c, uintptr(algo), uintptr(ws), uintptr(workspace),
+		uintptr(unsafe.Pointer(&alphas[1])), cv.y, uintptr(z), cv.bias, uintptr(bias), cv.act, cv.y, uintptr(y))
 }
 
 // Close releases the descriptors.
@@ -188,6 +243,12 @@ func (cv *Conv) Close() {
 	}
 	if cv.c != 0 {
 		_ = l.call("", l.fDestroyConv, cv.c)
+	}
+	if cv.bias != 0 {
+		_ = l.call("", l.fDestroyTensor, cv.bias)
+	}
+	if cv.act != 0 {
+		_ = l.call("", l.fDestroyAct, cv.act)
 	}
 }
 

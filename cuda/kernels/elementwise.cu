@@ -312,3 +312,44 @@ KILN_EXPORT3(im2col,
              (void* dst, const void* x, int h, int w, int c, int ho_n, int wo_n, int kh, int kw, int stride, int padt,
               int padl, u32 row0, u32 nrows),
              (dst, x, h, w, c, ho_n, wo_n, kh, kw, stride, padt, padl, row0, nrows))
+
+// fill_random: dst[i] = uniform in [-scale, scale) from a hash of (seed, i),
+// for measuring and cross-checking algorithms on non-trivial data.
+__device__ __forceinline__ float hash_uniform(u32 seed, u32 i) {
+  u32 h = i * 0x9E3779B1u ^ seed;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return (float)(h >> 8) * (1.f / 16777216.f) * 2.f - 1.f;
+}
+template <typename T>
+__device__ __forceinline__ void fill_random_impl(void* dst, u32 n, u32 seed, float scale) {
+  T* y = (T*)dst;
+  GRID_STRIDE(i, n) y[i] = fromf<T>(hash_uniform(seed, i) * scale);
+}
+KILN_EXPORT3(fill_random, (void* dst, u32 n, u32 seed, float scale), (dst, n, seed, scale))
+
+// max_diff: out[0] = max |a − b|, out[1] = max |b| over n elements (out
+// zeroed before; non-negative floats compare as their bits).
+template <typename T>
+__device__ __forceinline__ void max_diff_impl(unsigned* out, const void* pa, const void* pb, u32 n) {
+  const T* a = (const T*)pa;
+  const T* b = (const T*)pb;
+  float d = 0.f, m = 0.f;
+  GRID_STRIDE(i, n) {
+    float x = tof<T>(a[i]), y = tof<T>(b[i]);
+    float e = fabsf(x - y);
+    if (!(e <= 3.0e38f)) e = 3.0e38f;  // NaN and Inf count as huge
+    d = fmaxf(d, e);
+    m = fmaxf(m, fabsf(y));
+  }
+  d = warp_max(d);
+  m = warp_max(m);
+  if ((threadIdx.x & 31) == 0) {
+    atomicMax(out, __float_as_uint(d));
+    atomicMax(out + 1, __float_as_uint(m));
+  }
+}
+KILN_EXPORT3(max_diff, (unsigned* out, const void* a, const void* b, u32 n), (out, a, b, n))

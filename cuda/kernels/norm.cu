@@ -83,11 +83,11 @@ __device__ __forceinline__ void layernorm_warp_impl(void* dst, const void* px, c
 KILN_EXPORT3(layernorm_warp, (void* dst, const void* x, const float* w, const float* b, int rows, int d, float eps),
              (dst, x, w, b, rows, d, eps))
 
-// gn_sums: per (batch b, channel c) the sums of (x − k_c) and (x − k_c)²
-// over all pixels, added atomically into ws[(b·c + ch)·2 + {0,1}] (zeroed
-// before), where the shift k_c = x[b][0][c] keeps the later variance free of
-// cancellation. x is (batch, hw, c) channels-last. grid (splits, batch),
-// 256 threads; each block sums its slice of pixels in shared memory first.
+// gn_sums: per (split s, batch b) block, per channel c, the sums of
+// (x − k_c) and (x − k_c)² over the split's pixels, where the shift k_c =
+// x[b][0][c] keeps the later variance free of cancellation. x is (batch,
+// hw, c) channels-last; ws[((b·splits + s)·c + ch)·2 + {0,1}]. grid
+// (splits, batch); shared memory 8·c bytes.
 template <typename T>
 __device__ __forceinline__ void gn_sums_impl(float* ws, const void* px, int hw, int c, int splits) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -99,15 +99,26 @@ __device__ __forceinline__ void gn_sums_impl(float* ws, const void* px, int hw, 
   __syncthreads();
   constexpr int N = Vec<T>::N;
   if (c % N == 0 && c / N <= (int)blockDim.x) {
-    int cv = c / N;                        // vectors per pixel
-    int lanes = blockDim.x / cv;           // pixels processed side by side
+    int cv = c / N;               // vectors per pixel
+    int lanes = blockDim.x / cv;  // pixels processed side by side
     int v = threadIdx.x % cv, lane = threadIdx.x / cv;
     if (lane < lanes) {
-      float k[N], s1[N], s2[N], f[N];
+      float k[N], s1[N], s2[N], f[N], f2[N];
       Vec<T>::load(x + v * N, k);
 #pragma unroll
       for (int j = 0; j < N; j++) s1[j] = s2[j] = 0.f;
-      for (int p = p0 + lane; p < p1; p += lanes) {
+      int p = p0 + lane;
+      for (; p + lanes < p1; p += 2 * lanes) {  // two loads in flight
+        Vec<T>::load(x + (size_t)p * c + v * N, f);
+        Vec<T>::load(x + (size_t)(p + lanes) * c + v * N, f2);
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+          float t = f[j] - k[j], u = f2[j] - k[j];
+          s1[j] += t + u;
+          s2[j] += t * t + u * u;
+        }
+      }
+      if (p < p1) {
         Vec<T>::load(x + (size_t)p * c + v * N, f);
 #pragma unroll
         for (int j = 0; j < N; j++) {
@@ -135,49 +146,58 @@ __device__ __forceinline__ void gn_sums_impl(float* ws, const void* px, int hw, 
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) atomicAdd(&ws[(size_t)b * c * 2 + i], acc[i]);
+  float* o = ws + ((size_t)b * splits + s) * c * 2;
+  for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) o[i] = acc[i];
 }
 KILN_EXPORT3(gn_sums, (float* ws, const void* x, int hw, int c, int splits), (ws, x, hw, c, splits))
 
-// gn_affine: one thread per (batch b, channel ch): the group's mean and
-// variance from its channels' sums (merged exactly, channel by channel),
-// then ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β, a = rstd·w,
-// β = bias − mean·a. w and bias may be null.
+// gn_affine: one thread per channel, blockDim.x = cpg·gpb (whole groups,
+// gpb groups per block), grid (ceil(groups/gpb), batch). Each thread adds up
+// its channel's partial sums over the splits; the group's mean and variance
+// follow exactly from the channels' (equal-count) means and squared
+// deviations; then ab[(b·c + ch)·2 + {0,1}] = (a, β) with y = x·a + β,
+// a = rstd·w, β = bias − mean·a. w and bias may be null.
 template <typename T>
 __device__ __forceinline__ void gn_affine_impl(float* ab, const float* ws, const void* px, const float* w,
-                                               const float* bias, int batch, int hw, int c, int groups, float eps) {
-  int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= batch * c) return;
-  int b = t / c, ch = t % c;
-  int cpg = c / groups, g = ch / cpg;
-  const T* x = (const T*)px + (size_t)b * hw * c;
-  const float* sums = ws + (size_t)b * c * 2;
-  double n = (double)hw, gmean = 0.0, m2 = 0.0;
-  for (int i = 0; i < cpg; i++) {
-    int cc = g * cpg + i;
-    double s1 = sums[cc * 2], s2 = sums[cc * 2 + 1];
-    double cm = (double)tof<T>(x[cc]) + s1 / n;
-    double ci = s2 - s1 * s1 / n;
-    if (i == 0) {
-      gmean = cm;
-      m2 = ci;
-    } else {
-      double na = (double)i * n, d = cm - gmean;
-      gmean += d * n / (na + n);
-      m2 += ci + d * d * na * n / (na + n);
+                                               const float* bias, int hw, int c, int groups, int splits, float eps) {
+  __shared__ float st[1024][2];
+  int b = blockIdx.y, cpg = c / groups, gpb = blockDim.x / cpg;
+  int gi = threadIdx.x / cpg, g = blockIdx.x * gpb + gi;
+  bool on = g < groups;
+  int ch = g * cpg + threadIdx.x % cpg;
+  float n = (float)hw;
+  if (on) {
+    const T* x = (const T*)px + (size_t)b * hw * c;
+    float s1 = 0.f, s2 = 0.f;
+    for (int s = 0; s < splits; s++) {
+      const float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
+      s1 += o[0];
+      s2 += o[1];
     }
+    st[threadIdx.x][0] = tof<T>(x[ch]) + s1 / n;  // channel mean
+    st[threadIdx.x][1] = s2 - s1 * s1 / n;        // channel sum of squared deviations
   }
-  double var = m2 / (n * cpg);
-  if (var < 0) var = 0;
-  float rstd = (float)(1.0 / sqrt(var + (double)eps));
+  __syncthreads();
+  if (!on) return;
+  const float(*grp)[2] = st + gi * cpg;
+  float gm = 0.f;
+  for (int i = 0; i < cpg; i++) gm += grp[i][0];
+  gm /= cpg;
+  float m2 = 0.f;
+  for (int i = 0; i < cpg; i++) {
+    float d = grp[i][0] - gm;
+    m2 += grp[i][1] + n * d * d;
+  }
+  float var = fmaxf(m2 / (n * cpg), 0.f);
+  float rstd = rsqrtf(var + eps);
   float a = rstd * (w ? w[ch] : 1.f);
-  ab[(size_t)t * 2] = a;
-  ab[(size_t)t * 2 + 1] = (bias ? bias[ch] : 0.f) - (float)gmean * a;
+  ab[((size_t)b * c + ch) * 2] = a;
+  ab[((size_t)b * c + ch) * 2 + 1] = (bias ? bias[ch] : 0.f) - gm * a;
 }
 KILN_EXPORT3(gn_affine,
-             (float* ab, const float* ws, const void* x, const float* w, const float* bias, int batch, int hw, int c,
-              int groups, float eps),
-             (ab, ws, x, w, bias, batch, hw, c, groups, eps))
+             (float* ab, const float* ws, const void* x, const float* w, const float* bias, int hw, int c, int groups,
+              int splits, float eps),
+             (ab, ws, x, w, bias, hw, c, groups, splits, eps))
 
 // gn_apply: y = x·a + β per (batch, channel) from gn_finalize, then SiLU when
 // silu is set; x channels-last (batch, hw, c).
