@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,6 +59,14 @@ func TestGPUBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sel.Close()
+	if p := os.Getenv("KILN_BENCH_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+			defer f.Close()
+		}
+	}
 	rep, err := bench.Run(context.Background(), sel, o, nil)
 	if rep != nil {
 		rep.WriteTable(os.Stdout)

@@ -65,7 +65,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     rc=$?
   else
     (cd cuda && KILN_BENCH=1 KILN_BENCH_MODELS="${BENCH_MODELS:-synthetic:sd15}" KILN_BENCH_BATCHES="${BENCH_BATCHES:-1,4,8}" \
-      KILN_BENCH_STEPS=20 KILN_BENCH_ITERS="${BENCH_ITERS:-3}" KILN_BENCH_PROFILE=1 KILN_BENCH_OUT="$OUT/bench.json" \
+      KILN_BENCH_STEPS=20 KILN_BENCH_ITERS="${BENCH_ITERS:-3}" KILN_BENCH_PROFILE=1 KILN_BENCH_OUT="$OUT/bench.json" KILN_BENCH_CPUPROFILE="$OUT/bench-cpu.pprof" \
       timeout "${BENCH_TIMEOUT:-360}" "$TEST" -test.run 'TestGPUBench$' -test.v -test.timeout 0) > "$OUT/bench.txt" 2> "$OUT/bench.err"
     rc=$?
   fi
