@@ -9,11 +9,14 @@ import (
 	"image/color"
 	"image/png"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kiln-project/kiln/gateway/api"
+	"github.com/kiln-project/kiln/gateway/openai"
+	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/server/serve"
@@ -326,4 +329,38 @@ func solidPNG(w, h int) []byte {
 	var buf bytes.Buffer
 	png.Encode(&buf, img)
 	return buf.Bytes()
+}
+
+// TestOpenAPISchemasMatchRequestTypes keeps the documented request bodies
+// in step with the structs the server decodes strictly.
+func TestOpenAPISchemasMatchRequestTypes(t *testing.T) {
+	var doc struct {
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]any `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for schema, v := range map[string]any{"JobRequest": validate.JobRequest{}, "OpenAIImageRequest": openai.GenerationRequest{}} {
+		want := map[string]bool{}
+		rt := reflect.TypeOf(v)
+		for i := 0; i < rt.NumField(); i++ {
+			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			want[name] = true
+		}
+		got := doc.Components.Schemas[schema].Properties
+		for name := range want {
+			if _, ok := got[name]; !ok {
+				t.Errorf("%s: field %q is not documented", schema, name)
+			}
+		}
+		for name := range got {
+			if !want[name] {
+				t.Errorf("%s: documented field %q is not accepted", schema, name)
+			}
+		}
+	}
 }
