@@ -364,3 +364,51 @@ func TestOpenAPISchemasMatchRequestTypes(t *testing.T) {
 		}
 	}
 }
+
+func TestPprofOnlyOnAdminListener(t *testing.T) {
+	s := startServer(t, func(c *config.Config) { c.AdminListen = "127.0.0.1:0" })
+	resp, err := http.Get("http://" + s.in.AdminAddr() + "/debug/pprof/")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("admin pprof: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	if r := s.do("GET", "/debug/pprof/", "", nil); r.status != http.StatusNotFound {
+		t.Fatalf("pprof on the API listener: %d", r.status)
+	}
+	off := startServer(t, nil)
+	if off.in.AdminAddr() != "" {
+		t.Fatal("admin listener without admin_listen")
+	}
+}
+
+func TestCORS(t *testing.T) {
+	s := startServer(t, func(c *config.Config) { c.CORSOrigins = []string{"https://app.example"} })
+	req, _ := http.NewRequest("OPTIONS", s.base+"/v1/jobs", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "authorization,content-type")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
+		!strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "authorization") {
+		t.Fatalf("preflight headers %v", resp.Header)
+	}
+	req.Header.Set("Origin", "https://other.example")
+	resp, _ = http.DefaultClient.Do(req)
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("unlisted origin allowed")
+	}
+	// Off by default.
+	d := startServer(t, nil)
+	req, _ = http.NewRequest("GET", d.base+"/v1/models", nil)
+	req.Header.Set("Origin", "https://app.example")
+	resp, _ = http.DefaultClient.Do(req)
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("CORS on by default")
+	}
+}

@@ -70,14 +70,15 @@ type Instance struct {
 	gpu    *gpu.Monitor
 	text   *textcache.Cache
 
-	api     *api.Server
-	wasm    *adapter.Wasm
-	tenants *tenants.Store
-	http    *http.Server
-	admin   *http.Server
-	addr    string
-	runStop context.CancelFunc
-	runDone sync.WaitGroup
+	api       *api.Server
+	wasm      *adapter.Wasm
+	tenants   *tenants.Store
+	http      *http.Server
+	admin     *http.Server
+	adminAddr string
+	addr      string
+	runStop   context.CancelFunc
+	runDone   sync.WaitGroup
 
 	workers    []*worker.Worker
 	workerStop context.CancelFunc
@@ -89,6 +90,9 @@ type Instance struct {
 
 // Addr returns the HTTP listener's address ("" without one).
 func (in *Instance) Addr() string { return in.addr }
+
+// AdminAddr returns the admin (pprof) listener's address ("" when off).
+func (in *Instance) AdminAddr() string { return in.adminAddr }
 
 // NATSURL returns the URL on which the embedded NATS server accepts other
 // processes ("" without a listener).
@@ -430,8 +434,9 @@ func (in *Instance) startAdmin() error {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	in.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	in.adminAddr = ln.Addr().String()
 	go in.admin.Serve(ln)
-	in.log.Info("admin listener with pprof", "addr", ln.Addr().String())
+	in.log.Info("admin listener with pprof", "addr", in.adminAddr)
 	return nil
 }
 
