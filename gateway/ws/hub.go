@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -100,13 +101,14 @@ type frame struct {
 }
 
 type conn struct {
-	hub    *Hub
-	ws     *websocket.Conn
-	tenant string
-	send   chan frame
-	ctx    context.Context
-	cancel context.CancelFunc
-	once   sync.Once
+	hub     *Hub
+	ws      *websocket.Conn
+	tenant  string
+	send    chan frame
+	ctx     context.Context
+	cancel  context.CancelFunc
+	once    sync.Once
+	closing atomic.Bool
 
 	mu       sync.Mutex
 	all      bool
@@ -183,18 +185,21 @@ func (h *Hub) remove(c *conn) {
 	}
 }
 
-// shutdown ends a connection once: it stops the writer, closes the socket
-// with code and reason, and forgets the connection.
+// shutdown ends a connection once: the writer stops taking frames, the
+// socket is closed with code and reason (the close frame waits up to 5 s
+// for a write in progress, so that even a slow client that resumes reading
+// learns why), and the connection is forgotten.
 func (c *conn) shutdown(code websocket.StatusCode, reason, why string) {
 	c.once.Do(func() {
 		c.hub.remove(c)
 		c.hub.open.Add(-1)
 		c.hub.dropped.With(why).Inc()
-		c.cancel()
+		c.closing.Store(true)
 		go func() {
 			if err := c.ws.Close(code, reason); err != nil {
 				_ = c.ws.CloseNow()
 			}
+			c.cancel()
 		}()
 	})
 }
@@ -217,11 +222,14 @@ func (c *conn) writer() {
 		case <-c.ctx.Done():
 			return
 		case f := <-c.send:
+			if c.closing.Load() {
+				return
+			}
 			ctx, cancel := context.WithTimeout(c.ctx, c.hub.o.WriteTimeout)
 			err := c.ws.Write(ctx, f.typ, f.data)
 			cancel()
 			if err != nil {
-				if c.ctx.Err() == nil {
+				if c.ctx.Err() == nil && !c.closing.Load() {
 					c.shutdown(CloseSlowConsumer, "write timed out", "write_error")
 				}
 				return

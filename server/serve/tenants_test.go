@@ -137,7 +137,8 @@ func TestQuotas(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // the canceled jobs are still leaving the live set
 	}
 	s.waitJob(key, id3, "succeeded")
-	r = s.do("POST", "/v1/jobs", key, map[string]any{"prompt": "x", "width": 64, "height": 64, "steps": 1})
+	// Three more images need 36 s of refill: refused however slow the machine.
+	r = s.do("POST", "/v1/jobs", key, map[string]any{"prompt": "x", "width": 64, "height": 64, "steps": 1, "n": 3})
 	if code, _ := r.errField(t); r.status != http.StatusTooManyRequests || code != "rate_limited" {
 		t.Fatalf("over images_per_minute: %d %s", r.status, r.body)
 	}

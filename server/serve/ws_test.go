@@ -127,7 +127,9 @@ func TestWebSocketEventsReachEverySubscriber(t *testing.T) {
 
 	seen := map[string]bool{}
 	var steps []float64
-	for !seen["succeeded"] {
+	// Progress travels on core NATS, state changes through the job record:
+	// wait for both the result and every step.
+	for !seen["succeeded"] || len(steps) < 4 {
 		m := all.until(t, func(m map[string]any) bool { return m["job"] == id })
 		typ := m["type"].(string)
 		seen[typ] = true
