@@ -3,10 +3,12 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"image"
 	"image/color"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -335,4 +337,52 @@ func TestSchedulerAnswerIsValidated(t *testing.T) {
 	if len(d.Run) != 1 || d.Run[0] != 1 {
 		t.Fatalf("FCFS chose %v, want the high-priority job", d.Run)
 	}
+}
+
+// failingEngine cannot load any model.
+type failingEngine struct{ testEngine }
+
+func (e *failingEngine) Load(context.Context, models.Model) (Model, error) {
+	return nil, errors.New("checkpoint is corrupt")
+}
+
+func TestModelLoadFailureFailsTheJob(t *testing.T) {
+	e := newEnv(t, 5*time.Second, 3)
+	run(t, e.worker(t, &failingEngine{}, "w1", time.Second))
+	r := e.waitStatus(t, e.submit(t, "x", 1), jobs.StatusFailed)
+	if r.Error == nil || r.Error.Code != jobs.ErrCodeModel || !strings.Contains(r.Error.Message, "corrupt") {
+		t.Fatalf("error %+v", r.Error)
+	}
+	// A job for a model the worker does not have fails the same way.
+	j := &jobs.Job{ID: jobs.NewID(), Tenant: "acme", Status: jobs.StatusQueued, CreatedAt: time.Now().UTC(),
+		Params: jobs.Params{Model: "absent", Prompt: "x", Width: 8, Height: 8, Steps: 1, N: 1, Priority: jobs.PriorityHigh}}
+	e.store.Submit(context.Background(), j)
+	e.b.Conn.Publish(events.KickSubject, []byte(jobs.PriorityHigh))
+	if r := e.waitStatus(t, j, jobs.StatusFailed); r.Error.Code != jobs.ErrCodeModel {
+		t.Fatalf("absent model: %+v", r.Error)
+	}
+}
+
+// panicEngine's model panics mid-generation.
+type panicEngine struct{ testEngine }
+
+func (e *panicEngine) Load(context.Context, models.Model) (Model, error) { return panicModel{}, nil }
+
+type panicModel struct{}
+
+func (panicModel) Close() error { return nil }
+func (panicModel) Generate(context.Context, Request, func(Progress)) (*Result, error) {
+	var m map[string]int
+	m["boom"]++ // a bug in model code must fail one job, not the worker
+	return nil, nil
+}
+
+func TestEnginePanicFailsOnlyTheJob(t *testing.T) {
+	e := newEnv(t, 5*time.Second, 3)
+	run(t, e.worker(t, &panicEngine{}, "w1", time.Second))
+	r := e.waitStatus(t, e.submit(t, "x", 1), jobs.StatusFailed)
+	if r.Error.Code != jobs.ErrCodeEngine || !strings.Contains(r.Error.Message, "panic") {
+		t.Fatalf("error %+v", r.Error)
+	}
+	e.waitStatus(t, e.submit(t, "y", 1), jobs.StatusFailed) // the worker is still alive
 }
