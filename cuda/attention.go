@@ -62,12 +62,15 @@ func (b *Backend) Attention(q, k, v *tensor.Tensor, p backend.AttentionParams) *
 	}
 	if dt != tensor.F32 && d%8 == 0 && flashDim(d) > 0 && b.d.opts.Attention != "gemm" {
 		dp := flashDim(d)
-		name := "flashp"
-		smem := 5 * 64 * (dp + 8) * 2 // K and V double-buffered
-		if smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flash1" {
-			name, smem = "flash", 2*64*(dp+8)*2
+		name, bm := "flashw", 128
+		smem := 6 * 64 * (dp + 8) * 2 // 128 query rows, K and V double-buffered
+		if dp > 64 || lq < 512 || smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flashp" || b.d.opts.Attention == "flash1" {
+			name, bm, smem = "flashp", 64, 5*64*(dp+8)*2
 		}
-		cfg := launchCfg{grid: [3]uint32{uint32((lq + 63) / 64), uint32(h), uint32(bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(smem)}
+		if smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flash1" {
+			name, bm, smem = "flash", 64, 2*64*(dp+8)*2
+		}
+		cfg := launchCfg{grid: [3]uint32{uint32((lq + bm - 1) / bm), uint32(h), uint32(bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(smem)}
 		if bn > 65535 || h > 65535 {
 			fail(op, "batch %d or heads %d exceed the grid limit", bn, h)
 		}

@@ -244,9 +244,29 @@ func encodeInto(raw []byte, src []float32, dt tensor.DType) {
 	}
 }
 
-// decode converts little-endian bytes of dt to float32 values.
+// decode converts little-endian bytes of dt to float32 values, in
+// parallel for large outputs.
 func decode(raw []byte, dt tensor.DType) []float32 {
 	out := make([]float32, len(raw)/dt.Size())
+	const chunk = 32 << 10
+	if len(out) > 2*chunk {
+		var wg sync.WaitGroup
+		for lo := 0; lo < len(out); lo += chunk {
+			hi := min(len(out), lo+chunk)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				decodeInto(out[lo:hi], raw[lo*dt.Size():hi*dt.Size()], dt)
+			}()
+		}
+		wg.Wait()
+		return out
+	}
+	decodeInto(out, raw, dt)
+	return out
+}
+
+func decodeInto(out []float32, raw []byte, dt tensor.DType) {
 	switch dt {
 	case tensor.F16:
 		half.DecodeF16(out, raw)
@@ -255,7 +275,6 @@ func decode(raw []byte, dt tensor.DType) []float32 {
 	default:
 		half.DecodeF32(out, raw)
 	}
-	return out
 }
 
 // nchwToNHWC permutes (B, C, HW) into (B, HW, C).

@@ -561,11 +561,13 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 		e.write(a[0].p(), dt, out)
 	case strings.HasPrefix(kernel, "flash"):
 		dt := dtOf(last)
-		pipelined := strings.HasPrefix(parts[0], "flashp")
-		dp, _ := strconv.Atoi(strings.TrimPrefix(strings.TrimPrefix(parts[0], "flashp"), "flash"))
-		wantSmem := uint32(2 * 64 * (dp + 8) * 2)
-		if pipelined {
+		dp, _ := strconv.Atoi(strings.TrimLeft(parts[0], "flashpw"))
+		wantSmem, bm := uint32(2*64*(dp+8)*2), 64
+		switch {
+		case strings.HasPrefix(parts[0], "flashp"):
 			wantSmem = uint32(5 * 64 * (dp + 8) * 2)
+		case strings.HasPrefix(parts[0], "flashw"):
+			wantSmem, bm = uint32(6*64*(dp+8)*2), 128
 		}
 		lq, lk, d, ldq, ldk, ldv, ldo := a[4].i(), a[5].i(), a[6].i(), a[7].i(), a[8].i(), a[9].i(), a[10].i()
 		sl2, causal := float64(a[11].f()), a[12].i()
@@ -573,7 +575,7 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			return fmt.Errorf("head size %d for flash%d", d, dp)
 		}
 		bn, h := int(cfg.grid[2]), int(cfg.grid[1])
-		if int(cfg.grid[0]) != (lq+63)/64 || cfg.shmem != wantSmem {
+		if int(cfg.grid[0]) != (lq+bm-1)/bm || cfg.shmem != wantSmem {
 			return fmt.Errorf("flash launch %+v for lq %d", cfg, lq)
 		}
 		q := e.read(a[1].p(), dt, bn*lq*ldq)

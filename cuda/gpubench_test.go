@@ -61,10 +61,10 @@ func TestGPUBench(t *testing.T) {
 	defer sel.Close()
 	if p := os.Getenv("KILN_BENCH_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
+			defer f.Close() // deferred first: runs after StopCPUProfile has written
 			if pprof.StartCPUProfile(f) == nil {
 				defer pprof.StopCPUProfile()
 			}
-			defer f.Close()
 		}
 	}
 	rep, err := bench.Run(context.Background(), sel, o, nil)

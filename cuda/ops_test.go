@@ -193,6 +193,7 @@ func opCases() []opCase {
 		{"Attention D=40 cross", []spec{act(2, 70, 320), act(2, 77, 320), act(2, 77, 320)}, attn(backend.AttentionParams{Heads: 8, Scale: sc(40)})},
 		{"Attention D=64 causal", []spec{act(1, 77, 256), act(1, 77, 256), act(1, 77, 256)}, attn(backend.AttentionParams{Heads: 4, Scale: sc(64), Causal: true})},
 		{"Attention D=64 causal long", []spec{act(1, 200, 128), act(1, 200, 128), act(1, 200, 128)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(64), Causal: true})},
+		{"Attention D=48 causal 600", []spec{act(1, 600, 96), act(1, 600, 96), act(1, 600, 96)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(48), Causal: true})},
 		{"Attention D=160", []spec{act(1, 65, 320), act(1, 20, 320), act(1, 20, 320)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(160)})},
 		{"Attention D=4 (unfused)", []spec{act(2, 9, 8), act(2, 11, 8), act(2, 11, 8)}, attn(backend.AttentionParams{Heads: 2, Scale: sc(4), Upcast: true})},
 		{"Attention one head D=512 (unfused)", []spec{act(1, 33, 512), act(1, 33, 512), act(1, 33, 512)}, attn(backend.AttentionParams{Heads: 1, Scale: sc(512)})},
@@ -562,12 +563,21 @@ func TestKernelVariants(t *testing.T) {
 			h := 2
 			d := tg.be.Device()
 			saved := d.opts
+			d.opts.Attention = "flashp"
+			runCase(t, r, tg, opCase{"Attention one row tile per warp D=" + itoa(hd), []spec{act(2, 600, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
+				}})
 			d.opts.Attention = "flash1"
 			runCase(t, r, tg, opCase{"Attention single-stage D=" + itoa(hd), []spec{act(2, 131, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
 				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
 				}})
 			d.opts = saved
+			runCase(t, r, tg, opCase{"Attention long D=" + itoa(hd), []spec{act(1, 700, h*hd), act(1, 150, h*hd), act(1, 150, h*hd)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})
+				}})
 			runCase(t, r, tg, opCase{"Attention D=" + itoa(hd), []spec{act(2, 131, h*hd), act(2, 70, h*hd), act(2, 70, h*hd)},
 				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 					return be.Attention(x[0], x[1], x[2], backend.AttentionParams{Heads: h, Scale: float32(1 / math.Sqrt(float64(hd)))})

@@ -187,12 +187,15 @@ func (d *Device) runSegment(seg *segment) error {
 		return d.broken
 	}
 	useGraphs := d.opts.Graphs && !d.profiling
-	var key string
-	if useGraphs {
-		key = seg.fullKey()
-	}
 	sp := d.spec
 	d.spec = nil
+	// A speculation that matched every record only needs the escape bits
+	// compared; otherwise build the whole key.
+	matched := sp != nil && sp.seg == seg && sp.launched && !sp.failed && sp.pos == len(seg.raw)
+	var key string
+	if useGraphs && !matched {
+		key = seg.fullKey()
+	}
 	for _, b := range seg.bufs {
 		if b.refs == 0 {
 			b.dead = errFreed
@@ -202,13 +205,16 @@ func (d *Device) runSegment(seg *segment) error {
 		if sp.err != nil {
 			return d.noteErr(sp.err)
 		}
-		if key == sp.g.key && !sp.tainted {
+		if matched && sp.g.key[len(seg.raw):] == seg.escapeKey() && !sp.tainted {
 			d.bindRaw(sp.g, seg, false)
 			d.stats.Replayed++
 			d.stats.Speculated++
 			return nil
 		}
 		d.stats.Misspeculated++ // the graph's arena holds junk now; run normally
+		if useGraphs && key == "" {
+			key = seg.fullKey()
+		}
 	}
 	if useGraphs {
 		if g, ok := d.graphs[key]; ok {

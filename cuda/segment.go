@@ -317,6 +317,13 @@ func encodeRecord(dst []byte, seg *segment, r *record) []byte {
 func (seg *segment) fullKey() string {
 	k := make([]byte, len(seg.raw), len(seg.raw)+len(seg.bufs)/8+16)
 	copy(k, seg.raw)
+	return string(seg.appendEscapes(k))
+}
+
+// escapeKey is the part of fullKey after the raw encoding.
+func (seg *segment) escapeKey() string { return string(seg.appendEscapes(nil)) }
+
+func (seg *segment) appendEscapes(k []byte) []byte {
 	k = binary.LittleEndian.AppendUint32(k, uint32(len(seg.bufs)))
 	var bits byte
 	for i, b := range seg.bufs {
@@ -328,7 +335,7 @@ func (seg *segment) fullKey() string {
 			bits = 0
 		}
 	}
-	return string(k)
+	return k
 }
 
 // describe names a tensor for error messages.

@@ -139,7 +139,7 @@ func TestKernelTimings(t *testing.T) {
 	attn := func(b, lq, lk, heads, dh int) {
 		name := fmt.Sprintf("attention b%d %dx%d h%d d%d", b, lq, lk, heads, dh)
 		flops := 4 * float64(b*heads) * float64(lq) * float64(lk) * float64(dh)
-		for _, v := range []string{"flash", "flash1", "gemm"} {
+		for _, v := range []string{"auto", "flashp", "flash1", "gemm"} {
 			d.opts.Attention = v
 			f := heads * dh
 			measure(name, v, tensor.F16, flops, []spec{act(b, lq, f), act(b, lk, f), act(b, lk, f)},

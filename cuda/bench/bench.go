@@ -262,6 +262,7 @@ type components struct {
 	va  *vae.Model
 	ctx int // context width
 	rng *rand.Rand
+	in  *stepInputs
 }
 
 func loadComponents(be backend.Backend, m *checkpoint.Model) (*components, error) {
@@ -315,13 +316,17 @@ func (c *components) randn(n int) []float32 {
 }
 
 // unetStep runs one UNet evaluation with classifier-free guidance: batch
-// 2·b at latent side s.
+// 2·b at latent side s. Inputs are drawn once per shape, outside any timing.
 func (c *components) unetStep(ctx context.Context, b, s int) ([]float32, error) {
 	n := 2 * b
-	x := c.randn(n * 4 * s * s)
-	cond := c.randn(n * 77 * c.ctx)
-	return c.un.Forward(ctx, x, [4]int{n, 4, s, s}, []float32{500}, cond, 77)
+	if c.in == nil || len(c.in.x) != n*4*s*s {
+		c.in = &stepInputs{x: c.randn(n * 4 * s * s), cond: c.randn(n * 77 * c.ctx)}
+	}
+	return c.un.Forward(ctx, c.in.x, [4]int{n, 4, s, s}, []float32{500}, c.in.cond, 77)
 }
+
+// stepInputs are a UNet step's random inputs.
+type stepInputs struct{ x, cond []float32 }
 
 func (c *components) time(ctx context.Context, r *Result, opts Options, s int, prog *Progress, label string) error {
 	reps := opts.Warmup + opts.Iterations
@@ -352,8 +357,8 @@ func (c *components) time(ctx context.Context, r *Result, opts Options, s int, p
 		prog.add(1)
 	}
 	prog.describe(label + ": VAE decode")
+	z := c.randn(r.Batch * 4 * s * s)
 	for i := 0; i <= reps; i++ {
-		z := c.randn(r.Batch * 4 * s * s)
 		t := time.Now()
 		if _, _, err := c.va.Decode(ctx, z, [4]int{r.Batch, 4, s, s}); err != nil {
 			return err

@@ -22,6 +22,7 @@ const (
 	formatNHWC        = 1
 	crossCorrelation  = 1
 	tensorOpMath      = 1
+	fmaMath           = 3
 	algoPerfSize      = 48 // sizeof(cudnnConvolutionFwdAlgoPerf_t)
 	maxAlgos          = 8
 	statusSuccess     = 0
@@ -184,7 +185,11 @@ func (l *Lib) NewConv(sh ConvShape) (cv *Conv, err error) {
 	if err = l.call("cudnnSetConvolution2dDescriptor", l.fSetConv2d, cv.c, uintptr(sh.PadH), uintptr(sh.PadW), uintptr(sh.Stride), uintptr(sh.Stride), 1, 1, crossCorrelation, DataFloat); err != nil {
 		return
 	}
-	if err = l.call("cudnnSetConvolutionMathType", l.fSetConvMath, cv.c, tensorOpMath); err != nil {
+	math := uintptr(tensorOpMath)
+	if sh.DataType == DataFloat {
+		math = fmaMath // float32 stays float32 (no TF32)
+	}
+	if err = l.call("cudnnSetConvolutionMathType", l.fSetConvMath, cv.c, math); err != nil {
 		return
 	}
 	if l.fBiasAct != 0 {

@@ -222,12 +222,14 @@ __device__ __forceinline__ void async_tile(T* sm, const T* g, int ld, int r0, in
 }
 
 // flashp_impl is flash_impl with K/V tiles double-buffered through
-// cp.async: the next tile streams in while this one is computed. Shared
-// memory: Q (64 rows) + 2 × (K + V) (64 rows each) of DP+8 elements.
-template <typename T, int DP>
+// cp.async (the next tile streams in while this one is computed), and each
+// warp owning MT row tiles of 16 queries, so that every K/V fragment it
+// reads from shared memory feeds MT products. Shared memory: Q (64·MT rows)
+// + 2 × (K + V) (64 rows each) of DP+8 elements.
+template <typename T, int DP, int MT>
 __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const void* pk, const void* pv, int Lq, int Lk,
                                             int D, int ldq, int ldk, int ldv, int ldo, float scale_log2, int causal) {
-  constexpr int BM = 64, BN = 64, SR = DP + 8;
+  constexpr int BM = 64 * MT, BN = 64, SR = DP + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
   T* sk = sq + BM * SR;      // 2 stages of BN rows
@@ -249,19 +251,28 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
   fa_commit();
   fa_wait<0>();
   __syncthreads();
-  unsigned qf[DP / 16][4];
+  unsigned qf[MT][DP / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < DP / 16; kk++) {
-    int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-    int col = kk * 16 + (lane >> 4) * 8;
-    ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sq + row * SR + col);
-  }
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+      int row = (warp * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      int col = kk * 16 + (lane >> 4) * 8;
+      ldsm_x4(qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3], sq + row * SR + col);
+    }
 
-  float o[DP / 8][4];
+  float o[MT][DP / 8][4];
+  float m0[MT], m1[MT], l0[MT], l1[MT];
+  int row0[MT], row1[MT];
 #pragma unroll
-  for (int i = 0; i < DP / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    m0[mt] = m1[mt] = -INFINITY;
+    l0[mt] = l1[mt] = 0.f;
+    row0[mt] = q0 + (warp * MT + mt) * 16 + g;
+    row1[mt] = row0[mt] + 8;
+  }
 
   for (int j = 0; j < ntiles; j++) {
     const int kv0 = j * BN;
@@ -275,9 +286,11 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
     __syncthreads();
     const T* ks = sk + (j & 1) * BN * SR;
     const T* vs = sv + (j & 1) * BN * SR;
-    float s[BN / 8][4];
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; kk++) {
 #pragma unroll
@@ -286,106 +299,115 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
         int row = n2 * 16 + (lane & 7) + (lane >> 4) * 8;
         int col = kk * 16 + ((lane >> 3) & 1) * 8;
         ldsm_x4(b0, b1, b2, b3, ks + row * SR + col);
-        Mma<T>::run(s[2 * n2], qf[kk], b0, b1);
-        Mma<T>::run(s[2 * n2 + 1], qf[kk], b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          Mma<T>::run(s[mt][2 * n2], qf[mt][kk], b0, b1);
+          Mma<T>::run(s[mt][2 * n2 + 1], qf[mt][kk], b2, b3);
+        }
       }
     }
     const bool mask = causal || kv0 + BN > Lk;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+    unsigned pk[MT][BN / 8][2];
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++) {
+    for (int mt = 0; mt < MT; mt++) {
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float val = s[nt][e] * scale_log2;
-        if (mask) {
-          int jj = kv0 + nt * 8 + t4 * 2 + (e & 1);
-          int r = e < 2 ? row0 : row1;
-          if (jj >= Lk || (causal && jj > r)) val = -INFINITY;
+      for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float val = s[mt][nt][e] * scale_log2;
+          if (mask) {
+            int jj = kv0 + nt * 8 + t4 * 2 + (e & 1);
+            int r = e < 2 ? row0[mt] : row1[mt];
+            if (jj >= Lk || (causal && jj > r)) val = -INFINITY;
+          }
+          s[mt][nt][e] = val;
         }
-        s[nt][e] = val;
+        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
       }
-      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    float base0 = mn0 == -INFINITY ? 0.f : mn0, base1 = mn1 == -INFINITY ? 0.f : mn1;
-    float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1);
-    m0 = mn0;
-    m1 = mn1;
-    float rs0 = 0.f, rs1 = 0.f;
-    // P = 2^(s − max) packed for the tensor cores: in fp16 the exponential
-    // itself runs on half2 pairs (twice the rate), and the row sums add
-    // exactly the values the product uses.
-    unsigned pk[BN / 8][2];
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+      float base0 = mn0 == -INFINITY ? 0.f : mn0, base1 = mn1 == -INFINITY ? 0.f : mn1;
+      float al0 = exp2f(m0[mt] - base0), al1 = exp2f(m1[mt] - base1);
+      m0[mt] = mn0;
+      m1[mt] = mn1;
+      float rs0 = 0.f, rs1 = 0.f;
+      // P = 2^(s − max) packed for the tensor cores: in fp16 the exponential
+      // itself runs on half2 pairs (twice the rate), and the row sums add
+      // exactly the values the product uses.
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++) {
-      if (std::is_same<T, f16>::value) {
-        __half2 h0 = h2exp2(__floats2half2_rn(s[nt][0] - base0, s[nt][1] - base0));
-        __half2 h1 = h2exp2(__floats2half2_rn(s[nt][2] - base1, s[nt][3] - base1));
-        float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
-        rs0 += f0.x + f0.y;
-        rs1 += f1.x + f1.y;
-        pk[nt][0] = *reinterpret_cast<unsigned*>(&h0);
-        pk[nt][1] = *reinterpret_cast<unsigned*>(&h1);
-      } else {
-        float p0 = exp2f(s[nt][0] - base0), p1 = exp2f(s[nt][1] - base0);
-        float p2 = exp2f(s[nt][2] - base1), p3 = exp2f(s[nt][3] - base1);
-        rs0 += p0 + p1;
-        rs1 += p2 + p3;
-        pk[nt][0] = Mma<T>::pack(p0, p1);
-        pk[nt][1] = Mma<T>::pack(p2, p3);
+      for (int nt = 0; nt < BN / 8; nt++) {
+        if (std::is_same<T, f16>::value) {
+          __half2 h0 = h2exp2(__floats2half2_rn(s[mt][nt][0] - base0, s[mt][nt][1] - base0));
+          __half2 h1 = h2exp2(__floats2half2_rn(s[mt][nt][2] - base1, s[mt][nt][3] - base1));
+          float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
+          rs0 += f0.x + f0.y;
+          rs1 += f1.x + f1.y;
+          pk[mt][nt][0] = *reinterpret_cast<unsigned*>(&h0);
+          pk[mt][nt][1] = *reinterpret_cast<unsigned*>(&h1);
+        } else {
+          float p0 = exp2f(s[mt][nt][0] - base0), p1 = exp2f(s[mt][nt][1] - base0);
+          float p2 = exp2f(s[mt][nt][2] - base1), p3 = exp2f(s[mt][nt][3] - base1);
+          rs0 += p0 + p1;
+          rs1 += p2 + p3;
+          pk[mt][nt][0] = Mma<T>::pack(p0, p1);
+          pk[mt][nt][1] = Mma<T>::pack(p2, p3);
+        }
       }
-    }
-    l0 = l0 * al0 + rs0;
-    l1 = l1 * al1 + rs1;
+      l0[mt] = l0[mt] * al0 + rs0;
+      l1[mt] = l1[mt] * al1 + rs1;
 #pragma unroll
-    for (int i = 0; i < DP / 8; i++) {
-      o[i][0] *= al0;
-      o[i][1] *= al0;
-      o[i][2] *= al1;
-      o[i][3] *= al1;
+      for (int i = 0; i < DP / 8; i++) {
+        o[mt][i][0] *= al0;
+        o[mt][i][1] *= al0;
+        o[mt][i][2] *= al1;
+        o[mt][i][3] *= al1;
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      unsigned a[4];
-      a[0] = pk[2 * kk][0];
-      a[1] = pk[2 * kk][1];
-      a[2] = pk[2 * kk + 1][0];
-      a[3] = pk[2 * kk + 1][1];
 #pragma unroll
       for (int d2 = 0; d2 < DP / 16; d2++) {
         unsigned b0, b1, b2, b3;
         int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         int col = d2 * 16 + (lane >> 4) * 8;
         ldsm_x4_t(b0, b1, b2, b3, vs + row * SR + col);
-        Mma<T>::run(o[2 * d2], a, b0, b1);
-        Mma<T>::run(o[2 * d2 + 1], a, b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          unsigned a[4] = {pk[mt][2 * kk][0], pk[mt][2 * kk][1], pk[mt][2 * kk + 1][0], pk[mt][2 * kk + 1][1]};
+          Mma<T>::run(o[mt][2 * d2], a, b0, b1);
+          Mma<T>::run(o[mt][2 * d2 + 1], a, b2, b3);
+        }
       }
     }
     __syncthreads();
   }
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
 #pragma unroll
-  for (int nt = 0; nt < DP / 8; nt++) {
-    int d = nt * 8 + t4 * 2;
-    if (d < D) {
-      if (row0 < Lq) {
-        T* p = out + (size_t)row0 * ldo + d;
-        p[0] = fromf<T>(o[nt][0] * inv0);
-        p[1] = fromf<T>(o[nt][1] * inv0);
-      }
-      if (row1 < Lq) {
-        T* p = out + (size_t)row1 * ldo + d;
-        p[0] = fromf<T>(o[nt][2] * inv1);
-        p[1] = fromf<T>(o[nt][3] * inv1);
+  for (int mt = 0; mt < MT; mt++) {
+    float L0 = l0[mt], L1 = l1[mt];
+    L0 += __shfl_xor_sync(0xffffffffu, L0, 1);
+    L0 += __shfl_xor_sync(0xffffffffu, L0, 2);
+    L1 += __shfl_xor_sync(0xffffffffu, L1, 1);
+    L1 += __shfl_xor_sync(0xffffffffu, L1, 2);
+    float inv0 = L0 > 0.f ? 1.f / L0 : 0.f, inv1 = L1 > 0.f ? 1.f / L1 : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < DP / 8; nt++) {
+      int d = nt * 8 + t4 * 2;
+      if (d < D) {
+        if (row0[mt] < Lq) {
+          T* p = out + (size_t)row0[mt] * ldo + d;
+          p[0] = fromf<T>(o[mt][nt][0] * inv0);
+          p[1] = fromf<T>(o[mt][nt][1] * inv0);
+        }
+        if (row1[mt] < Lq) {
+          T* p = out + (size_t)row1[mt] * ldo + d;
+          p[0] = fromf<T>(o[mt][nt][2] * inv1);
+          p[1] = fromf<T>(o[mt][nt][3] * inv1);
+        }
       }
     }
   }
@@ -402,14 +424,27 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
   extern "C" __global__ void __launch_bounds__(128) flashp##DP##_##TN(                                           \
       void* out, const void* q, const void* k, const void* v, int Lq, int Lk, int D, int ldq, int ldk, int ldv, \
       int ldo, float scale_log2, int causal) {                                                                   \
-    flashp_impl<T, DP>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                         \
+    flashp_impl<T, DP, 1>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                      \
+  }
+#define KILN_FLASHW(DP, TN, T)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(128) flashw##DP##_##TN(                                           \
+      void* out, const void* q, const void* k, const void* v, int Lq, int Lk, int D, int ldq, int ldk, int ldv, \
+      int ldo, float scale_log2, int causal) {                                                                   \
+    flashp_impl<T, DP, 2>(out, q, k, v, Lq, Lk, D, ldq, ldk, ldv, ldo, scale_log2, causal);                      \
   }
 // flashp<DP>: shared memory 5 · 64 · (DP + 8) elements, dynamic.
 #define KILN_FLASH2(DP) KILN_FLASH(DP, f16, f16) KILN_FLASH(DP, bf16, bf16) KILN_FLASHP(DP, f16, f16) KILN_FLASHP(DP, bf16, bf16)
+// flashw<DP>: two row tiles per warp (128 queries per block), shared memory
+// (128 + 4 · 64) · (DP + 8) elements; for DP ≤ 64.
+#define KILN_FLASHW2(DP) KILN_FLASHW(DP, f16, f16) KILN_FLASHW(DP, bf16, bf16)
 KILN_FLASH2(16)
 KILN_FLASH2(32)
 KILN_FLASH2(48)
 KILN_FLASH2(64)
+KILN_FLASHW2(16)
+KILN_FLASHW2(32)
+KILN_FLASHW2(48)
+KILN_FLASHW2(64)
 KILN_FLASH2(80)
 KILN_FLASH2(96)
 KILN_FLASH2(128)

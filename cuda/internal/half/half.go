@@ -5,7 +5,17 @@ package half
 import (
 	"encoding/binary"
 	"math"
+	"sync"
 )
+
+// f16Table maps every binary16 bit pattern to its float32 value.
+var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for h := range t {
+		t[h] = ToF32(uint16(h))
+	}
+	return &t
+})
 
 // FromF32 returns the binary16 value nearest to f (ties to even); values
 // beyond the range become ±Inf, NaN stays NaN.
@@ -100,10 +110,12 @@ func EncodeF32(dst []byte, src []float32) {
 	}
 }
 
-// DecodeF16 reads little-endian binary16 values into dst.
+// DecodeF16 reads little-endian binary16 values into dst (by table).
 func DecodeF16(dst []float32, src []byte) {
+	t := f16Table()
+	src = src[:2*len(dst)]
 	for i := range dst {
-		dst[i] = ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+		dst[i] = t[uint16(src[2*i])|uint16(src[2*i+1])<<8]
 	}
 }
 
