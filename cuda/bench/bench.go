@@ -82,6 +82,8 @@ type Result struct {
 	UNetStep        Stat          `json:"unet_step_cfg"`
 	VAEDecode       Stat          `json:"vae_decode"`
 	StepInterval    Stat          `json:"pipeline_step"`
+	FirstStep       Stat          `json:"pipeline_first_step"` // start to first step: prompts, noise, step 1
+	DecodeTail      Stat          `json:"pipeline_decode"`     // last step to images: VAE and conversion
 	EndToEnd        Stat          `json:"end_to_end"`
 	ImagesPerSecond float64       `json:"images_per_second"`
 	PeakBytes       int64         `json:"peak_device_bytes,omitempty"`
@@ -213,12 +215,12 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		prog.describe(label + ": end to end")
 		req := pipeline.Request{Prompt: opts.Prompt, Width: size, Height: size, Steps: opts.Steps, N: b,
 			Guidance: opts.Guidance, Sampler: opts.Sampler, Seed: opts.Seed}
-		var e2e, steps []time.Duration
+		var e2e, steps, heads, tails []time.Duration
 		for it := 0; it < opts.Warmup+opts.Iterations; it++ {
 			if sel.Device != nil {
 				sel.Device.ResetPeak()
 			}
-			var last time.Time
+			var last, first time.Time
 			var iv []time.Duration
 			start := time.Now()
 			last = start
@@ -226,6 +228,8 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 				now := time.Now()
 				if pr.Step > 1 {
 					iv = append(iv, now.Sub(last))
+				} else {
+					first = now
 				}
 				last = now
 				prog.add(1)
@@ -233,11 +237,14 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 			if err != nil {
 				return out, fmt.Errorf("bench: %s: %w", label, err)
 			}
-			d := time.Since(start)
+			end := time.Now()
+			d := end.Sub(start)
 			prog.add(1)
 			if it >= opts.Warmup {
 				e2e = append(e2e, d)
 				steps = append(steps, iv...)
+				heads = append(heads, first.Sub(start))
+				tails = append(tails, end.Sub(last))
 				if sel.Device != nil {
 					r.PeakBytes = max(r.PeakBytes, sel.Device.Stats().Peak)
 				}
@@ -245,6 +252,8 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		}
 		r.EndToEnd = stat(e2e)
 		r.StepInterval = stat(steps)
+		r.FirstStep = stat(heads)
+		r.DecodeTail = stat(tails)
 		if r.EndToEnd.P50 > 0 {
 			r.ImagesPerSecond = float64(b) / (r.EndToEnd.P50 / 1000)
 		}
@@ -386,16 +395,16 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "gpu %s, %s\n", r.GPU, r.Driver)
 	}
 	fmt.Fprintf(w, "%s, guidance %.1f, sampler %s\n\n", r.Date, r.Guidance, r.Sampler)
-	fmt.Fprintf(w, "%-22s %5s %6s %8s %9s %10s %9s %9s %10s %10s %7s %9s\n",
-		"model", "batch", "size", "load s", "text ms", "unet ms", "step ms", "vae ms", "e2e p50", "e2e p95", "img/s", "peak GiB")
+	fmt.Fprintf(w, "%-22s %5s %6s %8s %9s %10s %9s %9s %10s %10s %7s %9s %8s %8s\n",
+		"model", "batch", "size", "load s", "text ms", "unet ms", "step ms", "vae ms", "e2e p50", "e2e p95", "img/s", "peak GiB", "head ms", "tail ms")
 	for _, x := range r.Results {
 		peak := "-"
 		if x.PeakBytes > 0 {
 			peak = fmt.Sprintf("%.2f", float64(x.PeakBytes)/(1<<30))
 		}
-		fmt.Fprintf(w, "%-22s %5d %6d %8.1f %9.1f %10.1f %9.1f %9.1f %10.1f %10.1f %7.2f %9s\n",
+		fmt.Fprintf(w, "%-22s %5d %6d %8.1f %9.1f %10.1f %9.1f %9.1f %10.1f %10.1f %7.2f %9s %8.1f %8.1f\n",
 			x.Model, x.Batch, x.Width, x.LoadSeconds, x.TextEncoder.P50, x.UNetStep.P50, x.StepInterval.P50,
-			x.VAEDecode.P50, x.EndToEnd.P50, x.EndToEnd.P95, x.ImagesPerSecond, peak)
+			x.VAEDecode.P50, x.EndToEnd.P50, x.EndToEnd.P95, x.ImagesPerSecond, peak, x.FirstStep.P50, x.DecodeTail.P50)
 	}
 	for _, x := range r.Results {
 		printProfile(w, fmt.Sprintf("UNet step (CFG, batch %d), %s", x.Batch, x.Model), x.Profile)

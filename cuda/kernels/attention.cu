@@ -274,6 +274,12 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
     row1[mt] = row0[mt] + 8;
   }
 
+  // With D < DP the first padded column of V can carry ones, so that the
+  // P·V product also yields the softmax row sums (fp16 only: there the
+  // exponentials are summed nowhere else).
+  const bool ones = std::is_same<T, f16>::value && D < DP;
+  const int nd = D / 8;
+  const unsigned one2 = std::is_same<T, f16>::value ? 0x3C003C00u : 0x3F803F80u;
   for (int j = 0; j < ntiles; j++) {
     const int kv0 = j * BN;
     if (j + 1 < ntiles) {
@@ -310,18 +316,17 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
     unsigned pk[MT][BN / 8][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
+      // Row maxima of the raw scores (the scale is positive), masked.
       float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < BN / 8; nt++) {
+        if (mask) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          float val = s[mt][nt][e] * scale_log2;
-          if (mask) {
+          for (int e = 0; e < 4; e++) {
             int jj = kv0 + nt * 8 + t4 * 2 + (e & 1);
             int r = e < 2 ? row0[mt] : row1[mt];
-            if (jj >= Lk || (causal && jj > r)) val = -INFINITY;
+            if (jj >= Lk || (causal && jj > r)) s[mt][nt][e] = -INFINITY;
           }
-          s[mt][nt][e] = val;
         }
         mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
         mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
@@ -330,28 +335,31 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+      float mn0 = fmaxf(m0[mt], mx0 * scale_log2), mn1 = fmaxf(m1[mt], mx1 * scale_log2);
       float base0 = mn0 == -INFINITY ? 0.f : mn0, base1 = mn1 == -INFINITY ? 0.f : mn1;
       float al0 = exp2f(m0[mt] - base0), al1 = exp2f(m1[mt] - base1);
       m0[mt] = mn0;
       m1[mt] = mn1;
       float rs0 = 0.f, rs1 = 0.f;
-      // P = 2^(s − max) packed for the tensor cores: in fp16 the exponential
-      // itself runs on half2 pairs (twice the rate), and the row sums add
-      // exactly the values the product uses.
+      // P = 2^(scale·s − max), packed for the tensor cores. In fp16 the
+      // exponential runs on half2 pairs. When the head has a spare padded
+      // column (ones), the row sums come out of the P·V product instead.
 #pragma unroll
       for (int nt = 0; nt < BN / 8; nt++) {
+        float x0 = fmaf(s[mt][nt][0], scale_log2, -base0), x1 = fmaf(s[mt][nt][1], scale_log2, -base0);
+        float x2 = fmaf(s[mt][nt][2], scale_log2, -base1), x3 = fmaf(s[mt][nt][3], scale_log2, -base1);
         if (std::is_same<T, f16>::value) {
-          __half2 h0 = h2exp2(__floats2half2_rn(s[mt][nt][0] - base0, s[mt][nt][1] - base0));
-          __half2 h1 = h2exp2(__floats2half2_rn(s[mt][nt][2] - base1, s[mt][nt][3] - base1));
-          float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
-          rs0 += f0.x + f0.y;
-          rs1 += f1.x + f1.y;
+          __half2 h0 = h2exp2(__floats2half2_rn(x0, x1));
+          __half2 h1 = h2exp2(__floats2half2_rn(x2, x3));
+          if (!ones) {
+            float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
+            rs0 += f0.x + f0.y;
+            rs1 += f1.x + f1.y;
+          }
           pk[mt][nt][0] = *reinterpret_cast<unsigned*>(&h0);
           pk[mt][nt][1] = *reinterpret_cast<unsigned*>(&h1);
         } else {
-          float p0 = exp2f(s[mt][nt][0] - base0), p1 = exp2f(s[mt][nt][1] - base0);
-          float p2 = exp2f(s[mt][nt][2] - base1), p3 = exp2f(s[mt][nt][3] - base1);
+          float p0 = exp2f(x0), p1 = exp2f(x1), p2 = exp2f(x2), p3 = exp2f(x3);
           rs0 += p0 + p1;
           rs1 += p2 + p3;
           pk[mt][nt][0] = Mma<T>::pack(p0, p1);
@@ -376,6 +384,10 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
         int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         int col = d2 * 16 + (lane >> 4) * 8;
         ldsm_x4_t(b0, b1, b2, b3, vs + row * SR + col);
+        if (ones && g == 0) {  // column D of V (first of its 8-column tile) reads as ones
+          if (2 * d2 == nd) b0 = b1 = one2;
+          if (2 * d2 + 1 == nd) b2 = b3 = one2;
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           unsigned a[4] = {pk[mt][2 * kk][0], pk[mt][2 * kk][1], pk[mt][2 * kk + 1][0], pk[mt][2 * kk + 1][1]};
@@ -393,6 +405,17 @@ __device__ __forceinline__ void flashp_impl(void* pout, const void* pq, const vo
     L0 += __shfl_xor_sync(0xffffffffu, L0, 2);
     L1 += __shfl_xor_sync(0xffffffffu, L1, 1);
     L1 += __shfl_xor_sync(0xffffffffu, L1, 2);
+    if (ones) {  // the sums sit in column D: thread t4 == 0 of each quad holds them
+      float c0 = 0.f, c2 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < DP / 8; nt++)
+        if (nt == nd) {
+          c0 = o[mt][nt][0];
+          c2 = o[mt][nt][2];
+        }
+      L0 = __shfl_sync(0xffffffffu, c0, lane & ~3);
+      L1 = __shfl_sync(0xffffffffu, c2, lane & ~3);
+    }
     float inv0 = L0 > 0.f ? 1.f / L0 : 0.f, inv1 = L1 > 0.f ? 1.f / L1 : 0.f;
 #pragma unroll
     for (int nt = 0; nt < DP / 8; nt++) {

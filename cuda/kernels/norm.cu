@@ -69,13 +69,16 @@ __device__ __forceinline__ void layernorm_warp_impl(void* dst, const void* px, c
   for (int j = 0; j < MAXV; j++) {
     int i = (j * 32 + lane) * N;
     if (i < d) {
+      float wv[N], bv[N];
 #pragma unroll
-      for (int e = 0; e < N; e++) {
-        float t = (v[j][e] - mean) * rstd;
-        if (w) t *= w[i + e];
-        if (b) t += b[i + e];
-        v[j][e] = t;
+      for (int q = 0; q < N / 4; q++) {
+        float4 a = w ? reinterpret_cast<const float4*>(w + i)[q] : make_float4(1.f, 1.f, 1.f, 1.f);
+        float4 c = b ? reinterpret_cast<const float4*>(b + i)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+        wv[4 * q] = a.x, wv[4 * q + 1] = a.y, wv[4 * q + 2] = a.z, wv[4 * q + 3] = a.w;
+        bv[4 * q] = c.x, bv[4 * q + 1] = c.y, bv[4 * q + 2] = c.z, bv[4 * q + 3] = c.w;
       }
+#pragma unroll
+      for (int e = 0; e < N; e++) v[j][e] = (v[j][e] - mean) * rstd * wv[e] + bv[e];
       Vec<T>::store(y + i, v[j]);
     }
   }
