@@ -31,7 +31,8 @@ echo "== create a tenant"
 	{ cat "$work/tenants.log" >&2; exit 1; }
 
 echo "== start kiln serve"
-"$work/kiln" serve --data-dir "$work/data" --listen 127.0.0.1:0 --model "tiny=$model" 2>"$work/serve.log" &
+XDG_CACHE_HOME="$work/cache" "$work/kiln" serve --data-dir "$work/data" --listen 127.0.0.1:0 \
+	--model "tiny=$model" --default-model tiny 2>"$work/serve.log" &
 pid=$!
 addr=
 for _ in $(seq 1 600); do

@@ -52,6 +52,8 @@ func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, cmd: exec.Command(bin, append([]string{"serve"}, args...)...),
 		addr: make(chan string, 1), natsURL: make(chan string, 1), exited: make(chan error, 1)}
+	// The built-in model is extracted to a private user cache.
+	p.cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir())
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +169,7 @@ func TestCrashRestartKeepsEveryJob(t *testing.T) {
 	model := fixtures.Require(t, "sd15-tiny/model")
 	bin := buildKiln(t)
 	data := t.TempDir()
-	args := []string{"--data-dir", data, "--listen", "127.0.0.1:0", "--model", "tiny=" + model, "--ack-wait", "2s"}
+	args := []string{"--data-dir", data, "--listen", "127.0.0.1:0", "--model", "tiny=" + model, "--default-model", "tiny", "--ack-wait", "2s"}
 	p := startProc(t, bin, args...)
 	base := p.waitAddr()
 	var ids []string
@@ -204,7 +206,7 @@ func TestSIGTERMFinishesOrHandsBack(t *testing.T) {
 	model := fixtures.Require(t, "sd15-tiny/model")
 	bin := buildKiln(t)
 	data := t.TempDir()
-	args := []string{"--data-dir", data, "--listen", "127.0.0.1:0", "--model", "tiny=" + model}
+	args := []string{"--data-dir", data, "--listen", "127.0.0.1:0", "--model", "tiny=" + model, "--default-model", "tiny"}
 
 	// Enough grace: the job finishes before the process exits.
 	p := startProc(t, bin, append(args, "--shutdown-timeout", "60s")...)
@@ -241,7 +243,7 @@ func TestGatewayAndTwoWorkers(t *testing.T) {
 	model := fixtures.Require(t, "sd15-tiny/model")
 	bin := buildKiln(t)
 	g := startProc(t, bin, "--role", "gateway", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
-		"--nats-listen", "127.0.0.1:0", "--model", "tiny="+model, "--metrics-interval", "200ms")
+		"--nats-listen", "127.0.0.1:0", "--model", "tiny="+model, "--default-model", "tiny", "--metrics-interval", "200ms")
 	var natsURL string
 	select {
 	case natsURL = <-g.natsURL:
@@ -251,7 +253,7 @@ func TestGatewayAndTwoWorkers(t *testing.T) {
 	base := g.waitAddr()
 	for i := 0; i < 2; i++ {
 		w := startProc(t, bin, "--role", "worker", "--nats", natsURL, "--listen", "127.0.0.1:0",
-			"--model", "tiny="+model, "--metrics-interval", "200ms", "--data-dir", t.TempDir())
+			"--model", "tiny="+model, "--default-model", "tiny", "--metrics-interval", "200ms", "--data-dir", t.TempDir())
 		probe := w.waitAddr()
 		if code, _ := call(t, "GET", probe+"/readyz", nil); code != http.StatusOK {
 			t.Fatalf("worker readyz %d", code)

@@ -351,6 +351,7 @@ func (s *Server) listModels(c echo.Context) error {
 		Format  string `json:"format"`
 		Bytes   int64  `json:"bytes"`
 		Default bool   `json:"default"`
+		Builtin bool   `json:"builtin"`
 	}
 	def := s.o.Models.Default()
 	out := struct {
@@ -358,7 +359,7 @@ func (s *Server) listModels(c echo.Context) error {
 		Data   []model `json:"data"`
 	}{Object: "list", Data: []model{}}
 	for _, m := range s.o.Models.List() {
-		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def})
+		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin})
 	}
 	return c.JSON(http.StatusOK, out)
 }

@@ -70,6 +70,7 @@ type Config struct {
 	MemoryBudget           Budget            `yaml:"memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
+	BuiltinModel           bool              `yaml:"builtin_model"`
 	ModelsDir              string            `yaml:"models_dir"`
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
@@ -339,6 +340,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
+	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")
 	fs.StringVar(&c.ModelsDir, "models-dir", c.ModelsDir, "folder scanned for models (empty: <data-dir>/models)")
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")

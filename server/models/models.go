@@ -1,7 +1,7 @@
 // Package models is the registry of the models a Kiln process can serve:
-// those named in the configuration and those found in the models folder
-// (a diffusers folder with model_index.json, or a single .safetensors
-// checkpoint, per entry).
+// those named in the configuration, the built-in model (when registered with
+// SetBuiltin) and those found in the models folder (a diffusers folder with
+// model_index.json, or a single .safetensors checkpoint, per entry).
 package models
 
 import (
@@ -25,6 +25,8 @@ type Model struct {
 	// Bytes is the size of its weights on disk, the estimate of its
 	// resident size.
 	Bytes int64 `json:"bytes"`
+	// Builtin marks the model embedded in the binary.
+	Builtin bool `json:"builtin"`
 }
 
 // Registry holds the current model list. It is safe for concurrent use.
@@ -33,10 +35,12 @@ type Registry struct {
 	dir      string
 	def      string
 
-	mu      sync.RWMutex
-	models  map[string]Model
-	version uint64
-	errs    []string
+	mu          sync.RWMutex
+	builtinName string
+	builtinPath string
+	models      map[string]Model
+	version     uint64
+	errs        []string
 }
 
 // New returns a registry over the configured models and folder; call
@@ -49,9 +53,19 @@ func New(explicit map[string]string, dir, defaultModel string) *Registry {
 	return &Registry{explicit: e, dir: dir, def: defaultModel, models: map[string]Model{}}
 }
 
-// Refresh rescans the configured paths and the models folder. Models that
-// cannot be read are left out and reported by Problems; the version grows
-// when the set changes.
+// SetBuiltin registers the built-in model: the diffusers folder at path
+// under name. It is served like a configured model (a configured model of
+// the same name wins) and is the default when no default is configured.
+// Call Refresh afterwards.
+func (r *Registry) SetBuiltin(name, path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.builtinName, r.builtinPath = name, path
+}
+
+// Refresh rescans the configured paths, the built-in model and the models
+// folder. Models that cannot be read are left out and reported by
+// Problems; the version grows when the set changes.
 func (r *Registry) Refresh() {
 	found := map[string]Model{}
 	var errs []string
@@ -62,6 +76,18 @@ func (r *Registry) Refresh() {
 			continue
 		}
 		found[name] = m
+	}
+	r.mu.RLock()
+	bname, bpath := r.builtinName, r.builtinPath
+	r.mu.RUnlock()
+	if _, taken := found[bname]; bname != "" && !taken {
+		m, err := inspect(bname, bpath)
+		if err != nil {
+			errs = append(errs, "built-in "+err.Error())
+		} else {
+			m.Builtin = true
+			found[bname] = m
+		}
 	}
 	if r.dir != "" {
 		entries, err := os.ReadDir(r.dir)
@@ -158,12 +184,18 @@ func (r *Registry) Get(name string) (Model, bool) {
 }
 
 // Default returns the model used when a request names none: the configured
-// default if present, else the first by name; "" when there is none.
+// default if present, else the built-in model if present, else the first by
+// name; "" when there is none.
 func (r *Registry) Default() string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if _, ok := r.models[r.def]; ok {
 		return r.def
+	}
+	for name, m := range r.models {
+		if m.Builtin {
+			return name
+		}
 	}
 	best := ""
 	for name := range r.models {

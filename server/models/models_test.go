@@ -47,3 +47,47 @@ func TestRegistry(t *testing.T) {
 		t.Fatalf("after removal: version %d default %s", r.Version(), r.Default())
 	}
 }
+
+func TestBuiltinModelIsTheDefault(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name string) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "model_index.json"), []byte("{}"), 0o644)
+		return p
+	}
+	builtin, other := mk("shapes"), mk("aaa")
+	r := New(map[string]string{"aaa": other}, "", "")
+	r.SetBuiltin("kiln-shapes", builtin)
+	r.Refresh()
+	if r.Default() != "kiln-shapes" {
+		t.Fatalf("default %q, want the built-in model", r.Default())
+	}
+	if m, ok := r.Get("kiln-shapes"); !ok || !m.Builtin || m.Path != builtin {
+		t.Fatalf("built-in model %+v %v", m, ok)
+	}
+	if m, _ := r.Get("aaa"); m.Builtin {
+		t.Fatal("a configured model is marked built-in")
+	}
+	// A configured default wins over the built-in model.
+	r = New(map[string]string{"aaa": other}, "", "aaa")
+	r.SetBuiltin("kiln-shapes", builtin)
+	r.Refresh()
+	if r.Default() != "aaa" || len(r.List()) != 2 {
+		t.Fatalf("default %q, models %v", r.Default(), r.List())
+	}
+	// A configured model of the same name replaces the built-in one.
+	r = New(map[string]string{"kiln-shapes": other}, "", "")
+	r.SetBuiltin("kiln-shapes", builtin)
+	r.Refresh()
+	if m, _ := r.Get("kiln-shapes"); m.Builtin || m.Path != other {
+		t.Fatalf("configured kiln-shapes %+v", m)
+	}
+	// A built-in model that cannot be read is a problem, not a crash.
+	r = New(nil, "", "")
+	r.SetBuiltin("kiln-shapes", filepath.Join(dir, "missing"))
+	r.Refresh()
+	if len(r.List()) != 0 || len(r.Problems()) != 1 || r.Default() != "" {
+		t.Fatalf("models %v problems %v", r.List(), r.Problems())
+	}
+}

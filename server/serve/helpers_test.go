@@ -36,6 +36,7 @@ func testConfig(t testing.TB) *config.Config {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Models = map[string]string{"tiny": model}
+	cfg.BuiltinModel = false // these tests are about the fixture model; builtin_test.go covers the built-in one
 	cfg.MetricsInterval = config.Duration(200 * time.Millisecond)
 	cfg.ShutdownTimeout = config.Duration(5 * time.Second)
 	return cfg

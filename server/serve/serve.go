@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/ws"
+	builtin "github.com/kiln-project/kiln/models"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/gpu"
@@ -158,12 +159,21 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
 	}
 	reg2 := models.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	if cfg.BuiltinModel {
+		if _, named := cfg.Models[builtin.BuiltinName]; named {
+			log.Info("the configured model replaces the built-in one", "model", builtin.BuiltinName)
+		} else if p, err := builtin.BuiltinPath(); err != nil {
+			log.Warn("the built-in model is not available", "model", builtin.BuiltinName, "err", err)
+		} else {
+			reg2.SetBuiltin(builtin.BuiltinName, p)
+		}
+	}
 	reg2.Refresh()
 	for _, p := range reg2.Problems() {
 		log.Warn("model skipped", "problem", p)
 	}
 	if len(reg2.List()) == 0 {
-		log.Warn("no model is installed: jobs will be refused until one is given with --model name=path or placed in the models folder", "models_dir", modelsDir)
+		log.Warn("no model is installed: jobs will be refused until one is given with --model name=path or placed in the models folder (or --builtin-model is on)", "models_dir", modelsDir)
 	} else {
 		names := []string{}
 		for _, m := range reg2.List() {
