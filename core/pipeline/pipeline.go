@@ -15,6 +15,7 @@ import (
 	"image"
 	"math"
 	"strings"
+	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/checkpoint"
@@ -102,6 +103,17 @@ type Progress struct {
 	// Latents are the batch latents after this evaluation; valid only
 	// during the callback.
 	Latents []float32
+	// Eval identifies the model evaluation that made this step within one
+	// Generate or GenerateBatch call (1, 2, …): jobs of a batch that report
+	// the same Eval shared one UNet call.
+	Eval int
+	// Batch is the number of images that evaluation ran (every job that
+	// shared it; the unconditional half of guidance not counted).
+	Batch int
+	// StepTime is the evaluation's wall time: the UNet call and the
+	// sampler steps of every job that shared it (previews and callbacks
+	// not included).
+	StepTime time.Duration
 }
 
 // Result is a finished job.
@@ -134,6 +146,35 @@ type Pipeline struct {
 	vcfg      vae.Config
 	latentRGB *[][3]float64
 	size      int // default image side in pixels
+	hook      func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
+}
+
+// EncodeFunc encodes one prompt with the pipeline's text encoder.
+type EncodeFunc = func(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error)
+
+// SetEncodeHook routes every prompt encoding of later jobs (prompt,
+// negative prompt, and the empty chunk that pads prompts of different
+// lengths) through hook, which may answer by itself — from a cache — or
+// call encode, the text encoder. The pipeline never modifies the result a
+// hook returns, and checks its layout. nil removes the hook. Like the
+// rest of the pipeline it must not be called while a job runs.
+func (p *Pipeline) SetEncodeHook(hook func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)) {
+	p.hook = hook
+}
+
+// encode encodes one prompt, through the hook when one is set.
+func (p *Pipeline) encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error) {
+	if p.hook == nil {
+		return p.enc.EncodeResult(ctx, text, opts)
+	}
+	r, err := p.hook(ctx, text, opts, p.enc.EncodeResult)
+	if err != nil {
+		return r, err
+	}
+	if d := p.enc.Dim(); r.Dim != d || r.Length < 1 || len(r.Hidden) != r.Length*r.Dim {
+		return r, fmt.Errorf("encode hook answered %d values as %d×%d, want a length ≥ 1 × width %d", len(r.Hidden), r.Length, r.Dim, d)
+	}
+	return r, nil
 }
 
 // sd1LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews.
@@ -364,107 +405,18 @@ func (j *job) draw(per int) []float32 {
 	return out
 }
 
-// Generate runs one job. onProgress, when not nil, is called after every
-// model evaluation. Cancelling ctx stops the job between evaluations.
-func (p *Pipeline) Generate(ctx context.Context, req Request, onProgress func(Progress)) (*Result, error) {
-	j, err := p.resolve(req)
-	if err != nil {
-		return nil, err
-	}
-	req = j.req
-	s, err := sample.New(p.sched, req.Sampler, req.Steps, sample.Options{Eta: req.Eta})
-	if err != nil {
-		return nil, fmt.Errorf("pipeline: %w", err)
-	}
-	name := req.Sampler
-	if name == "" {
-		name, _ = p.sched.DefaultSampler()
-	}
-	cond, ctxLen, err := p.conditioning(ctx, j)
-	if err != nil {
-		return nil, err
-	}
-	timesteps := s.Timesteps()
-	begin := 0
-	var x []float32
-	if j.img2img {
-		initSteps := min(int(float64(req.Steps)*req.Strength), req.Steps)
-		if initSteps < 1 {
-			return nil, fmt.Errorf("pipeline: strength %v leaves no step of %d to run", req.Strength, req.Steps)
-		}
-		begin = (req.Steps - initSteps) * s.Order()
-		if begin >= len(timesteps) {
-			return nil, fmt.Errorf("pipeline: strength %v leaves no step to run", req.Strength)
-		}
-		x0, err := p.encodeInit(ctx, j)
-		if err != nil {
-			return nil, err
-		}
-		noise := req.Noise
-		if noise == nil {
-			noise = j.draw(j.per)
-		}
-		x = s.AddNoise(x0, noise, begin)
-	} else {
-		noise := req.Noise
-		if noise == nil {
-			noise = j.draw(j.per)
-		}
-		sigma := float32(s.InitNoiseSigma())
-		x = make([]float32, len(noise))
-		for i, v := range noise {
-			x[i] = v * sigma
-		}
-	}
-	shape := [4]int{j.n, j.c, j.h, j.w}
-	drawStep := func() []float32 { return j.draw(j.per) }
-	total := len(timesteps) - begin
-	for i := begin; i < len(timesteps); i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		out, err := p.predict(ctx, j, s, x, i, cond, ctxLen, shape)
-		if err != nil {
-			return nil, err
-		}
-		next, x0, err := s.Step(i, out, x, drawStep)
-		if err != nil {
-			return nil, fmt.Errorf("pipeline: step %d: %w", i, err)
-		}
-		x = next
-		if onProgress != nil {
-			pr := Progress{Step: i - begin + 1, Steps: total, Timestep: timesteps[i], Latents: x}
-			if p.latentRGB != nil {
-				pr.Preview = preview(x0, shape, *p.latentRGB)
-			}
-			onProgress(pr)
-		}
-	}
-	res := &Result{Latents: x, LatentShape: shape, Seeds: j.seeds, Sampler: name}
-	if req.SkipDecode {
-		return res, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := p.decode(ctx, res); err != nil {
-		return nil, err
-	}
-	return res, nil
-}
-
 // conditioning encodes the prompts into the UNet context: (2N, L, D) with
 // the unconditional half first when guidance is on, else (N, L, D).
 func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, error) {
 	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate}
-	pos, err := p.enc.EncodeResult(ctx, j.req.Prompt, opts)
+	pos, err := p.encode(ctx, j.req.Prompt, opts)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pipeline: prompt: %w", err)
 	}
 	d := pos.Dim
 	parts := []conditioning.Result{pos}
 	if j.cfg {
-		neg, err := p.enc.EncodeResult(ctx, j.req.NegativePrompt, opts)
+		neg, err := p.encode(ctx, j.req.NegativePrompt, opts)
 		if err != nil {
 			return nil, 0, fmt.Errorf("pipeline: negative prompt: %w", err)
 		}
@@ -480,13 +432,14 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 	for k := range parts {
 		if parts[k].Length < L {
 			if empty == nil {
-				e, err := p.enc.EncodeResult(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip})
+				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip})
 				if err != nil {
 					return nil, 0, fmt.Errorf("pipeline: empty prompt: %w", err)
 				}
 				empty = e.Hidden
 			}
-			h := parts[k].Hidden
+			// a fresh slice: the hook's answer is never modified
+			h := append(make([]float32, 0, L*d), parts[k].Hidden...)
 			for len(h) < L*d {
 				h = append(h, empty...)
 			}
@@ -501,36 +454,6 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 		}
 	}
 	return out, L, nil
-}
-
-// predict runs the UNet on sample x at evaluation i and returns the guided
-// model output for the batch.
-func (p *Pipeline) predict(ctx context.Context, j *job, s sample.Sampler, x []float32, i int, cond []float32, ctxLen int, shape [4]int) ([]float32, error) {
-	in := s.ScaleModelInput(x, i)
-	b := shape[0]
-	if j.cfg {
-		in = append(append(make([]float32, 0, 2*len(in)), in...), in...)
-		b *= 2
-	}
-	t := []float32{float32(s.Timesteps()[i])}
-	out, err := p.unet.Forward(ctx, in, [4]int{b, shape[1], shape[2], shape[3]}, t, cond, ctxLen)
-	if err != nil {
-		return nil, fmt.Errorf("pipeline: unet: %w", err)
-	}
-	if !j.cfg {
-		return out, nil
-	}
-	n := len(x)
-	uncond, text := out[:n], out[n:]
-	g := float32(j.req.Guidance)
-	guided := make([]float32, n)
-	for k := range guided {
-		guided[k] = uncond[k] + float32(g*float32(text[k]-uncond[k]))
-	}
-	if phi := j.req.GuidanceRescale; phi > 0 {
-		rescale(guided, text, shape[0], phi)
-	}
-	return guided, nil
 }
 
 // rescale applies guidance rescale (Lin et al. 2023, eq. 16) per image:
@@ -609,27 +532,6 @@ func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 	return x, nil
-}
-
-// decode turns the result's latents into pixels and 8-bit images.
-func (p *Pipeline) decode(ctx context.Context, res *Result) error {
-	z := append([]float32(nil), res.Latents...)
-	if err := p.vcfg.Denormalize(z, res.LatentShape); err != nil {
-		return fmt.Errorf("pipeline: %w", err)
-	}
-	img, shape, err := p.vae.Decode(ctx, z, res.LatentShape)
-	if err != nil {
-		return fmt.Errorf("pipeline: vae decode: %w", err)
-	}
-	if shape[1] != 3 {
-		return fmt.Errorf("pipeline: vae decoded %d channels, want 3", shape[1])
-	}
-	for i, v := range img {
-		img[i] = min(max(v/2+0.5, 0), 1)
-	}
-	res.Pixels, res.PixelShape = img, shape
-	res.Images = PixelsToImages(img, shape)
-	return nil
 }
 
 // PixelsToImages converts (N, 3, H, W) pixels in [0, 1] to 8-bit images,
