@@ -443,7 +443,9 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 		xb = b.d.newBuffer(int64(x.Numel()) * int64(dt.Size()))
 		b.transpose(xb, xs.buf, dt, bn, c, hw)
 	}
-	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw/32, 64))
+	// Enough blocks to fill the GPU even for small images (one pixel per
+	// block at worst), at most 64 partial sums per channel to add up.
+	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw, 64))
 	cpg := c / groups
 	if cpg > 1024 {
 		fail(op, "%d channels per group exceed the group-norm kernel", cpg)

@@ -171,12 +171,23 @@ __device__ __forceinline__ void gn_affine_impl(float* ab, const float* ws, const
   float n = (float)hw;
   if (on) {
     const T* x = (const T*)px + (size_t)b * hw * c;
-    float s1 = 0.f, s2 = 0.f;
-    for (int s = 0; s < splits; s++) {
-      const float* o = ws + (((size_t)b * splits + s) * c + ch) * 2;
-      s1 += o[0];
-      s2 += o[1];
+    float s1 = 0.f, s2 = 0.f, t1 = 0.f, t2 = 0.f;
+    int s = 0;
+    for (; s + 1 < splits; s += 2) {  // two independent loads in flight
+      const float2 o = reinterpret_cast<const float2*>(ws)[((size_t)b * splits + s) * c + ch];
+      const float2 u = reinterpret_cast<const float2*>(ws)[((size_t)b * splits + s + 1) * c + ch];
+      s1 += o.x;
+      s2 += o.y;
+      t1 += u.x;
+      t2 += u.y;
     }
+    if (s < splits) {
+      const float2 o = reinterpret_cast<const float2*>(ws)[((size_t)b * splits + s) * c + ch];
+      s1 += o.x;
+      s2 += o.y;
+    }
+    s1 += t1;
+    s2 += t2;
     st[threadIdx.x][0] = tof<T>(x[ch]) + s1 / n;  // channel mean
     st[threadIdx.x][1] = s2 - s1 * s1 / n;        // channel sum of squared deviations
   }
