@@ -28,6 +28,12 @@ if [ -n "$bin" ]; then
   if [ -z "${KILN_FIXTURES:-}" ] && [ -d "$bin/fixtures" ]; then export KILN_FIXTURES="$bin/fixtures"; fi
   TEST="$bin/cuda.test"
   KILN="$bin/kiln" # optional: without it the test binary runs doctor and bench
+  if [ ! -x "$KILN" ] && [ -f "$bin/kiln.xz" ]; then
+    KILN="${TMPDIR:-/tmp}/kiln"
+    xz -dc "$bin/kiln.xz" > "$KILN" 2>/dev/null ||
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin/kiln.xz" "$KILN"
+    chmod +x "$KILN"
+  fi
 else
   command -v go >/dev/null || { echo "gpu-check: neither go nor KILN_GPU_BIN" >&2; exit 2; }
   mkdir -p "$OUT/bin"
