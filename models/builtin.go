@@ -122,4 +122,3 @@ func DefaultRoot() string {
 
 // BuiltinPath extracts the built-in model to DefaultRoot and returns its folder.
 func BuiltinPath() (string, error) { return Extract(DefaultRoot()) }
-
