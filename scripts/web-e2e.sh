@@ -12,7 +12,8 @@
 #   --screenshot   also write a picture of the page after finished jobs to
 #                  docs/screenshot.png (or PATH); same as KILN_SCREENSHOT=PATH
 # environment:
-#   KILN_E2E_MODEL  model folder to serve (default models/kiln-shapes)
+#   KILN_E2E_MODEL  model folder to serve as the default model (default: the
+#                   built-in kiln-shapes, served without --model flags)
 #   KILN_SCREENSHOT where to write the screenshot (unset: none)
 #   KILN_BIN        a kiln binary to test instead of building one
 #   KILN_E2E_TESTS  test files of web/e2e to run (default: all, in order)
@@ -82,6 +83,13 @@ fi
 model=${KILN_E2E_MODEL:-$root/models/kiln-shapes}
 model_name=$(basename "$model")
 [[ -f $model/model_index.json ]] || { echo "web-e2e: no model at $model" >&2; exit 1; }
+# The built-in model needs no flags (it is extracted to a private cache);
+# another model is named and made the default.
+model_flags=()
+if [[ -n ${KILN_E2E_MODEL:-} ]]; then
+  model_flags=(--model "$model_name=$model" --default-model "$model_name")
+fi
+export XDG_CACHE_HOME=$work/cache
 # A copy with a cut-off UNet: jobs on it fail for real (model_unavailable),
 # so the page's account of a failed job is tested too.
 broken=$work/e2e-broken
@@ -92,7 +100,7 @@ find "$broken/unet" -name '*.safetensors' -exec truncate -s 1000 {} +
 start() {
   local name=$1 log=$work/$1.log
   "$work/kiln" serve --listen 127.0.0.1:0 --data-dir "$work/$name-data" \
-    --model "$model_name=$model" --model "e2e-broken=$broken" --default-model "$model_name" \
+    "${model_flags[@]}" --model "e2e-broken=$broken" \
     --shutdown-timeout 5s >"$log" 2>&1 &
   pids+=($!)
   url=""

@@ -352,6 +352,11 @@ func (s *Server) listModels(c echo.Context) error {
 		Bytes   int64  `json:"bytes"`
 		Default bool   `json:"default"`
 		Builtin bool   `json:"builtin"`
+		// NativeWidth × NativeHeight is what requests without a size get
+		// (within the profile's and tenant's caps); absent when unknown.
+		NativeWidth  int `json:"native_width,omitempty"`
+		NativeHeight int `json:"native_height,omitempty"`
+		VAEFactor    int `json:"vae_factor,omitempty"`
 	}
 	def := s.o.Models.Default()
 	out := struct {
@@ -359,7 +364,8 @@ func (s *Server) listModels(c echo.Context) error {
 		Data   []model `json:"data"`
 	}{Object: "list", Data: []model{}}
 	for _, m := range s.o.Models.List() {
-		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin})
+		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin,
+			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor})
 	}
 	return c.JSON(http.StatusOK, out)
 }

@@ -211,9 +211,12 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 			return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model",
 				"no model is installed; start kiln serve with --model name=path or put one in the models folder")
 		}
-	} else if _, ok := v.models.Get(out.Model); !ok {
-		return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model", "unknown model %q (GET /v1/models lists them)", r.Model)
 	}
+	model, ok := v.models.Get(out.Model)
+	if !ok {
+		return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model", "unknown model %q (GET /v1/models lists them)", out.Model)
+	}
+	out.Width, out.Height = DefaultSize(model, pr, p.Quota)
 
 	if r.Width != nil {
 		out.Width = *r.Width
@@ -304,6 +307,19 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		}
 	}
 	return out, nil
+}
+
+// DefaultSize is the image size of a request that gives no width and
+// height: the model's native size (what it was trained at) where it is
+// known and within the profile's and the tenant's pixel caps, else the
+// profile's width and height.
+func DefaultSize(m models.Model, pr config.Profile, q config.Quota) (width, height int) {
+	w, h := m.NativeWidth, m.NativeHeight
+	if w >= MinSide && h >= MinSide && w <= MaxSide && h <= MaxSide && w%8 == 0 && h%8 == 0 &&
+		w*h <= pr.MaxPixels && w*h <= q.MaxPixels {
+		return w, h
+	}
+	return pr.Width, pr.Height
 }
 
 // CheckLimits re-checks parameters (for example after a quality policy

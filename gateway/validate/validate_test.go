@@ -122,3 +122,58 @@ func TestCheckLimits(t *testing.T) {
 		t.Fatalf("steps above limit: %v", err)
 	}
 }
+
+// TestDefaultSizeIsTheModelsNative: without width and height a request
+// gets the model's native size; the profile's size where the native one is
+// unknown or over the profile's or tenant's pixel caps.
+func TestDefaultSizeIsTheModelsNative(t *testing.T) {
+	v, reg, dir := setup(t)
+	mk := func(name, sampleSize string) {
+		for _, sub := range []string{"unet", "vae"} {
+			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
+		}
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sampleSize+`}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
+	}
+	mk("shapes", "16")    // 128×128
+	mk("wide", "[64,96]") // 768×512
+	mk("xl", "128")       // 1024×1024
+	reg.Refresh()
+	for _, c := range []struct {
+		model, profile string
+		width, height  *int
+		maxPixels      int
+		w, h           int
+	}{
+		{model: "shapes", w: 128, h: 128},
+		{model: "wide", w: 768, h: 512},
+		{model: "xl", w: 1024, h: 1024},                       // balanced allows 1024²
+		{model: "xl", profile: "speed_first", w: 512, h: 512}, // over its max_pixels: the profile's size
+		{model: "xl", maxPixels: 800 * 800, w: 512, h: 512},   // over the tenant's: the profile's size
+		{model: "alpha", w: 512, h: 512},                      // unknown native size
+		{model: "shapes", width: intp(256), w: 256, h: 128},   // a side given keeps the other's default
+		{model: "shapes", width: intp(64), height: intp(72), w: 64, h: 72},
+	} {
+		pr := principal(1, 60)
+		if c.maxPixels > 0 {
+			pr.Quota.MaxPixels = c.maxPixels
+		}
+		p, err := v.Plan(pr, &JobRequest{Prompt: "x", Model: c.model, Profile: c.profile, Width: c.width, Height: c.height}, false)
+		if err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		if p.Width != c.w || p.Height != c.h {
+			t.Errorf("%s (profile %q, max_pixels %d): %d×%d, want %d×%d", c.model, c.profile, c.maxPixels, p.Width, p.Height, c.w, c.h)
+		}
+	}
+	// The default model's native size applies to requests that name none.
+	reg2 := models.New(nil, dir, "shapes")
+	reg2.Refresh()
+	profiles, _ := config.Profiles()
+	v2, _ := New(reg2, profiles, "balanced", 1<<20)
+	defer v2.Close()
+	if p, err := v2.Plan(principal(1, 60), &JobRequest{Prompt: "x"}, false); err != nil || p.Model != "shapes" || p.Width != 128 {
+		t.Fatalf("default model: %+v %v", p, err)
+	}
+}

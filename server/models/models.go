@@ -27,6 +27,13 @@ type Model struct {
 	Bytes int64 `json:"bytes"`
 	// Builtin marks the model embedded in the binary.
 	Builtin bool `json:"builtin"`
+	// NativeWidth and NativeHeight are the image size the model was
+	// trained at (UNet sample_size × VAEFactor); 0 when unknown.
+	NativeWidth  int `json:"native_width,omitempty"`
+	NativeHeight int `json:"native_height,omitempty"`
+	// VAEFactor is the VAE's downsampling factor (8 for Stable Diffusion);
+	// 0 when unknown.
+	VAEFactor int `json:"vae_factor,omitempty"`
 }
 
 // Registry holds the current model list. It is safe for concurrent use.
@@ -34,6 +41,11 @@ type Registry struct {
 	explicit map[string]string
 	dir      string
 	def      string
+
+	// nativeMu guards natives: native sizes of single files, keyed by
+	// path, size and modification time (reading them maps the file).
+	nativeMu sync.Mutex
+	natives  map[string]native
 
 	mu          sync.RWMutex
 	builtinName string
@@ -50,7 +62,7 @@ func New(explicit map[string]string, dir, defaultModel string) *Registry {
 	for k, v := range explicit {
 		e[k] = v
 	}
-	return &Registry{explicit: e, dir: dir, def: defaultModel, models: map[string]Model{}}
+	return &Registry{explicit: e, dir: dir, def: defaultModel, models: map[string]Model{}, natives: map[string]native{}}
 }
 
 // SetBuiltin registers the built-in model: the diffusers folder at path
@@ -70,7 +82,7 @@ func (r *Registry) Refresh() {
 	found := map[string]Model{}
 	var errs []string
 	for name, p := range r.explicit {
-		m, err := inspect(name, p)
+		m, err := r.inspect(name, p)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
@@ -81,7 +93,7 @@ func (r *Registry) Refresh() {
 	bname, bpath := r.builtinName, r.builtinPath
 	r.mu.RUnlock()
 	if _, taken := found[bname]; bname != "" && !taken {
-		m, err := inspect(bname, bpath)
+		m, err := r.inspect(bname, bpath)
 		if err != nil {
 			errs = append(errs, "built-in "+err.Error())
 		} else {
@@ -102,7 +114,7 @@ func (r *Registry) Refresh() {
 			if !e.IsDir() && !strings.HasSuffix(e.Name(), ".safetensors") {
 				continue
 			}
-			m, err := inspect(name, filepath.Join(r.dir, e.Name()))
+			m, err := r.inspect(name, filepath.Join(r.dir, e.Name()))
 			if err != nil {
 				errs = append(errs, err.Error())
 				continue
@@ -131,7 +143,10 @@ func sameModels(a, b map[string]Model) bool {
 	return true
 }
 
-func inspect(name, p string) (Model, error) {
+// inspect describes the model at p. A native size that cannot be read
+// leaves the size unknown (requests then get the profile's); the model
+// itself stays listed, and loading it reports what is wrong.
+func (r *Registry) inspect(name, p string) (Model, error) {
 	st, err := os.Stat(p)
 	if err != nil {
 		return Model{}, fmt.Errorf("model %s: %w", name, err)
@@ -140,7 +155,22 @@ func inspect(name, p string) (Model, error) {
 		if !strings.HasSuffix(p, ".safetensors") {
 			return Model{}, fmt.Errorf("model %s: %s is not a .safetensors file", name, p)
 		}
-		return Model{Name: name, Path: p, Format: "single-file", Bytes: st.Size()}, nil
+		m := Model{Name: name, Path: p, Format: "single-file", Bytes: st.Size()}
+		key := fmt.Sprintf("%s\x00%d\x00%d", p, st.Size(), st.ModTime().UnixNano())
+		r.nativeMu.Lock()
+		n, ok := r.natives[key]
+		r.nativeMu.Unlock()
+		if !ok {
+			n, _ = singleFileNative(p) // unknown on error
+			r.nativeMu.Lock()
+			if len(r.natives) >= 1024 { // files replaced many times over: start afresh
+				clear(r.natives)
+			}
+			r.natives[key] = n
+			r.nativeMu.Unlock()
+		}
+		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+		return m, nil
 	}
 	if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
 		return Model{}, fmt.Errorf("model %s: %s has no model_index.json (not a diffusers folder)", name, p)
@@ -160,7 +190,11 @@ func inspect(name, p string) (Model, error) {
 	if err != nil {
 		return Model{}, fmt.Errorf("model %s: %w", name, err)
 	}
-	return Model{Name: name, Path: p, Format: "diffusers", Bytes: total}, nil
+	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
+	if n, err := diffusersNative(p); err == nil {
+		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+	}
+	return m, nil
 }
 
 // List returns the models sorted by name.

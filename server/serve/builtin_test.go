@@ -1,11 +1,15 @@
 package serve_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"image/png"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/gateway/api"
 	"github.com/kiln-project/kiln/internal/fixtures"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/serve"
@@ -67,18 +71,65 @@ func TestBuiltinModelServedByDefault(t *testing.T) {
 	if m["default"] != true || m["builtin"] != true || m["format"] != "diffusers" {
 		t.Fatalf("kiln-shapes %v: want the built-in default diffusers model", m)
 	}
-	id := s.submit("", map[string]any{"prompt": "a red circle on the left on a yellow background", "steps": 4,
-		"width": 128, "height": 128})
+	if m["native_width"] != 128.0 || m["native_height"] != 128.0 || m["vae_factor"] != 8.0 {
+		t.Fatalf("kiln-shapes %v: want native 128×128, VAE factor 8", m)
+	}
+	// A job with nothing but a prompt: the default model at its native
+	// size (the profile says 512×512) with the profile's steps.
+	id := s.submit("", map[string]any{"prompt": "a red circle on the left on a yellow background"})
 	j := s.waitJob("", id, "succeeded", "failed")
 	if j["status"] != "succeeded" {
 		t.Fatalf("job %v", j)
 	}
-	if p := j["params"].(map[string]any); p["model"] != "kiln-shapes" {
-		t.Fatalf("job ran on %v, want kiln-shapes", p["model"])
+	p := j["params"].(map[string]any)
+	if p["model"] != "kiln-shapes" || p["width"] != 128.0 || p["height"] != 128.0 {
+		t.Fatalf("job params %v, want kiln-shapes at 128×128", p)
 	}
 	img := j["images"].([]any)[0].(map[string]any)
-	if r := s.do("GET", img["url"].(string), "", nil); r.status != http.StatusOK || r.header.Get("Content-Type") != "image/png" {
+	r := s.do("GET", img["url"].(string), "", nil)
+	if r.status != http.StatusOK || r.header.Get("Content-Type") != "image/png" {
 		t.Fatalf("image: %d %s", r.status, r.header.Get("Content-Type"))
+	}
+	im, err := png.Decode(bytes.NewReader(r.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := im.Bounds(); b.Dx() != 128 || b.Dy() != 128 {
+		t.Fatalf("image is %v, want 128×128", b)
+	}
+}
+
+// TestModelListIsDocumented: every field of GET /v1/models items is in the
+// OpenAPI document's ModelList schema.
+func TestModelListIsDocumented(t *testing.T) {
+	s := startDefault(t, nil)
+	var doc struct {
+		Components struct {
+			Schemas map[string]json.RawMessage `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Properties struct {
+			Data struct {
+				Items struct {
+					Properties map[string]any `json:"properties"`
+				} `json:"items"`
+			} `json:"data"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(doc.Components.Schemas["ModelList"], &list); err != nil {
+		t.Fatal(err)
+	}
+	documented := list.Properties.Data.Items.Properties
+	for _, m := range s.modelsByID() {
+		for k := range m {
+			if _, ok := documented[k]; !ok {
+				t.Errorf("GET /v1/models field %q is not in the ModelList schema", k)
+			}
+		}
 	}
 }
 

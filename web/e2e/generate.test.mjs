@@ -30,7 +30,14 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
   test('a prompt becomes an image: progress bar, preview frames, PNG in the gallery', async () => {
     await recordProgress(page);
     const imageResponse = page.waitForResponse((r) => /\/v1\/images\/[a-z0-9]+-0$/.test(r.url()), { timeout: SLOW });
+    const posted = page.waitForRequest((r) => r.url().endsWith('/v1/jobs') && r.method() === 'POST');
     const id = await generate(page, 'a red circle on a blue background', { steps: '10' });
+    // The size menu starts at the model's native size, and leaves the size to the server.
+    assert.equal(await page.locator('#size option[value="default"]').textContent(), 'Model\'s (128 × 128)');
+    assert.equal(await page.inputValue('#width'), '128');
+    assert.equal(await page.inputValue('#height'), '128');
+    const body = (await posted).postDataJSON();
+    assert.equal(body.width, undefined, JSON.stringify(body));
     jobs.done = id;
     const c = card(page, id);
     await c.locator('.job-state').getByText(/^Done/).waitFor();

@@ -67,8 +67,11 @@ export async function openPage(page, url) {
   await page.waitForSelector('#conn[data-state="open"]');
 }
 
-/** Submits a prompt (the advanced panel open) and returns the new job's id. */
-export async function generate(page, prompt, { size = '128x128', steps = '8', profile = '', model = '' } = {}) {
+/**
+ * Submits a prompt (the advanced panel open) and returns the new job's id.
+ * The size defaults to the menu's "Model's" entry (the model's native size).
+ */
+export async function generate(page, prompt, { size = 'default', steps = '8', profile = '', model = '' } = {}) {
   const adv = page.locator('#advanced');
   if (!(await adv.evaluate((d) => d.open))) await page.click('#advanced summary');
   await page.selectOption('#model', model);

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  buildRequest, chosenSize, defaultSettings, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
+  buildRequest, chosenSize, defaultSettings, defaultSize, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
   jobsAhead, progressText, queueText, settingsFromParams, sizeProblem, statusRank, submitErrorText, validateSettings,
 } from '../js/format.js';
 import { decodePreview } from '../js/preview.js';
@@ -80,6 +80,22 @@ test('settings validate and become a request', () => {
   const bad = validateSettings({ ...s, prompt: ' ', steps: '61', seed: '-1', n: '0', guidance: 'abc', size: 'custom', width: '100', height: '64' }, l, balanced);
   assert.deepEqual(Object.keys(bad).sort(), ['guidance', 'n', 'prompt', 'seed', 'steps', 'width']);
   assert.match(bad.steps, /At most 60 steps/);
+});
+
+test('the default size is the model\'s native size, else the profile\'s', () => {
+  const l = effectiveLimits(account, balanced);
+  const shapes = { id: 'kiln-shapes', native_width: 128, native_height: 128, vae_factor: 8 };
+  assert.deepEqual(defaultSize(shapes, balanced, l), { width: 128, height: 128, source: 'model' });
+  // Unknown native size, or one over the limits: the profile's.
+  assert.deepEqual(defaultSize({ id: 'x' }, balanced, l), { width: 512, height: 512, source: 'profile' });
+  assert.deepEqual(defaultSize({ id: 'xl', native_width: 1024, native_height: 1024 }, balanced, l).source, 'profile');
+  assert.equal(defaultSize(null, null, l), null);
+  // The "default" choice sends no size, and is checked at the size the server will use.
+  const d = defaultSize(shapes, balanced, l);
+  assert.deepEqual(chosenSize({ size: 'default' }, d), [128, 128]);
+  assert.deepEqual(buildRequest({ ...defaultSettings(), prompt: 'x' }, d), { prompt: 'x' });
+  const tiny = effectiveLimits({ ...account, quota: { ...account.quota, max_pixels: 100 * 100 } }, balanced);
+  assert.match(validateSettings({ ...defaultSettings(), prompt: 'x' }, tiny, defaultSize({ id: 'x' }, balanced, tiny)).width, /your limit/);
 });
 
 test('a job\'s parameters become settings again', () => {

@@ -68,9 +68,27 @@ export function defaultSettings() {
   };
 }
 
-/** The width and height a request will get: the chosen size or the profile's. */
-export function chosenSize(s, profile) {
-  if (s.size === 'default') return profile ? [profile.width, profile.height] : [null, null];
+/**
+ * The size a request without width and height gets, as the server decides
+ * it: the model's native size (GET /v1/models) where it is known and within
+ * the limits, else the profile's. Returns {width, height, source} with
+ * source 'model' or 'profile', or null when neither is known.
+ */
+export function defaultSize(model, profile, lim) {
+  const w = model?.native_width;
+  const h = model?.native_height;
+  const side = (v) => Number.isInteger(v) && v >= lim.minSide && v <= lim.maxSide && v % 8 === 0;
+  if (side(w) && side(h) && w * h <= lim.maxPixels) return { width: w, height: h, source: 'model' };
+  if (profile) return { width: profile.width, height: profile.height, source: 'profile' };
+  return null;
+}
+
+/**
+ * The width and height a request will get: the chosen size, or for the
+ * "default" choice the default size ({width, height}: defaultSize's answer).
+ */
+export function chosenSize(s, dflt) {
+  if (s.size === 'default') return dflt ? [dflt.width, dflt.height] : [null, null];
   if (s.size === 'custom') return [parseIntField(s.width), parseIntField(s.height)];
   const m = /^(\d+)x(\d+)$/.exec(s.size);
   return m ? [Number(m[1]), Number(m[2])] : [NaN, NaN];
@@ -81,14 +99,14 @@ export function chosenSize(s, profile) {
  * API's field names (prompt, width, steps, guidance, seed, n); empty when
  * the settings are fine.
  */
-export function validateSettings(s, lim, profile) {
+export function validateSettings(s, lim, dflt) {
   const errs = {};
   if (!s.prompt.trim()) errs.prompt = 'Write a prompt first.';
   else if ([...s.prompt].length > lim.maxPromptChars) errs.prompt = `The prompt is longer than ${lim.maxPromptChars} characters.`;
   if ([...s.negative_prompt].length > lim.maxPromptChars) {
     errs.negative_prompt = `The negative prompt is longer than ${lim.maxPromptChars} characters.`;
   }
-  const [w, h] = chosenSize(s, profile);
+  const [w, h] = chosenSize(s, dflt);
   if (w !== null || h !== null) {
     const p = sizeProblem(w, h, lim);
     if (p) errs.width = p;
@@ -109,13 +127,13 @@ export function validateSettings(s, lim, profile) {
 }
 
 /** The body of POST /v1/jobs for valid settings (empty fields are left out). */
-export function buildRequest(s, profile) {
+export function buildRequest(s, dflt) {
   const r = { prompt: s.prompt };
   if (s.negative_prompt.trim()) r.negative_prompt = s.negative_prompt;
   if (s.model) r.model = s.model;
   if (s.profile) r.profile = s.profile;
   if (s.size !== 'default') {
-    const [w, h] = chosenSize(s, profile);
+    const [w, h] = chosenSize(s, dflt);
     r.width = w;
     r.height = h;
   }

@@ -5,7 +5,7 @@
 
 import { h } from './dom.js';
 import {
-  SIZE_PRESETS, sizeLabel, effectiveLimits, defaultSettings, validateSettings, buildRequest, randomSeed,
+  SIZE_PRESETS, sizeLabel, effectiveLimits, defaultSize, defaultSettings, validateSettings, buildRequest, randomSeed,
 } from './format.js';
 
 const STORAGE_KEY = 'kiln.settings.v1';
@@ -28,6 +28,7 @@ export class SettingsForm {
     this.form = form;
     this.storage = storage;
     this.account = null;
+    this.models = [];
     this.profiles = [];
     this.defaultProfile = '';
     this.el = (id) => form.querySelector(`#${id}`);
@@ -52,7 +53,7 @@ export class SettingsForm {
       this.save();
     });
     form.addEventListener('change', (e) => {
-      if (e.target.id === 'profile') this.refreshProfile();
+      if (e.target.id === 'profile' || e.target.id === 'model') this.refreshProfile();
       if (e.target.id === 'size') this.syncSize();
       this.save();
     });
@@ -72,6 +73,7 @@ export class SettingsForm {
   /** Fills the menus from the server's answers and restores saved values. */
   setOptions({ account, models, profiles, samplers }) {
     this.account = account;
+    this.models = models.data ?? [];
     this.profiles = profiles.data ?? [];
     this.defaultProfile = profiles.default ?? '';
     const defModel = (models.data ?? []).find((m) => m.default)?.id ?? '';
@@ -93,12 +95,23 @@ export class SettingsForm {
     return this.profiles.find((p) => p.name === name) ?? null;
   }
 
+  /** The model that applies: the chosen one or the server's default. */
+  currentModel() {
+    const id = this.el('model').value;
+    return this.models.find((m) => (id ? m.id === id : m.default)) ?? null;
+  }
+
   /** The limits of the tenant and the chosen profile. */
   limits() {
     return effectiveLimits(this.account, this.currentProfile());
   }
 
-  /** Rebuilds what depends on the profile: defaults shown, caps, size menu. */
+  /** The size a job gets without one: the model's native size, or the profile's. */
+  defaultSize() {
+    return defaultSize(this.currentModel(), this.currentProfile(), this.limits());
+  }
+
+  /** Rebuilds what depends on the model and profile: defaults shown, caps, size menu. */
   refreshProfile() {
     const p = this.currentProfile();
     const lim = this.limits();
@@ -111,7 +124,9 @@ export class SettingsForm {
     this.el('sampler').value = this.samplers.some((s) => s.id === sampler) ? sampler : '';
 
     const size = this.el('size').value;
-    const opts = [['default', p ? `Profile's (${p.width} × ${p.height})` : 'Profile\'s']];
+    const d = this.defaultSize();
+    const whose = d?.source === 'profile' ? 'Profile\'s' : 'Model\'s';
+    const opts = [['default', d ? `${whose} (${d.width} × ${d.height})` : whose]];
     for (const [w, hgt] of SIZE_PRESETS) {
       const over = w * hgt > lim.maxPixels;
       opts.push([`${w}x${hgt}`, sizeLabel(w, hgt) + (over ? ' — over your limit' : ''), over]);
@@ -147,9 +162,9 @@ export class SettingsForm {
       w.value = m[1];
       hgt.value = m[2];
     } else if (v === 'default') {
-      const p = this.currentProfile();
-      w.value = p ? String(p.width) : '';
-      hgt.value = p ? String(p.height) : '';
+      const d = this.defaultSize();
+      w.value = d ? String(d.width) : '';
+      hgt.value = d ? String(d.height) : '';
     }
   }
 
@@ -163,8 +178,11 @@ export class SettingsForm {
   /** Puts values into the form. */
   write(s) {
     const d = { ...defaultSettings(), ...s };
-    this.el('profile').value = d.profile;
-    if (this.el('profile').value !== d.profile) this.el('profile').value = '';
+    // The model and profile first: the size menu's default depends on both.
+    for (const k of ['model', 'profile']) {
+      this.el(k).value = d[k];
+      if (this.el(k).value !== d[k]) this.el(k).value = '';
+    }
     this.refreshProfile();
     for (const [k, id] of Object.entries(CONTROLS)) {
       if (k === 'profile') continue;
@@ -213,13 +231,13 @@ export class SettingsForm {
   /** Checks the form; returns the request body or null after showing errors. */
   request() {
     const s = this.read();
-    const errs = validateSettings(s, this.limits(), this.currentProfile());
+    const errs = validateSettings(s, this.limits(), this.defaultSize());
     this.clearErrors();
     if (Object.keys(errs).length) {
       for (const [field, msg] of Object.entries(errs)) this.showError(field, msg);
       return null;
     }
-    return buildRequest(s, this.currentProfile());
+    return buildRequest(s, this.defaultSize());
   }
 
   /** Shows an error next to the field the API (or a check) named. */
