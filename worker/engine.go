@@ -1,13 +1,19 @@
 // Package worker runs generation jobs: it takes jobs from the JetStream
-// work queue (high priority first), claims each in the job record,
-// generates through an Engine with models kept in a model cache, streams
-// progress and previews, stores the PNGs, and acknowledges — or hands the
-// job back on shutdown, or leaves it to be redelivered if the process dies.
+// work queue (high priority first) into a window, asks its Scheduler (the
+// batching policy) which of them run together, claims each in the job
+// record, and generates them through an Engine — as one batch on the
+// device when the model is a BatchModel — with models kept in a model
+// cache, streaming progress and previews per job and measuring the step
+// latency per batch size for the scheduler. Finished jobs are
+// post-processed, stored as PNGs and acknowledged in the background while
+// the next batch runs; on shutdown running jobs get a grace period (or are
+// handed back), and if the process dies their messages are redelivered.
 package worker
 
 import (
 	"context"
 	"image"
+	"time"
 
 	"github.com/kiln-project/kiln/server/models"
 )
@@ -33,6 +39,16 @@ type Progress struct {
 	Step, Steps int
 	// Preview is a rough picture of the current prediction (may be nil).
 	Preview image.Image
+	// Eval identifies the model evaluation within one Generate or
+	// GenerateBatch call (1, 2, …; 0: not reported): requests of a batch
+	// reporting the same Eval shared it.
+	Eval int
+	// Batch is the number of images that evaluation ran (0: not reported;
+	// the worker then assumes the request's own N).
+	Batch int
+	// StepTime is the evaluation's wall time (0: not reported; the worker
+	// then measures the time since the previous report).
+	StepTime time.Duration
 }
 
 // Result holds the generated images and the seed of each.
@@ -48,6 +64,30 @@ type Model interface {
 	Generate(ctx context.Context, req Request, onProgress func(Progress)) (*Result, error)
 	// Close releases the model's memory.
 	Close() error
+}
+
+// BatchItem is one request of a batch.
+type BatchItem struct {
+	// Ctx cancels this request alone; the others of the batch go on.
+	Ctx     context.Context
+	Request Request
+}
+
+// BatchResult is one request's outcome in a batch.
+type BatchResult struct {
+	Result *Result
+	Err    error
+}
+
+// BatchModel is a Model that generates several compatible requests (the
+// batching policy's choice) as one batch on the device.
+type BatchModel interface {
+	Model
+	// GenerateBatch runs the items together and returns their outcomes in
+	// item order. onProgress gets the item's index. An item whose Ctx ends
+	// fails with its error at the next step without disturbing the
+	// others; ctx ending stops them all.
+	GenerateBatch(ctx context.Context, items []BatchItem, onProgress func(item int, p Progress)) []BatchResult
 }
 
 // Engine loads models for one device.

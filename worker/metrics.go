@@ -17,6 +17,7 @@ type Metrics struct {
 	HandedBack    *metrics.Counter
 	Busy          *metrics.GaugeVec
 	PreviewFrames *metrics.Counter
+	BatchImages   *metrics.Histogram
 }
 
 // NewMetrics registers the worker series on reg.
@@ -32,7 +33,9 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		ModelLoad:     reg.NewHistogram("kiln_model_load_seconds", "Model load time on a cache miss.", secs),
 		Redeliveries:  reg.NewCounter("kiln_job_redeliveries_total", "Jobs delivered again after a worker died or stalled."),
 		HandedBack:    reg.NewCounter("kiln_jobs_handed_back_total", "Running jobs handed back to the queue at shutdown."),
-		Busy:          reg.NewGaugeVec("kiln_worker_busy", "1 while the worker runs a job.", "worker"),
+		Busy:          reg.NewGaugeVec("kiln_worker_busy", "1 while the worker generates a batch.", "worker"),
 		PreviewFrames: reg.NewCounter("kiln_preview_frames_total", "Latent preview frames published."),
+		BatchImages: reg.NewHistogram("kiln_batch_images", "Images the worker generated together in one batch.",
+			metrics.ExponentialBuckets(1, 2, 8)),
 	}
 }

@@ -21,11 +21,26 @@ type Decision struct {
 	Wait time.Duration
 }
 
-// Scheduler decides which of the worker's pending jobs run next. It is the
-// hook for batching policies: the built-in FCFS runs one job at a time,
-// highest priority first, oldest first.
+// Stats is what the worker has measured, for the scheduler's decisions.
+type Stats struct {
+	// StepLatency is the smoothed wall time of one sampler step per batch
+	// size (images), measured for the model and image size of the head
+	// pending job (the highest priority, oldest); sorted by batch size,
+	// empty before the worker has run such a job.
+	StepLatency []StepLatency
+}
+
+// StepLatency is the measured duration of one step at one batch size.
+type StepLatency struct {
+	Images  int
+	Latency time.Duration
+}
+
+// Scheduler decides which of the worker's pending jobs run next, as one
+// batch. It is the hook for batching policies: the built-in FCFS runs one
+// job at a time, highest priority first, oldest first.
 type Scheduler interface {
-	Decide(now time.Time, pending []Pending) (Decision, error)
+	Decide(now time.Time, pending []Pending, stats Stats) (Decision, error)
 }
 
 // FCFS is the built-in scheduler.
@@ -42,10 +57,16 @@ func priorityRank(p string) int {
 }
 
 // Decide implements Scheduler.
-func (FCFS) Decide(_ time.Time, pending []Pending) (Decision, error) {
+func (FCFS) Decide(_ time.Time, pending []Pending, _ Stats) (Decision, error) {
 	if len(pending) == 0 {
 		return Decision{}, nil
 	}
+	return Decision{Run: []int{head(pending)}}, nil
+}
+
+// head is the index of the pending job FCFS runs first: highest
+// priority, then oldest, then first held.
+func head(pending []Pending) int {
 	idx := make([]int, len(pending))
 	for i := range idx {
 		idx[i] = i
@@ -58,7 +79,7 @@ func (FCFS) Decide(_ time.Time, pending []Pending) (Decision, error) {
 		}
 		return pa.Job.CreatedAt.Before(pb.Job.CreatedAt)
 	})
-	return Decision{Run: idx[:1]}, nil
+	return idx[0]
 }
 
 // checkDecision validates a scheduler's answer: indices in range and

@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,7 +12,6 @@ import (
 	_ "image/png"  // init images
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -35,7 +33,9 @@ var (
 )
 
 // PostProcessor transforms a job's images before they are stored (the hook
-// for post-processing nodes); nil means none.
+// for post-processing nodes); nil means none. The worker calls it on a
+// goroutine of its own once the job's generation is done, while it starts
+// its next batch; ctx ends when the job is canceled or handed back.
 type PostProcessor func(ctx context.Context, j *jobs.Job, imgs []image.Image) ([]image.Image, error)
 
 // Options configure a Worker.
@@ -58,13 +58,19 @@ type Options struct {
 	PreviewSize, PreviewQuality, PreviewEvery int
 	// HeartbeatInterval is how often the worker announces itself.
 	HeartbeatInterval time.Duration
-	// ShutdownTimeout is how long a running job may go on after Run's
-	// context ends before it is handed back.
+	// ShutdownTimeout is how long running jobs (generating or
+	// post-processing) may go on after Run's context ends before they are
+	// handed back.
 	ShutdownTimeout time.Duration
 	// GPUs reads GPU metrics for heartbeats (nil: none).
 	GPUs func() []events.GPU
 	// Post runs after generation (nil: nothing).
 	Post PostProcessor
+	// MaxFinishing bounds the jobs whose post-processing and storing may
+	// run behind the next batches (default 2×Window, at least 4); when
+	// that many are still finishing, the worker waits before it starts
+	// another batch.
+	MaxFinishing int
 }
 
 // Worker takes jobs from the queue and runs them.
@@ -73,12 +79,23 @@ type Worker struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	current *running
+	running []*active // claimed jobs, generating or finishing
+
+	latency   latencyTable
+	finishing sync.WaitGroup
+	slots     chan struct{} // one per job finishing in the background
 }
 
-type running struct {
-	tenant, id string
-	cancel     context.CancelCauseFunc
+// active is a job this worker has claimed, from the claim to its ack.
+type active struct {
+	msg    jetstream.Msg
+	job    *jobs.Job
+	ctx    context.Context // ends when the job is canceled or handed back
+	cancel context.CancelCauseFunc
+	log    *slog.Logger
+	start  time.Time
+	stop   chan struct{} // closed to stop the keep-alive
+	bg     sync.WaitGroup
 }
 
 // New checks opts and returns a worker.
@@ -113,20 +130,30 @@ func New(o Options) (*Worker, error) {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 30 * time.Second
 	}
-	return &Worker{o: o, log: o.Logger.With("worker", o.ID)}, nil
+	if o.MaxFinishing <= 0 {
+		o.MaxFinishing = max(2*o.Window, 4)
+	}
+	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing)}, nil
 }
 
 // ID returns the worker's name.
 func (w *Worker) ID() string { return w.o.ID }
+
+// StepLatency returns the step latency the worker has measured per batch
+// size for a model at one image size (what its scheduler is given).
+func (w *Worker) StepLatency(model string, width, height int) []StepLatency {
+	return w.latency.snapshot(shapeKey(&jobs.Params{Model: model, Width: width, Height: height}))
+}
 
 type pendingMsg struct {
 	msg jetstream.Msg
 	Pending
 }
 
-// Run takes and runs jobs until ctx ends, then lets the running job finish
-// within the shutdown timeout (or hands it back) and hands back the jobs
-// it holds but has not started.
+// Run takes and runs jobs until ctx ends, then lets the running jobs
+// finish within the shutdown timeout (or hands them back), waits for the
+// jobs still post-processing, and hands back the jobs it holds but has
+// not started.
 func (w *Worker) Run(ctx context.Context) error {
 	kick := make(chan string, 1)
 	kickSub, err := w.o.Conn.Subscribe(events.KickSubject, func(m *nats.Msg) {
@@ -226,13 +253,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
-		d, err := w.o.Scheduler.Decide(time.Now(), snapshot)
+		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&snapshot[head(snapshot)].Job.Params))}
+		d, err := w.o.Scheduler.Decide(time.Now(), snapshot, stats)
 		if err == nil {
 			err = checkDecision(d, len(snapshot), 10*time.Second)
 		}
 		if err != nil {
 			w.log.Warn("scheduler answer rejected, using FCFS", "err", err)
-			d, _ = FCFS{}.Decide(time.Now(), snapshot)
+			d, _ = FCFS{}.Decide(time.Now(), snapshot, stats)
 		}
 		if len(d.Run) == 0 {
 			kicked = w.idle(ctx, kick, d.Wait)
@@ -253,17 +281,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		pending = rest
 		mu.Unlock()
-		for i, p := range chosen {
-			if ctx.Err() != nil {
-				// Shutting down: hand back what has not started.
-				for _, q := range chosen[i:] {
-					w.handBack(q.msg, q.Job)
-				}
-				break
+		if ctx.Err() != nil {
+			// Shutting down: hand back what has not started.
+			for _, q := range chosen {
+				w.handBack(q.msg, q.Job)
 			}
-			w.process(ctx, p)
+			break
 		}
+		w.runBatch(ctx, chosen)
 	}
+	// Jobs still post-processing or storing finish (or, past the grace
+	// period, are handed back) before the worker stops.
+	w.finishing.Wait()
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -366,123 +395,6 @@ func (w *Worker) claim(ctx context.Context, j *jobs.Job) (*jobs.Job, error) {
 	})
 }
 
-func (w *Worker) process(ctx context.Context, p pendingMsg) {
-	msg := p.msg
-	j, err := w.claim(ctx, p.Job)
-	switch {
-	case errors.Is(err, errSkip):
-		_ = msg.Ack()
-		return
-	case errors.Is(err, jobs.ErrNotFound):
-		_ = msg.Term()
-		return
-	case err != nil:
-		w.log.Warn("claim failed; leaving the job for redelivery", "job", p.Job.ID, "err", err)
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	if j.Status != jobs.StatusRunning {
-		w.o.Metrics.JobsFinished.With(j.Status).Inc()
-		_ = msg.Ack()
-		return
-	}
-	if j.Attempts > 1 {
-		w.o.Metrics.Redeliveries.Inc()
-	}
-	w.o.Metrics.QueueWait.Observe(j.StartedAt.Sub(j.CreatedAt).Seconds())
-	w.o.Metrics.Busy.With(w.o.ID).Set(1)
-	defer w.o.Metrics.Busy.With(w.o.ID).Set(0)
-	log := w.log.With("job", j.ID, "tenant", j.Tenant, "attempt", j.Attempts)
-	log.Info("job started")
-
-	jobCtx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
-	w.mu.Lock()
-	w.current = &running{tenant: j.Tenant, id: j.ID, cancel: cancel}
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		w.current = nil
-		w.mu.Unlock()
-	}()
-
-	// Keep the message alive, watch for cancel requests the subject missed,
-	// and on shutdown give the job its grace period, then hand it back.
-	done := make(chan struct{})
-	var bg sync.WaitGroup
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		t := time.NewTicker(w.o.Store.AckWait() / 3)
-		defer t.Stop()
-		var grace <-chan time.Time
-		shutdown := ctx.Done()
-		for {
-			select {
-			case <-done:
-				return
-			case <-shutdown:
-				shutdown = nil
-				grace = time.After(w.o.ShutdownTimeout)
-				log.Info("shutdown: letting the running job finish", "timeout", w.o.ShutdownTimeout)
-			case <-grace:
-				cancel(errHandBack)
-			case <-t.C:
-				_ = msg.InProgress()
-				if r, _, err := w.o.Store.Get(jobCtx, j.Tenant, j.ID); err == nil && r.CancelRequested {
-					cancel(errCanceled)
-				}
-			}
-		}
-	}()
-	start := time.Now()
-	images, genErr := w.generate(jobCtx, j)
-	close(done)
-	bg.Wait()
-
-	cause := context.Cause(jobCtx)
-	finish := context.WithoutCancel(ctx)
-	switch {
-	case genErr == nil:
-		err = w.succeed(finish, j, images)
-		if err != nil {
-			log.Error("storing results failed", "err", err)
-			w.fail(finish, j, jobs.ErrCodeEngine, "storing results failed: "+err.Error())
-		}
-	case errors.Is(cause, errCanceled):
-		w.settle(finish, j, func(r *jobs.Job) { r.Status = jobs.StatusCanceled })
-		log.Info("job canceled")
-	case errors.Is(cause, errHandBack):
-		_, err := w.o.Store.Update(finish, j.Tenant, j.ID, func(r *jobs.Job) error {
-			if r.Worker != w.o.ID || r.Attempts != j.Attempts || r.Status != jobs.StatusRunning {
-				return errSkip
-			}
-			r.Status, r.Worker, r.StartedAt = jobs.StatusQueued, "", nil
-			r.Attempts-- // a graceful hand-back does not use up an attempt
-			return nil
-		})
-		if err != nil && !errors.Is(err, errSkip) {
-			log.Warn("hand-back record update failed", "err", err)
-		}
-		w.handBack(msg, j)
-		w.o.Metrics.HandedBack.Inc()
-		log.Info("job handed back")
-		return
-	default:
-		var me *modelError
-		if errors.As(genErr, &me) {
-			w.fail(finish, j, jobs.ErrCodeModel, me.Error())
-		} else {
-			w.fail(finish, j, jobs.ErrCodeEngine, genErr.Error())
-		}
-		log.Warn("job failed", "err", genErr)
-	}
-	w.o.Metrics.JobDuration.Observe(time.Since(start).Seconds())
-	if err := msg.DoubleAck(finish); err != nil {
-		log.Warn("ack failed; the job may be delivered again and will be skipped", "err", err)
-	}
-}
-
 // handBack returns a job to the queue: a fresh message, then the old one
 // acknowledged (falling back to a negative acknowledgement).
 func (w *Worker) handBack(msg jetstream.Msg, j *jobs.Job) {
@@ -494,106 +406,6 @@ func (w *Worker) handBack(msg jetstream.Msg, j *jobs.Job) {
 		return
 	}
 	_ = msg.Ack()
-}
-
-type modelError struct{ err error }
-
-func (e *modelError) Error() string { return e.err.Error() }
-func (e *modelError) Unwrap() error { return e.err }
-
-// generate loads the model and runs the job, turning panics into errors.
-func (w *Worker) generate(ctx context.Context, j *jobs.Job) (imgs []image.Image, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("worker: engine panic: %v", r)
-			w.log.Error("engine panic", "job", j.ID, "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	m, ok := w.o.Models.Get(j.Params.Model)
-	if !ok {
-		return nil, &modelError{fmt.Errorf("model %q is not available on worker %s", j.Params.Model, w.o.ID)}
-	}
-	loadStart := time.Now()
-	loaded := false
-	res, release, err := w.o.Cache.Acquire(ctx, m.Name, m.Bytes, func(ctx context.Context) (modelcache.Resident, error) {
-		loaded = true
-		return w.o.Engine.Load(ctx, m)
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &modelError{fmt.Errorf("loading model %s: %w", m.Name, err)}
-	}
-	defer release()
-	if loaded {
-		w.o.Metrics.ModelLoad.Observe(time.Since(loadStart).Seconds())
-	}
-	model := res.(Model)
-
-	req := Request{
-		Prompt: j.Params.Prompt, NegativePrompt: j.Params.NegativePrompt,
-		Width: j.Params.Width, Height: j.Params.Height, Steps: j.Params.Steps, N: j.Params.N,
-		ClipSkip: j.Params.ClipSkip, Guidance: j.Params.Guidance, Sampler: j.Params.Sampler,
-		Seed: j.Params.Seed, Strength: j.Params.Strength,
-	}
-	if j.Params.InitImage != "" {
-		data, err := w.o.Store.GetUpload(ctx, j.Tenant, j.Params.InitImage)
-		if err != nil {
-			return nil, fmt.Errorf("init image: %w", err)
-		}
-		img, _, err := image.Decode(bytes.NewReader(data))
-		if err != nil {
-			return nil, fmt.Errorf("init image: %w", err)
-		}
-		req.InitImage = img
-	}
-
-	genStart := time.Now()
-	last := genStart
-	progress := func(p Progress) {
-		now := time.Now()
-		w.o.Metrics.StepDuration.Observe(now.Sub(last).Seconds())
-		last = now
-		its := 0.0
-		if el := now.Sub(genStart).Seconds(); el > 0 {
-			its = float64(p.Step) / el
-		}
-		ev := events.Event{Type: events.TypeProgress, Job: j.ID, Time: now.UTC(), Step: p.Step, Steps: p.Steps, ItPerSec: its}
-		if data, err := json.Marshal(ev); err == nil {
-			_ = w.o.Conn.Publish(events.ProgressSubject(j.Tenant, j.ID), data)
-		}
-		if p.Preview != nil && w.o.PreviewEvery > 0 && (p.Step%w.o.PreviewEvery == 0 || p.Step == p.Steps) {
-			w.publishPreview(j, p)
-		}
-	}
-	out, err := model.Generate(ctx, req, progress)
-	if err != nil {
-		return nil, err
-	}
-	if len(out.Images) != j.Params.N {
-		return nil, fmt.Errorf("engine returned %d images for n=%d", len(out.Images), j.Params.N)
-	}
-	imgs = out.Images
-	if w.o.Post != nil {
-		if imgs, err = w.o.Post(ctx, j, imgs); err != nil {
-			return nil, fmt.Errorf("post-processing: %w", err)
-		}
-	}
-	// Seeds: the engine's, or the job seed + index.
-	seeds := out.Seeds
-	if len(seeds) != len(imgs) {
-		seeds = make([]uint64, len(imgs))
-		for i := range seeds {
-			seeds[i] = j.Params.Seed + uint64(i)
-		}
-	}
-	j.Images = make([]jobs.Image, len(imgs))
-	for i, img := range imgs {
-		b := img.Bounds()
-		j.Images[i] = jobs.Image{ID: jobs.ImageID(j.ID, i), Seed: seeds[i], Width: b.Dx(), Height: b.Dy()}
-	}
-	return imgs, nil
 }
 
 func (w *Worker) publishPreview(j *jobs.Job, p Progress) {
@@ -662,12 +474,15 @@ func (w *Worker) settle(ctx context.Context, j *jobs.Job, fn func(*jobs.Job)) {
 	}
 }
 
-// cancelRunning stops the running job if it is the one named.
+// cancelRunning stops the named job if this worker runs it (generating
+// or finishing).
 func (w *Worker) cancelRunning(tenant, id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.current != nil && w.current.tenant == tenant && w.current.id == id {
-		w.current.cancel(errCanceled)
+	for _, a := range w.running {
+		if a.job.Tenant == tenant && a.job.ID == id {
+			a.cancel(errCanceled)
+		}
 	}
 }
 
@@ -678,8 +493,8 @@ func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	send := func(stop bool) {
 		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop}
 		w.mu.Lock()
-		if w.current != nil {
-			hb.Busy, hb.Job = true, w.current.id
+		if len(w.running) > 0 {
+			hb.Busy, hb.Job = true, w.running[0].job.ID
 		}
 		w.mu.Unlock()
 		for _, m := range w.o.Cache.Resident() {

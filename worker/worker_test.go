@@ -109,11 +109,15 @@ func newEnv(t *testing.T, ackWait time.Duration, attempts int) *env {
 	return &env{b: b, store: st, reg: reg, met: NewMetrics(metrics.NewRegistry())}
 }
 
-func (e *env) worker(t *testing.T, eng Engine, id string, shutdown time.Duration) *Worker {
+func (e *env) worker(t *testing.T, eng Engine, id string, shutdown time.Duration, opts ...func(*Options)) *Worker {
 	t.Helper()
-	w, err := New(Options{ID: id, Store: e.store, Conn: e.b.Conn, Engine: eng, Models: e.reg,
+	o := Options{ID: id, Store: e.store, Conn: e.b.Conn, Engine: eng, Models: e.reg,
 		Cache: modelcache.New(1<<30, nil), Metrics: e.met, PreviewEvery: 1, PreviewSize: 16,
-		HeartbeatInterval: 100 * time.Millisecond, ShutdownTimeout: shutdown})
+		HeartbeatInterval: 100 * time.Millisecond, ShutdownTimeout: shutdown}
+	for _, f := range opts {
+		f(&o)
+	}
+	w, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +162,9 @@ func (e *env) waitStatus(t *testing.T, j *jobs.Job, want string) *jobs.Job {
 		r, _, err := e.store.Get(context.Background(), j.Tenant, j.ID)
 		if err == nil && r.Status == want {
 			return r
+		}
+		if err == nil && jobs.Final(r.Status) {
+			t.Fatalf("job %s ended %s (error %+v), want %s", j.ID, r.Status, r.Error, want)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("job %s: status %v (err %v), want %s", j.ID, r, err, want)
@@ -333,7 +340,7 @@ func TestSchedulerAnswerIsValidated(t *testing.T) {
 	d, _ := FCFS{}.Decide(now, []Pending{
 		{Job: &jobs.Job{CreatedAt: now, Params: jobs.Params{Priority: jobs.PriorityLow}}},
 		{Job: &jobs.Job{CreatedAt: now.Add(time.Second), Params: jobs.Params{Priority: jobs.PriorityHigh}}},
-	})
+	}, Stats{})
 	if len(d.Run) != 1 || d.Run[0] != 1 {
 		t.Fatalf("FCFS chose %v, want the high-priority job", d.Run)
 	}

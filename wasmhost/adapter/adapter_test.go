@@ -9,6 +9,7 @@ import (
 	"image/color"
 	"io"
 	"log/slog"
+	"math"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -84,7 +85,8 @@ func TestSchedulerAsksTheBatchingPolicy(t *testing.T) {
 		job("c", "t2", jobs.PriorityNormal, 2*time.Second, 512),
 		job("d", "t2", jobs.PriorityHigh, time.Second/2, 768),
 	)
-	d, err := s.Decide(time.Now(), p)
+	linear := worker.Stats{StepLatency: []worker.StepLatency{{Images: 1, Latency: time.Millisecond}, {Images: 2, Latency: 2 * time.Millisecond}}}
+	d, err := s.Decide(time.Now(), p, linear)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,18 +104,44 @@ func TestSchedulerAsksTheBatchingPolicy(t *testing.T) {
 	s.served["t1"] += 10
 	s.mu.Unlock()
 	p = pending(job("e", "t1", jobs.PriorityNormal, 5*time.Second, 512), job("f", "t2", jobs.PriorityNormal, time.Second, 640))
-	d, _ = s.Decide(time.Now(), p)
+	d, _ = s.Decide(time.Now(), p, linear)
 	if len(d.Run) != 1 || p[d.Run[0]].Job.ID != "f" {
 		t.Fatalf("fairness decision %+v", d)
 	}
-	// With a GPU-like latency table a lone job waits for company, within
+	// When the worker has measured GPU-like step latencies (a fuller
+	// batch costs less per image) a lone job waits for company, within
 	// max_wait.
-	s = w.Scheduler(SchedulerOptions{MaxBatch: 4, MaxWait: 300 * time.Millisecond, StepLatency: func() []abi.StepLatency {
-		return []abi.StepLatency{{Batch: 1, LatencyUS: 28000}, {Batch: 4, LatencyUS: 33300}}
-	}})
-	d, _ = s.Decide(time.Now(), pending(job("g", "t1", jobs.PriorityNormal, 0, 512)))
+	gpu := worker.Stats{StepLatency: []worker.StepLatency{{Images: 1, Latency: 28 * time.Millisecond}, {Images: 4, Latency: 33300 * time.Microsecond}}}
+	s = w.Scheduler(SchedulerOptions{MaxBatch: 4, MaxWait: 300 * time.Millisecond})
+	lone := pending(job("g", "t1", jobs.PriorityNormal, 0, 512))
+	if in := s.Input(time.Now(), lone, gpu); len(in.StepLatency) != 2 || in.StepLatency[1] != (abi.StepLatency{Batch: 4, LatencyUS: 33300}) {
+		t.Fatalf("step latency passed to the policy: %+v", in.StepLatency)
+	}
+	d, _ = s.Decide(time.Now(), lone, gpu)
 	if len(d.Run) != 0 || d.Wait <= 0 || d.Wait > 300*time.Millisecond {
 		t.Fatalf("GPU decision %+v", d)
+	}
+	// Measurements that show no gain (the linear table) dispatch at once.
+	if d, _ = s.Decide(time.Now(), lone, linear); len(d.Run) != 1 {
+		t.Fatalf("no-gain decision %+v", d)
+	}
+	// The operator's table overrides the measurements.
+	s = w.Scheduler(SchedulerOptions{MaxBatch: 4, MaxWait: 300 * time.Millisecond, StepLatency: func() []abi.StepLatency {
+		return []abi.StepLatency{{Batch: 1, LatencyUS: 1000}, {Batch: 2, LatencyUS: 2000}}
+	}})
+	if d, _ = s.Decide(time.Now(), lone, gpu); len(d.Run) != 1 {
+		t.Fatalf("override decision %+v", d)
+	}
+}
+
+func TestStepLatencyABI(t *testing.T) {
+	ls := []worker.StepLatency{{Images: 0, Latency: time.Second}, {Images: 1, Latency: 0}, {Images: 2, Latency: 500 * time.Nanosecond}, {Images: 3, Latency: 2 * time.Hour}}
+	for i := 4; i < 400; i++ {
+		ls = append(ls, worker.StepLatency{Images: i, Latency: time.Millisecond})
+	}
+	got := StepLatencyABI(ls)
+	if len(got) != 256 || got[0] != (abi.StepLatency{Batch: 2, LatencyUS: 1}) || got[1].LatencyUS != math.MaxUint32 {
+		t.Fatalf("converted %d points, first %+v %+v", len(got), got[0], got[1])
 	}
 }
 
@@ -258,7 +286,7 @@ func TestUploadAPI(t *testing.T) {
 	// Decisions go on with the built-in policy; the shadow sees them.
 	s := w.Scheduler(SchedulerOptions{MaxBatch: 2})
 	for i := 0; i < 5; i++ {
-		s.Decide(time.Now(), pending(job("a", "t1", jobs.PriorityNormal, time.Second, 512), job("b", "t2", jobs.PriorityNormal, time.Second, 512)))
+		s.Decide(time.Now(), pending(job("a", "t1", jobs.PriorityNormal, time.Second, 512), job("b", "t2", jobs.PriorityNormal, time.Second, 512)), worker.Stats{})
 		w.Registry.WaitShadows()
 	}
 	code, body := do("GET", "/v1/policies/batching/fair", "local", nil)

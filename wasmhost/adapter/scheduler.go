@@ -21,10 +21,9 @@ type SchedulerOptions struct {
 	// MaxWait bounds how long a job may wait for a batch to fill (200 ms;
 	// at most 10 s, the worker's bound).
 	MaxWait time.Duration
-	// StepLatency returns the measured step latency per batch size. By
-	// default every batch size costs the same per image (the worker runs
-	// a batch's jobs one after another), so the policy never waits for a
-	// batch to fill.
+	// StepLatency, when set, overrides the step latency per batch size
+	// that the worker measures and passes with each decision (tests,
+	// operators who know their hardware better than a few samples).
 	StepLatency func() []abi.StepLatency
 	// Weight returns a tenant's fairness weight (default 1).
 	Weight func(tenant string) float64
@@ -104,14 +103,34 @@ func (s *Scheduler) decayLocked(now time.Time) {
 	s.last = now
 }
 
-// Input builds the batching input for the pending jobs.
-func (s *Scheduler) Input(now time.Time, pending []worker.Pending) *abi.BatchingInput {
+// maxLatencyPoints is the ABI's bound on the step-latency list.
+const maxLatencyPoints = 256
+
+// StepLatencyABI converts the worker's measured step latencies to the
+// ABI's list (µs, at least 1; at most 256 points, the smallest batches).
+// Without measurements the list is empty and the built-in policy assumes
+// that batching pays, waiting at most max_wait for a batch to fill.
+func StepLatencyABI(ls []worker.StepLatency) []abi.StepLatency {
+	out := make([]abi.StepLatency, 0, min(len(ls), maxLatencyPoints))
+	for _, l := range ls {
+		if l.Images < 1 || l.Latency <= 0 || len(out) == maxLatencyPoints {
+			continue
+		}
+		us := min(max(l.Latency.Microseconds(), 1), math.MaxUint32)
+		out = append(out, abi.StepLatency{Batch: uint32(min(l.Images, math.MaxUint32)), LatencyUS: uint32(us)})
+	}
+	return out
+}
+
+// Input builds the batching input for the pending jobs with the worker's
+// measurements.
+func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.Stats) *abi.BatchingInput {
 	in := &abi.BatchingInput{NowUS: now.UnixMicro(), CompatRules: CompatRules(), MaxBatch: uint32(s.o.MaxBatch),
 		MaxWaitUS: uint64(s.o.MaxWait.Microseconds())}
 	if s.o.StepLatency != nil {
 		in.StepLatency = s.o.StepLatency()
 	} else {
-		in.StepLatency = []abi.StepLatency{{Batch: 1, LatencyUS: 1000}, {Batch: 2, LatencyUS: 2000}}
+		in.StepLatency = StepLatencyABI(stats.StepLatency)
 	}
 	tenants := map[string]bool{}
 	for _, p := range pending {
@@ -146,14 +165,14 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending) *abi.Batching
 
 // Decide implements worker.Scheduler. It never fails: the registry falls
 // back to the built-in policy and then to the native default.
-func (s *Scheduler) Decide(now time.Time, pending []worker.Pending) (worker.Decision, error) {
+func (s *Scheduler) Decide(now time.Time, pending []worker.Pending, stats worker.Stats) (worker.Decision, error) {
 	if len(pending) == 0 {
 		return worker.Decision{}, nil
 	}
 	if len(pending) > abi.MaxJobs {
 		pending = pending[:abi.MaxJobs]
 	}
-	in := s.Input(now, pending)
+	in := s.Input(now, pending, stats)
 	ctx, cancel := context.WithTimeout(context.Background(), s.o.Timeout)
 	defer cancel()
 	out, _ := s.w.Registry.Batching(ctx, in)

@@ -147,6 +147,8 @@ func HashSource(src safetensors.Source) (string, error) {
 	return fmt.Sprintf("xxh64:%016x", h.Sum64()), nil
 }
 
+var _ worker.BatchModel = (*Model)(nil)
+
 // Model is a loaded pipeline.
 type Model struct {
 	p           *pipeline.Pipeline
@@ -167,33 +169,69 @@ func (m *Model) EncoderHash() string { return m.encoderHash }
 // Close implements worker.Model.
 func (m *Model) Close() error { return m.p.Close() }
 
-// Generate implements worker.Model.
-func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress func(worker.Progress)) (*worker.Result, error) {
-	preq := pipeline.Request{
+// request converts a worker request to the pipeline's.
+func request(req worker.Request) pipeline.Request {
+	return pipeline.Request{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
 		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true,
 	}
-	var cb func(pipeline.Progress)
-	if onProgress != nil {
-		cb = func(p pipeline.Progress) {
-			wp := worker.Progress{Step: p.Step, Steps: p.Steps}
-			if p.Preview != nil {
-				wp.Preview = firstImage(p.Preview, req.N)
-			}
-			onProgress(wp)
-		}
+}
+
+// progress converts a pipeline progress report; the preview shows the
+// request's first image.
+func progress(p pipeline.Progress, n int) worker.Progress {
+	wp := worker.Progress{Step: p.Step, Steps: p.Steps, Eval: p.Eval, Batch: p.Batch, StepTime: p.StepTime}
+	if p.Preview != nil {
+		wp.Preview = firstImage(p.Preview, n)
 	}
-	res, err := m.p.Generate(ctx, preq, cb)
-	if err != nil {
-		return nil, err
-	}
+	return wp
+}
+
+func result(res *pipeline.Result) *worker.Result {
 	out := &worker.Result{Seeds: res.Seeds, Images: make([]image.Image, len(res.Images))}
 	for i, im := range res.Images {
 		out.Images[i] = im
 	}
-	return out, nil
+	return out
+}
+
+// Generate implements worker.Model.
+func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress func(worker.Progress)) (*worker.Result, error) {
+	var cb func(pipeline.Progress)
+	if onProgress != nil {
+		cb = func(p pipeline.Progress) { onProgress(progress(p, req.N)) }
+	}
+	res, err := m.p.Generate(ctx, request(req), cb)
+	if err != nil {
+		return nil, err
+	}
+	return result(res), nil
+}
+
+// GenerateBatch implements worker.BatchModel through the pipeline's
+// batch: one UNet call per step for all the requests' images; a canceled
+// item's rows leave the batch at the next step.
+func (m *Model) GenerateBatch(ctx context.Context, items []worker.BatchItem, onProgress func(int, worker.Progress)) []worker.BatchResult {
+	jobs := make([]pipeline.BatchJob, len(items))
+	for i, it := range items {
+		jobs[i] = pipeline.BatchJob{Ctx: it.Ctx, Request: request(it.Request)}
+	}
+	var cb func(int, pipeline.Progress)
+	if onProgress != nil {
+		cb = func(i int, p pipeline.Progress) { onProgress(i, progress(p, items[i].Request.N)) }
+	}
+	res := m.p.GenerateBatch(ctx, jobs, cb)
+	out := make([]worker.BatchResult, len(res))
+	for i, r := range res {
+		if r.Err != nil {
+			out[i].Err = r.Err
+			continue
+		}
+		out[i].Result = result(r.Result)
+	}
+	return out
 }
 
 // firstImage crops the first of n previews laid side by side.
