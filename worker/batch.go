@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/kiln-project/kiln/server/events"
@@ -41,7 +42,9 @@ func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
 	for _, m := range order {
 		g := byModel[m]
 		w.o.Metrics.Busy.With(w.o.ID).Set(1)
+		stopWatch := w.endCanceled(ctx, g)
 		outs := w.generate(g)
+		stopWatch()
 		w.o.Metrics.Busy.With(w.o.ID).Set(0)
 		for k, a := range g {
 			r := outs[k]
@@ -50,7 +53,7 @@ func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
 					r.Err = fmt.Errorf("engine returned %d images for n=%d", n, a.job.Params.N)
 				}
 			}
-			if r.Err != nil {
+			if r.Err != nil || a.ended.Load() {
 				w.end(ctx, a, nil, r.Err)
 				continue
 			}
@@ -63,6 +66,32 @@ func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
 				w.end(ctx, a, imgs, err)
 			}()
 		}
+	}
+}
+
+// endCanceled settles each job of a batch as canceled as soon as its
+// cancellation arrives, while the rest of the batch goes on (the engine
+// drops its rows at the next step; its outcome is ignored). The returned
+// function stops watching.
+func (w *Worker) endCanceled(ctx context.Context, g []*active) func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, a := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-done:
+			case <-a.ctx.Done():
+				if errors.Is(context.Cause(a.ctx), errCanceled) {
+					w.end(ctx, a, nil, context.Canceled)
+				}
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }
 
@@ -134,8 +163,11 @@ func (w *Worker) keepAlive(ctx context.Context, a *active) {
 }
 
 // end settles a job — succeeded (its PNGs stored), canceled, failed or
-// handed back — and acknowledges its message.
+// handed back — and acknowledges its message. Only its first call acts.
 func (w *Worker) end(ctx context.Context, a *active, images []image.Image, genErr error) {
+	if !a.ended.CompareAndSwap(false, true) {
+		return
+	}
 	close(a.stop)
 	a.bg.Wait()
 	defer func() {

@@ -29,8 +29,8 @@ type latencyTable struct {
 }
 
 type shapeLatency struct {
-	used    uint64 // tick of the last observation, to forget unused shapes
-	byBatch map[int]float64
+	used    uint64          // tick of the last observation, to forget unused shapes
+	byBatch map[int]float64 // nanoseconds
 }
 
 func shapeKey(p *jobs.Params) string {
@@ -63,7 +63,7 @@ func (t *latencyTable) observe(shape string, images int, d time.Duration) {
 		t.shapes[shape] = s
 	}
 	s.used = t.tick
-	v := d.Seconds()
+	v := float64(d)
 	if old, ok := s.byBatch[images]; ok {
 		s.byBatch[images] = old + latencyAlpha*(v-old)
 	} else if len(s.byBatch) < maxLatencyBatches {
@@ -81,7 +81,7 @@ func (t *latencyTable) snapshot(shape string) []StepLatency {
 	}
 	out := make([]StepLatency, 0, len(s.byBatch))
 	for b, v := range s.byBatch {
-		out = append(out, StepLatency{Images: b, Latency: time.Duration(v * float64(time.Second))})
+		out = append(out, StepLatency{Images: b, Latency: time.Duration(v)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Images < out[j].Images })
 	return out

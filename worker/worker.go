@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -96,6 +97,7 @@ type active struct {
 	start  time.Time
 	stop   chan struct{} // closed to stop the keep-alive
 	bg     sync.WaitGroup
+	ended  atomic.Bool // end has run (a canceled job of a batch ends early)
 }
 
 // New checks opts and returns a worker.
