@@ -152,16 +152,21 @@ func (b *Backend) FromFloat32(shape tensor.Shape, data []float32) *tensor.Tensor
 	if shape.Numel() != len(data) {
 		fail(op, "shape %s holds %d elements, data has %d", shape, shape.Numel(), len(data))
 	}
-	lay := rowMajor
-	src := data
-	if len(shape) == 4 {
-		lay = nhwc
-		src = make([]float32, len(data))
-		nchwToNHWC(src, data, shape[0], shape[1], shape[2]*shape[3])
-	}
-	raw := encode(src, b.dt)
+	raw := encode(data, b.dt)
 	buf := b.newOut(op, shape, b.dt)
+	if len(shape) == 4 && shape[1] > 1 && shape[2]*shape[3] > 1 {
+		// Images go channels-last on the device: upload as given, then
+		// transpose there (off the host's critical path).
+		tmp := b.newOut(op, shape, b.dt)
+		b.d.uploadRecord(tmp, raw)
+		b.transpose(buf, tmp, b.dt, shape[0], shape[1], shape[2]*shape[3])
+		return b.wrap(shape, b.dt, nhwc, buf)
+	}
 	b.d.uploadRecord(buf, raw)
+	lay := rowMajor
+	if len(shape) == 4 {
+		lay = nhwc // one channel or one pixel: both orders coincide
+	}
 	return b.wrap(shape, b.dt, lay, buf)
 }
 
@@ -274,19 +279,5 @@ func decodeInto(out []float32, raw []byte, dt tensor.DType) {
 		half.DecodeBF16(out, raw)
 	default:
 		half.DecodeF32(out, raw)
-	}
-}
-
-// nchwToNHWC permutes (B, C, HW) into (B, HW, C).
-func nchwToNHWC(dst, src []float32, bn, c, hw int) {
-	for bi := 0; bi < bn; bi++ {
-		s := src[bi*c*hw : (bi+1)*c*hw]
-		d := dst[bi*c*hw : (bi+1)*c*hw]
-		for ch := 0; ch < c; ch++ {
-			row := s[ch*hw : (ch+1)*hw]
-			for p, v := range row {
-				d[p*c+ch] = v
-			}
-		}
 	}
 }
