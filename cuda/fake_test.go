@@ -11,7 +11,6 @@ import (
 	"github.com/kiln-project/kiln/cuda/cu"
 	"github.com/kiln-project/kiln/cuda/cublas"
 	"github.com/kiln-project/kiln/cuda/cudnn"
-	"github.com/kiln-project/kiln/cuda/internal/half"
 	"github.com/kiln-project/kiln/cuda/kernels"
 )
 
@@ -725,8 +724,6 @@ func (e *fakeEngine) emulateGemm(g *cublas.Gemm) {
 		e.write(caddr, ct, C)
 	}
 }
-
-var _ = half.ToF32
 
 func (*fakeOOMError) Is(target error) bool { return target == cu.ErrOutOfMemory }
 

@@ -3,7 +3,6 @@ package cuda
 import (
 	"encoding/binary"
 
-	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
 )
 
@@ -477,5 +476,3 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 	b.transpose(out, tmp, dt, bn, hw, c)
 	return b.wrap(sh, dt, rowMajor, out)
 }
-
-var _ = backend.Fail

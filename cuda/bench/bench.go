@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -420,8 +419,6 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 	}
 }
-
-var _ = runtime.GC
 
 func printProfile(w io.Writer, title string, ops []cuda.OpTime) {
 	if len(ops) == 0 {
