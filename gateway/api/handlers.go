@@ -230,7 +230,12 @@ func (s *Server) getJob(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, view(j))
+	v := view(j)
+	if j.Status == jobs.StatusQueued {
+		pos := s.watch.Position(j.Tenant, j.ID, j.Params.Priority)
+		v.Position = &pos
+	}
+	return c.JSON(http.StatusOK, v)
 }
 
 func (s *Server) listJobs(c echo.Context) error {
@@ -264,8 +269,20 @@ func (s *Server) listJobs(c echo.Context) error {
 		Jobs       []JobView `json:"jobs"`
 		NextCursor string    `json:"next_cursor,omitempty"`
 	}{Jobs: make([]JobView, 0, len(list)), NextCursor: next}
+	var positions map[string]int
 	for _, j := range list {
-		out.Jobs = append(out.Jobs, view(j))
+		v := view(j)
+		if j.Status == jobs.StatusQueued {
+			if positions == nil {
+				positions = s.watch.Positions(principal(c).Tenant)
+			}
+			pos, ok := positions[j.ID]
+			if !ok { // newer than the watch
+				pos = s.watch.Position(j.Tenant, j.ID, j.Params.Priority)
+			}
+			v.Position = &pos
+		}
+		out.Jobs = append(out.Jobs, v)
 	}
 	return c.JSON(http.StatusOK, out)
 }

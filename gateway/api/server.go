@@ -156,7 +156,8 @@ func New(o Options) (*Server, error) {
 		}
 	})
 	s.hub = ws.New(ws.Options{Store: o.Store, MaxPerTenant: cfg.MaxWebSocketsPerTenant, SendQueue: cfg.WSSendQueue,
-		OriginPatterns: originPatterns(cfg.CORSOrigins), MetricsInterval: cfg.MetricsInterval.D(), Registry: reg, Logger: o.Logger})
+		OriginPatterns: originPatterns(cfg.CORSOrigins), MetricsInterval: cfg.MetricsInterval.D(), Registry: reg, Logger: o.Logger,
+		Position: func(j *jobs.Job) int { return s.watch.Position(j.Tenant, j.ID, j.Params.Priority) }})
 	s.watch = jobwatch.New(jobwatch.Options{Store: o.Store, Live: s.limiter.Observe, Emit: s.onJobEvent})
 	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
 	s.echo = s.routes()

@@ -1,14 +1,20 @@
 // Package jobwatch follows the job records in the KV bucket on behalf of a
 // gateway: it turns state changes into events (queued, started,
 // succeeded, failed, canceled) for the WebSocket hub, keeps the quota
-// limiter's count of live jobs, and lets requests wait for a job to finish.
+// limiter's count of live jobs, knows the queue position of every queued
+// job, and lets requests wait for a job to finish.
 package jobwatch
 
 import (
 	"context"
 	"errors"
+	"math"
+	"sort"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
@@ -27,9 +33,36 @@ type Options struct {
 type Watcher struct {
 	o       Options
 	mu      sync.Mutex
-	last    map[string]string // key → last status of live jobs
+	last    map[string]live // key → state of live jobs
 	waiters map[string][]chan *jobs.Job
 	synced  chan struct{}
+}
+
+// live is what the watcher keeps of a queued or running job.
+type live struct {
+	status string
+	// rank orders priorities (0 = high); since is the record revision at
+	// which the job last became queued: workers take queued jobs by
+	// priority, then in the order they were queued.
+	rank  int
+	since uint64
+}
+
+// ahead reports whether a waits in front of b.
+func (a live) ahead(b live) bool {
+	if a.rank != b.rank {
+		return a.rank < b.rank
+	}
+	return a.since < b.since
+}
+
+func priorityRank(p string) int {
+	for i, q := range jobs.Priorities() {
+		if q == p {
+			return i
+		}
+	}
+	return len(jobs.Priorities())
 }
 
 // New returns a watcher; call Run.
@@ -40,7 +73,7 @@ func New(o Options) *Watcher {
 	if o.Emit == nil {
 		o.Emit = func(string, events.Event) {}
 	}
-	return &Watcher{o: o, last: map[string]string{}, waiters: map[string][]chan *jobs.Job{}, synced: make(chan struct{})}
+	return &Watcher{o: o, last: map[string]live{}, waiters: map[string][]chan *jobs.Job{}, synced: make(chan struct{})}
 }
 
 // Synced is closed once the current records have been read.
@@ -71,25 +104,35 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 			j, ok := jobs.DecodeEntry(e)
 			if !ok {
+				if op := e.Operation(); op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
+					w.mu.Lock()
+					delete(w.last, e.Key())
+					w.mu.Unlock()
+				}
 				continue
 			}
-			w.handle(ctx, j, replaying)
+			w.handle(ctx, j, e.Revision(), replaying)
 		}
 	}
 }
 
 func key(tenant, id string) string { return tenant + "." + id }
 
-func (w *Watcher) handle(ctx context.Context, j *jobs.Job, replaying bool) {
+func (w *Watcher) handle(ctx context.Context, j *jobs.Job, rev uint64, replaying bool) {
 	k := key(j.Tenant, j.ID)
 	final := jobs.Final(j.Status)
 	w.o.Live(j.Tenant, j.ID, !final)
 	w.mu.Lock()
-	prev, seen := w.last[k]
+	old, seen := w.last[k]
+	prev := old.status
 	if final {
 		delete(w.last, k)
 	} else {
-		w.last[k] = j.Status
+		st := live{status: j.Status, rank: priorityRank(j.Params.Priority), since: rev}
+		if seen && prev == j.Status {
+			st.since = old.since // updated while queued: keeps its place
+		}
+		w.last[k] = st
 	}
 	var ws []chan *jobs.Job
 	if final {
@@ -111,13 +154,57 @@ func (w *Watcher) handle(ctx context.Context, j *jobs.Job, replaying bool) {
 		return
 	}
 	if ev.Type == events.TypeQueued {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if pos, err := w.o.Store.Position(pctx, j.Params.Priority); err == nil {
-			ev.Position = &pos
-		}
-		cancel()
+		pos := w.Position(j.Tenant, j.ID, j.Params.Priority)
+		ev.Position = &pos
 	}
 	w.o.Emit(j.Tenant, ev)
+}
+
+// Position returns how many queued jobs (of every tenant) wait in front of
+// a tenant's queued job of the given priority: those of higher priority and
+// those of its priority queued before it. A job the watcher has not yet
+// seen queued (its record is newer than the watch) counts as the newest of
+// its priority.
+func (w *Watcher) Position(tenant, id, priority string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	me, found := w.last[key(tenant, id)]
+	if !found || me.status != jobs.StatusQueued {
+		me = live{status: jobs.StatusQueued, rank: priorityRank(priority), since: math.MaxUint64}
+	}
+	pos := 0
+	for k, o := range w.last {
+		if o.status == jobs.StatusQueued && o.ahead(me) && k != key(tenant, id) {
+			pos++
+		}
+	}
+	return pos
+}
+
+// Positions returns the queue position (see Position) of each queued job
+// of a tenant that the watcher has seen, by job id.
+func (w *Watcher) Positions(tenant string) map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	type entry struct {
+		k string
+		l live
+	}
+	var queued []entry
+	for k, l := range w.last {
+		if l.status == jobs.StatusQueued {
+			queued = append(queued, entry{k, l})
+		}
+	}
+	sort.Slice(queued, func(i, j int) bool { return queued[i].l.ahead(queued[j].l) })
+	out := map[string]int{}
+	prefix := tenant + "."
+	for i, e := range queued {
+		if id, ok := strings.CutPrefix(e.k, prefix); ok {
+			out[id] = i
+		}
+	}
+	return out
 }
 
 // ImageURL is the API path of an image.

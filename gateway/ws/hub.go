@@ -54,8 +54,11 @@ type Options struct {
 	OriginPatterns []string
 	// MetricsInterval is announced in the hello message.
 	MetricsInterval time.Duration
-	Registry        *metrics.Registry
-	Logger          *slog.Logger
+	// Position gives a queued job's queue position for subscription
+	// snapshots (nil: snapshots carry none).
+	Position func(j *jobs.Job) int
+	Registry *metrics.Registry
+	Logger   *slog.Logger
 }
 
 // Hub tracks connections by tenant.
@@ -320,6 +323,10 @@ func (c *conn) subscribe(m clientMessage) {
 		// Tell the subscriber where the job stands now.
 		if ev, ok := jobwatch.EventOf(j); ok {
 			ev.Snapshot = true
+			if ev.Type == events.TypeQueued && c.hub.o.Position != nil {
+				pos := c.hub.o.Position(j)
+				ev.Position = &pos
+			}
 			if data, err := json.Marshal(ev); err == nil {
 				c.enqueue(frame{websocket.MessageText, data}, "event")
 			}

@@ -132,16 +132,24 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
   });
 
   test('a job waiting in the queue shows its position and cancels at once', async () => {
-    // A long job holds the only worker; the next one waits behind it.
-    const long = await generate(page, 'a blue triangle on a white background', { steps: '60' });
+    // A long job holds the only worker; the next ones wait behind it.
+    const long = await generate(page, 'a blue triangle on a white background', { steps: '150', profile: 'quality_first' });
+    await page.waitForFunction((jid) => (window.__kilnSeen.values[jid] ?? []).some((v) => v >= 1), long);
     const waiting = await generate(page, 'a white circle on a red background', { steps: '8' });
+    const behind = await generate(page, 'a black square on a green background', { steps: '8' });
     const c = card(page, waiting);
-    await c.locator('.job-state').getByText(/^Waiting in the queue/).waitFor();
+    const b2 = card(page, behind);
+    await c.locator('.job-state').getByText('Waiting in the queue — next in line').waitFor();
+    await b2.locator('.job-state').getByText('Waiting in the queue — 1 job ahead').waitFor();
     await c.getByRole('button', { name: /^Cancel job/ }).click();
     await page.waitForSelector(`li.job[data-id="${waiting}"][data-status="canceled"]`);
     assert.equal(await c.locator('.job-state').textContent(), 'Canceled before it started');
-    await card(page, long).getByRole('button', { name: /^Cancel job/ }).click();
-    await page.waitForSelector(`li.job[data-id="${long}"][data-status="canceled"]`);
+    // The job behind moves up: its position is read again from the server.
+    await b2.locator('.job-state').getByText('Waiting in the queue — next in line').waitFor();
+    for (const id of [behind, long]) {
+      await card(page, id).getByRole('button', { name: /^Cancel job/ }).click();
+      await page.waitForSelector(`li.job[data-id="${id}"][data-status="canceled"]`);
+    }
   });
 
   test('after a reload the history and the settings are still there', async () => {

@@ -116,10 +116,13 @@ test('progress, time left and queue words', () => {
   assert.equal(formatDuration(3600 * 2 + 60), '2 h 1 min');
   assert.equal(queueText(0), 'Waiting in the queue — next in line');
   assert.equal(queueText(3), 'Waiting in the queue — 3 jobs ahead');
-  // The queue shrinks as jobs ahead start.
-  assert.equal(jobsAhead(5, 2), 1);
+  // The server's position wins (it counts jobs a worker holds, which the
+  // queue depth does not); without one the depth gives an estimate.
+  assert.equal(jobsAhead(5, 2), 5);
+  assert.equal(jobsAhead(0, 7), 0);
   assert.equal(jobsAhead(5, null), 5);
   assert.equal(jobsAhead(null, 3), 2);
+  assert.equal(jobsAhead(undefined, 0), null);
   assert.equal(formatBytes(1.5 * 2 ** 30), '1.5 GiB');
 });
 

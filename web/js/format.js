@@ -203,11 +203,13 @@ export function queueText(ahead) {
   return `Waiting in the queue — ${ahead} ${ahead === 1 ? 'job' : 'jobs'} ahead`;
 }
 
-/** Jobs ahead: the position the server gave, bounded by the queue now. */
+/**
+ * Jobs ahead: the position the server gave (GET /v1/jobs re-reads it while
+ * the job waits); without one, an estimate from the queue depth.
+ */
 export function jobsAhead(position, queueDepth) {
-  if (position === null || position === undefined) return queueDepth > 0 ? queueDepth - 1 : null;
-  if (queueDepth === null || queueDepth === undefined) return position;
-  return Math.max(0, Math.min(position, queueDepth - 1));
+  if (Number.isInteger(position)) return Math.max(0, position);
+  return queueDepth > 0 ? queueDepth - 1 : null;
 }
 
 const FAILURES = {

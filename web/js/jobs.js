@@ -1,5 +1,6 @@
 // The jobs panel: the tenant's jobs paged from GET /v1/jobs (newest first),
-// kept current by WebSocket events — queue position while waiting, a
+// kept current by WebSocket events — queue position while waiting (re-read
+// from GET /v1/jobs with every metrics event), a
 // progress bar with step count, it/s and time left, the latent preview
 // updated in place, cancel — and, once done, the images with their
 // settings, download, copy seed and "use these settings again", or the
@@ -24,6 +25,7 @@ export class JobList {
     this.images = new Map();
     this.cursor = '';
     this.queueDepth = null;
+    this.positionsPending = false;
     this.loading = false;
     o.more.addEventListener('click', () => this.load(false));
     o.filter.addEventListener('change', () => this.load(true));
@@ -136,10 +138,26 @@ export class JobList {
     this.cards.get(frame.job)?.preview(frame);
   }
 
-  /** The queue depth from the latest metrics event. */
+  /** The queue depth from the latest metrics event; also re-reads positions. */
   setQueueDepth(d) {
     this.queueDepth = d;
     for (const c of this.cards.values()) if (c.job.status === 'queued') c.renderState();
+    this.refreshPositions();
+  }
+
+  /**
+   * Re-reads the queue positions of the waiting jobs shown (one request for
+   * all of them), as jobs ahead start or leave.
+   */
+  async refreshPositions() {
+    if (this.positionsPending || ![...this.cards.values()].some((c) => c.job.status === 'queued')) return;
+    this.positionsPending = true;
+    try {
+      const page = await this.o.api.jobs({ status: 'queued', limit: 100 });
+      for (const j of page.jobs) this.cards.get(j.id)?.merge(j);
+    } catch { /* the next metrics event tries again */ } finally {
+      this.positionsPending = false;
+    }
   }
 
   /** Loads an image (with the key) once; resolves to an object URL. */
