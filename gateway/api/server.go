@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -466,13 +467,38 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 // Route is one method and path of the API.
 type Route struct{ Method, Path string }
 
-// Routes lists the API's routes with their paths in OpenAPI form
-// ("/v1/jobs/{id}"), excluding the web client.
-func Routes() []Route {
-	return []Route{
-		{"GET", "/healthz"}, {"GET", "/readyz"}, {"GET", "/metrics"}, {"GET", "/v1/openapi.json"},
-		{"POST", "/v1/jobs"}, {"GET", "/v1/jobs"}, {"GET", "/v1/jobs/{id}"}, {"DELETE", "/v1/jobs/{id}"},
-		{"GET", "/v1/images/{id}"}, {"GET", "/v1/models"}, {"GET", "/v1/profiles"}, {"GET", "/v1/samplers"},
-		{"GET", "/v1/account"}, {"GET", "/v1/status"}, {"GET", "/v1/ws"}, {"POST", "/v1/images/generations"},
+// Routes lists the routes the server serves — its own and those the Wasm
+// hooks mount — with paths in OpenAPI form ("/v1/jobs/{id}"), excluding the
+// web client, sorted by path and method.
+func (s *Server) Routes() []Route {
+	seen := map[Route]bool{}
+	var out []Route
+	for _, r := range s.echo.Routes() {
+		switch r.Method {
+		case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch:
+		default:
+			continue // echo's internal not-found routes
+		}
+		if r.Path == "/" || r.Path == "/*" {
+			continue
+		}
+		parts := strings.Split(r.Path, "/")
+		for i, p := range parts {
+			if strings.HasPrefix(p, ":") {
+				parts[i] = "{" + p[1:] + "}"
+			}
+		}
+		rt := Route{Method: r.Method, Path: strings.Join(parts, "/")}
+		if !seen[rt] {
+			seen[rt] = true
+			out = append(out, rt)
+		}
 	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Path != out[j].Path {
+			return out[i].Path < out[j].Path
+		}
+		return out[i].Method < out[j].Method
+	})
+	return out
 }

@@ -272,10 +272,17 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	if !strings.HasPrefix(doc.OpenAPI, "3.") {
 		t.Fatalf("openapi version %q", doc.OpenAPI)
 	}
-	// Every route the server has is documented, and nothing else.
+	// Every route the server has is documented, and nothing else — the
+	// routes the Wasm hooks mount included.
 	want := map[string]bool{}
-	for _, rt := range api.Routes() {
+	for _, rt := range s.in.Routes() {
 		want[strings.ToLower(rt.Method)+" "+rt.Path] = true
+	}
+	for _, k := range []string{"post /v1/jobs", "get /v1/images/{id}", "put /v1/policies/{hook}/{name}",
+		"post /v1/policies/{hook}/{name}/shadow", "delete /v1/policies/{hook}/shadow", "put /v1/nodes/{name}", "get /v1/nodes"} {
+		if !want[k] {
+			t.Errorf("the server has no route %s", k)
+		}
 	}
 	got := map[string]bool{}
 	for path, ops := range doc.Paths {
@@ -294,6 +301,35 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	for k := range got {
 		if !want[k] {
 			t.Errorf("openapi.json documents %s, which the server does not have", k)
+		}
+	}
+	// Every {param} of a path is declared as a path parameter of each of
+	// its operations (or of the path).
+	type param struct{ Name, In string }
+	for path, ops := range doc.Paths {
+		var shared []param
+		if raw, ok := ops["parameters"]; ok {
+			data, _ := json.Marshal(raw)
+			json.Unmarshal(data, &shared)
+		}
+		for method, op := range ops {
+			if method == "parameters" {
+				continue
+			}
+			var o struct{ Parameters []param }
+			data, _ := json.Marshal(op)
+			json.Unmarshal(data, &o)
+			declared := map[string]bool{}
+			for _, p := range append(shared, o.Parameters...) {
+				if p.In == "path" {
+					declared[p.Name] = true
+				}
+			}
+			for _, seg := range strings.Split(path, "/") {
+				if strings.HasPrefix(seg, "{") && !declared[strings.Trim(seg, "{}")] {
+					t.Errorf("%s %s: path parameter %s is not declared", method, path, seg)
+				}
+			}
 		}
 	}
 }

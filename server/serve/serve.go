@@ -107,6 +107,14 @@ func (in *Instance) Hub() *ws.Hub {
 	return in.api.Hub()
 }
 
+// Routes returns the gateway's API routes (gateway roles only, else nil).
+func (in *Instance) Routes() []api.Route {
+	if in.api == nil {
+		return nil
+	}
+	return in.api.Routes()
+}
+
 // Tenants returns the tenant store (gateway roles only, else nil).
 func (in *Instance) Tenants() *tenants.Store { return in.tenants }
 
