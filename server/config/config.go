@@ -179,10 +179,8 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" && c.NATS == "" {
 		return fmt.Errorf("config: data_dir is empty")
 	}
-	switch c.Device {
-	case "cpu", "cuda", "auto":
-	default:
-		return fmt.Errorf("config: device %q: want cpu, cuda or auto", c.Device)
+	if !validDevice(c.Device) {
+		return fmt.Errorf("config: device %q: want auto, cpu, cuda or cuda:N", c.Device)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -239,6 +237,24 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validDevice accepts the --device values: auto, cpu, cuda and cuda:N.
+func validDevice(d string) bool {
+	switch d {
+	case "auto", "cpu", "cuda":
+		return true
+	}
+	n, ok := strings.CutPrefix(d, "cuda:")
+	if !ok || n == "" || len(n) > 4 {
+		return false
+	}
+	for _, r := range n {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidModelName checks that a model name is 1-64 characters of letters,
@@ -335,8 +351,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded NATS JetStream store")
 	fs.StringVar(&c.NATS, "nats", c.NATS, "URL of an external NATS server with JetStream (empty: embedded)")
 	fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "host:port where the embedded NATS server accepts other processes (empty: none)")
-	fs.StringVar(&c.Device, "device", c.Device, "worker device: cpu, cuda or auto")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops in this process")
+	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")

@@ -188,3 +188,17 @@ func FuzzMerge(f *testing.F) {
 		}
 	})
 }
+
+func TestDeviceValues(t *testing.T) {
+	for d, ok := range map[string]bool{"auto": true, "cpu": true, "cuda": true, "cuda:0": true, "cuda:12": true,
+		"gpu": false, "cuda:": false, "cuda:x": false, "cuda:-1": false, "CUDA": false, "": false, "cuda:123456": false} {
+		c, err := Default()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Device = d
+		if err := c.Validate(); (err == nil) != ok {
+			t.Errorf("device %q: %v", d, err)
+		}
+	}
+}

@@ -37,8 +37,17 @@ import (
 	"github.com/kiln-project/kiln/worker/textcache"
 )
 
-// EngineFactory makes the engine of one worker.
-type EngineFactory func(device string, text *textcache.Cache) (worker.Engine, error)
+// EngineFactory makes the engine of one worker on dev.
+type EngineFactory func(dev Device, text *textcache.Cache) (worker.Engine, error)
+
+// NativeEngine is the default EngineFactory: the native pipeline on the
+// device's backend (on the CPU, a backend of its own per worker loop).
+func NativeEngine(dev Device, text *textcache.Cache) (worker.Engine, error) {
+	if !dev.GPU() {
+		return sdengine.New("cpu", text)
+	}
+	return sdengine.NewOnBackend(dev.Name, dev.Backend, text)
+}
 
 // Options configure Start.
 type Options struct {
@@ -46,6 +55,9 @@ type Options struct {
 	Logger *slog.Logger
 	// NewEngine makes worker engines; nil uses the native pipeline.
 	NewEngine EngineFactory
+	// SelectDevices opens the workers' devices; nil uses SelectDevices
+	// (CUDA GPUs, else the CPU).
+	SelectDevices DeviceSelector
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 	// Quality is the optional quality policy of the gateway.
@@ -82,6 +94,7 @@ type Instance struct {
 	runDone   sync.WaitGroup
 
 	workers    []*worker.Worker
+	devices    []Device
 	workerStop context.CancelFunc
 	workerDone sync.WaitGroup
 
@@ -129,9 +142,10 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if o.NewEngine == nil {
-		o.NewEngine = func(device string, text *textcache.Cache) (worker.Engine, error) {
-			return sdengine.New(device, text)
-		}
+		o.NewEngine = NativeEngine
+	}
+	if o.SelectDevices == nil {
+		o.SelectDevices = SelectDevices
 	}
 	inst := &Instance{cfg: cfg, log: log}
 	in = inst
@@ -334,49 +348,76 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	if err != nil {
 		return err
 	}
-	gpus := in.gpu.Read()
-	var profile config.Hardware
-	var ok bool
+	var fixed *config.Hardware
 	if cfg.HardwareProfile != "auto" {
-		profile, ok = hw[cfg.HardwareProfile]
+		p, ok := hw[cfg.HardwareProfile]
 		if !ok {
 			return fmt.Errorf("serve: unknown hardware profile %q", cfg.HardwareProfile)
 		}
+		fixed = &p
 	}
-	device := cfg.Device
-	if device == "auto" {
-		device = "cpu" // GPU workers arrive with the CUDA backend
+	devs, reason, err := o.SelectDevices(cfg.Device)
+	if err != nil {
+		return fmt.Errorf("serve: device %s: %w", cfg.Device, err)
 	}
-	total := gpu.SystemMemory()
-	gpuName := ""
-	if device != "cpu" && len(gpus) > 0 {
-		total, gpuName = gpus[0].MemoryTotal, gpus[0].Name
+	in.devices = devs
+	names := make([]string, len(devs))
+	for i, d := range devs {
+		names[i] = d.Name
 	}
-	if total <= 0 {
-		total = 8 << 30
+	in.log.Info("compute devices", "devices", names, "reason", reason)
+
+	// One worker per GPU; on the CPU, `workers` loops share the machine.
+	type slot struct {
+		dev     Device
+		profile config.Hardware
+		budget  int64
 	}
-	if !ok {
-		profile, ok = config.MatchHardware(hw, gpuName, total)
-		if !ok {
-			profile = config.Hardware{Name: "fallback", MemoryBudget: config.Budget{Percent: 80}, MaxBatch: 1}
+	gpus := in.gpu.Read()
+	var slots []slot
+	for _, d := range devs {
+		total, gpuName := gpu.SystemMemory(), ""
+		if d.GPU() {
+			total, gpuName = d.Memory, d.GPUName
+			if i := ordinal(d.Name); i >= 0 && i < len(gpus) && gpus[i].MemoryTotal > 0 {
+				total, gpuName = gpus[i].MemoryTotal, gpus[i].Name // NVML's reading, as the metrics show it
+			}
 		}
+		if total <= 0 {
+			total = 8 << 30
+		}
+		profile := config.Hardware{Name: "fallback", MemoryBudget: config.Budget{Percent: 80}, MaxBatch: 1}
+		if fixed != nil {
+			profile = *fixed
+		} else if p, ok := config.MatchHardware(hw, gpuName, total); ok {
+			profile = p
+		}
+		budget := cfg.MemoryBudget.Resolve(total, profile.MemoryBudget)
+		loops := 1
+		if !d.GPU() {
+			loops = cfg.Workers
+		}
+		for i := 0; i < loops; i++ {
+			slots = append(slots, slot{dev: d, profile: profile, budget: budget / int64(loops)})
+		}
+		in.log.Info("workers", "device", d.Name, "count", loops, "hardware_profile", profile.Name,
+			"memory_budget", config.ByteSize(budget).Human(), "max_batch", profile.MaxBatch)
 	}
-	budget := cfg.MemoryBudget.Resolve(total, profile.MemoryBudget)
-	perWorker := budget / int64(cfg.Workers)
-	in.log.Info("workers", "count", cfg.Workers, "device", device, "hardware_profile", profile.Name,
-		"memory_budget", config.ByteSize(budget).Human(), "max_batch", profile.MaxBatch)
+	if devs[0].GPU() && cfg.Workers > 1 {
+		in.log.Info("workers applies to the CPU; GPU hosts run one worker per GPU", "workers", cfg.Workers, "gpus", len(devs))
+	}
 	wm := worker.NewMetrics(reg)
-	caches := make([]*modelcache.Cache, 0, cfg.Workers)
+	caches := make([]*modelcache.Cache, 0, len(slots))
 	ctx, stop := context.WithCancel(context.Background())
 	in.workerStop = stop
-	for i := 0; i < cfg.Workers; i++ {
-		eng, err := o.NewEngine(device, in.text)
+	for _, sl := range slots {
+		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
 			return err
 		}
-		cache := modelcache.New(perWorker, o.Eviction)
+		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)
-		sched, window := in.wasmScheduler(o.Scheduler, profile.MaxBatch)
+		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch)
 		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache,
 			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
@@ -489,6 +530,9 @@ func (in *Instance) stop(ctx context.Context) error {
 		go func() { defer wg.Done(); in.workerDone.Wait() }()
 	}
 	wg.Wait()
+	if err := closeDevices(in.devices); err != nil {
+		in.log.Warn("releasing devices", "err", err)
+	}
 	if in.runStop != nil {
 		in.runStop()
 		in.runDone.Wait()
@@ -507,6 +551,15 @@ func (in *Instance) stop(ctx context.Context) error {
 	in.gpu.Close()
 	in.log.Info("stopped")
 	return err
+}
+
+// ordinal returns N of a "cuda:N" device name, or -1.
+func ordinal(name string) int {
+	var n int
+	if _, err := fmt.Sscanf(name, "cuda:%d", &n); err != nil {
+		return -1
+	}
+	return n
 }
 
 // registerGPU exposes NVML readings as metrics.
