@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
@@ -231,7 +232,7 @@ func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
 	if p.vcfg, err = vae.ParseConfig(m.VAEConfig); err != nil {
 		return nil, fmt.Errorf("pipeline: vae config: %w", err)
 	}
-	if p.vae, err = vae.New(be, p.vcfg, m.VAE); err != nil {
+	if p.vae, err = vae.New(vaeBackend(be), p.vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("pipeline: vae: %w", err)
 	}
 	if p.sched, err = sample.ParseConfig(m.SchedulerConfig); err != nil {
@@ -260,6 +261,23 @@ func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
 		}
 	}
 	return p, nil
+}
+
+// reducedPrecision is a backend that computes in a reduced-precision
+// activation dtype and can give a view of itself in another one.
+type reducedPrecision interface {
+	ActivationDType() tensor.DType
+	WithActivationDType(tensor.DType) backend.Backend
+}
+
+// vaeBackend returns the backend the VAE runs on: where activations are
+// fp16, a bf16 view of the same device, because VAE activations overflow
+// fp16's range; other backends as they are.
+func vaeBackend(be backend.Backend) backend.Backend {
+	if r, ok := be.(reducedPrecision); ok && r.ActivationDType() == tensor.F16 {
+		return r.WithActivationDType(tensor.BF16)
+	}
+	return be
 }
 
 // Close releases the model files.
