@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"image/png"
 	"io"
 	"net/http"
 	"os"
@@ -334,5 +335,46 @@ func TestServeRejectsBadConfig(t *testing.T) {
 	code = runMain(context.Background(), []string{"serve", "--role", "chef"}, &out, &errb)
 	if code != 2 || !strings.Contains(errb.String(), "role") {
 		t.Fatalf("bad role: %d %s", code, errb.String())
+	}
+}
+
+// TestServeWithoutFlags runs `kiln serve` as a first-time user would, with
+// no model flags (only a private data directory and a free port): it serves
+// the web page and the built-in model, and a job with nothing but a prompt
+// becomes a 128×128 PNG.
+func TestServeWithoutFlags(t *testing.T) {
+	bin := buildKiln(t)
+	p := startProc(t, bin, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0")
+	base := p.waitAddr()
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "<html") {
+		t.Fatalf("GET /: %d %.200s", resp.StatusCode, page)
+	}
+	code, m := call(t, "POST", base+"/v1/jobs", map[string]any{"prompt": "a red circle on the left on a yellow background"})
+	if code != http.StatusAccepted {
+		t.Fatalf("submit: %d %v", code, m)
+	}
+	j := waitStatus(t, base, m["id"].(string), 120*time.Second, "succeeded", "failed")
+	if j["status"] != "succeeded" {
+		t.Fatalf("job %v", j)
+	}
+	img := j["images"].([]any)[0].(map[string]any)
+	resp, err = http.Get(base + img["url"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	cfg, err := png.DecodeConfig(resp.Body)
+	if err != nil || cfg.Width != 128 || cfg.Height != 128 {
+		t.Fatalf("image: %+v %v, want a 128×128 PNG", cfg, err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(60 * time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 }
