@@ -17,12 +17,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kiln-project/kiln/core/backend"
-	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/models"
 )
 
@@ -59,7 +58,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.latents, "save-latents", "", "write the final latents (n, C, h/f, w/f) as tensor \"latents\" to this safetensors file")
 	fs.BoolVar(&f.emphasis, "emphasis", true, "parse the (word:1.2) emphasis syntax; false tokenizes the prompt literally")
 	fs.BoolVar(&f.truncate, "truncate", false, "cut prompts to 75 tokens (as diffusers) instead of encoding further chunks")
-	fs.StringVar(&f.device, "device", "auto", "compute device: auto or cpu")
+	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: kiln generate [--model DIR|FILE] --prompt TEXT [flags]\n\nflags:")
@@ -75,8 +74,8 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	switch {
 	case f.rngKind != "cpu" && f.rngKind != "cuda":
 		return nil, usageError{fmt.Errorf("--rng %q: want cpu or cuda", f.rngKind)}
-	case f.device != "auto" && f.device != "cpu":
-		return nil, usageError{fmt.Errorf("--device %q: want auto or cpu", f.device)}
+	case !validDevice(f.device):
+		return nil, usageError{fmt.Errorf("--device %q: want auto, cpu or cuda:N", f.device)}
 	case f.n < 1 || f.n > pipeline.MaxImages:
 		return nil, usageError{fmt.Errorf("-n %d: want 1..%d", f.n, pipeline.MaxImages)}
 	case f.steps < 1 || f.steps > pipeline.MaxSteps:
@@ -106,13 +105,16 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	return f, nil
 }
 
-// openBackend returns the compute backend for --device.
-func openBackend(device string) (backend.Backend, error) {
-	switch device {
-	case "auto", "cpu":
-		return cpu.New(), nil
-	}
-	return nil, fmt.Errorf("unknown device %q", device)
+// validDevice reports whether a --device value is well formed.
+func validDevice(spec string) bool {
+	_, _, err := cuda.ParseDevice(spec)
+	return err == nil
+}
+
+// openBackend opens the compute backend for --device; the selection's
+// Reason says which one it is and why.
+func openBackend(device string) (*cuda.Selection, error) {
+	return cuda.Select(device)
 }
 
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -141,10 +143,12 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		req.InitImage, req.Strength = im, f.strength
 	}
-	be, err := openBackend(f.device)
+	sel, err := openBackend(f.device)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
+	defer sel.Close()
+	be := sel.Backend
 	start := time.Now()
 	if f.model == "" {
 		if f.model, err = models.BuiltinPath(); err != nil {
@@ -185,8 +189,10 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 	if !bar.tty {
-		fmt.Fprintf(stderr, "kiln generate: %d image(s), %s, model loaded in %s, total %s\n", len(res.Seeds), res.Sampler,
-			loaded.Round(time.Millisecond), elapsed.Round(time.Millisecond))
+		fmt.Fprintf(stderr, "kiln generate: %d image(s), %s, model loaded in %s, total %s; %s\n", len(res.Seeds), res.Sampler,
+			loaded.Round(time.Millisecond), elapsed.Round(time.Millisecond), sel.Reason)
+	} else {
+		fmt.Fprintf(stderr, "%s\n", sel.Reason)
 	}
 	return nil
 }
