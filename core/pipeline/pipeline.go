@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
@@ -558,26 +560,47 @@ func PixelsToImages(px []float32, shape [4]int) []*image.RGBA {
 	n, h, w := shape[0], shape[2], shape[3]
 	plane := h * w
 	out := make([]*image.RGBA, n)
-	for i := 0; i < n; i++ {
-		im := image.NewRGBA(image.Rect(0, 0, w, h))
-		base := i * 3 * plane
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				o := im.PixOffset(x, y)
-				for c := 0; c < 3; c++ {
-					im.Pix[o+c] = to8(px[base+c*plane+y*w+x])
-				}
-				im.Pix[o+3] = 255
-			}
-		}
-		out[i] = im
+	for i := range out {
+		out[i] = image.NewRGBA(image.Rect(0, 0, w, h))
 	}
+	// Rows are converted in parallel: at batch 8 and 512² this loop took
+	// longer than the GPU's VAE decode when it ran on one core.
+	rows := n * h
+	workers := min(runtime.GOMAXPROCS(0), rows)
+	chunk := (rows + workers - 1) / max(workers, 1)
+	var wg sync.WaitGroup
+	for start := 0; start < rows; start += chunk {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			for r := lo; r < hi; r++ {
+				i, y := r/h, r%h
+				im := out[i]
+				pix := im.Pix[y*im.Stride : y*im.Stride+4*w]
+				base := i*3*plane + y*w
+				red, green, blue := px[base:base+w], px[base+plane:base+plane+w], px[base+2*plane:base+2*plane+w]
+				for x := 0; x < w; x++ {
+					pix[4*x] = to8(red[x])
+					pix[4*x+1] = to8(green[x])
+					pix[4*x+2] = to8(blue[x])
+					pix[4*x+3] = 255
+				}
+			}
+		}(start, min(start+chunk, rows))
+	}
+	wg.Wait()
 	return out
 }
 
+// to8 maps [0, 1] to 0..255, rounding half up and clamping (NaN → 0).
 func to8(v float32) uint8 {
-	f := math.Round(float64(v) * 255)
-	return uint8(min(max(f, 0), 255))
+	if !(v > 0) {
+		return 0
+	}
+	if v >= 1 {
+		return 255
+	}
+	return uint8(float64(v)*255 + 0.5)
 }
 
 // imageToPixels converts an image to (1, 3, h, w) values in [0, 1],

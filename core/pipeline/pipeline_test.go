@@ -350,3 +350,40 @@ func TestVAERunsInBF16OnFP16Backends(t *testing.T) {
 		t.Fatal("a float32 backend must run the VAE as it is")
 	}
 }
+
+func TestPixelsToImages(t *testing.T) {
+	// two 3×2 images; channel planes hold distinct values, including out of
+	// range and NaN ones that must clamp
+	shape := [4]int{2, 3, 2, 3}
+	px := make([]float32, 2*3*2*3)
+	for i := range px {
+		px[i] = float32(i%7)/6 - 0.1
+	}
+	px[5] = float32(math.NaN())
+	ims := PixelsToImages(px, shape)
+	if len(ims) != 2 {
+		t.Fatalf("%d images", len(ims))
+	}
+	want8 := func(v float32) uint8 {
+		f := math.Round(float64(v) * 255)
+		if math.IsNaN(f) || f < 0 {
+			return 0
+		}
+		return uint8(min(f, 255))
+	}
+	for i, im := range ims {
+		for y := 0; y < 2; y++ {
+			for x := 0; x < 3; x++ {
+				for c := 0; c < 3; c++ {
+					v := px[i*18+c*6+y*3+x]
+					if got := im.Pix[im.PixOffset(x, y)+c]; got != want8(v) {
+						t.Fatalf("image %d (%d,%d) channel %d: %d, want %d (from %v)", i, x, y, c, got, want8(v), v)
+					}
+				}
+				if im.Pix[im.PixOffset(x, y)+3] != 255 {
+					t.Fatal("alpha not opaque")
+				}
+			}
+		}
+	}
+}
