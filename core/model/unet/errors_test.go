@@ -16,7 +16,7 @@ import (
 )
 
 // fixtureSource returns the fixture UNet's config and weights.
-func fixtureSource(t *testing.T) (Config, *safetensors.File) {
+func fixtureSource(t testing.TB) (Config, *safetensors.File) {
 	t.Helper()
 	dir := fixtures.Require(t, "sd15-tiny/model/unet")
 	js, err := os.ReadFile(filepath.Join(dir, "config.json"))

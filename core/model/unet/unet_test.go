@@ -2,8 +2,6 @@ package unet
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/kiln-project/kiln/core/backend/cpu"
@@ -14,21 +12,8 @@ import (
 // loadFixture opens the sd15-tiny UNet and the reference tensors.
 func loadFixture(t testing.TB) (*Model, *safetensors.File) {
 	t.Helper()
-	dir := fixtures.Require(t, "sd15-tiny/model/unet")
+	cfg, w := fixtureSource(t)
 	refPath := fixtures.Require(t, "sd15-tiny/reference.safetensors")
-	js, err := os.ReadFile(filepath.Join(dir, "config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := ParseConfig(js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := safetensors.Open(filepath.Join(dir, "diffusion_pytorch_model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
 	m, err := New(cpu.New(), cfg, w)
 	if err != nil {
 		t.Fatal(err)
