@@ -148,10 +148,7 @@ func newDDIM(p *params, n int, eta float64) (*ddim, error) {
 }
 
 func (s *ddim) Step(i int, out, x []float32, noise Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	t := s.ts[i]
@@ -206,10 +203,7 @@ func newDDPM(p *params, n int) (*ddpm, error) {
 }
 
 func (s *ddpm) Step(i int, out, x []float32, noise Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	t := s.ts[i]
@@ -293,10 +287,7 @@ func newLCM(p *params, n int) (*lcm, error) {
 }
 
 func (s *lcm) Step(i int, out, x []float32, noise Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	t := s.ts[i]
@@ -415,10 +406,7 @@ func newPNDM(p *params, n int) (*pndm, error) {
 }
 
 func (s *pndm) Step(i int, out, x []float32, _ Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	t := s.ts[i]

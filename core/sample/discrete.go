@@ -183,10 +183,7 @@ func newEuler(p *params, n int) (*euler, error) {
 }
 
 func (s *euler) Step(i int, out, x []float32, _ Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.timesteps)); err != nil {
+	if err := checkStep(i, len(s.timesteps), out, x); err != nil {
 		return nil, nil, err
 	}
 	sig, next := s.sigmas[i], s.sigmas[i+1]
@@ -221,10 +218,7 @@ func newEulerAncestral(p *params, n int) (*eulerAncestral, error) {
 }
 
 func (s *eulerAncestral) Step(i int, out, x []float32, noise Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.timesteps)); err != nil {
+	if err := checkStep(i, len(s.timesteps), out, x); err != nil {
 		return nil, nil, err
 	}
 	from, to := s.sigmas[i], s.sigmas[i+1]
@@ -283,10 +277,7 @@ func newHeun(p *params, n int) (*heun, error) {
 func (s *heun) Order() int { return 2 }
 
 func (s *heun) Step(i int, out, x []float32, _ Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.timesteps)); err != nil {
+	if err := checkStep(i, len(s.timesteps), out, x); err != nil {
 		return nil, nil, err
 	}
 	var sig, next float64

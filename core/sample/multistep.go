@@ -177,10 +177,7 @@ func newDPMSolver(p *params, n int) (*dpmSolver, error) {
 }
 
 func (s *dpmSolver) Step(i int, out, x []float32, noise Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	p := s.p
@@ -351,10 +348,7 @@ func (s *uniPC) convert(out, x []float32, i int) []float32 {
 }
 
 func (s *uniPC) Step(i int, out, x []float32, _ Noise) ([]float32, []float32, error) {
-	if err := checkLen(out, x); err != nil {
-		return nil, nil, err
-	}
-	if err := checkIndex(i, len(s.ts)); err != nil {
+	if err := checkStep(i, len(s.ts), out, x); err != nil {
 		return nil, nil, err
 	}
 	useCorrector := i > 0 && !s.disabled[i-1] && s.lastSample != nil
@@ -382,9 +376,9 @@ func (s *uniPC) Step(i int, out, x []float32, _ Noise) ([]float32, []float32, er
 }
 
 // bhCoefficients returns h_φ1, B(h) and the right-hand side b of UniPC's
-// order conditions for step size h (hh = −h for x0 prediction).
-func (s *uniPC) bhCoefficients(h float64, order int) (hh, hPhi1, bh float64, b []float64) {
-	hh = h
+// order conditions for step size h (computed with −h for x0 prediction).
+func (s *uniPC) bhCoefficients(h float64, order int) (hPhi1, bh float64, b []float64) {
+	hh := h
 	if s.p.predictX0 {
 		hh = -h
 	}
@@ -401,50 +395,65 @@ func (s *uniPC) bhCoefficients(h float64, order int) (hh, hPhi1, bh float64, b [
 		fact *= float64(k + 1)
 		hPhiK = hPhiK/hh - 1/fact
 	}
-	return hh, hPhi1, bh, b
+	return hPhi1, bh, b
+}
+
+// uniTerms holds what UniPC's predictor and corrector share for the
+// update from sigmas[from] to sigmas[from+1]: α and σ_t at both ends, the
+// log-SNR step h, the newest model output m0, and for each older output
+// its step ratio r_k (a final 1 appended) and scaled difference D1_k.
+type uniTerms struct {
+	at, st, a0, s0, h float64
+	m0                []float32
+	rks               []float64
+	d1s               [][]float64
+}
+
+func (s *uniPC) terms(from, order, n int) uniTerms {
+	sigT, sig0 := s.sigmas[from+1], s.sigmas[from]
+	var u uniTerms
+	u.at, u.st = alphaSigma(sigT)
+	u.a0, u.s0 = alphaSigma(sig0)
+	l0 := lambda(sig0)
+	u.h = lambda(sigT) - l0
+	u.m0 = s.hist(0)
+	for k := 1; k < order; k++ {
+		rk := (lambda(s.sigmas[from-k]) - l0) / u.h
+		u.rks = append(u.rks, rk)
+		mi := s.hist(k)
+		d := make([]float64, n)
+		for j := range d {
+			d[j] = (float64(mi[j]) - float64(u.m0[j])) / rk
+		}
+		u.d1s = append(u.d1s, d)
+	}
+	u.rks = append(u.rks, 1)
+	return u
 }
 
 // predict is UniPC's predictor (multistep_uni_p_bh_update).
 func (s *uniPC) predict(x []float32, i, order int) []float32 {
-	sigT, sig0 := s.sigmas[i+1], s.sigmas[i]
-	at, st := alphaSigma(sigT)
-	a0, s0 := alphaSigma(sig0)
-	l0 := lambda(sig0)
-	h := lambda(sigT) - l0
-	m0 := s.hist(0)
-	var rks []float64
-	var d1s [][]float64
-	for k := 1; k < order; k++ {
-		rk := (lambda(s.sigmas[i-k]) - l0) / h
-		rks = append(rks, rk)
-		mi := s.hist(k)
-		d := make([]float64, len(x))
-		for j := range d {
-			d[j] = (float64(mi[j]) - float64(m0[j])) / rk
-		}
-		d1s = append(d1s, d)
-	}
-	rks = append(rks, 1)
-	_, hPhi1, bh, b := s.bhCoefficients(h, order)
+	u := s.terms(i, order, len(x))
+	hPhi1, bh, b := s.bhCoefficients(u.h, order)
 	var rhos []float64
-	if len(d1s) > 0 {
+	if len(u.d1s) > 0 {
 		if order == 2 {
 			rhos = []float64{0.5}
 		} else {
-			rhos = solveVandermonde(rks[:len(rks)-1], b[:len(b)-1])
+			rhos = solveVandermonde(u.rks[:len(u.rks)-1], b[:len(b)-1])
 		}
 	}
 	prev := make([]float32, len(x))
 	for j := range x {
 		var res float64
 		for k, r := range rhos {
-			res += r * d1s[k][j]
+			res += r * u.d1s[k][j]
 		}
 		var v float64
 		if s.p.predictX0 {
-			v = st/s0*float64(x[j]) - at*hPhi1*float64(m0[j]) - at*bh*res
+			v = u.st/u.s0*float64(x[j]) - u.at*hPhi1*float64(u.m0[j]) - u.at*bh*res
 		} else {
-			v = at/a0*float64(x[j]) - st*hPhi1*float64(m0[j]) - st*bh*res
+			v = u.at/u.a0*float64(x[j]) - u.st*hPhi1*float64(u.m0[j]) - u.st*bh*res
 		}
 		prev[j] = float32(v)
 	}
@@ -454,45 +463,27 @@ func (s *uniPC) predict(x []float32, i, order int) []float32 {
 // correct is UniPC's corrector (multistep_uni_c_bh_update): it refines the
 // sample x_t reached from lastSample using the new model output mt.
 func (s *uniPC) correct(mt, last, xt []float32, i, order int) []float32 {
-	sigT, sig0 := s.sigmas[i], s.sigmas[i-1]
-	at, st := alphaSigma(sigT)
-	a0, s0 := alphaSigma(sig0)
-	l0 := lambda(sig0)
-	h := lambda(sigT) - l0
-	m0 := s.hist(0)
-	var rks []float64
-	var d1s [][]float64
-	for k := 1; k < order; k++ {
-		rk := (lambda(s.sigmas[i-(k+1)]) - l0) / h
-		rks = append(rks, rk)
-		mi := s.hist(k)
-		d := make([]float64, len(last))
-		for j := range d {
-			d[j] = (float64(mi[j]) - float64(m0[j])) / rk
-		}
-		d1s = append(d1s, d)
-	}
-	rks = append(rks, 1)
-	_, hPhi1, bh, b := s.bhCoefficients(h, order)
+	u := s.terms(i-1, order, len(last))
+	hPhi1, bh, b := s.bhCoefficients(u.h, order)
 	var rhos []float64
 	if order == 1 {
 		rhos = []float64{0.5}
 	} else {
-		rhos = solveVandermonde(rks, b)
+		rhos = solveVandermonde(u.rks, b)
 	}
 	out := make([]float32, len(xt))
 	rl := rhos[len(rhos)-1]
 	for j := range xt {
 		var res float64
-		for k := range d1s {
-			res += rhos[k] * d1s[k][j]
+		for k := range u.d1s {
+			res += rhos[k] * u.d1s[k][j]
 		}
-		d1t := float64(mt[j]) - float64(m0[j])
+		d1t := float64(mt[j]) - float64(u.m0[j])
 		var v float64
 		if s.p.predictX0 {
-			v = st/s0*float64(last[j]) - at*hPhi1*float64(m0[j]) - at*bh*(res+rl*d1t)
+			v = u.st/u.s0*float64(last[j]) - u.at*hPhi1*float64(u.m0[j]) - u.at*bh*(res+rl*d1t)
 		} else {
-			v = at/a0*float64(last[j]) - st*hPhi1*float64(m0[j]) - st*bh*(res+rl*d1t)
+			v = u.at/u.a0*float64(last[j]) - u.st*hPhi1*float64(u.m0[j]) - u.st*bh*(res+rl*d1t)
 		}
 		out[j] = float32(v)
 	}

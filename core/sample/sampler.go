@@ -253,17 +253,6 @@ func predictX0(prediction string, out, x []float32, alpha, sigma float64) []floa
 	return x0
 }
 
-// checkLen reports a model output or sample of the wrong size.
-func checkLen(out, x []float32) error {
-	if len(out) != len(x) {
-		return fmt.Errorf("sampler: model output has %d values, sample has %d", len(out), len(x))
-	}
-	if len(x) == 0 {
-		return fmt.Errorf("sampler: empty sample")
-	}
-	return nil
-}
-
 // drawNoise calls noise and checks its size.
 func drawNoise(noise Noise, n int) ([]float32, error) {
 	if noise == nil {
@@ -276,8 +265,15 @@ func drawNoise(noise Noise, n int) ([]float32, error) {
 	return z, nil
 }
 
-// checkIndex reports an evaluation index outside the schedule.
-func checkIndex(i, n int) error {
+// checkStep reports a model output or sample of the wrong size and an
+// evaluation index i outside a schedule of n evaluations.
+func checkStep(i, n int, out, x []float32) error {
+	if len(out) != len(x) {
+		return fmt.Errorf("sampler: model output has %d values, sample has %d", len(out), len(x))
+	}
+	if len(x) == 0 {
+		return fmt.Errorf("sampler: empty sample")
+	}
 	if i < 0 || i >= n {
 		return fmt.Errorf("sampler: evaluation index %d outside 0..%d", i, n-1)
 	}
