@@ -35,6 +35,7 @@ const (
 	KindNode
 )
 
+// String returns "node" or "policy".
 func (k Kind) String() string {
 	if k == KindNode {
 		return "node"

@@ -57,6 +57,7 @@ type ValidationError struct {
 	Reasons []string
 }
 
+// Error lists every reason the module was rejected.
 func (e *ValidationError) Error() string {
 	return "wasmhost: module rejected: " + strings.Join(e.Reasons, "; ")
 }

@@ -120,6 +120,7 @@ type Error struct {
 	Err error
 }
 
+// Error names the op and its cause.
 func (e *Error) Error() string { return fmt.Sprintf("backend %s: %v", e.Op, e.Err) }
 
 // Unwrap returns the underlying cause.

@@ -23,6 +23,7 @@ type Error struct {
 	Msg  string // the driver's description
 }
 
+// Error names the call, the driver's error name and code, and its description.
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %s (%d): %s", e.Op, e.Name, e.Code, e.Msg)
 }

@@ -56,6 +56,7 @@ type Error struct {
 	Status int
 }
 
+// Error names the call and the cuBLAS status, by number and name.
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s: cublas status %d (%s)", e.Op, e.Status, statusName(e.Status))
 }

@@ -36,6 +36,7 @@ type Error struct {
 	Status int
 }
 
+// Error names the call and the cuDNN status number.
 func (e *Error) Error() string { return fmt.Sprintf("%s: cudnn status %d", e.Op, e.Status) }
 
 // Is matches cu.ErrOutOfMemory for CUDNN_STATUS_ALLOC_FAILED.

@@ -191,6 +191,7 @@ type PostOutput struct {
 // GuestError is the message of a StatusError output.
 type GuestError struct{ Message string }
 
+// Error returns the guest's message, marked as coming from the guest.
 func (e *GuestError) Error() string { return "guest error: " + e.Message }
 
 // ParamValue returns the value of key in ps and whether it is present.

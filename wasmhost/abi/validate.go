@@ -12,6 +12,7 @@ type InvalidError struct {
 	Reason string
 }
 
+// Error names the hook and why its answer is invalid.
 func (e *InvalidError) Error() string {
 	return "abi: invalid " + string(e.Hook) + " answer: " + e.Reason
 }

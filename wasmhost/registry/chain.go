@@ -50,6 +50,7 @@ type Rejection struct {
 	Reason string
 }
 
+// Error names the node and its reason.
 func (e *Rejection) Error() string { return "node " + e.Node + ": " + e.Reason }
 
 // nodeModule finds the module that runs node name for tenant: the

@@ -73,6 +73,7 @@ type Ref struct {
 	Version int    `json:"version"`
 }
 
+// String returns name@vN.
 func (r Ref) String() string { return r.Name + "@v" + strconv.Itoa(r.Version) }
 
 // Version describes one stored version.
@@ -127,6 +128,7 @@ type RejectedError struct {
 	Report  *conformance.Report
 }
 
+// Error lists every reason the upload was rejected.
 func (e *RejectedError) Error() string {
 	return "registry: module rejected: " + strings.Join(e.Reasons, "; ")
 }

@@ -26,6 +26,8 @@ type Key struct {
 	Emphasis bool
 }
 
+// String encodes the key as the cache's byte-string key; its strings are
+// length-prefixed, so two different keys never give the same string.
 func (k Key) String() string {
 	var b []byte
 	b = binary.AppendUvarint(b, uint64(len(k.Encoder)))
