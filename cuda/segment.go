@@ -60,12 +60,11 @@ type arg struct {
 	size uint8
 }
 
-func pbuf(b *buffer) arg               { return arg{buf: b, size: 8} }
-func pbufOff(b *buffer, off int64) arg { return arg{buf: b, off: off, size: 8} }
-func pnull() arg                       { return arg{size: 8} }
-func i32(v int) arg                    { return arg{v: uint64(uint32(int32(v))), size: 4} }
-func u32(v int) arg                    { return arg{v: uint64(uint32(v)), size: 4} }
-func f32(v float32) arg                { return arg{v: uint64(math.Float32bits(v)), size: 4} }
+func pbuf(b *buffer) arg { return arg{buf: b, size: 8} }
+func pnull() arg         { return arg{size: 8} }
+func i32(v int) arg      { return arg{v: uint64(uint32(int32(v))), size: 4} }
+func u32(v int) arg      { return arg{v: uint64(uint32(v)), size: 4} }
+func f32(v float32) arg  { return arg{v: uint64(math.Float32bits(v)), size: 4} }
 
 type recKind uint8
 

@@ -60,14 +60,6 @@ func (s shapeSource) Bytes(name string) ([]byte, error) {
 	return nil, fmt.Errorf("shape-only source has no data for %q", name)
 }
 
-func fromSpecs(specs []TensorSpec) shapeSource {
-	s := shapeSource{}
-	for _, t := range specs {
-		s[t.Name] = t.Shape
-	}
-	return s
-}
-
 func mustUNet(t *testing.T, js string) UNetLayout {
 	t.Helper()
 	l, err := ParseUNetLayout([]byte(js))

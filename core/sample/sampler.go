@@ -279,11 +279,3 @@ func checkStep(i, n int, out, x []float32) error {
 	}
 	return nil
 }
-
-func to64(a []float32) []float64 {
-	out := make([]float64, len(a))
-	for i, v := range a {
-		out[i] = float64(v)
-	}
-	return out
-}

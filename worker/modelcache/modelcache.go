@@ -118,7 +118,6 @@ type entry struct {
 	refs     int
 	offload  bool // offloaded: not counted against the budget
 	loading  chan struct{}
-	err      error
 }
 
 // Cache holds models under a budget. It is safe for concurrent use.
