@@ -23,17 +23,8 @@ const BuiltinName = "kiln-shapes"
 //go:embed kiln-shapes
 var builtin embed.FS
 
-// BuiltinFS returns the built-in model's files, rooted at the model folder.
-func BuiltinFS() fs.FS {
-	sub, err := fs.Sub(builtin, BuiltinName)
-	if err != nil { // cannot happen: the folder is embedded
-		panic(err)
-	}
-	return sub
-}
-
-// Fingerprint returns a short content hash of the built-in model's files.
-func Fingerprint() (string, error) {
+// fingerprint returns a short content hash of the built-in model's files.
+func fingerprint() (string, error) {
 	h := sha256.New()
 	var names []string
 	err := fs.WalkDir(builtin, BuiltinName, func(p string, d fs.DirEntry, err error) error {
@@ -63,7 +54,7 @@ func Fingerprint() (string, error) {
 // Extract writes the built-in model under root (once per content version)
 // and returns its folder. An existing complete copy is reused.
 func Extract(root string) (string, error) {
-	fp, err := Fingerprint()
+	fp, err := fingerprint()
 	if err != nil {
 		return "", err
 	}

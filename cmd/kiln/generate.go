@@ -111,12 +111,6 @@ func validDevice(spec string) bool {
 	return err == nil
 }
 
-// openBackend opens the compute backend for --device; the selection's
-// Reason says which one it is and why.
-func openBackend(device string) (*cuda.Selection, error) {
-	return cuda.Select(device)
-}
-
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f, err := parseGenerateFlags(args, stderr)
 	if err != nil {
@@ -143,7 +137,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		req.InitImage, req.Strength = im, f.strength
 	}
-	sel, err := openBackend(f.device)
+	sel, err := cuda.Select(f.device)
 	if err != nil {
 		return err
 	}

@@ -159,10 +159,3 @@ func Recover(errp *error) {
 	}
 	panic(r)
 }
-
-// ExpectShape fails op unless t has the given shape.
-func ExpectShape(op string, t *tensor.Tensor, want tensor.Shape) {
-	if !t.Shape().Equal(want) {
-		Fail(op, "shape %s, want %s", t.Shape(), want)
-	}
-}

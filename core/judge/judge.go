@@ -87,7 +87,7 @@ func JudgeScene(scene scenes.Scene, img image.Image) Verdict {
 		c := objs[i]
 		n := fmt.Sprintf("object %d", i+1)
 		add(n+" colour", o.Colour, nearestColour(c.colour))
-		add(n+" shape", o.Shape, p.core(c).shape(p.w, p.h))
+		add(n+" shape", o.Shape, p.core(c).shape())
 		if o.Position != "" {
 			add(n+" position", o.Position, positionOf(c.cx/float64(p.w), c.cy/float64(p.h)))
 		}
@@ -398,7 +398,7 @@ func (p *pixels) core(c component) component {
 // circle 1, square 2/π, triangle 0.41) and spread, the normalised second
 // moment of area (circle 1/2π ≈ 0.159, square 1/6, triangle 0.192), which
 // tells a rounded square from a circle.
-func (c component) shape(w, h int) string {
+func (c component) shape() string {
 	hull := convexHull(c.pts)
 	solidity := float64(c.area) / polygonArea(hull)
 	var m2, r2 float64
