@@ -146,12 +146,16 @@ func TestReconcileReenqueuesLostJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Take the message and acknowledge it without finishing the job, as a
-	// store that lost the message would leave it.
+	// store that lost the message would leave it. The acknowledgement must
+	// be confirmed: a plain Ack is asynchronous, and under load the message
+	// could still be in the stream when Reconcile looks.
 	msg, err := s.Consumer(PriorityLow).Next()
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg.Ack()
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := s.Reconcile(ctx, time.Minute); err != nil || n != 1 {
 		t.Fatalf("reconcile: %d %v", n, err)
 	}
