@@ -78,7 +78,9 @@ func TestConfigRejects(t *testing.T) {
 	for _, tc := range []struct{ field, value, errField string }{
 		{"no_such_field", "1", "no_such_field"},
 		{"_class_name", `"UNet2DModel"`, "_class_name"},
-		{"addition_embed_type", `"text_time"`, "addition_embed_type"},
+		{"addition_embed_type", `"text"`, "addition_embed_type"},
+		// text_time needs its widths.
+		{"addition_embed_type", `"text_time"`, "addition_time_embed_dim"},
 		{"class_embed_type", `"timestep"`, "class_embed_type"},
 		{"num_class_embeds", "10", "num_class_embeds"},
 		{"encoder_hid_dim", "768", "encoder_hid_dim"},
