@@ -31,11 +31,11 @@ type Model struct {
 	// addLinear1 and addLinear2 embed the added text_time conditioning
 	// (nil without addition_embed_type).
 	addLinear1, addLinear2 *nn.Linear
-	down        []*downBlock
-	mid         *midBlock // nil when the config has no mid block
-	up          []*upBlock
-	convNormOut *nn.GroupNorm
-	convOut     *nn.Conv2D
+	down                   []*downBlock
+	mid                    *midBlock // nil when the config has no mid block
+	up                     []*upBlock
+	convNormOut            *nn.GroupNorm
+	convOut                *nn.Conv2D
 }
 
 // downBlock is DownBlock2D (attns nil) or CrossAttnDownBlock2D.
