@@ -142,14 +142,20 @@ func TestBadSingleFiles(t *testing.T) {
 			c["down_block_types"] = []string{"DownBlock2D", "SimpleCrossAttnDownBlock2D"}
 		}), keep), `down_block_types[1]: unsupported block type "SimpleCrossAttnDownBlock2D"`},
 		{"unsupported architecture field", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
+			c["addition_embed_type"] = "text"
+		}), keep), `addition_embed_type = "text" is not supported`},
+		{"text_time without its width", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
 			c["addition_embed_type"] = "text_time"
-		}), keep), `addition_embed_type = "text_time" is not supported`},
+		}), keep), `missing "projection_class_embeddings_input_dim"`},
 		{"config disagrees with tensors", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
 			c["block_out_channels"] = []int{32, 96}
 		}), keep), "has shape"},
 		{"text config class", rewrite(t, p, withConfig(MetaTextEncoderConfig, func(c map[string]any) {
-			c["architectures"] = []string{"CLIPTextModelWithProjection"}
+			c["architectures"] = []string{"CLIPVisionModel"}
 		}), keep), "only CLIPTextModel"},
+		{"projection config without the tensor", rewrite(t, p, withConfig(MetaTextEncoderConfig, func(c map[string]any) {
+			c["architectures"] = []string{"CLIPTextModelWithProjection"}
+		}), keep), "missing tensor \"cond_stage_model.transformer.text_model.text_projection.weight\""},
 		{"two text encoders", rewrite(t, p, nil, func(wt safetensors.WriteTensor) *safetensors.WriteTensor {
 			if wt.Name == PrefixCLIP+"text_model.final_layer_norm.bias" {
 				wt.Name = PrefixOpenCLIP + "ln_final.bias"
