@@ -270,7 +270,8 @@ func TestBadDiffusersFolders(t *testing.T) {
 		want string
 	}{
 		{"no model_index", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "model_index.json")) }, "not a diffusers folder"},
-		{"SDXL pipeline", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "StableDiffusionXLPipeline" }), `pipeline "StableDiffusionXLPipeline" is not supported`},
+		{"unknown pipeline", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "FluxPipeline" }), `pipeline "FluxPipeline" is not supported`},
+		{"SD folder called SDXL", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "StableDiffusionXLPipeline" }), `component "text_encoder_2" missing`},
 		{"unknown component class", writeJSON("model_index.json", func(m map[string]any) { m["unet"] = []string{"diffusers", "UNet2DModel"} }), "only diffusers.UNet2DConditionModel"},
 		{"unknown unet block", writeJSON("unet/config.json", func(m map[string]any) { m["up_block_types"] = []string{"CrossAttnUpBlock2D", "AttnUpBlock2D"} }), `unsupported block type "AttnUpBlock2D"`},
 		{"unsupported unet field", writeJSON("unet/config.json", func(m map[string]any) { m["class_embed_type"] = "timestep" }), "class_embed_type"},
