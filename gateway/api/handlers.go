@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/tenants"
 )
 
 // ParamsView is a job's parameters as the API shows them.
@@ -423,8 +424,14 @@ func (s *Server) account(c echo.Context) error {
 	})
 }
 
+// statusView is GET /v1/status: the metrics event plus the auth mode.
+type statusView struct {
+	events.Metrics
+	Auth tenants.Mode `json:"auth"`
+}
+
 func (s *Server) getStatus(c echo.Context) error {
-	return c.JSON(http.StatusOK, s.status(c.Request().Context()))
+	return c.JSON(http.StatusOK, statusView{Metrics: s.status(c.Request().Context()), Auth: s.auth.Mode()})
 }
 
 func (s *Server) websocket(c echo.Context) error {

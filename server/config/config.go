@@ -62,6 +62,7 @@ func (q Quota) Validate() error {
 type Config struct {
 	Role                   string            `yaml:"role"`
 	Listen                 string            `yaml:"listen"`
+	AuthMode               string            `yaml:"auth_mode"`
 	DataDir                string            `yaml:"data_dir"`
 	NATS                   string            `yaml:"nats"`
 	NATSListen             string            `yaml:"nats_listen"`
@@ -175,6 +176,11 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
 			return fmt.Errorf("config: admin_listen %q: %w", c.AdminListen, err)
 		}
+	}
+	switch c.AuthMode {
+	case "auto", "keyless", "keys":
+	default:
+		return fmt.Errorf("config: auth_mode %q: want auto, keyless or keys", c.AuthMode)
 	}
 	if c.DataDir == "" && c.NATS == "" {
 		return fmt.Errorf("config: data_dir is empty")
@@ -348,6 +354,7 @@ func FlagKeys(fs *flag.FlagSet) map[string]string {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Role, "role", c.Role, "what this process runs: all, gateway or worker")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP listen address (host:port; port 0 picks a free one)")
+	fs.StringVar(&c.AuthMode, "auth-mode", c.AuthMode, "auto (keyless only on loopback while no tenant was ever created), keyless (loopback only) or keys; recorded in the store at start")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded NATS JetStream store")
 	fs.StringVar(&c.NATS, "nats", c.NATS, "URL of an external NATS server with JetStream (empty: embedded)")
 	fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "host:port where the embedded NATS server accepts other processes (empty: none)")

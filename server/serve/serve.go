@@ -279,6 +279,12 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 			return fmt.Errorf("serve: refusing to listen on %s (not loopback) without any tenant: create one with `kiln tenants create NAME --data-dir %s`, or listen on 127.0.0.1", in.addr, cfg.DataDir)
 		}
 	}
+	mode, err := ts.DecideMode(ctx, cfg.AuthMode, loopback)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	in.log.Info("auth mode", "mode", mode.Mode, "reason", mode.Reason)
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
 		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm})
@@ -334,11 +340,11 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	mode := "API keys required"
+	authDesc := "API keys required"
 	if in.api.Auth().Keyless() {
-		mode = "keyless local tenant (loopback, no tenants)"
+		authDesc = "keyless local tenant (any bearer or none)"
 	}
-	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", mode)
+	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", authDesc)
 	return nil
 }
 

@@ -158,3 +158,51 @@ func TestQuotas(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestRevocationFailsClosed: revoking the last tenant of a loopback server
+// never reopens it — not at once, not after a restart — and /v1/status
+// reports the mode (issue 24, fail-open after revocation).
+func TestRevocationFailsClosed(t *testing.T) {
+	s := startServer(t, nil)
+	r := s.do("GET", "/v1/status", "sk-anything", nil)
+	if r.status != http.StatusOK || r.json(t)["auth"].(map[string]any)["mode"] != "keyless" {
+		t.Fatalf("fresh loopback status: %d %s", r.status, r.body)
+	}
+	key := s.tenant("only", nil)
+	if r := s.do("GET", "/v1/status", key, nil); r.json(t)["auth"].(map[string]any)["mode"] != "keys" {
+		t.Fatalf("status with a tenant: %s", r.body)
+	}
+	if err := s.in.Tenants().Revoke(context.Background(), "only"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.do("GET", "/v1/account", key, nil).status != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("revoked key still accepted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	check := func(s *server) {
+		t.Helper()
+		for _, c := range []struct {
+			method, path string
+			body         any
+		}{
+			{"GET", "/v1/account", nil},
+			{"POST", "/v1/jobs", tinyJob("x")},
+			{"PUT", "/v1/policies/quality/q?mode=activate", []byte("\x00asm\x01\x00\x00\x00")},
+			{"POST", "/v1/images/generations", map[string]any{"prompt": "x"}},
+		} {
+			for _, k := range []string{"", "sk-dummy"} {
+				if r := s.do(c.method, c.path, k, c.body); r.status != http.StatusUnauthorized {
+					t.Errorf("%s %s with key %q after revoking every tenant: %d %s", c.method, c.path, k, r.status, r.body)
+				}
+			}
+		}
+	}
+	check(s)
+	dir := s.cfg.DataDir
+	s.in.Stop(context.Background())
+	s2 := startServer(t, func(c *config.Config) { c.DataDir = dir })
+	check(s2)
+}
