@@ -338,6 +338,9 @@ func (s *Server) getImage(c echo.Context) error {
 		if err != nil {
 			return writeError(c, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "", "%v", err))
 		}
+		if !s.auth.TenantLive(t) { // a URL never outlives its tenant
+			return writeError(c, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "", "the tenant of this link is revoked"))
+		}
 		tenant = t
 	} else {
 		p, err := s.auth.Authenticate(c.Request())

@@ -158,6 +158,19 @@ func (a *Authenticator) Mode() tenants.Mode {
 	return m
 }
 
+// TenantLive reports whether a tenant may still be served: it exists and is
+// not revoked, or it is the local tenant while keyless mode is on. Signed
+// image URLs check it, so a URL never outlives its tenant's revocation.
+func (a *Authenticator) TenantLive(id string) bool {
+	if id == tenants.LocalID {
+		return a.Keyless()
+	}
+	a.mu.RLock()
+	t, ok := a.tenants[id]
+	a.mu.RUnlock()
+	return ok && !t.Revoked
+}
+
 // LocalPrincipal is the keyless local tenant.
 func (a *Authenticator) LocalPrincipal() Principal {
 	return Principal{Tenant: tenants.LocalID, Quota: a.localQuota, Local: true}

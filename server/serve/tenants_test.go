@@ -172,6 +172,17 @@ func TestRevocationFailsClosed(t *testing.T) {
 	if r := s.do("GET", "/v1/status", key, nil); r.json(t)["auth"].(map[string]any)["mode"] != "keys" {
 		t.Fatalf("status with a tenant: %s", r.body)
 	}
+	// A signed image URL issued before the revocation.
+	r = s.do("POST", "/v1/images/generations", key, map[string]any{"prompt": "x", "size": "64x64", "steps": 2})
+	if r.status != http.StatusOK {
+		t.Fatalf("generations: %d %s", r.status, r.body)
+	}
+	link := r.json(t)["data"].([]any)[0].(map[string]any)["url"].(string)
+	if resp, err := http.Get(link); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("signed url before revocation: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 	if err := s.in.Tenants().Revoke(context.Background(), "only"); err != nil {
 		t.Fatal(err)
 	}
@@ -201,6 +212,11 @@ func TestRevocationFailsClosed(t *testing.T) {
 		}
 	}
 	check(s)
+	if resp, err := http.Get(link); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("signed url after revocation: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 	dir := s.cfg.DataDir
 	s.in.Stop(context.Background())
 	s2 := startServer(t, func(c *config.Config) { c.DataDir = dir })
