@@ -283,6 +283,17 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	s.hub.PublishEvent(tenant, ev)
 }
 
+// WorkerLive reports whether a worker has been heard from within three
+// heartbeat intervals.
+func (s *Server) WorkerLive(id string) bool {
+	for _, hb := range s.liveWorkers() {
+		if hb.Worker == id && !hb.Stopped {
+			return true
+		}
+	}
+	return false
+}
+
 // liveWorkers lists workers heard from within three intervals.
 func (s *Server) liveWorkers() []events.Heartbeat {
 	limit := 3*s.cfg.MetricsInterval.D() + time.Second

@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // TestTenantIsolation: tenant B cannot see, fetch, cancel or subscribe to
@@ -221,4 +222,39 @@ func TestRevocationFailsClosed(t *testing.T) {
 	s.in.Stop(context.Background())
 	s2 := startServer(t, func(c *config.Config) { c.DataDir = dir })
 	check(s2)
+}
+
+// TestOrphanedRunningJobIsRequeued: a job recorded as running by a worker
+// that no longer exists (stopped or killed after taking it) is put back to
+// queued with a queue message, instead of showing "running" while no
+// worker runs it (issue 24, stale job state after hand-back).
+func TestOrphanedRunningJobIsRequeued(t *testing.T) {
+	s := startServer(t, func(c *config.Config) {
+		c.Role = config.RoleGateway // no worker: the job stays where the test puts it
+		c.AckWait = config.Duration(time.Second)
+	})
+	id := s.submit("", tinyJob("orphan"))
+	st := s.in.Jobs()
+	ctx := context.Background()
+	started := time.Now().Add(-time.Minute)
+	if _, err := st.Update(ctx, "local", id, func(r *jobs.Job) error {
+		r.Status, r.Worker, r.StartedAt, r.Attempts = jobs.StatusRunning, "gone-worker", &started, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r, _, err := st.Get(ctx, "local", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status == jobs.StatusQueued && r.Worker == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphaned job still %s by %q", r.Status, r.Worker)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
