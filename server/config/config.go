@@ -81,6 +81,8 @@ type Config struct {
 	LogFormat              string            `yaml:"log_format"`
 	MaxBodyBytes           ByteSize          `yaml:"max_body_bytes"`
 	MaxImagePixels         int               `yaml:"max_image_pixels"`
+	MaxImageDecodeBytes    ByteSize          `yaml:"max_image_decode_bytes"`
+	ImageDecodeBudget      ByteSize          `yaml:"image_decode_budget"`
 	ReadHeaderTimeout      Duration          `yaml:"read_header_timeout"`
 	ReadTimeout            Duration          `yaml:"read_timeout"`
 	IdleTimeout            Duration          `yaml:"idle_timeout"`
@@ -214,6 +216,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: preview_every must not be negative")
 	}
 	for name, v := range map[string]ByteSize{"max_body_bytes": c.MaxBodyBytes,
+		"max_image_decode_bytes": c.MaxImageDecodeBytes, "image_decode_budget": c.ImageDecodeBudget,
 		"plan_cache_bytes": c.PlanCacheBytes, "text_cache_bytes": c.TextCacheBytes} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
@@ -224,6 +227,9 @@ func (c *Config) Validate() error {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
+	}
+	if c.ImageDecodeBudget < c.MaxImageDecodeBytes {
+		return fmt.Errorf("config: image_decode_budget (%s) is smaller than max_image_decode_bytes (%s)", c.ImageDecodeBudget.Human(), c.MaxImageDecodeBytes.Human())
 	}
 	if c.AckWait.D().Seconds() < 1 {
 		return fmt.Errorf("config: ack_wait must be at least 1s")
@@ -373,6 +379,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.Var(&c.MaxBodyBytes, "max-body-bytes", "largest request body")
 	fs.IntVar(&c.MaxImagePixels, "max-image-pixels", c.MaxImagePixels, "largest init image in pixels")
+	fs.Var(&c.MaxImageDecodeBytes, "max-image-decode-bytes", "largest decoded init image in memory (pixels × channels × bytes per sample, from its header)")
+	fs.Var(&c.ImageDecodeBudget, "image-decode-budget", "memory all image decodes in flight may hold together")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "HTTP header read timeout")
 	fs.Var(&c.ReadTimeout, "read-timeout", "HTTP request read timeout")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "HTTP keep-alive idle timeout")
