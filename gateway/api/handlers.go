@@ -90,7 +90,7 @@ func decodeInitImage(ctx context.Context, s string, lim imagedecode.Limits, budg
 	defer cancel()
 	if _, _, err := imagedecode.Decode(wctx, data, lim, budget); err != nil {
 		if errors.Is(err, imagedecode.ErrBusy) {
-			e := apierr.New(http.StatusServiceUnavailable, "server_busy", "init_image", "too many images are being decoded; retry shortly")
+			e := apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "init_image", "too many images are being decoded; retry shortly")
 			e.RetryAfter = time.Second
 			return nil, info, e
 		}
