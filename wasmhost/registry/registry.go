@@ -382,7 +382,7 @@ func (r *Registry) Upload(ctx context.Context, req UploadRequest) (*Version, err
 		return nil, &RejectedError{Reasons: []string{fmt.Sprintf("module of %d bytes exceeds the limit of %d", len(req.Wasm), r.cfg.MaxModuleBytes)}}
 	}
 	mk := req.Kind.moduleKind()
-	rep, err := conformance.Test(ctx, req.Name, req.Wasm, conformance.Options{Budgets: r.cfg.Budgets, CacheDir: r.cfg.CacheDir, Kind: &mk})
+	rep, err := conformance.Test(ctx, req.Name, req.Wasm, conformance.Options{Budgets: r.cfg.Budgets, CacheDir: r.cfg.CacheDir, Kind: &mk, Gate: r.cfg.Host.Gate()})
 	if err != nil {
 		return nil, fmt.Errorf("registry: conformance run: %w", err)
 	}
