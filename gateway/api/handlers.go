@@ -219,10 +219,19 @@ func (s *Server) createJob(c echo.Context) error {
 		v.Position = &pos
 	}
 	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
+	c.Response().Header().Set(JobIDHeader, j.ID)
 	return c.JSON(http.StatusAccepted, v)
 }
 
+// setJobHeader names the job a response is about (only well-formed ids).
+func setJobHeader(c echo.Context, id string) {
+	if jobs.ValidID(id) {
+		c.Response().Header().Set(JobIDHeader, id)
+	}
+}
+
 func (s *Server) getJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, _, err := s.o.Store.Get(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("job"))
@@ -318,6 +327,7 @@ func (s *Server) cancel(ctx context.Context, tenant, id string) (*jobs.Job, *api
 }
 
 func (s *Server) cancelJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, err := s.cancel(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if err != nil {
 		return writeError(c, err)
@@ -345,6 +355,7 @@ func (s *Server) getImage(c echo.Context) error {
 		}
 		tenant = p.Tenant
 	}
+	c.Set(principalKey, auth.Principal{Tenant: tenant})
 	data, err := s.o.Store.GetImage(c.Request().Context(), tenant, id)
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("image"))
