@@ -1,36 +1,22 @@
 package serve_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kiln-project/kiln/server/config"
 )
 
-// lockedBuffer collects log output written from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the JSON log records with msg.
-func (l *lockedBuffer) records(msg string) []map[string]any {
+// records returns the JSON log records with msg.
+func (l *logBuffer) records(msg string) []map[string]any {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.buf.String(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
 			out = append(out, m)
@@ -43,7 +29,7 @@ func (l *lockedBuffer) records(msg string) []map[string]any {
 // error body (405 with the allowed methods), durations are seconds, and
 // every request leaves one access-log line naming its job.
 func TestErrorShapesAndAccessLog(t *testing.T) {
-	var logs lockedBuffer
+	var logs logBuffer
 	s := startServerLog(t, nil, slog.New(slog.NewJSONHandler(&logs, nil)))
 
 	for _, c := range []struct{ method, path string }{{"GET", "/v1/nope"}, {"POST", "/v1/nope"}, {"GET", "/v1/jobs/x/y"}} {
