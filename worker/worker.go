@@ -83,6 +83,7 @@ type Worker struct {
 	running []*active // claimed jobs, generating or finishing
 
 	latency   latencyTable
+	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
 }
@@ -493,7 +494,8 @@ func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
 	send := func(stop bool) {
-		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop}
+		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
+			Speed: w.speed.snapshot()}
 		w.mu.Lock()
 		if len(w.running) > 0 {
 			hb.Busy, hb.Job = true, w.running[0].job.ID

@@ -130,6 +130,9 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	if s.o.Quality != nil {
 		params = s.adjustQuality(ctx, p, params)
 	}
+	if aerr := s.costGuard(params); aerr != nil {
+		return nil, aerr
+	}
 	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
 		CreatedAt: time.Now().UTC()}
 	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)

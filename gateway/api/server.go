@@ -312,7 +312,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
