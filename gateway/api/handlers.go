@@ -134,7 +134,7 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 		return nil, aerr
 	}
 	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
-		CreatedAt: time.Now().UTC()}
+		CreatedAt: time.Now().UTC(), Weight: p.Weight}
 	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)
 	if aerr != nil {
 		return nil, aerr
