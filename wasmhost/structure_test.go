@@ -10,7 +10,7 @@ import (
 
 	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
 	"github.com/kiln-project/kiln/policies"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 )
 
 // brTableBomb is a policy whose hook holds one br_table of n targets.
