@@ -15,9 +15,9 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
-	"github.com/kiln-project/kiln/app"
 )
 
 // wsClient is a test WebSocket client that sorts text and binary frames.
