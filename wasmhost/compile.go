@@ -52,7 +52,16 @@ func (h *Host) compile(ctx context.Context, rt *runtime, wasm []byte, trusted bo
 		err error
 	}
 	done := make(chan result, 1)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		<-h.gate.slots
+		return nil, errors.New("wasmhost: compile: host is closed")
+	}
+	h.compiling.Add(1)
+	h.mu.Unlock()
 	go func() {
+		defer h.compiling.Done()
 		defer func() { <-h.gate.slots }()
 		cm, err := rt.rt.CompileModule(context.WithoutCancel(ctx), wasm)
 		done <- result{cm, err}

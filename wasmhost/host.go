@@ -163,6 +163,10 @@ type Host struct {
 	mu       sync.Mutex
 	runtimes map[runtimeKey]*runtime
 	closed   bool
+	// compiling counts compilers still running, abandoned ones included:
+	// Close waits for them, since closing a runtime under a running
+	// compiler crashes wazero.
+	compiling sync.WaitGroup
 }
 
 type runtimeKey struct {
@@ -247,6 +251,7 @@ func (h *Host) Close(ctx context.Context) error {
 	h.runtimes = map[runtimeKey]*runtime{}
 	h.closed = true
 	h.mu.Unlock()
+	h.compiling.Wait()
 	var errs []error
 	for _, r := range rts {
 		errs = append(errs, r.rt.Close(ctx))

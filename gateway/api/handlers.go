@@ -133,8 +133,11 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	if s.o.Quality != nil {
 		params = s.adjustQuality(ctx, p, params)
 	}
+	if aerr := s.costGuard(params); aerr != nil {
+		return nil, aerr
+	}
 	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
-		CreatedAt: time.Now().UTC()}
+		CreatedAt: time.Now().UTC(), Weight: p.Weight}
 	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)
 	if aerr != nil {
 		return nil, aerr
@@ -222,10 +225,19 @@ func (s *Server) createJob(c echo.Context) error {
 		v.Position = &pos
 	}
 	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
+	c.Response().Header().Set(JobIDHeader, j.ID)
 	return c.JSON(http.StatusAccepted, v)
 }
 
+// setJobHeader names the job a response is about (only well-formed ids).
+func setJobHeader(c echo.Context, id string) {
+	if jobs.ValidID(id) {
+		c.Response().Header().Set(JobIDHeader, id)
+	}
+}
+
 func (s *Server) getJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, _, err := s.o.Store.Get(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("job"))
@@ -321,6 +333,7 @@ func (s *Server) cancel(ctx context.Context, tenant, id string) (*jobs.Job, *api
 }
 
 func (s *Server) cancelJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, err := s.cancel(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if err != nil {
 		return writeError(c, err)
@@ -351,6 +364,7 @@ func (s *Server) getImage(c echo.Context) error {
 		}
 		tenant = p.Tenant
 	}
+	c.Set(principalKey, auth.Principal{Tenant: tenant})
 	data, err := s.o.Store.GetImage(c.Request().Context(), tenant, id)
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("image"))

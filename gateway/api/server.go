@@ -331,7 +331,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -348,6 +348,10 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	s.m.workers.Set(float64(len(m.Workers)))
 	return m
 }
+
+// JobIDHeader names the job a response is about (job creation, job
+// routes, the OpenAI endpoint); the access log records it.
+const JobIDHeader = "Kiln-Job-Id"
 
 // principalKey is where the auth middleware leaves the principal.
 const principalKey = "kiln.principal"
@@ -392,10 +396,16 @@ func (s *Server) routes() *echo.Echo {
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
 	s.wasmRoutes(e)
+	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
 		e.GET("/", web)
-		e.GET("/*", web)
+		e.GET("/*", func(c echo.Context) error {
+			if strings.HasPrefix(c.Request().URL.Path, "/v1/") {
+				return echo.ErrNotFound
+			}
+			return web(c)
+		})
 	}
 	return e
 }
@@ -426,18 +436,40 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		case http.StatusNotFound:
 			code = apierr.CodeNotFound
 		case http.StatusMethodNotAllowed:
-			code = "method_not_allowed"
+			code = apierr.CodeMethodNotAllowed
 		case http.StatusRequestEntityTooLarge:
 			code = apierr.CodeTooLarge
 		case http.StatusUnauthorized:
 			code = apierr.CodeUnauthorized
 		}
 		ae = &apierr.Error{Status: he.Code, Code: code, Message: fmt.Sprint(he.Message)}
+		switch he.Code {
+		case http.StatusNotFound:
+			ae.Message = fmt.Sprintf("no route %s %s", c.Request().Method, c.Request().URL.Path)
+		case http.StatusMethodNotAllowed:
+			ae.Allowed = allowedMethods(c)
+			ae.Message = fmt.Sprintf("%s is not allowed on %s; allowed: %s", c.Request().Method, c.Request().URL.Path,
+				strings.Join(ae.Allowed, ", "))
+		}
 	default:
 		s.log.Error("request failed", "path", c.Request().URL.Path, "err", err)
 		ae = apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "internal error")
 	}
 	_ = writeError(c, ae)
+}
+
+// allowedMethods lists the methods the router knows for the matched path
+// (without OPTIONS, which only CORS answers).
+func allowedMethods(c echo.Context) []string {
+	h, _ := c.Get(echo.ContextKeyHeaderAllow).(string)
+	var out []string
+	for _, m := range strings.Split(h, ",") {
+		if m = strings.TrimSpace(m); m != "" && m != http.MethodOptions {
+			out = append(out, m)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *Server) recover(next echo.HandlerFunc) echo.HandlerFunc {
@@ -466,8 +498,14 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.m.requests.With(route, c.Request().Method, fmt.Sprint(c.Response().Status)).Inc()
-		s.m.latency.With(route).Observe(time.Since(start).Seconds())
+		took := time.Since(start).Seconds()
+		status := c.Response().Status
+		s.m.requests.With(route, c.Request().Method, fmt.Sprint(status)).Inc()
+		s.m.latency.With(route).Observe(took)
+		s.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
+			slog.String("method", c.Request().Method), slog.String("route", route), slog.String("path", c.Request().URL.Path),
+			slog.Int("status", status), slog.String("tenant", principal(c).Tenant), slog.Float64("latency_s", took),
+			slog.String("job", c.Response().Header().Get(JobIDHeader)))
 		return nil
 	}
 }

@@ -32,6 +32,8 @@ type Principal struct {
 	QuotaVersion int
 	// Local marks the keyless local tenant.
 	Local bool
+	// Weight is the tenant's fair-queuing weight (0 counts as 1).
+	Weight float64
 }
 
 // WSProtocol is the WebSocket subprotocol of Kiln's event stream.
@@ -237,7 +239,7 @@ func (a *Authenticator) Verify(key string) (Principal, *apierr.Error) {
 	if !found || t.Revoked {
 		return Principal{}, bad
 	}
-	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion}, nil
+	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight}, nil
 }
 
 // IsLoopback reports whether a listen address (host:port) only accepts

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"sort"
@@ -87,6 +88,8 @@ type Config struct {
 	ReadTimeout            Duration          `yaml:"read_timeout"`
 	IdleTimeout            Duration          `yaml:"idle_timeout"`
 	SyncTimeout            Duration          `yaml:"sync_timeout"`
+	MaxCPUJobTime          Duration          `yaml:"max_cpu_job_time"`
+	CPUSpeedPrior          float64           `yaml:"cpu_speed_prior"`
 	ShutdownTimeout        Duration          `yaml:"shutdown_timeout"`
 	MaxWebSocketsPerTenant int               `yaml:"max_websockets_per_tenant"`
 	WSSendQueue            int               `yaml:"ws_send_queue"`
@@ -291,6 +294,9 @@ func (c *Config) Validate() error {
 	if c.ImageDecodeBudget < c.MaxImageDecodeBytes {
 		return fmt.Errorf("config: image_decode_budget (%s) is smaller than max_image_decode_bytes (%s)", c.ImageDecodeBudget.Human(), c.MaxImageDecodeBytes.Human())
 	}
+	if c.CPUSpeedPrior < 0 || math.IsNaN(c.CPUSpeedPrior) || math.IsInf(c.CPUSpeedPrior, 0) {
+		return fmt.Errorf("config: cpu_speed_prior must not be negative")
+	}
 	if c.AckWait.D().Seconds() < 1 {
 		return fmt.Errorf("config: ack_wait must be at least 1s")
 	}
@@ -445,6 +451,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Var(&c.ReadTimeout, "read-timeout", "HTTP request read timeout")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "HTTP keep-alive idle timeout")
 	fs.Var(&c.SyncTimeout, "sync-timeout", "how long the OpenAI images endpoint waits for its images")
+	fs.Var(&c.MaxCPUJobTime, "max-cpu-job-time", "refuse (422) jobs estimated to run longer on CPU workers (0: no limit)")
+	fs.Float64Var(&c.CPUSpeedPrior, "cpu-speed-prior", c.CPUSpeedPrior, "assumed CPU speed of a 1 GiB model before any is measured, in megapixel-steps/s")
 	fs.Var(&c.ShutdownTimeout, "shutdown-timeout", "grace period for running jobs on SIGTERM")
 	fs.IntVar(&c.MaxWebSocketsPerTenant, "max-websockets-per-tenant", c.MaxWebSocketsPerTenant, "open WebSockets per tenant")
 	fs.IntVar(&c.WSSendQueue, "ws-send-queue", c.WSSendQueue, "queued messages per WebSocket before it is dropped as slow")

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -227,5 +228,22 @@ func TestMergeBoundsWork(t *testing.T) {
 		if err := cfg.Merge([]byte(c.in)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+func TestDurationJSONIsSeconds(t *testing.T) {
+	b, err := json.Marshal(struct{ D Duration }{Duration(2500 * time.Millisecond)})
+	if err != nil || string(b) != `{"D":2.5}` {
+		t.Fatalf("marshal: %s %v", b, err)
+	}
+	for in, want := range map[string]time.Duration{`1.5`: 1500 * time.Millisecond, `"30s"`: 30 * time.Second} {
+		var d Duration
+		if err := json.Unmarshal([]byte(in), &d); err != nil || d.D() != want {
+			t.Errorf("unmarshal %s: %v %v", in, d, err)
+		}
+	}
+	var d Duration
+	if json.Unmarshal([]byte(`-1`), &d) == nil || json.Unmarshal([]byte(`"x"`), &d) == nil {
+		t.Error("bad durations accepted")
 	}
 }

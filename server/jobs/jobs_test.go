@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/kiln-project/kiln/server/broker"
 )
 
@@ -149,7 +151,7 @@ func TestReconcileReenqueuesLostJobs(t *testing.T) {
 	// store that lost the message would leave it. The acknowledgement must
 	// be confirmed: a plain Ack is asynchronous, and under load the message
 	// could still be in the stream when Reconcile looks.
-	msg, err := s.Consumer(PriorityLow).Next()
+	msg, err := mustLane(t, s, PriorityLow, "acme").Next()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +164,7 @@ func TestReconcileReenqueuesLostJobs(t *testing.T) {
 	if n, _ := s.Reconcile(ctx, time.Minute); n != 0 {
 		t.Fatalf("second reconcile re-enqueued %d", n)
 	}
-	msg, err = s.Consumer(PriorityLow).Next()
+	msg, err = mustLane(t, s, PriorityLow, "acme").Next()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +226,7 @@ func TestRepairOrphans(t *testing.T) {
 	fresh := mk("gone", time.Now())
 	// The orphan's message was taken and acknowledged by its worker.
 	for {
-		msg, err := s.Consumer(PriorityLow).Next()
+		msg, err := mustLane(t, s, PriorityLow, "acme").Next()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,4 +256,13 @@ func TestRepairOrphans(t *testing.T) {
 	if n, _ := s.RepairOrphans(ctx, live, time.Minute); n != 0 {
 		t.Fatalf("second pass repaired %d", n)
 	}
+}
+
+func mustLane(t *testing.T, s *Store, priority, tenant string) jetstream.Consumer {
+	t.Helper()
+	c, err := s.LaneConsumer(context.Background(), priority, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

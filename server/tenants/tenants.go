@@ -43,6 +43,9 @@ type Tenant struct {
 	Revoked   bool         `json:"revoked,omitempty"`
 	// QuotaVersion grows with every quota change (plan caches key on it).
 	QuotaVersion int `json:"quota_version"`
+	// Weight is the tenant's share of the workers under contention
+	// relative to other tenants (weighted fair queuing; 0 counts as 1).
+	Weight float64 `json:"weight,omitempty"`
 }
 
 // Key is a stored API key: its id and the hash of its secret.
