@@ -397,4 +397,3 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 	t.Logf("isolation matrix: %d routes, %d route × credential checks", len(routes), cells)
 }
-
