@@ -104,16 +104,16 @@ func corpus() []entry {
 	deep := encodePNG(image.NewNRGBA64(image.Rect(0, 0, 2048, 2048)))
 	truncated := encodePNG(image.NewNRGBA(image.Rect(0, 0, 64, 64)))
 	for name, img := range map[string][]byte{
-		"16-bit 2048² png":        deep,
-		"truncated png":           truncated[:len(truncated)/2],
-		"png claiming 65535²":     pngHeaderOnly(65535, 65535, 8),
-		"png claiming 2^31 wide":  pngHeaderOnly(1<<31-1, 1, 8),
-		"png with zero size":      pngHeaderOnly(0, 0, 8),
-		"png with bad depth":      pngHeaderOnly(64, 64, 7),
-		"jpeg soi only":           {0xFF, 0xD8},
-		"jpeg claiming 65535²":    {0xFF, 0xD8, 0xFF, 0xC0, 0, 17, 8, 0xFF, 0xFF, 0xFF, 0xFF, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1},
-		"gif":                     []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"),
-		"random bytes":            bytes.Repeat([]byte{0x13, 0x37}, 5000),
+		"16-bit 2048² png":       deep,
+		"truncated png":          truncated[:len(truncated)/2],
+		"png claiming 65535²":    pngHeaderOnly(65535, 65535, 8),
+		"png claiming 2^31 wide": pngHeaderOnly(1<<31-1, 1, 8),
+		"png with zero size":     pngHeaderOnly(0, 0, 8),
+		"png with bad depth":     pngHeaderOnly(64, 64, 7),
+		"jpeg soi only":          {0xFF, 0xD8},
+		"jpeg claiming 65535²":   {0xFF, 0xD8, 0xFF, 0xC0, 0, 17, 8, 0xFF, 0xFF, 0xFF, 0xFF, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1},
+		"gif":                    []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"),
+		"random bytes":           bytes.Repeat([]byte{0x13, 0x37}, 5000),
 	} {
 		es = append(es, jsonEntry("init image: "+name, "/v1/jobs", initImage(img)))
 	}
