@@ -40,13 +40,13 @@ type Spec struct {
 
 // Info describes a loaded module.
 type Info struct {
-	Tenant      string     `json:"tenant,omitempty"`
-	Name        string     `json:"name"`
-	Label       string     `json:"label"`
-	Kind        string     `json:"kind"`
-	SHA256      string     `json:"sha256"`
-	Size        int        `json:"size"`
-	Hooks       []abi.Hook `json:"hooks"`
+	Tenant string     `json:"tenant,omitempty"`
+	Name   string     `json:"name"`
+	Label  string     `json:"label"`
+	Kind   string     `json:"kind"`
+	SHA256 string     `json:"sha256"`
+	Size   int        `json:"size"`
+	Hooks  []abi.Hook `json:"hooks"`
 	// CompileTime and InitTime are seconds.
 	CompileTime float64 `json:"compile_s"`
 	InitTime    float64 `json:"init_s"`
