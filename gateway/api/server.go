@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/latency"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
@@ -40,23 +41,37 @@ import (
 )
 
 // QualityPolicy may adjust a validated job before it is enqueued (the
-// adaptive quality hook). The result is checked against the tenant's
-// limits again; an error or an out-of-limits answer keeps the original.
+// adaptive quality hook), for tenants or profiles that opt in with
+// `quality: adaptive`. The result is checked against the tenant's limits
+// again; an error or an out-of-limits answer keeps the original.
 type QualityPolicy interface {
-	Adjust(ctx context.Context, in QualityInput) (jobs.Params, error)
+	Adjust(ctx context.Context, in QualityInput) (QualityResult, error)
 }
 
 // QualityInput is what a quality policy sees.
 type QualityInput struct {
-	// Tenant is the tenant whose request it is.
+	// Tenant is the tenant whose request it is; the policy keeps its state
+	// per (tenant, Params.Profile, Params.Model).
 	Tenant     string
 	QueueDepth int
-	// P50 and P95 are recent job latencies (queue wait + run).
+	// P50 and P95 are the latencies (queue wait + run) of the key's jobs
+	// that finished within the last minute, weighted by age.
 	P50, P95 time.Duration
 	// Target is the profile's latency target.
 	Target time.Duration
 	Params jobs.Params
 	Limits config.Quota
+	// Locked names the parameters the request set explicitly without
+	// allow_adjust ("steps", "width", "height", "sampler", "profile"):
+	// they must not change.
+	Locked map[string]bool
+}
+
+// QualityResult is a quality policy's answer.
+type QualityResult struct {
+	Params jobs.Params
+	// Reason says why parameters changed.
+	Reason string
 }
 
 // Options configure a Server.
@@ -98,6 +113,10 @@ type Server struct {
 	mu      sync.Mutex
 	workers map[string]workerSeen
 
+	// window holds recent job latencies per (tenant, profile, model) for
+	// adaptive quality.
+	window *latency.Windows
+
 	m serverMetrics
 }
 
@@ -115,6 +134,7 @@ type serverMetrics struct {
 	inFlight   *metrics.Gauge
 	workers    *metrics.Gauge
 	latencies  *metrics.Histogram // end-to-end job latency seen by the gateway
+	adjusted   *metrics.CounterVec
 }
 
 // New builds the gateway.
@@ -130,7 +150,8 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}}
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
+		window: latency.New(QualityWindow, QualityWindow/3, 512, nil)}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -144,6 +165,7 @@ func New(o Options) (*Server, error) {
 		workers:    reg.NewGauge("kiln_workers", "Workers that sent a heartbeat recently."),
 		latencies: reg.NewHistogram("kiln_job_latency_seconds", "Time from submission to a final state, seen by the gateway.",
 			metrics.ExponentialBuckets(0.01, 2, 16)),
+		adjusted: reg.NewCounterVec("kiln_quality_adjustments_total", "Request parameters changed by adaptive quality, by field.", "field"),
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		for _, c := range []struct {
@@ -278,6 +300,9 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	if ev.Type == events.TypeSucceeded || ev.Type == events.TypeFailed || ev.Type == events.TypeCanceled {
 		if j, _, err := s.o.Store.Get(context.Background(), tenant, ev.Job); err == nil {
 			s.m.latencies.Observe(time.Since(j.CreatedAt).Seconds())
+			if ev.Type == events.TypeSucceeded {
+				s.window.Observe(qualityKey(tenant, j.Params.Profile, j.Params.Model), time.Since(j.CreatedAt))
+			}
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)

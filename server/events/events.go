@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // Event types.
@@ -54,8 +56,11 @@ type Event struct {
 	ItPerSec float64 `json:"its,omitempty"`
 	// Images are the results (succeeded).
 	Images []Image `json:"images,omitempty"`
-	// DurationMS is the run time (succeeded, failed, canceled).
-	DurationMS int64 `json:"duration_ms,omitempty"`
+	// Duration is the run time in seconds (succeeded, failed, canceled).
+	Duration float64 `json:"duration_s,omitempty"`
+	// Adjustments are the changes adaptive quality made to the request
+	// (queued).
+	Adjustments []jobs.Adjustment `json:"adjustments,omitempty"`
 	// Error says why (failed).
 	Error *Error `json:"error,omitempty"`
 	// Snapshot marks an event that reports the state at subscription time
