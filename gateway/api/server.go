@@ -22,6 +22,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/core/imagedecode"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
@@ -105,6 +106,7 @@ type Server struct {
 	echo      *echo.Echo
 	auth      *auth.Authenticator
 	limiter   *quota.Limiter
+	decodes   *imagedecode.Budget // server-wide memory of init-image decodes
 	validator *validate.Validator
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
@@ -151,7 +153,7 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
-		window: latency.New(QualityWindow, QualityWindow/3, 512, nil)}
+		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -306,6 +308,22 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
+}
+
+// initImageLimits bounds one init image, from its header.
+func (s *Server) initImageLimits() imagedecode.Limits {
+	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
+}
+
+// WorkerLive reports whether a worker has been heard from within three
+// heartbeat intervals.
+func (s *Server) WorkerLive(id string) bool {
+	for _, hb := range s.liveWorkers() {
+		if hb.Worker == id && !hb.Stopped {
+			return true
+		}
+	}
+	return false
 }
 
 // liveWorkers lists workers heard from within three intervals.

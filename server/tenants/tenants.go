@@ -133,6 +133,11 @@ func (s *Store) Create(ctx context.Context, id string, q config.Quota) (*Tenant,
 	if err := q.Validate(); err != nil {
 		return nil, "", fmt.Errorf("tenants: %w", err)
 	}
+	// Keys are required from now on; recorded before the tenant exists so
+	// that no moment has a tenant while the store still says keyless.
+	if err := s.markKeyed(ctx); err != nil {
+		return nil, "", err
+	}
 	t := &Tenant{ID: id, Quota: q, CreatedAt: time.Now().UTC(), QuotaVersion: 1}
 	data, _ := json.Marshal(t)
 	if _, err := s.kv.Create(ctx, "tenant."+id, data); err != nil {

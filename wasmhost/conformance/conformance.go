@@ -61,6 +61,9 @@ type Options struct {
 	Kind *wasmhost.Kind
 	// Logger receives the module's logs (discarded when nil).
 	Logger *slog.Logger
+	// Gate bounds concurrent compilations; pass the serving host's so that
+	// upload checks share its compilers (nil: a gate of the test's own).
+	Gate *wasmhost.CompileGate
 }
 
 // Check is one scenario's result.
@@ -160,7 +163,7 @@ func Test(ctx context.Context, name string, wasm []byte, opts Options) (*Report,
 	h, err := wasmhost.New(ctx, wasmhost.Config{
 		CacheDir: opts.CacheDir, PolicyMemoryPages: b.PolicyMemoryPages, NodeMemoryPages: b.NodeMemoryPages,
 		PolicyTimeout: b.PolicyCall, NodeTimeout: b.NodeCall, InitTimeout: 10 * b.NodeCall,
-		FailureThreshold: 1 << 30, Logger: logger, MaxIdle: 1, MaxInstances: 1,
+		FailureThreshold: 1 << 30, Logger: logger, MaxIdle: 1, MaxInstances: 1, Gate: opts.Gate,
 	})
 	if err != nil {
 		return nil, err
