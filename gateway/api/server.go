@@ -32,6 +32,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
@@ -94,6 +95,8 @@ type Options struct {
 	Quality QualityPolicy
 	// Wasm adds pre-processing nodes and the module upload API (nil: none).
 	Wasm WasmHooks
+	// Audit records admin actions (nil: none).
+	Audit *audit.Log
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 }
@@ -355,7 +358,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed, Draining: hb.Draining})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -393,7 +396,7 @@ func (s *Server) routes() *echo.Echo {
 	if len(s.cfg.CORSOrigins) > 0 {
 		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 			AllowOrigins:  s.cfg.CORSOrigins,
-			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodOptions},
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 			AllowHeaders:  []string{"Authorization", "Content-Type"},
 			ExposeHeaders: []string{"Retry-After", "Location"},
 			MaxAge:        600,
@@ -420,6 +423,7 @@ func (s *Server) routes() *echo.Echo {
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
 	s.wasmRoutes(e)
+	s.adminRoutes(e)
 	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)

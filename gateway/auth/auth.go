@@ -36,6 +36,8 @@ type Principal struct {
 	Weight float64
 	// Quality is the tenant's quality mode ("adaptive" opts in).
 	Quality string
+	// Admin marks a request made with the admin key (the operator).
+	Admin bool
 }
 
 // WSProtocol is the WebSocket subprotocol of Kiln's event stream.

@@ -77,6 +77,9 @@ const (
 	HeartbeatSubject = "kiln.worker.heartbeat"
 	// KickSubject tells idle workers that a job was enqueued.
 	KickSubject = "kiln.kick"
+	// DrainSubject carries drain requests (JSON Drain) to workers; the
+	// worker named answers with its Heartbeat.
+	DrainSubject = "kiln.worker.drain"
 )
 
 // ProgressSubject carries a job's progress events.
@@ -131,6 +134,15 @@ type Heartbeat struct {
 	// Speed is the measured sampling speed per model, in megapixel-steps
 	// per second (images × width × height × steps / 1e6 per second).
 	Speed map[string]float64 `json:"speed,omitempty"`
+	// Draining is set while the worker takes no new jobs.
+	Draining bool `json:"draining,omitempty"`
+}
+
+// Drain asks one worker to stop taking jobs (Drain true; running jobs
+// finish, held ones go back to the queue) or to take jobs again.
+type Drain struct {
+	Worker string `json:"worker"`
+	Drain  bool   `json:"drain"`
 }
 
 // WorkerStatus is a worker as metrics events show it.
@@ -141,6 +153,8 @@ type WorkerStatus struct {
 	Models []string `json:"models,omitempty"`
 	// Speed is the measured sampling speed per model (megapixel-steps/s).
 	Speed map[string]float64 `json:"speed,omitempty"`
+	// Draining is set while an operator has drained the worker.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Metrics is the periodic status event.
