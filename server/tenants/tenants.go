@@ -270,14 +270,8 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 		return err
 	}
 	for _, kid := range keyIDs {
-		k, err := s.GetKey(ctx, kid)
-		if err != nil {
+		if err := s.RevokeKey(ctx, id, kid); err != nil {
 			return err
-		}
-		k.Revoked = true
-		data, _ := json.Marshal(k)
-		if _, err := s.kv.Put(ctx, "key."+kid, data); err != nil {
-			return fmt.Errorf("tenants: revoke key %s: %w", kid, err)
 		}
 	}
 	return nil
