@@ -14,7 +14,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/ws"
 	builtin "github.com/kiln-project/kiln/models"
+	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
@@ -101,6 +104,36 @@ type Instance struct {
 
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// adminKey sets up the admin API's key: the one in admin_key_file or
+// $KILN_ADMIN_KEY when given, else one made at the first start and logged
+// that once (only its hash is stored).
+func (in *Instance) adminKey(ctx context.Context, ts *tenants.Store) error {
+	key, source := os.Getenv("KILN_ADMIN_KEY"), "environment"
+	if f := in.cfg.AdminKeyFile; f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("serve: admin_key_file: %w", err)
+		}
+		key, source = strings.TrimSpace(string(data)), "file "+f
+	}
+	if key != "" {
+		if err := ts.SetAdminKey(ctx, key, source); err != nil {
+			return fmt.Errorf("serve: admin key from %s: %w", source, err)
+		}
+		in.log.Info("admin key configured", "from", source)
+		return nil
+	}
+	created, err := ts.EnsureAdminKey(ctx)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if created != "" {
+		in.log.Warn("admin key created for the admin API (/v1/admin, `kiln tenants --server`); it is shown only this once: store it, "+
+			"or set admin_key_file or KILN_ADMIN_KEY", "admin_key", created)
+	}
+	return nil
 }
 
 // Addr returns the HTTP listener's address ("" without one).
@@ -290,9 +323,18 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		return fmt.Errorf("serve: %w", err)
 	}
 	in.log.Info("auth mode", "mode", mode.Mode, "reason", mode.Reason)
+	if err := in.adminKey(ctx, ts); err != nil {
+		ln.Close()
+		return err
+	}
+	auditLog, err := audit.Open(ctx, in.broker.JS, cfg.AuditRetention.D(), 1)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
-		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm})
+		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog})
 	if err != nil {
 		ln.Close()
 		return err

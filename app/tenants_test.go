@@ -40,6 +40,13 @@ func TestTenantIsolation(t *testing.T) {
 			t.Errorf("A %s %s: %d", c.method, c.path, r.status)
 		}
 	}
+	// The admin API is no way in: B's key is refused on every admin route,
+	// A's tenant named or not.
+	for _, r := range s.adminRoutes("tenant-a") {
+		if got := s.do(r[0], r[1], keyB, nil); got.status != http.StatusForbidden || strings.Contains(string(got.body), "secret") {
+			t.Errorf("B %s %s: %d %s", r[0], r[1], got.status, got.body)
+		}
+	}
 	if l := s.do("GET", "/v1/jobs", keyB, nil).json(t); len(l["jobs"].([]any)) != 0 {
 		t.Errorf("B lists A's jobs: %v", l)
 	}

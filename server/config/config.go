@@ -77,6 +77,8 @@ type Config struct {
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
 	AdminListen            string            `yaml:"admin_listen"`
+	AdminKeyFile           string            `yaml:"admin_key_file"`
+	AuditRetention         Duration          `yaml:"audit_retention"`
 	CORSOrigins            []string          `yaml:"cors_origins"`
 	LogLevel               string            `yaml:"log_level"`
 	LogFormat              string            `yaml:"log_format"`
@@ -286,7 +288,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, v := range map[string]Duration{"ack_wait": c.AckWait, "metrics_interval": c.MetricsInterval,
-		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout} {
+		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout, "audit_retention": c.AuditRetention} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
@@ -440,6 +442,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin listener with pprof (empty: off)")
+	fs.StringVar(&c.AdminKeyFile, "admin-key-file", c.AdminKeyFile, "file holding the admin key of /v1/admin (else $KILN_ADMIN_KEY, else one is made at first start and printed once)")
+	fs.Var(&c.AuditRetention, "audit-retention", "how long the audit log of admin actions is kept")
 	fs.Var(listFlag{&c.CORSOrigins}, "cors-origins", "comma-separated origins allowed by CORS (empty: off)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
