@@ -56,3 +56,32 @@ func TestSDXLTokenizers(t *testing.T) {
 		}
 	}
 }
+
+// TestWithPad: a tokenizer borrowed for SDXL's second encoder pads with "!"
+// exactly as tokenizer_2 does.
+func TestWithPad(t *testing.T) {
+	dir := "../model/sdxl/testdata/base"
+	t1, err := Load(filepath.Join(dir, "tokenizer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := Load(filepath.Join(dir, "tokenizer_2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bang, err := t1.WithPad("!")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"", "a red circle", "café déjà vu"} {
+		if got, want := bang.EncodePadded(p), t2.EncodePadded(p); !slices.Equal(got, want) {
+			t.Errorf("%q: %v, want %v", p, got, want)
+		}
+		if slices.Equal(bang.EncodePadded(p), t1.EncodePadded(p)) {
+			t.Errorf("%q: padding unchanged", p)
+		}
+	}
+	if _, err := t1.WithPad("no-such-token"); err == nil {
+		t.Error("unknown pad token accepted")
+	}
+}
