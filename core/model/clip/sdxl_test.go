@@ -150,3 +150,25 @@ func TestProjectionConfig(t *testing.T) {
 		t.Errorf("missing projection: %v", err)
 	}
 }
+
+// TestPublishedSDXLConfigs: SDXL 1.0's published text encoder configs
+// parse, the second with its projection.
+func TestPublishedSDXLConfigs(t *testing.T) {
+	for _, tc := range []struct {
+		file          string
+		hidden, layer int
+		proj          bool
+	}{{"sdxl_text_encoder.json", 768, 12, false}, {"sdxl_text_encoder_2.json", 1280, 32, true}} {
+		data, err := os.ReadFile(filepath.Join("../modeltest/configs", tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ParseConfig(data)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.file, err)
+		}
+		if c.HiddenSize != tc.hidden || c.NumHiddenLayers != tc.layer || c.WithProjection != tc.proj || (tc.proj && c.ProjectionDim != 1280) {
+			t.Errorf("%s: %+v", tc.file, c)
+		}
+	}
+}

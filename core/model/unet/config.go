@@ -172,7 +172,9 @@ func ParseConfig(data []byte) (Config, error) {
 	c.CrossAttentionDim = r.IntPerBlock("cross_attention_dim", 1280, n, false)
 	c.TransformerLayers = r.IntPerBlock("transformer_layers_per_block", 1, n, false)
 	c.UseLinearProjection = r.Bool("use_linear_projection", false)
-	c.UpcastAttention = r.Bool("upcast_attention", false)
+	if !r.Null("upcast_attention") { // null (SDXL's configs) is off, as in diffusers
+		c.UpcastAttention = r.Bool("upcast_attention", false)
+	}
 	c.NormGroups = r.Int("norm_num_groups", 32)
 	c.NormEps = r.Float("norm_eps", 1e-5)
 	c.FlipSinToCos = r.Bool("flip_sin_to_cos", true)
