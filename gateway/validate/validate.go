@@ -65,6 +65,38 @@ type JobRequest struct {
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// FitNative marks Width and Height as a size chosen from a fixed menu
+	// (the OpenAI endpoint's): for models trained at 1024² or more (SDXL)
+	// it becomes the native resolution of the nearest aspect ratio (see
+	// FitNative). Not part of the JSON body.
+	FitNative bool `json:"-"`
+}
+
+// nativeBuckets are SDXL's training resolutions (width, height) at its
+// 1024² native area: every aspect ratio a request is fitted to.
+var nativeBuckets = [][2]int{
+	{1024, 1024}, {1152, 896}, {896, 1152}, {1216, 832}, {832, 1216},
+	{1344, 768}, {768, 1344}, {1536, 640}, {640, 1536},
+}
+
+// FitNative maps a requested size to the resolution of the nearest aspect
+// ratio among SDXL's training buckets, scaled from 1024² to the model's
+// native area (nw × nh) and rounded to multiples of 64. Models with a
+// native area below 1024² (SD 1.x/2.x) keep the requested size.
+func FitNative(w, h, nw, nh int) (int, int) {
+	if w <= 0 || h <= 0 || nw*nh < 1024*1024 {
+		return w, h
+	}
+	want := math.Log(float64(w) / float64(h))
+	best := nativeBuckets[0]
+	for _, b := range nativeBuckets[1:] {
+		if math.Abs(math.Log(float64(b[0])/float64(b[1]))-want) < math.Abs(math.Log(float64(best[0])/float64(best[1]))-want) {
+			best = b
+		}
+	}
+	scale := math.Sqrt(float64(nw*nh) / (1024 * 1024))
+	round := func(v int) int { return max(64, int(math.Round(float64(v)*scale/64))*64) }
+	return round(best[0]), round(best[1])
 }
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
@@ -183,9 +215,9 @@ func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
 		}
 		return fmt.Sprint(*x)
 	}
-	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
+	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q|%t",
 		p.Tenant, p.QuotaVersion, v.models.Version(), r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
-		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority)
+		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority, r.FitNative)
 	return b.String()
 }
 
@@ -226,6 +258,9 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	if r.Height != nil {
 		out.Height = *r.Height
+	}
+	if r.FitNative && r.Width != nil && r.Height != nil {
+		out.Width, out.Height = FitNative(out.Width, out.Height, model.NativeWidth, model.NativeHeight)
 	}
 	for _, f := range []struct {
 		name string

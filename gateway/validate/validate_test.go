@@ -157,6 +157,8 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	} {
 		pr := principal(1, 60)
 		if c.maxPixels > 0 {
+			// another quota is another version (plans are cached per version)
+			pr = principal(1+c.maxPixels, 60)
 			pr.Quota.MaxPixels = c.maxPixels
 		}
 		p, err := v.Plan(pr, &JobRequest{Prompt: "x", Model: c.model, Profile: c.profile, Width: c.width, Height: c.height}, false)
@@ -175,5 +177,53 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	defer v2.Close()
 	if p, err := v2.Plan(principal(1, 60), &JobRequest{Prompt: "x"}, false); err != nil || p.Model != "shapes" || p.Width != 128 {
 		t.Fatalf("default model: %+v %v", p, err)
+	}
+}
+
+func TestFitNative(t *testing.T) {
+	for _, c := range []struct{ w, h, nw, nh, ww, wh int }{
+		{1024, 1024, 1024, 1024, 1024, 1024},
+		{1792, 1024, 1024, 1024, 1344, 768},
+		{1024, 1792, 1024, 1024, 768, 1344},
+		{1536, 1024, 1024, 1024, 1216, 832},
+		{1024, 1536, 1024, 1024, 832, 1216},
+		{512, 512, 1024, 1024, 1024, 1024},
+		{256, 256, 1024, 1024, 1024, 1024},
+		{1024, 1024, 1536, 1536, 1536, 1536}, // a larger native area scales the buckets
+		{1792, 1024, 512, 512, 1792, 1024},   // SD 1.x keeps the requested size
+		{512, 512, 0, 0, 512, 512},           // native size unknown
+	} {
+		if w, h := FitNative(c.w, c.h, c.nw, c.nh); w != c.ww || h != c.wh {
+			t.Errorf("FitNative(%d×%d, native %d×%d) = %d×%d, want %d×%d", c.w, c.h, c.nw, c.nh, w, h, c.ww, c.wh)
+		}
+	}
+}
+
+// TestPlanFitsOpenAISizes: a fitted size becomes the SDXL model's bucket;
+// the same request without FitNative, or on a small model, keeps its size.
+func TestPlanFitsOpenAISizes(t *testing.T) {
+	v, reg, dir := setup(t)
+	for name, sample := range map[string]string{"xl": "128", "shapes": "16"} {
+		for _, sub := range []string{"unet", "vae"} {
+			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
+		}
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sample+`}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
+	}
+	reg.Refresh()
+	pr := principal(1, 60)
+	for _, c := range []struct {
+		model string
+		fit   bool
+		w, h  int
+	}{{"xl", true, 1344, 768}, {"xl", false, 1280, 720}, {"shapes", true, 1280, 720}} {
+		p, err := v.Plan(pr, &JobRequest{Prompt: "x", Model: c.model, Width: intp(1280), Height: intp(720), FitNative: c.fit}, false)
+		if err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		if p.Width != c.w || p.Height != c.h {
+			t.Errorf("%+v: %d×%d", c, p.Width, p.Height)
+		}
 	}
 }
