@@ -11,7 +11,7 @@ import (
 	"github.com/kiln-project/kiln/server/models"
 )
 
-func setup(t *testing.T) (*Validator, *models.Registry, string) {
+func setup(t testing.TB) (*Validator, *models.Registry, string) {
 	t.Helper()
 	dir := t.TempDir()
 	mk := func(name string) {
