@@ -169,7 +169,9 @@ func (b *Backend) hold(buf *buffer) {
 		b.grp.add(buf)
 		return
 	}
-	b.d.wt.state[buf].holders++
+	st := b.d.wt.state[buf]
+	st.holders++
+	st.owners++
 }
 
 // FromFloat32 copies host data into a new activation tensor of the view's

@@ -20,7 +20,10 @@ import (
 // move its weights to pinned host memory and back. A weight held by
 // several groups leaves the device when the last of them is offloaded.
 
-var errOffloaded = errors.New("weight offloaded to host memory: restore its model before use")
+var (
+	errOffloaded = errors.New("weight offloaded to host memory: restore its model before use")
+	errClosed    = errors.New("weight of a closed model")
+)
 
 // weightKey identifies a weight's content as uploaded.
 type weightKey struct {
@@ -34,6 +37,7 @@ type weightKey struct {
 type wstate struct {
 	key     weightKey
 	holders int          // resident groups and ungrouped uploads holding it
+	owners  int          // all groups (offloaded too) and ungrouped uploads holding it
 	host    *pinnedBlock // non-nil while offloaded
 	hostOff int64
 }
@@ -148,8 +152,10 @@ func (g *Group) add(buf *buffer) {
 	}
 	g.has[buf] = true
 	g.bufs = append(g.bufs, buf)
+	st := g.d.weightTab().state[buf]
+	st.owners++
 	if !g.offloaded {
-		g.d.weightTab().state[buf].holders++
+		st.holders++
 	}
 }
 
@@ -250,20 +256,37 @@ func (g *Group) Restore() error {
 	return nil
 }
 
-// Close forgets the group (its model is closing): its weights stop
-// counting it as a holder. Their memory is freed with their tensors.
-func (g *Group) Close() {
+// Close releases the group (its model is closing and its tensors must not
+// be used again): weights no other group or ungrouped upload holds are
+// freed at once, on the device or in host memory, without waiting for
+// the garbage collector to find their handles.
+func (g *Group) Close() error {
 	if g.closed {
-		return
+		return nil
 	}
-	if !g.offloaded {
-		wt := g.d.weightTab()
-		for _, b := range g.live() {
-			wt.state[b].holders--
+	wt := g.d.weightTab()
+	var drop []*buffer
+	for _, b := range g.live() {
+		st := wt.state[b]
+		st.owners--
+		if !g.offloaded {
+			st.holders--
+		}
+		if st.owners == 0 {
+			drop = append(drop, b)
 		}
 	}
 	g.closed = true
 	g.bufs, g.has = nil, nil
+	return g.d.run(func() error {
+		err := g.d.flush()
+		for _, b := range drop {
+			b.dead = errClosed
+			g.d.releaseBuffer(b)
+		}
+		g.d.freeDeadHost()
+		return err
+	})
 }
 
 // offloadBufs copies bufs to one new pinned block and releases their

@@ -185,11 +185,35 @@ func TestIdenticalWeightsAreSharedAndOffloadedLast(t *testing.T) {
 	if dev, _, _ := gc.Footprint(); dev != size {
 		t.Fatalf("C footprint %d", dev)
 	}
-	// Closing groups stops them holding weights.
-	gc.(*Group).Close()
+	// Closing a group frees what only it holds, at once; shared weights
+	// stay for the groups still holding them.
+	if err := gc.(*Group).Close(); err != nil {
+		t.Fatal(err)
+	}
 	if err := gc.Offload(); err == nil {
 		t.Fatal("offload of a closed group succeeded")
 	}
+	hostBefore := d.wt.hostHeld.Load()
+	if err := ga.(*Group).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.wt.hostHeld.Load(); got != hostBefore-size {
+		t.Fatalf("closing offloaded A left %d pinned bytes, want %d", got, hostBefore-size)
+	}
+	if err := gbk.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(weightBytes(e, vb), vaeBytes) || d.wt.hostHeld.Load() != 0 {
+		t.Fatalf("B after A closed: pinned %d", d.wt.hostHeld.Load())
+	}
+	weights := d.Stats().Weights
+	if err := gbk.(*Group).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Stats().Weights; got != weights-2*size {
+		t.Fatalf("closing B freed %d weight bytes, want %d", weights-got, 2*size)
+	}
+	runtime.KeepAlive(vc)
 }
 
 func TestUngroupedWeightsStayAndRestoreFailsCleanly(t *testing.T) {

@@ -19,6 +19,10 @@ type WeightGroup interface {
 	Restore() error
 	// Offloaded reports whether the group is offloaded.
 	Offloaded() bool
+	// Close releases the group when its model closes: weights no other
+	// group holds are freed at once; the group's tensors must not be used
+	// again.
+	Close() error
 }
 
 // WeightGrouper is implemented by backends whose weights can be grouped:
