@@ -70,3 +70,7 @@ func (v MemView) Trim() error {
 		return nil
 	})
 }
+
+// MemoryDevice returns the device's view for the memory manager (see
+// MemView); servers find it on a backend without importing this package.
+func (b *Backend) MemoryDevice() memory.Device { return b.d.MemView() }

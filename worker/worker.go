@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/models"
@@ -48,6 +49,10 @@ type Options struct {
 	Engine Engine
 	Models *models.Registry
 	Cache  *modelcache.Cache
+	// Memory is the device's memory manager (nil: none): batches book
+	// their activation memory with it, and an out-of-memory failure splits
+	// the batch and frees other models before any job fails.
+	Memory *memory.Manager
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler
 	Metrics   *Metrics

@@ -182,6 +182,18 @@ func (m *Manager) AddedBytes(tier Tier, comps []Component) int64 {
 	return n
 }
 
+// Components returns what model was placed with (nil when it is not
+// placed).
+func (m *Manager) Components(model string) []Component {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.ledger.models[model]
+	if !ok {
+		return nil
+	}
+	return append([]Component(nil), p.comps...)
+}
+
 // TierBytes is the memory held on t, shared components once.
 func (m *Manager) TierBytes(t Tier) int64 {
 	m.mu.Lock()

@@ -19,7 +19,7 @@ func (m *Manager) NoteFailure() {
 
 // Collect emits the manager's gauges and counters; its signature is the
 // metrics registry's Collect hook. Names: kiln_gpu_memory_* for the
-// device allocator (budget, used, reserved, peak, weights, free) and
+// device allocator (budget, allocated, reserved, peak, weights, free) and
 // kiln_memory_* for tiers, sharing and out-of-memory recovery.
 func (m *Manager) Collect(emit func(name, help, typ string, labels []string, values []string, v float64)) {
 	dev := []string{"device"}
@@ -44,11 +44,10 @@ func (m *Manager) Collect(emit func(name, help, typ string, labels []string, val
 	g("kiln_gpu_memory_activation_reserved_bytes", "Activation bytes booked by running batches.", reserved)
 	g("kiln_gpu_memory_running_batches", "Batches holding an activation reservation.", int64(running))
 	if m.cfg.Device != nil {
-		g("kiln_gpu_memory_used_bytes", "Device bytes handed out by the caching allocator.", st.Used)
+		g("kiln_gpu_memory_allocated_bytes", "Device bytes handed out by Kiln's caching allocator (NVML's kiln_gpu_memory_used_bytes includes other processes).", st.Used)
 		g("kiln_gpu_memory_reserved_bytes", "Device bytes the caching allocator holds (used plus cached).", st.Reserved)
 		g("kiln_gpu_memory_peak_bytes", "High-water mark of used bytes since the last batch began.", st.Peak)
 		g("kiln_gpu_memory_weights_bytes", "Device bytes of uploaded weights.", st.Weights)
-		g("kiln_gpu_memory_total_bytes", "The device's memory.", st.Total)
 	}
 	for _, t := range []Tier{GPU, Host} {
 		tv := []string{m.cfg.Name, t.String()}

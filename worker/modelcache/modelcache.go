@@ -54,10 +54,11 @@ type Sizer interface {
 	DeviceBytes() int64
 }
 
-// Observer is told every tier change of a model: GPU after a load or a
-// restore, Host after an offload, Disk when dropped. It is called with the
-// cache's lock held and must not call the cache.
-type Observer func(id string, m Resident, tier memory.Tier)
+// Observer is told every tier change of a model (bytes is its size as the
+// cache counts it): GPU after a load or a restore, Host after an offload,
+// Disk when dropped. It is called with the cache's lock held and must not
+// call the cache.
+type Observer func(id string, m Resident, bytes int64, tier memory.Tier)
 
 // Action is what happens to an evicted model.
 type Action int
@@ -166,6 +167,7 @@ type entry struct {
 	loading  chan struct{}
 
 	offloadTime, restoreTime time.Duration
+	added                    int64 // while loading: the device bytes it is expected to add
 }
 
 // Cache holds models under a budget. It is safe for concurrent use.
@@ -179,6 +181,7 @@ type Cache struct {
 	stats      Stats
 	now        func() time.Time
 	meter      func() int64
+	estimate   func(id string, size int64) int64
 	observe    Observer
 	demand     func(id string) int
 }
@@ -220,6 +223,23 @@ func (c *Cache) SetMeter(fn func() int64) {
 	c.mu.Unlock()
 }
 
+// SetEstimator installs the function giving the device bytes a model
+// would add if loaded or restored now (size is the caller's or the cache's
+// figure): with components shared by content, a fine-tune of a resident
+// model adds only its own parts.
+func (c *Cache) SetEstimator(fn func(id string, size int64) int64) {
+	c.mu.Lock()
+	c.estimate = fn
+	c.mu.Unlock()
+}
+
+func (c *Cache) estimateLocked(id string, size int64) int64 {
+	if c.estimate == nil {
+		return size
+	}
+	return max(0, c.estimate(id, size))
+}
+
 // SetObserver installs the function told about tier changes.
 func (c *Cache) SetObserver(o Observer) {
 	c.mu.Lock()
@@ -237,7 +257,7 @@ func (c *Cache) SetDemand(fn func(id string) int) {
 
 func (c *Cache) notify(e *entry, t memory.Tier) {
 	if c.observe != nil {
-		c.observe(e.id, e.model, t)
+		c.observe(e.id, e.model, e.bytes, t)
 	}
 }
 
@@ -249,7 +269,7 @@ func (c *Cache) usedLocked() int64 {
 	n := c.meter()
 	for _, e := range c.entries {
 		if e.loading != nil {
-			n += e.bytes
+			n += e.added
 		}
 	}
 	return n
@@ -279,7 +299,7 @@ func (c *Cache) Acquire(ctx context.Context, id string, size int64, load Loader)
 		}
 		if ok && e.offload {
 			// Bring an offloaded model back: it needs its memory again.
-			if err := c.makeRoomLocked(e.bytes, id); err != nil {
+			if err := c.makeRoomLocked(c.estimateLocked(id, e.bytes), id); err != nil {
 				c.mu.Unlock()
 				return nil, nil, err
 			}
@@ -300,11 +320,12 @@ func (c *Cache) Acquire(ctx context.Context, id string, size int64, load Loader)
 			c.mu.Unlock()
 			return nil, nil, fmt.Errorf("%w: %s needs %d bytes, budget %d", ErrTooLarge, id, size, c.budget)
 		}
-		if err := c.makeRoomLocked(size, id); err != nil {
+		added := c.estimateLocked(id, size)
+		if err := c.makeRoomLocked(added, id); err != nil {
 			c.mu.Unlock()
 			return nil, nil, err
 		}
-		e = &entry{id: id, bytes: size, loading: make(chan struct{})}
+		e = &entry{id: id, bytes: size, added: added, loading: make(chan struct{})}
 		c.entries[id] = e
 		c.stats.Bytes += size
 		c.mu.Unlock()

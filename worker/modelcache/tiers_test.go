@@ -89,7 +89,7 @@ func TestOffloadRestoreAndHostBudget(t *testing.T) {
 	c := newCache(100, offloadAll{})
 	c.SetHostBudget(100)
 	var log tierLog
-	c.SetObserver(func(id string, _ Resident, tier memory.Tier) { log.add(id, tier) })
+	c.SetObserver(func(id string, _ Resident, _ int64, tier memory.Tier) { log.add(id, tier) })
 	var loads atomic.Int32
 	a := &tierModel{id: "a", comps: []memory.Component{{Kind: "unet", Bytes: 60}}}
 	b := &tierModel{id: "b", comps: []memory.Component{{Kind: "unet", Bytes: 60}}}
@@ -140,7 +140,7 @@ func TestMeterCountsSharedComponentsOnce(t *testing.T) {
 	}
 	c := newCache(100, nil)
 	c.SetMeter(func() int64 { return mgr.TierBytes(memory.GPU) })
-	c.SetObserver(func(id string, r Resident, tier memory.Tier) {
+	c.SetObserver(func(id string, r Resident, _ int64, tier memory.Tier) {
 		mgr.Place(id, tier, r.(*tierModel).comps)
 	})
 	c.SetDemand(func(id string) int { return len(id) })

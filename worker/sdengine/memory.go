@@ -28,6 +28,8 @@ type hashFile struct {
 	// Fingerprint identifies the model files hashed (names, sizes, times).
 	Fingerprint string            `json:"fingerprint"`
 	Hashes      map[string]string `json:"hashes"`
+	// Components are the components as the engine's backend holds them.
+	Components []memory.Component `json:"components"`
 }
 
 // SetStateDir makes the engine cache component hashes under dir (they
@@ -59,23 +61,46 @@ func fingerprint(path string) (string, error) {
 	return fmt.Sprintf("%016x", h.Sum64()), nil
 }
 
+// cached reads the hash cache of the model at path: its file, the files'
+// fingerprint, and the cached entry when it matches the fingerprint.
+func (e *Engine) cached(path string) (file, fp string, hf *hashFile) {
+	if e.stateDir == "" || path == "" {
+		return "", "", nil
+	}
+	abs, err := filepath.Abs(path)
+	if err == nil {
+		fp, err = fingerprint(abs)
+	}
+	if err != nil {
+		return "", "", nil
+	}
+	file = filepath.Join(e.stateDir, "hashes", fmt.Sprintf("%016x.json", xxhash.Sum64String(abs)))
+	var h hashFile
+	if raw, err := os.ReadFile(file); err == nil && json.Unmarshal(raw, &h) == nil &&
+		h.Fingerprint == fp && h.Hashes[KindTextEncoder] != "" && h.Hashes[KindUNet] != "" && h.Hashes[KindVAE] != "" {
+		return file, fp, &h
+	}
+	return file, fp, nil
+}
+
+// KnownComponents returns the components of the model at path from the
+// hash cache, without loading it (false when it was never loaded or its
+// files changed since): the model cache uses it to count, before a load,
+// only what the model does not share with resident ones.
+func (e *Engine) KnownComponents(path string) ([]memory.Component, bool) {
+	_, _, hf := e.cached(path)
+	if hf == nil || len(hf.Components) == 0 {
+		return nil, false
+	}
+	return hf.Components, true
+}
+
 // componentHashes returns the content hash of each component of cm, from
 // the state directory's cache when the model's files have not changed.
 func (e *Engine) componentHashes(cm *checkpoint.Model) (map[string]string, error) {
-	var cacheFile, fp string
-	if e.stateDir != "" && cm.Path != "" {
-		abs, err := filepath.Abs(cm.Path)
-		if err == nil {
-			fp, err = fingerprint(abs)
-		}
-		if err == nil {
-			cacheFile = filepath.Join(e.stateDir, "hashes", fmt.Sprintf("%016x.json", xxhash.Sum64String(abs)))
-			var hf hashFile
-			if raw, err := os.ReadFile(cacheFile); err == nil && json.Unmarshal(raw, &hf) == nil &&
-				hf.Fingerprint == fp && hf.Hashes[KindTextEncoder] != "" && hf.Hashes[KindUNet] != "" && hf.Hashes[KindVAE] != "" {
-				return hf.Hashes, nil
-			}
-		}
+	cacheFile, fp, hf := e.cached(cm.Path)
+	if hf != nil {
+		return hf.Hashes, nil
 	}
 	hashes := map[string]string{}
 	for kind, src := range map[string]safetensors.Source{KindTextEncoder: cm.TextEncoder, KindUNet: cm.UNet, KindVAE: cm.VAE} {
@@ -87,7 +112,8 @@ func (e *Engine) componentHashes(cm *checkpoint.Model) (map[string]string, error
 	}
 	if cacheFile != "" {
 		// A cache that cannot be written costs a rehash next time, nothing more.
-		if raw, err := json.Marshal(hashFile{Fingerprint: fp, Hashes: hashes}); err == nil {
+		hf := hashFile{Fingerprint: fp, Hashes: hashes, Components: components(cm, hashes, e.be)}
+		if raw, err := json.Marshal(hf); err == nil {
 			if os.MkdirAll(filepath.Dir(cacheFile), 0o755) == nil {
 				_ = writeAtomic(cacheFile, raw)
 			}

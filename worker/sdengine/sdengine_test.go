@@ -264,6 +264,12 @@ func TestComponentHashesAreCachedBesideTheModel(t *testing.T) {
 	if len(files) != 1 {
 		t.Fatalf("hash cache files %v", files)
 	}
+	if got, ok := e.KnownComponents(fm.Path); !ok || !reflect.DeepEqual(got, want) {
+		t.Fatalf("known components %+v %v", got, ok)
+	}
+	if _, ok := plain.KnownComponents(fm.Path); ok {
+		t.Fatal("components known without a state dir")
+	}
 	// The next load reads the cache (a planted hash shows it) ...
 	raw, _ := os.ReadFile(files[0])
 	var hf hashFile
@@ -290,5 +296,8 @@ func TestComponentHashesAreCachedBesideTheModel(t *testing.T) {
 	m3.Close()
 	if got := m3.(*Model).Components()[2].Hash; got != want[2].Hash {
 		t.Fatalf("stale cache used: vae hash %s", got)
+	}
+	if _, ok := e.KnownComponents(t.TempDir()); ok {
+		t.Fatal("components known for a model never loaded")
 	}
 }
