@@ -436,7 +436,13 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			return fmt.Errorf("serve: %w", err)
 		}
 		reg.Collect(mem.Collect)
-		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch)
+		if ev, ok := o.Eviction.(*adapter.Eviction); ok {
+			// The eviction policy offloads only into this GPU's free host memory.
+			per := *ev
+			per.HostFree = mem.HostFreeBytes
+			cache.SetPolicy(&per)
+		}
+		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch, mem)
 		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache, Memory: mem,
 			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
