@@ -505,6 +505,9 @@ func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 		if w.o.GPUs != nil {
 			hb.GPUs = w.o.GPUs()
 		}
+		if w.o.Memory != nil {
+			hb.Memory = w.o.Memory.Models()
+		}
 		if data, err := json.Marshal(hb); err == nil {
 			_ = w.o.Conn.Publish(events.HeartbeatSubject, data)
 		}

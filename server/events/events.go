@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kiln-project/kiln/core/memory"
 )
 
 // Event types.
@@ -126,6 +128,9 @@ type Heartbeat struct {
 	// Speed is the measured sampling speed per model, in megapixel-steps
 	// per second (images × width × height × steps / 1e6 per second).
 	Speed map[string]float64 `json:"speed,omitempty"`
+	// Memory lists the models in the worker's device and host memory, with
+	// their components and what they share.
+	Memory []memory.ModelUsage `json:"memory,omitempty"`
 }
 
 // WorkerStatus is a worker as metrics events show it.
