@@ -4,10 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/memory"
 )
+
+// memoryTrimIdle is how long a worker's device stays idle before its
+// allocator's cached memory goes back to the driver.
+const memoryTrimIdle = 30 * time.Second
+
+// trimIdle returns the device's cached memory after memoryTrimIdle without
+// a batch. It runs on the worker's batch goroutine, the device's only user.
+func (w *Worker) trimIdle() {
+	if w.o.Memory == nil {
+		return
+	}
+	if _, err := w.o.Memory.TrimIfIdle(memoryTrimIdle); err != nil {
+		w.log.Warn("trimming idle device memory", "err", err)
+	}
+}
 
 // MemoryRun is what RunUnderMemory needs besides the batch.
 type MemoryRun struct {

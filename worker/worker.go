@@ -259,6 +259,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		mu.Unlock()
 		if len(snapshot) == 0 {
+			w.trimIdle()
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
