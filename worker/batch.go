@@ -346,13 +346,21 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 		reporters[i] = w.reporter(g[of[i]].job, it.Request.N, rec)
 		images += it.Request.N
 	}
-	if bm, ok := model.(BatchModel); ok && len(items) > 1 {
+	if bm, ok := model.(BatchModel); ok && (len(items) > 1 || w.o.Memory != nil) {
 		w.o.Metrics.BatchImages.Observe(float64(images))
-		res := bm.GenerateBatch(ctx, items, func(i int, p Progress) {
+		mr := MemoryRun{Manager: w.o.Memory, Model: m.Name, FreeOthers: func(context.Context) error {
+			w.o.Cache.Free(m.Name)
+			return nil
+		}}
+		res, rep := RunUnderMemory(ctx, mr, items, bm.GenerateBatch, func(i int, p Progress) {
 			if i >= 0 && i < len(reporters) {
 				reporters[i](p)
 			}
 		})
+		if rep.Recovered() {
+			w.o.Logger.Warn("batch recovered from out of memory", "model", m.Name, "splits", rep.Splits,
+				"chunk", rep.Chunk, "freed_others", rep.FreedOthers, "attempts", rep.Attempts)
+		}
 		if len(res) != len(items) {
 			return failAll(fmt.Errorf("engine returned %d results for a batch of %d", len(res), len(items)))
 		}

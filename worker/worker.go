@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
@@ -48,6 +49,10 @@ type Options struct {
 	Engine Engine
 	Models *catalog.Registry
 	Cache  *modelcache.Cache
+	// Memory is the device's memory manager (nil: none): batches book
+	// their activation memory with it, and an out-of-memory failure splits
+	// the batch and frees other models before any job fails.
+	Memory *memory.Manager
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler
 	Metrics   *Metrics
@@ -285,6 +290,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		mu.Unlock()
 		if len(snapshot) == 0 {
+			w.trimIdle()
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
@@ -527,6 +533,9 @@ func (w *Worker) heartbeat(stop bool) events.Heartbeat {
 	}
 	if w.o.GPUs != nil {
 		hb.GPUs = w.o.GPUs()
+	}
+	if w.o.Memory != nil {
+		hb.Memory = w.o.Memory.Models()
 	}
 	return hb
 }

@@ -70,6 +70,7 @@ type Config struct {
 	Device                 string            `yaml:"device"`
 	Workers                int               `yaml:"workers"`
 	MemoryBudget           Budget            `yaml:"memory_budget"`
+	HostMemoryBudget       Budget            `yaml:"host_memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
 	BuiltinModel           bool              `yaml:"builtin_model"`
@@ -435,6 +436,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
+	fs.Var(&c.HostMemoryBudget, "host-memory-budget", "pinned host memory for models offloaded from GPUs, shared by all GPUs: auto (25% of RAM), a percentage of RAM or a size (16GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
 	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")

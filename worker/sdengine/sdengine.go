@@ -18,6 +18,7 @@ import (
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -40,9 +41,10 @@ type encodeHooker interface {
 
 // Engine loads Stable Diffusion models for one device.
 type Engine struct {
-	device string
-	be     backend.Backend
-	text   *textcache.Cache
+	device   string
+	be       backend.Backend
+	text     *textcache.Cache
+	stateDir string // component-hash cache; "" for none
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -67,17 +69,29 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	hash, err := HashSource(cm.TextEncoder)
-	if err != nil {
-		cm.Close()
-		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
-	}
-	p, err := pipeline.New(e.be, cm)
+	hashes, err := e.componentHashes(cm)
 	if err != nil {
 		cm.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash}
+	// On a backend that groups weights the model's weights can be offloaded
+	// and restored together, and weights identical to another model's are
+	// held once.
+	be := e.be
+	var group backend.WeightGroup
+	if g, ok := be.(backend.WeightGrouper); ok {
+		be, group = g.Grouped()
+	}
+	p, err := pipeline.New(be, cm)
+	if err != nil {
+		if group != nil {
+			group.Close()
+		}
+		cm.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	hash := hashes[KindTextEncoder]
+	mod := &Model{p: p, encoderHash: hash, group: group, comps: components(cm, hashes, e.be)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -154,6 +168,8 @@ type Model struct {
 	p           *pipeline.Pipeline
 	encoderHash string
 	cached      bool
+	group       backend.WeightGroup // nil: the backend does not group weights
+	comps       []memory.Component
 }
 
 // Pipeline returns the underlying pipeline.
@@ -166,8 +182,15 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 // EncoderHash is the content hash of the model's text encoder.
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
-// Close implements worker.Model.
-func (m *Model) Close() error { return m.p.Close() }
+// Close implements worker.Model: the weights only this model holds are
+// freed at once, then the model files are closed.
+func (m *Model) Close() error {
+	var gerr error
+	if m.group != nil {
+		gerr = m.group.Close()
+	}
+	return errors.Join(gerr, m.p.Close())
+}
 
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {
