@@ -77,7 +77,7 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 		cm.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash}
+	mod := &Model{p: p, encoderHash: hash, be: e.be}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -152,6 +152,7 @@ var _ worker.BatchModel = (*Model)(nil)
 // Model is a loaded pipeline.
 type Model struct {
 	p           *pipeline.Pipeline
+	be          backend.Backend
 	encoderHash string
 	cached      bool
 }
