@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"image"
 	"sort"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/cuda/bench"
 	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
@@ -63,9 +65,25 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cm, err := checkpoint.Load(m.Path, checkpoint.Options{})
+	var cm *checkpoint.Model
+	var cleanup func()
+	var err error
+	if name, ok := strings.CutPrefix(m.Path, models.SyntheticPrefix); ok {
+		// a random-weight architecture (the registry admits these only
+		// when the operator enabled them)
+		cm, _, cleanup, err = bench.Synthetic(name, 1)
+	} else {
+		cm, err = checkpoint.Load(m.Path, checkpoint.Options{})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	if cleanup != nil {
+		defer func() {
+			if err != nil {
+				cleanup()
+			}
+		}()
 	}
 	hash, err := HashSource(cm.TextEncoder)
 	if err != nil {
@@ -77,7 +95,7 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 		cm.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash, be: e.be}
+	mod := &Model{p: p, encoderHash: hash, be: e.be, cleanup: cleanup}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -153,6 +171,7 @@ var _ worker.BatchModel = (*Model)(nil)
 type Model struct {
 	p           *pipeline.Pipeline
 	be          backend.Backend
+	cleanup     func() // removes a synthetic model's temporary files
 	encoderHash string
 	cached      bool
 }
@@ -168,7 +187,13 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
 // Close implements worker.Model.
-func (m *Model) Close() error { return m.p.Close() }
+func (m *Model) Close() error {
+	err := m.p.Close()
+	if m.cleanup != nil {
+		m.cleanup()
+	}
+	return err
+}
 
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {
