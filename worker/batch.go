@@ -459,7 +459,22 @@ func (w *Worker) reporter(j *jobs.Job, n int, rec *stepRecorder) func(Progress) 
 			_ = w.o.Conn.Publish(events.ProgressSubject(j.Tenant, j.ID), data)
 		}
 		if p.Preview != nil && w.o.PreviewEvery > 0 && (p.Step%w.o.PreviewEvery == 0 || p.Step == p.Steps) {
-			w.publishPreview(j, p)
+			// JPEG encoding runs off the device loop; a preview is dropped
+			// when encoders are all busy (the next one supersedes it).
+			// The last step's preview is never dropped.
+			select {
+			case w.previews <- struct{}{}:
+				go func() {
+					defer func() { <-w.previews }()
+					w.publishPreview(j, p)
+				}()
+			default:
+				if p.Step == p.Steps {
+					go w.publishPreview(j, p)
+				} else {
+					w.o.Metrics.PreviewsDropped.Inc()
+				}
+			}
 		}
 	}
 }

@@ -28,6 +28,9 @@ type Metrics struct {
 	// GenerateSeconds accumulates the wall time the device spends on
 	// running batches (its rate is the busy fraction).
 	GenerateSeconds *metrics.Counter
+	// PreviewsDropped counts previews skipped because every preview
+	// encoder was busy.
+	PreviewsDropped *metrics.Counter
 	// Joins counts jobs that joined a batch already running.
 	Joins *metrics.Counter
 }
@@ -65,6 +68,7 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		Stage: reg.NewHistogramVec("kiln_stage_seconds", "Duration of each stage of a served job (see docs/api.md).",
 			metrics.ExponentialBuckets(0.0001, 2, 20), "stage"),
 		GenerateSeconds: reg.NewCounter("kiln_worker_generate_seconds_total", "Wall time workers spent running batches on their devices."),
+		PreviewsDropped: reg.NewCounter("kiln_preview_frames_dropped_total", "Previews skipped because every preview encoder was busy."),
 		Joins:           reg.NewCounter("kiln_batch_joins_total", "Jobs that joined a batch already running, at a step boundary."),
 	}
 }

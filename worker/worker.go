@@ -12,6 +12,7 @@ import (
 	_ "image/png"  // init images
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,7 @@ type Worker struct {
 	memory    memoryTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
+	previews  chan struct{} // one per preview being encoded and published
 }
 
 // active is a job this worker has claimed, from the claim to its ack.
@@ -144,7 +146,8 @@ func New(o Options) (*Worker, error) {
 	if o.MaxFinishing <= 0 {
 		o.MaxFinishing = max(2*o.Window, 4)
 	}
-	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing)}, nil
+	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing),
+		previews: make(chan struct{}, max(runtime.GOMAXPROCS(0), 8))}, nil
 }
 
 // ID returns the worker's name.
