@@ -26,6 +26,9 @@ type Options struct {
 	// Linear picks "auto", "cublas" or "implicit" for matrix products with
 	// weights.
 	Linear string
+	// GroupNorm picks "auto" (one pass through shared memory where the
+	// groups fit, else three passes) or "3pass" (KILN_CUDA_GROUPNORM).
+	GroupNorm string
 	// ConvTile forces the implicit-GEMM tile ("128x128", "128x64",
 	// "64x64"); "" chooses by shape.
 	ConvTile string
@@ -48,7 +51,7 @@ type Options struct {
 // variables (KILN_CUDA_GRAPHS=0, KILN_CUDA_CONV, KILN_CUDA_ATTENTION,
 // KILN_CUDA_LINEAR).
 func DefaultOptions() Options {
-	o := Options{Graphs: true, Fuse: true, Speculate: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", ScoreBytes: 256 << 20}
+	o := Options{Graphs: true, Fuse: true, Speculate: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", GroupNorm: "auto", ScoreBytes: 256 << 20}
 	o.fromEnv(getenv)
 	return o
 }
