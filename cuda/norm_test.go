@@ -14,8 +14,11 @@ func TestGroupNormPlan(t *testing.T) {
 		gpb                      int
 	}{
 		{2, 64 * 64, 320, 32, 2, true, 1},    // UNet 64², batch 1 with CFG
-		{32, 64 * 64, 640, 32, 2, true, 1},   // up block concat, 160 KiB slab
+		{32, 64 * 64, 640, 32, 2, false, 0},  // 160 KiB slabs over many waves: three passes
 		{2, 64 * 64, 960, 32, 2, false, 0},   // 240 KiB: three passes
+		{32, 64 * 64, 320, 32, 2, false, 0},  // 80 KiB slabs, 1024 blocks: three passes measured faster
+		{2, 64 * 64, 640, 32, 2, true, 1},    // up block concat, 160 KiB slab, 64 blocks
+		{32, 16 * 16, 1280, 32, 2, true, 2},  // 40 KiB slabs: one pass at any grid
 		{2, 8 * 8, 1280, 32, 2, true, 1},     // 64 blocks: gpb stays 1
 		{32, 8 * 8, 1280, 32, 2, true, 2},    // 512 blocks; gpb 4 would leave 256 < 2·132
 		{1, 512 * 512, 128, 32, 2, false, 0}, // VAE at full size

@@ -7,6 +7,9 @@
 #   scripts/bench-vs-torch.sh                       # builds kiln with go
 #   KILN=path/to/kiln scripts/bench-vs-torch.sh      # or a prebuilt binary
 #       (KILN may also name a kiln.xz, decompressed to $TMPDIR)
+#   KILN_TEST=path/to/cuda.test scripts/bench-vs-torch.sh
+#       # or the CUDA package's test binary (go test -c ./cuda), whose
+#       # TestGPUBench runs the same suite: smaller to carry to a GPU host
 #
 # Environment: OUT (results folder, default out/bench-vs-torch), BATCHES
 # (default 1,4,8,16), STEPS (20), GUIDANCE (7.5), ITERS (3), MODES
@@ -19,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 OUT="${OUT:-$root/out/bench-vs-torch}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 BATCHES="${BATCHES:-1,4,8,16}"
 STEPS="${STEPS:-20}"
 GUIDANCE="${GUIDANCE:-7.5}"
@@ -27,27 +30,38 @@ status=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT/nvidia-smi.txt"
 
+unxz() { # $1: file.xz → a decompressed executable in $TMPDIR
+  local dst="${TMPDIR:-/tmp}/$(basename "${1%.xz}")-bench"
+  xz -dc "$1" > "$dst" 2>/dev/null ||
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$dst"
+  chmod +x "$dst"
+  echo "$dst"
+}
+
 if [ "${SKIP_KILN:-0}" != 1 ]; then
   KILN="${KILN:-}"
-  if [ -z "$KILN" ]; then
-    command -v go >/dev/null || { echo "bench-vs-torch: neither go nor KILN" >&2; exit 2; }
+  KILN_TEST="${KILN_TEST:-}"
+  [[ "$KILN" == *.xz ]] && KILN="$(unxz "$KILN")"
+  [[ "$KILN_TEST" == *.xz ]] && KILN_TEST="$(unxz "$KILN_TEST")"
+  if [ -z "$KILN" ] && [ -z "$KILN_TEST" ]; then
+    command -v go >/dev/null || { echo "bench-vs-torch: neither go nor KILN or KILN_TEST" >&2; exit 2; }
     KILN="$OUT/kiln"
     go build -o "$KILN" ./cmd/kiln || exit 1
-  elif [[ "$KILN" == *.xz ]]; then
-    dst="${TMPDIR:-/tmp}/kiln-bench"
-    xz -dc "$KILN" > "$dst" 2>/dev/null ||
-      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$KILN" "$dst"
-    chmod +x "$dst"
-    KILN="$dst"
   fi
-  prof=()
-  [ "${KILN_PROFILE:-0}" = 1 ] && prof=(--profile)
   echo "== kiln bench (${KILN_MODEL:-synthetic:sd15}, batches $BATCHES)"
-  timeout "${KILN_TIMEOUT:-300}" "$KILN" bench --models "${KILN_MODEL:-synthetic:sd15}" --batch-sizes "$BATCHES" --steps "$STEPS" \
-    --guidance "$GUIDANCE" --iterations "${ITERS:-3}" "${prof[@]}" --output "$OUT/kiln.json" > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
+  if [ -n "$KILN" ]; then
+    prof=()
+    [ "${KILN_PROFILE:-0}" = 1 ] && prof=(--profile)
+    timeout "${KILN_TIMEOUT:-300}" "$KILN" bench --models "${KILN_MODEL:-synthetic:sd15}" --batch-sizes "$BATCHES" --steps "$STEPS" \
+      --guidance "$GUIDANCE" --iterations "${ITERS:-3}" "${prof[@]}" --output "$OUT/kiln.json" > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
+  else
+    (cd cuda && KILN_BENCH=1 KILN_BENCH_MODELS="${KILN_MODEL:-synthetic:sd15}" KILN_BENCH_BATCHES="$BATCHES" KILN_BENCH_STEPS="$STEPS" \
+      KILN_BENCH_ITERS="${ITERS:-3}" KILN_BENCH_PROFILE="${KILN_PROFILE:-0}" KILN_BENCH_OUT="$OUT/kiln.json" \
+      timeout "${KILN_TIMEOUT:-300}" "$KILN_TEST" -test.run 'TestGPUBench$' -test.v -test.timeout 0) > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
+  fi
   rc=$?
   [ $rc -ne 0 ] && { status=1; echo "kiln bench exit status $rc"; tail -5 "$OUT/kiln.err"; }
-  head -12 "$OUT/kiln.txt"
+  grep -E "^(synthetic|model)" "$OUT/kiln.txt" | head -12
 fi
 
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
