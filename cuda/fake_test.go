@@ -147,8 +147,22 @@ var imageKernels = func() map[string]bool {
 	return m
 }()
 
+// fakeSM90A are the Hopper image's kernels, which the fake emulates as if
+// that image had loaded.
+var fakeSM90A = func() map[string]bool {
+	m := map[string]bool{}
+	for _, dp := range fhDims {
+		for _, t := range []string{"_f16", "_bf16"} {
+			m["fh"+itoa(dp)+t] = true
+		}
+	}
+	return m
+}()
+
+func (e *fakeEngine) hasKernel(name string) bool { return imageKernels[name] || fakeSM90A[name] }
+
 func (e *fakeEngine) launch(kernel string, cfg launchCfg, args []karg) error {
-	if !imageKernels[kernel] {
+	if !e.hasKernel(kernel) {
 		return fmt.Errorf("fake device: kernel %s is not in the compiled image", kernel)
 	}
 	a := append([]karg(nil), args...)
@@ -612,11 +626,18 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			}
 		}
 		e.write(a[0].p(), dt, out)
-	case strings.HasPrefix(kernel, "flash"):
+	case strings.HasPrefix(kernel, "flash"), strings.HasPrefix(kernel, "fh"):
+		// fh: the Hopper kernels (emulated as if their image had loaded),
+		// same arguments plus the descriptor convention.
 		dt := dtOf(last)
 		dp, _ := strconv.Atoi(strings.TrimLeft(parts[0], "flashpw"))
 		wantSmem, bm := uint32(2*64*(dp+8)*2), 64
 		switch {
+		case strings.HasPrefix(parts[0], "fh"):
+			wantSmem, bm = uint32(fhSmem(dp)), 128
+			if l := a[13].i(); l < 0 || l > 3 || cfg.block[0] != 256 {
+				return fmt.Errorf("fh launch %+v, layout %d", cfg, l)
+			}
 		case strings.HasPrefix(parts[0], "flashp"):
 			wantSmem = uint32(5 * 64 * (dp + 8) * 2)
 		case strings.HasPrefix(parts[0], "flashw"):

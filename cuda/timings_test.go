@@ -15,7 +15,8 @@ import (
 
 // TestKernelTimings measures the device time of SD 1.5-shaped ops under each
 // algorithm choice (GPU only; it checks nothing but that they run). Set
-// KILN_CUDA_TIMINGS=0 to skip. The table goes to the test log.
+// KILN_CUDA_TIMINGS=0 to skip, KILN_TIMINGS_MATCH=TEXT to measure only the
+// ops whose names contain TEXT. The table goes to the test log.
 func TestKernelTimings(t *testing.T) {
 	if os.Getenv("KILN_CUDA_TIMINGS") == "0" {
 		t.Skip("KILN_CUDA_TIMINGS=0")
@@ -42,7 +43,11 @@ func TestKernelTimings(t *testing.T) {
 		{"implicit 64x64", func(o *Options) { o.Conv, o.ConvTile = "implicit", "64x64" }},
 		{"im2col+cublas", func(o *Options) { o.Conv = "im2col" }},
 	}
+	only := os.Getenv("KILN_TIMINGS_MATCH") // measure only names containing it
 	measure := func(name, vname string, dt tensor.DType, flops float64, ins []spec, run func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor) {
+		if !strings.Contains(name, only) {
+			return
+		}
 		be := d.Backend(dt)
 		var x []*tensor.Tensor
 		for _, s := range ins {
@@ -139,7 +144,7 @@ func TestKernelTimings(t *testing.T) {
 	attn := func(b, lq, lk, heads, dh int) {
 		name := fmt.Sprintf("attention b%d %dx%d h%d d%d", b, lq, lk, heads, dh)
 		flops := 4 * float64(b*heads) * float64(lq) * float64(lk) * float64(dh)
-		for _, v := range []string{"auto", "flashp", "flash1", "gemm"} {
+		for _, v := range []string{"auto", "fh", "flashp", "flash1", "gemm"} {
 			d.opts.Attention = v
 			f := heads * dh
 			measure(name, v, tensor.F16, flops, []spec{act(b, lq, f), act(b, lk, f), act(b, lk, f)},
