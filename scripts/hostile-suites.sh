@@ -49,7 +49,7 @@ for s in "${suites[@]}"; do
 	badinput) run 'corpus:' go test -count=1 -timeout 5m -run 'TestBadInputCorpus' -v ./tests/badinput ;;
 	failclosed) run '^ok' go test -count=1 -timeout 5m -run 'TestRevocationFailsClosed|TestOrphanedRunningJobIsRequeued|TestAuthenticateFollowsTheBucket' \
 		"$(pkgof TestRevocationFailsClosed)" ./gateway/auth ;;
-	wasm) run 'corpus:' go test -count=1 -timeout 5m -run 'TestHostileWasmCorpus|TestCompileBombs|TestCompileIsCanceled' -v ./wasmhost/adapter ./wasmhost ;;
+	wasm) run 'corpus:' go test -count=1 -timeout 5m -run 'TestHostileWasmCorpus|TestCompileBombs|TestCompileIsCanceled' -v ./app/wasmadapter ./wasmhost ;;
 	websocket) run '^ok' go test -count=1 -timeout 5m -run 'TestWebSocketHostileClient' "$(pkgof TestWebSocketHostileClient)" ;;
 	kill9) KILN_KILL_AUDIT=1 run 'audit:' go test -count=1 -timeout 10m -run 'TestKillAudit' -v ./cmd/kiln ;;
 	*) echo "hostile-suites: unknown suite $s" >&2; exit 2 ;;

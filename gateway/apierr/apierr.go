@@ -26,11 +26,13 @@ const (
 	CodeConcurrency  = "too_many_jobs"
 	CodeUnauthorized = "unauthorized"
 	CodeNotFound     = "not_found"
-	CodeConflict     = "conflict"
-	CodeTooLarge     = "body_too_large"
-	CodeUnavailable  = "unavailable"
-	CodeInternal     = "internal_error"
-	CodeNoModel      = "model_not_found"
+	// CodeForbidden is a 403: the key is valid but may not do this.
+	CodeForbidden   = "forbidden"
+	CodeConflict    = "conflict"
+	CodeTooLarge    = "body_too_large"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal_error"
+	CodeNoModel     = "model_not_found"
 	// CodeMethodNotAllowed is a 405; the error lists the allowed methods.
 	CodeMethodNotAllowed = "method_not_allowed"
 )

@@ -70,13 +70,17 @@ type Config struct {
 	Device                 string            `yaml:"device"`
 	Workers                int               `yaml:"workers"`
 	MemoryBudget           Budget            `yaml:"memory_budget"`
+	HostMemoryBudget       Budget            `yaml:"host_memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
 	BuiltinModel           bool              `yaml:"builtin_model"`
+	SyntheticModels        bool              `yaml:"synthetic_models"`
 	ModelsDir              string            `yaml:"models_dir"`
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
 	AdminListen            string            `yaml:"admin_listen"`
+	AdminKeyFile           string            `yaml:"admin_key_file"`
+	AuditRetention         Duration          `yaml:"audit_retention"`
 	CORSOrigins            []string          `yaml:"cors_origins"`
 	LogLevel               string            `yaml:"log_level"`
 	LogFormat              string            `yaml:"log_format"`
@@ -286,7 +290,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, v := range map[string]Duration{"ack_wait": c.AckWait, "metrics_interval": c.MetricsInterval,
-		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout} {
+		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout, "audit_retention": c.AuditRetention} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
@@ -433,13 +437,17 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
+	fs.Var(&c.HostMemoryBudget, "host-memory-budget", "pinned host memory for models offloaded from GPUs, shared by all GPUs: auto (25% of RAM), a percentage of RAM or a size (16GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
 	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")
+	fs.BoolVar(&c.SyntheticModels, "synthetic-models", c.SyntheticModels, "accept models named synthetic:NAME (random weights, for benchmarks), e.g. --model sd15=synthetic:sd15")
 	fs.StringVar(&c.ModelsDir, "models-dir", c.ModelsDir, "folder scanned for models (empty: <data-dir>/models)")
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin listener with pprof (empty: off)")
+	fs.StringVar(&c.AdminKeyFile, "admin-key-file", c.AdminKeyFile, "file holding the admin key of /v1/admin (else $KILN_ADMIN_KEY, else one is made at first start and printed once)")
+	fs.Var(&c.AuditRetention, "audit-retention", "how long the audit log of admin actions is kept")
 	fs.Var(listFlag{&c.CORSOrigins}, "cors-origins", "comma-separated origins allowed by CORS (empty: off)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")

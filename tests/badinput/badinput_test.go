@@ -27,9 +27,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/internal/fixtures"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/serve"
 )
 
 type entry struct {
@@ -168,7 +168,7 @@ func TestBadInputCorpus(t *testing.T) {
 	cfg.ReadTimeout = config.Duration(5 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

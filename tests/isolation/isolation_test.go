@@ -20,12 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/internal/fixtures"
 	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/serve"
 )
 
 type client struct {
@@ -75,7 +75,7 @@ type tenantA struct {
 	key, jobID, imageID, prompt, node, policy, signedPath string
 }
 
-func setup(t *testing.T) (*client, *serve.Instance, tenantA, map[string]string) {
+func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 	model := fixtures.Require(t, "sd15-tiny/model")
 	cfg, err := config.Default()
 	if err != nil {
@@ -87,7 +87,7 @@ func setup(t *testing.T) (*client, *serve.Instance, tenantA, map[string]string) 
 	cfg.BuiltinModel = false
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

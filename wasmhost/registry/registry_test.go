@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/guestbuild"
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 	"github.com/kiln-project/kiln/wasmhost/conformance"
-	"github.com/kiln-project/kiln/wasmhost/internal/guestbuild"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 var (
