@@ -9,7 +9,7 @@
 #                multipart, hostile paths: 4xx only, server alive, heap bounded;
 #   fail closed— revocation never reopens a server; signed URLs die with
 #                their tenant; jobs of a vanished worker are requeued;
-#   hostile Wasm — wasmhost/adapter: loops, memory bombs, traps, garbage
+#   hostile Wasm — app/wasmadapter: loops, memory bombs, traps, garbage
 #                answers, compile bombs, forbidden imports refused while
 #                another tenant's jobs succeed;
 #   WebSocket  — id floods, rate limits, 1009 for oversized messages;
