@@ -130,7 +130,8 @@ type QuotaPatch struct {
 	MaxN            *int `json:"max_n,omitempty"`
 }
 
-func (p *QuotaPatch) apply(q config.Quota) config.Quota {
+// Apply returns q with the patch's limits set.
+func (p *QuotaPatch) Apply(q config.Quota) config.Quota {
 	if p == nil {
 		return q
 	}
@@ -206,7 +207,7 @@ func (s *Server) adminCreateTenant(c echo.Context) error {
 		return writeError(c, apierr.Invalid("", "%v", err))
 	}
 	ctx := c.Request().Context()
-	t, key, err := s.o.Tenants.Create(ctx, r.ID, r.Quota.apply(s.cfg.DefaultQuota))
+	t, key, err := s.o.Tenants.Create(ctx, r.ID, r.Quota.Apply(s.cfg.DefaultQuota))
 	if err != nil {
 		return writeError(c, tenantError(err))
 	}
@@ -253,7 +254,7 @@ func (s *Server) adminPatchTenant(c echo.Context) error {
 	if err := settings.Validate(); err != nil {
 		return writeError(c, apierr.Invalid("", "%v", err))
 	}
-	if q := r.Quota.apply(t.Quota); q != t.Quota {
+	if q := r.Quota.Apply(t.Quota); q != t.Quota {
 		if t, err = s.o.Tenants.SetQuota(ctx, t.ID, q); err != nil {
 			return writeError(c, tenantError(err))
 		}
