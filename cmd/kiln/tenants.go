@@ -61,7 +61,9 @@ func (a storeAdmin) create(ctx context.Context, id string, q config.Quota, _ api
 	return t, key, err
 }
 
-func (a storeAdmin) newKey(ctx context.Context, id string) (string, error) { return a.st.NewKey(ctx, id) }
+func (a storeAdmin) newKey(ctx context.Context, id string) (string, error) {
+	return a.st.NewKey(ctx, id)
+}
 
 func (a storeAdmin) list(ctx context.Context) ([]tenants.Tenant, map[string]int, error) {
 	return a.st.List(ctx)
