@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-project/kiln/internal/guestbuild"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
-	"github.com/kiln-project/kiln/wasmhost/internal/guestbuild"
 )
 
 func lockedQualityInput() *abi.QualityInput {

@@ -19,9 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
@@ -46,7 +46,7 @@ type Options struct {
 	Store  *jobs.Store
 	Conn   *nats.Conn
 	Engine Engine
-	Models *models.Registry
+	Models *catalog.Registry
 	Cache  *modelcache.Cache
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler

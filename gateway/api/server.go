@@ -33,12 +33,12 @@ import (
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
 	"github.com/kiln-project/kiln/server/audit"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/tenants"
 )
 
@@ -82,7 +82,7 @@ type Options struct {
 	Store    *jobs.Store
 	Tenants  *tenants.Store
 	Conn     *nats.Conn
-	Models   *models.Registry
+	Models   *catalog.Registry
 	Profiles map[string]config.Profile
 	Registry *metrics.Registry
 	Signer   *urlsign.Signer

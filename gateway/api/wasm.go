@@ -13,7 +13,7 @@ import (
 )
 
 // WasmHooks are the gateway's Wasm extension points, implemented by
-// wasmhost/adapter: pre-processing node chains and the module upload API
+// app/wasmadapter: pre-processing node chains and the module upload API
 // (/v1/policies, /v1/nodes).
 type WasmHooks interface {
 	// PreNodes checks a job's node chain and runs its pre-processing

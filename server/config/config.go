@@ -124,8 +124,22 @@ func Default() (*Config, error) {
 	return &c, nil
 }
 
+// Bounds of a configuration document, checked on its node tree before it
+// is decoded: the YAML decoder's duplicate-key check is quadratic in a
+// mapping's size (32,000 keys took seconds; the config fuzz target
+// stalled on such inputs), and anchors and aliases can multiply a small
+// document, so Kiln's configs allow neither.
+const (
+	maxConfigBytes       = 1 << 20
+	maxConfigNodes       = 20000
+	maxConfigMappingKeys = 1000
+)
+
 // decodeStrict decodes one YAML document into out; unknown keys are errors.
 func decodeStrict(data []byte, out any) error {
+	if err := checkShape(data); err != nil {
+		return err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
@@ -139,6 +153,52 @@ func decodeStrict(data []byte, out any) error {
 		return fmt.Errorf("more than one YAML document")
 	}
 	return nil
+}
+
+// checkShape parses data into a node tree (linear) and refuses documents
+// over the size or node bounds, with anchors or aliases, or with a key
+// repeated in one mapping.
+func checkShape(data []byte) error {
+	if len(data) > maxConfigBytes {
+		return fmt.Errorf("%d bytes, the limit is %d", len(data), maxConfigBytes)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	nodes := 0
+	var walk func(n *yaml.Node) error
+	walk = func(n *yaml.Node) error {
+		nodes++
+		if nodes > maxConfigNodes {
+			return fmt.Errorf("more than %d YAML nodes", maxConfigNodes)
+		}
+		if n.Kind == yaml.AliasNode || n.Anchor != "" {
+			return fmt.Errorf("line %d: YAML anchors and aliases are not supported in configs", n.Line)
+		}
+		if n.Kind == yaml.MappingNode {
+			if len(n.Content)/2 > maxConfigMappingKeys {
+				return fmt.Errorf("line %d: a mapping of %d keys, the limit is %d", n.Line, len(n.Content)/2, maxConfigMappingKeys)
+			}
+			seen := make(map[string]int, len(n.Content)/2)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				if k.Kind == yaml.ScalarNode {
+					if line, dup := seen[k.Value]; dup {
+						return fmt.Errorf("line %d: key %q already defined at line %d", k.Line, k.Value, line)
+					}
+					seen[k.Value] = k.Line
+				}
+			}
+		}
+		for _, c := range n.Content {
+			if err := walk(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(&doc)
 }
 
 // Merge decodes YAML data on top of c: keys present in data replace the

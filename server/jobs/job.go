@@ -73,7 +73,7 @@ type Params struct {
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
-	// kept as the client sent it; wasmhost/adapter decodes and runs it.
+	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
 }
 
