@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/serve"
 )
 
 // TestTenantsCommandTalksToRunningServer: with --server the command goes
@@ -35,7 +35,7 @@ func TestTenantsCommandTalksToRunningServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.DataDir, cfg.Listen, cfg.AdminKeyFile = data, "127.0.0.1:0", keyFile
-	in, err := serve.Start(context.Background(), serve.Options{Config: cfg, NoWasm: true})
+	in, err := app.Start(context.Background(), app.Options{Config: cfg, NoWasm: true})
 	if err != nil {
 		t.Fatal(err)
 	}
