@@ -235,6 +235,12 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, a.node)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/policies/"):
 			out = append(out, a.policy)
+		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
+			out = append(out, "tenant-victim")
+		case seg == "{key}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
+			out = append(out, "aaaaaaaaaaaaaaaa")
+		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/workers/"):
+			out = append(out, "any-worker")
 		default:
 			return "", fmt.Errorf("no resource of tenant A for %s in %s: extend the isolation matrix", seg, path)
 		}
