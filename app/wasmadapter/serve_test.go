@@ -122,6 +122,31 @@ func TestServeWithWasm(t *testing.T) {
 		t.Fatalf("unknown node: %d %s", code, body)
 	}
 
+	// Adaptive quality is opt-in: nothing asked the quality policy yet.
+	if _, body := do("GET", "/metrics", nil); bytes.Contains(body, []byte(`hook="quality"`)) {
+		t.Fatal("the quality policy ran for a request that did not opt in")
+	}
+	// A profile that opts in sends its requests through the quality
+	// policy's Wasm module (explicit parameters stay as requested).
+	adaptive := config.Profile{Name: "adaptive_tiny", Sampler: "euler", Steps: 2, Guidance: 5, Width: 64, Height: 64, MaxPixels: 1 << 16,
+		MaxSteps: 4, MaxN: 1, MaxBatch: 1, Precision: "fp32", LatencyTarget: config.Duration(time.Second), Quality: "adaptive"}
+	if err := in.Tenants().PutProfile(ctx, adaptive); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		code, body = do("POST", "/v1/jobs", []byte(`{"prompt":"a blue cup","profile":"adaptive_tiny","steps":2}`))
+		if code == 202 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job of the adaptive profile: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if bytes.Contains(body, []byte(`"adjustments"`)) {
+		t.Fatalf("an explicit parameter was adjusted: %s", body)
+	}
+
 	// The keyless local principal is the operator. (A hand-assembled
 	// policy: its dry run is instant even on a loaded test machine.)
 	if code, body := do("PUT", "/v1/policies/batching/fair?mode=shadow", firstJob()); code != 201 {
