@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/server/config"
 )
@@ -174,7 +175,7 @@ func TestAdminAPI(t *testing.T) {
 	if r := s.do("PUT", "/v1/policies/batching/ops", second, policies.Builtin()); r.status != http.StatusForbidden {
 		t.Fatalf("tenant uploading a batching policy: %d %s", r.status, r.body)
 	}
-	if r := s.do("PUT", "/v1/policies/batching/ops", testAdminKey, policies.Builtin()); r.status != http.StatusCreated {
+	if r := s.do("PUT", "/v1/policies/batching/ops", testAdminKey, wasmbuild.FirstJob()); r.status != http.StatusCreated {
 		t.Fatalf("admin uploading a batching policy: %d %s", r.status, r.body)
 	}
 
