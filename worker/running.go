@@ -192,9 +192,9 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 }
 
 // fillWindow takes queued jobs into the window until it is full or the
-// queue is empty, without waiting.
+// queue is empty, without waiting (nothing while the worker is drained).
 func (w *Worker) fillWindow(ctx context.Context, q *window) {
-	for q.len() < w.o.Window {
+	for q.len() < w.o.Window && !w.draining.Load() {
 		msg := w.fetch(ctx)
 		if msg == nil {
 			return

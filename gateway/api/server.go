@@ -119,6 +119,11 @@ type Server struct {
 	workers map[string]workerSeen
 	beats   map[string]time.Time // last heartbeat of every worker (WorkerHeardWithin)
 
+	// profMu guards overrides: the operator's profiles on top of the
+	// configured ones.
+	profMu    sync.Mutex
+	overrides map[string]config.Profile
+
 	// window holds recent job latencies per (tenant, profile, model) for
 	// adaptive quality.
 	window *latency.Windows
@@ -221,9 +226,10 @@ func (s *Server) Validator() *validate.Validator { return s.validator }
 
 // Run follows tenants, job records, events and heartbeats until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- s.auth.Run(ctx) }()
 	go func() { errc <- s.watch.Run(ctx) }()
+	go func() { errc <- s.o.Tenants.WatchProfiles(ctx, s.applyProfile) }()
 	progress, err := s.o.Conn.Subscribe(events.ProgressWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishRaw(tenant, job, m.Data)

@@ -257,6 +257,8 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, "tenant-victim")
 		case seg == "{key}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
 			out = append(out, a.keyID())
+		case seg == "{name}" && strings.HasPrefix(path, "/v1/admin/profiles/"):
+			out = append(out, "balanced")
 		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/workers/"):
 			out = append(out, "any-worker")
 		default:
