@@ -340,3 +340,17 @@ func TestUploadAPI(t *testing.T) {
 		t.Fatalf("metrics: %v\n%s", err, m.String())
 	}
 }
+
+// TestSchedulerPassesTenantWeights: the batching policy sees each tenant's
+// weight as the gateway recorded it in the jobs.
+func TestSchedulerPassesTenantWeights(t *testing.T) {
+	w := start(t)
+	s := w.Scheduler(SchedulerOptions{MaxBatch: 4})
+	heavy := job("a", "t1", jobs.PriorityNormal, time.Second, 512)
+	heavy.Weight = 3
+	p := pending(heavy, job("b", "t2", jobs.PriorityNormal, time.Second, 512))
+	in := s.Input(time.Now(), p, worker.Stats{})
+	if len(in.Tenants) != 2 || in.Tenants[0].Weight != 3 || in.Tenants[1].Weight != 1 {
+		t.Fatalf("tenant shares %+v", in.Tenants)
+	}
+}

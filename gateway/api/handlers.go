@@ -178,7 +178,7 @@ func (s *Server) Image(ctx context.Context, tenant, id string) ([]byte, error) {
 }
 
 // HasProfile implements openai.Backend.
-func (s *Server) HasProfile(name string) bool { _, ok := s.o.Profiles[name]; return ok }
+func (s *Server) HasProfile(name string) bool { _, ok := s.validator.Profiles()[name]; return ok }
 
 // ImageURL implements openai.Backend: an absolute URL signed for an hour.
 func (s *Server) ImageURL(r *http.Request, tenant, imageID string) string {
@@ -380,15 +380,21 @@ func (s *Server) listModels(c echo.Context) error {
 		NativeWidth  int `json:"native_width,omitempty"`
 		NativeHeight int `json:"native_height,omitempty"`
 		VAEFactor    int `json:"vae_factor,omitempty"`
+		// Residency lists the workers holding the model in GPU or pinned
+		// host memory (absent: on disk only).
+		Residency []residency `json:"residency,omitempty"`
 	}
 	def := s.o.Models.Default()
+	where, totals := residencies(s.liveWorkers())
 	out := struct {
 		Object string  `json:"object"`
 		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
+		// Memory sums each worker's model memory (shared components once).
+		Memory []workerMemory `json:"memory,omitempty"`
+	}{Object: "list", Data: []model{}, Memory: totals}
 	for _, m := range s.o.Models.List() {
 		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin,
-			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor})
+			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor, Residency: where[m.Name]})
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -398,8 +404,9 @@ func (s *Server) listProfiles(c echo.Context) error {
 		Default string           `json:"default"`
 		Data    []config.Profile `json:"data"`
 	}{Default: s.cfg.DefaultProfile, Data: []config.Profile{}}
-	for _, name := range sortedKeys(s.o.Profiles) {
-		out.Data = append(out.Data, s.o.Profiles[name])
+	profiles := s.validator.Profiles()
+	for _, name := range sortedKeys(profiles) {
+		out.Data = append(out.Data, profiles[name])
 	}
 	return c.JSON(http.StatusOK, out)
 }

@@ -240,8 +240,11 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 	done, err := h.b.Wait(ctx, p.Tenant, job.ID)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
-			// Waited sync_timeout: the job goes on; say where to find it.
+			// Waited sync_timeout: the job goes on; say where to find it,
+			// and tell the SDKs (which retry 5xx) that a retry would only
+			// start a second job.
 			w.Header().Set("Location", "/v1/jobs/"+job.ID)
+			w.Header().Set("X-Should-Retry", "false")
 			e := apierr.New(http.StatusGatewayTimeout, "timeout", "",
 				"the images were not ready within %v (sync_timeout); job %s goes on: poll GET /v1/jobs/%s until its status is succeeded, "+
 					"or subscribe to it on the WebSocket /v1/ws?subscribe=%s", h.timeout, job.ID, job.ID, job.ID)

@@ -102,7 +102,7 @@ func FitNative(w, h, nw, nh int) (int, int) {
 // Validator checks requests and caches plans. It is safe for concurrent use.
 type Validator struct {
 	models         *catalog.Registry
-	profiles       map[string]config.Profile
+	profiles       atomic.Pointer[profileSet]
 	defaultProfile string
 	samplers       map[string]bool
 	cache          *ristretto.Cache[string, *jobs.Params]
@@ -126,8 +126,33 @@ func New(reg *catalog.Registry, profiles map[string]config.Profile, defaultProfi
 	for _, n := range sample.Names() {
 		s[n] = true
 	}
-	return &Validator{models: reg, profiles: profiles, defaultProfile: defaultProfile, samplers: s, cache: c}, nil
+	v := &Validator{models: reg, defaultProfile: defaultProfile, samplers: s, cache: c}
+	v.profiles.Store(&profileSet{m: profiles})
+	return v, nil
 }
+
+// profileSet is one version of the profiles.
+type profileSet struct {
+	m       map[string]config.Profile
+	version uint64
+}
+
+// SetProfiles replaces the profiles (an operator changed one); plans made
+// with the old ones are not reused. The default profile must remain.
+func (v *Validator) SetProfiles(profiles map[string]config.Profile) error {
+	if _, ok := profiles[v.defaultProfile]; !ok {
+		return fmt.Errorf("validate: default profile %q would be gone", v.defaultProfile)
+	}
+	for {
+		old := v.profiles.Load()
+		if v.profiles.CompareAndSwap(old, &profileSet{m: profiles, version: old.version + 1}) {
+			return nil
+		}
+	}
+}
+
+// Profiles returns the current profiles (read only).
+func (v *Validator) Profiles() map[string]config.Profile { return v.profiles.Load().m }
 
 // Close stops the plan cache.
 func (v *Validator) Close() { v.cache.Close() }
@@ -215,8 +240,8 @@ func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
 		}
 		return fmt.Sprint(*x)
 	}
-	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q|%t",
-		p.Tenant, p.QuotaVersion, v.models.Version(), r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
+	fmt.Fprintf(&b, "%s|%d|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q|%t",
+		p.Tenant, p.QuotaVersion, v.models.Version(), v.profiles.Load().version, r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
 		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority, r.FitNative)
 	return b.String()
 }
@@ -227,10 +252,11 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	if prof == "" {
 		prof = v.defaultProfile
 	}
-	pr, ok := v.profiles[prof]
+	profiles := v.Profiles()
+	pr, ok := profiles[prof]
 	if !ok {
-		names := make([]string, 0, len(v.profiles))
-		for n := range v.profiles {
+		names := make([]string, 0, len(profiles))
+		for n := range profiles {
 			names = append(names, n)
 		}
 		sort.Strings(names)
