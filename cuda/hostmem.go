@@ -4,7 +4,7 @@ import (
 	"unsafe"
 
 	"github.com/kiln-project/kiln/core/memory"
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // Pinned host memory and asynchronous copies for weight offload.

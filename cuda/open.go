@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // ErrNoGPU wraps every reason why no CUDA device can be used.

@@ -20,9 +20,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
@@ -47,7 +47,7 @@ type Options struct {
 	Store  *jobs.Store
 	Conn   *nats.Conn
 	Engine Engine
-	Models *models.Registry
+	Models *catalog.Registry
 	Cache  *modelcache.Cache
 	// Memory is the device's memory manager (nil: none): batches book
 	// their activation memory with it, and an out-of-memory failure splits
@@ -88,6 +88,7 @@ type Worker struct {
 	running []*active // claimed jobs, generating or finishing
 
 	queue     *jobs.FairQueue
+	draining  atomic.Bool // an operator drained the worker
 	latency   latencyTable
 	speed     speedTable
 	finishing sync.WaitGroup
@@ -184,6 +185,25 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe: %w", err)
 	}
 	defer cancelSub.Unsubscribe()
+	drainSub, err := w.o.Conn.Subscribe(events.DrainSubject, func(m *nats.Msg) {
+		var d events.Drain
+		if json.Unmarshal(m.Data, &d) != nil || d.Worker != w.o.ID {
+			return
+		}
+		w.draining.Store(d.Drain)
+		w.log.Info("drain changed by the operator", "draining", d.Drain)
+		select {
+		case kick <- "":
+		default:
+		}
+		if data, err := json.Marshal(w.heartbeat(false)); err == nil {
+			_ = m.Respond(data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("worker: subscribe: %w", err)
+	}
+	defer drainSub.Unsubscribe()
 
 	hbDone := make(chan struct{})
 	hbStopped := make(chan struct{})
@@ -228,7 +248,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "device", w.o.Engine.Device())
 	kicked := ""
 	for ctx.Err() == nil {
-		// Fill the window, highest priority first.
+		if w.draining.Load() {
+			// Drained: held jobs go back to the queue, none is taken.
+			mu.Lock()
+			for _, p := range pending {
+				w.handBack(p.msg, p.Job)
+			}
+			pending = nil
+			mu.Unlock()
+			w.idle(ctx, kick, time.Second)
+			continue
+		}
+		// Fill the window in fair order.
 		for {
 			mu.Lock()
 			n := len(pending)
@@ -488,28 +519,33 @@ func (w *Worker) cancelRunning(tenant, id string) {
 	}
 }
 
+// heartbeat describes the worker now.
+func (w *Worker) heartbeat(stop bool) events.Heartbeat {
+	hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
+		Speed: w.speed.snapshot(), Draining: w.draining.Load()}
+	w.mu.Lock()
+	if len(w.running) > 0 {
+		hb.Busy, hb.Job = true, w.running[0].job.ID
+	}
+	w.mu.Unlock()
+	for _, m := range w.o.Cache.Resident() {
+		hb.Models = append(hb.Models, m.ID)
+	}
+	if w.o.GPUs != nil {
+		hb.GPUs = w.o.GPUs()
+	}
+	if w.o.Memory != nil {
+		hb.Memory = w.o.Memory.Models()
+	}
+	return hb
+}
+
 func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
 	send := func(stop bool) {
-		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
-			Speed: w.speed.snapshot()}
-		w.mu.Lock()
-		if len(w.running) > 0 {
-			hb.Busy, hb.Job = true, w.running[0].job.ID
-		}
-		w.mu.Unlock()
-		for _, m := range w.o.Cache.Resident() {
-			hb.Models = append(hb.Models, m.ID)
-		}
-		if w.o.GPUs != nil {
-			hb.GPUs = w.o.GPUs()
-		}
-		if w.o.Memory != nil {
-			hb.Memory = w.o.Memory.Models()
-		}
-		if data, err := json.Marshal(hb); err == nil {
+		if data, err := json.Marshal(w.heartbeat(stop)); err == nil {
 			_ = w.o.Conn.Publish(events.HeartbeatSubject, data)
 		}
 	}
