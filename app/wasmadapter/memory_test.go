@@ -1,7 +1,6 @@
 package wasmadapter
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -69,17 +68,7 @@ func TestEvictionSeesUniqueBytes(t *testing.T) {
 	}
 	cache.SetObserver(func(id string, _ modelcache.Resident, _ int64, tier memory.Tier) { mgr.Place(id, tier, comps[id]) })
 	var closed []string
-	load := func(id string, size int64) {
-		t.Helper()
-		_, release, err := cache.Acquire(context.Background(), id, size, func(context.Context) (modelcache.Resident, error) {
-			return fakeModel{id, &closed}, nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		release()
-		time.Sleep(2 * time.Millisecond)
-	}
+	load := fakeLoader(t, cache, &closed)
 	load("ft-old", 3<<30)
 	load("other", 2<<30)
 	load("ft-new", 1<<30) // shares 2.5 GiB with ft-old: 6 GiB in use
