@@ -219,6 +219,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
 	}
 	reg2 := catalog.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	reg2.AllowSynthetic(cfg.SyntheticModels)
 	if cfg.BuiltinModel {
 		if _, named := cfg.Models[builtin.BuiltinName]; named {
 			log.Info("the configured model replaces the built-in one", "model", builtin.BuiltinName)

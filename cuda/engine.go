@@ -52,6 +52,9 @@ type engine interface {
 	download(dst []byte, src uint64) error
 	memset(dst uint64, n int64, v byte) error
 	launch(kernel string, cfg launchCfg, args []karg) error
+	// hasKernel reports whether a kernel of that name can be launched (the
+	// portable image's, or the Hopper image's where it loaded).
+	hasKernel(name string) bool
 	gemm(g *cublas.Gemm) error
 	beginCapture() error
 	endCapture() (graphHandle, int, error) // the graph and its node count

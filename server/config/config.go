@@ -74,6 +74,7 @@ type Config struct {
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
 	BuiltinModel           bool              `yaml:"builtin_model"`
+	SyntheticModels        bool              `yaml:"synthetic_models"`
 	ModelsDir              string            `yaml:"models_dir"`
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
@@ -440,6 +441,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
 	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")
+	fs.BoolVar(&c.SyntheticModels, "synthetic-models", c.SyntheticModels, "accept models named synthetic:NAME (random weights, for benchmarks), e.g. --model sd15=synthetic:sd15")
 	fs.StringVar(&c.ModelsDir, "models-dir", c.ModelsDir, "folder scanned for models (empty: <data-dir>/models)")
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"image"
 	"sort"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
@@ -65,9 +67,25 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cm, err := checkpoint.Load(m.Path, checkpoint.Options{})
+	var cm *checkpoint.Model
+	var cleanup func()
+	var err error
+	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
+		// a random-weight architecture (the registry admits these only
+		// when the operator enabled them)
+		cm, _, cleanup, err = bench.Synthetic(name, 1)
+	} else {
+		cm, err = checkpoint.Load(m.Path, checkpoint.Options{})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	if cleanup != nil {
+		defer func() {
+			if err != nil {
+				cleanup()
+			}
+		}()
 	}
 	hashes, err := e.componentHashes(cm)
 	if err != nil {
@@ -91,7 +109,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	hash := hashes[KindTextEncoder]
-	mod := &Model{p: p, encoderHash: hash, group: group, comps: components(cm, hashes, e.be)}
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(cm, hashes, e.be)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -166,6 +184,8 @@ var _ worker.BatchModel = (*Model)(nil)
 // Model is a loaded pipeline.
 type Model struct {
 	p           *pipeline.Pipeline
+	be          backend.Backend
+	cleanup     func() // removes a synthetic model's temporary files
 	encoderHash string
 	cached      bool
 	group       backend.WeightGroup // nil: the backend does not group weights
@@ -183,13 +203,18 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
 // Close implements worker.Model: the weights only this model holds are
-// freed at once, then the model files are closed.
+// freed at once, then the model files are closed (and a synthetic model's
+// temporary files removed).
 func (m *Model) Close() error {
 	var gerr error
 	if m.group != nil {
 		gerr = m.group.Close()
 	}
-	return errors.Join(gerr, m.p.Close())
+	err := errors.Join(gerr, m.p.Close())
+	if m.cleanup != nil {
+		m.cleanup()
+	}
+	return err
 }
 
 // request converts a worker request to the pipeline's.
