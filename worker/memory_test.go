@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // oomModel runs batches of at most fit images; larger ones fail every
@@ -115,5 +116,28 @@ func TestRunUnderMemoryFreesOthersThenFailsClearly(t *testing.T) {
 	out, rep = RunUnderMemory(context.Background(), MemoryRun{}, items, m3.run, nil)
 	if len(m3.calls) != 1 || rep.Recovered() || out[0].Err != nil {
 		t.Fatalf("plain run: calls %v report %+v", m3.calls, rep)
+	}
+}
+
+func TestUnderBudgetCapsFreeMemory(t *testing.T) {
+	mgr, err := memory.New(memory.Config{Name: "cuda:0", Budget: 6 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr.Place("sd15", memory.GPU, []memory.Component{{Kind: "unet", Bytes: 2 << 30}})
+	w := &Worker{o: Options{Memory: mgr}}
+	p := jobs.Params{Model: "sd15", Width: 512, Height: 512}
+	// The backend sees 100 GiB free on the device; the budget leaves 4.
+	if got := w.underBudget(p, 2, 100<<30, 1<<30); got != 4<<30 {
+		t.Fatalf("free %d, want the budget's 4 GiB", got)
+	}
+	if got, measured := mgr.ActivationBytes(memory.Batch{Model: "sd15", Images: 2, Width: 512, Height: 512}); !measured || got != 1<<30 {
+		t.Fatalf("step peak not recorded: %d %v", got, measured)
+	}
+	if got := w.underBudget(p, 2, 1<<30, 0); got != 1<<30 {
+		t.Fatalf("free %d: the backend's smaller figure wins", got)
+	}
+	if got := (&Worker{}).underBudget(p, 2, 5, 0); got != 5 {
+		t.Fatalf("without a manager: %d", got)
 	}
 }

@@ -176,6 +176,7 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		}
 		free, peak := rb.Memory()
 		w.memory.observe(shape, images, peak)
+		free = w.underBudget(head, images, free, peak)
 		if ctx.Err() != nil {
 			continue // shutting down: no new jobs join
 		}
