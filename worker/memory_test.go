@@ -141,3 +141,13 @@ func TestUnderBudgetCapsFreeMemory(t *testing.T) {
 		t.Fatalf("without a manager: %d", got)
 	}
 }
+
+func TestWindowDemandCountsJobsPerModel(t *testing.T) {
+	q := &window{}
+	for _, m := range []string{"a", "b", "a"} {
+		q.pending = append(q.pending, pendingMsg{Pending: Pending{Job: &jobs.Job{Params: jobs.Params{Model: m}}}})
+	}
+	if q.demand("a") != 2 || q.demand("b") != 1 || q.demand("c") != 0 {
+		t.Fatalf("demand a=%d b=%d c=%d", q.demand("a"), q.demand("b"), q.demand("c"))
+	}
+}

@@ -226,6 +226,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
+	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
