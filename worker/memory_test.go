@@ -7,9 +7,11 @@ import (
 	"image"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/jobs"
 )
 
@@ -149,5 +151,50 @@ func TestWindowDemandCountsJobsPerModel(t *testing.T) {
 	}
 	if q.demand("a") != 2 || q.demand("b") != 1 || q.demand("c") != 0 {
 		t.Fatalf("demand a=%d b=%d c=%d", q.demand("a"), q.demand("b"), q.demand("c"))
+	}
+}
+
+// oomEngine's model runs at most one image per GenerateBatch call; more
+// fail with out of memory, as a small GPU would.
+type oomEngine struct{ batchEngine }
+
+func (e *oomEngine) Load(ctx context.Context, m catalog.Model) (Model, error) {
+	return &oomBatchModel{batchModel{e: &e.batchEngine}}, nil
+}
+
+type oomBatchModel struct{ batchModel }
+
+func (m *oomBatchModel) GenerateBatch(ctx context.Context, items []BatchItem, onProgress func(int, Progress)) []BatchResult {
+	n := 0
+	for _, it := range items {
+		n += it.Request.N
+	}
+	if n > 1 {
+		out := make([]BatchResult, len(items))
+		for i := range out {
+			out[i].Err = fmt.Errorf("allocating: %w", backend.ErrOutOfMemory)
+		}
+		return out
+	}
+	return m.batchModel.GenerateBatch(ctx, items, onProgress)
+}
+
+// A job whose batch runs out of memory succeeds by splitting, and its
+// record says so.
+func TestJobRecordReportsMemoryRecovery(t *testing.T) {
+	e := newEnv(t, 5*time.Second, 3)
+	mgr, err := memory.New(memory.Config{Name: "test", Budget: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.worker(t, &oomEngine{}, "w1", time.Second, func(o *Options) { o.Memory = mgr })
+	run(t, w)
+	j := e.submit(t, "two images", 2)
+	r := e.waitStatus(t, j, jobs.StatusSucceeded)
+	if len(r.Images) != 2 || r.Memory == nil || r.Memory.Splits != 1 || r.Memory.Chunk != 1 {
+		t.Fatalf("record: images %d memory %+v", len(r.Images), r.Memory)
+	}
+	if r.Images[1].Seed != r.Images[0].Seed+1 {
+		t.Fatalf("seeds %d, %d: the split changed them", r.Images[0].Seed, r.Images[1].Seed)
 	}
 }

@@ -490,6 +490,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusSucceeded
 		r.Images = j.Images
+		r.Memory = j.Memory
 	})
 	stage.With(StageSettle).Observe(time.Since(start).Seconds())
 	w.o.Metrics.Images.Add(float64(len(imgs)))
@@ -501,6 +502,7 @@ func (w *Worker) fail(ctx context.Context, j *jobs.Job, code, message string) {
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusFailed
 		r.Error = &jobs.Error{Code: code, Message: message}
+		r.Memory = j.Memory
 	})
 }
 
