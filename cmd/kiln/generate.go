@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
@@ -173,9 +174,14 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if out == "" {
 			out = fmt.Sprintf("kiln-%d.png", seed)
 		}
+		var hashes modelhash.Cache
+		hash, err := hashes.Short(ctx, f.model)
+		if err != nil {
+			hash = "" // the parameters leave the field out
+		}
 		for i, im := range res.Images {
 			path := numberedPath(out, i, len(res.Images))
-			params := generationParameters(f, req, res, i, p)
+			params := generationParameters(f, req, res, i, hash)
 			if err := writePNG(path, im, params); err != nil {
 				return err
 			}
@@ -218,36 +224,17 @@ func numberedPath(path string, i, n int) string {
 	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(path, filepath.Ext(path)), i+1, ext)
 }
 
-// generationParameters describes image i in AUTOMATIC1111's format.
-func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.Result, i int, p *pipeline.Pipeline) imageio.Parameters {
-	ps := imageio.Parameters{Prompt: req.Prompt, NegativePrompt: req.NegativePrompt}
-	g := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
-	ps.Set("Steps", strconv.Itoa(req.Steps))
-	ps.Set("Sampler", pipeline.SamplerLabel(res.Sampler))
-	ps.Set("CFG scale", g(req.Guidance))
-	ps.Set("Seed", strconv.FormatUint(res.Seeds[i], 10))
-	ps.Set("Size", fmt.Sprintf("%dx%d", res.PixelShape[3], res.PixelShape[2]))
-	ps.Set("Model", modelName(f.model))
+// generationParameters describes image i in AUTOMATIC1111's format,
+// through the same imageio.Generation the server's worker uses.
+func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.Result, i int, modelHash string) imageio.Parameters {
+	g := imageio.Generation{Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Steps: req.Steps, Sampler: res.Sampler,
+		CFGScale: req.Guidance, Seed: res.Seeds[i], Width: res.PixelShape[3], Height: res.PixelShape[2],
+		ModelHash: modelHash, Model: modelName(f.model), ClipSkip: req.ClipSkip, RNG: req.RNG,
+		GuidanceRescale: req.GuidanceRescale, Eta: req.Eta, LiteralPrompt: !req.Emphasis, Version: "kiln " + versionString()}
 	if req.InitImage != nil {
-		ps.Set("Denoising strength", g(req.Strength))
+		g.DenoisingStrength = req.Strength
 	}
-	if req.ClipSkip > 1 {
-		ps.Set("Clip skip", strconv.Itoa(req.ClipSkip))
-	}
-	if req.GuidanceRescale > 0 {
-		ps.Set("Guidance rescale", g(req.GuidanceRescale))
-	}
-	if req.Eta > 0 {
-		ps.Set("Eta", g(req.Eta))
-	}
-	if req.RNG == "cpu" {
-		ps.Set("RNG", "CPU") // AUTOMATIC1111 notes a non-GPU noise source
-	}
-	if !req.Emphasis {
-		ps.Set("Emphasis", "No norm")
-	}
-	ps.Set("Version", "kiln "+version)
-	return ps
+	return g.Parameters()
 }
 
 func modelName(path string) string {

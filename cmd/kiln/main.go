@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/kiln-project/kiln/internal/buildinfo"
 )
 
 // command is one subcommand of the kiln binary.
@@ -33,11 +35,20 @@ func commands() map[string]command {
 	}
 }
 
-// version is set at link time with -ldflags "-X main.version=...".
+// version is set at link time with -ldflags "-X main.version=..."; left
+// at "dev", the build's own module version or revision is reported.
 var version = "dev"
 
+// versionString is the version this binary reports.
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	return buildinfo.Version()
+}
+
 func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	_, err := fmt.Fprintln(stdout, "kiln", version)
+	_, err := fmt.Fprintln(stdout, "kiln", versionString())
 	return err
 }
 
