@@ -22,9 +22,12 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/core/modelhash"
+	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
@@ -94,6 +97,11 @@ type Server struct {
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
 	openai    *openai.Handler
+	a1111     *a1111.Handler
+	live      *live.Tracker
+	hashes    modelhash.Cache
+	// openapiDoc is the served OpenAPI document.
+	openapiDoc []byte
 
 	mu      sync.Mutex
 	workers map[string]workerSeen
@@ -161,7 +169,12 @@ func New(o Options) (*Server, error) {
 		Position: func(j *jobs.Job) int { return s.watch.Position(j.Tenant, j.ID, j.Params.Priority) }})
 	s.watch = jobwatch.New(jobwatch.Options{Store: o.Store, Live: s.limiter.Observe, Emit: s.onJobEvent})
 	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.live = live.New()
+	s.a1111 = a1111.New(adapterBackend{s}, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
 	s.echo = s.routes()
+	if s.openapiDoc, err = s.buildOpenAPI(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -199,6 +212,10 @@ func (s *Server) Run(ctx context.Context) error {
 	progress, err := s.o.Conn.Subscribe(events.ProgressWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishRaw(tenant, job, m.Data)
+			var ev events.Event
+			if json.Unmarshal(m.Data, &ev) == nil {
+				s.live.Event(tenant, ev)
+			}
 		}
 	})
 	if err != nil {
@@ -208,6 +225,9 @@ func (s *Server) Run(ctx context.Context) error {
 	preview, err := s.o.Conn.Subscribe(events.PreviewWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishPreview(tenant, job, m.Data)
+			if pv, err := events.DecodePreview(m.Data); err == nil {
+				s.live.Preview(tenant, pv)
+			}
 		}
 	})
 	if err != nil {
@@ -281,6 +301,7 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
+	s.live.Event(tenant, ev)
 }
 
 // liveWorkers lists workers heard from within three intervals.
@@ -356,6 +377,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", s.metrics)
 	e.GET("/v1/openapi.json", s.openapi)
+	e.GET("/docs", s.docs)
 
 	// Route-level middleware (not a group's) keeps 405 for known paths.
 	a := s.authenticate
@@ -372,6 +394,9 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/v1/images/generations", s.generations, a)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
+	for _, r := range s.a1111.Routes() {
+		e.Add(r.Method, r.Path, adapt(r.Handle), a)
+	}
 	s.wasmRoutes(e)
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
@@ -383,11 +408,22 @@ func (s *Server) routes() *echo.Echo {
 
 func isOpenAIRoute(c echo.Context) bool { return c.Path() == "/v1/images/generations" }
 
+// adapt mounts an adapter's handler of an authenticated request.
+func adapt(h func(w http.ResponseWriter, r *http.Request, p auth.Principal)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h(c.Response(), c.Request(), principal(c))
+		return nil
+	}
+}
+
 // writeError renders an API error in the route's shape.
 func writeError(c echo.Context, e *apierr.Error) error {
-	if isOpenAIRoute(c) {
+	switch {
+	case isOpenAIRoute(c):
 		openai.WriteError(c.Response(), e)
-	} else {
+	case strings.HasPrefix(c.Request().URL.Path, a1111.Prefix+"/"):
+		a1111.WriteError(c.Response(), e)
+	default:
 		apierr.Write(c.Response(), e)
 	}
 	return nil

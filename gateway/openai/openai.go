@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/jobwatch"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/server/jobs"
 )
@@ -221,17 +221,9 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 		WriteError(w, aerr)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
-	defer cancel()
-	done, err := h.b.Wait(ctx, p.Tenant, job.ID)
-	if err != nil {
-		// The client went away or waited too long: free the capacity.
-		h.b.Cancel(context.WithoutCancel(r.Context()), p.Tenant, job.ID)
-		if errors.Is(err, context.DeadlineExceeded) {
-			WriteError(w, apierr.New(http.StatusGatewayTimeout, "timeout", "", "the images were not ready within %v; the job was canceled", h.timeout))
-		} else {
-			WriteError(w, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "waiting for the job failed: %v", err))
-		}
+	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, p.Tenant, job.ID, h.timeout)
+	if aerr != nil {
+		WriteError(w, aerr)
 		return
 	}
 	switch done.Status {
