@@ -8,7 +8,8 @@ import (
 	"github.com/kiln-project/kiln/server/models"
 )
 
-// adapterBackend is what the client-API adapters (gateway/a1111) use of
+// adapterBackend is what the client-API adapters (gateway/a1111,
+// gateway/comfyui) use of
 // the gateway: the native job flow plus the model list, model hashes,
 // live job state and GPU readings.
 type adapterBackend struct{ *Server }
@@ -34,6 +35,16 @@ func (b adapterBackend) ModelHash(ctx context.Context, name string) string {
 
 // Live returns what was last heard of a job.
 func (b adapterBackend) Live(tenant, job string) (live.State, bool) { return b.live.Get(tenant, job) }
+
+// PutImage stores an image (ComfyUI uploads).
+func (b adapterBackend) PutImage(ctx context.Context, tenant, id string, data []byte) error {
+	return b.o.Store.PutImage(ctx, tenant, id, data)
+}
+
+// Subscribe follows a tenant's job events and previews.
+func (b adapterBackend) Subscribe(tenant string, buf int) (<-chan live.Update, func()) {
+	return b.live.Subscribe(tenant, buf)
+}
 
 // GPUs returns the GPUs the workers report.
 func (b adapterBackend) GPUs() []events.GPU { return b.status(context.Background()).GPUs }

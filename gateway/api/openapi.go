@@ -36,9 +36,16 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 			Request: r.Request, Response: r.Response})
 	}
 	openapi.Add(doc, openapi.NewSchemas("A1111"), ops)
+	ops = ops[:0]
+	for _, r := range s.comfy.Routes() {
+		ops = append(ops, openapi.Operation{Method: r.Method, Path: r.Path, Summary: r.Summary, Tag: "comfyui",
+			Request: r.Request, Response: r.Response})
+	}
+	openapi.Add(doc, openapi.NewSchemas("ComfyUI"), ops)
 	tags, _ := doc["tags"].([]any)
 	doc["tags"] = append(tags, map[string]any{"name": "a1111",
-		"description": "AUTOMATIC1111's web API (/sdapi/v1), translated to native jobs (docs/api.md)."})
+		"description": "AUTOMATIC1111's web API (/sdapi/v1), translated to native jobs (docs/api.md)."},
+		map[string]any{"name": "comfyui", "description": "ComfyUI's API: API-format workflows of core nodes compiled into native jobs (docs/api.md)."})
 	return json.Marshal(doc)
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/comfyui"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
 	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/openai"
@@ -98,6 +99,7 @@ type Server struct {
 	watch     *jobwatch.Watcher
 	openai    *openai.Handler
 	a1111     *a1111.Handler
+	comfy     *comfyui.Handler
 	live      *live.Tracker
 	hashes    modelhash.Cache
 	// openapiDoc is the served OpenAPI document.
@@ -171,6 +173,8 @@ func New(o Options) (*Server, error) {
 	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
 	s.live = live.New()
 	s.a1111 = a1111.New(adapterBackend{s}, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.comfy = comfyui.New(comfyui.Options{Backend: adapterBackend{s}, MaxBody: int64(cfg.MaxBodyBytes), MaxPixels: cfg.MaxImagePixels,
+		OriginPatterns: originPatterns(cfg.CORSOrigins)})
 	s.echo = s.routes()
 	if s.openapiDoc, err = s.buildOpenAPI(); err != nil {
 		return nil, err
@@ -291,6 +295,7 @@ func (s *Server) Ready() error {
 // Close ends WebSocket connections (before the HTTP server shuts down).
 func (s *Server) Close() {
 	s.hub.Close()
+	s.comfy.Close()
 	s.validator.Close()
 }
 
@@ -397,6 +402,9 @@ func (s *Server) routes() *echo.Echo {
 	for _, r := range s.a1111.Routes() {
 		e.Add(r.Method, r.Path, adapt(r.Handle), a)
 	}
+	for _, r := range s.comfy.Routes() {
+		e.Add(r.Method, echoPath(r.Path), adaptParams(r.Handle), a)
+	}
 	s.wasmRoutes(e)
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
@@ -416,6 +424,29 @@ func adapt(h func(w http.ResponseWriter, r *http.Request, p auth.Principal)) ech
 	}
 }
 
+// adaptParams mounts an adapter's handler that reads path parameters.
+func adaptParams(h func(w http.ResponseWriter, r *http.Request, p auth.Principal, params map[string]string)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		params := map[string]string{}
+		for i, name := range c.ParamNames() {
+			params[name] = c.ParamValues()[i]
+		}
+		h(c.Response(), c.Request(), principal(c), params)
+		return nil
+	}
+}
+
+// echoPath turns "/history/{prompt_id}" into Echo's "/history/:prompt_id".
+func echoPath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			parts[i] = ":" + s[1:len(s)-1]
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
 // writeError renders an API error in the route's shape.
 func writeError(c echo.Context, e *apierr.Error) error {
 	switch {
@@ -423,6 +454,8 @@ func writeError(c echo.Context, e *apierr.Error) error {
 		openai.WriteError(c.Response(), e)
 	case strings.HasPrefix(c.Request().URL.Path, a1111.Prefix+"/"):
 		a1111.WriteError(c.Response(), e)
+	case comfyui.IsPath(c.Request().URL.Path):
+		comfyui.WriteError(c.Response(), e)
 	default:
 		apierr.Write(c.Response(), e)
 	}
