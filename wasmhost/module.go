@@ -113,9 +113,9 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 	}
 	sum := sha256.Sum256(wasm)
 	t0 := time.Now()
-	compiled, err := rt.rt.CompileModule(ctx, wasm)
+	compiled, err := h.compile(ctx, rt, wasm, spec.Trusted)
 	if err != nil {
-		return nil, &ValidationError{Reasons: []string{"not a valid module within the limits: " + err.Error()}}
+		return nil, err
 	}
 	compileTime := time.Since(t0)
 	hooks, hasInit, reasons := checkModule(compiled, spec.Kind)

@@ -84,7 +84,9 @@ type Worker struct {
 	mu      sync.Mutex
 	running []*active // claimed jobs, generating or finishing
 
+	queue     *jobs.FairQueue
 	latency   latencyTable
+	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
 }
@@ -137,7 +139,7 @@ func New(o Options) (*Worker, error) {
 	if o.MaxFinishing <= 0 {
 		o.MaxFinishing = max(2*o.Window, 4)
 	}
-	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing)}, nil
+	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing), queue: o.Store.FairQueue()}, nil
 }
 
 // ID returns the worker's name.
@@ -317,37 +319,29 @@ func (w *Worker) idle(ctx context.Context, kick <-chan string, d time.Duration) 
 	return ""
 }
 
-// fetchWait waits up to d for a message of one priority.
-func (w *Worker) fetchWait(ctx context.Context, priority string, d time.Duration) jetstream.Msg {
+// fetchWait waits up to d for a message (a kick announced one).
+func (w *Worker) fetchWait(ctx context.Context, _ string, d time.Duration) jetstream.Msg {
 	if ctx.Err() != nil {
 		return nil
 	}
-	batch, err := w.o.Store.Consumer(priority).Fetch(1, jetstream.FetchMaxWait(d))
-	if err != nil {
-		return nil
+	msg, err := w.queue.Wait(ctx, d)
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("fetch failed", "err", err)
 	}
-	for msg := range batch.Messages() {
-		return msg
-	}
-	return nil
+	return msg
 }
 
-// fetch returns the next message, highest priority first, without waiting.
+// fetch returns the next message in fair order (across tenants by weight,
+// within a tenant by priority), without waiting.
 func (w *Worker) fetch(ctx context.Context) jetstream.Msg {
-	for _, p := range jobs.Priorities() {
-		if ctx.Err() != nil {
-			return nil
-		}
-		batch, err := w.o.Store.Consumer(p).FetchNoWait(1)
-		if err != nil {
-			w.log.Warn("fetch failed", "priority", p, "err", err)
-			continue
-		}
-		for msg := range batch.Messages() {
-			return msg
-		}
+	if ctx.Err() != nil {
+		return nil
 	}
-	return nil
+	msg, err := w.queue.Next(ctx, false)
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("fetch failed", "err", err)
+	}
+	return msg
 }
 
 // admit reads a message's job record; jobs that need no run are settled
@@ -495,7 +489,8 @@ func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
 	send := func(stop bool) {
-		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop}
+		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
+			Speed: w.speed.snapshot()}
 		w.mu.Lock()
 		if len(w.running) > 0 {
 			hb.Busy, hb.Job = true, w.running[0].job.ID

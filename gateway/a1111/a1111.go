@@ -127,19 +127,18 @@ func (h *Handler) Routes() []Route {
 }
 
 // ErrorBody is the error shape of the API (FastAPI's "detail" plus Kiln's
-// code and field).
+// code, field and, for 405, the allowed methods).
 type ErrorBody struct {
-	Error  string `json:"error"`
-	Detail string `json:"detail"`
-	Field  string `json:"field,omitempty"`
+	Error   string   `json:"error"`
+	Detail  string   `json:"detail"`
+	Field   string   `json:"field,omitempty"`
+	Allowed []string `json:"allowed,omitempty"`
 }
 
 // WriteError sends an API error in this API's shape.
 func WriteError(w http.ResponseWriter, e *apierr.Error) {
-	if e.RetryAfter > 0 {
-		w.Header().Set("Retry-After", fmt.Sprint(max(1, int((e.RetryAfter+time.Second-1)/time.Second))))
-	}
-	writeJSON(w, e.Status, ErrorBody{Error: e.Code, Detail: e.Message, Field: e.Field})
+	apierr.SetHeaders(w, e)
+	writeJSON(w, e.Status, ErrorBody{Error: e.Code, Detail: e.Message, Field: e.Field, Allowed: e.Allowed})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -427,7 +426,7 @@ func (h *Handler) generate(w http.ResponseWriter, r *http.Request, p auth.Princi
 	h.mu.Unlock()
 	defer h.forget(p.Tenant, act)
 
-	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, p.Tenant, job.ID, h.timeout)
+	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, w.Header(), p.Tenant, job.ID, h.timeout)
 	if aerr != nil {
 		WriteError(w, aerr)
 		return

@@ -22,6 +22,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/core/imagedecode"
 	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
@@ -94,6 +95,7 @@ type Server struct {
 	echo      *echo.Echo
 	auth      *auth.Authenticator
 	limiter   *quota.Limiter
+	decodes   *imagedecode.Budget // server-wide memory of init-image decodes
 	validator *validate.Validator
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
@@ -140,7 +142,8 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}}
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
+		decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -309,6 +312,22 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	s.live.Event(tenant, ev)
 }
 
+// initImageLimits bounds one init image, from its header.
+func (s *Server) initImageLimits() imagedecode.Limits {
+	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
+}
+
+// WorkerLive reports whether a worker has been heard from within three
+// heartbeat intervals.
+func (s *Server) WorkerLive(id string) bool {
+	for _, hb := range s.liveWorkers() {
+		if hb.Worker == id && !hb.Stopped {
+			return true
+		}
+	}
+	return false
+}
+
 // liveWorkers lists workers heard from within three intervals.
 func (s *Server) liveWorkers() []events.Heartbeat {
 	limit := 3*s.cfg.MetricsInterval.D() + time.Second
@@ -338,7 +357,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -355,6 +374,10 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	s.m.workers.Set(float64(len(m.Workers)))
 	return m
 }
+
+// JobIDHeader names the job a response is about (job creation, job
+// routes, the OpenAI endpoint); the access log records it.
+const JobIDHeader = "Kiln-Job-Id"
 
 // principalKey is where the auth middleware leaves the principal.
 const principalKey = "kiln.principal"
@@ -406,10 +429,16 @@ func (s *Server) routes() *echo.Echo {
 		e.Add(r.Method, echoPath(r.Path), adaptParams(r.Handle), a)
 	}
 	s.wasmRoutes(e)
+	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
 		e.GET("/", web)
-		e.GET("/*", web)
+		e.GET("/*", func(c echo.Context) error {
+			if strings.HasPrefix(c.Request().URL.Path, "/v1/") {
+				return echo.ErrNotFound
+			}
+			return web(c)
+		})
 	}
 	return e
 }
@@ -476,18 +505,40 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		case http.StatusNotFound:
 			code = apierr.CodeNotFound
 		case http.StatusMethodNotAllowed:
-			code = "method_not_allowed"
+			code = apierr.CodeMethodNotAllowed
 		case http.StatusRequestEntityTooLarge:
 			code = apierr.CodeTooLarge
 		case http.StatusUnauthorized:
 			code = apierr.CodeUnauthorized
 		}
 		ae = &apierr.Error{Status: he.Code, Code: code, Message: fmt.Sprint(he.Message)}
+		switch he.Code {
+		case http.StatusNotFound:
+			ae.Message = fmt.Sprintf("no route %s %s", c.Request().Method, c.Request().URL.Path)
+		case http.StatusMethodNotAllowed:
+			ae.Allowed = allowedMethods(c)
+			ae.Message = fmt.Sprintf("%s is not allowed on %s; allowed: %s", c.Request().Method, c.Request().URL.Path,
+				strings.Join(ae.Allowed, ", "))
+		}
 	default:
 		s.log.Error("request failed", "path", c.Request().URL.Path, "err", err)
 		ae = apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "internal error")
 	}
 	_ = writeError(c, ae)
+}
+
+// allowedMethods lists the methods the router knows for the matched path
+// (without OPTIONS, which only CORS answers).
+func allowedMethods(c echo.Context) []string {
+	h, _ := c.Get(echo.ContextKeyHeaderAllow).(string)
+	var out []string
+	for _, m := range strings.Split(h, ",") {
+		if m = strings.TrimSpace(m); m != "" && m != http.MethodOptions {
+			out = append(out, m)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *Server) recover(next echo.HandlerFunc) echo.HandlerFunc {
@@ -516,8 +567,14 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.m.requests.With(route, c.Request().Method, fmt.Sprint(c.Response().Status)).Inc()
-		s.m.latency.With(route).Observe(time.Since(start).Seconds())
+		took := time.Since(start).Seconds()
+		status := c.Response().Status
+		s.m.requests.With(route, c.Request().Method, fmt.Sprint(status)).Inc()
+		s.m.latency.With(route).Observe(took)
+		s.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
+			slog.String("method", c.Request().Method), slog.String("route", route), slog.String("path", c.Request().URL.Path),
+			slog.Int("status", status), slog.String("tenant", principal(c).Tenant), slog.Float64("latency_s", took),
+			slog.String("job", c.Response().Header().Get(JobIDHeader)))
 		return nil
 	}
 }

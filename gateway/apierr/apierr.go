@@ -29,6 +29,8 @@ const (
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal_error"
 	CodeNoModel      = "model_not_found"
+	// CodeMethodNotAllowed is a 405; the error lists the allowed methods.
+	CodeMethodNotAllowed = "method_not_allowed"
 )
 
 // Error is an API error: status, code, message and, when one field of the
@@ -38,6 +40,12 @@ type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// Allowed lists the methods a path accepts (405 responses); it is also
+	// sent as the Allow header.
+	Allowed []string `json:"allowed,omitempty"`
+	// Details carries structured data about the error (for example a cost
+	// estimate and a suggestion).
+	Details any `json:"details,omitempty"`
 	// RetryAfter, when positive, is sent as the Retry-After header.
 	RetryAfter time.Duration `json:"-"`
 }
@@ -81,15 +89,24 @@ func TooMany(code string, retry time.Duration, format string, args ...any) *Erro
 	return e
 }
 
-// Write sends the error as JSON.
-func Write(w http.ResponseWriter, e *Error) {
+// SetHeaders sets the headers an error carries (Retry-After, Allow,
+// WWW-Authenticate); every API shape's writer calls it.
+func SetHeaders(w http.ResponseWriter, e *Error) {
 	if e.RetryAfter > 0 {
 		secs := int((e.RetryAfter + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 	}
+	if len(e.Allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(e.Allowed, ", "))
+	}
 	if e.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="kiln"`)
 	}
+}
+
+// Write sends the error as JSON.
+func Write(w http.ResponseWriter, e *Error) {
+	SetHeaders(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(Body{Error: e})

@@ -161,11 +161,13 @@ type errorBody struct {
 
 // WriteError sends a native API error in ComfyUI's shape.
 func WriteError(w http.ResponseWriter, e *apierr.Error) {
-	body := errorBody{Error: ErrorItem{Type: e.Code, Message: e.Message, Details: e.Field, ExtraInfo: map[string]any{}},
-		NodeErrors: map[string]NodeError{}}
-	if e.RetryAfter > 0 {
-		w.Header().Set("Retry-After", fmt.Sprint(max(1, int((e.RetryAfter+time.Second-1)/time.Second))))
+	extra := map[string]any{}
+	if len(e.Allowed) > 0 {
+		extra["allowed"] = e.Allowed
 	}
+	body := errorBody{Error: ErrorItem{Type: e.Code, Message: e.Message, Details: e.Field, ExtraInfo: extra},
+		NodeErrors: map[string]NodeError{}}
+	apierr.SetHeaders(w, e)
 	writeJSON(w, e.Status, body)
 }
 

@@ -18,19 +18,22 @@ type Waiter interface {
 }
 
 // AwaitFinal waits up to timeout for a job to become final, as a
-// synchronous request does; when the client goes away or the time is up
-// the job is canceled (nobody waits for it any more) and the error says
-// which.
-func AwaitFinal(ctx context.Context, w Waiter, tenant, id string, timeout time.Duration) (*jobs.Job, *apierr.Error) {
+// synchronous request does. When the time is up the job goes on: the
+// error (504) says where to find it and h gets its Location. When the
+// client went away the job is canceled, as nobody waits for it any more.
+func AwaitFinal(ctx context.Context, w Waiter, h http.Header, tenant, id string, timeout time.Duration) (*jobs.Job, *apierr.Error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	done, err := w.Wait(wctx, tenant, id)
 	if err == nil {
 		return done, nil
 	}
-	w.Cancel(context.WithoutCancel(ctx), tenant, id)
-	if errors.Is(err, context.DeadlineExceeded) {
-		return nil, apierr.New(http.StatusGatewayTimeout, "timeout", "", "the images were not ready within %v; the job was canceled", timeout)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		h.Set("Location", "/v1/jobs/"+id)
+		return nil, apierr.New(http.StatusGatewayTimeout, "timeout", "",
+			"the images were not ready within %v (sync_timeout); job %s goes on: poll GET /v1/jobs/%s until its status is succeeded, "+
+				"or subscribe to it on the WebSocket /v1/ws?subscribe=%s", timeout, id, id, id)
 	}
+	w.Cancel(context.WithoutCancel(ctx), tenant, id)
 	return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "waiting for the job failed: %v", err)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kiln-project/kiln/gateway/apierr"
@@ -105,6 +106,10 @@ var openAIModels = map[string]bool{"dall-e-2": true, "dall-e-3": true, "gpt-imag
 
 var sizeRE = regexp.MustCompile(`^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$`)
 
+// JobIDHeader names the job behind a response (the gateway's access log
+// reads it, clients may poll it).
+const JobIDHeader = "Kiln-Job-Id"
+
 // WriteError sends a native API error in OpenAI's shape.
 func WriteError(w http.ResponseWriter, e *apierr.Error) {
 	typ := "invalid_request_error"
@@ -131,6 +136,9 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 	}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((e.RetryAfter+time.Second-1)/time.Second))))
+	}
+	if len(e.Allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(e.Allowed, ", "))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
@@ -221,7 +229,8 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 		WriteError(w, aerr)
 		return
 	}
-	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, p.Tenant, job.ID, h.timeout)
+	w.Header().Set(JobIDHeader, job.ID)
+	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, w.Header(), p.Tenant, job.ID, h.timeout)
 	if aerr != nil {
 		WriteError(w, aerr)
 		return

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"sort"
@@ -62,6 +63,7 @@ func (q Quota) Validate() error {
 type Config struct {
 	Role                   string            `yaml:"role"`
 	Listen                 string            `yaml:"listen"`
+	AuthMode               string            `yaml:"auth_mode"`
 	DataDir                string            `yaml:"data_dir"`
 	NATS                   string            `yaml:"nats"`
 	NATSListen             string            `yaml:"nats_listen"`
@@ -80,10 +82,14 @@ type Config struct {
 	LogFormat              string            `yaml:"log_format"`
 	MaxBodyBytes           ByteSize          `yaml:"max_body_bytes"`
 	MaxImagePixels         int               `yaml:"max_image_pixels"`
+	MaxImageDecodeBytes    ByteSize          `yaml:"max_image_decode_bytes"`
+	ImageDecodeBudget      ByteSize          `yaml:"image_decode_budget"`
 	ReadHeaderTimeout      Duration          `yaml:"read_header_timeout"`
 	ReadTimeout            Duration          `yaml:"read_timeout"`
 	IdleTimeout            Duration          `yaml:"idle_timeout"`
 	SyncTimeout            Duration          `yaml:"sync_timeout"`
+	MaxCPUJobTime          Duration          `yaml:"max_cpu_job_time"`
+	CPUSpeedPrior          float64           `yaml:"cpu_speed_prior"`
 	ShutdownTimeout        Duration          `yaml:"shutdown_timeout"`
 	MaxWebSocketsPerTenant int               `yaml:"max_websockets_per_tenant"`
 	WSSendQueue            int               `yaml:"ws_send_queue"`
@@ -176,6 +182,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: admin_listen %q: %w", c.AdminListen, err)
 		}
 	}
+	switch c.AuthMode {
+	case "auto", "keyless", "keys":
+	default:
+		return fmt.Errorf("config: auth_mode %q: want auto, keyless or keys", c.AuthMode)
+	}
 	if c.DataDir == "" && c.NATS == "" {
 		return fmt.Errorf("config: data_dir is empty")
 	}
@@ -208,6 +219,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: preview_every must not be negative")
 	}
 	for name, v := range map[string]ByteSize{"max_body_bytes": c.MaxBodyBytes,
+		"max_image_decode_bytes": c.MaxImageDecodeBytes, "image_decode_budget": c.ImageDecodeBudget,
 		"plan_cache_bytes": c.PlanCacheBytes, "text_cache_bytes": c.TextCacheBytes} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
@@ -218,6 +230,12 @@ func (c *Config) Validate() error {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
+	}
+	if c.ImageDecodeBudget < c.MaxImageDecodeBytes {
+		return fmt.Errorf("config: image_decode_budget (%s) is smaller than max_image_decode_bytes (%s)", c.ImageDecodeBudget.Human(), c.MaxImageDecodeBytes.Human())
+	}
+	if c.CPUSpeedPrior < 0 || math.IsNaN(c.CPUSpeedPrior) || math.IsInf(c.CPUSpeedPrior, 0) {
+		return fmt.Errorf("config: cpu_speed_prior must not be negative")
 	}
 	if c.AckWait.D().Seconds() < 1 {
 		return fmt.Errorf("config: ack_wait must be at least 1s")
@@ -348,6 +366,7 @@ func FlagKeys(fs *flag.FlagSet) map[string]string {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Role, "role", c.Role, "what this process runs: all, gateway or worker")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP listen address (host:port; port 0 picks a free one)")
+	fs.StringVar(&c.AuthMode, "auth-mode", c.AuthMode, "auto (keyless only on loopback while no tenant was ever created), keyless (loopback only) or keys; recorded in the store at start")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded NATS JetStream store")
 	fs.StringVar(&c.NATS, "nats", c.NATS, "URL of an external NATS server with JetStream (empty: embedded)")
 	fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "host:port where the embedded NATS server accepts other processes (empty: none)")
@@ -366,10 +385,14 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.Var(&c.MaxBodyBytes, "max-body-bytes", "largest request body")
 	fs.IntVar(&c.MaxImagePixels, "max-image-pixels", c.MaxImagePixels, "largest init image in pixels")
+	fs.Var(&c.MaxImageDecodeBytes, "max-image-decode-bytes", "largest decoded init image in memory (pixels × channels × bytes per sample, from its header)")
+	fs.Var(&c.ImageDecodeBudget, "image-decode-budget", "memory all image decodes in flight may hold together")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "HTTP header read timeout")
 	fs.Var(&c.ReadTimeout, "read-timeout", "HTTP request read timeout")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "HTTP keep-alive idle timeout")
 	fs.Var(&c.SyncTimeout, "sync-timeout", "how long the OpenAI images endpoint waits for its images")
+	fs.Var(&c.MaxCPUJobTime, "max-cpu-job-time", "refuse (422) jobs estimated to run longer on CPU workers (0: no limit)")
+	fs.Float64Var(&c.CPUSpeedPrior, "cpu-speed-prior", c.CPUSpeedPrior, "assumed CPU speed of a 1 GiB model before any is measured, in megapixel-steps/s")
 	fs.Var(&c.ShutdownTimeout, "shutdown-timeout", "grace period for running jobs on SIGTERM")
 	fs.IntVar(&c.MaxWebSocketsPerTenant, "max-websockets-per-tenant", c.MaxWebSocketsPerTenant, "open WebSockets per tenant")
 	fs.IntVar(&c.WSSendQueue, "ws-send-queue", c.WSSendQueue, "queued messages per WebSocket before it is dropped as slow")

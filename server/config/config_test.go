@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"flag"
 	"io"
 	"os"
@@ -200,5 +201,22 @@ func TestDeviceValues(t *testing.T) {
 		if err := c.Validate(); (err == nil) != ok {
 			t.Errorf("device %q: %v", d, err)
 		}
+	}
+}
+
+func TestDurationJSONIsSeconds(t *testing.T) {
+	b, err := json.Marshal(struct{ D Duration }{Duration(2500 * time.Millisecond)})
+	if err != nil || string(b) != `{"D":2.5}` {
+		t.Fatalf("marshal: %s %v", b, err)
+	}
+	for in, want := range map[string]time.Duration{`1.5`: 1500 * time.Millisecond, `"30s"`: 30 * time.Second} {
+		var d Duration
+		if err := json.Unmarshal([]byte(in), &d); err != nil || d.D() != want {
+			t.Errorf("unmarshal %s: %v %v", in, d, err)
+		}
+	}
+	var d Duration
+	if json.Unmarshal([]byte(`-1`), &d) == nil || json.Unmarshal([]byte(`"x"`), &d) == nil {
+		t.Error("bad durations accepted")
 	}
 }

@@ -123,6 +123,9 @@ type Heartbeat struct {
 	GPUs    []GPU     `json:"gpus,omitempty"`
 	Time    time.Time `json:"time"`
 	Stopped bool      `json:"stopped,omitempty"`
+	// Speed is the measured sampling speed per model, in megapixel-steps
+	// per second (images × width × height × steps / 1e6 per second).
+	Speed map[string]float64 `json:"speed,omitempty"`
 }
 
 // WorkerStatus is a worker as metrics events show it.
@@ -131,6 +134,8 @@ type WorkerStatus struct {
 	Device string   `json:"device"`
 	Busy   bool     `json:"busy"`
 	Models []string `json:"models,omitempty"`
+	// Speed is the measured sampling speed per model (megapixel-steps/s).
+	Speed map[string]float64 `json:"speed,omitempty"`
 }
 
 // Metrics is the periodic status event.

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -36,8 +37,9 @@ func ValidStatus(s string) bool {
 	return false
 }
 
-// Priorities, highest first. Each has its own consumer so that workers take
-// high-priority jobs before older normal ones.
+// Priorities, highest first. Each tenant has a queue lane per priority;
+// within a tenant, workers take high-priority jobs before older normal
+// ones (with aging, see FairQueue).
 const (
 	PriorityHigh   = "high"
 	PriorityNormal = "normal"
@@ -77,6 +79,16 @@ type Params struct {
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; wasmhost/adapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+}
+
+// Work returns the job's work in megapixel-steps: images × width × height
+// × steps / 1e6, with img2img's steps scaled by its strength.
+func (p *Params) Work() float64 {
+	steps := float64(p.Steps)
+	if p.InitImage != "" && p.Strength > 0 && p.Strength < 1 {
+		steps = math.Ceil(steps * p.Strength)
+	}
+	return float64(max(p.N, 1)) * float64(p.Width) * float64(p.Height) * steps / 1e6
 }
 
 // Image is one generated image of a job.
@@ -119,6 +131,9 @@ type Job struct {
 	Images          []Image `json:"images,omitempty"`
 	Error           *Error  `json:"error,omitempty"`
 	CancelRequested bool    `json:"cancel_requested,omitempty"`
+	// Weight is the tenant's fair-queuing weight when the job was submitted
+	// (0 counts as 1).
+	Weight float64 `json:"weight,omitempty"`
 }
 
 // NewID returns a time-ordered identifier: 10 characters of millisecond

@@ -51,13 +51,19 @@ func logger(t *testing.T) *slog.Logger {
 
 func startServer(t *testing.T, mod func(*config.Config)) *server {
 	t.Helper()
+	return startServerLog(t, mod, logger(t))
+}
+
+// startServerLog starts a server that logs to lg.
+func startServerLog(t *testing.T, mod func(*config.Config), lg *slog.Logger) *server {
+	t.Helper()
 	cfg := testConfig(t)
 	if mod != nil {
 		mod(cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: logger(t)})
+	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: lg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,7 @@ type Instance struct {
 	api       *api.Server
 	wasm      *adapter.Wasm
 	tenants   *tenants.Store
+	jobs      *jobs.Store
 	http      *http.Server
 	admin     *http.Server
 	adminAddr string
@@ -127,6 +128,9 @@ func (in *Instance) Routes() []api.Route {
 	}
 	return in.api.Routes()
 }
+
+// Jobs returns the job store.
+func (in *Instance) Jobs() *jobs.Store { return in.jobs }
 
 // Tenants returns the tenant store (gateway roles only, else nil).
 func (in *Instance) Tenants() *tenants.Store { return in.tenants }
@@ -176,6 +180,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	in.jobs = store
 	modelsDir := cfg.ModelsDir
 	if modelsDir == "" && cfg.DataDir != "" {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
@@ -279,6 +284,12 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 			return fmt.Errorf("serve: refusing to listen on %s (not loopback) without any tenant: create one with `kiln tenants create NAME --data-dir %s`, or listen on 127.0.0.1", in.addr, cfg.DataDir)
 		}
 	}
+	mode, err := ts.DecideMode(ctx, cfg.AuthMode, loopback)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	in.log.Info("auth mode", "mode", mode.Mode, "reason", mode.Reason)
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
 		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm})
@@ -297,13 +308,25 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 	}()
 	go func() { // re-enqueue jobs a crash left without a queue message; refresh models
 		defer in.runDone.Done()
-		t := time.NewTicker(30 * time.Second)
+		t := time.NewTicker(orphanCheckInterval(cfg))
 		defer t.Stop()
+		// Jobs left "running" by a worker that is gone go back to the
+		// queue once this gateway has listened to heartbeats long enough
+		// to know which workers live.
+		listening := time.Now()
+		orphanGrace := max(cfg.AckWait.D(), 3*cfg.MetricsInterval.D()+time.Second)
 		for {
 			if n, err := store.Reconcile(runCtx, time.Minute); err != nil && runCtx.Err() == nil {
 				in.log.Warn("reconcile failed", "err", err)
 			} else if n > 0 {
 				in.log.Warn("re-enqueued jobs that had lost their queue message", "jobs", n)
+			}
+			if time.Since(listening) > orphanGrace {
+				if n, err := store.RepairOrphans(runCtx, in.api.WorkerLive, orphanGrace); err != nil && runCtx.Err() == nil {
+					in.log.Warn("repairing orphaned jobs failed", "err", err)
+				} else if n > 0 {
+					in.log.Warn("put back jobs whose worker is gone", "jobs", n)
+				}
 			}
 			mreg.Refresh()
 			select {
@@ -334,11 +357,11 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	mode := "API keys required"
+	authDesc := "API keys required"
 	if in.api.Auth().Keyless() {
-		mode = "keyless local tenant (loopback, no tenants)"
+		authDesc = "keyless local tenant (any bearer or none)"
 	}
-	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", mode)
+	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", authDesc)
 	return nil
 }
 
@@ -551,6 +574,12 @@ func (in *Instance) stop(ctx context.Context) error {
 	in.gpu.Close()
 	in.log.Info("stopped")
 	return err
+}
+
+// orphanCheckInterval is how often the gateway reconciles job records with
+// the queue and the live workers: every ack wait, between 5 s and 30 s.
+func orphanCheckInterval(cfg *config.Config) time.Duration {
+	return min(max(cfg.AckWait.D(), 5*time.Second), 30*time.Second)
 }
 
 // ordinal returns N of a "cuda:N" device name, or -1.

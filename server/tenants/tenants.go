@@ -43,6 +43,9 @@ type Tenant struct {
 	Revoked   bool         `json:"revoked,omitempty"`
 	// QuotaVersion grows with every quota change (plan caches key on it).
 	QuotaVersion int `json:"quota_version"`
+	// Weight is the tenant's share of the workers under contention
+	// relative to other tenants (weighted fair queuing; 0 counts as 1).
+	Weight float64 `json:"weight,omitempty"`
 }
 
 // Key is a stored API key: its id and the hash of its secret.
@@ -126,6 +129,11 @@ func (s *Store) Create(ctx context.Context, id string, q config.Quota) (*Tenant,
 	}
 	if err := q.Validate(); err != nil {
 		return nil, "", fmt.Errorf("tenants: %w", err)
+	}
+	// Keys are required from now on; recorded before the tenant exists so
+	// that no moment has a tenant while the store still says keyless.
+	if err := s.markKeyed(ctx); err != nil {
+		return nil, "", err
 	}
 	t := &Tenant{ID: id, Quota: q, CreatedAt: time.Now().UTC(), QuotaVersion: 1}
 	data, _ := json.Marshal(t)
