@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Metadata keys under which WriteSingleFile stores the diffusers configs
@@ -33,9 +34,11 @@ var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
 
 func loadSingleFile(path string, opts Options) (*Model, error) {
 	if opts.TokenizerDir == "" {
-		opts.TokenizerDir = filepath.Join(filepath.Dir(path), "tokenizer")
-		if err := findTokenizer(opts.TokenizerDir); err != nil {
-			return nil, fmt.Errorf("checkpoint: %s carries no tokenizer and there is none beside it (%v); set Options.TokenizerDir", path, err)
+		// A tokenizer folder beside the file wins; without one the
+		// embedded CLIP vocabulary serves (see Model.Tokenizer).
+		beside := filepath.Join(filepath.Dir(path), "tokenizer")
+		if findTokenizer(beside) == nil {
+			opts.TokenizerDir = beside
 		}
 	}
 	f, err := safetensors.Open(path)
@@ -59,11 +62,10 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 // Model does not own src: closing it leaves src open.
 func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*Model, error) {
 	m := &Model{Layout: LayoutSingleFile, TokenizerDir: opts.TokenizerDir}
-	if m.TokenizerDir == "" {
-		return nil, fmt.Errorf("checkpoint: a single-file checkpoint carries no tokenizer; set Options.TokenizerDir")
-	}
-	if err := findTokenizer(m.TokenizerDir); err != nil {
-		return nil, err
+	if m.TokenizerDir != "" {
+		if err := findTokenizer(m.TokenizerDir); err != nil {
+			return nil, err
+		}
 	}
 	f := src
 	var unetNames, vaeNames, textNames, openNames []string
@@ -131,6 +133,12 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	}
 	textEntries := map[string]safetensors.ViewEntry{}
 	openCLIP := len(openNames) > 0
+	if m.TokenizerDir == "" {
+		m.EmbeddedPad = tokenizer.PadSD1
+		if openCLIP {
+			m.EmbeddedPad = tokenizer.PadSD2
+		}
+	}
 	if openCLIP {
 		var ignored []string
 		if textEntries, ignored, err = OpenCLIPToDiffusers(f, PrefixOpenCLIP, openNames); err != nil {

@@ -28,7 +28,6 @@ import (
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Limits on a request, to refuse absurd work before allocating it.
@@ -202,7 +201,7 @@ func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline,
 // closes it in Close.
 func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
 	p := &Pipeline{be: be, model: m}
-	tok, err := tokenizer.Load(m.TokenizerDir)
+	tok, err := m.Tokenizer()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: tokenizer: %w", err)
 	}
