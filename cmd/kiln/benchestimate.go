@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/bench"
 )
 
 // sd15StepFLOP is the work of one SD 1.5 UNet step with classifier-free

@@ -3,8 +3,8 @@ package main
 import (
 	"testing"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend/cpu"
-	"github.com/kiln-project/kiln/cuda/bench"
 	"github.com/kiln-project/kiln/models"
 )
 

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/internal/fixtures"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/serve"
 )
 
 // TestCLIAndServerWriteTheSameParameters generates one image with kiln
@@ -32,7 +32,7 @@ func TestCLIAndServerWriteTheSameParameters(t *testing.T) {
 	cfg.DefaultModel, cfg.BuiltinModel = "model", false
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	in, err := serve.Start(ctx, serve.Options{Config: cfg})
+	in, err := app.Start(ctx, app.Options{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}

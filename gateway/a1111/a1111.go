@@ -32,10 +32,10 @@ import (
 	"github.com/kiln-project/kiln/gateway/jobwatch"
 	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/validate"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // Prefix is where the API is mounted.
@@ -52,7 +52,7 @@ type Backend interface {
 	// Image returns a stored PNG.
 	Image(ctx context.Context, tenant, id string) ([]byte, error)
 	// Models lists the servable models and names the default one.
-	Models() (list []models.Model, def string)
+	Models() (list []catalog.Model, def string)
 	// ModelHash returns a model's full SHA-256 (see core/modelhash), or
 	// "" when it is not known within ctx.
 	ModelHash(ctx context.Context, name string) string

@@ -4,8 +4,8 @@ import (
 	"context"
 
 	"github.com/kiln-project/kiln/gateway/live"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // adapterBackend is what the client-API adapters (gateway/a1111,
@@ -15,7 +15,7 @@ import (
 type adapterBackend struct{ *Server }
 
 // Models lists the servable models and the default one.
-func (b adapterBackend) Models() ([]models.Model, string) {
+func (b adapterBackend) Models() ([]catalog.Model, string) {
 	b.o.Models.Refresh()
 	return b.o.Models.List(), b.o.Models.Default()
 }

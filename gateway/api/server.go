@@ -29,39 +29,55 @@ import (
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/comfyui"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/latency"
 	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/audit"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/tenants"
 )
 
 // QualityPolicy may adjust a validated job before it is enqueued (the
-// adaptive quality hook). The result is checked against the tenant's
-// limits again; an error or an out-of-limits answer keeps the original.
+// adaptive quality hook), for tenants or profiles that opt in with
+// `quality: adaptive`. The result is checked against the tenant's limits
+// again; an error or an out-of-limits answer keeps the original.
 type QualityPolicy interface {
-	Adjust(ctx context.Context, in QualityInput) (jobs.Params, error)
+	Adjust(ctx context.Context, in QualityInput) (QualityResult, error)
 }
 
 // QualityInput is what a quality policy sees.
 type QualityInput struct {
-	// Tenant is the tenant whose request it is.
+	// Tenant is the tenant whose request it is; the policy keeps its state
+	// per (tenant, Params.Profile, Params.Model).
 	Tenant     string
 	QueueDepth int
-	// P50 and P95 are recent job latencies (queue wait + run).
+	// P50 and P95 are the latencies (queue wait + run) of the key's jobs
+	// that finished within the last minute, weighted by age.
 	P50, P95 time.Duration
 	// Target is the profile's latency target.
 	Target time.Duration
 	Params jobs.Params
 	Limits config.Quota
+	// Locked names the parameters the request set explicitly without
+	// allow_adjust ("steps", "width", "height", "sampler", "profile"):
+	// they must not change.
+	Locked map[string]bool
+}
+
+// QualityResult is a quality policy's answer.
+type QualityResult struct {
+	Params jobs.Params
+	// Reason says why parameters changed.
+	Reason string
 }
 
 // Options configure a Server.
@@ -70,7 +86,7 @@ type Options struct {
 	Store    *jobs.Store
 	Tenants  *tenants.Store
 	Conn     *nats.Conn
-	Models   *models.Registry
+	Models   *catalog.Registry
 	Profiles map[string]config.Profile
 	Registry *metrics.Registry
 	Signer   *urlsign.Signer
@@ -83,6 +99,8 @@ type Options struct {
 	Quality QualityPolicy
 	// Wasm adds pre-processing nodes and the module upload API (nil: none).
 	Wasm WasmHooks
+	// Audit records admin actions (nil: none).
+	Audit *audit.Log
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 }
@@ -110,6 +128,10 @@ type Server struct {
 	mu      sync.Mutex
 	workers map[string]workerSeen
 
+	// window holds recent job latencies per (tenant, profile, model) for
+	// adaptive quality.
+	window *latency.Windows
+
 	m serverMetrics
 }
 
@@ -127,6 +149,7 @@ type serverMetrics struct {
 	inFlight   *metrics.Gauge
 	workers    *metrics.Gauge
 	latencies  *metrics.Histogram // end-to-end job latency seen by the gateway
+	adjusted   *metrics.CounterVec
 }
 
 // New builds the gateway.
@@ -143,7 +166,7 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
-		decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
+		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -157,6 +180,7 @@ func New(o Options) (*Server, error) {
 		workers:    reg.NewGauge("kiln_workers", "Workers that sent a heartbeat recently."),
 		latencies: reg.NewHistogram("kiln_job_latency_seconds", "Time from submission to a final state, seen by the gateway.",
 			metrics.ExponentialBuckets(0.01, 2, 16)),
+		adjusted: reg.NewCounterVec("kiln_quality_adjustments_total", "Request parameters changed by adaptive quality, by field.", "field"),
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		for _, c := range []struct {
@@ -306,6 +330,9 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	if ev.Type == events.TypeSucceeded || ev.Type == events.TypeFailed || ev.Type == events.TypeCanceled {
 		if j, _, err := s.o.Store.Get(context.Background(), tenant, ev.Job); err == nil {
 			s.m.latencies.Observe(time.Since(j.CreatedAt).Seconds())
+			if ev.Type == events.TypeSucceeded {
+				s.window.Observe(qualityKey(tenant, j.Params.Profile, j.Params.Model), time.Since(j.CreatedAt))
+			}
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
@@ -357,7 +384,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed, Draining: hb.Draining})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -395,7 +422,7 @@ func (s *Server) routes() *echo.Echo {
 	if len(s.cfg.CORSOrigins) > 0 {
 		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 			AllowOrigins:  s.cfg.CORSOrigins,
-			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodOptions},
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 			AllowHeaders:  []string{"Authorization", "Content-Type"},
 			ExposeHeaders: []string{"Retry-After", "Location"},
 			MaxAge:        600,
@@ -429,6 +456,7 @@ func (s *Server) routes() *echo.Echo {
 		e.Add(r.Method, echoPath(r.Path), adaptParams(r.Handle), a)
 	}
 	s.wasmRoutes(e)
+	s.adminRoutes(e)
 	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)

@@ -34,6 +34,10 @@ type Principal struct {
 	Local bool
 	// Weight is the tenant's fair-queuing weight (0 counts as 1).
 	Weight float64
+	// Quality is the tenant's quality mode ("adaptive" opts in).
+	Quality string
+	// Admin marks a request made with the admin key (the operator).
+	Admin bool
 }
 
 // WSProtocol is the WebSocket subprotocol of Kiln's event stream.
@@ -239,7 +243,7 @@ func (a *Authenticator) Verify(key string) (Principal, *apierr.Error) {
 	if !found || t.Revoked {
 		return Principal{}, bad
 	}
-	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight}, nil
+	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight, Quality: t.Quality}, nil
 }
 
 // IsLoopback reports whether a listen address (host:port) only accepts

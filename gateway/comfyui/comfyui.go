@@ -35,10 +35,10 @@ import (
 	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/internal/buildinfo"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // Backend is what the handler needs from the gateway.
@@ -53,7 +53,7 @@ type Backend interface {
 	Image(ctx context.Context, tenant, id string) ([]byte, error)
 	PutImage(ctx context.Context, tenant, id string, data []byte) error
 	// Models lists the servable models and names the default one.
-	Models() (list []models.Model, def string)
+	Models() (list []catalog.Model, def string)
 	// Subscribe follows a tenant's job events and previews.
 	Subscribe(tenant string, buf int) (<-chan live.Update, func())
 	// GPUs reads the devices' memory (nil without GPUs).

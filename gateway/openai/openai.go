@@ -73,6 +73,7 @@ type GenerationRequest struct {
 	Steps             *int     `json:"steps,omitempty"`
 	Guidance          *float64 `json:"guidance,omitempty"`
 	Sampler           string   `json:"sampler,omitempty"`
+	AllowAdjust       bool     `json:"allow_adjust,omitempty"`
 }
 
 // ImageData is one entry of the response.
@@ -147,7 +148,7 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 
 func (h *Handler) convert(g *GenerationRequest) (*validate.JobRequest, *apierr.Error) {
 	r := &validate.JobRequest{Prompt: g.Prompt, NegativePrompt: g.NegativePrompt, Seed: g.Seed, Steps: g.Steps,
-		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N}
+		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N, AllowAdjust: g.AllowAdjust}
 	if !openAIModels[g.Model] {
 		r.Model = g.Model
 	}
@@ -230,6 +231,9 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 		return
 	}
 	w.Header().Set(JobIDHeader, job.ID)
+	if h := jobs.AdjustedHeader(job.Adjustments); h != "" {
+		w.Header().Set(jobs.AdjustedHeaderName, h)
+	}
 	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, w.Header(), p.Tenant, job.ID, h.timeout)
 	if aerr != nil {
 		WriteError(w, aerr)

@@ -77,7 +77,7 @@ type Params struct {
 	// generator per image seeded Seed+i (as AUTOMATIC1111 does).
 	SharedNoise bool `json:"shared_noise,omitempty"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
-	// kept as the client sent it; wasmhost/adapter decodes and runs it.
+	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
 }
 
@@ -134,6 +134,34 @@ type Job struct {
 	// Weight is the tenant's fair-queuing weight when the job was submitted
 	// (0 counts as 1).
 	Weight float64 `json:"weight,omitempty"`
+	// Adjustments are the changes the adaptive quality policy made to the
+	// request before it was queued.
+	Adjustments []Adjustment `json:"adjustments,omitempty"`
+}
+
+// AdjustedHeaderName is the response header listing a job's adjustments.
+const AdjustedHeaderName = "Kiln-Adjusted"
+
+// AdjustedHeader formats adjustments for the Kiln-Adjusted header:
+// "steps=25->12, width=128->96" ("" for none).
+func AdjustedHeader(adj []Adjustment) string {
+	var b strings.Builder
+	for i, a := range adj {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=%v->%v", a.Field, a.From, a.To)
+	}
+	return b.String()
+}
+
+// Adjustment is one parameter the adaptive quality policy changed: from
+// the requested value to the queued one, and why.
+type Adjustment struct {
+	Field  string `json:"field"`
+	From   any    `json:"from"`
+	To     any    `json:"to"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // NewID returns a time-ordered identifier: 10 characters of millisecond
