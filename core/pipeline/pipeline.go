@@ -28,7 +28,6 @@ import (
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Limits on a request, to refuse absurd work before allocating it.
@@ -147,8 +146,8 @@ type Pipeline struct {
 	sched     *sample.Config
 	ucfg      unet.Config
 	vcfg      vae.Config
-	latentRGB *[][3]float64
-	size      int // default image side in pixels
+	latentRGB *LatentRGB // nil: no previews
+	size      int        // default image side in pixels
 	hook      func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
 }
 
@@ -180,14 +179,6 @@ func (p *Pipeline) encode(ctx context.Context, text string, opts conditioning.Op
 	return r, nil
 }
 
-// sd1LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews.
-var sd1LatentRGB = [][3]float64{
-	{0.3512, 0.2297, 0.3227},
-	{0.3250, 0.4974, 0.2350},
-	{-0.2829, 0.1762, 0.2721},
-	{-0.2120, -0.2616, -0.7177},
-}
-
 // Load opens a model (diffusers folder or single-file checkpoint) and
 // builds its components on be.
 func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline, error) {
@@ -210,7 +201,7 @@ func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline,
 // closes it in Close.
 func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
 	p := &Pipeline{be: be, model: m}
-	tok, err := tokenizer.Load(m.TokenizerDir)
+	tok, err := m.Tokenizer()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: tokenizer: %w", err)
 	}
@@ -246,8 +237,8 @@ func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
 	if p.enc.Dim() != p.ucfg.ContextDim() {
 		return nil, fmt.Errorf("pipeline: text encoder width %d, unet cross-attention width %d", p.enc.Dim(), p.ucfg.ContextDim())
 	}
-	if p.vcfg.LatentChannels == 4 {
-		p.latentRGB = &sd1LatentRGB
+	if p.latentRGB, err = latentRGBFor(m, p.vcfg.LatentChannels); err != nil {
+		return nil, err
 	}
 	var us struct {
 		SampleSize json.RawMessage `json:"sample_size"`
@@ -636,37 +627,6 @@ func imageToPixels(im image.Image, w, h int) []float32 {
 		}
 	}
 	return px
-}
-
-// preview maps the predicted clean latents through the latent-to-RGB
-// matrix: one pixel per latent position, the images side by side.
-func preview(x0 []float32, shape [4]int, m [][3]float64) *image.RGBA {
-	n, c, h, w := shape[0], shape[1], shape[2], shape[3]
-	if c != len(m) || len(x0) != n*c*h*w {
-		return nil
-	}
-	im := image.NewRGBA(image.Rect(0, 0, n*w, h))
-	plane := h * w
-	for i := 0; i < n; i++ {
-		base := i * c * plane
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				var rgb [3]float64
-				for ch := 0; ch < c; ch++ {
-					v := float64(x0[base+ch*plane+y*w+x])
-					for k := 0; k < 3; k++ {
-						rgb[k] += v * m[ch][k]
-					}
-				}
-				o := im.PixOffset(i*w+x, y)
-				for k := 0; k < 3; k++ {
-					im.Pix[o+k] = uint8(min(max((rgb[k]+1)/2*255, 0), 255))
-				}
-				im.Pix[o+3] = 255
-			}
-		}
-	}
-	return im
 }
 
 // SamplerLabel is the AUTOMATIC1111 display name of a sampler name.

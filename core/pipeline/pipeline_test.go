@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
@@ -294,12 +296,18 @@ func TestProgressPreview(t *testing.T) {
 // TestPreviewMatrix checks the latent-to-RGB mapping on one latent pixel.
 func TestPreviewMatrix(t *testing.T) {
 	// latent (1, 0, 0, 0) → RGB row 0 of the matrix, mapped from [-1, 1]
-	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd1LatentRGB)
+	sd1 := latentFamilies[len(latentFamilies)-1].rgb
+	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd1)
 	want := []uint8{172, 156, 168, 255} // ⌊(row0 + 1) / 2 · 255⌋
 	for k := range want {
 		if im.Pix[k] != want[k] {
 			t.Fatalf("pixel %v, want %v", im.Pix[:4], want)
 		}
+	}
+	// The bias is added: a zero latent shows the bias colour.
+	im = preview([]float32{0, 0, 0, 0}, [4]int{1, 4, 1, 1}, LatentRGB{Factors: sd1.Factors, Bias: [3]float64{1, -1, 0}})
+	if im.Pix[0] != 255 || im.Pix[1] != 0 || im.Pix[2] != 127 {
+		t.Fatalf("bias pixel %v", im.Pix[:4])
 	}
 }
 
@@ -385,5 +393,32 @@ func TestPixelsToImages(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestLatentRGBChoice checks which preview map a model gets: its own
+// file, else its family's by configuration.
+func TestLatentRGBChoice(t *testing.T) {
+	dir := t.TempDir()
+	m := &checkpoint.Model{Path: dir, Layout: checkpoint.LayoutDiffusers, UNetConfig: []byte(`{"addition_embed_type": "text_time"}`)}
+	got, err := latentRGBFor(m, 4)
+	if err != nil || got == nil || got.Bias[0] != 0.1084 {
+		t.Fatalf("SDXL config: %+v, %v", got, err)
+	}
+	m.UNetConfig = []byte(`{"cross_attention_dim": 768}`)
+	if got, _ := latentRGBFor(m, 4); got == nil || got.Factors[0][0] != 0.3512 {
+		t.Fatalf("SD 1.x config: %+v", got)
+	}
+	if got, _ := latentRGBFor(m, 16); got != nil {
+		t.Fatalf("16 channels matched %+v", got)
+	}
+	_ = os.MkdirAll(filepath.Join(dir, "vae"), 0o755)
+	own := `{"factors": [[1,0,0],[0,1,0],[0,0,1],[0,0,0]], "bias": [0.5, 0, 0]}`
+	_ = os.WriteFile(filepath.Join(dir, LatentRGBFile), []byte(own), 0o644)
+	if got, err := latentRGBFor(m, 4); err != nil || got.Bias[0] != 0.5 || got.Factors[1][1] != 1 {
+		t.Fatalf("own file: %+v, %v", got, err)
+	}
+	if _, err := latentRGBFor(m, 3); err == nil {
+		t.Fatal("a file with the wrong channel count was accepted")
 	}
 }
