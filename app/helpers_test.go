@@ -51,13 +51,30 @@ func logger(t *testing.T) *slog.Logger {
 
 func startServer(t *testing.T, mod func(*config.Config)) *server {
 	t.Helper()
+	return startServerLog(t, mod, logger(t))
+}
+
+// startServerLog starts a server that logs to lg.
+func startServerLog(t *testing.T, mod func(*config.Config), lg *slog.Logger) *server {
+	t.Helper()
+	return startServerOpts(t, mod, app.Options{Logger: lg})
+}
+
+// startServerOpts starts a server with options (Config and, when nil,
+// Logger are filled in).
+func startServerOpts(t *testing.T, mod func(*config.Config), o app.Options) *server {
+	t.Helper()
+	if o.Logger == nil {
+		o.Logger = logger(t)
+	}
 	cfg := testConfig(t)
 	if mod != nil {
 		mod(cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: logger(t)})
+	o.Config = cfg
+	in, err := app.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

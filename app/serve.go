@@ -14,7 +14,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/ws"
 	builtin "github.com/kiln-project/kiln/models"
+	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
@@ -86,6 +89,7 @@ type Instance struct {
 	api       *api.Server
 	wasm      *wasmadapter.Wasm
 	tenants   *tenants.Store
+	jobs      *jobs.Store
 	http      *http.Server
 	admin     *http.Server
 	adminAddr string
@@ -100,6 +104,36 @@ type Instance struct {
 
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// adminKey sets up the admin API's key: the one in admin_key_file or
+// $KILN_ADMIN_KEY when given, else one made at the first start and logged
+// that once (only its hash is stored).
+func (in *Instance) adminKey(ctx context.Context, ts *tenants.Store) error {
+	key, source := os.Getenv("KILN_ADMIN_KEY"), "environment"
+	if f := in.cfg.AdminKeyFile; f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("serve: admin_key_file: %w", err)
+		}
+		key, source = strings.TrimSpace(string(data)), "file "+f
+	}
+	if key != "" {
+		if err := ts.SetAdminKey(ctx, key, source); err != nil {
+			return fmt.Errorf("serve: admin key from %s: %w", source, err)
+		}
+		in.log.Info("admin key configured", "from", source)
+		return nil
+	}
+	created, err := ts.EnsureAdminKey(ctx)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if created != "" {
+		in.log.Warn("admin key created for the admin API (/v1/admin, `kiln tenants --server`); it is shown only this once: store it, "+
+			"or set admin_key_file or KILN_ADMIN_KEY", "admin_key", created)
+	}
+	return nil
 }
 
 // Addr returns the HTTP listener's address ("" without one).
@@ -127,6 +161,9 @@ func (in *Instance) Routes() []api.Route {
 	}
 	return in.api.Routes()
 }
+
+// Jobs returns the job store.
+func (in *Instance) Jobs() *jobs.Store { return in.jobs }
 
 // Tenants returns the tenant store (gateway roles only, else nil).
 func (in *Instance) Tenants() *tenants.Store { return in.tenants }
@@ -176,6 +213,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	in.jobs = store
 	modelsDir := cfg.ModelsDir
 	if modelsDir == "" && cfg.DataDir != "" {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
@@ -279,9 +317,24 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 			return fmt.Errorf("serve: refusing to listen on %s (not loopback) without any tenant: create one with `kiln tenants create NAME --data-dir %s`, or listen on 127.0.0.1", in.addr, cfg.DataDir)
 		}
 	}
+	mode, err := ts.DecideMode(ctx, cfg.AuthMode, loopback)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	in.log.Info("auth mode", "mode", mode.Mode, "reason", mode.Reason)
+	if err := in.adminKey(ctx, ts); err != nil {
+		ln.Close()
+		return err
+	}
+	auditLog, err := audit.Open(ctx, in.broker.JS, cfg.AuditRetention.D(), 1)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
-		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm})
+		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog})
 	if err != nil {
 		ln.Close()
 		return err
@@ -297,13 +350,25 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 	}()
 	go func() { // re-enqueue jobs a crash left without a queue message; refresh models
 		defer in.runDone.Done()
-		t := time.NewTicker(30 * time.Second)
+		t := time.NewTicker(orphanCheckInterval(cfg))
 		defer t.Stop()
+		// Jobs left "running" by a worker that is gone go back to the
+		// queue once this gateway has listened to heartbeats long enough
+		// to know which workers live.
+		listening := time.Now()
+		orphanGrace := max(cfg.AckWait.D(), 3*cfg.MetricsInterval.D()+time.Second)
 		for {
 			if n, err := store.Reconcile(runCtx, time.Minute); err != nil && runCtx.Err() == nil {
 				in.log.Warn("reconcile failed", "err", err)
 			} else if n > 0 {
 				in.log.Warn("re-enqueued jobs that had lost their queue message", "jobs", n)
+			}
+			if time.Since(listening) > orphanGrace {
+				if n, err := store.RepairOrphans(runCtx, in.api.WorkerLive, orphanGrace); err != nil && runCtx.Err() == nil {
+					in.log.Warn("repairing orphaned jobs failed", "err", err)
+				} else if n > 0 {
+					in.log.Warn("put back jobs whose worker is gone", "jobs", n)
+				}
 			}
 			mreg.Refresh()
 			select {
@@ -334,11 +399,11 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	mode := "API keys required"
+	authDesc := "API keys required"
 	if in.api.Auth().Keyless() {
-		mode = "keyless local tenant (loopback, no tenants)"
+		authDesc = "keyless local tenant (any bearer or none)"
 	}
-	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", mode)
+	in.log.Info("listening", "addr", in.addr, "url", "http://"+in.addr, "auth", authDesc)
 	return nil
 }
 
@@ -551,6 +616,12 @@ func (in *Instance) stop(ctx context.Context) error {
 	in.gpu.Close()
 	in.log.Info("stopped")
 	return err
+}
+
+// orphanCheckInterval is how often the gateway reconciles job records with
+// the queue and the live workers: every ack wait, between 5 s and 30 s.
+func orphanCheckInterval(cfg *config.Config) time.Duration {
+	return min(max(cfg.AckWait.D(), 5*time.Second), 30*time.Second)
 }
 
 // ordinal returns N of a "cuda:N" device name, or -1.

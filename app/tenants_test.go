@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // TestTenantIsolation: tenant B cannot see, fetch, cancel or subscribe to
@@ -37,6 +38,13 @@ func TestTenantIsolation(t *testing.T) {
 		}
 		if r := s.do(c.method, c.path, keyA, nil); c.method == "GET" && r.status != http.StatusOK {
 			t.Errorf("A %s %s: %d", c.method, c.path, r.status)
+		}
+	}
+	// The admin API is no way in: B's key is refused on every admin route,
+	// A's tenant named or not.
+	for _, r := range s.adminRoutes("tenant-a") {
+		if got := s.do(r[0], r[1], keyB, nil); got.status != http.StatusForbidden || strings.Contains(string(got.body), "secret") {
+			t.Errorf("B %s %s: %d %s", r[0], r[1], got.status, got.body)
 		}
 	}
 	if l := s.do("GET", "/v1/jobs", keyB, nil).json(t); len(l["jobs"].([]any)) != 0 {
@@ -156,5 +164,104 @@ func TestQuotas(t *testing.T) {
 			t.Fatal("raised quota never applied")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRevocationFailsClosed: revoking the last tenant of a loopback server
+// never reopens it — not at once, not after a restart — and /v1/status
+// reports the mode (issue 24, fail-open after revocation).
+func TestRevocationFailsClosed(t *testing.T) {
+	s := startServer(t, nil)
+	r := s.do("GET", "/v1/status", "sk-anything", nil)
+	if r.status != http.StatusOK || r.json(t)["auth"].(map[string]any)["mode"] != "keyless" {
+		t.Fatalf("fresh loopback status: %d %s", r.status, r.body)
+	}
+	key := s.tenant("only", nil)
+	if r := s.do("GET", "/v1/status", key, nil); r.json(t)["auth"].(map[string]any)["mode"] != "keys" {
+		t.Fatalf("status with a tenant: %s", r.body)
+	}
+	// A signed image URL issued before the revocation.
+	r = s.do("POST", "/v1/images/generations", key, map[string]any{"prompt": "x", "size": "64x64", "steps": 2})
+	if r.status != http.StatusOK {
+		t.Fatalf("generations: %d %s", r.status, r.body)
+	}
+	link := r.json(t)["data"].([]any)[0].(map[string]any)["url"].(string)
+	if resp, err := http.Get(link); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("signed url before revocation: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
+	if err := s.in.Tenants().Revoke(context.Background(), "only"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.do("GET", "/v1/account", key, nil).status != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("revoked key still accepted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	check := func(s *server) {
+		t.Helper()
+		for _, c := range []struct {
+			method, path string
+			body         any
+		}{
+			{"GET", "/v1/account", nil},
+			{"POST", "/v1/jobs", tinyJob("x")},
+			{"PUT", "/v1/policies/quality/q?mode=activate", []byte("\x00asm\x01\x00\x00\x00")},
+			{"POST", "/v1/images/generations", map[string]any{"prompt": "x"}},
+		} {
+			for _, k := range []string{"", "sk-dummy"} {
+				if r := s.do(c.method, c.path, k, c.body); r.status != http.StatusUnauthorized {
+					t.Errorf("%s %s with key %q after revoking every tenant: %d %s", c.method, c.path, k, r.status, r.body)
+				}
+			}
+		}
+	}
+	check(s)
+	if resp, err := http.Get(link); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("signed url after revocation: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
+	dir := s.cfg.DataDir
+	s.in.Stop(context.Background())
+	s2 := startServer(t, func(c *config.Config) { c.DataDir = dir })
+	check(s2)
+}
+
+// TestOrphanedRunningJobIsRequeued: a job recorded as running by a worker
+// that no longer exists (stopped or killed after taking it) is put back to
+// queued with a queue message, instead of showing "running" while no
+// worker runs it (issue 24, stale job state after hand-back).
+func TestOrphanedRunningJobIsRequeued(t *testing.T) {
+	s := startServer(t, func(c *config.Config) {
+		c.Role = config.RoleGateway // no worker: the job stays where the test puts it
+		c.AckWait = config.Duration(time.Second)
+	})
+	id := s.submit("", tinyJob("orphan"))
+	st := s.in.Jobs()
+	ctx := context.Background()
+	started := time.Now().Add(-time.Minute)
+	if _, err := st.Update(ctx, "local", id, func(r *jobs.Job) error {
+		r.Status, r.Worker, r.StartedAt, r.Attempts = jobs.StatusRunning, "gone-worker", &started, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r, _, err := st.Get(ctx, "local", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status == jobs.StatusQueued && r.Worker == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphaned job still %s by %q", r.Status, r.Worker)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

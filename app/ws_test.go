@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image/jpeg"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 )
@@ -292,5 +296,82 @@ func TestCrossOriginWebSocketRefused(t *testing.T) {
 		&websocket.DialOptions{HTTPHeader: h})
 	if err == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("cross-origin socket: %v %v", err, resp)
+	}
+}
+
+// countingHandler counts WARN and louder log records.
+type countingHandler struct{ warns *atomic.Int64 }
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warns.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestWebSocketHostileClient: one message with thousands of ids is refused
+// whole, floods of messages are rate-limited, log lines about a client are
+// rate-limited (and counted), and a message over the read limit closes the
+// socket with 1009 (issue 24, log flood from one message).
+func TestWebSocketHostileClient(t *testing.T) {
+	var warns atomic.Int64
+	cfg := testConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: slog.New(countingHandler{&warns})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Stop(context.Background()) })
+	s := &server{t: t, in: in, base: "http://" + in.Addr(), cfg: cfg}
+
+	ws := s.dial(t, "", "")
+	ids := make([]string, 5000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("job%04d", i)
+	}
+	before := warns.Load()
+	ws.send(t, map[string]any{"type": "subscribe", "jobs": ids})
+	m := ws.until(t, func(m map[string]any) bool { return m["type"] == "error" || m["type"] == "subscribed" })
+	if m["type"] != "error" || m["error"].(map[string]any)["code"] != "limit_exceeded" {
+		t.Fatalf("5000 ids in one message: %v", m)
+	}
+	// A burst of allowed-size messages full of unknown ids: answered or
+	// rate-limited, and the socket may be dropped as slow, but the log
+	// gets a handful of lines, not one per id.
+	flood := ws
+	for i := 0; i < 200; i++ {
+		data, _ := json.Marshal(map[string]any{"type": "subscribe", "jobs": ids[:100]})
+		wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := flood.c.Write(wctx, websocket.MessageText, data)
+		wcancel()
+		if err != nil {
+			break
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := warns.Load() - before; n > 10 {
+		t.Fatalf("%d WARN lines from one client's flood", n)
+	}
+	// Over the read limit: closed with 1009.
+	big := s.dial(t, "", "")
+	payload, _ := json.Marshal(map[string]any{"type": "ping", "pad": strings.Repeat("x", 70<<10)})
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	_ = big.c.Write(wctx, websocket.MessageText, payload)
+	select {
+	case err := <-big.closed:
+		if websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+			t.Fatalf("oversized message closed with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("oversized message did not close the socket")
+	}
+	// The server still serves.
+	if r := s.do("GET", "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("healthz %d", r.status)
 	}
 }

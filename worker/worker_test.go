@@ -254,7 +254,7 @@ func TestRedeliveryAfterWorkerDeath(t *testing.T) {
 	e := newEnv(t, time.Second, 2)
 	j := e.submit(t, "orphan", 1)
 	// A worker takes the job and dies: claim it by hand and never ack.
-	msg := (&Worker{o: Options{Store: e.store}}).fetchWait(context.Background(), jobs.PriorityNormal, 10*time.Second)
+	msg := (&Worker{o: Options{Store: e.store}, queue: e.store.FairQueue()}).fetchWait(context.Background(), jobs.PriorityNormal, 10*time.Second)
 	if msg == nil {
 		t.Fatal("no message")
 	}

@@ -188,28 +188,41 @@ func TestEvictionAsksThePolicy(t *testing.T) {
 func TestQualityAdjustsUnderLoad(t *testing.T) {
 	w := start(t)
 	q := w.Quality()
+	now := time.Unix(1_700_000_000, 0)
+	q.Now = func() time.Time { return now }
 	in := api.QualityInput{Tenant: "acme", QueueDepth: 2, P50: time.Second, P95: 9 * time.Second, Target: 4 * time.Second,
-		Params: jobs.Params{Steps: 30, Width: 768, Height: 512, Sampler: "euler", Profile: "balanced", Prompt: "x"},
+		Params: jobs.Params{Steps: 30, Width: 768, Height: 512, Sampler: "euler", Profile: "balanced", Model: "sd", Prompt: "x"},
 		Limits: config.Quota{MaxSteps: 50, MaxPixels: 1 << 20}}
-	var out jobs.Params
+	var res api.QualityResult
 	for i := 0; i < 6; i++ {
 		var err error
-		if out, err = q.Adjust(context.Background(), in); err != nil {
+		if res, err = q.Adjust(context.Background(), in); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if q.Level("acme") != 1 || out.Steps != 15 || out.Width >= 768 || out.Prompt != "x" {
-		t.Fatalf("overloaded: level %v params %+v", q.Level("acme"), out)
+	out := res.Params
+	if q.Level("acme", "balanced", "sd") != 1 || out.Steps != 15 || out.Width >= 768 || out.Prompt != "x" || res.Reason == "" {
+		t.Fatalf("overloaded: level %v params %+v reason %q", q.Level("acme", "balanced", "sd"), out, res.Reason)
 	}
-	if q.Level("globex") != 0 {
-		t.Fatal("levels are per tenant")
+	// State is per (tenant, profile, model).
+	if q.Level("globex", "balanced", "sd") != 0 || q.Level("acme", "speed_first", "sd") != 0 || q.Level("acme", "balanced", "other") != 0 {
+		t.Fatal("levels leak across tenants, profiles or models")
+	}
+	// Locked parameters never move, even at level 1.
+	in.Locked = map[string]bool{"steps": true, "width": true, "height": true}
+	if res, _ := q.Adjust(context.Background(), in); res.Params.Steps != 30 || res.Params.Width != 768 || res.Params.Height != 512 {
+		t.Fatalf("locked: %+v", res.Params)
+	}
+	in.Locked = nil
+	// The level decays while no request comes: ten minutes later it is gone.
+	now = now.Add(10 * time.Minute)
+	if l := q.Level("acme", "balanced", "sd"); l != 0 {
+		t.Fatalf("level after ten idle minutes: %v", l)
 	}
 	in.P95 = time.Second
-	for i := 0; i < 12; i++ {
-		out, _ = q.Adjust(context.Background(), in)
-	}
-	if out.Steps != 30 || out.Width != 768 {
-		t.Fatalf("recovered: %+v", out)
+	res, _ = q.Adjust(context.Background(), in)
+	if res.Params.Steps != 30 || res.Params.Width != 768 {
+		t.Fatalf("recovered: %+v", res.Params)
 	}
 }
 

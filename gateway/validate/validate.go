@@ -58,6 +58,9 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// AllowAdjust lets adaptive quality change parameters the request
+	// sets explicitly (width, height, steps, sampler, profile).
+	AllowAdjust bool `json:"allow_adjust,omitempty"`
 	// Nodes names Wasm pre- and post-processing nodes:
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
