@@ -1,6 +1,6 @@
-// Package sdengine adapts the native Stable Diffusion pipeline
-// (core/pipeline) to the worker's Engine interface: it loads checkpoints
-// on a backend for one device, routes prompt encodings through the shared
+// Package sdengine adapts the native pipeline (core/pipeline) to the
+// worker's Engine interface: it loads checkpoints of any model family
+// (core/model/families) on a backend for one device, routes prompt encodings through the shared
 // text-encoder cache, and converts requests, progress and results.
 package sdengine
 
@@ -11,13 +11,15 @@ import (
 	"fmt"
 	"image"
 	"sort"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
-	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -63,18 +65,23 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cm, err := checkpoint.Load(m.Path, checkpoint.Options{})
+	cp, err := families.All().Open(m.Path, family.OpenOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	hash, err := HashSource(cm.TextEncoder)
+	hash, err := hashEncoders(cp.TextEncoders())
 	if err != nil {
-		cm.Close()
+		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
 	}
-	p, err := pipeline.New(e.be, cm)
+	md, err := cp.Build(e.be)
 	if err != nil {
-		cm.Close()
+		cp.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	p, err := pipeline.New(md)
+	if err != nil {
+		md.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	mod := &Model{p: p, encoderHash: hash}
@@ -114,6 +121,23 @@ func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
 		}
 		return res, nil
 	}
+}
+
+// hashEncoders hashes a model's text encoders: one encoder's hash is
+// HashSource's; several are joined in order.
+func hashEncoders(srcs []safetensors.Source) (string, error) {
+	var hs []string
+	for _, src := range srcs {
+		h, err := HashSource(src)
+		if err != nil {
+			return "", err
+		}
+		hs = append(hs, h)
+	}
+	if len(hs) == 0 {
+		return "", errors.New("no text encoder")
+	}
+	return strings.Join(hs, "+"), nil
 }
 
 // HashSource returns a content hash of a set of tensors: names, dtypes,
