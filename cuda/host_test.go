@@ -90,6 +90,7 @@ func BenchmarkHostOverheadSD15Step(b *testing.B) {
 
 func (e *nullEngine) destroyEvent(eventHandle) {}
 func (e *nullEngine) hasCuDNN() bool           { return false }
+func (e *nullEngine) hasKernel(string) bool    { return true }
 func (e *nullEngine) cudnnFind(cudnn.ConvShape, uint64, uint64, uint64) ([]cudnn.AlgoPerf, error) {
 	return nil, nil
 }

@@ -47,15 +47,30 @@ type OpenOptions struct {
 type Checkpoint interface {
 	// Defaults are the model's defaults, read from its configs.
 	Defaults() Defaults
-	// TextEncoders are the weights of the model's text encoders, in
-	// order (content hashes of them key the text-encoder cache).
-	TextEncoders() []safetensors.Source
+	// Components are the model's networks and their weights, text
+	// encoders first in order (content hashes of those key the
+	// text-encoder cache), for hashing, memory accounting and offload.
+	Components() []Component
 	// Build builds the networks on be. The Model owns the checkpoint
 	// from then on (its Close closes it); on error the checkpoint stays
 	// the caller's.
 	Build(be backend.Backend) (Model, error)
 	// Close releases the checkpoint's files.
 	Close() error
+}
+
+// Component is one network of a checkpoint.
+type Component struct {
+	// Kind names it as diffusers' folders do: "text_encoder",
+	// "text_encoder_2", "unet", "transformer", "vae".
+	Kind string
+	// Weights are its tensors.
+	Weights safetensors.Source
+	// TextEncoder marks a text encoder.
+	TextEncoder bool
+	// Codec marks the latent codec, which runs on a bf16 view of a
+	// backend whose activations are fp16 (fp16 overflows there).
+	Codec bool
 }
 
 // Guidance is how a family's denoiser is guided.

@@ -203,6 +203,9 @@ type batchRun struct {
 	onProgress func(int, Progress)
 	evals      int
 	solo       bool // a batched evaluation failed: one job at a time from now on
+	// pad, when set, gives the row count each UNet call runs (≥ the rows
+	// needed; extra rows repeat the last one and are dropped).
+	pad func(rows int) int
 }
 
 // groups splits the jobs of a round into those that can share one UNet
@@ -311,6 +314,12 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 		for r := 0; r < st.rows(); r++ {
 			extra = append(extra, st.extra...)
 		}
+	}
+	if b.pad != nil {
+		want := b.pad(rows)
+		in, ts, cond = padRows(want, rows, in, ts, cond)
+		pooled, extra = repeatLastRow(pooled, rows, want), repeatLastRow(extra, rows, want)
+		rows = len(ts)
 	}
 	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, head.c, head.h, head.w}, Timesteps: ts,
 		Context: cond, ContextLen: head.ctxLen, Pooled: pooled, Extra: extra})
@@ -426,4 +435,18 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 		off += st.n * per
 	}
 	return nil
+}
+
+// repeatLastRow pads a (rows, …) batch to want rows with copies of its
+// last row (as padRows pads the latents); nil stays nil.
+func repeatLastRow(x []float32, rows, want int) []float32 {
+	if len(x) == 0 || want <= rows || rows == 0 {
+		return x
+	}
+	per := len(x) / rows
+	last := x[len(x)-per:]
+	for k := rows; k < want; k++ {
+		x = append(x, last...)
+	}
+	return x
 }

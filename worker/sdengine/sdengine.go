@@ -15,11 +15,15 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -42,9 +46,10 @@ type encodeHooker interface {
 
 // Engine loads Stable Diffusion models for one device.
 type Engine struct {
-	device string
-	be     backend.Backend
-	text   *textcache.Cache
+	device   string
+	be       backend.Backend
+	text     *textcache.Cache
+	stateDir string // component-hash cache; "" for none
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -65,26 +70,61 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cp, err := families.All().Open(m.Path, family.OpenOptions{})
+	var cp family.Checkpoint
+	var cleanup func()
+	var err error
+	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
+		// a random-weight SD architecture (the registry admits these only
+		// when the operator enabled them)
+		var cm *checkpoint.Model
+		if cm, _, cleanup, err = bench.Synthetic(name, 1); err == nil {
+			cp = sd.FromCheckpoint(cm)
+		}
+	} else {
+		cp, err = families.All().Open(m.Path, family.OpenOptions{})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	hash, err := hashEncoders(cp.TextEncoders())
+	if cleanup != nil {
+		defer func() {
+			if err != nil {
+				cleanup()
+			}
+		}()
+	}
+	comps := cp.Components()
+	hashes, err := e.componentHashes(m.Path, comps)
 	if err != nil {
 		cp.Close()
-		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	md, err := cp.Build(e.be)
+	// On a backend that groups weights the model's weights can be offloaded
+	// and restored together, and weights identical to another model's are
+	// held once.
+	be := e.be
+	var group backend.WeightGroup
+	if g, ok := be.(backend.WeightGrouper); ok {
+		be, group = g.Grouped()
+	}
+	md, err := cp.Build(be)
 	if err != nil {
+		if group != nil {
+			group.Close()
+		}
 		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	p, err := pipeline.New(md)
 	if err != nil {
+		if group != nil {
+			group.Close()
+		}
 		md.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash}
+	hash := encoderHash(comps, hashes)
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -123,23 +163,6 @@ func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
 	}
 }
 
-// hashEncoders hashes a model's text encoders: one encoder's hash is
-// HashSource's; several are joined in order.
-func hashEncoders(srcs []safetensors.Source) (string, error) {
-	var hs []string
-	for _, src := range srcs {
-		h, err := HashSource(src)
-		if err != nil {
-			return "", err
-		}
-		hs = append(hs, h)
-	}
-	if len(hs) == 0 {
-		return "", errors.New("no text encoder")
-	}
-	return strings.Join(hs, "+"), nil
-}
-
 // HashSource returns a content hash of a set of tensors: names, dtypes,
 // shapes and bytes, in name order (the same weights hash the same whether
 // they come from a diffusers folder or a single-file checkpoint).
@@ -176,8 +199,12 @@ var _ worker.BatchModel = (*Model)(nil)
 // Model is a loaded pipeline.
 type Model struct {
 	p           *pipeline.Pipeline
+	be          backend.Backend
+	cleanup     func() // removes a synthetic model's temporary files
 	encoderHash string
 	cached      bool
+	group       backend.WeightGroup // nil: the backend does not group weights
+	comps       []memory.Component
 }
 
 // Pipeline returns the underlying pipeline.
@@ -190,8 +217,20 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 // EncoderHash is the content hash of the model's text encoder.
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
-// Close implements worker.Model.
-func (m *Model) Close() error { return m.p.Close() }
+// Close implements worker.Model: the weights only this model holds are
+// freed at once, then the model files are closed (and a synthetic model's
+// temporary files removed).
+func (m *Model) Close() error {
+	var gerr error
+	if m.group != nil {
+		gerr = m.group.Close()
+	}
+	err := errors.Join(gerr, m.p.Close())
+	if m.cleanup != nil {
+		m.cleanup()
+	}
+	return err
+}
 
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {

@@ -27,7 +27,7 @@ func TestBuiltinModelIsSD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cp.Close()
-	if got := cp.Defaults(); got.Width != d.Width || got.Factor != d.Factor || len(cp.TextEncoders()) != 1 {
-		t.Fatalf("opened defaults %+v, %d text encoders", got, len(cp.TextEncoders()))
+	if got := cp.Defaults(); got.Width != d.Width || got.Factor != d.Factor || len(cp.Components()) != 3 {
+		t.Fatalf("opened defaults %+v, %d components", got, len(cp.Components()))
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
-	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/core/tokenizer"
 )
@@ -59,7 +58,12 @@ func (Family) Open(path string, opts family.OpenOptions) (family.Checkpoint, err
 	if err != nil {
 		return nil, err
 	}
-	return FromCheckpoint(m), nil
+	c := FromCheckpoint(m)
+	if c.err != nil {
+		m.Close()
+		return nil, c.err
+	}
+	return c, nil
 }
 
 // Inspect implements family.Family: a diffusers folder's defaults come
@@ -110,6 +114,10 @@ var _ family.Checkpoint = (*Checkpoint)(nil)
 // built in memory); the result owns m.
 func FromCheckpoint(m *checkpoint.Model) *Checkpoint {
 	c := &Checkpoint{m: m}
+	if m.Family != "" && m.Family != checkpoint.FamilySD {
+		c.err = fmt.Errorf("sd: the checkpoint holds a %q model", m.Family)
+		return c
+	}
 	c.def, c.err = defaults(m.UNetConfig, m.VAEConfig, m.SchedulerConfig, m.TextEncoderConfig, m.Layout == checkpoint.LayoutSingleFile)
 	return c
 }
@@ -120,9 +128,13 @@ func (c *Checkpoint) Model() *checkpoint.Model { return c.m }
 // Defaults implements family.Checkpoint.
 func (c *Checkpoint) Defaults() family.Defaults { return c.def }
 
-// TextEncoders implements family.Checkpoint.
-func (c *Checkpoint) TextEncoders() []safetensors.Source {
-	return []safetensors.Source{c.m.TextEncoder}
+// Components implements family.Checkpoint.
+func (c *Checkpoint) Components() []family.Component {
+	return []family.Component{
+		{Kind: "text_encoder", Weights: c.m.TextEncoder, TextEncoder: true},
+		{Kind: "unet", Weights: c.m.UNet},
+		{Kind: "vae", Weights: c.m.VAE, Codec: true},
+	}
 }
 
 // Close implements family.Checkpoint.

@@ -83,3 +83,33 @@ func TestNames(t *testing.T) {
 		}
 	}
 }
+
+// TestSM90AImageIsFresh fails when a committed Hopper image is older than
+// its sources (or was replaced without recording it).
+func TestSM90AImageIsFresh(t *testing.T) {
+	if SM90A() == nil {
+		t.Log("no Hopper image committed: only the portable image is used")
+	}
+	if err := CheckSM90AFresh("."); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSM90ASourceHashMatchesScript checks that the Go hash and
+// sm90a/sourcehash.sh agree.
+func TestSM90ASourceHashMatchesScript(t *testing.T) {
+	if _, err := exec.LookPath("sha256sum"); err != nil {
+		t.Skip("sha256sum not installed")
+	}
+	out, err := exec.Command("bash", "sm90a/sourcehash.sh").Output()
+	if err != nil {
+		t.Skipf("sourcehash.sh: %v", err)
+	}
+	got, err := SM90ASourceHash(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(out)) != got {
+		t.Fatalf("script %s, Go %s", out, got)
+	}
+}

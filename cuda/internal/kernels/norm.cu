@@ -1,5 +1,6 @@
-// Normalisation kernels: layer norm, group norm (three passes over a
-// channels-last image) and the row softmax of the unfused attention path.
+// Normalisation kernels: layer norm, group norm (one pass through shared
+// memory where a block's groups fit, else three passes over a channels-last
+// image) and the row softmax of the unfused attention path.
 // Statistics are accumulated in float32.
 #include "common.cuh"
 
@@ -249,6 +250,136 @@ __device__ __forceinline__ void gn_apply_impl(void* dst, const void* px, const f
 }
 KILN_EXPORT3(gn_apply, (void* dst, const void* x, const float* ab, int batch, int hw, int c, int silu_on),
              (dst, x, ab, batch, hw, c, silu_on))
+
+// gn_fused: group norm (+ SiLU) in one pass for images whose slab of a
+// block's groups fits in shared memory. Block (i, b) owns gpb consecutive
+// groups (gc = gpb·cpg channels from channel c0 = i·gc) of batch item b: it
+// copies their (hw, gc) slab of the channels-last x into shared memory with
+// cp.async (word bytes per copy: 16, 8, 4 or the element size, whatever the
+// slab's row bytes and offset allow), takes each group's mean and then the
+// squared deviations from it (two exact passes over shared memory), applies
+// y = (x − mean)·rstd·w + bias (then SiLU) in place, and writes the slab
+// back. So x is read once and y written once, against two reads for the
+// three-pass path. Shared memory: hw·gc elements plus 4·gc + 2·gpb floats;
+// needs gc ≤ blockDim.x.
+__device__ __forceinline__ void cp_async_bytes(void* s, const void* g, int w) {
+  unsigned sa = (unsigned)__cvta_generic_to_shared(s);
+  if (w == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(g));
+  else if (w == 8)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(sa), "l"(g));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(g));
+}
+
+template <typename T>
+__device__ __forceinline__ void gn_fused_impl(void* dst, const void* px, const float* w, const float* bias, int hw,
+                                              int c, int cpg, int gpb, float eps, int silu_on) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int gc = cpg * gpb, b = blockIdx.y, c0 = blockIdx.x * gc;
+  float* csum = reinterpret_cast<float*>(smem_raw);  // [gc] per-channel partial sums
+  float* ca = csum + gc;                            // [gc] per-channel scale
+  float* cb = ca + gc;                              // [gc] per-channel shift
+  float* gmean = cb + gc;                           // [gpb]
+  float* grstd = gmean + gpb;                       // [gpb]
+  T* slab = reinterpret_cast<T*>(smem_raw + (((size_t)(3 * gc + 2 * gpb) * 4 + 15) & ~(size_t)15));
+  const T* x = (const T*)px + (size_t)b * hw * c + c0;
+  T* y = (T*)dst + (size_t)b * hw * c + c0;
+  const int rowBytes = gc * (int)sizeof(T);
+  const size_t off = (size_t)c0 * sizeof(T);
+  const size_t stride = (size_t)c * sizeof(T);
+  int wb = 16;
+  const size_t base = (size_t)px | (size_t)dst;
+  while (wb > 4 && (rowBytes % wb || off % wb || stride % wb || base % wb)) wb >>= 1;
+  if (rowBytes % wb || off % wb || stride % wb || base % wb) wb = 2;  // element copies (T is 2 bytes here)
+  const int words = rowBytes / wb, total = hw * words;
+  if (wb >= 4) {
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {  // every copy in flight at once
+      int p = i / words, k = i - p * words;
+      cp_async_bytes(reinterpret_cast<unsigned char*>(slab) + (size_t)p * rowBytes + k * wb,
+                     reinterpret_cast<const unsigned char*>(x + (size_t)p * c) + k * wb, wb);
+    }
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+  } else {
+    for (int i = threadIdx.x; i < hw * gc; i += blockDim.x) {
+      int p = i / gc, k = i - p * gc;
+      slab[i] = x[(size_t)p * c + k];
+    }
+  }
+  for (int i = threadIdx.x; i < gc; i += blockDim.x) csum[i] = 0.f;
+  __syncthreads();
+  // Column mapping: thread t reads channel k = t % gc of rows t / gc,
+  // t / gc + lanes, ... so that a warp reads consecutive elements.
+  const int lanes = blockDim.x / gc, k = threadIdx.x % gc, r0 = threadIdx.x / gc;
+  const bool on = r0 < lanes;
+  float s = 0.f;
+  if (on)
+    for (int p = r0; p < hw; p += lanes) s += tof<T>(slab[(size_t)p * gc + k]);
+  if (on) atomicAdd(&csum[k], s);
+  __syncthreads();
+  const float n = (float)hw * cpg;
+  for (int g = threadIdx.x; g < gpb; g += blockDim.x) {
+    float t = 0.f;
+    for (int j = 0; j < cpg; j++) t += csum[g * cpg + j];
+    gmean[g] = t / n;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < gc; i += blockDim.x) csum[i] = 0.f;
+  __syncthreads();
+  if (on) {
+    const float m = gmean[k / cpg];
+    float q = 0.f;
+    for (int p = r0; p < hw; p += lanes) {
+      float d = tof<T>(slab[(size_t)p * gc + k]) - m;
+      q += d * d;
+    }
+    atomicAdd(&csum[k], q);
+  }
+  __syncthreads();
+  for (int g = threadIdx.x; g < gpb; g += blockDim.x) {
+    float t = 0.f;
+    for (int j = 0; j < cpg; j++) t += csum[g * cpg + j];
+    grstd[g] = rsqrtf(t / n + eps);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < gc; i += blockDim.x) {
+    int g = i / cpg;
+    float a = grstd[g] * (w ? w[c0 + i] : 1.f);
+    ca[i] = a;
+    cb[i] = (bias ? bias[c0 + i] : 0.f) - gmean[g] * a;
+  }
+  __syncthreads();
+  if (on) {
+    const float a = ca[k], sh = cb[k];
+    for (int p = r0; p < hw; p += lanes) {
+      float t = tof<T>(slab[(size_t)p * gc + k]) * a + sh;
+      slab[(size_t)p * gc + k] = fromf<T>(silu_on ? silu(t) : t);
+    }
+  }
+  __syncthreads();
+  if (wb == 16) {
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+      int p = i / words, kk = i - p * words;
+      *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(y + (size_t)p * c) + kk * 16) =
+          *reinterpret_cast<const uint4*>(reinterpret_cast<const unsigned char*>(slab) + (size_t)p * rowBytes + kk * 16);
+    }
+  } else if (wb == 8) {
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+      int p = i / words, kk = i - p * words;
+      *reinterpret_cast<uint2*>(reinterpret_cast<unsigned char*>(y + (size_t)p * c) + kk * 8) =
+          *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(slab) + (size_t)p * rowBytes + kk * 8);
+    }
+  } else {
+    for (int i = threadIdx.x; i < hw * gc; i += blockDim.x) {
+      int p = i / gc, kk = i - p * gc;
+      y[(size_t)p * c + kk] = slab[i];
+    }
+  }
+}
+KILN_EXPORT3(gn_fused,
+             (void* dst, const void* x, const float* w, const float* bias, int hw, int c, int cpg, int gpb, float eps,
+              int silu_on),
+             (dst, x, w, bias, hw, c, cpg, gpb, eps, silu_on))
 
 // softmax_rows: P[r] = softmax(S[r]) for float scores S (rows, cols), written
 // as T. With causal set, row r is query q0 + r % qrows and keys after it are
