@@ -14,6 +14,7 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/model/clip"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/pipeline"
@@ -157,9 +158,16 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	defer cleanup()
-	p, err := pipeline.New(be, m)
+	// The suite times SD components (loadComponents), so it builds the SD
+	// family directly rather than through the family registry.
+	md, err := sd.FromCheckpoint(m).Build(be)
 	if err != nil {
 		m.Close()
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	p, err := pipeline.New(md)
+	if err != nil {
+		md.Close()
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	defer p.Close()
@@ -173,7 +181,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		size = opts.Size
 	}
 	if size == 0 {
-		size = p.DefaultSize()
+		size, _ = p.DefaultSize()
 	}
 	var comps *components
 	if opts.Components || opts.Profile {

@@ -6,19 +6,17 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
-	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
-	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
 
@@ -296,8 +294,7 @@ func TestProgressPreview(t *testing.T) {
 // TestPreviewMatrix checks the latent-to-RGB mapping on one latent pixel.
 func TestPreviewMatrix(t *testing.T) {
 	// latent (1, 0, 0, 0) → RGB row 0 of the matrix, mapped from [-1, 1]
-	sd1 := latentFamilies[len(latentFamilies)-1].rgb
-	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd1)
+	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd.LatentRGB)
 	want := []uint8{172, 156, 168, 255} // ⌊(row0 + 1) / 2 · 255⌋
 	for k := range want {
 		if im.Pix[k] != want[k] {
@@ -305,7 +302,7 @@ func TestPreviewMatrix(t *testing.T) {
 		}
 	}
 	// The bias is added: a zero latent shows the bias colour.
-	im = preview([]float32{0, 0, 0, 0}, [4]int{1, 4, 1, 1}, LatentRGB{Factors: sd1.Factors, Bias: [3]float64{1, -1, 0}})
+	im = preview([]float32{0, 0, 0, 0}, [4]int{1, 4, 1, 1}, family.LatentRGB{Factors: sd.LatentRGB.Factors, Bias: [3]float64{1, -1, 0}})
 	if im.Pix[0] != 255 || im.Pix[1] != 0 || im.Pix[2] != 127 {
 		t.Fatalf("bias pixel %v", im.Pix[:4])
 	}
@@ -331,31 +328,6 @@ func TestRequestErrors(t *testing.T) {
 		if _, err := e.pipe.Generate(context.Background(), req, nil); err == nil {
 			t.Errorf("%s: no error", name)
 		}
-	}
-}
-
-// fp16Backend is a CPU backend that claims fp16 activations, to check that
-// the pipeline moves the VAE to a bf16 view on such backends.
-type fp16Backend struct {
-	backend.Backend
-	views *[]tensor.DType
-}
-
-func (f fp16Backend) ActivationDType() tensor.DType { return tensor.F16 }
-
-func (f fp16Backend) WithActivationDType(dt tensor.DType) backend.Backend {
-	*f.views = append(*f.views, dt)
-	return f.Backend
-}
-
-func TestVAERunsInBF16OnFP16Backends(t *testing.T) {
-	var views []tensor.DType
-	if b := vaeBackend(fp16Backend{Backend: cpu.New(), views: &views}); b == nil || len(views) != 1 || views[0] != tensor.BF16 {
-		t.Fatalf("fp16 backend: VAE views %v, want one bf16 view", views)
-	}
-	plain := cpu.New()
-	if vaeBackend(plain) != backend.Backend(plain) {
-		t.Fatal("a float32 backend must run the VAE as it is")
 	}
 }
 
@@ -393,32 +365,5 @@ func TestPixelsToImages(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-// TestLatentRGBChoice checks which preview map a model gets: its own
-// file, else its family's by configuration.
-func TestLatentRGBChoice(t *testing.T) {
-	dir := t.TempDir()
-	m := &checkpoint.Model{Path: dir, Layout: checkpoint.LayoutDiffusers, UNetConfig: []byte(`{"addition_embed_type": "text_time"}`)}
-	got, err := latentRGBFor(m, 4)
-	if err != nil || got == nil || got.Bias[0] != 0.1084 {
-		t.Fatalf("SDXL config: %+v, %v", got, err)
-	}
-	m.UNetConfig = []byte(`{"cross_attention_dim": 768}`)
-	if got, _ := latentRGBFor(m, 4); got == nil || got.Factors[0][0] != 0.3512 {
-		t.Fatalf("SD 1.x config: %+v", got)
-	}
-	if got, _ := latentRGBFor(m, 16); got != nil {
-		t.Fatalf("16 channels matched %+v", got)
-	}
-	_ = os.MkdirAll(filepath.Join(dir, "vae"), 0o755)
-	own := `{"factors": [[1,0,0],[0,1,0],[0,0,1],[0,0,0]], "bias": [0.5, 0, 0]}`
-	_ = os.WriteFile(filepath.Join(dir, LatentRGBFile), []byte(own), 0o644)
-	if got, err := latentRGBFor(m, 4); err != nil || got.Bias[0] != 0.5 || got.Factors[1][1] != 1 {
-		t.Fatalf("own file: %+v, %v", got, err)
-	}
-	if _, err := latentRGBFor(m, 3); err == nil {
-		t.Fatal("a file with the wrong channel count was accepted")
 	}
 }

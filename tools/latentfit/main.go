@@ -20,8 +20,8 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/model/vae"
-	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/tools/train/scenes"
 )
 
@@ -42,22 +42,22 @@ func main() {
 }
 
 // sd1Map is SD 1.x's published map, the baseline the fit is compared with.
-var sd1Map = pipeline.LatentRGB{Factors: [][3]float64{
+var sd1Map = family.LatentRGB{Factors: [][3]float64{
 	{0.3512, 0.2297, 0.3227}, {0.3250, 0.4974, 0.2350}, {-0.2829, 0.1762, 0.2721}, {-0.2120, -0.2616, -0.7177}}}
 
-func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out pipeline.LatentRGB, rms, baseline float64, err error) {
+func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out family.LatentRGB, rms, baseline float64, err error) {
 	m, err := checkpoint.Load(modelDir, checkpoint.Options{})
 	if err != nil {
-		return pipeline.LatentRGB{}, 0, 0, err
+		return family.LatentRGB{}, 0, 0, err
 	}
 	defer m.Close()
 	cfg, err := vae.ParseConfig(m.VAEConfig)
 	if err != nil {
-		return pipeline.LatentRGB{}, 0, 0, err
+		return family.LatentRGB{}, 0, 0, err
 	}
 	v, err := vae.New(cpu.New(), cfg, m.VAE)
 	if err != nil {
-		return pipeline.LatentRGB{}, 0, 0, err
+		return family.LatentRGB{}, 0, 0, err
 	}
 	f := cfg.Factor()
 	c := cfg.LatentChannels
@@ -71,7 +71,7 @@ func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out pi
 	for i := 0; i < n; i++ {
 		img, err := scenes.Render(scenes.Random(r, 0.3), size, r)
 		if err != nil {
-			return pipeline.LatentRGB{}, 0, 0, err
+			return family.LatentRGB{}, 0, 0, err
 		}
 		px := make([]float32, 3*size*size)
 		for y := 0; y < size; y++ {
@@ -84,10 +84,10 @@ func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out pi
 		}
 		mean, _, ls, err := v.Encode(ctx, px, [4]int{1, 3, size, size})
 		if err != nil {
-			return pipeline.LatentRGB{}, 0, 0, err
+			return family.LatentRGB{}, 0, 0, err
 		}
 		if err := cfg.Normalize(mean, ls); err != nil {
-			return pipeline.LatentRGB{}, 0, 0, err
+			return family.LatentRGB{}, 0, 0, err
 		}
 		h, w := ls[2], ls[3]
 		for y := 0; y < h; y++ {
@@ -122,9 +122,9 @@ func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out pi
 	}
 	sol, err := solve(ata, atb, k)
 	if err != nil {
-		return pipeline.LatentRGB{}, 0, 0, err
+		return family.LatentRGB{}, 0, 0, err
 	}
-	out = pipeline.LatentRGB{Factors: make([][3]float64, c)}
+	out = family.LatentRGB{Factors: make([][3]float64, c)}
 	for ch := 0; ch < c; ch++ {
 		out.Factors[ch] = round(sol[ch])
 	}
@@ -138,7 +138,7 @@ func fit(ctx context.Context, modelDir string, n, size int, seed uint64) (out pi
 
 // rmsError is a map's RMS error over latent rows ([latent, 1]) and their
 // block-mean colours.
-func rmsError(m pipeline.LatentRGB, rows [][]float64, targets [][3]float64) float64 {
+func rmsError(m family.LatentRGB, rows [][]float64, targets [][3]float64) float64 {
 	var sq float64
 	for i, row := range rows {
 		for ch := 0; ch < 3; ch++ {

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/family"
 )
 
 // TestBuiltinMapIsFitted checks that the built-in model ships the map a
@@ -19,11 +19,11 @@ func TestBuiltinMapIsFitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile(filepath.Join(dir, pipeline.LatentRGBFile))
+	data, err := os.ReadFile(filepath.Join(dir, family.LatentRGBFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var shipped pipeline.LatentRGB
+	var shipped family.LatentRGB
 	if err := json.Unmarshal(data, &shipped); err != nil {
 		t.Fatal(err)
 	}
