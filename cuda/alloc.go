@@ -7,7 +7,7 @@ import (
 	"sort"
 
 	"github.com/kiln-project/kiln/core/backend"
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // allocator is a caching device allocator: blocks come in size classes

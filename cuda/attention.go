@@ -5,7 +5,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
 )
 
 // flashDims are the padded head sizes the fused attention kernel exists for.

@@ -5,10 +5,10 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // Process-wide library handles: dlopen is process-global, so each library is

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // Options configure a device.

@@ -5,8 +5,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // Report is what `kiln doctor` prints: the libraries found, the GPUs, and

@@ -1,8 +1,8 @@
 package cuda
 
 import (
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // cudnnCall is a cuDNN convolution with resolved addresses; with bias set

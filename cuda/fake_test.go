@@ -8,10 +8,10 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // fakeEngine emulates the device in Go: memory as byte slices, every kernel
@@ -151,10 +151,8 @@ var imageKernels = func() map[string]bool {
 // that image had loaded.
 var fakeSM90A = func() map[string]bool {
 	m := map[string]bool{}
-	for _, dp := range fhDims {
-		for _, t := range []string{"_f16", "_bf16"} {
-			m["fh"+itoa(dp)+t] = true
-		}
+	for _, n := range kernels.SM90ANames() {
+		m[n] = true
 	}
 	return m
 }()

@@ -8,8 +8,8 @@ import (
 	"github.com/kiln-project/kiln/core/model/modeltest"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // nullEngine accepts all work and does none: it measures the backend's own

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // ErrNoGPU wraps every reason why no CUDA device can be used.

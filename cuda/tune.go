@@ -5,7 +5,7 @@ import (
 	"math"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // Convolution and matrix-product methods. On a real GPU the first use of a

@@ -92,11 +92,14 @@ func (m *Module) CallQuality(ctx context.Context, in *abi.QualityInput) (abi.Qua
 	if err := abi.CheckQualityInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookQuality, in.NowUS, abi.EncodeQualityInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookQuality, in.NowUS, abi.EncodeQualityInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeQualityOutput(b); err != nil {
 			return err
 		}
+		// Parameters the request locked stay as requested, whatever the
+		// module (of any minor) answered.
+		abi.RestoreLocked(in, &out)
 		return abi.ValidateQuality(in, &out)
 	})
 	if !o.OK() {

@@ -77,6 +77,15 @@ type Config struct {
 	// LogPerSecond and LogBurst rate-limit each module's log lines (10, 20).
 	LogPerSecond float64
 	LogBurst     int
+	// Structure bounds an untrusted module's structure, checked before it
+	// is compiled (see StructureLimits).
+	Structure StructureLimits
+	// CompileTimeout bounds the wait for one compilation (60 s); past it
+	// the module is refused.
+	CompileTimeout time.Duration
+	// Gate bounds concurrent compilations; share one between hosts (nil: a
+	// gate of 2 of this host's own).
+	Gate *CompileGate
 	// Logger receives guest logs and host warnings (slog.Default()).
 	Logger *slog.Logger
 	// Now is the host's clock for backoff and rate limits (time.Now).
@@ -127,6 +136,13 @@ func (c Config) withDefaults() Config {
 	if c.LogBurst == 0 {
 		c.LogBurst = 20
 	}
+	if c.CompileTimeout == 0 {
+		c.CompileTimeout = time.Minute
+	}
+	if c.Gate == nil {
+		c.Gate = NewCompileGate(2)
+	}
+	c.Structure = c.Structure.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -142,10 +158,15 @@ type Host struct {
 	cfg     Config
 	cache   wazero.CompilationCache
 	metrics *Metrics
+	gate    *CompileGate
 
 	mu       sync.Mutex
 	runtimes map[runtimeKey]*runtime
 	closed   bool
+	// compiling counts compilers still running, abandoned ones included:
+	// Close waits for them, since closing a runtime under a running
+	// compiler crashes wazero.
+	compiling sync.WaitGroup
 }
 
 type runtimeKey struct {
@@ -174,7 +195,7 @@ func New(ctx context.Context, cfg Config) (*Host, error) {
 	} else {
 		cache = wazero.NewCompilationCache()
 	}
-	return &Host{cfg: cfg, cache: cache, metrics: newMetrics(), runtimes: map[runtimeKey]*runtime{}}, nil
+	return &Host{cfg: cfg, cache: cache, metrics: newMetrics(), gate: cfg.Gate, runtimes: map[runtimeKey]*runtime{}}, nil
 }
 
 // Config returns the host's effective configuration.
@@ -230,6 +251,7 @@ func (h *Host) Close(ctx context.Context) error {
 	h.runtimes = map[runtimeKey]*runtime{}
 	h.closed = true
 	h.mu.Unlock()
+	h.compiling.Wait()
 	var errs []error
 	for _, r := range rts {
 		errs = append(errs, r.rt.Close(ctx))

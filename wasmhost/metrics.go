@@ -48,6 +48,7 @@ type Metrics struct {
 	logDrops   map[string]uint64
 	instances  map[string]uint64
 	discards   map[string]uint64
+	abandoned  map[string]uint64 // compilations abandoned, by reason
 	bucketsSec []float64
 }
 
@@ -59,8 +60,23 @@ func newMetrics() *Metrics {
 		logDrops:   map[string]uint64{},
 		instances:  map[string]uint64{},
 		discards:   map[string]uint64{},
+		abandoned:  map[string]uint64{},
 		bucketsSec: DurationBuckets(),
 	}
+}
+
+func (m *Metrics) compileAbandoned(reason string) {
+	m.mu.Lock()
+	m.abandoned[reason]++
+	m.mu.Unlock()
+}
+
+// CompilesAbandoned returns how many compilations were abandoned for
+// reason ("canceled" or "timeout").
+func (m *Metrics) CompilesAbandoned(reason string) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.abandoned[reason]
 }
 
 func (m *Metrics) observe(module string, hook abi.Hook, r Result, d time.Duration) {
@@ -229,6 +245,12 @@ func (m *Metrics) WritePrometheus(w io.Writer) error {
 	writeModuleCounter("kiln_wasm_instances_created_total", "Wasm instances created beyond the first of each module.", m.instances)
 	writeModuleCounter("kiln_wasm_instances_discarded_total", "Wasm instances discarded after a failed call.", m.discards)
 	writeModuleCounter("kiln_wasm_log_lines_dropped_total", "Guest log lines dropped by the rate limit.", m.logDrops)
+
+	fmt.Fprintln(bw, "# HELP kiln_wasm_compiles_abandoned_total Compilations whose caller went away (canceled) or waited too long (timeout).")
+	fmt.Fprintln(bw, "# TYPE kiln_wasm_compiles_abandoned_total counter")
+	for _, reason := range []string{"canceled", "timeout"} {
+		fmt.Fprintf(bw, "kiln_wasm_compiles_abandoned_total{reason=%s} %d\n", label(reason), m.abandoned[reason])
+	}
 
 	fmt.Fprintln(bw, "# HELP kiln_wasm_guest_counter Counters kept by Wasm guests through the counter_add host function.")
 	fmt.Fprintln(bw, "# TYPE kiln_wasm_guest_counter gauge")

@@ -40,16 +40,20 @@ type Spec struct {
 
 // Info describes a loaded module.
 type Info struct {
-	Tenant      string     `json:"tenant,omitempty"`
-	Name        string     `json:"name"`
-	Label       string     `json:"label"`
-	Kind        string     `json:"kind"`
-	SHA256      string     `json:"sha256"`
-	Size        int        `json:"size"`
-	Hooks       []abi.Hook `json:"hooks"`
-	CompileTime string     `json:"compile_time"`
-	InitTime    string     `json:"init_time"`
-	Trusted     bool       `json:"trusted,omitempty"`
+	Tenant string     `json:"tenant,omitempty"`
+	Name   string     `json:"name"`
+	Label  string     `json:"label"`
+	Kind   string     `json:"kind"`
+	SHA256 string     `json:"sha256"`
+	Size   int        `json:"size"`
+	Hooks  []abi.Hook `json:"hooks"`
+	// CompileTime and InitTime are seconds.
+	CompileTime float64 `json:"compile_s"`
+	InitTime    float64 `json:"init_s"`
+	Trusted     bool    `json:"trusted,omitempty"`
+	// ABIMinor is the minor ABI version the module reports (0 without
+	// the kiln_abi_minor export).
+	ABIMinor uint32 `json:"abi_minor"`
 }
 
 // ValidationError lists why a module was refused.
@@ -71,6 +75,7 @@ type Module struct {
 	compiled wazero.CompiledModule
 	info     Info
 	hasInit  bool
+	hasMinor bool
 	hooks    map[abi.Hook]bool
 
 	sem chan struct{} // one token per instance in use
@@ -95,6 +100,7 @@ type instance struct {
 	alloc api.Function
 	hooks map[abi.Hook]api.Function
 	state *instanceState
+	minor uint32 // the module's minor ABI version
 }
 
 // Load compiles and validates wasm as spec says and instantiates it once
@@ -113,12 +119,13 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 	}
 	sum := sha256.Sum256(wasm)
 	t0 := time.Now()
-	compiled, err := rt.rt.CompileModule(ctx, wasm)
+	compiled, err := h.compile(ctx, rt, wasm, spec.Trusted)
 	if err != nil {
-		return nil, &ValidationError{Reasons: []string{"not a valid module within the limits: " + err.Error()}}
+		return nil, err
 	}
 	compileTime := time.Since(t0)
 	hooks, hasInit, reasons := checkModule(compiled, spec.Kind)
+	_, hasMinor := compiled.ExportedFunctions()[abi.ExportMinor]
 	if len(reasons) > 0 {
 		_ = compiled.Close(ctx)
 		return nil, &ValidationError{Reasons: reasons}
@@ -128,6 +135,7 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		rt:       rt,
 		compiled: compiled,
 		hasInit:  hasInit,
+		hasMinor: hasMinor,
 		hooks:    map[abi.Hook]bool{},
 		sem:      make(chan struct{}, h.cfg.MaxInstances),
 		logs:     limiter{rate: h.cfg.LogPerSecond, burst: float64(h.cfg.LogBurst), tokens: float64(h.cfg.LogBurst)},
@@ -139,7 +147,7 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 	m.info = Info{
 		Tenant: spec.Tenant, Name: spec.Name, Label: spec.Label, Kind: spec.Kind.String(),
 		SHA256: hex.EncodeToString(sum[:]), Size: len(wasm), Hooks: hooks,
-		CompileTime: compileTime.String(), Trusted: spec.Trusted,
+		CompileTime: compileTime.Seconds(), Trusted: spec.Trusted,
 	}
 	t1 := time.Now()
 	inst, err := m.instantiate(ctx)
@@ -147,7 +155,8 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		_ = compiled.Close(ctx)
 		return nil, &ValidationError{Reasons: []string{err.Error()}}
 	}
-	m.info.InitTime = time.Since(t1).String()
+	m.info.InitTime = time.Since(t1).Seconds()
+	m.info.ABIMinor = inst.minor
 	m.idle = append(m.idle, inst)
 	return m, nil
 }
@@ -246,6 +255,7 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit 
 	expect(abi.ExportVersion, "()->(i32)", true)
 	expect(abi.ExportAlloc, "(i32)->(i32)", true)
 	hasInit = expect(abi.ExportInitialize, "()->()", false)
+	expect(abi.ExportMinor, "()->(i32)", false)
 	for _, hk := range abi.Hooks() {
 		if hk.IsPolicy() != (kind == KindPolicy) {
 			continue
@@ -299,6 +309,14 @@ func (m *Module) instantiate(ctx context.Context) (*instance, error) {
 		return fail(abi.ExportVersion, fmt.Errorf("module speaks ABI version %d, the host version %d", v, abi.Version))
 	}
 	inst := &instance{mod: mod, alloc: mod.ExportedFunction(abi.ExportAlloc), hooks: map[abi.Hook]api.Function{}, state: st.inst}
+	if m.hasMinor {
+		res, err := mod.ExportedFunction(abi.ExportMinor).Call(ictx)
+		if err != nil {
+			return fail(abi.ExportMinor, err)
+		}
+		// A module newer than the host speaks the host's minor.
+		inst.minor = min(uint32(res[0]), abi.Minor)
+	}
 	for hk := range m.hooks {
 		inst.hooks[hk] = mod.ExportedFunction(hk.Export())
 	}

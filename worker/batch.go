@@ -414,7 +414,7 @@ func (w *Worker) reporter(j *jobs.Job, n int, rec *stepRecorder) func(Progress) 
 			p.Batch = n
 		}
 		last = now
-		rec.record(shape, p)
+		rec.record(&j.Params, shape, p)
 		its := 0.0
 		if el := now.Sub(genStart).Seconds(); el > 0 {
 			its = float64(p.Step) / el
@@ -438,11 +438,12 @@ type stepRecorder struct {
 
 func (r *stepRecorder) reset() { r.lastEval = 0 }
 
-func (r *stepRecorder) record(shape string, p Progress) {
+func (r *stepRecorder) record(params *jobs.Params, shape string, p Progress) {
 	if p.Eval != 0 && p.Eval == r.lastEval {
 		return
 	}
 	r.lastEval = p.Eval
 	r.w.o.Metrics.StepDuration.Observe(p.StepTime.Seconds())
 	r.w.latency.observe(shape, p.Batch, p.StepTime)
+	r.w.speed.observe(params.Model, float64(p.Batch)*float64(params.Width)*float64(params.Height)/1e6, p.StepTime)
 }

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/pngtext"
 )
 
@@ -33,7 +33,7 @@ type batchEngine struct {
 
 func (e *batchEngine) Device() string { return "test" }
 
-func (e *batchEngine) Load(ctx context.Context, m models.Model) (Model, error) {
+func (e *batchEngine) Load(ctx context.Context, m catalog.Model) (Model, error) {
 	return &batchModel{e: e}, nil
 }
 

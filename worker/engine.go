@@ -15,7 +15,7 @@ import (
 	"image"
 	"time"
 
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/catalog"
 )
 
 // Request is what a model generates: one prompt, N images.
@@ -95,5 +95,5 @@ type Engine interface {
 	// Device names the device, e.g. "cpu" or "cuda:0".
 	Device() string
 	// Load loads a model.
-	Load(ctx context.Context, m models.Model) (Model, error)
+	Load(ctx context.Context, m catalog.Model) (Model, error)
 }

@@ -19,9 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
@@ -46,7 +46,7 @@ type Options struct {
 	Store  *jobs.Store
 	Conn   *nats.Conn
 	Engine Engine
-	Models *models.Registry
+	Models *catalog.Registry
 	Cache  *modelcache.Cache
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler
@@ -82,7 +82,10 @@ type Worker struct {
 	mu      sync.Mutex
 	running []*active // claimed jobs, generating or finishing
 
+	queue     *jobs.FairQueue
+	draining  atomic.Bool // an operator drained the worker
 	latency   latencyTable
+	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
 }
@@ -135,7 +138,7 @@ func New(o Options) (*Worker, error) {
 	if o.MaxFinishing <= 0 {
 		o.MaxFinishing = max(2*o.Window, 4)
 	}
-	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing)}, nil
+	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing), queue: o.Store.FairQueue()}, nil
 }
 
 // ID returns the worker's name.
@@ -177,6 +180,25 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe: %w", err)
 	}
 	defer cancelSub.Unsubscribe()
+	drainSub, err := w.o.Conn.Subscribe(events.DrainSubject, func(m *nats.Msg) {
+		var d events.Drain
+		if json.Unmarshal(m.Data, &d) != nil || d.Worker != w.o.ID {
+			return
+		}
+		w.draining.Store(d.Drain)
+		w.log.Info("drain changed by the operator", "draining", d.Drain)
+		select {
+		case kick <- "":
+		default:
+		}
+		if data, err := json.Marshal(w.heartbeat(false)); err == nil {
+			_ = m.Respond(data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("worker: subscribe: %w", err)
+	}
+	defer drainSub.Unsubscribe()
 
 	hbDone := make(chan struct{})
 	hbStopped := make(chan struct{})
@@ -221,7 +243,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "device", w.o.Engine.Device())
 	kicked := ""
 	for ctx.Err() == nil {
-		// Fill the window, highest priority first.
+		if w.draining.Load() {
+			// Drained: held jobs go back to the queue, none is taken.
+			mu.Lock()
+			for _, p := range pending {
+				w.handBack(p.msg, p.Job)
+			}
+			pending = nil
+			mu.Unlock()
+			w.idle(ctx, kick, time.Second)
+			continue
+		}
+		// Fill the window in fair order.
 		for {
 			mu.Lock()
 			n := len(pending)
@@ -315,37 +348,29 @@ func (w *Worker) idle(ctx context.Context, kick <-chan string, d time.Duration) 
 	return ""
 }
 
-// fetchWait waits up to d for a message of one priority.
-func (w *Worker) fetchWait(ctx context.Context, priority string, d time.Duration) jetstream.Msg {
+// fetchWait waits up to d for a message (a kick announced one).
+func (w *Worker) fetchWait(ctx context.Context, _ string, d time.Duration) jetstream.Msg {
 	if ctx.Err() != nil {
 		return nil
 	}
-	batch, err := w.o.Store.Consumer(priority).Fetch(1, jetstream.FetchMaxWait(d))
-	if err != nil {
-		return nil
+	msg, err := w.queue.Wait(ctx, d)
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("fetch failed", "err", err)
 	}
-	for msg := range batch.Messages() {
-		return msg
-	}
-	return nil
+	return msg
 }
 
-// fetch returns the next message, highest priority first, without waiting.
+// fetch returns the next message in fair order (across tenants by weight,
+// within a tenant by priority), without waiting.
 func (w *Worker) fetch(ctx context.Context) jetstream.Msg {
-	for _, p := range jobs.Priorities() {
-		if ctx.Err() != nil {
-			return nil
-		}
-		batch, err := w.o.Store.Consumer(p).FetchNoWait(1)
-		if err != nil {
-			w.log.Warn("fetch failed", "priority", p, "err", err)
-			continue
-		}
-		for msg := range batch.Messages() {
-			return msg
-		}
+	if ctx.Err() != nil {
+		return nil
 	}
-	return nil
+	msg, err := w.queue.Next(ctx, false)
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("fetch failed", "err", err)
+	}
+	return msg
 }
 
 // admit reads a message's job record; jobs that need no run are settled
@@ -488,24 +513,30 @@ func (w *Worker) cancelRunning(tenant, id string) {
 	}
 }
 
+// heartbeat describes the worker now.
+func (w *Worker) heartbeat(stop bool) events.Heartbeat {
+	hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
+		Speed: w.speed.snapshot(), Draining: w.draining.Load()}
+	w.mu.Lock()
+	if len(w.running) > 0 {
+		hb.Busy, hb.Job = true, w.running[0].job.ID
+	}
+	w.mu.Unlock()
+	for _, m := range w.o.Cache.Resident() {
+		hb.Models = append(hb.Models, m.ID)
+	}
+	if w.o.GPUs != nil {
+		hb.GPUs = w.o.GPUs()
+	}
+	return hb
+}
+
 func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
 	send := func(stop bool) {
-		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop}
-		w.mu.Lock()
-		if len(w.running) > 0 {
-			hb.Busy, hb.Job = true, w.running[0].job.ID
-		}
-		w.mu.Unlock()
-		for _, m := range w.o.Cache.Resident() {
-			hb.Models = append(hb.Models, m.ID)
-		}
-		if w.o.GPUs != nil {
-			hb.GPUs = w.o.GPUs()
-		}
-		if data, err := json.Marshal(hb); err == nil {
+		if data, err := json.Marshal(w.heartbeat(stop)); err == nil {
 			_ = w.o.Conn.Publish(events.HeartbeatSubject, data)
 		}
 	}

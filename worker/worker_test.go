@@ -17,10 +17,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/server/broker"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
@@ -39,7 +39,7 @@ type testEngine struct {
 
 func (e *testEngine) Device() string { return "test" }
 
-func (e *testEngine) Load(ctx context.Context, m models.Model) (Model, error) {
+func (e *testEngine) Load(ctx context.Context, m catalog.Model) (Model, error) {
 	e.loads.Add(1)
 	return &testModel{e: e}, nil
 }
@@ -83,7 +83,7 @@ func (m *testModel) Generate(ctx context.Context, req Request, onProgress func(P
 type env struct {
 	b     *broker.Broker
 	store *jobs.Store
-	reg   *models.Registry
+	reg   *catalog.Registry
 	met   *Metrics
 }
 
@@ -104,7 +104,7 @@ func newEnv(t *testing.T, ackWait time.Duration, attempts int) *env {
 	mdir := filepath.Join(dir, "models", "toy")
 	os.MkdirAll(mdir, 0o755)
 	os.WriteFile(filepath.Join(mdir, "model_index.json"), []byte("{}"), 0o644)
-	reg := models.New(nil, filepath.Join(dir, "models"), "")
+	reg := catalog.New(nil, filepath.Join(dir, "models"), "")
 	reg.Refresh()
 	return &env{b: b, store: st, reg: reg, met: NewMetrics(metrics.NewRegistry())}
 }
@@ -254,7 +254,7 @@ func TestRedeliveryAfterWorkerDeath(t *testing.T) {
 	e := newEnv(t, time.Second, 2)
 	j := e.submit(t, "orphan", 1)
 	// A worker takes the job and dies: claim it by hand and never ack.
-	msg := (&Worker{o: Options{Store: e.store}}).fetchWait(context.Background(), jobs.PriorityNormal, 10*time.Second)
+	msg := (&Worker{o: Options{Store: e.store}, queue: e.store.FairQueue()}).fetchWait(context.Background(), jobs.PriorityNormal, 10*time.Second)
 	if msg == nil {
 		t.Fatal("no message")
 	}
@@ -349,7 +349,7 @@ func TestSchedulerAnswerIsValidated(t *testing.T) {
 // failingEngine cannot load any model.
 type failingEngine struct{ testEngine }
 
-func (e *failingEngine) Load(context.Context, models.Model) (Model, error) {
+func (e *failingEngine) Load(context.Context, catalog.Model) (Model, error) {
 	return nil, errors.New("checkpoint is corrupt")
 }
 
@@ -373,7 +373,7 @@ func TestModelLoadFailureFailsTheJob(t *testing.T) {
 // panicEngine's model panics mid-generation.
 type panicEngine struct{ testEngine }
 
-func (e *panicEngine) Load(context.Context, models.Model) (Model, error) { return panicModel{}, nil }
+func (e *panicEngine) Load(context.Context, catalog.Model) (Model, error) { return panicModel{}, nil }
 
 type panicModel struct{}
 

@@ -10,8 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/cuda"
-	"github.com/kiln-project/kiln/cuda/bench"
 )
 
 // runBench implements `kiln bench`: load time, text encoder, UNet step, VAE

@@ -1,14 +1,10 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"image"
-	_ "image/jpeg" // init images
-	_ "image/png"  // init images
 	"net/http"
 	"net/url"
 	"strconv"
@@ -17,6 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/kiln-project/kiln/core/imagedecode"
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
@@ -25,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/tenants"
 )
 
 // ParamsView is a job's parameters as the API shows them.
@@ -48,25 +46,29 @@ type JobView struct {
 	Error           *jobs.Error    `json:"error,omitempty"`
 	CancelRequested bool           `json:"cancel_requested,omitempty"`
 	Position        *int           `json:"position,omitempty"`
+	// Adjustments are the changes adaptive quality made to the request.
+	Adjustments []jobs.Adjustment `json:"adjustments,omitempty"`
 }
 
 func view(j *jobs.Job) JobView {
 	v := JobView{ID: j.ID, Status: j.Status, Params: ParamsView{Params: j.Params, InitImage: j.Params.InitImage != ""},
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt, Attempts: j.Attempts,
-		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}}
+		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}, Adjustments: j.Adjustments}
 	for _, im := range j.Images {
 		v.Images = append(v.Images, events.Image{ID: im.ID, URL: jobwatch.ImageURL(im.ID), Seed: im.Seed, Width: im.Width, Height: im.Height})
 	}
 	return v
 }
 
-// decodeInitImage decodes a base64 (or data: URL) PNG or JPEG, checking
-// its pixel count before decoding it.
-func decodeInitImage(s string, maxPixels int) ([]byte, image.Config, *apierr.Error) {
+// decodeInitImage decodes a base64 (or data: URL) PNG or JPEG after
+// checking from its header its sides, pixels and decoded size
+// (imagedecode.Info.DecodedBytes), holding that memory in the server-wide
+// decode budget while it decodes.
+func decodeInitImage(ctx context.Context, s string, lim imagedecode.Limits, budget *imagedecode.Budget) ([]byte, imagedecode.Info, *apierr.Error) {
 	if rest, ok := strings.CutPrefix(s, "data:"); ok {
 		meta, payload, found := strings.Cut(rest, ",")
 		if !found || !strings.HasSuffix(meta, ";base64") {
-			return nil, image.Config{}, apierr.Invalid("init_image", "a data: URL must be base64 encoded")
+			return nil, imagedecode.Info{}, apierr.Invalid("init_image", "a data: URL must be base64 encoded")
 		}
 		s = payload
 	}
@@ -74,26 +76,29 @@ func decodeInitImage(s string, maxPixels int) ([]byte, image.Config, *apierr.Err
 	if err != nil {
 		if data, err = base64.RawStdEncoding.DecodeString(s); err != nil {
 			if data, err = base64.URLEncoding.DecodeString(s); err != nil {
-				return nil, image.Config{}, apierr.Invalid("init_image", "init_image is not valid base64")
+				return nil, imagedecode.Info{}, apierr.Invalid("init_image", "init_image is not valid base64")
 			}
 		}
 	}
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
+	info, err := imagedecode.Header(data)
 	if err != nil {
-		return nil, image.Config{}, apierr.Invalid("init_image", "init_image is not a PNG or JPEG image: %v", err)
+		return nil, info, apierr.Invalid("init_image", "init_image is not a PNG or JPEG image: %v", err)
 	}
-	if format != "png" && format != "jpeg" {
-		return nil, image.Config{}, apierr.Invalid("init_image", "init_image must be PNG or JPEG, not %s", format)
+	if err := lim.Check(info); err != nil {
+		return nil, info, apierr.Limit("init_image", "init_image is %d×%d with %d channel(s) of %d bits (%d bytes decoded); the limits are max_image_pixels %d, sides up to %d and max_image_decode_bytes %d",
+			info.Width, info.Height, info.Channels, info.BitDepth, info.DecodedBytes(), lim.MaxPixels, lim.MaxSide, lim.MaxBytes)
 	}
-	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width > validate.MaxSide || cfg.Height > validate.MaxSide ||
-		cfg.Width*cfg.Height > maxPixels {
-		return nil, image.Config{}, apierr.Limit("init_image", "init_image is %d×%d; the limit max_image_pixels is %d (sides up to %d)",
-			cfg.Width, cfg.Height, maxPixels, validate.MaxSide)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, _, err := imagedecode.Decode(wctx, data, lim, budget); err != nil {
+		if errors.Is(err, imagedecode.ErrBusy) {
+			e := apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "init_image", "too many images are being decoded; retry shortly")
+			e.RetryAfter = time.Second
+			return nil, info, e
+		}
+		return nil, info, apierr.Invalid("init_image", "init_image does not decode: %v", err)
 	}
-	if _, _, err := image.Decode(bytes.NewReader(data)); err != nil {
-		return nil, image.Config{}, apierr.Invalid("init_image", "init_image does not decode: %v", err)
-	}
-	return data, cfg, nil
+	return data, info, nil
 }
 
 // Submit validates a job request for a tenant, checks its quotas and
@@ -107,9 +112,10 @@ func (s *Server) Submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 }
 
 func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRequest, source string) (*jobs.Job, *apierr.Error) {
+	locked := lockedParams(r)
 	var initData []byte
 	if r.InitImage != "" {
-		data, cfg, err := decodeInitImage(r.InitImage, s.cfg.MaxImagePixels)
+		data, cfg, err := decodeInitImage(ctx, r.InitImage, s.initImageLimits(), s.decodes)
 		if err != nil {
 			return nil, err
 		}
@@ -127,11 +133,15 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	if params, aerr = s.preNodes(ctx, p, params); aerr != nil {
 		return nil, aerr
 	}
+	var adjustments []jobs.Adjustment
 	if s.o.Quality != nil {
-		params = s.adjustQuality(ctx, p, params)
+		params, adjustments = s.adjustQuality(ctx, p, params, locked)
+	}
+	if aerr := s.costGuard(params); aerr != nil {
+		return nil, aerr
 	}
 	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
-		CreatedAt: time.Now().UTC()}
+		CreatedAt: time.Now().UTC(), Weight: p.Weight, Adjustments: adjustments}
 	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)
 	if aerr != nil {
 		return nil, aerr
@@ -152,27 +162,6 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	_ = s.o.Conn.Publish(events.KickSubject, []byte(params.Priority))
 	s.m.submitted.With(source).Inc()
 	return j, nil
-}
-
-func (s *Server) adjustQuality(ctx context.Context, p auth.Principal, params jobs.Params) jobs.Params {
-	in := QualityInput{Tenant: p.Tenant, Params: params, Limits: p.Quota,
-		P50: time.Duration(s.m.latencies.Quantile(0.5) * float64(time.Second)),
-		P95: time.Duration(s.m.latencies.Quantile(0.95) * float64(time.Second))}
-	if pr, ok := s.o.Profiles[params.Profile]; ok {
-		in.Target = pr.LatencyTarget.D()
-	}
-	if waiting, _, err := s.o.Store.QueueDepth(ctx); err == nil {
-		in.QueueDepth = waiting
-	}
-	out, err := s.o.Quality.Adjust(ctx, in)
-	if err != nil {
-		return params
-	}
-	out.Prompt, out.NegativePrompt, out.Seed, out.Model = params.Prompt, params.NegativePrompt, params.Seed, params.Model
-	if s.validator.CheckLimits(p, out) != nil {
-		return params
-	}
-	return out
 }
 
 // Wait implements openai.Backend.
@@ -219,10 +208,22 @@ func (s *Server) createJob(c echo.Context) error {
 		v.Position = &pos
 	}
 	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
+	c.Response().Header().Set(JobIDHeader, j.ID)
+	if h := jobs.AdjustedHeader(j.Adjustments); h != "" {
+		c.Response().Header().Set(jobs.AdjustedHeaderName, h)
+	}
 	return c.JSON(http.StatusAccepted, v)
 }
 
+// setJobHeader names the job a response is about (only well-formed ids).
+func setJobHeader(c echo.Context, id string) {
+	if jobs.ValidID(id) {
+		c.Response().Header().Set(JobIDHeader, id)
+	}
+}
+
 func (s *Server) getJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, _, err := s.o.Store.Get(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("job"))
@@ -318,6 +319,7 @@ func (s *Server) cancel(ctx context.Context, tenant, id string) (*jobs.Job, *api
 }
 
 func (s *Server) cancelJob(c echo.Context) error {
+	setJobHeader(c, c.Param("id"))
 	j, err := s.cancel(c.Request().Context(), principal(c).Tenant, c.Param("id"))
 	if err != nil {
 		return writeError(c, err)
@@ -337,6 +339,9 @@ func (s *Server) getImage(c echo.Context) error {
 		if err != nil {
 			return writeError(c, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "", "%v", err))
 		}
+		if !s.auth.TenantLive(t) { // a URL never outlives its tenant
+			return writeError(c, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "", "the tenant of this link is revoked"))
+		}
 		tenant = t
 	} else {
 		p, err := s.auth.Authenticate(c.Request())
@@ -345,6 +350,7 @@ func (s *Server) getImage(c echo.Context) error {
 		}
 		tenant = p.Tenant
 	}
+	c.Set(principalKey, auth.Principal{Tenant: tenant})
 	data, err := s.o.Store.GetImage(c.Request().Context(), tenant, id)
 	if errors.Is(err, jobs.ErrNotFound) {
 		return writeError(c, apierr.NotFound("image"))
@@ -423,8 +429,14 @@ func (s *Server) account(c echo.Context) error {
 	})
 }
 
+// statusView is GET /v1/status: the metrics event plus the auth mode.
+type statusView struct {
+	events.Metrics
+	Auth tenants.Mode `json:"auth"`
+}
+
 func (s *Server) getStatus(c echo.Context) error {
-	return c.JSON(http.StatusOK, s.status(c.Request().Context()))
+	return c.JSON(http.StatusOK, statusView{Metrics: s.status(c.Request().Context()), Auth: s.auth.Mode()})
 }
 
 func (s *Server) websocket(c echo.Context) error {

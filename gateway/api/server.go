@@ -22,41 +22,58 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/core/imagedecode"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/latency"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/audit"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/tenants"
 )
 
 // QualityPolicy may adjust a validated job before it is enqueued (the
-// adaptive quality hook). The result is checked against the tenant's
-// limits again; an error or an out-of-limits answer keeps the original.
+// adaptive quality hook), for tenants or profiles that opt in with
+// `quality: adaptive`. The result is checked against the tenant's limits
+// again; an error or an out-of-limits answer keeps the original.
 type QualityPolicy interface {
-	Adjust(ctx context.Context, in QualityInput) (jobs.Params, error)
+	Adjust(ctx context.Context, in QualityInput) (QualityResult, error)
 }
 
 // QualityInput is what a quality policy sees.
 type QualityInput struct {
-	// Tenant is the tenant whose request it is.
+	// Tenant is the tenant whose request it is; the policy keeps its state
+	// per (tenant, Params.Profile, Params.Model).
 	Tenant     string
 	QueueDepth int
-	// P50 and P95 are recent job latencies (queue wait + run).
+	// P50 and P95 are the latencies (queue wait + run) of the key's jobs
+	// that finished within the last minute, weighted by age.
 	P50, P95 time.Duration
 	// Target is the profile's latency target.
 	Target time.Duration
 	Params jobs.Params
 	Limits config.Quota
+	// Locked names the parameters the request set explicitly without
+	// allow_adjust ("steps", "width", "height", "sampler", "profile"):
+	// they must not change.
+	Locked map[string]bool
+}
+
+// QualityResult is a quality policy's answer.
+type QualityResult struct {
+	Params jobs.Params
+	// Reason says why parameters changed.
+	Reason string
 }
 
 // Options configure a Server.
@@ -65,7 +82,7 @@ type Options struct {
 	Store    *jobs.Store
 	Tenants  *tenants.Store
 	Conn     *nats.Conn
-	Models   *models.Registry
+	Models   *catalog.Registry
 	Profiles map[string]config.Profile
 	Registry *metrics.Registry
 	Signer   *urlsign.Signer
@@ -78,6 +95,8 @@ type Options struct {
 	Quality QualityPolicy
 	// Wasm adds pre-processing nodes and the module upload API (nil: none).
 	Wasm WasmHooks
+	// Audit records admin actions (nil: none).
+	Audit *audit.Log
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 }
@@ -90,6 +109,7 @@ type Server struct {
 	echo      *echo.Echo
 	auth      *auth.Authenticator
 	limiter   *quota.Limiter
+	decodes   *imagedecode.Budget // server-wide memory of init-image decodes
 	validator *validate.Validator
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
@@ -97,6 +117,10 @@ type Server struct {
 
 	mu      sync.Mutex
 	workers map[string]workerSeen
+
+	// window holds recent job latencies per (tenant, profile, model) for
+	// adaptive quality.
+	window *latency.Windows
 
 	m serverMetrics
 }
@@ -115,6 +139,7 @@ type serverMetrics struct {
 	inFlight   *metrics.Gauge
 	workers    *metrics.Gauge
 	latencies  *metrics.Histogram // end-to-end job latency seen by the gateway
+	adjusted   *metrics.CounterVec
 }
 
 // New builds the gateway.
@@ -130,7 +155,8 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}}
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
+		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -144,6 +170,7 @@ func New(o Options) (*Server, error) {
 		workers:    reg.NewGauge("kiln_workers", "Workers that sent a heartbeat recently."),
 		latencies: reg.NewHistogram("kiln_job_latency_seconds", "Time from submission to a final state, seen by the gateway.",
 			metrics.ExponentialBuckets(0.01, 2, 16)),
+		adjusted: reg.NewCounterVec("kiln_quality_adjustments_total", "Request parameters changed by adaptive quality, by field.", "field"),
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		for _, c := range []struct {
@@ -278,9 +305,28 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	if ev.Type == events.TypeSucceeded || ev.Type == events.TypeFailed || ev.Type == events.TypeCanceled {
 		if j, _, err := s.o.Store.Get(context.Background(), tenant, ev.Job); err == nil {
 			s.m.latencies.Observe(time.Since(j.CreatedAt).Seconds())
+			if ev.Type == events.TypeSucceeded {
+				s.window.Observe(qualityKey(tenant, j.Params.Profile, j.Params.Model), time.Since(j.CreatedAt))
+			}
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
+}
+
+// initImageLimits bounds one init image, from its header.
+func (s *Server) initImageLimits() imagedecode.Limits {
+	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
+}
+
+// WorkerLive reports whether a worker has been heard from within three
+// heartbeat intervals.
+func (s *Server) WorkerLive(id string) bool {
+	for _, hb := range s.liveWorkers() {
+		if hb.Worker == id && !hb.Stopped {
+			return true
+		}
+	}
+	return false
 }
 
 // liveWorkers lists workers heard from within three intervals.
@@ -312,7 +358,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed, Draining: hb.Draining})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -330,6 +376,10 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	return m
 }
 
+// JobIDHeader names the job a response is about (job creation, job
+// routes, the OpenAI endpoint); the access log records it.
+const JobIDHeader = "Kiln-Job-Id"
+
 // principalKey is where the auth middleware leaves the principal.
 const principalKey = "kiln.principal"
 
@@ -346,7 +396,7 @@ func (s *Server) routes() *echo.Echo {
 	if len(s.cfg.CORSOrigins) > 0 {
 		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 			AllowOrigins:  s.cfg.CORSOrigins,
-			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodOptions},
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 			AllowHeaders:  []string{"Authorization", "Content-Type"},
 			ExposeHeaders: []string{"Retry-After", "Location"},
 			MaxAge:        600,
@@ -373,10 +423,17 @@ func (s *Server) routes() *echo.Echo {
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
 	s.wasmRoutes(e)
+	s.adminRoutes(e)
+	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
 		e.GET("/", web)
-		e.GET("/*", web)
+		e.GET("/*", func(c echo.Context) error {
+			if strings.HasPrefix(c.Request().URL.Path, "/v1/") {
+				return echo.ErrNotFound
+			}
+			return web(c)
+		})
 	}
 	return e
 }
@@ -407,18 +464,40 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		case http.StatusNotFound:
 			code = apierr.CodeNotFound
 		case http.StatusMethodNotAllowed:
-			code = "method_not_allowed"
+			code = apierr.CodeMethodNotAllowed
 		case http.StatusRequestEntityTooLarge:
 			code = apierr.CodeTooLarge
 		case http.StatusUnauthorized:
 			code = apierr.CodeUnauthorized
 		}
 		ae = &apierr.Error{Status: he.Code, Code: code, Message: fmt.Sprint(he.Message)}
+		switch he.Code {
+		case http.StatusNotFound:
+			ae.Message = fmt.Sprintf("no route %s %s", c.Request().Method, c.Request().URL.Path)
+		case http.StatusMethodNotAllowed:
+			ae.Allowed = allowedMethods(c)
+			ae.Message = fmt.Sprintf("%s is not allowed on %s; allowed: %s", c.Request().Method, c.Request().URL.Path,
+				strings.Join(ae.Allowed, ", "))
+		}
 	default:
 		s.log.Error("request failed", "path", c.Request().URL.Path, "err", err)
 		ae = apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "internal error")
 	}
 	_ = writeError(c, ae)
+}
+
+// allowedMethods lists the methods the router knows for the matched path
+// (without OPTIONS, which only CORS answers).
+func allowedMethods(c echo.Context) []string {
+	h, _ := c.Get(echo.ContextKeyHeaderAllow).(string)
+	var out []string
+	for _, m := range strings.Split(h, ",") {
+		if m = strings.TrimSpace(m); m != "" && m != http.MethodOptions {
+			out = append(out, m)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *Server) recover(next echo.HandlerFunc) echo.HandlerFunc {
@@ -447,8 +526,14 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.m.requests.With(route, c.Request().Method, fmt.Sprint(c.Response().Status)).Inc()
-		s.m.latency.With(route).Observe(time.Since(start).Seconds())
+		took := time.Since(start).Seconds()
+		status := c.Response().Status
+		s.m.requests.With(route, c.Request().Method, fmt.Sprint(status)).Inc()
+		s.m.latency.With(route).Observe(took)
+		s.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
+			slog.String("method", c.Request().Method), slog.String("route", route), slog.String("path", c.Request().URL.Path),
+			slog.Int("status", status), slog.String("tenant", principal(c).Tenant), slog.Float64("latency_s", took),
+			slog.String("job", c.Response().Header().Get(JobIDHeader)))
 		return nil
 	}
 }

@@ -2,8 +2,10 @@
 // (Authorization: Bearer kiln_…, or for browser WebSockets the subprotocol
 // kiln.bearer.<key>). Tenants and hashed keys are mirrored from the tenants
 // KV bucket by a watcher, so creations, quota changes and revocations take
-// effect at once on every gateway. Without any live tenant, a loopback-only
-// server admits keyless requests as the local tenant.
+// effect at once on every gateway. A loopback-only server whose recorded
+// auth mode is keyless (decided once at start-up, see tenants.DecideMode)
+// admits requests as the local tenant with any bearer or none; revoking or
+// removing tenants never brings that mode back.
 package auth
 
 import (
@@ -30,6 +32,12 @@ type Principal struct {
 	QuotaVersion int
 	// Local marks the keyless local tenant.
 	Local bool
+	// Weight is the tenant's fair-queuing weight (0 counts as 1).
+	Weight float64
+	// Quality is the tenant's quality mode ("adaptive" opts in).
+	Quality string
+	// Admin marks a request made with the admin key (the operator).
+	Admin bool
 }
 
 // WSProtocol is the WebSocket subprotocol of Kiln's event stream.
@@ -47,6 +55,7 @@ type Authenticator struct {
 	mu      sync.RWMutex
 	keys    map[string]tenants.Key
 	tenants map[string]tenants.Tenant
+	mode    tenants.Mode
 	synced  chan struct{}
 	once    sync.Once
 }
@@ -87,6 +96,12 @@ func (a *Authenticator) apply(key string, value []byte, deleted bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
+	case key == tenants.ModeKey:
+		if deleted {
+			a.mode = tenants.Mode{Mode: tenants.ModeKeys, Reason: "mode record deleted"}
+			return
+		}
+		a.mode = tenants.DecodeMode(value)
 	case strings.HasPrefix(key, "tenant."):
 		id := strings.TrimPrefix(key, "tenant.")
 		var t tenants.Tenant
@@ -122,8 +137,45 @@ func (a *Authenticator) LiveTenants() int {
 	return n
 }
 
-// Keyless reports whether requests without a key are admitted now.
-func (a *Authenticator) Keyless() bool { return a.allowLocal && a.LiveTenants() == 0 }
+// Keyless reports whether requests are admitted as the local tenant: the
+// listener is loopback, the recorded mode is keyless, and no live tenant
+// exists. Without a mode record (or with an unreadable one) it is false.
+func (a *Authenticator) Keyless() bool {
+	if !a.allowLocal {
+		return false
+	}
+	a.mu.RLock()
+	keyless := a.mode.Keyless()
+	a.mu.RUnlock()
+	return keyless && a.LiveTenants() == 0
+}
+
+// Mode returns the mirrored auth mode as the gateway applies it.
+func (a *Authenticator) Mode() tenants.Mode {
+	a.mu.RLock()
+	m := a.mode
+	a.mu.RUnlock()
+	if m.Mode == "" {
+		m = tenants.Mode{Mode: tenants.ModeKeys, Reason: "no mode recorded"}
+	}
+	if m.Keyless() && !a.Keyless() {
+		m = tenants.Mode{Mode: tenants.ModeKeys, Reason: "listener is not loopback or a tenant exists"}
+	}
+	return m
+}
+
+// TenantLive reports whether a tenant may still be served: it exists and is
+// not revoked, or it is the local tenant while keyless mode is on. Signed
+// image URLs check it, so a URL never outlives its tenant's revocation.
+func (a *Authenticator) TenantLive(id string) bool {
+	if id == tenants.LocalID {
+		return a.Keyless()
+	}
+	a.mu.RLock()
+	t, ok := a.tenants[id]
+	a.mu.RUnlock()
+	return ok && !t.Revoked
+}
 
 // LocalPrincipal is the keyless local tenant.
 func (a *Authenticator) LocalPrincipal() Principal {
@@ -153,13 +205,15 @@ func KeyFromRequest(r *http.Request) string {
 // dummyKey makes unknown key ids cost the same hash and compare as known ones.
 var dummyKey = tenants.Key{Hash: strings.Repeat("00", 32)}
 
-// Authenticate returns the request's tenant or a 401.
+// Authenticate returns the request's tenant or a 401. In keyless mode
+// every request is the local tenant whatever bearer it sends (OpenAI SDKs
+// always send one); otherwise an unknown key is a 401.
 func (a *Authenticator) Authenticate(r *http.Request) (Principal, *apierr.Error) {
+	if a.Keyless() {
+		return a.LocalPrincipal(), nil
+	}
 	key := KeyFromRequest(r)
 	if key == "" {
-		if a.Keyless() {
-			return a.LocalPrincipal(), nil
-		}
 		return Principal{}, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "",
 			"an API key is required: send Authorization: Bearer kiln_…")
 	}
@@ -189,7 +243,7 @@ func (a *Authenticator) Verify(key string) (Principal, *apierr.Error) {
 	if !found || t.Revoked {
 		return Principal{}, bad
 	}
-	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion}, nil
+	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight, Quality: t.Quality}, nil
 }
 
 // IsLoopback reports whether a listen address (host:port) only accepts

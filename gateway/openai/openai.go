@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kiln-project/kiln/gateway/apierr"
@@ -72,6 +73,7 @@ type GenerationRequest struct {
 	Steps             *int     `json:"steps,omitempty"`
 	Guidance          *float64 `json:"guidance,omitempty"`
 	Sampler           string   `json:"sampler,omitempty"`
+	AllowAdjust       bool     `json:"allow_adjust,omitempty"`
 }
 
 // ImageData is one entry of the response.
@@ -105,6 +107,10 @@ var openAIModels = map[string]bool{"dall-e-2": true, "dall-e-3": true, "gpt-imag
 
 var sizeRE = regexp.MustCompile(`^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$`)
 
+// JobIDHeader names the job behind a response (the gateway's access log
+// reads it, clients may poll it).
+const JobIDHeader = "Kiln-Job-Id"
+
 // WriteError sends a native API error in OpenAI's shape.
 func WriteError(w http.ResponseWriter, e *apierr.Error) {
 	typ := "invalid_request_error"
@@ -132,6 +138,9 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((e.RetryAfter+time.Second-1)/time.Second))))
 	}
+	if len(e.Allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(e.Allowed, ", "))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(body)
@@ -139,7 +148,7 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 
 func (h *Handler) convert(g *GenerationRequest) (*validate.JobRequest, *apierr.Error) {
 	r := &validate.JobRequest{Prompt: g.Prompt, NegativePrompt: g.NegativePrompt, Seed: g.Seed, Steps: g.Steps,
-		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N}
+		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N, AllowAdjust: g.AllowAdjust}
 	if !openAIModels[g.Model] {
 		r.Model = g.Model
 	}
@@ -221,17 +230,26 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 		WriteError(w, aerr)
 		return
 	}
+	w.Header().Set(JobIDHeader, job.ID)
+	if h := jobs.AdjustedHeader(job.Adjustments); h != "" {
+		w.Header().Set(jobs.AdjustedHeaderName, h)
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
 	done, err := h.b.Wait(ctx, p.Tenant, job.ID)
 	if err != nil {
-		// The client went away or waited too long: free the capacity.
-		h.b.Cancel(context.WithoutCancel(r.Context()), p.Tenant, job.ID)
-		if errors.Is(err, context.DeadlineExceeded) {
-			WriteError(w, apierr.New(http.StatusGatewayTimeout, "timeout", "", "the images were not ready within %v; the job was canceled", h.timeout))
-		} else {
-			WriteError(w, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "waiting for the job failed: %v", err))
+		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+			// Waited sync_timeout: the job goes on; say where to find it.
+			w.Header().Set("Location", "/v1/jobs/"+job.ID)
+			e := apierr.New(http.StatusGatewayTimeout, "timeout", "",
+				"the images were not ready within %v (sync_timeout); job %s goes on: poll GET /v1/jobs/%s until its status is succeeded, "+
+					"or subscribe to it on the WebSocket /v1/ws?subscribe=%s", h.timeout, job.ID, job.ID, job.ID)
+			WriteError(w, e)
+			return
 		}
+		// The client went away: free the capacity.
+		h.b.Cancel(context.WithoutCancel(r.Context()), p.Tenant, job.ID)
+		WriteError(w, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "waiting for the job failed: %v", err))
 		return
 	}
 	switch done.Status {

@@ -23,9 +23,9 @@ import (
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // Limits that no tenant may exceed.
@@ -58,6 +58,9 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// AllowAdjust lets adaptive quality change parameters the request
+	// sets explicitly (width, height, steps, sampler, profile).
+	AllowAdjust bool `json:"allow_adjust,omitempty"`
 	// Nodes names Wasm pre- and post-processing nodes:
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
@@ -66,7 +69,7 @@ type JobRequest struct {
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
 type Validator struct {
-	models         *models.Registry
+	models         *catalog.Registry
 	profiles       map[string]config.Profile
 	defaultProfile string
 	samplers       map[string]bool
@@ -75,7 +78,7 @@ type Validator struct {
 }
 
 // New returns a validator with a plan cache of cacheBytes.
-func New(reg *models.Registry, profiles map[string]config.Profile, defaultProfile string, cacheBytes int64) (*Validator, error) {
+func New(reg *catalog.Registry, profiles map[string]config.Profile, defaultProfile string, cacheBytes int64) (*Validator, error) {
 	if _, ok := profiles[defaultProfile]; !ok {
 		return nil, fmt.Errorf("validate: default profile %q does not exist", defaultProfile)
 	}
@@ -313,7 +316,7 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 // height: the model's native size (what it was trained at) where it is
 // known and within the profile's and the tenant's pixel caps, else the
 // profile's width and height.
-func DefaultSize(m models.Model, pr config.Profile, q config.Quota) (width, height int) {
+func DefaultSize(m catalog.Model, pr config.Profile, q config.Quota) (width, height int) {
 	w, h := m.NativeWidth, m.NativeHeight
 	if w >= MinSide && h >= MinSide && w <= MaxSide && h <= MaxSide && w%8 == 0 && h%8 == 0 &&
 		w*h <= pr.MaxPixels && w*h <= q.MaxPixels {

@@ -7,11 +7,11 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/models"
 )
 
-func setup(t *testing.T) (*Validator, *models.Registry, string) {
+func setup(t *testing.T) (*Validator, *catalog.Registry, string) {
 	t.Helper()
 	dir := t.TempDir()
 	mk := func(name string) {
@@ -19,7 +19,7 @@ func setup(t *testing.T) (*Validator, *models.Registry, string) {
 		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
 	}
 	mk("alpha")
-	reg := models.New(nil, dir, "")
+	reg := catalog.New(nil, dir, "")
 	reg.Refresh()
 	profiles, err := config.Profiles()
 	if err != nil {
@@ -168,7 +168,7 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 		}
 	}
 	// The default model's native size applies to requests that name none.
-	reg2 := models.New(nil, dir, "shapes")
+	reg2 := catalog.New(nil, dir, "shapes")
 	reg2.Refresh()
 	profiles, _ := config.Profiles()
 	v2, _ := New(reg2, profiles, "balanced", 1<<20)

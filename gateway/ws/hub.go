@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -34,10 +35,23 @@ const (
 	CloseBadMessage websocket.StatusCode = 4000
 )
 
-// Limits of the client side of the protocol.
+// Limits of the client side of the protocol. A message over
+// MaxClientMessage closes the socket with 1009 (message too big).
 const (
-	maxClientMessage = 64 << 10
-	maxJobsPerConn   = 10000
+	MaxClientMessage = 64 << 10
+	// MaxIDsPerMessage bounds the job ids of one subscribe or unsubscribe;
+	// a message with more is refused whole.
+	MaxIDsPerMessage = 100
+	// MaxJobsPerConn bounds the jobs one socket is subscribed to.
+	MaxJobsPerConn = 1000
+	// Client messages are rate-limited per socket (token bucket); messages
+	// over the rate are answered with rate_limited and not acted on.
+	messagesPerSecond = 20
+	messageBurst      = 50
+	// Log lines about one client are rate-limited too; the rest are
+	// counted in kiln_log_lines_suppressed_total{source="websocket"}.
+	logLinesPerSecond = 1
+	logLineBurst      = 5
 )
 
 // Options configure a Hub.
@@ -69,9 +83,10 @@ type Hub struct {
 	conns  map[string]map[*conn]struct{}
 	closed bool
 
-	open    *metrics.Gauge
-	dropped *metrics.CounterVec
-	sent    *metrics.CounterVec
+	open       *metrics.Gauge
+	dropped    *metrics.CounterVec
+	sent       *metrics.CounterVec
+	suppressed *metrics.CounterVec
 }
 
 // New returns a hub.
@@ -95,6 +110,8 @@ func New(o Options) *Hub {
 		open:    o.Registry.NewGauge("kiln_websocket_connections", "Open WebSocket connections."),
 		dropped: o.Registry.NewCounterVec("kiln_websocket_closed_total", "WebSocket connections closed, by reason.", "reason"),
 		sent:    o.Registry.NewCounterVec("kiln_websocket_messages_total", "Messages sent on WebSockets, by kind.", "kind"),
+		suppressed: o.Registry.NewCounterVec("kiln_log_lines_suppressed_total",
+			"Log lines not written because their client exceeded its log rate, by source.", "source"),
 	}
 }
 
@@ -117,6 +134,44 @@ type conn struct {
 	all      bool
 	jobs     map[string]bool
 	previews bool
+
+	msgs tokenBucket // client messages (reader goroutine only)
+	logs tokenBucket // log lines about this client (guarded by mu)
+}
+
+// tokenBucket is a rate limiter: rate tokens a second up to burst.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newBucket(rate, burst float64) tokenBucket {
+	return tokenBucket{rate: rate, burst: burst, tokens: burst}
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// warn logs a line about this client within its log rate; lines over it
+// are counted, not written.
+func (c *conn) warn(msg string, args ...any) {
+	c.mu.Lock()
+	ok := c.logs.take(time.Now())
+	c.mu.Unlock()
+	if !ok {
+		c.hub.suppressed.With("websocket").Inc()
+		return
+	}
+	c.hub.log.Warn(msg, append([]any{"tenant", c.tenant}, args...)...)
 }
 
 // Count returns the open connections of a tenant.
@@ -141,7 +196,8 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 		return
 	}
 	// Reserve the slot before the upgrade so concurrent upgrades count.
-	c := &conn{hub: h, tenant: p.Tenant, send: make(chan frame, h.o.SendQueue), jobs: map[string]bool{}, previews: true}
+	c := &conn{hub: h, tenant: p.Tenant, send: make(chan frame, h.o.SendQueue), jobs: map[string]bool{}, previews: true,
+		msgs: newBucket(messagesPerSecond, messageBurst), logs: newBucket(logLinesPerSecond, logLineBurst)}
 	if h.conns[p.Tenant] == nil {
 		h.conns[p.Tenant] = map[*conn]struct{}{}
 	}
@@ -156,7 +212,7 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 		h.remove(c)
 		return // Accept wrote the HTTP error
 	}
-	wsc.SetReadLimit(maxClientMessage)
+	wsc.SetReadLimit(MaxClientMessage)
 	all := r.URL.Query().Get("subscribe") == "all"
 	ctx, cancel := context.WithCancel(context.Background())
 	h.mu.Lock()
@@ -208,13 +264,16 @@ func (c *conn) shutdown(code websocket.StatusCode, reason, why string) {
 }
 
 // enqueue queues a message without blocking; a full queue drops the
-// client as slow.
+// client as slow. Nothing is queued (or logged) once the socket closes.
 func (c *conn) enqueue(f frame, kind string) {
+	if c.closing.Load() {
+		return
+	}
 	select {
 	case c.send <- f:
 		c.hub.sent.With(kind).Inc()
 	default:
-		c.hub.log.Warn("dropping slow WebSocket client", "tenant", c.tenant)
+		c.warn("dropping slow WebSocket client")
 		c.shutdown(CloseSlowConsumer, "slow consumer", "slow")
 	}
 }
@@ -253,7 +312,18 @@ func (c *conn) reader() {
 	for {
 		typ, data, err := c.ws.Read(c.ctx)
 		if err != nil {
+			if errors.Is(err, websocket.ErrMessageTooBig) {
+				c.warn("WebSocket message over the read limit", "limit", MaxClientMessage)
+				c.shutdown(websocket.StatusMessageTooBig, "message too big", "too_big")
+			}
 			return
+		}
+		if c.closing.Load() {
+			return
+		}
+		if !c.msgs.take(time.Now()) {
+			c.replyError("", apierr.CodeRateLimited, "too many messages; slow down")
+			continue
 		}
 		if typ != websocket.MessageText {
 			c.replyError("", apierr.CodeInvalid, "binary messages are not accepted")
@@ -262,6 +332,10 @@ func (c *conn) reader() {
 		var m clientMessage
 		if err := json.Unmarshal(data, &m); err != nil {
 			c.replyError("", apierr.CodeInvalid, "message is not a JSON object: "+err.Error())
+			continue
+		}
+		if len(m.Jobs) > MaxIDsPerMessage {
+			c.replyError("", apierr.CodeLimit, fmt.Sprintf("%d job ids in one message; the limit is %d", len(m.Jobs), MaxIDsPerMessage))
 			continue
 		}
 		switch m.Type {
@@ -299,10 +373,10 @@ func (c *conn) subscribe(m clientMessage) {
 	var accepted []string
 	for _, id := range m.Jobs {
 		c.mu.Lock()
-		full := len(c.jobs) >= maxJobsPerConn
+		full := len(c.jobs) >= MaxJobsPerConn && !c.jobs[id]
 		c.mu.Unlock()
 		if full {
-			c.replyError(id, apierr.CodeLimit, "too many subscribed jobs on this connection")
+			c.replyError(id, apierr.CodeLimit, fmt.Sprintf("this socket is subscribed to %d jobs, the limit", MaxJobsPerConn))
 			break
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)

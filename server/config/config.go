@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"sort"
@@ -62,6 +63,7 @@ func (q Quota) Validate() error {
 type Config struct {
 	Role                   string            `yaml:"role"`
 	Listen                 string            `yaml:"listen"`
+	AuthMode               string            `yaml:"auth_mode"`
 	DataDir                string            `yaml:"data_dir"`
 	NATS                   string            `yaml:"nats"`
 	NATSListen             string            `yaml:"nats_listen"`
@@ -75,15 +77,21 @@ type Config struct {
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
 	AdminListen            string            `yaml:"admin_listen"`
+	AdminKeyFile           string            `yaml:"admin_key_file"`
+	AuditRetention         Duration          `yaml:"audit_retention"`
 	CORSOrigins            []string          `yaml:"cors_origins"`
 	LogLevel               string            `yaml:"log_level"`
 	LogFormat              string            `yaml:"log_format"`
 	MaxBodyBytes           ByteSize          `yaml:"max_body_bytes"`
 	MaxImagePixels         int               `yaml:"max_image_pixels"`
+	MaxImageDecodeBytes    ByteSize          `yaml:"max_image_decode_bytes"`
+	ImageDecodeBudget      ByteSize          `yaml:"image_decode_budget"`
 	ReadHeaderTimeout      Duration          `yaml:"read_header_timeout"`
 	ReadTimeout            Duration          `yaml:"read_timeout"`
 	IdleTimeout            Duration          `yaml:"idle_timeout"`
 	SyncTimeout            Duration          `yaml:"sync_timeout"`
+	MaxCPUJobTime          Duration          `yaml:"max_cpu_job_time"`
+	CPUSpeedPrior          float64           `yaml:"cpu_speed_prior"`
 	ShutdownTimeout        Duration          `yaml:"shutdown_timeout"`
 	MaxWebSocketsPerTenant int               `yaml:"max_websockets_per_tenant"`
 	WSSendQueue            int               `yaml:"ws_send_queue"`
@@ -116,8 +124,22 @@ func Default() (*Config, error) {
 	return &c, nil
 }
 
+// Bounds of a configuration document, checked on its node tree before it
+// is decoded: the YAML decoder's duplicate-key check is quadratic in a
+// mapping's size (32,000 keys took seconds; the config fuzz target
+// stalled on such inputs), and anchors and aliases can multiply a small
+// document, so Kiln's configs allow neither.
+const (
+	maxConfigBytes       = 1 << 20
+	maxConfigNodes       = 20000
+	maxConfigMappingKeys = 1000
+)
+
 // decodeStrict decodes one YAML document into out; unknown keys are errors.
 func decodeStrict(data []byte, out any) error {
+	if err := checkShape(data); err != nil {
+		return err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
@@ -131,6 +153,52 @@ func decodeStrict(data []byte, out any) error {
 		return fmt.Errorf("more than one YAML document")
 	}
 	return nil
+}
+
+// checkShape parses data into a node tree (linear) and refuses documents
+// over the size or node bounds, with anchors or aliases, or with a key
+// repeated in one mapping.
+func checkShape(data []byte) error {
+	if len(data) > maxConfigBytes {
+		return fmt.Errorf("%d bytes, the limit is %d", len(data), maxConfigBytes)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	nodes := 0
+	var walk func(n *yaml.Node) error
+	walk = func(n *yaml.Node) error {
+		nodes++
+		if nodes > maxConfigNodes {
+			return fmt.Errorf("more than %d YAML nodes", maxConfigNodes)
+		}
+		if n.Kind == yaml.AliasNode || n.Anchor != "" {
+			return fmt.Errorf("line %d: YAML anchors and aliases are not supported in configs", n.Line)
+		}
+		if n.Kind == yaml.MappingNode {
+			if len(n.Content)/2 > maxConfigMappingKeys {
+				return fmt.Errorf("line %d: a mapping of %d keys, the limit is %d", n.Line, len(n.Content)/2, maxConfigMappingKeys)
+			}
+			seen := make(map[string]int, len(n.Content)/2)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				if k.Kind == yaml.ScalarNode {
+					if line, dup := seen[k.Value]; dup {
+						return fmt.Errorf("line %d: key %q already defined at line %d", k.Line, k.Value, line)
+					}
+					seen[k.Value] = k.Line
+				}
+			}
+		}
+		for _, c := range n.Content {
+			if err := walk(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(&doc)
 }
 
 // Merge decodes YAML data on top of c: keys present in data replace the
@@ -176,6 +244,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: admin_listen %q: %w", c.AdminListen, err)
 		}
 	}
+	switch c.AuthMode {
+	case "auto", "keyless", "keys":
+	default:
+		return fmt.Errorf("config: auth_mode %q: want auto, keyless or keys", c.AuthMode)
+	}
 	if c.DataDir == "" && c.NATS == "" {
 		return fmt.Errorf("config: data_dir is empty")
 	}
@@ -208,16 +281,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: preview_every must not be negative")
 	}
 	for name, v := range map[string]ByteSize{"max_body_bytes": c.MaxBodyBytes,
+		"max_image_decode_bytes": c.MaxImageDecodeBytes, "image_decode_budget": c.ImageDecodeBudget,
 		"plan_cache_bytes": c.PlanCacheBytes, "text_cache_bytes": c.TextCacheBytes} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
 	}
 	for name, v := range map[string]Duration{"ack_wait": c.AckWait, "metrics_interval": c.MetricsInterval,
-		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout} {
+		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout, "audit_retention": c.AuditRetention} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
+	}
+	if c.ImageDecodeBudget < c.MaxImageDecodeBytes {
+		return fmt.Errorf("config: image_decode_budget (%s) is smaller than max_image_decode_bytes (%s)", c.ImageDecodeBudget.Human(), c.MaxImageDecodeBytes.Human())
+	}
+	if c.CPUSpeedPrior < 0 || math.IsNaN(c.CPUSpeedPrior) || math.IsInf(c.CPUSpeedPrior, 0) {
+		return fmt.Errorf("config: cpu_speed_prior must not be negative")
 	}
 	if c.AckWait.D().Seconds() < 1 {
 		return fmt.Errorf("config: ack_wait must be at least 1s")
@@ -348,6 +428,7 @@ func FlagKeys(fs *flag.FlagSet) map[string]string {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Role, "role", c.Role, "what this process runs: all, gateway or worker")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP listen address (host:port; port 0 picks a free one)")
+	fs.StringVar(&c.AuthMode, "auth-mode", c.AuthMode, "auto (keyless only on loopback while no tenant was ever created), keyless (loopback only) or keys; recorded in the store at start")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded NATS JetStream store")
 	fs.StringVar(&c.NATS, "nats", c.NATS, "URL of an external NATS server with JetStream (empty: embedded)")
 	fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "host:port where the embedded NATS server accepts other processes (empty: none)")
@@ -361,15 +442,21 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin listener with pprof (empty: off)")
+	fs.StringVar(&c.AdminKeyFile, "admin-key-file", c.AdminKeyFile, "file holding the admin key of /v1/admin (else $KILN_ADMIN_KEY, else one is made at first start and printed once)")
+	fs.Var(&c.AuditRetention, "audit-retention", "how long the audit log of admin actions is kept")
 	fs.Var(listFlag{&c.CORSOrigins}, "cors-origins", "comma-separated origins allowed by CORS (empty: off)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.Var(&c.MaxBodyBytes, "max-body-bytes", "largest request body")
 	fs.IntVar(&c.MaxImagePixels, "max-image-pixels", c.MaxImagePixels, "largest init image in pixels")
+	fs.Var(&c.MaxImageDecodeBytes, "max-image-decode-bytes", "largest decoded init image in memory (pixels × channels × bytes per sample, from its header)")
+	fs.Var(&c.ImageDecodeBudget, "image-decode-budget", "memory all image decodes in flight may hold together")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "HTTP header read timeout")
 	fs.Var(&c.ReadTimeout, "read-timeout", "HTTP request read timeout")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "HTTP keep-alive idle timeout")
 	fs.Var(&c.SyncTimeout, "sync-timeout", "how long the OpenAI images endpoint waits for its images")
+	fs.Var(&c.MaxCPUJobTime, "max-cpu-job-time", "refuse (422) jobs estimated to run longer on CPU workers (0: no limit)")
+	fs.Float64Var(&c.CPUSpeedPrior, "cpu-speed-prior", c.CPUSpeedPrior, "assumed CPU speed of a 1 GiB model before any is measured, in megapixel-steps/s")
 	fs.Var(&c.ShutdownTimeout, "shutdown-timeout", "grace period for running jobs on SIGTERM")
 	fs.IntVar(&c.MaxWebSocketsPerTenant, "max-websockets-per-tenant", c.MaxWebSocketsPerTenant, "open WebSockets per tenant")
 	fs.IntVar(&c.WSSendQueue, "ws-send-queue", c.WSSendQueue, "queued messages per WebSocket before it is dropped as slow")

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -200,5 +202,48 @@ func TestDeviceValues(t *testing.T) {
 		if err := c.Validate(); (err == nil) != ok {
 			t.Errorf("device %q: %v", d, err)
 		}
+	}
+}
+
+// TestMergeBoundsWork: inputs that made the YAML decoder's work grow
+// quadratically (thousands of repeated or distinct keys in one mapping)
+// or multiply (aliases) are refused from the node tree before decoding
+// (issue 24, the FuzzMerge stall).
+func TestMergeBoundsWork(t *testing.T) {
+	var distinct strings.Builder
+	for i := 0; i < 5000; i++ {
+		fmt.Fprintf(&distinct, "k%d: 1\n", i)
+	}
+	for name, c := range map[string]struct{ in, want string }{
+		"repeated keys": {strings.Repeat("workers: 1\n", 500), "already defined"},
+		"distinct keys": {distinct.String(), "a mapping of 5000 keys"},
+		"alias":         {"local_quota: &q {max_n: 2}\ndefault_quota: *q\n", "anchors and aliases"},
+		"too large":     {"#" + strings.Repeat("x", 2<<20), "the limit is"},
+		"too many":      {"cors_origins: [" + strings.Repeat("a,", 30000) + "]", "YAML nodes"},
+	} {
+		cfg, err := Default()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Merge([]byte(c.in)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+func TestDurationJSONIsSeconds(t *testing.T) {
+	b, err := json.Marshal(struct{ D Duration }{Duration(2500 * time.Millisecond)})
+	if err != nil || string(b) != `{"D":2.5}` {
+		t.Fatalf("marshal: %s %v", b, err)
+	}
+	for in, want := range map[string]time.Duration{`1.5`: 1500 * time.Millisecond, `"30s"`: 30 * time.Second} {
+		var d Duration
+		if err := json.Unmarshal([]byte(in), &d); err != nil || d.D() != want {
+			t.Errorf("unmarshal %s: %v %v", in, d, err)
+		}
+	}
+	var d Duration
+	if json.Unmarshal([]byte(`-1`), &d) == nil || json.Unmarshal([]byte(`"x"`), &d) == nil {
+		t.Error("bad durations accepted")
 	}
 }

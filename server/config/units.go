@@ -121,6 +121,29 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalJSON writes the duration as seconds (a JSON number), the unit of
+// every duration in Kiln's JSON.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.FormatFloat(time.Duration(d).Seconds(), 'f', -1, 64)), nil
+}
+
+// UnmarshalJSON reads seconds (a number) or a duration string ("2.5s").
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		s, err := strconv.Unquote(string(b))
+		if err != nil {
+			return fmt.Errorf("invalid duration %s", b)
+		}
+		return d.Set(s)
+	}
+	secs, err := strconv.ParseFloat(string(b), 64)
+	if err != nil || secs < 0 || math.IsInf(secs, 0) || secs > math.MaxInt64/1e9 {
+		return fmt.Errorf("invalid duration %s (want seconds or a string like \"30s\")", b)
+	}
+	*d = Duration(secs * float64(time.Second))
+	return nil
+}
+
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -36,8 +37,9 @@ func ValidStatus(s string) bool {
 	return false
 }
 
-// Priorities, highest first. Each has its own consumer so that workers take
-// high-priority jobs before older normal ones.
+// Priorities, highest first. Each tenant has a queue lane per priority;
+// within a tenant, workers take high-priority jobs before older normal
+// ones (with aging, see FairQueue).
 const (
 	PriorityHigh   = "high"
 	PriorityNormal = "normal"
@@ -71,8 +73,18 @@ type Params struct {
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
-	// kept as the client sent it; wasmhost/adapter decodes and runs it.
+	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+}
+
+// Work returns the job's work in megapixel-steps: images × width × height
+// × steps / 1e6, with img2img's steps scaled by its strength.
+func (p *Params) Work() float64 {
+	steps := float64(p.Steps)
+	if p.InitImage != "" && p.Strength > 0 && p.Strength < 1 {
+		steps = math.Ceil(steps * p.Strength)
+	}
+	return float64(max(p.N, 1)) * float64(p.Width) * float64(p.Height) * steps / 1e6
 }
 
 // Image is one generated image of a job.
@@ -115,6 +127,37 @@ type Job struct {
 	Images          []Image `json:"images,omitempty"`
 	Error           *Error  `json:"error,omitempty"`
 	CancelRequested bool    `json:"cancel_requested,omitempty"`
+	// Weight is the tenant's fair-queuing weight when the job was submitted
+	// (0 counts as 1).
+	Weight float64 `json:"weight,omitempty"`
+	// Adjustments are the changes the adaptive quality policy made to the
+	// request before it was queued.
+	Adjustments []Adjustment `json:"adjustments,omitempty"`
+}
+
+// AdjustedHeaderName is the response header listing a job's adjustments.
+const AdjustedHeaderName = "Kiln-Adjusted"
+
+// AdjustedHeader formats adjustments for the Kiln-Adjusted header:
+// "steps=25->12, width=128->96" ("" for none).
+func AdjustedHeader(adj []Adjustment) string {
+	var b strings.Builder
+	for i, a := range adj {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=%v->%v", a.Field, a.From, a.To)
+	}
+	return b.String()
+}
+
+// Adjustment is one parameter the adaptive quality policy changed: from
+// the requested value to the queued one, and why.
+type Adjustment struct {
+	Field  string `json:"field"`
+	From   any    `json:"from"`
+	To     any    `json:"to"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // NewID returns a time-ordered identifier: 10 characters of millisecond

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/kiln-project/kiln/server/broker"
 )
 
@@ -149,7 +151,7 @@ func TestReconcileReenqueuesLostJobs(t *testing.T) {
 	// store that lost the message would leave it. The acknowledgement must
 	// be confirmed: a plain Ack is asynchronous, and under load the message
 	// could still be in the stream when Reconcile looks.
-	msg, err := s.Consumer(PriorityLow).Next()
+	msg, err := mustLane(t, s, PriorityLow, "acme").Next()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +164,7 @@ func TestReconcileReenqueuesLostJobs(t *testing.T) {
 	if n, _ := s.Reconcile(ctx, time.Minute); n != 0 {
 		t.Fatalf("second reconcile re-enqueued %d", n)
 	}
-	msg, err = s.Consumer(PriorityLow).Next()
+	msg, err = mustLane(t, s, PriorityLow, "acme").Next()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,4 +199,70 @@ func TestImages(t *testing.T) {
 	if _, err := s.GetUpload(ctx, "other", name); !errors.Is(err, ErrNotFound) {
 		t.Fatal("cross-tenant upload read")
 	}
+}
+
+// TestRepairOrphans: a job recorded as running by a worker that is gone
+// (stopped or killed after taking it) goes back to queued with a queue
+// message; a live worker's job and a fresh claim are left alone.
+func TestRepairOrphans(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour)
+	mk := func(worker string, started time.Time) *Job {
+		j := newJob("acme", PriorityLow)
+		if err := s.Submit(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Update(ctx, j.Tenant, j.ID, func(r *Job) error {
+			r.Status, r.Worker, r.StartedAt, r.Attempts = StatusRunning, worker, &started, 1
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+	gone := mk("gone", old)
+	alive := mk("alive", old)
+	fresh := mk("gone", time.Now())
+	// The orphan's message was taken and acknowledged by its worker.
+	for {
+		msg, err := mustLane(t, s, PriorityLow, "acme").Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := msg.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if msg.Subject() == QueueSubject(PriorityLow, "acme", gone.ID) {
+			break
+		}
+	}
+	live := func(w string) bool { return w == "alive" }
+	if n, err := s.RepairOrphans(ctx, live, time.Minute); err != nil || n != 1 {
+		t.Fatalf("repaired %d, %v", n, err)
+	}
+	r, _, _ := s.Get(ctx, "acme", gone.ID)
+	if r.Status != StatusQueued || r.Worker != "" || r.StartedAt != nil || r.Attempts != 1 {
+		t.Fatalf("repaired record %+v", r)
+	}
+	if _, err := s.stream.GetLastMsgForSubject(ctx, QueueSubject(PriorityLow, "acme", gone.ID)); err != nil {
+		t.Fatalf("no queue message after repair: %v", err)
+	}
+	for _, j := range []*Job{alive, fresh} {
+		if r, _, _ := s.Get(ctx, "acme", j.ID); r.Status != StatusRunning {
+			t.Fatalf("left-alone job %s is %s", j.ID, r.Status)
+		}
+	}
+	if n, _ := s.RepairOrphans(ctx, live, time.Minute); n != 0 {
+		t.Fatalf("second pass repaired %d", n)
+	}
+}
+
+func mustLane(t *testing.T, s *Store, priority, tenant string) jetstream.Consumer {
+	t.Helper()
+	c, err := s.LaneConsumer(context.Background(), priority, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -43,12 +43,15 @@ type Options struct {
 
 // Store reaches the job flow's JetStream resources.
 type Store struct {
-	js        jetstream.JetStream
-	kv        jetstream.KeyValue
-	images    jetstream.ObjectStore
-	stream    jetstream.Stream
-	consumers map[string]jetstream.Consumer
-	opts      Options
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	images jetstream.ObjectStore
+	stream jetstream.Stream
+	opts   Options
+
+	// lanes caches the consumers of (priority, tenant) lanes by name.
+	lanesMu sync.Mutex
+	lanes   map[string]jetstream.Consumer
 
 	// depth caches the undelivered counts per priority for Position, so
 	// that bursts of submissions do not each ask every consumer.
@@ -87,24 +90,10 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("jobs: queue stream: %w", err)
 	}
-	s := &Store{js: js, stream: stream, consumers: map[string]jetstream.Consumer{}, opts: opts,
+	s := &Store{js: js, stream: stream, lanes: map[string]jetstream.Consumer{}, opts: opts,
 		pending: map[string]int{}, submitted: map[string]int{}}
-	for _, p := range Priorities() {
-		c, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-			Durable:       "workers-" + p,
-			Description:   "kiln workers take " + p + "-priority jobs",
-			FilterSubject: queuePrefix + p + ".>",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       opts.AckWait,
-			// One delivery more than the attempts: the worker that receives
-			// it marks the job failed instead of running it again.
-			MaxDeliver:    opts.Attempts + 1,
-			MaxAckPending: 10000,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("jobs: consumer %s: %w", p, err)
-		}
-		s.consumers[p] = c
+	if err := s.openLanes(ctx); err != nil {
+		return nil, err
 	}
 	s.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      JobsBucket,
@@ -136,9 +125,6 @@ func (s *Store) Attempts() int { return s.opts.Attempts }
 // AckWait returns the configured redelivery timeout.
 func (s *Store) AckWait() time.Duration { return s.opts.AckWait }
 
-// Consumer returns the durable consumer of one priority.
-func (s *Store) Consumer(priority string) jetstream.Consumer { return s.consumers[priority] }
-
 func recordKey(tenant, id string) string { return tenant + "." + id }
 
 // QueueSubject is the work-queue subject of one job.
@@ -150,6 +136,10 @@ func QueueSubject(priority, tenant, id string) string {
 type QueueMessage struct {
 	Tenant string `json:"tenant"`
 	ID     string `json:"id"`
+	// Work (megapixel-steps) and Weight (the tenant's share) are what the
+	// fair queue charges the tenant for this job.
+	Work   float64 `json:"work,omitempty"`
+	Weight float64 `json:"weight,omitempty"`
 }
 
 // Submit stores a new job record and enqueues it. The record is written
@@ -196,8 +186,11 @@ func (s *Store) countSubmitted(priority string, d int) {
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, msgID string) error {
+	if _, err := s.lane(ctx, j.Params.Priority, j.Tenant); err != nil {
+		return err
+	}
 	s.countSubmitted(j.Params.Priority, 1)
-	body, _ := json.Marshal(QueueMessage{Tenant: j.Tenant, ID: j.ID})
+	body, _ := json.Marshal(QueueMessage{Tenant: j.Tenant, ID: j.ID, Work: j.Params.Work(), Weight: j.Weight})
 	_, err := s.js.Publish(ctx, QueueSubject(j.Params.Priority, j.Tenant, j.ID), body, jetstream.WithMsgID(msgID))
 	return err
 }
@@ -338,32 +331,32 @@ func DecodeEntry(e jetstream.KeyValueEntry) (*Job, bool) {
 // QueueDepth returns the jobs waiting for a worker and those delivered to
 // one but not yet finished.
 func (s *Store) QueueDepth(ctx context.Context) (waiting, inFlight int, err error) {
-	for _, p := range Priorities() {
-		info, err := s.consumers[p].Info(ctx)
-		if err != nil {
-			return 0, 0, fmt.Errorf("jobs: queue depth: %w", err)
-		}
-		waiting += int(info.NumPending)
-		inFlight += info.NumAckPending
+	lanes, err := s.Lanes(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("jobs: queue depth: %w", err)
+	}
+	for _, l := range lanes {
+		waiting += l.Pending
+		inFlight += l.AckPending
 	}
 	return waiting, inFlight, nil
 }
 
 // Position estimates how many jobs a new job of the given priority waits
 // behind: the undelivered jobs of its own and higher priorities, itself
-// excluded. It reads the consumers at most every 250 ms and counts the
-// jobs enqueued through this store since.
+// excluded (the fair queue may serve it sooner). It reads the lanes at
+// most every 250 ms and counts the jobs enqueued through this store since.
 func (s *Store) Position(ctx context.Context, priority string) (int, error) {
 	s.depthMu.Lock()
 	defer s.depthMu.Unlock()
 	if time.Since(s.depthAt) > positionTTL {
+		lanes, err := s.Lanes(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("jobs: position: %w", err)
+		}
 		fresh := map[string]int{}
-		for _, p := range Priorities() {
-			info, err := s.consumers[p].Info(ctx)
-			if err != nil {
-				return 0, fmt.Errorf("jobs: position: %w", err)
-			}
-			fresh[p] = int(info.NumPending)
+		for _, l := range lanes {
+			fresh[l.Priority] += l.Pending
 		}
 		s.pending, s.submitted, s.depthAt = fresh, map[string]int{}, time.Now()
 	}

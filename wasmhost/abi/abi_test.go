@@ -204,3 +204,27 @@ func BenchmarkEncoding(b *testing.B) {
 		}
 	})
 }
+
+// TestQualityMinorVersions: minor-2 fields travel only at minor 2; a
+// minor-0 encoding decodes without them, and answers come back at the
+// minor the input came at.
+func TestQualityMinorVersions(t *testing.T) {
+	in := QualityInput{Tenant: "t", Level: 0.5, Request: QualityParams{Steps: 20, Width: 64, Height: 64, Sampler: "e", Profile: "p"},
+		Limits: QualityLimits{MaxSteps: 50, SizeMultiple: 8}, Locked: LockSteps | LockWidth, Model: "m"}
+	old := EncodeQualityInputAt(nil, &in, 0)
+	got, minor, err := DecodeQualityInputMinor(old)
+	if err != nil || minor != 0 || got.Locked != 0 || got.Model != "" || got.Request != in.Request {
+		t.Fatalf("minor 0: %+v %d %v", got, minor, err)
+	}
+	got, minor, err = DecodeQualityInputMinor(EncodeQualityInput(nil, &in))
+	if err != nil || minor != MinorQuality || !reflect.DeepEqual(got, in) {
+		t.Fatalf("minor 2: %+v %d %v", got, minor, err)
+	}
+	out := QualityOutput{Params: in.Request, Level: 0.25, Reason: "p95 over target"}
+	if o, err := DecodeQualityOutput(EncodeQualityOutputAt(nil, &out, 0)); err != nil || o.Reason != "" || o.Level != 0.25 {
+		t.Fatalf("minor-0 output: %+v %v", o, err)
+	}
+	if o, err := DecodeQualityOutput(EncodeQualityOutputAt(nil, &out, MinorQuality)); err != nil || o != out {
+		t.Fatalf("minor-2 output: %+v %v", o, err)
+	}
+}

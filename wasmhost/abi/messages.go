@@ -119,12 +119,31 @@ type QualityInput struct {
 	Level       float64       `json:"level"` // the controller state the policy answered last time, 0..1
 	Request     QualityParams `json:"request"`
 	Limits      QualityLimits `json:"limits"`
+	// Locked (minor 2) lists the parameters the request set explicitly
+	// and does not allow adjusting (LockSteps, ...): the policy must keep
+	// them, and the host restores them if it does not.
+	Locked uint32 `json:"locked"`
+	// Model (minor 2) is the request's model; the host keeps the
+	// controller state per (tenant, profile, model).
+	Model string `json:"model"`
 }
+
+// Bits of QualityInput.Locked.
+const (
+	LockSteps uint32 = 1 << iota
+	LockWidth
+	LockHeight
+	LockSampler
+	LockProfile
+)
 
 // QualityOutput is the adjusted request and the new controller state.
 type QualityOutput struct {
 	Params QualityParams `json:"params"`
 	Level  float64       `json:"level"`
+	// Reason (minor 2) says why the request was adjusted, for the job's
+	// record ("p95 12.1s over the 8s target").
+	Reason string `json:"reason"`
 }
 
 // Param is one node parameter.
@@ -524,8 +543,14 @@ func decQualityParams(d *Decoder) QualityParams {
 	}
 }
 
-// EncodeQualityInput appends the encoding of in to dst[:0].
+// EncodeQualityInput appends the encoding of in at minor Minor to dst[:0].
 func EncodeQualityInput(dst []byte, in *QualityInput) []byte {
+	return EncodeQualityInputAt(dst, in, Minor)
+}
+
+// EncodeQualityInputAt appends the encoding of in at a module's minor
+// version to dst[:0] (fields of later minors are left out).
+func EncodeQualityInputAt(dst []byte, in *QualityInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.Str(in.Tenant)
@@ -546,12 +571,25 @@ func EncodeQualityInput(dst []byte, in *QualityInput) []byte {
 	e.U32(l.SizeMultiple)
 	encStrings(e, l.Samplers)
 	encStrings(e, l.Profiles)
+	if minor >= MinorQuality {
+		e.U32(in.Locked)
+		e.Str(in.Model)
+	}
 	return e.Bytes()
 }
 
-// DecodeQualityInput decodes a quality input.
+// DecodeQualityInput decodes a quality input of any minor version.
 func DecodeQualityInput(b []byte) (QualityInput, error) {
+	in, _, err := DecodeQualityInputMinor(b)
+	return in, err
+}
+
+// DecodeQualityInputMinor decodes a quality input and returns the minor
+// version it was encoded at (0 or MinorQuality): a guest answers at the
+// same minor, so that a host that sent no minor-2 fields gets none back.
+func DecodeQualityInputMinor(b []byte) (QualityInput, uint32, error) {
 	var in QualityInput
+	var minor uint32
 	d := NewDecoder(b)
 	in.NowUS = d.I64()
 	in.Tenant = d.Str("tenant", MaxStringBytes)
@@ -572,16 +610,31 @@ func DecodeQualityInput(b []byte) (QualityInput, error) {
 	l.SizeMultiple = d.U32()
 	l.Samplers = decStrings(d, "samplers")
 	l.Profiles = decStrings(d, "profiles")
+	if d.Err() == nil && d.Remaining() > 0 {
+		minor = MinorQuality
+		in.Locked = d.U32()
+		in.Model = d.Str("model", MaxStringBytes)
+	}
 	d.End("quality input")
-	return in, d.Err()
+	return in, minor, d.Err()
 }
 
-// EncodeQualityOutput appends a StatusOK output carrying out to dst[:0].
+// EncodeQualityOutput appends a StatusOK output carrying out, at minor
+// Minor, to dst[:0].
 func EncodeQualityOutput(dst []byte, out *QualityOutput) []byte {
+	return EncodeQualityOutputAt(dst, out, Minor)
+}
+
+// EncodeQualityOutputAt appends a StatusOK output carrying out at a minor
+// version (the one the input came at) to dst[:0].
+func EncodeQualityOutputAt(dst []byte, out *QualityOutput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.U8(StatusOK)
 	encQualityParams(e, &out.Params)
 	e.F64(out.Level)
+	if minor >= MinorQuality {
+		e.Str(out.Reason)
+	}
 	return e.Bytes()
 }
 
@@ -595,6 +648,9 @@ func DecodeQualityOutput(b []byte) (QualityOutput, error) {
 	}
 	out.Params = decQualityParams(d)
 	out.Level = d.F64("level")
+	if d.Err() == nil && d.Remaining() > 0 {
+		out.Reason = d.Str("reason", MaxStringBytes)
+	}
 	d.End("quality output")
 	return out, d.Err()
 }

@@ -161,6 +161,26 @@ func allowed(v, requested string, list []string) bool {
 	return false
 }
 
+// RestoreLocked sets the parameters in.Locked names back to the request's
+// values.
+func RestoreLocked(in *QualityInput, out *QualityOutput) {
+	r, p := &in.Request, &out.Params
+	for _, f := range []struct {
+		bit      uint32
+		dst, src *uint32
+	}{{LockSteps, &p.Steps, &r.Steps}, {LockWidth, &p.Width, &r.Width}, {LockHeight, &p.Height, &r.Height}} {
+		if in.Locked&f.bit != 0 {
+			*f.dst = *f.src
+		}
+	}
+	if in.Locked&LockSampler != 0 {
+		p.Sampler = r.Sampler
+	}
+	if in.Locked&LockProfile != 0 {
+		p.Profile = r.Profile
+	}
+}
+
 // ValidateQuality checks out against in: steps, width and height within
 // the tenant's limits, sizes multiples of SizeMultiple, sampler and profile
 // the requested ones or allowed ones, and a level in 0..1.

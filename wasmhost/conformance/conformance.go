@@ -9,6 +9,7 @@ package conformance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,9 @@ type Options struct {
 	Kind *wasmhost.Kind
 	// Logger receives the module's logs (discarded when nil).
 	Logger *slog.Logger
+	// Gate bounds concurrent compilations; pass the serving host's so that
+	// upload checks share its compilers (nil: a gate of the test's own).
+	Gate *wasmhost.CompileGate
 }
 
 // Check is one scenario's result.
@@ -67,9 +71,28 @@ type Check struct {
 	Hook     abi.Hook        `json:"hook"`
 	Scenario string          `json:"scenario"`
 	Result   wasmhost.Result `json:"result"`
-	Duration time.Duration   `json:"duration_ns"`
+	Duration time.Duration   `json:"-"`
 	Pass     bool            `json:"pass"`
 	Problem  string          `json:"problem,omitempty"`
+}
+
+// MarshalJSON writes the check with its duration in seconds.
+func (c Check) MarshalJSON() ([]byte, error) {
+	type plain Check
+	return json.Marshal(struct {
+		plain
+		Seconds float64 `json:"duration_s"`
+	}{plain(c), c.Duration.Seconds()})
+}
+
+// MarshalJSON writes the budgets with durations in seconds.
+func (b Budgets) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		PolicyCall        float64 `json:"policy_call_s"`
+		NodeCall          float64 `json:"node_call_s"`
+		PolicyMemoryPages uint32  `json:"policy_memory_pages"`
+		NodeMemoryPages   uint32  `json:"node_memory_pages"`
+	}{b.PolicyCall.Seconds(), b.NodeCall.Seconds(), b.PolicyMemoryPages, b.NodeMemoryPages})
 }
 
 // Report is the outcome of a conformance run.
@@ -140,7 +163,7 @@ func Test(ctx context.Context, name string, wasm []byte, opts Options) (*Report,
 	h, err := wasmhost.New(ctx, wasmhost.Config{
 		CacheDir: opts.CacheDir, PolicyMemoryPages: b.PolicyMemoryPages, NodeMemoryPages: b.NodeMemoryPages,
 		PolicyTimeout: b.PolicyCall, NodeTimeout: b.NodeCall, InitTimeout: 10 * b.NodeCall,
-		FailureThreshold: 1 << 30, Logger: logger, MaxIdle: 1, MaxInstances: 1,
+		FailureThreshold: 1 << 30, Logger: logger, MaxIdle: 1, MaxInstances: 1, Gate: opts.Gate,
 	})
 	if err != nil {
 		return nil, err

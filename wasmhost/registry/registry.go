@@ -163,6 +163,7 @@ type Registry struct {
 	cfg             Config
 	builtinPolicies *wasmhost.Module
 	builtinNodes    *wasmhost.Module
+	labelKey        []byte // see TenantPseudonym
 
 	mu sync.Mutex // serialises writes (uploads, activation)
 
@@ -220,8 +221,12 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: built-in nodes: %w", err)
 	}
+	labelKey, err := loadLabelKey(ctx, cfg.Store)
+	if err != nil {
+		return nil, err
+	}
 	return &Registry{
-		cfg: cfg, builtinPolicies: bp, builtinNodes: bn,
+		cfg: cfg, builtinPolicies: bp, builtinNodes: bn, labelKey: labelKey,
 		slots: map[slotKey]*slotState{}, modules: map[modKey]*wasmhost.Module{}, shadows: map[slotKey]*shadowStats{},
 		shadowSem: make(chan struct{}, cfg.ShadowConcurrency),
 	}, nil
@@ -314,14 +319,6 @@ func stateKey(sk slotKey) string {
 	return "v1/" + scopeKey(sk.scope) + "/" + string(sk.kind) + "/" + n + ".slot.json"
 }
 
-func label(scope string, kind Kind, ref Ref) string {
-	l := string(kind) + "/" + ref.String()
-	if scope != "" {
-		l = scope + "/" + l
-	}
-	return l
-}
-
 // check validates a (scope, kind, name) triple for writing.
 func check(scope string, kind Kind, name string) error {
 	if _, err := ParseKind(string(kind)); err != nil {
@@ -385,7 +382,7 @@ func (r *Registry) Upload(ctx context.Context, req UploadRequest) (*Version, err
 		return nil, &RejectedError{Reasons: []string{fmt.Sprintf("module of %d bytes exceeds the limit of %d", len(req.Wasm), r.cfg.MaxModuleBytes)}}
 	}
 	mk := req.Kind.moduleKind()
-	rep, err := conformance.Test(ctx, req.Name, req.Wasm, conformance.Options{Budgets: r.cfg.Budgets, CacheDir: r.cfg.CacheDir, Kind: &mk})
+	rep, err := conformance.Test(ctx, req.Name, req.Wasm, conformance.Options{Budgets: r.cfg.Budgets, CacheDir: r.cfg.CacheDir, Kind: &mk, Gate: r.cfg.Host.Gate()})
 	if err != nil {
 		return nil, fmt.Errorf("registry: conformance run: %w", err)
 	}
@@ -662,9 +659,10 @@ func (r *Registry) module(ctx context.Context, scope string, kind Kind, ref Ref)
 	if err != nil {
 		return nil, err
 	}
-	m, err = r.cfg.Host.Load(ctx, wasmhost.Spec{Tenant: scope, Name: ref.String(), Label: label(scope, kind, ref), Kind: kind.moduleKind()}, b)
+	lbl := r.label(scope, kind, ref)
+	m, err = r.cfg.Host.Load(ctx, wasmhost.Spec{Tenant: scope, Name: ref.String(), Label: lbl, Kind: kind.moduleKind()}, b)
 	if err != nil {
-		return nil, fmt.Errorf("registry: load %s: %w", label(scope, kind, ref), err)
+		return nil, fmt.Errorf("registry: load %s/%s/%s: %w", scope, kind, ref, err)
 	}
 	r.smu.Lock()
 	if cur, ok := r.modules[key]; ok {
@@ -674,6 +672,9 @@ func (r *Registry) module(ctx context.Context, scope string, kind Kind, ref Ref)
 	}
 	r.modules[key] = m
 	r.smu.Unlock()
+	if scope != "" {
+		r.cfg.Logger.Info("wasm module loaded", "tenant", scope, "metrics_label", lbl)
+	}
 	return m, nil
 }
 

@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/guestbuild"
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 	"github.com/kiln-project/kiln/wasmhost/conformance"
-	"github.com/kiln-project/kiln/wasmhost/internal/guestbuild"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 var (
@@ -251,8 +251,17 @@ func TestTenantPoliciesAndNodes(t *testing.T) {
 	r.Quality(ctx, "acme", q)
 	r.Quality(ctx, "globex", q)
 	m := r.cfg.Host.Metrics()
-	if m.Calls("acme/quality/mine@v1", abi.HookQuality, wasmhost.ResultOK) != 1 || m.Calls("builtin", abi.HookQuality, wasmhost.ResultOK) != 1 {
+	if m.Calls(r.TenantPseudonym("acme")+"/quality/"+r.ModulePseudonym("acme", KindQuality, "mine")+"@v1", abi.HookQuality, wasmhost.ResultOK) != 1 || m.Calls("builtin", abi.HookQuality, wasmhost.ResultOK) != 1 {
 		t.Fatalf("quality routing: %+v", m.Snapshot())
+	}
+	// Metrics never name the tenant (anyone may read /metrics).
+	var text strings.Builder
+	if err := m.WritePrometheus(&text); err != nil || strings.Contains(text.String(), "acme") || strings.Contains(text.String(), "mine") {
+		t.Fatalf("metrics name the tenant: %v\n%s", err, text.String())
+	}
+	// The pseudonym is stable for a store and differs between tenants.
+	if r2 := newRegistry(t, r.cfg.Store); r2.TenantPseudonym("acme") != r.TenantPseudonym("acme") || r.TenantPseudonym("acme") == r.TenantPseudonym("globex") {
+		t.Fatal("pseudonyms are not stable per store or not distinct")
 	}
 
 	invert := build(t, "github.com/kiln-project/kiln/nodes-wasm/examples/invert")

@@ -246,7 +246,7 @@ class JobCard {
         j.status = 'succeeded';
         j.images = ev.images ?? j.images ?? [];
         j.finished_at = j.finished_at ?? ev.time;
-        if (ev.duration_ms) j.duration_ms = ev.duration_ms;
+        if (ev.duration_s) j.duration_s = ev.duration_s;
         this.render();
         if (!ev.snapshot) announce(`Done: ${j.params?.prompt ?? 'image'}`);
         break;
@@ -474,7 +474,7 @@ class JobCard {
 }
 
 function duration(j) {
-  if (j.duration_ms) return formatDuration(j.duration_ms / 1000);
+  if (j.duration_s) return formatDuration(j.duration_s);
   if (j.started_at && j.finished_at) return formatDuration((Date.parse(j.finished_at) - Date.parse(j.started_at)) / 1000);
   return '';
 }

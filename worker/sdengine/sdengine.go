@@ -20,7 +20,7 @@ import (
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
@@ -59,7 +59,7 @@ func New(device string, text *textcache.Cache) (*Engine, error) {
 func (e *Engine) Device() string { return e.device }
 
 // Load implements worker.Engine.
-func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error) {
+func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -9,14 +9,14 @@ import (
 
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/internal/fixtures"
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
 
-func fixtureModel(t *testing.T) models.Model {
+func fixtureModel(t *testing.T) catalog.Model {
 	dir := fixtures.Require(t, "sd15-tiny/model")
-	reg := models.New(map[string]string{"tiny": dir}, "", "")
+	reg := catalog.New(map[string]string{"tiny": dir}, "", "")
 	reg.Refresh()
 	m, ok := reg.Get("tiny")
 	if !ok {

@@ -1,0 +1,255 @@
+// Package catalog is the registry of the models a Kiln process can serve:
+// those named in the configuration, the built-in model (when registered with
+// SetBuiltin) and those found in the models folder (a diffusers folder with
+// model_index.json, or a single .safetensors checkpoint, per entry).
+package catalog
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/kiln-project/kiln/server/config"
+)
+
+// Model is one servable model.
+type Model struct {
+	Name string `json:"id"`
+	Path string `json:"-"`
+	// Format is "diffusers" or "single-file".
+	Format string `json:"format"`
+	// Bytes is the size of its weights on disk, the estimate of its
+	// resident size.
+	Bytes int64 `json:"bytes"`
+	// Builtin marks the model embedded in the binary.
+	Builtin bool `json:"builtin"`
+	// NativeWidth and NativeHeight are the image size the model was
+	// trained at (UNet sample_size × VAEFactor); 0 when unknown.
+	NativeWidth  int `json:"native_width,omitempty"`
+	NativeHeight int `json:"native_height,omitempty"`
+	// VAEFactor is the VAE's downsampling factor (8 for Stable Diffusion);
+	// 0 when unknown.
+	VAEFactor int `json:"vae_factor,omitempty"`
+}
+
+// Registry holds the current model list. It is safe for concurrent use.
+type Registry struct {
+	explicit map[string]string
+	dir      string
+	def      string
+
+	// nativeMu guards natives: native sizes of single files, keyed by
+	// path, size and modification time (reading them maps the file).
+	nativeMu sync.Mutex
+	natives  map[string]native
+
+	mu          sync.RWMutex
+	builtinName string
+	builtinPath string
+	models      map[string]Model
+	version     uint64
+	errs        []string
+}
+
+// New returns a registry over the configured models and folder; call
+// Refresh to scan.
+func New(explicit map[string]string, dir, defaultModel string) *Registry {
+	e := map[string]string{}
+	for k, v := range explicit {
+		e[k] = v
+	}
+	return &Registry{explicit: e, dir: dir, def: defaultModel, models: map[string]Model{}, natives: map[string]native{}}
+}
+
+// SetBuiltin registers the built-in model: the diffusers folder at path
+// under name. It is served like a configured model (a configured model of
+// the same name wins) and is the default when no default is configured.
+// Call Refresh afterwards.
+func (r *Registry) SetBuiltin(name, path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.builtinName, r.builtinPath = name, path
+}
+
+// Refresh rescans the configured paths, the built-in model and the models
+// folder. Models that cannot be read are left out and reported by
+// Problems; the version grows when the set changes.
+func (r *Registry) Refresh() {
+	found := map[string]Model{}
+	var errs []string
+	for name, p := range r.explicit {
+		m, err := r.inspect(name, p)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		found[name] = m
+	}
+	r.mu.RLock()
+	bname, bpath := r.builtinName, r.builtinPath
+	r.mu.RUnlock()
+	if _, taken := found[bname]; bname != "" && !taken {
+		m, err := r.inspect(bname, bpath)
+		if err != nil {
+			errs = append(errs, "built-in "+err.Error())
+		} else {
+			m.Builtin = true
+			found[bname] = m
+		}
+	}
+	if r.dir != "" {
+		entries, err := os.ReadDir(r.dir)
+		if err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Sprintf("models folder %s: %v", r.dir, err))
+		}
+		for _, e := range entries {
+			name := strings.TrimSuffix(e.Name(), ".safetensors")
+			if _, taken := found[name]; taken || config.ValidModelName(name) != nil {
+				continue
+			}
+			if !e.IsDir() && !strings.HasSuffix(e.Name(), ".safetensors") {
+				continue
+			}
+			m, err := r.inspect(name, filepath.Join(r.dir, e.Name()))
+			if err != nil {
+				errs = append(errs, err.Error())
+				continue
+			}
+			found[name] = m
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !sameModels(r.models, found) {
+		r.version++
+	}
+	r.models = found
+	r.errs = errs
+}
+
+func sameModels(a, b map[string]Model) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// inspect describes the model at p. A native size that cannot be read
+// leaves the size unknown (requests then get the profile's); the model
+// itself stays listed, and loading it reports what is wrong.
+func (r *Registry) inspect(name, p string) (Model, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return Model{}, fmt.Errorf("model %s: %w", name, err)
+	}
+	if !st.IsDir() {
+		if !strings.HasSuffix(p, ".safetensors") {
+			return Model{}, fmt.Errorf("model %s: %s is not a .safetensors file", name, p)
+		}
+		m := Model{Name: name, Path: p, Format: "single-file", Bytes: st.Size()}
+		key := fmt.Sprintf("%s\x00%d\x00%d", p, st.Size(), st.ModTime().UnixNano())
+		r.nativeMu.Lock()
+		n, ok := r.natives[key]
+		r.nativeMu.Unlock()
+		if !ok {
+			n, _ = singleFileNative(p) // unknown on error
+			r.nativeMu.Lock()
+			if len(r.natives) >= 1024 { // files replaced many times over: start afresh
+				clear(r.natives)
+			}
+			r.natives[key] = n
+			r.nativeMu.Unlock()
+		}
+		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+		return m, nil
+	}
+	if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
+		return Model{}, fmt.Errorf("model %s: %s has no model_index.json (not a diffusers folder)", name, p)
+	}
+	var total int64
+	err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".safetensors") {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Model{}, fmt.Errorf("model %s: %w", name, err)
+	}
+	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
+	if n, err := diffusersNative(p); err == nil {
+		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+	}
+	return m, nil
+}
+
+// List returns the models sorted by name.
+func (r *Registry) List() []Model {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Model, 0, len(r.models))
+	for _, m := range r.models {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get returns a model by name.
+func (r *Registry) Get(name string) (Model, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, ok := r.models[name]
+	return m, ok
+}
+
+// Default returns the model used when a request names none: the configured
+// default if present, else the built-in model if present, else the first by
+// name; "" when there is none.
+func (r *Registry) Default() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if _, ok := r.models[r.def]; ok {
+		return r.def
+	}
+	for name, m := range r.models {
+		if m.Builtin {
+			return name
+		}
+	}
+	best := ""
+	for name := range r.models {
+		if best == "" || name < best {
+			best = name
+		}
+	}
+	return best
+}
+
+// Version grows whenever the set of models changes.
+func (r *Registry) Version() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.version
+}
+
+// Problems lists models that could not be read at the last refresh.
+func (r *Registry) Problems() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return append([]string(nil), r.errs...)
+}
