@@ -219,6 +219,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
 	}
 	reg2 := catalog.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	reg2.AllowSynthetic(cfg.SyntheticModels)
 	if cfg.BuiltinModel {
 		if _, named := cfg.Models[builtin.BuiltinName]; named {
 			log.Info("the configured model replaces the built-in one", "model", builtin.BuiltinName)
@@ -473,17 +474,42 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	}
 	wm := worker.NewMetrics(reg)
 	caches := make([]*modelcache.Cache, 0, len(slots))
+	nGPU := 0
+	for _, sl := range slots {
+		if sl.dev.GPU() {
+			nGPU++
+		}
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	in.workerStop = stop
-	for _, sl := range slots {
+	for i, sl := range slots {
 		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
 			return err
 		}
 		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)
-		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch)
-		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache,
+		name := sl.dev.Name
+		if !sl.dev.GPU() && len(slots) > 1 {
+			name = fmt.Sprintf("cpu#%d", i)
+		}
+		mem, err := newMemory(name, sl.dev.Backend, sl.budget, hostBudget(cfg.HostMemoryBudget, gpu.SystemMemory(), nGPU, sl.dev.GPU()),
+			cfg.DataDir, cache, eng, func(id string) (string, bool) {
+				m, ok := mreg.Get(id)
+				return m.Path, ok
+			})
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		reg.Collect(mem.Collect)
+		if ev, ok := o.Eviction.(*wasmadapter.Eviction); ok {
+			// The eviction policy offloads only into this GPU's free host memory.
+			per := *ev
+			per.HostFree = mem.HostFreeBytes
+			cache.SetPolicy(&per)
+		}
+		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch, mem)
+		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache, Memory: mem,
 			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
 			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: in.gpu.Read})
@@ -509,6 +535,11 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			emit("kiln_model_loads_total", "Model loads (cache misses).", "counter", l, v, float64(s.Loads))
 			emit("kiln_model_evictions_total", "Models dropped to make room.", "counter", l, v, float64(s.Evictions))
 			emit("kiln_model_policy_fallbacks_total", "Eviction policy answers replaced by LRU.", "counter", l, v, float64(s.PolicyFallbacks))
+			emit("kiln_model_offloads_total", "Models moved from the device to pinned host memory.", "counter", l, v, float64(s.Offloads))
+			emit("kiln_model_restores_total", "Offloaded models copied back to the device (no reload).", "counter", l, v, float64(s.Restores))
+			emit("kiln_model_demotions_total", "Offloaded models dropped to make room in host memory.", "counter", l, v, float64(s.Demotions))
+			emit("kiln_model_cache_host_bytes", "Bytes held by models offloaded to pinned host memory.", "gauge", l, v, float64(s.HostBytes))
+			emit("kiln_model_cache_offloaded", "Models offloaded to pinned host memory.", "gauge", l, v, float64(s.Offloaded))
 		}
 	})
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kiln-project/kiln/app/wasmadapter"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/metrics"
 	"github.com/kiln-project/kiln/worker"
 )
@@ -44,12 +45,12 @@ func (in *Instance) startWasm(ctx context.Context, o *Options, reg *metrics.Regi
 // options give one (window 1), otherwise the batching policy with a window
 // of the hardware profile's max_batch, so the policy chooses among that
 // many held jobs.
-func (in *Instance) wasmScheduler(s worker.Scheduler, maxBatch int) (worker.Scheduler, int) {
+func (in *Instance) wasmScheduler(s worker.Scheduler, maxBatch int, mem *memory.Manager) (worker.Scheduler, int) {
 	if s != nil || in.wasm == nil {
 		return s, 1
 	}
 	maxBatch = max(maxBatch, 1)
-	return in.wasm.Scheduler(wasmadapter.SchedulerOptions{MaxBatch: maxBatch}), maxBatch
+	return in.wasm.Scheduler(wasmadapter.SchedulerOptions{MaxBatch: maxBatch, Memory: mem}), maxBatch
 }
 
 // stopWasm closes the Wasm host once the workers and gateway are done.

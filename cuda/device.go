@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiln-project/kiln/cuda/internal/cu"
@@ -132,6 +133,9 @@ type Device struct {
 	cleanMu sync.Mutex
 	cleanQ  []*storage // handles the GC found unreachable and unfreed
 
+	wt         *weightTable // uploaded weights: sharing by content, offload
+	memWeights atomic.Int64 // Stats.Weights, readable from any goroutine
+
 	closed bool
 }
 
@@ -185,6 +189,7 @@ func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 		d.opts.ScoreBytes = 1 << 20
 	}
 	d.alloc = newAllocator(eng)
+	d.wt = &weightTable{byKey: map[weightKey]*buffer{}, state: map[*buffer]*wstate{}}
 	d.alloc.gcHook = func() {
 		for len(d.graphs) > 0 {
 			d.evictOldestGraph()
@@ -238,7 +243,10 @@ func (d *Device) Stats() Stats {
 }
 
 // ResetPeak starts a new peak-memory measurement (e.g. per job).
-func (d *Device) ResetPeak() { d.alloc.peak = d.alloc.inUse }
+func (d *Device) ResetPeak() {
+	d.alloc.peak = d.alloc.inUse
+	d.alloc.publish()
+}
 
 // Sync runs everything recorded and waits for the device.
 func (d *Device) Sync() error {
@@ -271,6 +279,7 @@ func (d *Device) Close() error {
 			d.evictOldestGraph()
 		}
 		d.alloc.trim()
+		d.freeDeadHost()
 		d.eng.close()
 		return nil
 	})
@@ -304,6 +313,9 @@ func (d *Device) trackOwned(b *buffer) {}
 // releaseBuffer gives an owned block back to the allocator, or defers that
 // until the unflushed segment that reads it has run.
 func (d *Device) releaseBuffer(b *buffer) {
+	if b.weight {
+		d.forgetWeight(b)
+	}
 	if !b.own {
 		return
 	}
@@ -313,7 +325,7 @@ func (d *Device) releaseBuffer(b *buffer) {
 	}
 	d.alloc.release(b.addr, b.ownSize)
 	if b.weight {
-		d.stats.Weights -= b.size
+		d.addWeights(-b.size)
 	}
 	b.own = false
 	for _, c := range b.alt {
@@ -329,7 +341,7 @@ func (d *Device) releaseDeferred() {
 		if b.own {
 			d.alloc.release(b.addr, b.ownSize)
 			if b.weight {
-				d.stats.Weights -= b.size
+				d.addWeights(-b.size)
 			}
 			b.own = false
 		}

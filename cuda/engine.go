@@ -74,5 +74,15 @@ type engine interface {
 	// hasLt reports whether cuBLASLt products are available.
 	hasLt() bool
 	ltMatmul(c *ltCall) error
+	// hostAlloc returns n bytes of pinned (page-locked) host memory.
+	hostAlloc(n int64) ([]byte, error)
+	// hostFree frees memory from hostAlloc.
+	hostFree(b []byte)
+	// copyOut queues a copy of len(dst) device bytes at src into pinned
+	// dst, in stream order; it is complete after sync.
+	copyOut(dst []byte, src uint64) error
+	// copyIn queues a copy of pinned src to dst in stream order; src must
+	// stay unchanged until sync.
+	copyIn(dst uint64, src []byte) error
 	close()
 }

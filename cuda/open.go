@@ -137,7 +137,7 @@ func (d *Device) uploadWeight(buf *buffer, shape tensor.Shape, src, dst tensor.D
 		return err
 	}
 	buf.addr, buf.own, buf.ownSize = addr, true, class
-	d.stats.Weights += buf.size
+	d.addWeights(buf.size)
 	n := shape.Numel()
 	if n == 0 {
 		return nil

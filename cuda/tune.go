@@ -535,6 +535,7 @@ func (d *Device) biasIn(bias *buffer, dt tensor.DType, n int) *buffer {
 			return err
 		}
 		c.addr, c.own, c.ownSize = a, true, class
+		d.addWeights(c.size)
 		return d.eng.launch("convert_f32_"+suffix(dt)[1:], d.grid1(n), []karg{{a, 8}, {bias.addr, 8}, {uint64(uint32(n)), 4}})
 	})
 	if err != nil {

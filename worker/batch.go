@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"image"
 	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/kiln-project/kiln/server/events"
@@ -21,7 +20,7 @@ import (
 // hands each finished job to the background for post-processing, storing
 // and acknowledging, so that the next batch can start at once. Jobs that
 // fail or are canceled are settled here.
-func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
+func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg, q *window) {
 	var act []*active
 	for _, p := range chosen {
 		if a := w.begin(ctx, p); a != nil {
@@ -42,31 +41,46 @@ func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
 	for _, m := range order {
 		g := byModel[m]
 		w.o.Metrics.Busy.With(w.o.ID).Set(1)
+		start := time.Now()
 		stopWatch := w.endCanceled(ctx, g)
-		outs := w.generate(g)
+		outs, stepped := w.generate(ctx, g, q)
 		stopWatch()
+		w.o.Metrics.GenerateSeconds.Add(time.Since(start).Seconds())
 		w.o.Metrics.Busy.With(w.o.ID).Set(0)
+		if stepped {
+			continue // a running batch: each job was finished as it left
+		}
 		for k, a := range g {
-			r := outs[k]
-			if r.Err == nil {
-				if n := len(r.Result.Images); n != a.job.Params.N {
-					r.Err = fmt.Errorf("engine returned %d images for n=%d", n, a.job.Params.N)
-				}
-			}
-			if r.Err != nil || a.ended.Load() {
-				w.end(ctx, a, nil, r.Err)
-				continue
-			}
-			w.slots <- struct{}{} // bounded: wait while too many jobs are finishing
-			w.finishing.Add(1)
-			go func() {
-				defer w.finishing.Done()
-				defer func() { <-w.slots }()
-				imgs, err := w.postProcess(a, r.Result)
-				w.end(ctx, a, imgs, err)
-			}()
+			w.finish(ctx, a, outs[k])
 		}
 	}
+}
+
+// finish hands a job whose generation is over to the background for
+// post-processing, storing and acknowledging, or settles it here when it
+// failed or has already ended (canceled).
+func (w *Worker) finish(ctx context.Context, a *active, r BatchResult) {
+	if r.Err == nil {
+		if n := len(r.Result.Images); n != a.job.Params.N {
+			r.Err = fmt.Errorf("engine returned %d images for n=%d", n, a.job.Params.N)
+		}
+	}
+	if r.Err != nil || a.ended.Load() {
+		w.end(ctx, a, nil, r.Err)
+		return
+	}
+	w.slots <- struct{}{} // bounded: wait while too many jobs are finishing
+	w.finishing.Add(1)
+	go func() {
+		defer w.finishing.Done()
+		defer func() { <-w.slots }()
+		start := time.Now()
+		imgs, err := w.postProcess(a, r.Result)
+		if w.o.Post != nil {
+			w.o.Metrics.Stage.With(StagePost).Observe(time.Since(start).Seconds())
+		}
+		w.end(ctx, a, imgs, err)
+	}()
 }
 
 // endCanceled settles each job of a batch as canceled as soon as its
@@ -74,24 +88,35 @@ func (w *Worker) runBatch(ctx context.Context, chosen []pendingMsg) {
 // drops its rows at the next step; its outcome is ignored). The returned
 // function stops watching.
 func (w *Worker) endCanceled(ctx context.Context, g []*active) func() {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, a := range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case <-done:
-			case <-a.ctx.Done():
-				if errors.Is(context.Cause(a.ctx), errCanceled) {
-					w.end(ctx, a, nil, context.Canceled)
-				}
-			}
-		}()
+	stops := make([]func(), len(g))
+	for i, a := range g {
+		stops[i] = w.watchCancel(ctx, a)
 	}
 	return func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
+}
+
+// watchCancel settles a running job as canceled as soon as its
+// cancellation arrives; the returned function stops watching.
+func (w *Worker) watchCancel(ctx context.Context, a *active) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-done:
+		case <-a.ctx.Done():
+			if errors.Is(context.Cause(a.ctx), errCanceled) {
+				w.end(ctx, a, nil, context.Canceled)
+			}
+		}
+	}()
+	return func() {
 		close(done)
-		wg.Wait()
+		<-stopped
 	}
 }
 
@@ -99,7 +124,9 @@ func (w *Worker) endCanceled(ctx context.Context, g []*active) func() {
 // the job needs no run (it is settled here).
 func (w *Worker) begin(ctx context.Context, p pendingMsg) *active {
 	msg := p.msg
+	claimStart := time.Now()
 	j, err := w.claim(ctx, p.Job)
+	w.o.Metrics.Stage.With(StageClaim).Observe(time.Since(claimStart).Seconds())
 	switch {
 	case errors.Is(err, errSkip):
 		_ = msg.Ack()
@@ -121,6 +148,7 @@ func (w *Worker) begin(ctx context.Context, p pendingMsg) *active {
 		w.o.Metrics.Redeliveries.Inc()
 	}
 	w.o.Metrics.QueueWait.Observe(j.StartedAt.Sub(j.CreatedAt).Seconds())
+	w.o.Metrics.Stage.With(StageQueueWait).Observe(j.StartedAt.Sub(j.CreatedAt).Seconds())
 	log := w.log.With("job", j.ID, "tenant", j.Tenant, "attempt", j.Attempts)
 	log.Info("job started")
 	jobCtx, cancel := context.WithCancelCause(context.Background())
@@ -267,11 +295,13 @@ type modelError struct{ err error }
 func (e *modelError) Error() string { return e.err.Error() }
 func (e *modelError) Unwrap() error { return e.err }
 
-// generate loads the model of a group of jobs and generates them: as one
-// batch when the model is a BatchModel, else one after another. Each job
+// generate loads the model of a group of jobs and generates them: as a
+// running batch that later jobs join when the model is a StepModel (the
+// jobs are then finished as they leave it and stepped is true), as one
+// batch when it is a BatchModel, else one after another. Each job
 // gets its own outcome; a panic in the engine fails the group's jobs, not
 // the worker.
-func (w *Worker) generate(g []*active) (out []BatchResult) {
+func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []BatchResult, stepped bool) {
 	out = make([]BatchResult, len(g))
 	defer func() {
 		if r := recover(); r != nil {
@@ -305,7 +335,7 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 	name := g[0].job.Params.Model
 	m, ok := w.o.Models.Get(name)
 	if !ok {
-		return failAll(&modelError{fmt.Errorf("model %q is not available on worker %s", name, w.o.ID)})
+		return failAll(&modelError{fmt.Errorf("model %q is not available on worker %s", name, w.o.ID)}), false
 	}
 	loadStart := time.Now()
 	loaded := false
@@ -315,15 +345,20 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return failAll(ctx.Err())
+			return failAll(ctx.Err()), false
 		}
-		return failAll(&modelError{fmt.Errorf("loading model %s: %w", m.Name, err)})
+		return failAll(&modelError{fmt.Errorf("loading model %s: %w", m.Name, err)}), false
 	}
 	defer release()
 	if loaded {
 		w.o.Metrics.ModelLoad.Observe(time.Since(loadStart).Seconds())
 	}
 	model := res.(Model)
+	if sm, ok := model.(StepModel); ok && q != nil {
+		stepped = true
+		w.runSteps(wctx, sm, g, q)
+		return nil, true
+	}
 
 	var items []BatchItem
 	var of []int // job index of each item
@@ -337,7 +372,7 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 		of = append(of, k)
 	}
 	if len(items) == 0 {
-		return out
+		return out, false
 	}
 	rec := &stepRecorder{w: w}
 	reporters := make([]func(Progress), len(items))
@@ -346,15 +381,23 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 		reporters[i] = w.reporter(g[of[i]].job, it.Request.N, rec)
 		images += it.Request.N
 	}
-	if bm, ok := model.(BatchModel); ok && len(items) > 1 {
+	if bm, ok := model.(BatchModel); ok && (len(items) > 1 || w.o.Memory != nil) {
 		w.o.Metrics.BatchImages.Observe(float64(images))
-		res := bm.GenerateBatch(ctx, items, func(i int, p Progress) {
+		mr := MemoryRun{Manager: w.o.Memory, Model: m.Name, FreeOthers: func(context.Context) error {
+			w.o.Cache.Free(m.Name)
+			return nil
+		}}
+		res, rep := RunUnderMemory(ctx, mr, items, bm.GenerateBatch, func(i int, p Progress) {
 			if i >= 0 && i < len(reporters) {
 				reporters[i](p)
 			}
 		})
+		if rep.Recovered() {
+			w.o.Logger.Warn("batch recovered from out of memory", "model", m.Name, "splits", rep.Splits,
+				"chunk", rep.Chunk, "freed_others", rep.FreedOthers, "attempts", rep.Attempts)
+		}
 		if len(res) != len(items) {
-			return failAll(fmt.Errorf("engine returned %d results for a batch of %d", len(res), len(items)))
+			return failAll(fmt.Errorf("engine returned %d results for a batch of %d", len(res), len(items))), false
 		}
 		for i, r := range res {
 			if r.Err == nil && r.Result == nil {
@@ -362,7 +405,7 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 			}
 			out[of[i]] = r
 		}
-		return out
+		return out, false
 	}
 	for i, it := range items {
 		w.o.Metrics.BatchImages.Observe(float64(it.Request.N))
@@ -373,7 +416,7 @@ func (w *Worker) generate(g []*active) (out []BatchResult) {
 		}
 		out[of[i]] = BatchResult{Result: r, Err: err}
 	}
-	return out
+	return out, false
 }
 
 // request turns a job into the engine's request, reading its init image.
@@ -424,7 +467,22 @@ func (w *Worker) reporter(j *jobs.Job, n int, rec *stepRecorder) func(Progress) 
 			_ = w.o.Conn.Publish(events.ProgressSubject(j.Tenant, j.ID), data)
 		}
 		if p.Preview != nil && w.o.PreviewEvery > 0 && (p.Step%w.o.PreviewEvery == 0 || p.Step == p.Steps) {
-			w.publishPreview(j, p)
+			// JPEG encoding runs off the device loop; a preview is dropped
+			// when encoders are all busy (the next one supersedes it).
+			// The last step's preview is never dropped.
+			select {
+			case w.previews <- struct{}{}:
+				go func() {
+					defer func() { <-w.previews }()
+					w.publishPreview(j, p)
+				}()
+			default:
+				if p.Step == p.Steps {
+					go w.publishPreview(j, p)
+				} else {
+					w.o.Metrics.PreviewsDropped.Inc()
+				}
+			}
 		}
 	}
 }

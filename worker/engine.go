@@ -97,3 +97,50 @@ type Engine interface {
 	// Load loads a model.
 	Load(ctx context.Context, m catalog.Model) (Model, error)
 }
+
+// StepModel is a Model that runs continuous (step-level) batching: a
+// running batch that requests join between steps and leave when their
+// last step is done. The worker prefers it to BatchModel.
+type StepModel interface {
+	Model
+	// StartBatch starts an empty running batch; ctx ending makes every
+	// request still in it leave with an error at the next Step.
+	StartBatch(ctx context.Context) RunningBatch
+}
+
+// RunningBatch is a batch in flight on the device. Its methods are called
+// by one goroutine at a time.
+type RunningBatch interface {
+	// Add prepares a request (text encoding, initial noise) and adds it:
+	// it runs its first step at the next Step. onProgress is called after
+	// each of its steps. The id names it in Step's results.
+	Add(item BatchItem, onProgress func(Progress)) (id int, err error)
+	// Step runs one step of every request in the batch and returns those
+	// that left it (finished, canceled through their Ctx, or failed; a
+	// request failing alone does not fail the others).
+	Step() []StepDone
+	// Len is the number of requests in the batch; Images their images.
+	Len() int
+	Images() int
+	// Items describes the requests in the batch, in the order they joined.
+	Items() []RunningItem
+	// Memory reports the device memory free at this step boundary and the
+	// activation peak of the last step, in bytes (0: unknown).
+	Memory() (free, peak int64)
+}
+
+// StepDone is a request that left a running batch.
+type StepDone struct {
+	ID int
+	BatchResult
+	// Decode is the wall time of the VAE decode that finished it (shared
+	// by the requests that finished in the same step).
+	Decode time.Duration
+}
+
+// RunningItem describes a request in a running batch.
+type RunningItem struct {
+	ID, Images int
+	// Remaining is the number of steps it still has to run.
+	Remaining int
+}

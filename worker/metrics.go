@@ -18,7 +18,35 @@ type Metrics struct {
 	Busy          *metrics.GaugeVec
 	PreviewFrames *metrics.Counter
 	BatchImages   *metrics.Histogram
+	// Stage times each stage of a served job, by stage: queue_wait,
+	// claim, prepare (request, init image, text encoding and initial
+	// noise as the job joins a batch), step (one batch step, once per
+	// step), decode (VAE, once per step that finished jobs), post
+	// (post-processing nodes), png (encoding), store (object store
+	// writes), settle (final record update and acknowledgement).
+	Stage *metrics.HistogramVec
+	// GenerateSeconds accumulates the wall time the device spends on
+	// running batches (its rate is the busy fraction).
+	GenerateSeconds *metrics.Counter
+	// PreviewsDropped counts previews skipped because every preview
+	// encoder was busy.
+	PreviewsDropped *metrics.Counter
+	// Joins counts jobs that joined a batch already running.
+	Joins *metrics.Counter
 }
+
+// Stages of a served job, the label values of Metrics.Stage.
+const (
+	StageQueueWait = "queue_wait"
+	StageClaim     = "claim"
+	StagePrepare   = "prepare"
+	StageStep      = "step"
+	StageDecode    = "decode"
+	StagePost      = "post"
+	StagePNG       = "png"
+	StageStore     = "store"
+	StageSettle    = "settle"
+)
 
 // NewMetrics registers the worker series on reg.
 func NewMetrics(reg *metrics.Registry) *Metrics {
@@ -37,5 +65,10 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		PreviewFrames: reg.NewCounter("kiln_preview_frames_total", "Latent preview frames published."),
 		BatchImages: reg.NewHistogram("kiln_batch_images", "Images the worker generated together in one batch.",
 			metrics.ExponentialBuckets(1, 2, 8)),
+		Stage: reg.NewHistogramVec("kiln_stage_seconds", "Duration of each stage of a served job (see docs/api.md).",
+			metrics.ExponentialBuckets(0.0001, 2, 20), "stage"),
+		GenerateSeconds: reg.NewCounter("kiln_worker_generate_seconds_total", "Wall time workers spent running batches on their devices."),
+		PreviewsDropped: reg.NewCounter("kiln_preview_frames_dropped_total", "Previews skipped because every preview encoder was busy."),
+		Joins:           reg.NewCounter("kiln_batch_joins_total", "Jobs that joined a batch already running, at a step boundary."),
 	}
 }

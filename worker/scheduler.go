@@ -71,6 +71,13 @@ func head(pending []Pending) int {
 	for i := range idx {
 		idx[i] = i
 	}
+	sortFCFS(pending, idx)
+	return idx[0]
+}
+
+// sortFCFS orders indices into pending as FCFS serves them: highest
+// priority, then oldest, then first held.
+func sortFCFS(pending []Pending, idx []int) {
 	sort.SliceStable(idx, func(a, b int) bool {
 		pa, pb := pending[idx[a]], pending[idx[b]]
 		ra, rb := priorityRank(pa.Job.Params.Priority), priorityRank(pb.Job.Params.Priority)
@@ -79,7 +86,6 @@ func head(pending []Pending) int {
 		}
 		return pa.Job.CreatedAt.Before(pb.Job.CreatedAt)
 	})
-	return idx[0]
 }
 
 // checkDecision validates a scheduler's answer: indices in range and

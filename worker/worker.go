@@ -12,6 +12,7 @@ import (
 	_ "image/png"  // init images
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
@@ -48,6 +50,10 @@ type Options struct {
 	Engine Engine
 	Models *catalog.Registry
 	Cache  *modelcache.Cache
+	// Memory is the device's memory manager (nil: none): batches book
+	// their activation memory with it, and an out-of-memory failure splits
+	// the batch and frees other models before any job fails.
+	Memory *memory.Manager
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler
 	Metrics   *Metrics
@@ -55,6 +61,11 @@ type Options struct {
 	// Window is how many jobs the worker takes from the queue before
 	// choosing among them (1: strictly one at a time).
 	Window int
+	// MaxBatch caps the images of a running batch that jobs join at step
+	// boundaries (models that are StepModels; default Window). The worker
+	// lowers it further where the measured activation memory per image
+	// and the device's free memory say fewer fit.
+	MaxBatch int
 	// Previews: longest side, JPEG quality, every how many steps (0: none).
 	PreviewSize, PreviewQuality, PreviewEvery int
 	// HeartbeatInterval is how often the worker announces itself.
@@ -85,9 +96,11 @@ type Worker struct {
 	queue     *jobs.FairQueue
 	draining  atomic.Bool // an operator drained the worker
 	latency   latencyTable
+	memory    memoryTable
 	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
+	previews  chan struct{} // one per preview being encoded and published
 }
 
 // active is a job this worker has claimed, from the claim to its ack.
@@ -135,10 +148,14 @@ func New(o Options) (*Worker, error) {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 30 * time.Second
 	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = o.Window
+	}
 	if o.MaxFinishing <= 0 {
 		o.MaxFinishing = max(2*o.Window, 4)
 	}
-	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing), queue: o.Store.FairQueue()}, nil
+	return &Worker{o: o, log: o.Logger.With("worker", o.ID), slots: make(chan struct{}, o.MaxFinishing),
+		previews: make(chan struct{}, max(runtime.GOMAXPROCS(0), 8)), queue: o.Store.FairQueue()}, nil
 }
 
 // ID returns the worker's name.
@@ -208,8 +225,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-hbStopped
 	}()
 
-	var mu sync.Mutex
-	var pending []pendingMsg
+	q := &window{}
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -221,23 +237,23 @@ func (w *Worker) Run(ctx context.Context) error {
 			case <-kaDone:
 				return
 			case <-t.C:
-				mu.Lock()
-				for _, p := range pending {
+				q.mu.Lock()
+				for _, p := range q.pending {
 					_ = p.msg.InProgress()
 				}
-				mu.Unlock()
+				q.mu.Unlock()
 			}
 		}
 	}()
 	defer func() {
 		close(kaDone)
 		<-kaStopped
-		mu.Lock()
-		for _, p := range pending {
+		q.mu.Lock()
+		for _, p := range q.pending {
 			w.handBack(p.msg, p.Job) // never started
 		}
-		pending = nil
-		mu.Unlock()
+		q.pending = nil
+		q.mu.Unlock()
 	}()
 
 	w.log.Info("worker started", "device", w.o.Engine.Device())
@@ -245,20 +261,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if w.draining.Load() {
 			// Drained: held jobs go back to the queue, none is taken.
-			mu.Lock()
-			for _, p := range pending {
+			q.mu.Lock()
+			for _, p := range q.pending {
 				w.handBack(p.msg, p.Job)
 			}
-			pending = nil
-			mu.Unlock()
+			q.pending = nil
+			q.mu.Unlock()
 			w.idle(ctx, kick, time.Second)
 			continue
 		}
 		// Fill the window in fair order.
 		for {
-			mu.Lock()
-			n := len(pending)
-			mu.Unlock()
+			q.mu.Lock()
+			n := len(q.pending)
+			q.mu.Unlock()
 			if n >= w.o.Window {
 				break
 			}
@@ -273,18 +289,19 @@ func (w *Worker) Run(ctx context.Context) error {
 				break
 			}
 			if p, ok := w.admit(ctx, msg); ok {
-				mu.Lock()
-				pending = append(pending, p)
-				mu.Unlock()
+				q.mu.Lock()
+				q.pending = append(q.pending, p)
+				q.mu.Unlock()
 			}
 		}
-		mu.Lock()
-		snapshot := make([]Pending, len(pending))
-		for i, p := range pending {
+		q.mu.Lock()
+		snapshot := make([]Pending, len(q.pending))
+		for i, p := range q.pending {
 			snapshot[i] = p.Pending
 		}
-		mu.Unlock()
+		q.mu.Unlock()
 		if len(snapshot) == 0 {
+			w.trimIdle()
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
@@ -301,29 +318,29 @@ func (w *Worker) Run(ctx context.Context) error {
 			kicked = w.idle(ctx, kick, d.Wait)
 			continue
 		}
-		mu.Lock()
+		q.mu.Lock()
 		chosen := make([]pendingMsg, 0, len(d.Run))
 		taken := map[int]bool{}
 		for _, i := range d.Run {
-			chosen = append(chosen, pending[i])
+			chosen = append(chosen, q.pending[i])
 			taken[i] = true
 		}
-		rest := pending[:0:0]
-		for i, p := range pending {
+		rest := q.pending[:0:0]
+		for i, p := range q.pending {
 			if !taken[i] {
 				rest = append(rest, p)
 			}
 		}
-		pending = rest
-		mu.Unlock()
+		q.pending = rest
+		q.mu.Unlock()
 		if ctx.Err() != nil {
 			// Shutting down: hand back what has not started.
-			for _, q := range chosen {
-				w.handBack(q.msg, q.Job)
+			for _, c := range chosen {
+				w.handBack(c.msg, c.Job)
 			}
 			break
 		}
-		w.runBatch(ctx, chosen)
+		w.runBatch(ctx, chosen, q)
 	}
 	// Jobs still post-processing or storing finish (or, past the grace
 	// period, are handed back) before the worker stops.
@@ -452,21 +469,28 @@ func (w *Worker) publishPreview(j *jobs.Job, p Progress) {
 // succeed stores the PNGs and marks the job succeeded, if this worker
 // still owns it.
 func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) error {
+	stage := w.o.Metrics.Stage
 	for i, img := range imgs {
 		meta := j.Images[i]
+		start := time.Now()
 		data, err := pngtext.Encode(img, pngtext.Chunk{Keyword: "parameters",
 			Text: parametersText(j.Params, meta.Seed, meta.Width, meta.Height)})
 		if err != nil {
 			return err
 		}
+		stored := time.Now()
+		stage.With(StagePNG).Observe(stored.Sub(start).Seconds())
 		if err := w.o.Store.PutImage(ctx, j.Tenant, meta.ID, data); err != nil {
 			return err
 		}
+		stage.With(StageStore).Observe(time.Since(stored).Seconds())
 	}
+	start := time.Now()
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusSucceeded
 		r.Images = j.Images
 	})
+	stage.With(StageSettle).Observe(time.Since(start).Seconds())
 	w.o.Metrics.Images.Add(float64(len(imgs)))
 	w.log.Info("job succeeded", "job", j.ID, "images", len(imgs))
 	return nil
@@ -527,6 +551,9 @@ func (w *Worker) heartbeat(stop bool) events.Heartbeat {
 	}
 	if w.o.GPUs != nil {
 		hb.GPUs = w.o.GPUs()
+	}
+	if w.o.Memory != nil {
+		hb.Memory = w.o.Memory.Models()
 	}
 	return hb
 }

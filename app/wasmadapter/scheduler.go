@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 	"github.com/kiln-project/kiln/worker"
@@ -32,6 +33,10 @@ type SchedulerOptions struct {
 	FairnessHalfLife time.Duration
 	// Timeout bounds one decision (1 s).
 	Timeout time.Duration
+	// Memory, when set, is the device's memory manager: it fills
+	// FreeMemBytes and each job's MemBytes (its activation estimate), so
+	// that the policy forms batches that fit.
+	Memory *memory.Manager
 }
 
 // Scheduler is the worker's Scheduler asking the batching policy (the
@@ -127,6 +132,9 @@ func StepLatencyABI(ls []worker.StepLatency) []abi.StepLatency {
 func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.Stats) *abi.BatchingInput {
 	in := &abi.BatchingInput{NowUS: now.UnixMicro(), CompatRules: CompatRules(), MaxBatch: uint32(s.o.MaxBatch),
 		MaxWaitUS: uint64(s.o.MaxWait.Microseconds())}
+	if s.o.Memory != nil {
+		in.FreeMemBytes = uint64(max(s.o.Memory.FreeBytes(), 1)) // 0 would mean "unknown"
+	}
 	if s.o.StepLatency != nil {
 		in.StepLatency = s.o.StepLatency()
 	} else {
@@ -135,9 +143,14 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.
 	tenants := map[string]bool{}
 	for _, p := range pending {
 		j := p.Job
-		in.Jobs = append(in.Jobs, abi.Job{ID: j.ID, Tenant: j.Tenant, Priority: priority(j.Params.Priority),
+		aj := abi.Job{ID: j.ID, Tenant: j.Tenant, Priority: priority(j.Params.Priority),
 			ArrivalUS: j.CreatedAt.UnixMicro(), Width: uint32(j.Params.Width), Height: uint32(j.Params.Height),
-			N: uint32(j.Params.N), Steps: uint32(j.Params.Steps), Sampler: j.Params.Sampler, CompatKey: CompatKey(&j.Params)})
+			N: uint32(j.Params.N), Steps: uint32(j.Params.Steps), Sampler: j.Params.Sampler, CompatKey: CompatKey(&j.Params)}
+		if s.o.Memory != nil {
+			need, _ := s.o.Memory.ActivationBytes(memory.Batch{Model: j.Params.Model, Images: j.Params.N, Width: j.Params.Width, Height: j.Params.Height})
+			aj.MemBytes = uint64(max(need, 0))
+		}
+		in.Jobs = append(in.Jobs, aj)
 		tenants[j.Tenant] = true
 		if in.Model == "" {
 			in.Model = j.Params.Model

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/cuda"
@@ -33,6 +34,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	device := fs.String("device", "auto", "compute device: auto, cpu or cuda:N")
 	output := fs.String("output", "", "write the results as JSON to this file")
 	check := fs.Bool("check", false, "only report the GPU setup (as kiln doctor) and exit")
+	serveMode := fs.Bool("serve", false, "benchmark the server: an in-process one (or --url) driven over HTTP at each --concurrency")
+	url := fs.String("url", "", "with --serve: a running server's base URL instead of an in-process one")
+	key := fs.String("key", "", "with --url: the tenant API key")
+	conc := fs.String("concurrency", "1,8,32", "with --serve: comma-separated numbers of concurrent clients")
+	duration := fs.Duration("duration", 30*time.Second, "with --serve: how long each concurrency level submits jobs")
+	trace := fs.Bool("trace", false, "with --serve: report each served stage's count and mean per level")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -69,6 +76,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if _, _, err := cuda.ParseDevice(*device); err != nil {
 		return usageError{err}
+	}
+	if *serveMode {
+		cs, err := parseInts("concurrency", *conc)
+		if err != nil {
+			return err
+		}
+		if *duration <= 0 {
+			return usageError{errors.New("--duration must be positive")}
+		}
+		size := o.Size
+		if size == 0 && *url == "" {
+			size = syntheticSide(o.Models[0])
+		}
+		return runServeBench(ctx, serveBench{url: *url, key: *key, model: o.Models[0], device: *device, size: size,
+			steps: o.Steps, guidance: o.Guidance, sampler: o.Sampler, concurrency: cs, duration: *duration,
+			engine: o.Batches, trace: *trace, output: *output, o: o}, stdout, stderr)
 	}
 	sel, err := cuda.Select(*device)
 	if err != nil {
@@ -108,4 +131,21 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// syntheticSide is the default image side of a synthetic:NAME model (0 for
+// other models: the server's default for the model).
+func syntheticSide(model string) int {
+	name, ok := strings.CutPrefix(model, bench.SyntheticPrefix)
+	if !ok {
+		return 0
+	}
+	arch, size, _ := strings.Cut(name, "@")
+	if n, err := strconv.Atoi(size); err == nil {
+		return n
+	}
+	if arch == "sd21" {
+		return 768
+	}
+	return 512
 }

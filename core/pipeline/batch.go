@@ -199,6 +199,9 @@ type batchRun struct {
 	onProgress func(int, Progress)
 	evals      int
 	solo       bool // a batched evaluation failed: one job at a time from now on
+	// pad, when set, gives the row count each UNet call runs (≥ the rows
+	// needed; extra rows repeat the last one and are dropped).
+	pad func(rows int) int
 }
 
 // groups splits the jobs of a round into those that can share one UNet
@@ -302,6 +305,10 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 			ts = append(ts, t)
 		}
 		cond = append(cond, st.cond...)
+	}
+	if b.pad != nil {
+		in, ts, cond = padRows(b.pad(rows), rows, in, ts, cond)
+		rows = len(ts)
 	}
 	out, err := p.unet.Forward(b.ctx, in, [4]int{rows, head.c, head.h, head.w}, ts, cond, head.ctxLen)
 	if err != nil {

@@ -380,15 +380,21 @@ func (s *Server) listModels(c echo.Context) error {
 		NativeWidth  int `json:"native_width,omitempty"`
 		NativeHeight int `json:"native_height,omitempty"`
 		VAEFactor    int `json:"vae_factor,omitempty"`
+		// Residency lists the workers holding the model in GPU or pinned
+		// host memory (absent: on disk only).
+		Residency []residency `json:"residency,omitempty"`
 	}
 	def := s.o.Models.Default()
+	where, totals := residencies(s.liveWorkers())
 	out := struct {
 		Object string  `json:"object"`
 		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
+		// Memory sums each worker's model memory (shared components once).
+		Memory []workerMemory `json:"memory,omitempty"`
+	}{Object: "list", Data: []model{}, Memory: totals}
 	for _, m := range s.o.Models.List() {
 		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin,
-			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor})
+			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor, Residency: where[m.Name]})
 	}
 	return c.JSON(http.StatusOK, out)
 }

@@ -20,7 +20,8 @@ import (
 type Model struct {
 	Name string `json:"id"`
 	Path string `json:"-"`
-	// Format is "diffusers" or "single-file".
+	// Format is "diffusers", "single-file" or "synthetic" (a random-weight
+	// architecture named synthetic:NAME, served only when enabled).
 	Format string `json:"format"`
 	// Bytes is the size of its weights on disk, the estimate of its
 	// resident size.
@@ -46,6 +47,8 @@ type Registry struct {
 	// path, size and modification time (reading them maps the file).
 	nativeMu sync.Mutex
 	natives  map[string]native
+
+	synthetic bool // accept synthetic:NAME paths
 
 	mu          sync.RWMutex
 	builtinName string
@@ -73,6 +76,37 @@ func (r *Registry) SetBuiltin(name, path string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.builtinName, r.builtinPath = name, path
+}
+
+// AllowSynthetic makes configured paths of the form synthetic:NAME
+// (synthetic:sd15, synthetic:sd15@768, synthetic:sd21) servable: random-
+// weight architectures for benchmarks that need no download. Call it
+// before Refresh.
+func (r *Registry) AllowSynthetic(on bool) { r.synthetic = on }
+
+// SyntheticPrefix marks a model path naming a random-weight architecture.
+const SyntheticPrefix = "synthetic:"
+
+// synthetic describes a synthetic:NAME model: its native side and an
+// estimate of its fp16 weights.
+func syntheticModel(name, p string) (Model, error) {
+	arch, size, _ := strings.Cut(strings.TrimPrefix(p, SyntheticPrefix), "@")
+	side, bytes := 512, int64(2<<30)
+	switch arch {
+	case "sd15":
+	case "sd21":
+		side, bytes = 768, int64(5<<29)
+	default:
+		return Model{}, fmt.Errorf("model %s: unknown synthetic architecture %q (have sd15, sd21)", name, arch)
+	}
+	if size != "" {
+		n := 0
+		if _, err := fmt.Sscanf(size, "%d", &n); err != nil || n < 64 || n%64 != 0 || fmt.Sprint(n) != size {
+			return Model{}, fmt.Errorf("model %s: synthetic size %q must be a multiple of 64", name, size)
+		}
+		side = n
+	}
+	return Model{Name: name, Path: p, Format: "synthetic", Bytes: bytes, NativeWidth: side, NativeHeight: side, VAEFactor: 8}, nil
 }
 
 // Refresh rescans the configured paths, the built-in model and the models
@@ -147,6 +181,12 @@ func sameModels(a, b map[string]Model) bool {
 // leaves the size unknown (requests then get the profile's); the model
 // itself stays listed, and loading it reports what is wrong.
 func (r *Registry) inspect(name, p string) (Model, error) {
+	if strings.HasPrefix(p, SyntheticPrefix) {
+		if !r.synthetic {
+			return Model{}, fmt.Errorf("model %s: synthetic models are served only with --synthetic-models", name)
+		}
+		return syntheticModel(name, p)
+	}
 	st, err := os.Stat(p)
 	if err != nil {
 		return Model{}, fmt.Errorf("model %s: %w", name, err)

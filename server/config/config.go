@@ -70,9 +70,11 @@ type Config struct {
 	Device                 string            `yaml:"device"`
 	Workers                int               `yaml:"workers"`
 	MemoryBudget           Budget            `yaml:"memory_budget"`
+	HostMemoryBudget       Budget            `yaml:"host_memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
 	BuiltinModel           bool              `yaml:"builtin_model"`
+	SyntheticModels        bool              `yaml:"synthetic_models"`
 	ModelsDir              string            `yaml:"models_dir"`
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
@@ -435,9 +437,11 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
+	fs.Var(&c.HostMemoryBudget, "host-memory-budget", "pinned host memory for models offloaded from GPUs, shared by all GPUs: auto (25% of RAM), a percentage of RAM or a size (16GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
 	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")
+	fs.BoolVar(&c.SyntheticModels, "synthetic-models", c.SyntheticModels, "accept models named synthetic:NAME (random weights, for benchmarks), e.g. --model sd15=synthetic:sd15")
 	fs.StringVar(&c.ModelsDir, "models-dir", c.ModelsDir, "folder scanned for models (empty: <data-dir>/models)")
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")

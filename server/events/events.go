@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/jobs"
 )
 
@@ -136,6 +137,9 @@ type Heartbeat struct {
 	Speed map[string]float64 `json:"speed,omitempty"`
 	// Draining is set while the worker takes no new jobs.
 	Draining bool `json:"draining,omitempty"`
+	// Memory lists the models in the worker's device and host memory, with
+	// their components and what they share.
+	Memory []memory.ModelUsage `json:"memory,omitempty"`
 }
 
 // Drain asks one worker to stop taking jobs (Drain true; running jobs

@@ -11,13 +11,16 @@ import (
 	"fmt"
 	"image"
 	"sort"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -40,9 +43,10 @@ type encodeHooker interface {
 
 // Engine loads Stable Diffusion models for one device.
 type Engine struct {
-	device string
-	be     backend.Backend
-	text   *textcache.Cache
+	device   string
+	be       backend.Backend
+	text     *textcache.Cache
+	stateDir string // component-hash cache; "" for none
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -63,21 +67,49 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cm, err := checkpoint.Load(m.Path, checkpoint.Options{})
+	var cm *checkpoint.Model
+	var cleanup func()
+	var err error
+	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
+		// a random-weight architecture (the registry admits these only
+		// when the operator enabled them)
+		cm, _, cleanup, err = bench.Synthetic(name, 1)
+	} else {
+		cm, err = checkpoint.Load(m.Path, checkpoint.Options{})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	hash, err := HashSource(cm.TextEncoder)
-	if err != nil {
-		cm.Close()
-		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
+	if cleanup != nil {
+		defer func() {
+			if err != nil {
+				cleanup()
+			}
+		}()
 	}
-	p, err := pipeline.New(e.be, cm)
+	hashes, err := e.componentHashes(cm)
 	if err != nil {
 		cm.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash}
+	// On a backend that groups weights the model's weights can be offloaded
+	// and restored together, and weights identical to another model's are
+	// held once.
+	be := e.be
+	var group backend.WeightGroup
+	if g, ok := be.(backend.WeightGrouper); ok {
+		be, group = g.Grouped()
+	}
+	p, err := pipeline.New(be, cm)
+	if err != nil {
+		if group != nil {
+			group.Close()
+		}
+		cm.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	hash := hashes[KindTextEncoder]
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(cm, hashes, e.be)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -152,8 +184,12 @@ var _ worker.BatchModel = (*Model)(nil)
 // Model is a loaded pipeline.
 type Model struct {
 	p           *pipeline.Pipeline
+	be          backend.Backend
+	cleanup     func() // removes a synthetic model's temporary files
 	encoderHash string
 	cached      bool
+	group       backend.WeightGroup // nil: the backend does not group weights
+	comps       []memory.Component
 }
 
 // Pipeline returns the underlying pipeline.
@@ -166,8 +202,20 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 // EncoderHash is the content hash of the model's text encoder.
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
-// Close implements worker.Model.
-func (m *Model) Close() error { return m.p.Close() }
+// Close implements worker.Model: the weights only this model holds are
+// freed at once, then the model files are closed (and a synthetic model's
+// temporary files removed).
+func (m *Model) Close() error {
+	var gerr error
+	if m.group != nil {
+		gerr = m.group.Close()
+	}
+	err := errors.Join(gerr, m.p.Close())
+	if m.cleanup != nil {
+		m.cleanup()
+	}
+	return err
+}
 
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {
