@@ -226,6 +226,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
+	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -489,6 +490,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusSucceeded
 		r.Images = j.Images
+		r.Memory = j.Memory
 	})
 	stage.With(StageSettle).Observe(time.Since(start).Seconds())
 	w.o.Metrics.Images.Add(float64(len(imgs)))
@@ -500,6 +502,7 @@ func (w *Worker) fail(ctx context.Context, j *jobs.Job, code, message string) {
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusFailed
 		r.Error = &jobs.Error{Code: code, Message: message}
+		r.Memory = j.Memory
 	})
 }
 

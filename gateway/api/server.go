@@ -117,6 +117,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	workers map[string]workerSeen
+	beats   map[string]time.Time // last heartbeat of every worker (WorkerHeardWithin)
 
 	// profMu guards overrides: the operator's profiles on top of the
 	// configured ones.
@@ -160,7 +161,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}, beats: map[string]time.Time{},
 		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
@@ -255,8 +256,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Lock()
 		if h.Stopped {
 			delete(s.workers, h.Worker)
+			delete(s.beats, h.Worker)
 		} else {
 			s.workers[h.Worker] = workerSeen{hb: h, seen: time.Now()}
+			s.beats[h.Worker] = time.Now()
 		}
 		s.mu.Unlock()
 	})
@@ -324,15 +327,19 @@ func (s *Server) initImageLimits() imagedecode.Limits {
 	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
 }
 
-// WorkerLive reports whether a worker has been heard from within three
-// heartbeat intervals.
-func (s *Server) WorkerLive(id string) bool {
-	for _, hb := range s.liveWorkers() {
-		if hb.Worker == id && !hb.Stopped {
-			return true
+// WorkerHeardWithin reports whether a worker sent a heartbeat (and no
+// "stopped" one since) within d. Records of workers silent for an hour are
+// forgotten.
+func (s *Server) WorkerHeardWithin(id string, d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for w, at := range s.beats {
+		if time.Since(at) > time.Hour {
+			delete(s.beats, w)
 		}
 	}
-	return false
+	at, ok := s.beats[id]
+	return ok && time.Since(at) <= d
 }
 
 // liveWorkers lists workers heard from within three intervals.

@@ -11,7 +11,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 )
 
-func setup(t *testing.T) (*Validator, *catalog.Registry, string) {
+func setup(t testing.TB) (*Validator, *catalog.Registry, string) {
 	t.Helper()
 	dir := t.TempDir()
 	mk := func(name string) {

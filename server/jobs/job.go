@@ -133,6 +133,19 @@ type Job struct {
 	// Adjustments are the changes the adaptive quality policy made to the
 	// request before it was queued.
 	Adjustments []Adjustment `json:"adjustments,omitempty"`
+	// Memory says how the worker recovered when the job's batch ran out of
+	// device memory (absent: it did not).
+	Memory *MemoryRecovery `json:"memory,omitempty"`
+}
+
+// MemoryRecovery is what the worker did when a job's batch ran out of
+// device memory: split it (Splits halvings, last chunk of Chunk images)
+// and moved the other models off the device (FreedOthers).
+type MemoryRecovery struct {
+	Splits      int  `json:"splits"`
+	Chunk       int  `json:"chunk"`
+	FreedOthers bool `json:"freed_others"`
+	Sequential  bool `json:"sequential,omitempty"`
 }
 
 // AdjustedHeaderName is the response header listing a job's adjustments.
