@@ -23,6 +23,20 @@ func (q *window) len() int {
 	return len(q.pending)
 }
 
+// demand counts the window's jobs for model: the queue demand eviction
+// policies weigh.
+func (q *window) demand(model string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, p := range q.pending {
+		if p.Job != nil && p.Job.Params.Model == model {
+			n++
+		}
+	}
+	return n
+}
+
 // RunningState is a running batch as an Admitter sees it at a step
 // boundary.
 type RunningState struct {
@@ -176,6 +190,7 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		}
 		free, peak := rb.Memory()
 		w.memory.observe(shape, images, peak)
+		free = w.underBudget(head, images, free, peak)
 		if ctx.Err() != nil {
 			continue // shutting down: no new jobs join
 		}

@@ -152,14 +152,13 @@ type fakeModel struct {
 
 func (f fakeModel) Close() error { *f.closed = append(*f.closed, f.id); return nil }
 
-func TestEvictionAsksThePolicy(t *testing.T) {
-	w := start(t)
-	cache := modelcache.New(10<<30, w.Eviction())
-	var closed []string
-	load := func(id string, size int64) {
+// fakeLoader returns a function that acquires and releases a fake model
+// of the given size; closed models are appended to closed.
+func fakeLoader(t *testing.T, cache *modelcache.Cache, closed *[]string) func(id string, size int64) {
+	return func(id string, size int64) {
 		t.Helper()
 		_, release, err := cache.Acquire(context.Background(), id, size, func(context.Context) (modelcache.Resident, error) {
-			return fakeModel{id, &closed}, nil
+			return fakeModel{id, closed}, nil
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -167,6 +166,13 @@ func TestEvictionAsksThePolicy(t *testing.T) {
 		release()
 		time.Sleep(2 * time.Millisecond) // distinct last-use times
 	}
+}
+
+func TestEvictionAsksThePolicy(t *testing.T) {
+	w := start(t)
+	cache := modelcache.New(10<<30, w.Eviction())
+	var closed []string
+	load := fakeLoader(t, cache, &closed)
 	load("small-old", 1<<30)
 	load("big", 6<<30)
 	load("recent", 2<<30)
