@@ -73,6 +73,8 @@ type JobRequest struct {
 	// it becomes the native resolution of the nearest aspect ratio (see
 	// FitNative). Not part of the JSON body.
 	FitNative bool `json:"-"`
+	// Micro is SDXL's micro-conditioning (SDXL models only).
+	Micro *jobs.Micro `json:"micro_conditioning,omitempty"`
 }
 
 // nativeBuckets are SDXL's training resolutions (width, height) at its
@@ -212,6 +214,13 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
 	params.SharedNoise = r.SharedNoise
+	if r.Micro != nil {
+		if err := v.checkMicro(params.Model, r.Micro); err != nil {
+			return jobs.Params{}, err
+		}
+		mc := *r.Micro
+		params.Micro = &mc
+	}
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {
 			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))
@@ -221,6 +230,26 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = RandomSeed()
 	}
 	return params, nil
+}
+
+// checkMicro accepts micro-conditioning only for SDXL models and within
+// sane ranges.
+func (v *Validator) checkMicro(model string, m *jobs.Micro) *apierr.Error {
+	if mm, ok := v.models.Get(model); !ok || mm.Family != "sdxl" {
+		return apierr.Invalid("micro_conditioning", "micro_conditioning applies to SDXL models; %q is not one", model)
+	}
+	for _, x := range []int{m.OriginalWidth, m.OriginalHeight, m.CropTop, m.CropLeft, m.TargetWidth, m.TargetHeight,
+		m.NegativeOriginalWidth, m.NegativeOriginalHeight, m.NegativeCropTop, m.NegativeCropLeft, m.NegativeTargetWidth, m.NegativeTargetHeight} {
+		if x < 0 || x > 16384 {
+			return apierr.Invalid("micro_conditioning", "micro_conditioning sizes and crops must be from 0 to 16384, got %d", x)
+		}
+	}
+	for _, s := range []float64{m.AestheticScore, m.NegativeAestheticScore} {
+		if math.IsNaN(s) || s < 0 || s > 10 {
+			return apierr.Invalid("micro_conditioning", "aesthetic scores must be from 0 to 10, got %v", s)
+		}
+	}
+	return nil
 }
 
 // RandomSeed draws a seed below 2³² (as AUTOMATIC1111 does).

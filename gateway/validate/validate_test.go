@@ -9,6 +9,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 func setup(t testing.TB) (*Validator, *catalog.Registry, string) {
@@ -129,10 +130,13 @@ func TestCheckLimits(t *testing.T) {
 func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	v, reg, dir := setup(t)
 	mk := func(name, sampleSize string) {
-		for _, sub := range []string{"unet", "vae"} {
+		for _, sub := range []string{"unet", "vae", "scheduler", "text_encoder"} {
 			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
 		}
-		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+		// an SD folder as the SD family inspects it (configs only)
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte(`{"_class_name": "StableDiffusionPipeline"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "scheduler", "scheduler_config.json"), []byte(`{}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "text_encoder", "config.json"), []byte(`{}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sampleSize+`}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
 	}
@@ -204,14 +208,20 @@ func TestFitNative(t *testing.T) {
 func TestPlanFitsOpenAISizes(t *testing.T) {
 	v, reg, dir := setup(t)
 	for name, sample := range map[string]string{"xl": "128", "shapes": "16"} {
-		for _, sub := range []string{"unet", "vae"} {
+		for _, sub := range []string{"unet", "vae", "scheduler", "text_encoder"} {
 			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
 		}
-		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+		// an SD folder as the SD family inspects it (configs only)
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte(`{"_class_name": "StableDiffusionPipeline"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "scheduler", "scheduler_config.json"), []byte(`{}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "text_encoder", "config.json"), []byte(`{}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sample+`}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
 	}
 	reg.Refresh()
+	if m, _ := reg.Get("xl"); m.NativeWidth != 1024 {
+		t.Fatalf("xl: %+v (problems %v)", m, reg.Problems())
+	}
 	pr := principal(1, 60)
 	for _, c := range []struct {
 		model string
@@ -255,5 +265,39 @@ func TestSetProfilesChangesPlans(t *testing.T) {
 	delete(profiles, "balanced")
 	if v.SetProfiles(profiles) == nil {
 		t.Fatal("the default profile was removed")
+	}
+}
+
+// TestMicroConditioning: micro-conditioning is accepted for SDXL models
+// (the tiny fixture) and refused, naming the field, for others or out of
+// range.
+func TestMicroConditioning(t *testing.T) {
+	xl, err := filepath.Abs("../../core/model/sdxl/testdata/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "plain"), 0o755)
+	os.WriteFile(filepath.Join(dir, "plain", "model_index.json"), []byte("{}"), 0o644)
+	reg := catalog.New(map[string]string{"xl": xl}, dir, "")
+	reg.Refresh()
+	profiles, _ := config.Profiles()
+	v, err := New(reg, profiles, "balanced", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	mc := &jobs.Micro{OriginalWidth: 2048, OriginalHeight: 1536, CropTop: 32, AestheticScore: 6.5}
+	p, perr := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "xl", Micro: mc}, false)
+	if perr != nil || p.Micro == nil || *p.Micro != *mc {
+		t.Fatalf("sdxl: %+v %v", p.Micro, perr)
+	}
+	for _, c := range []struct {
+		model string
+		m     jobs.Micro
+	}{{"plain", jobs.Micro{CropTop: 1}}, {"xl", jobs.Micro{CropTop: -1}}, {"xl", jobs.Micro{AestheticScore: 11}}} {
+		if _, perr := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: c.model, Micro: &c.m}, false); perr == nil || perr.Field != "micro_conditioning" {
+			t.Errorf("%s %+v: %v", c.model, c.m, perr)
+		}
 	}
 }

@@ -238,6 +238,7 @@ func request(req worker.Request) pipeline.Request {
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
 		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
+		Micro: req.Micro,
 	}
 }
 
