@@ -296,7 +296,12 @@ func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.
 	if req.InitImage != nil {
 		g.DenoisingStrength = req.Strength
 	}
-	return g.Parameters()
+	ps := g.Parameters()
+	if f.refiner != "" { // AUTOMATIC1111's names for the SDXL hand-off
+		ps.Set("Refiner", modelName(f.refiner))
+		ps.Set("Refiner switch at", strconv.FormatFloat(f.refinerSwitch, 'g', -1, 64))
+	}
+	return ps
 }
 
 func modelName(path string) string {

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
 
@@ -32,10 +35,36 @@ func TestGenerateSDXL(t *testing.T) {
 				t.Fatalf("exit %d: %s", code, stderr.String())
 			}
 			got, _ := readF32(t, out, "latents")
+			if c.name == "refiner" { // and the PNG says so, as AUTOMATIC1111 writes it
+				png := filepath.Join(t.TempDir(), "out.png")
+				var so, se bytes.Buffer
+				if code := runMain(context.Background(), append(append([]string(nil), args...), "--output", png), &so, &se); code != 0 {
+					t.Fatalf("png: exit %d: %s", code, se.String())
+				}
+				ps := readParameters(t, png)
+				if !strings.Contains(ps, "Refiner: refiner, Refiner switch at: 0.8") {
+					t.Errorf("parameters %q lack the refiner", ps)
+				}
+			}
 			want, _ := readF32(t, ref, c.key)
 			if e := fixtures.RelErr(got, want); e > 1e-3 {
 				t.Fatalf("latents rel err %g", e)
 			}
 		})
 	}
+}
+
+// readParameters returns a PNG's parameters text.
+func readParameters(t *testing.T, path string) string {
+	t.Helper()
+	fh, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	s, err := imageio.ReadParameters(fh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
