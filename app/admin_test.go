@@ -96,7 +96,7 @@ func TestAdminAPI(t *testing.T) {
 	m := r.json(t)
 	key, _ := m["key"].(string)
 	tn, _ := m["tenant"].(map[string]any)
-	if r.status != http.StatusCreated || key == "" || tn["weight"].(float64) != 3 || tn["quality"] != "adaptive" ||
+	if r.status != http.StatusCreated || key == "" || tn["weight"].(float64) != 3 || tn["quality"] != "adaptive" || strings.Contains(string(r.body), "hash") ||
 		tn["quota"].(map[string]any)["max_steps"].(float64) != 20 || len(tn["keys"].([]any)) != 1 {
 		t.Fatalf("create: %d %s", r.status, r.body)
 	}

@@ -124,7 +124,15 @@ func (s *Server) audit(c echo.Context, admitted bool) {
 // TenantView is a tenant as the admin API shows it.
 type TenantView struct {
 	tenants.Tenant
-	Keys []tenants.Key `json:"keys"`
+	Keys []KeyView `json:"keys"`
+}
+
+// KeyView is an API key as the admin API shows it (never its secret or
+// hash).
+type KeyView struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+	Revoked   bool      `json:"revoked,omitempty"`
 }
 
 // QuotaPatch changes some limits of a quota.
@@ -178,10 +186,11 @@ func tenantError(err error) *apierr.Error {
 
 func (s *Server) tenantView(ctx context.Context, t *tenants.Tenant) (TenantView, error) {
 	keys, err := s.o.Tenants.Keys(ctx, t.ID)
-	if keys == nil {
-		keys = []tenants.Key{}
+	v := TenantView{Tenant: *t, Keys: []KeyView{}}
+	for _, k := range keys {
+		v.Keys = append(v.Keys, KeyView{ID: k.ID, CreatedAt: k.CreatedAt, Revoked: k.Revoked})
 	}
-	return TenantView{Tenant: *t, Keys: keys}, err
+	return v, err
 }
 
 func (s *Server) adminListTenants(c echo.Context) error {

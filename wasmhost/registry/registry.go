@@ -158,6 +158,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock for upload times (time.Now).
 	Now func() time.Time
+	// RetireAfter is how long a module that its slot no longer names stays
+	// open for calls in flight before it is closed (1 min).
+	RetireAfter time.Duration
 }
 
 // Builtin is an embedded module the registry loads first.
@@ -225,6 +228,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.RetireAfter == 0 {
+		cfg.RetireAfter = time.Minute
 	}
 	bp, err := cfg.Host.Load(ctx, wasmhost.Spec{Name: cfg.BuiltinPolicies.Name, Label: "builtin", Kind: wasmhost.KindPolicy, Trusted: !cfg.CheckedBuiltins}, cfg.BuiltinPolicies.Wasm)
 	if err != nil {
@@ -500,8 +506,32 @@ func (r *Registry) saveLocked(ctx context.Context, sk slotKey, st *slotState) er
 	}
 	r.smu.Lock()
 	r.slots[sk] = st
+	stale := r.unreferencedLocked(sk, st)
 	r.smu.Unlock()
+	for _, m := range stale {
+		// Calls in flight may still hold the module: close it once they
+		// are long over. A later rollback loads it again from the store.
+		time.AfterFunc(r.cfg.RetireAfter, func() { _ = m.Close(context.Background()) })
+	}
 	return nil
+}
+
+// unreferencedLocked drops from the loaded modules those of the slot that
+// its new state no longer names (neither active nor shadow), so that
+// replaced versions do not stay in memory (r.smu held).
+func (r *Registry) unreferencedLocked(sk slotKey, st *slotState) []*wasmhost.Module {
+	var out []*wasmhost.Module
+	for k, m := range r.modules {
+		if k.scope != sk.scope || k.kind != sk.kind || (sk.kind == KindNode && k.ref.Name != sk.name) {
+			continue
+		}
+		if (st.Active != nil && *st.Active == k.ref) || (st.Shadow != nil && *st.Shadow == k.ref) {
+			continue
+		}
+		delete(r.modules, k)
+		out = append(out, m)
+	}
+	return out
 }
 
 func (r *Registry) versionExists(ctx context.Context, scope string, kind Kind, ref Ref) error {
