@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
@@ -87,8 +88,9 @@ type Options struct {
 
 // Worker takes jobs from the queue and runs them.
 type Worker struct {
-	o   Options
-	log *slog.Logger
+	o      Options
+	log    *slog.Logger
+	hashes modelhash.Cache
 
 	mu      sync.Mutex
 	running []*active // claimed jobs, generating or finishing
@@ -475,7 +477,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 		meta := j.Images[i]
 		start := time.Now()
 		data, err := pngtext.Encode(img, pngtext.Chunk{Keyword: "parameters",
-			Text: parametersText(j.Params, meta.Seed, meta.Width, meta.Height)})
+			Text: w.parametersText(ctx, j.Params, meta.Seed, meta.Width, meta.Height)})
 		if err != nil {
 			return err
 		}

@@ -58,6 +58,9 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// SharedNoise draws the batch's noise from one generator seeded with
+	// seed (ComfyUI's semantics) instead of one per image (seed+i).
+	SharedNoise bool `json:"shared_noise,omitempty"`
 	// AllowAdjust lets adaptive quality change parameters the request
 	// sets explicitly (width, height, steps, sampler, profile).
 	AllowAdjust bool `json:"allow_adjust,omitempty"`
@@ -176,6 +179,7 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
+	params.SharedNoise = r.SharedNoise
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {
 			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))

@@ -72,6 +72,10 @@ type Params struct {
 	InitImage string  `json:"init_image,omitempty"`
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
+	// SharedNoise draws the whole job's initial noise from one generator
+	// seeded with Seed (as ComfyUI and diffusers do) instead of one
+	// generator per image seeded Seed+i (as AUTOMATIC1111 does).
+	SharedNoise bool `json:"shared_noise,omitempty"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`

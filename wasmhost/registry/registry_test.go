@@ -13,6 +13,8 @@ import (
 
 	"github.com/kiln-project/kiln/internal/guestbuild"
 	wb "github.com/kiln-project/kiln/internal/wasmbuild"
+	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
+	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
@@ -55,12 +57,20 @@ func build(t testing.TB, pkg string) []byte {
 func newRegistry(t testing.TB, store Store) *Registry {
 	t.Helper()
 	dir := shared(t)
-	h, err := wasmhost.New(context.Background(), wasmhost.Config{CacheDir: dir, PolicyTimeout: 10 * time.Second, NodeTimeout: 20 * time.Second, Logger: quietLog})
+	// Kiln's built-ins as the composition root hands them in
+	// (app/wasmadapter.Natives and Builtins, which this package cannot import).
+	natives := wasmhost.Natives{
+		Batching: builtin.Batching, Eviction: builtin.Eviction, Quality: builtin.Quality,
+		NodeHook: nodes.Hook, NodeParams: nodes.CheckParams, NodePre: nodes.Pre, NodePost: nodes.Post,
+	}
+	h, err := wasmhost.New(context.Background(), wasmhost.Config{CacheDir: dir, PolicyTimeout: 10 * time.Second, NodeTimeout: 20 * time.Second, Logger: quietLog, Natives: natives})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r, err := New(context.Background(), Config{Store: store, Host: h, CacheDir: dir, Logger: quietLog,
-		Budgets: conformance.Budgets{PolicyCall: 5 * time.Second, NodeCall: 20 * time.Second}})
+		BuiltinPolicies: Builtin{Name: policies.BuiltinName, Wasm: policies.Builtin()},
+		BuiltinNodes:    Builtin{Name: nodeswasm.BuiltinName, Wasm: nodeswasm.Builtin()},
+		Budgets:         conformance.Budgets{PolicyCall: 5 * time.Second, NodeCall: 20 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
