@@ -60,7 +60,7 @@ func TestJobLifecycleAndImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1234, Size: 64x64, Model: tiny"
+	want := "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, Seed: 1234, Size: 64x64, Model hash: "
 	if !strings.HasPrefix(txt, want) {
 		t.Fatalf("parameters chunk %q, want prefix %q", txt, want)
 	}

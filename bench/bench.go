@@ -19,7 +19,6 @@ import (
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 	"github.com/kiln-project/kiln/cuda"
 )
 
@@ -282,7 +281,7 @@ type components struct {
 }
 
 func loadComponents(be backend.Backend, m *checkpoint.Model) (*components, error) {
-	tok, err := tokenizer.Load(m.TokenizerDir)
+	tok, err := m.Tokenizer()
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func (m *Module) CallEviction(ctx context.Context, in *abi.EvictionInput) (abi.E
 	if err := abi.CheckEvictionInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeEvictionOutput(b); err != nil {
 			return err

@@ -2,38 +2,50 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"image"
-	"strconv"
 
 	"github.com/kiln-project/kiln/core/imageio"
-	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/internal/buildinfo"
 	"github.com/kiln-project/kiln/server/jobs"
 )
 
-// parameters describes a job's image as AUTOMATIC1111 records it in the
-// "parameters" PNG chunk (imageio.Parameters formats it).
-func parameters(p jobs.Params, seed uint64, width, height int) imageio.Parameters {
-	ps := imageio.Parameters{Prompt: p.Prompt, NegativePrompt: p.NegativePrompt}
-	ps.Set("Steps", strconv.Itoa(p.Steps))
-	ps.Set("Sampler", sample.Label(p.Sampler))
-	ps.Set("CFG scale", strconv.FormatFloat(p.Guidance, 'g', -1, 64))
-	ps.Set("Seed", strconv.FormatUint(seed, 10))
-	ps.Set("Size", strconv.Itoa(width)+"x"+strconv.Itoa(height))
-	ps.Set("Model", p.Model)
-	if p.ClipSkip > 1 {
-		ps.Set("Clip skip", strconv.Itoa(p.ClipSkip))
-	}
-	if p.InitImage != "" {
-		ps.Set("Denoising strength", strconv.FormatFloat(p.Strength, 'g', -1, 64))
-	}
-	ps.Set("Version", "kiln")
-	return ps
+// parametersText formats a job's image as AUTOMATIC1111 writes it into the
+// "parameters" PNG chunk, through the same imageio.Generation the CLI uses
+// (the worker's noise comes from torch's CPU generator).
+func (w *Worker) parametersText(ctx context.Context, p jobs.Params, seed uint64, width, height int) string {
+	return generation(p, seed, width, height, w.modelHash(ctx, p.Model)).Parameters().String()
 }
 
-// encodePNG encodes one finished image with its parameters chunk.
-func encodePNG(img image.Image, ps imageio.Parameters) ([]byte, error) {
+// generation describes one image of a job.
+func generation(p jobs.Params, seed uint64, width, height int, modelHash string) imageio.Generation {
+	g := imageio.Generation{Prompt: p.Prompt, NegativePrompt: p.NegativePrompt, Steps: p.Steps, Sampler: p.Sampler,
+		CFGScale: p.Guidance, Seed: seed, Width: width, Height: height, ModelHash: modelHash, Model: p.Model,
+		ClipSkip: p.ClipSkip, RNG: "cpu", Version: "kiln " + buildinfo.Version()}
+	if p.InitImage != "" {
+		g.DenoisingStrength = p.Strength
+	}
+	return g
+}
+
+// modelHash is the model's short hash, or "" when it cannot be computed.
+func (w *Worker) modelHash(ctx context.Context, name string) string {
+	m, ok := w.o.Models.Get(name)
+	if !ok {
+		return ""
+	}
+	h, err := w.hashes.Short(ctx, m.Path)
+	if err != nil {
+		w.log.Warn("model hash", "model", name, "err", err)
+		return ""
+	}
+	return h
+}
+
+// encodePNG encodes one finished image with its "parameters" text chunk.
+func encodePNG(img image.Image, parameters string) ([]byte, error) {
 	var buf bytes.Buffer
-	if err := imageio.WritePNG(&buf, img, imageio.Text{Key: imageio.ParametersKey, Value: ps.String()}); err != nil {
+	if err := imageio.WritePNG(&buf, img, imageio.Text{Key: imageio.ParametersKey, Value: parameters}); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

@@ -95,8 +95,8 @@ type Defaults struct {
 	ContextDim int
 	// Guidance is the guidance style.
 	Guidance Guidance
-	// LatentRGB maps latent channels to RGB for previews (nil: none).
-	LatentRGB [][3]float64
+	// LatentRGB maps latents to RGB for previews (nil: no previews).
+	LatentRGB *LatentRGB
 	// SchedulerConfig is the diffusers scheduler_config.json.
 	SchedulerConfig []byte
 }

@@ -73,12 +73,14 @@ func (s *peakStore) get(b Batch) (int64, bool) {
 	return v, ok
 }
 
-// put keeps the largest peak seen for b.
-func (s *peakStore) put(b Batch, v int64) {
+// put keeps the largest peak seen for b and reports whether it grew.
+func (s *peakStore) put(b Batch, v int64) bool {
 	k := keyOf(b)
 	if v > s.m[k] {
 		s.m[k] = v
+		return true
 	}
+	return false
 }
 
 // closest returns the measurement of b's model whose pixel count is

@@ -278,7 +278,7 @@ func (b *batchRun) evaluate(g []*batchState) {
 		pr := Progress{Step: st.i - st.begin, Steps: st.total, Timestep: st.ts[st.i-1], Latents: st.x,
 			Eval: eval, Batch: images, StepTime: took}
 		if m := b.p.def.LatentRGB; m != nil {
-			pr.Preview = preview(x0s[k], [4]int{st.n, st.c, st.h, st.w}, m)
+			pr.Preview = preview(x0s[k], [4]int{st.n, st.c, st.h, st.w}, *m)
 		}
 		b.onProgress(st.index, pr)
 	}

@@ -293,12 +293,18 @@ func TestProgressPreview(t *testing.T) {
 // TestPreviewMatrix checks the latent-to-RGB mapping on one latent pixel.
 func TestPreviewMatrix(t *testing.T) {
 	// latent (1, 0, 0, 0) → RGB row 0 of the matrix, mapped from [-1, 1]
-	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd.LatentRGB)
+	sd1 := sd.LatentRGB
+	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd1)
 	want := []uint8{172, 156, 168, 255} // ⌊(row0 + 1) / 2 · 255⌋
 	for k := range want {
 		if im.Pix[k] != want[k] {
 			t.Fatalf("pixel %v, want %v", im.Pix[:4], want)
 		}
+	}
+	// The bias is added: a zero latent shows the bias colour.
+	im = preview([]float32{0, 0, 0, 0}, [4]int{1, 4, 1, 1}, LatentRGB{Factors: sd1.Factors, Bias: [3]float64{1, -1, 0}})
+	if im.Pix[0] != 255 || im.Pix[1] != 0 || im.Pix[2] != 127 {
+		t.Fatalf("bias pixel %v", im.Pix[:4])
 	}
 }
 

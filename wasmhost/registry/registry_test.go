@@ -82,14 +82,7 @@ func newRegistry(t testing.TB, store Store) *Registry {
 }
 
 // firstJob is a hand-assembled batching policy that always dispatches job 0.
-func firstJob() []byte {
-	out := []byte{abi.StatusOK, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0}
-	return (&wb.Module{MemoryPages: 4, MemoryExport: abi.ExportMemory, Data: []wb.Data{{Offset: 200000, Bytes: out}}, Funcs: []wb.Func{
-		{Results: []byte{wb.I32}, Body: wb.I32Const(1), Export: abi.ExportVersion},
-		{Params: []byte{wb.I32}, Results: []byte{wb.I32}, Body: wb.I32Const(1024), Export: abi.ExportAlloc},
-		{Params: []byte{wb.I32, wb.I32}, Results: []byte{wb.I64}, Body: wb.I64Const(int64(uint64(200000)<<32 | uint64(len(out)))), Export: abi.HookBatching.Export()},
-	}}).Bytes()
-}
+func firstJob() []byte { return wb.FirstJob() }
 
 func batchingInput(n int) *abi.BatchingInput {
 	in := conformance.BatchingInputs()["64 jobs, two keys"]

@@ -238,7 +238,7 @@ func request(req worker.Request) pipeline.Request {
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
-		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true,
+		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
 	}
 }
 

@@ -21,19 +21,20 @@ import (
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // pipelineClasses are the diffusers pipeline classes of the family.
 var pipelineClasses = map[string]bool{"StableDiffusionPipeline": true, "StableDiffusionImg2ImgPipeline": true}
 
-// LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews.
-var LatentRGB = [][3]float64{
+// LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews:
+// the published coefficients ComfyUI and others use for this VAE. A
+// diffusers folder's own vae/latent_rgb.json takes precedence.
+var LatentRGB = family.LatentRGB{Factors: [][3]float64{
 	{0.3512, 0.2297, 0.3227},
 	{0.3250, 0.4974, 0.2350},
 	{-0.2829, 0.1762, 0.2721},
 	{-0.2120, -0.2616, -0.7177},
-}
+}}
 
 // Family is the SD 1.x/2.x family.
 type Family struct{}
@@ -80,18 +81,14 @@ func (f Family) Inspect(path string) (family.Defaults, error) {
 		if err != nil {
 			return family.Defaults{}, fmt.Errorf("sd: %w", err)
 		}
-		s, err := read("scheduler/scheduler_config.json")
-		if err != nil {
-			return family.Defaults{}, fmt.Errorf("sd: %w", err)
-		}
-		te, err := read("text_encoder/config.json")
-		if err != nil {
-			return family.Defaults{}, fmt.Errorf("sd: %w", err)
-		}
+		// The scheduler and text encoder configs add to the defaults but
+		// are not needed for the native size; loading checks them.
+		s, _ := read("scheduler/scheduler_config.json")
+		te, _ := read("text_encoder/config.json")
 		if _, _, _, err := NativeSize(u, v, nil); err != nil {
 			return family.Defaults{}, fmt.Errorf("sd: %w", err)
 		}
-		return defaults(u, v, s, te, false)
+		return defaults(u, v, s, te, path, false)
 	}
 	cp, err := f.Open(path, family.OpenOptions{})
 	if err != nil {
@@ -118,7 +115,11 @@ func FromCheckpoint(m *checkpoint.Model) *Checkpoint {
 		c.err = fmt.Errorf("sd: the checkpoint holds a %q model", m.Family)
 		return c
 	}
-	c.def, c.err = defaults(m.UNetConfig, m.VAEConfig, m.SchedulerConfig, m.TextEncoderConfig, m.Layout == checkpoint.LayoutSingleFile)
+	dir := ""
+	if m.Layout == checkpoint.LayoutDiffusers {
+		dir = m.Path
+	}
+	c.def, c.err = defaults(m.UNetConfig, m.VAEConfig, m.SchedulerConfig, m.TextEncoderConfig, dir, m.Layout == checkpoint.LayoutSingleFile)
 	return c
 }
 
@@ -146,7 +147,7 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 		return nil, c.err
 	}
 	m := c.m
-	tok, err := tokenizer.Load(m.TokenizerDir)
+	tok, err := m.Tokenizer()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: tokenizer: %w", err)
 	}
@@ -184,10 +185,6 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	md.def.LatentChannels = md.vcfg.LatentChannels
 	md.def.Factor = md.vae.Factor()
 	md.def.ContextDim = md.enc.Dim()
-	md.def.LatentRGB = nil
-	if md.vcfg.LatentChannels == 4 {
-		md.def.LatentRGB = LatentRGB
-	}
 	return md, nil
 }
 
@@ -260,9 +257,11 @@ func (m *Model) FromDenoiser(latents []float32, shape [4]int) error {
 // Close implements family.Model.
 func (m *Model) Close() error { return m.ckpt.Close() }
 
-// defaults reads the defaults from the configs. singleFile marks configs
-// inferred from a single file, whose native size is not recorded.
-func defaults(unetJSON, vaeJSON, schedJSON, textJSON []byte, singleFile bool) (family.Defaults, error) {
+// defaults reads the defaults from the configs. dir is a diffusers
+// folder, which may ship its own preview map ("" for none); singleFile
+// marks configs inferred from a single file, whose native size is not
+// recorded.
+func defaults(unetJSON, vaeJSON, schedJSON, textJSON []byte, dir string, singleFile bool) (family.Defaults, error) {
 	d := family.Defaults{Guidance: family.GuidanceCFG, SchedulerConfig: schedJSON}
 	var sched []byte
 	if singleFile {
@@ -287,7 +286,17 @@ func defaults(unetJSON, vaeJSON, schedJSON, textJSON []byte, singleFile bool) (f
 	if json.Unmarshal(vaeJSON, &v) == nil && v.LatentChannels > 0 {
 		d.LatentChannels = v.LatentChannels
 		if v.LatentChannels == 4 {
-			d.LatentRGB = LatentRGB
+			rgb := LatentRGB
+			d.LatentRGB = &rgb
+		}
+	}
+	if dir != "" {
+		own, err := family.ReadLatentRGB(dir, d.LatentChannels)
+		if err != nil {
+			return d, fmt.Errorf("pipeline: %w", err)
+		}
+		if own != nil {
+			d.LatentRGB = own
 		}
 	}
 	var t struct {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/tensor"
 )
 
@@ -80,5 +81,32 @@ func TestNativeSize(t *testing.T) {
 		if err != nil || w != c.w || h != c.h || f != c.factor {
 			t.Errorf("%s: %d×%d factor %d %v, want %d×%d factor %d", c.name, w, h, f, err, c.w, c.h, c.factor)
 		}
+	}
+}
+
+// TestLatentRGBChoice checks which preview map an SD model gets: its own
+// file when its folder ships one, else SD's published map for 4 channels.
+func TestLatentRGBChoice(t *testing.T) {
+	dir := t.TempDir()
+	vae4, vae16 := []byte(`{"block_out_channels":[8,8],"latent_channels":4}`), []byte(`{"block_out_channels":[8,8],"latent_channels":16}`)
+	unet := []byte(`{"sample_size":8}`)
+	d, err := defaults(unet, vae4, nil, nil, dir, false)
+	if err != nil || d.LatentRGB == nil || d.LatentRGB.Factors[0][0] != 0.3512 {
+		t.Fatalf("SD map: %+v, %v", d.LatentRGB, err)
+	}
+	if d, _ := defaults(unet, vae16, nil, nil, dir, false); d.LatentRGB != nil {
+		t.Fatalf("16 channels got %+v", d.LatentRGB)
+	}
+	_ = os.MkdirAll(filepath.Join(dir, "vae"), 0o755)
+	own := `{"factors": [[1,0,0],[0,1,0],[0,0,1],[0,0,0]], "bias": [0.5, 0, 0]}`
+	_ = os.WriteFile(filepath.Join(dir, family.LatentRGBFile), []byte(own), 0o644)
+	if d, err := defaults(unet, vae4, nil, nil, dir, false); err != nil || d.LatentRGB.Bias[0] != 0.5 || d.LatentRGB.Factors[1][1] != 1 {
+		t.Fatalf("own file: %+v, %v", d.LatentRGB, err)
+	}
+	if d, _ := defaults(unet, vae4, nil, nil, "", false); d.LatentRGB.Bias[0] != 0 {
+		t.Fatal("a single file read a folder's map")
+	}
+	if _, err := defaults(unet, []byte(`{"block_out_channels":[8,8],"latent_channels":3}`), nil, nil, dir, false); err == nil {
+		t.Fatal("a file with the wrong channel count was accepted")
 	}
 }
