@@ -145,7 +145,7 @@ func ParseGeneration(text string) (Generation, error) {
 			for _, part := range strings.Split(f.Value, ",") {
 				n, h, ok := strings.Cut(part, ":")
 				if !ok {
-					err = fmt.Errorf("want NAME: HASH, ...")
+					err = fmt.Errorf("want NAME: HASH pairs separated by commas")
 					break
 				}
 				g.LoraHashes[strings.TrimSpace(n)] = strings.TrimSpace(h)
