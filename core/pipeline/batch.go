@@ -386,7 +386,7 @@ func (b *batchRun) decode(live []*batchState) {
 		if st.err != nil {
 			continue
 		}
-		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name}
+		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings}
 		if st.req.SkipDecode {
 			continue
 		}
@@ -440,7 +440,7 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 	if err := p.m.FromDenoiser(z, shape); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	img, ishape, err := p.m.DecodeLatents(b.ctx, z, shape)
+	img, ishape, err := p.decodeLatents(b.ctx, z, shape)
 	if err != nil {
 		return fmt.Errorf("pipeline: vae decode: %w", err)
 	}

@@ -67,6 +67,7 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	if err := j.req.Variation.check(j); err != nil {
 		return err
 	}
+	j.warnings = p.sizeWarnings(j)
 	e := j.req.Edit
 	if !e.on() {
 		if e.MaskBlur != 0 || e.Fill != "" {

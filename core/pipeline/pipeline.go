@@ -148,6 +148,9 @@ type Result struct {
 	Seeds []uint64
 	// Subseeds holds each image's variation seed (nil without variation).
 	Subseeds []uint64
+	// Warnings are notes on settings likely to give poor images (a size
+	// far from the model's native one, say).
+	Warnings []string
 	// Sampler is the sampler that ran (resolved name).
 	Sampler string
 }
@@ -159,6 +162,8 @@ type Pipeline struct {
 	def   family.Defaults
 	sched *sample.Config
 	hook  func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
+	// tileAbove and tile configure tiled decoding (see SetTiling).
+	tileAbove, tile int
 }
 
 // EncodeFunc encodes one prompt with the model's text encoders.
@@ -267,6 +272,7 @@ type job struct {
 	initPixels []float32
 	subseeds   []uint64
 	edit       *editState
+	warnings   []string
 }
 
 // resolve validates a request and fills its defaults.
