@@ -38,6 +38,7 @@ type generateFlags struct {
 	guidance, rescale, strength, eta, refinerSwitch                                        float64
 	seed                                                                                   int64
 	emphasis, truncate                                                                     bool
+	edit                                                                                   editFlags
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
@@ -75,6 +76,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.BoolVar(&f.truncate, "truncate", false, "cut prompts to 75 tokens (as diffusers) instead of encoding further chunks")
 	fs.StringVar(&f.refiner, "refiner", "", "refiner model (an SDXL refiner): the model denoises until --refiner-switch, the refiner finishes")
 	fs.Float64Var(&f.refinerSwitch, "refiner-switch", 0.8, "fraction of the schedule the model runs before the refiner takes over, in (0, 1)")
+	f.edit.register(fs)
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -132,6 +134,9 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	case math.IsNaN(f.eta) || f.eta < 0 || f.eta > 1:
 		return nil, usageError{fmt.Errorf("--eta %v: want 0..1", f.eta)}
 	}
+	if err := f.edit.check(f.initImage, set); err != nil {
+		return nil, usageError{err}
+	}
 	if f.sampler != "" {
 		known := false
 		for _, n := range sample.Names() {
@@ -185,6 +190,9 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		req.InitImage, req.Strength = im, f.strength
 	}
+	if err := f.edit.apply(&req); err != nil {
+		return err
+	}
 	sel, err := cuda.Select(f.device)
 	if err != nil {
 		return err
@@ -223,6 +231,9 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	bar.finish()
 	if err != nil {
 		return err
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(stderr, "kiln generate: warning: %s\n", w)
 	}
 	elapsed := time.Since(start)
 	if f.latents != "" {
@@ -297,6 +308,7 @@ func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.
 		g.DenoisingStrength = req.Strength
 	}
 	ps := g.Parameters()
+	f.edit.parameters(&ps, res, i)
 	if f.refiner != "" { // AUTOMATIC1111's names for the SDXL hand-off
 		ps.Set("Refiner", modelName(f.refiner))
 		ps.Set("Refiner switch at", strconv.FormatFloat(f.refinerSwitch, 'g', -1, 64))
