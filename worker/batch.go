@@ -454,6 +454,9 @@ func (w *Worker) request(a *active) (Request, error) {
 		}
 		req.InitImage = img
 	}
+	if err := w.editRequest(a, &req); err != nil {
+		return req, err
+	}
 	return req, nil
 }
 

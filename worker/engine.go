@@ -38,6 +38,21 @@ type Request struct {
 	// InitImage and Strength make an image-to-image request.
 	InitImage image.Image
 	Strength  float64
+	// Edit holds inpainting, outpainting and variation-seed settings.
+	Edit Edit
+}
+
+// Edit is a request's inpainting, outpainting and variation-seed
+// settings (see pipeline.Edit and pipeline.Variation).
+type Edit struct {
+	// Mask marks what to repaint in InitImage (white = repaint).
+	Mask        image.Image
+	MaskBlur    int
+	InpaintFill string
+	// Outpaint is the canvas growth: left, right, top, bottom pixels.
+	Outpaint        [4]int
+	Subseed         uint64
+	SubseedStrength float64
 }
 
 // Progress reports one finished sampler step.

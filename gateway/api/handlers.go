@@ -118,17 +118,23 @@ func (s *Server) Submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRequest, source string) (*jobs.Job, *apierr.Error) {
 	locked := lockedParams(r)
 	var initData []byte
+	var initInfo imagedecode.Info
+	sizeUnset := r.Width == nil && r.Height == nil
 	if r.InitImage != "" {
 		data, cfg, err := decodeInitImage(ctx, r.InitImage, s.initImageLimits(), s.decodes)
 		if err != nil {
 			return nil, err
 		}
-		initData = data
+		initData, initInfo = data, cfg
 		// Without an explicit size, img2img keeps the init image's size.
 		if r.Width == nil && r.Height == nil {
 			w, h := max(cfg.Width/8*8, validate.MinSide), max(cfg.Height/8*8, validate.MinSide)
 			r.Width, r.Height = &w, &h
 		}
+	}
+	maskData, aerr := s.editInputs(ctx, r, initInfo, sizeUnset)
+	if aerr != nil {
+		return nil, aerr
 	}
 	params, aerr := s.validator.Plan(p, r, initData != nil)
 	if aerr != nil {
@@ -157,6 +163,14 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 			return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "storing the init image failed; retry")
 		}
 		j.Params.InitImage = name
+	}
+	if maskData != nil {
+		name, err := s.o.Store.PutUpload(ctx, p.Tenant, j.ID+"-mask", maskData)
+		if err != nil {
+			undo()
+			return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "storing the mask failed; retry")
+		}
+		j.Params.Mask = name
 	}
 	if err := s.o.Store.Submit(ctx, j); err != nil {
 		undo()

@@ -75,6 +75,18 @@ type JobRequest struct {
 	FitNative bool `json:"-"`
 	// Micro is SDXL's micro-conditioning (SDXL models only).
 	Micro *jobs.Micro `json:"micro_conditioning,omitempty"`
+	// Mask is the inpainting mask (PNG or JPEG, base64 or a data: URL;
+	// white = repaint) for init_image; MaskBlur (pixels, default 4) and
+	// InpaintFill ("original", "latent_noise", "latent_nothing"; default
+	// diffusers' behaviour) apply to it and to Outpaint.
+	Mask        string `json:"mask,omitempty"`
+	MaskBlur    *int   `json:"mask_blur,omitempty"`
+	InpaintFill string `json:"inpaint_fill,omitempty"`
+	// Outpaint extends init_image's canvas by pixels on each side.
+	Outpaint *jobs.Outpaint `json:"outpaint,omitempty"`
+	// Subseed and SubseedStrength are AUTOMATIC1111's variation seeds.
+	Subseed         *uint64  `json:"subseed,omitempty"`
+	SubseedStrength *float64 `json:"subseed_strength,omitempty"`
 }
 
 // nativeBuckets are SDXL's training resolutions (width, height) at its
@@ -228,6 +240,9 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = *r.Seed
 	} else {
 		params.Seed = RandomSeed()
+	}
+	if err := planEdit(r, &params, hasInit); err != nil {
+		return jobs.Params{}, err
 	}
 	return params, nil
 }

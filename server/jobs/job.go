@@ -81,6 +81,25 @@ type Params struct {
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// Subseed and SubseedStrength are AUTOMATIC1111's variation seeds
+	// (strength 0: off; with a strength every image keeps Seed and image
+	// i uses Subseed+i).
+	Subseed         uint64  `json:"subseed,omitempty"`
+	SubseedStrength float64 `json:"subseed_strength,omitempty"`
+	// Mask names the uploaded inpainting mask (white = repaint); MaskBlur
+	// and InpaintFill apply to it and to Outpaint's generated mask.
+	Mask        string    `json:"mask,omitempty"`
+	MaskBlur    int       `json:"mask_blur,omitempty"`
+	InpaintFill string    `json:"inpaint_fill,omitempty"`
+	Outpaint    *Outpaint `json:"outpaint,omitempty"`
+}
+
+// Outpaint extends an img2img job's canvas by pixels on each side.
+type Outpaint struct {
+	Left   int `json:"left,omitempty"`
+	Right  int `json:"right,omitempty"`
+	Top    int `json:"top,omitempty"`
+	Bottom int `json:"bottom,omitempty"`
 }
 
 // Micro is SDXL's micro-conditioning of a job: the original image size,

@@ -233,13 +233,13 @@ func (m *Model) Close() error {
 
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {
-	return pipeline.Request{
+	return withEdit(req, pipeline.Request{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
 		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
 		Micro: req.Micro,
-	}
+	})
 }
 
 // progress converts a pipeline progress report; the preview shows the
