@@ -33,6 +33,9 @@ type Metrics struct {
 	PreviewsDropped *metrics.Counter
 	// Joins counts jobs that joined a batch already running.
 	Joins *metrics.Counter
+	// PlacementDeferred counts jobs a worker handed back for a GPU that
+	// holds their model (Options.Placement).
+	PlacementDeferred *metrics.Counter
 }
 
 // Stages of a served job, the label values of Metrics.Stage.
@@ -70,5 +73,7 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		GenerateSeconds: reg.NewCounter("kiln_worker_generate_seconds_total", "Wall time workers spent running batches on their devices."),
 		PreviewsDropped: reg.NewCounter("kiln_preview_frames_dropped_total", "Previews skipped because every preview encoder was busy."),
 		Joins:           reg.NewCounter("kiln_batch_joins_total", "Jobs that joined a batch already running, at a step boundary."),
+		PlacementDeferred: reg.NewCounter("kiln_placement_deferred_total",
+			"Jobs a worker handed back for a GPU that holds their model (placement)."),
 	}
 }

@@ -78,6 +78,9 @@ type Options struct {
 	GPUs func() []events.GPU
 	// Post runs after generation (nil: nothing).
 	Post PostProcessor
+	// Placement decides which fetched jobs the worker holds on a host of
+	// several GPUs (nil: all of them).
+	Placement Placement
 	// MaxFinishing bounds the jobs whose post-processing and storing may
 	// run behind the next batches (default 2×Window, at least 4); when
 	// that many are still finishing, the worker waits before it starts
@@ -95,7 +98,8 @@ type Worker struct {
 	running []*active // claimed jobs, generating or finishing
 
 	queue     *jobs.FairQueue
-	draining  atomic.Bool // an operator drained the worker
+	win       atomic.Pointer[window] // the window of Run, for heartbeats
+	draining  atomic.Bool            // an operator drained the worker
 	latency   latencyTable
 	memory    memoryTable
 	speed     speedTable
@@ -227,7 +231,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
-	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
+	w.win.Store(q)
+	w.o.Cache.SetDemand(w.placedDemand(q.demand)) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -291,6 +296,10 @@ func (w *Worker) Run(ctx context.Context) error {
 				break
 			}
 			if p, ok := w.admit(ctx, msg); ok {
+				if !w.place(p) { // left for a GPU holding the model
+					w.handBack(p.msg, p.Job)
+					break
+				}
 				q.mu.Lock()
 				q.pending = append(q.pending, p)
 				q.mu.Unlock()
@@ -543,7 +552,7 @@ func (w *Worker) cancelRunning(tenant, id string) {
 // heartbeat describes the worker now.
 func (w *Worker) heartbeat(stop bool) events.Heartbeat {
 	hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
-		Speed: w.speed.snapshot(), Draining: w.draining.Load()}
+		Speed: w.speed.snapshot(), Draining: w.draining.Load(), Queued: w.queued()}
 	w.mu.Lock()
 	if len(w.running) > 0 {
 		hb.Busy, hb.Job = true, w.running[0].job.ID
