@@ -100,7 +100,9 @@ type Instance struct {
 	workers    []*worker.Worker
 	devices    []Device
 	workerStop context.CancelFunc
-	workerDone sync.WaitGroup
+	// placementStop ends the placement board's heartbeat subscription.
+	placementStop func()
+	workerDone    sync.WaitGroup
 
 	stopOnce sync.Once
 	stopErr  error
@@ -483,6 +485,10 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	in.workerStop = stop
+	placer, err := in.startPlacement()
+	if err != nil {
+		return err
+	}
 	for i, sl := range slots {
 		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
@@ -514,7 +520,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache, Memory: mem,
 			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
-			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: in.gpu.Read})
+			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: ownGPU(in.gpu.Read, sl.dev), Placement: placer})
 		if err != nil {
 			return err
 		}
@@ -530,7 +536,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		for i, c := range caches {
 			s := c.Stats()
-			l, v := []string{"worker"}, []string{in.workers[i].ID()}
+			l, v := []string{"worker", "device"}, []string{in.workers[i].ID(), slots[i].dev.Name}
 			emit("kiln_model_cache_bytes", "Bytes held by resident catalog.", "gauge", l, v, float64(s.Bytes))
 			emit("kiln_model_cache_budget_bytes", "Memory budget of the model cache.", "gauge", l, v, float64(s.Budget))
 			emit("kiln_model_cache_resident", "Resident catalog.", "gauge", l, v, float64(s.Resident))
@@ -628,6 +634,9 @@ func (in *Instance) stop(ctx context.Context) error {
 		go func() { defer wg.Done(); in.workerDone.Wait() }()
 	}
 	wg.Wait()
+	if in.placementStop != nil {
+		in.placementStop()
+	}
 	if err := closeDevices(in.devices); err != nil {
 		in.log.Warn("releasing devices", "err", err)
 	}
