@@ -29,7 +29,7 @@ import (
 
 type sample struct {
 	at                   time.Duration
-	rss                  int64
+	rss, heap            int64
 	goroutines, fds      int
 	queue                int
 	ok, failed, rejected int64
@@ -188,6 +188,10 @@ func (l *load) sample(ctx context.Context, pid int, at time.Duration) sample {
 	s.rss, s.fds = procStatus(pid)
 	if _, b, err := l.do(ctx, "GET", "/metrics", nil); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "go_memstats_heap_alloc_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				s.heap = int64(f)
+			}
 			if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
 				f, _ := strconv.ParseFloat(v, 64)
 				s.goroutines = int(f)
@@ -246,7 +250,7 @@ func main() {
 	}
 	start := time.Now()
 	var samples []sample
-	fmt.Printf("%8s %10s %10s %6s %6s %8s %8s %8s\n", "t", "rss_MiB", "goroutines", "fds", "queue", "ok", "failed", "rejected")
+	fmt.Printf("%8s %10s %10s %10s %6s %6s %8s %8s %8s\n", "t", "rss_MiB", "heap_MiB", "goroutines", "fds", "queue", "ok", "failed", "rejected")
 	t := time.NewTicker(*every)
 	for done := false; !done; {
 		select {
@@ -256,7 +260,7 @@ func main() {
 		}
 		s := l.sample(context.Background(), *pid, time.Since(start))
 		samples = append(samples, s)
-		fmt.Printf("%8s %10.1f %10d %6d %6d %8d %8d %8d\n", s.at.Round(time.Second), float64(s.rss)/(1<<20), s.goroutines, s.fds, s.queue, s.ok, s.failed, s.rejected)
+		fmt.Printf("%8s %10.1f %10.1f %10d %6d %6d %8d %8d %8d\n", s.at.Round(time.Second), float64(s.rss)/(1<<20), float64(s.heap)/(1<<20), s.goroutines, s.fds, s.queue, s.ok, s.failed, s.rejected)
 	}
 	t.Stop()
 	wg.Wait()
