@@ -154,6 +154,9 @@ func (l *load) sockets(ctx context.Context, n int, life time.Duration) {
 
 // uploads stores a valid node module now and then and sends garbage often.
 func (l *load) uploads(ctx context.Context, valid, garbage time.Duration) {
+	if valid <= 0 {
+		valid = 1 << 62 // never again
+	}
 	tv, tg := time.NewTicker(valid), time.NewTicker(garbage)
 	defer tv.Stop()
 	defer tg.Stop()
@@ -228,6 +231,7 @@ func main() {
 	every := flag.Duration("every", 10*time.Second, "sampling interval")
 	jobPeriod := flag.Duration("job-period", 500*time.Millisecond, "one job submitted per period")
 	sockets := flag.Int("sockets", 8, "WebSocket subscribers")
+	uploadEvery := flag.Duration("upload-every", 45*time.Second, "interval of valid module uploads (each a new version; 0: one at the start only)")
 	rssGrowth := flag.Float64("max-rss-growth", 0.25, "allowed RSS growth (fraction) after warm-up")
 	grGrowth := flag.Float64("max-goroutine-growth", 0.25, "allowed goroutine growth (fraction) after warm-up")
 	fdGrowth := flag.Int("max-fd-growth", 32, "allowed growth of open files after warm-up")
@@ -243,7 +247,7 @@ func main() {
 		func() { l.jobs(ctx, *jobPeriod) },
 		func() { l.reads(ctx) },
 		func() { l.sockets(ctx, *sockets, 20*time.Second) },
-		func() { l.uploads(ctx, 45*time.Second, 5*time.Second) },
+		func() { l.uploads(ctx, *uploadEvery, 5*time.Second) },
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f() }()
