@@ -507,6 +507,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			// The eviction policy offloads only into this GPU's free host memory.
 			per := *ev
 			per.HostFree = mem.HostFreeBytes
+			per.Memory = mem
 			cache.SetPolicy(&per)
 		}
 		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch, mem)

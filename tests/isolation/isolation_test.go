@@ -72,7 +72,7 @@ func bearer(key string) string { return "Bearer " + key }
 
 // tenantA is what the victim tenant owns; none of it may leak.
 type tenantA struct {
-	key, jobID, imageID, prompt, node, policy, signedPath string
+	key, jobID, imageID, prompt, node, policy, signedPath, promptID string
 }
 
 // keyID is the id part of A's key (kiln_<id>_<secret>).
@@ -161,6 +161,25 @@ func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 	json.Unmarshal(r.body, &g)
 	u, _ := url.Parse(g.Data[0].URL)
 	a.signedPath = u.RequestURI()
+	// A's ComfyUI prompt (its history entry is A's).
+	graph := map[string]any{
+		"1": map[string]any{"class_type": "CheckpointLoaderSimple", "inputs": map[string]any{"ckpt_name": "tiny"}},
+		"2": map[string]any{"class_type": "CLIPTextEncode", "inputs": map[string]any{"text": a.prompt, "clip": []any{"1", 1}}},
+		"3": map[string]any{"class_type": "EmptyLatentImage", "inputs": map[string]any{"width": 64, "height": 64, "batch_size": 1}},
+		"4": map[string]any{"class_type": "KSampler", "inputs": map[string]any{"model": []any{"1", 0}, "seed": 1, "steps": 1, "cfg": 5,
+			"sampler_name": "euler", "scheduler": "normal", "positive": []any{"2", 0}, "negative": []any{"2", 0}, "latent_image": []any{"3", 0}, "denoise": 1}},
+		"5": map[string]any{"class_type": "VAEDecode", "inputs": map[string]any{"samples": []any{"4", 0}, "vae": []any{"1", 2}}},
+		"6": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"5", 0}}},
+	}
+	pb, _ := json.Marshal(map[string]any{"prompt": graph, "client_id": "a"})
+	r = c.do("POST", "/prompt", bearer(a.key), pb)
+	var pr struct {
+		PromptID string `json:"prompt_id"`
+	}
+	if json.Unmarshal(r.body, &pr); r.status != http.StatusOK || pr.PromptID == "" {
+		t.Fatalf("A's ComfyUI prompt: %d %s", r.status, r.body)
+	}
+	a.promptID = pr.PromptID
 	// C is revoked.
 	if err := in.Tenants().Revoke(ctx, "tenant-c"); err != nil {
 		t.Fatal(err)
@@ -232,6 +251,7 @@ func ghostOf(a tenantA) tenantA {
 	g.jobID = jobs.NewID()
 	g.imageID = jobs.ImageID(g.jobID, 0)
 	g.node, g.policy = "z-ghost-node-00", "z-ghost-policy0"
+	g.promptID = jobs.NewID()
 	return g
 }
 
@@ -247,6 +267,10 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, a.jobID)
 		case seg == "{id}" && strings.HasPrefix(path, "/v1/images/"):
 			out = append(out, a.imageID)
+		case seg == "{prompt_id}" && strings.HasPrefix(path, "/history/"):
+			out = append(out, a.promptID)
+		case seg == "{node_class}":
+			out = append(out, "KSampler") // the same for every tenant
 		case seg == "{hook}":
 			out = append(out, hook)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/nodes/"):
@@ -257,6 +281,8 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, "tenant-victim")
 		case seg == "{key}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
 			out = append(out, a.keyID())
+		case seg == "{name}" && strings.HasPrefix(path, "/v1/admin/profiles/"):
+			out = append(out, "balanced")
 		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/workers/"):
 			out = append(out, "any-worker")
 		default:
@@ -294,7 +320,7 @@ func bodyFor(method, path string) []byte {
 func TestIsolationMatrix(t *testing.T) {
 	c, _, a, keys := setup(t)
 	routes := routesOf(t, c)
-	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy}
+	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy, a.promptID}
 	leaks := func(body []byte) string {
 		for _, s := range secrets {
 			if bytes.Contains(body, []byte(s)) {
@@ -357,6 +383,9 @@ func TestIsolationMatrix(t *testing.T) {
 			if rt.path == "/v1/ws" {
 				path += "?subscribe=all"
 			}
+			if rt.path == "/view" { // ComfyUI's image route names A's image in its query
+				path += "?filename=" + a.imageID + ".png"
+			}
 			name := rt.method + " " + path
 			for who, authz := range denied {
 				cells++
@@ -371,6 +400,9 @@ func TestIsolationMatrix(t *testing.T) {
 			if rt.path == "/v1/ws" {
 				ghostPath += "?subscribe=all"
 			}
+			if rt.path == "/view" {
+				ghostPath += "?filename=" + ghostOf(a).imageID + ".png"
+			}
 			body := bodyFor(rt.method, rt.path)
 			if rt.method == "PUT" {
 				body = []byte("not a module")
@@ -381,7 +413,7 @@ func TestIsolationMatrix(t *testing.T) {
 			ghost := ghostOf(a)
 			normalise := func(b []byte) string {
 				out := string(b)
-				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}} {
+				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}, {a.promptID, ghost.promptID}} {
 					out = strings.ReplaceAll(out, p[0], p[1])
 				}
 				return out
