@@ -52,20 +52,15 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 	s := &Model{forceZeros: m.ForceZerosForEmptyPrompt, aesthetics: m.RequiresAestheticsScore}
 	var err error
 	if m.TextEncoder != nil {
-		if s.tok1, err = tokenizer.Load(m.TokenizerDir); err != nil {
+		if s.tok1, err = m.Tokenizer(); err != nil {
 			return nil, fmt.Errorf("sdxl: tokenizer: %w", err)
 		}
 		if s.te1, err = newEncoder(be, m.TextEncoderConfig, m.TextEncoder, false); err != nil {
 			return nil, fmt.Errorf("sdxl: text encoder: %w", err)
 		}
 	}
-	if s.tok2, err = tokenizer.Load(m.Tokenizer2Dir); err != nil {
+	if s.tok2, err = m.Tokenizer2(); err != nil {
 		return nil, fmt.Errorf("sdxl: tokenizer 2: %w", err)
-	}
-	if m.Tokenizer2Pad != "" {
-		if s.tok2, err = s.tok2.WithPad(m.Tokenizer2Pad); err != nil {
-			return nil, fmt.Errorf("sdxl: tokenizer 2: %w", err)
-		}
 	}
 	if s.te2, err = newEncoder(be, m.TextEncoder2Config, m.TextEncoder2, true); err != nil {
 		return nil, fmt.Errorf("sdxl: text encoder 2: %w", err)
