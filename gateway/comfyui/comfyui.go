@@ -98,9 +98,8 @@ type prompt struct {
 	plans                []plan
 	jobs                 []string // one native job per plan
 	// Guarded by Handler.mu:
-	status   string // "pending", "running", "success", "error", "interrupted"
-	outputs  map[string]any
-	messages [][]any
+	status  string // "pending", "running", "success", "error", "interrupted"
+	outputs map[string]any
 }
 
 // New returns a handler; Close ends its work.
