@@ -114,6 +114,7 @@ type Device struct {
 	convPick map[convKey]convPlan
 	linPick  map[linKey]linPlan
 	tuneLog  []string
+	later    *tuneQueue // shapes whose tuning is deferred (see DeferTuning)
 
 	deferred []*buffer // freed while read by the unflushed segment
 

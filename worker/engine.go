@@ -144,3 +144,12 @@ type RunningItem struct {
 	// Remaining is the number of steps it still has to run.
 	Remaining int
 }
+
+// Idler is an Engine with work to do between jobs (warming models up and
+// tuning device kernels for shapes met, off any request's path). The
+// worker calls Idle when no job is pending; more reports whether work is
+// left. Each call should take well under a second: a job arriving waits
+// for it.
+type Idler interface {
+	Idle(ctx context.Context) (more bool)
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ type serveBench struct {
 	engine      []int // engine batch sizes measured for the ratio (in-process only)
 	trace       bool
 	output      string
+	tuningDir   string // stored GPU kernel choices, shared by the engine run and the server
 	o           bench.Options
 }
 
@@ -95,7 +97,17 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 			}
 			o := sb.o
 			o.Models, o.Batches, o.Components = []string{sb.model}, sb.engine, false
+			if sel.Device != nil && sb.tuningDir != "" {
+				if _, err := sel.Device.LoadTuning(sb.tuningDir); err != nil {
+					fmt.Fprintf(stderr, "stored kernel tuning not used: %v\n", err)
+				}
+			}
 			er, err := bench.Run(ctx, sel, o, nil)
+			if sel.Device != nil && sb.tuningDir != "" {
+				if err := sel.Device.SaveTuning(sb.tuningDir); err != nil {
+					fmt.Fprintf(stderr, "saving kernel tuning: %v\n", err)
+				}
+			}
 			sel.Close()
 			if err != nil {
 				return fmt.Errorf("engine benchmark: %w", err)
@@ -106,10 +118,11 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 				fmt.Fprintf(stdout, "engine  batch %-3d  %.2f img/s  e2e p50 %.0f ms\n", r.Batch, r.ImagesPerSecond, r.EndToEnd.P50)
 			}
 		}
-		in, addr, err := startBenchServer(ctx, sb, stderr)
+		in, addr, dir, err := startBenchServer(ctx, sb, stderr)
 		if err != nil {
 			return err
 		}
+		defer os.RemoveAll(dir) // after the server stops (deferred calls run last first)
 		defer in.Stop(context.Background())
 		url = "http://" + addr
 	}
@@ -188,14 +201,20 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 // startBenchServer starts an in-process server on a loopback port with the
 // benchmarked model as "bench", the keyless tenant's quota raised, and
 // its data in a temporary folder.
-func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*serve.Instance, string, error) {
+func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*serve.Instance, string, string, error) {
 	cfg, err := config.Default()
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	dir, err := os.MkdirTemp("", "kiln-bench-serve-")
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
+	}
+	if sb.tuningDir != "" {
+		// the server keeps its kernel choices under <data-dir>/tuning
+		if err := os.MkdirAll(sb.tuningDir, 0o755); err == nil {
+			_ = os.Symlink(sb.tuningDir, filepath.Join(dir, "tuning"))
+		}
 	}
 	most := 1
 	for _, c := range sb.concurrency {
@@ -211,9 +230,9 @@ func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*se
 	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: log})
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, "", fmt.Errorf("starting the server: %w", err)
+		return nil, "", "", fmt.Errorf("starting the server: %w", err)
 	}
-	return in, in.Addr(), nil
+	return in, in.Addr(), dir, nil
 }
 
 // sampleGPU samples NVML's utilisation every 100 ms until stopped; util

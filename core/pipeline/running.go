@@ -213,3 +213,33 @@ func padRows(want, rows int, in, ts, cond []float32) ([]float32, []float32, []fl
 	}
 	return in, ts, cond
 }
+
+// WarmUp runs the UNet once on zeros for a batch of images at the
+// model's default size, with guidance rows when cfg is set, and the VAE
+// decoder once for one image when decode is set, discarding the results:
+// a device that specialises work per shape meets those shapes before a
+// request does.
+func (p *Pipeline) WarmUp(ctx context.Context, images int, cfg, decode bool) error {
+	f := p.vae.Factor()
+	c, h, w := p.vcfg.LatentChannels, p.size/f, p.size/f
+	rows := images
+	if cfg {
+		rows *= 2
+	}
+	const ctxLen = 77
+	in := make([]float32, rows*c*h*w)
+	ts := make([]float32, rows)
+	for i := range ts {
+		ts[i] = 999
+	}
+	cond := make([]float32, rows*ctxLen*p.enc.Dim())
+	if _, err := p.unet.Forward(ctx, in, [4]int{rows, c, h, w}, ts, cond, ctxLen); err != nil {
+		return fmt.Errorf("pipeline: warm-up unet: %w", err)
+	}
+	if decode {
+		if _, _, err := p.vae.Decode(ctx, make([]float32, c*h*w), [4]int{1, c, h, w}); err != nil {
+			return fmt.Errorf("pipeline: warm-up vae: %w", err)
+		}
+	}
+	return nil
+}

@@ -10,8 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"log/slog"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -21,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/cuda/bench"
 	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/worker"
@@ -45,6 +49,13 @@ type Engine struct {
 	device string
 	be     backend.Backend
 	text   *textcache.Cache
+
+	// background warm-up and tuning (GPU engines with a tuning folder)
+	mu      sync.Mutex
+	dev     *cuda.Device
+	tuneDir string
+	log     *slog.Logger
+	warm    []warmJob
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -96,6 +107,7 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	mod := &Model{p: p, encoderHash: hash, be: e.be, cleanup: cleanup}
+	e.queueWarmUp(mod)
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -172,6 +184,7 @@ type Model struct {
 	p           *pipeline.Pipeline
 	be          backend.Backend
 	cleanup     func() // removes a synthetic model's temporary files
+	closed      atomic.Bool
 	encoderHash string
 	cached      bool
 }
@@ -188,6 +201,7 @@ func (m *Model) EncoderHash() string { return m.encoderHash }
 
 // Close implements worker.Model.
 func (m *Model) Close() error {
+	m.closed.Store(true)
 	err := m.p.Close()
 	if m.cleanup != nil {
 		m.cleanup()
