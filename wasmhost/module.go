@@ -71,6 +71,8 @@ type Module struct {
 	compiled wazero.CompiledModule
 	info     Info
 	hasInit  bool
+	hasMinor bool   // exports ExportMinor
+	minor    uint32 // the minor version it reported (0 without the export)
 	hooks    map[abi.Hook]bool
 
 	sem chan struct{} // one token per instance in use
@@ -118,7 +120,7 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		return nil, err
 	}
 	compileTime := time.Since(t0)
-	hooks, hasInit, reasons := checkModule(compiled, spec.Kind)
+	hooks, hasInit, hasMinor, reasons := checkModule(compiled, spec.Kind)
 	if len(reasons) > 0 {
 		_ = compiled.Close(ctx)
 		return nil, &ValidationError{Reasons: reasons}
@@ -128,6 +130,7 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		rt:       rt,
 		compiled: compiled,
 		hasInit:  hasInit,
+		hasMinor: hasMinor,
 		hooks:    map[abi.Hook]bool{},
 		sem:      make(chan struct{}, h.cfg.MaxInstances),
 		logs:     limiter{rate: h.cfg.LogPerSecond, burst: float64(h.cfg.LogBurst), tokens: float64(h.cfg.LogBurst)},
@@ -154,6 +157,11 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 
 // Info describes the module.
 func (m *Module) Info() Info { return m.info }
+
+// Minor is the ABI minor version the host speaks with the module: the
+// one it reports, at most abi.Minor (0 when it does not export
+// abi.ExportMinor).
+func (m *Module) Minor() uint32 { return m.minor }
 
 // Label is the module's metrics label.
 func (m *Module) Label() string { return m.info.Label }
@@ -210,7 +218,7 @@ func hostSigs() map[string]string {
 // the right signatures, no imported memory, an exported memory, the
 // version marker, the allocator, and at least one hook of the module's
 // kind, every export with the ABI's signature.
-func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit bool, reasons []string) {
+func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit, hasMinor bool, reasons []string) {
 	known := hostSigs()
 	for _, f := range c.ImportedFunctions() {
 		mod, name, _ := f.Import()
@@ -246,6 +254,7 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit 
 	expect(abi.ExportVersion, "()->(i32)", true)
 	expect(abi.ExportAlloc, "(i32)->(i32)", true)
 	hasInit = expect(abi.ExportInitialize, "()->()", false)
+	hasMinor = expect(abi.ExportMinor, "()->(i32)", false)
 	for _, hk := range abi.Hooks() {
 		if hk.IsPolicy() != (kind == KindPolicy) {
 			continue
@@ -264,7 +273,7 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit 
 		reasons = append(reasons, "exports no "+kind.String()+" hook (one of "+strings.Join(names, ", ")+")")
 	}
 	sort.Strings(reasons)
-	return hooks, hasInit, reasons
+	return hooks, hasInit, hasMinor, reasons
 }
 
 // instantiate creates an instance, runs its initialiser and checks its
@@ -297,6 +306,13 @@ func (m *Module) instantiate(ctx context.Context) (*instance, error) {
 	}
 	if v := uint32(res[0]); v != abi.Version {
 		return fail(abi.ExportVersion, fmt.Errorf("module speaks ABI version %d, the host version %d", v, abi.Version))
+	}
+	if m.hasMinor {
+		res, err := mod.ExportedFunction(abi.ExportMinor).Call(ictx)
+		if err != nil {
+			return fail(abi.ExportMinor, err)
+		}
+		m.minor = min(uint32(res[0]), abi.Minor) // the host speaks no later minor than its own
 	}
 	inst := &instance{mod: mod, alloc: mod.ExportedFunction(abi.ExportAlloc), hooks: map[abi.Hook]api.Function{}, state: st.inst}
 	for hk := range m.hooks {

@@ -143,6 +143,9 @@ type RunningItem struct {
 	ID, Images int
 	// Remaining is the number of steps it still has to run.
 	Remaining int
+	// Job and Tenant name its job (filled by the worker; engines leave
+	// them empty).
+	Job, Tenant string
 }
 
 // Idler is an Engine with work to do between jobs (warming models up and

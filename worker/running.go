@@ -176,11 +176,18 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		}
 		free, peak := rb.Memory()
 		w.memory.observe(shape, images, peak)
+		w.lastFree.Store(free)
 		if ctx.Err() != nil {
 			continue // shutting down: no new jobs join
 		}
 		limit, per := w.maxImages(shape, rb.Images(), free)
-		st := RunningState{Model: head.Model, Width: head.Width, Height: head.Height, Items: rb.Items(),
+		items := rb.Items()
+		for k := range items {
+			if m := members[items[k].ID]; m != nil {
+				items[k].Job, items[k].Tenant = m.a.job.ID, m.a.job.Tenant
+			}
+		}
+		st := RunningState{Model: head.Model, Width: head.Width, Height: head.Height, Items: items,
 			Images: rb.Images(), MaxImages: limit, FreeMemBytes: free, ImageMemBytes: per}
 		for _, p := range w.admitJoin(q, st) {
 			if a := w.begin(ctx, p); a != nil {
@@ -226,7 +233,8 @@ func (w *Worker) admitJoin(q *window, st RunningState) []pendingMsg {
 	}
 	var chosen []int
 	if ad, ok := w.o.Scheduler.(Admitter); ok {
-		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&jobs.Params{Model: st.Model, Width: st.Width, Height: st.Height}))}
+		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&jobs.Params{Model: st.Model, Width: st.Width, Height: st.Height})),
+			FreeMemBytes: st.FreeMemBytes, ImageMemBytes: st.ImageMemBytes}
 		idx, err := ad.Admit(time.Now(), st, snapshot, stats)
 		if err == nil {
 			err = checkAdmission(idx, snapshot, st)

@@ -91,6 +91,7 @@ type Worker struct {
 	queue     *jobs.FairQueue
 	latency   latencyTable
 	memory    memoryTable
+	lastFree  atomic.Int64 // device memory free at the last step boundary (0: unknown)
 	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
@@ -273,7 +274,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
-		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&snapshot[head(snapshot)].Job.Params))}
+		hk := shapeKey(&snapshot[head(snapshot)].Job.Params)
+		stats := Stats{StepLatency: w.latency.snapshot(hk), FreeMemBytes: w.lastFree.Load(), ImageMemBytes: w.memory.get(hk)}
 		d, err := w.o.Scheduler.Decide(time.Now(), snapshot, stats)
 		if err == nil {
 			err = checkDecision(d, len(snapshot), 10*time.Second)

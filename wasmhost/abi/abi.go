@@ -12,10 +12,20 @@ package abi
 // Version is the ABI version a module reports from ExportVersion.
 const Version = 1
 
+// Minor is the highest minor version of ABI v1 this package speaks. A
+// module reports its own from ExportMinor (absent: 0). Fields added in
+// minor N are appended at the end of a message's encoding and exchanged
+// only with modules whose minor is at least N, so older modules keep
+// working. Minor 1 adds the running batch to the batching input.
+const Minor = 1
+
 // Names of the exports and imports that make up the ABI.
 const (
 	// ExportVersion is () -> i32 and must return Version.
 	ExportVersion = "kiln_abi_version"
+	// ExportMinor is the optional () -> i32 that returns the module's
+	// minor version (see Minor).
+	ExportMinor = "kiln_abi_minor"
 	// ExportAlloc is (size i32) -> i32: a pointer to size writable bytes in
 	// the guest's memory that stay valid until the next call to the module.
 	ExportAlloc = "kiln_alloc"

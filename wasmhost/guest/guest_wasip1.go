@@ -20,6 +20,9 @@ var (
 //go:wasmexport kiln_abi_version
 func abiVersion() int32 { return abi.Version }
 
+//go:wasmexport kiln_abi_minor
+func abiMinor() int32 { return abi.Minor }
+
 //go:wasmexport kiln_alloc
 func alloc(n int32) int32 {
 	if n < 0 {
