@@ -56,10 +56,13 @@ type ServeReport struct {
 	// FirstJob is the latency of the first job after the server started
 	// (model load included), ModelLoad the load alone, WarmJob a job
 	// right after it.
-	FirstJob  float64      `json:"first_job_seconds,omitempty"`
-	ModelLoad float64      `json:"model_load_seconds,omitempty"`
-	WarmJob   float64      `json:"warm_job_seconds,omitempty"`
-	Levels    []ServeLevel `json:"levels"`
+	FirstJob  float64 `json:"first_job_seconds,omitempty"`
+	ModelLoad float64 `json:"model_load_seconds,omitempty"`
+	WarmJob   float64 `json:"warm_job_seconds,omitempty"`
+	// IdleWork is the time the server spent warming up and tuning between
+	// jobs before the levels ran (the benchmark waits for it to end).
+	IdleWork float64      `json:"idle_work_seconds"`
+	Levels   []ServeLevel `json:"levels"`
 }
 
 // ServeLevel is one concurrency level.
@@ -156,6 +159,29 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 		}
 	}
 	fmt.Fprintf(stdout, "first job %.3f s (model load %.3f s), warm job %.3f s\n", rep.FirstJob, rep.ModelLoad, rep.WarmJob)
+	// Let the server finish what it does between jobs after a model load
+	// (warm-up and kernel tuning) before measuring load, as a server that
+	// has been up a while would have.
+	settled := time.Now()
+	last := -1.0
+	for time.Since(settled) < 2*time.Minute {
+		text, err := loadtest.Get(ctx, lo, "/metrics")
+		if err != nil {
+			break
+		}
+		v, _ := loadtest.Metric(text, "kiln_worker_idle_work_seconds_total")
+		if v == last {
+			break
+		}
+		last = v
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	rep.IdleWork = last
+	fmt.Fprintf(stdout, "server warm-up and tuning between jobs: %.1f s\n", max(last, 0))
 	mon := gpu.Open()
 	defer mon.Close()
 	for _, c := range sb.concurrency {
