@@ -141,10 +141,11 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 	}
 	for rb.Len() > 0 {
 		filled := make(chan struct{})
+		stepDone := make(chan struct{})
 		if ctx.Err() == nil {
 			go func() {
 				defer close(filled)
-				w.fillWindow(ctx, q)
+				w.fillDuring(ctx, q, stepDone)
 			}()
 		} else {
 			close(filled)
@@ -154,6 +155,7 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		start := time.Now()
 		done := rb.Step()
 		took := time.Since(start)
+		close(stepDone)
 		<-filled
 		var decode time.Duration
 		for _, d := range done {
@@ -194,6 +196,27 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 				w.o.Metrics.Joins.Inc()
 				join(a)
 			}
+		}
+	}
+}
+
+// fillPoll is how often the queue is looked at while a step runs.
+const fillPoll = 3 * time.Millisecond
+
+// fillDuring keeps the window filled from the queue until stop is closed
+// (the step ends), looking again every fillPoll, so that a job arriving
+// during a step can join at the step's end.
+func (w *Worker) fillDuring(ctx context.Context, q *window, stop <-chan struct{}) {
+	t := time.NewTicker(fillPoll)
+	defer t.Stop()
+	for {
+		w.fillWindow(ctx, q)
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -53,6 +53,8 @@ type ServeReport struct {
 	// EngineBest its best images per second.
 	Engine     []bench.Result `json:"engine,omitempty"`
 	EngineBest float64        `json:"engine_best_images_per_sec,omitempty"`
+	// EngineGPUBusy is NVML's mean utilisation during the engine run.
+	EngineGPUBusy *float64 `json:"engine_gpu_busy,omitempty"`
 	// FirstJob is the latency of the first job after the server started
 	// (model load included), ModelLoad the load alone, WarmJob a job
 	// right after it.
@@ -73,8 +75,11 @@ type ServeLevel struct {
 	// in running batches.
 	GPUBusy    *float64 `json:"gpu_busy,omitempty"`
 	WorkerBusy float64  `json:"worker_busy"`
-	// RatioToEngine is served images per second over EngineBest.
-	RatioToEngine float64 `json:"ratio_to_engine,omitempty"`
+	// RatioToEngine is served images per second over EngineBest;
+	// RatioSameBatch over the engine at a batch of as many images as
+	// there are clients (when that batch size was measured).
+	RatioToEngine  float64 `json:"ratio_to_engine,omitempty"`
+	RatioSameBatch float64 `json:"ratio_to_engine_same_batch,omitempty"`
 	// Stages are the mean seconds and counts of each served stage
 	// (kiln_stage_seconds) during the level, with --trace.
 	Stages map[string]StageStat `json:"stages,omitempty"`
@@ -105,7 +110,14 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 					fmt.Fprintf(stderr, "stored kernel tuning not used: %v\n", err)
 				}
 			}
+			emon := gpu.Open()
+			stopSampling, util := sampleGPU(emon)
 			er, err := bench.Run(ctx, sel, o, nil)
+			stopSampling()
+			if u, ok := util(); ok {
+				rep.EngineGPUBusy = &u
+			}
+			emon.Close()
 			if sel.Device != nil && sb.tuningDir != "" {
 				if err := sel.Device.SaveTuning(sb.tuningDir); err != nil {
 					fmt.Fprintf(stderr, "saving kernel tuning: %v\n", err)
@@ -119,6 +131,9 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 			for _, r := range er.Results {
 				rep.EngineBest = max(rep.EngineBest, r.ImagesPerSecond)
 				fmt.Fprintf(stdout, "engine  batch %-3d  %.2f img/s  e2e p50 %.0f ms\n", r.Batch, r.ImagesPerSecond, r.EndToEnd.P50)
+			}
+			if rep.EngineGPUBusy != nil {
+				fmt.Fprintf(stdout, "engine  GPU busy %.0f%% (NVML, over the whole engine run)\n", *rep.EngineGPUBusy*100)
 			}
 		}
 		in, addr, dir, err := startBenchServer(ctx, sb, stderr)
@@ -205,6 +220,11 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 		}
 		if rep.EngineBest > 0 {
 			lv.RatioToEngine = r.ImagesPerSec / rep.EngineBest
+		}
+		for _, e := range rep.Engine {
+			if e.Batch == c && e.ImagesPerSecond > 0 {
+				lv.RatioSameBatch = r.ImagesPerSec / e.ImagesPerSecond
+			}
 		}
 		if sb.trace {
 			lv.Stages = stageDelta(loadtest.Stages(before), loadtest.Stages(after))
@@ -324,6 +344,9 @@ func printLevel(w io.Writer, lv ServeLevel) {
 		lv.Concurrency, lv.ImagesPerSec, lv.LatencyP50, lv.LatencyP95, lv.LatencyP99, lv.QueueWaitP50, busy, lv.WorkerBusy*100)
 	if lv.RatioToEngine > 0 {
 		fmt.Fprintf(w, "  ratio %.2f", lv.RatioToEngine)
+	}
+	if lv.RatioSameBatch > 0 {
+		fmt.Fprintf(w, " (%.2f of the engine at batch %d)", lv.RatioSameBatch, lv.Concurrency)
 	}
 	if lv.Failed > 0 {
 		fmt.Fprintf(w, "  %d failed (%s)", lv.Failed, lv.FirstError)

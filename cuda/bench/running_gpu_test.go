@@ -79,8 +79,10 @@ func TestRunningBatchMatchesAloneOnGPU(t *testing.T) {
 		lat := fixtures.RelErr(got[k].Latents, alone.Latents)
 		px := fixtures.RelErr(got[k].Pixels, alone.Pixels)
 		t.Logf("job %d (%s, %d steps, guidance %g, n %d): latents %.2e, pixels %.2e", k, req.Sampler, req.Steps, req.Guidance, max(req.N, 1), lat, px)
-		if lat > 1e-2 || px > 1e-2 {
-			t.Errorf("job %d in the running batch differs from alone beyond fp16 tolerance 1e-2", k)
+		// latents in fp16 (UNet), pixels through the VAE, which runs in
+		// bf16 on fp16 devices: the tolerances of those precisions
+		if lat > 1e-2 || px > 3e-2 {
+			t.Errorf("job %d in the running batch differs from alone beyond tolerance (latents fp16 1e-2, pixels bf16 3e-2)", k)
 		}
 		worst = max(worst, lat, px)
 	}

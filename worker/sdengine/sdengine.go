@@ -107,7 +107,7 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	mod := &Model{p: p, encoderHash: hash, be: e.be, cleanup: cleanup}
-	e.queueWarmUp(mod)
+	e.warmUp(ctx, mod)
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/worker"
 )
 
@@ -46,12 +47,22 @@ func (e *Engine) UseTuningDir(dir string, log *slog.Logger) (int, error) {
 	return n, err
 }
 
-// queueWarmUp plans the warm-up of a freshly loaded model.
-func (e *Engine) queueWarmUp(m *Model) {
+// warmUp readies a freshly loaded model on a GPU engine: two one-step
+// jobs of one image at its default size now, as part of the load (text
+// encoder, UNet, sampler and VAE meet their single-image shapes, and the
+// repeated step is captured as a graph, so that the first request finds
+// them ready), and the warm-up of its common batch sizes queued for Idle.
+func (e *Engine) warmUp(ctx context.Context, m *Model) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.dev == nil {
 		return
+	}
+	for range 2 {
+		if _, err := m.p.Generate(ctx, pipeline.Request{Steps: 1, Guidance: 7.5}, nil); err != nil {
+			e.log.Warn("model warm-up failed", "err", err)
+			break
+		}
 	}
 	for i, n := range WarmBatches {
 		e.warm = append(e.warm, warmJob{m: m, images: n, decode: i == 0})
