@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+	"sync/atomic"
 
 	"github.com/kiln-project/kiln/core/backend"
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // allocator is a caching device allocator: blocks come in size classes
@@ -23,6 +24,16 @@ type allocator struct {
 	inUse  int64              // bytes handed out (activations, arenas, weights)
 	peak   int64              // high-water mark of inUse since resetPeak
 	gcHook func()             // called once before giving up on an allocation
+
+	// Copies of inUse, cached and peak that any goroutine may read.
+	pubInUse, pubCached, pubPeak atomic.Int64
+}
+
+// publish copies the counters for readers on other goroutines.
+func (a *allocator) publish() {
+	a.pubInUse.Store(a.inUse)
+	a.pubCached.Store(a.cached)
+	a.pubPeak.Store(a.peak)
 }
 
 func newAllocator(eng engine) *allocator {
@@ -50,6 +61,7 @@ func (a *allocator) alloc(n int64) (uint64, int64, error) {
 		a.free[c] = l[:len(l)-1]
 		a.cached -= c
 		a.use(c)
+		a.publish()
 		return p, c, nil
 	}
 	p, err := a.eng.alloc(c)
@@ -70,6 +82,7 @@ func (a *allocator) alloc(n int64) (uint64, int64, error) {
 		return 0, 0, err
 	}
 	a.use(c)
+	a.publish()
 	return p, c, nil
 }
 
@@ -85,6 +98,7 @@ func (a *allocator) release(p uint64, c int64) {
 	a.inUse -= c
 	a.free[c] = append(a.free[c], p)
 	a.cached += c
+	a.publish()
 }
 
 // trim frees every cached block back to the driver.
@@ -101,4 +115,5 @@ func (a *allocator) trim() {
 		a.cached -= c * int64(len(a.free[c]))
 		delete(a.free, c)
 	}
+	a.publish()
 }

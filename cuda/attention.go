@@ -5,7 +5,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
 )
 
 // flashDims are the padded head sizes the fused attention kernel exists for.
@@ -61,21 +61,15 @@ func (b *Backend) Attention(q, k, v *tensor.Tensor, p backend.AttentionParams) *
 		causal = 1
 	}
 	if dt != tensor.F32 && d%8 == 0 && flashDim(d) > 0 && b.d.opts.Attention != "gemm" {
-		dp := flashDim(d)
-		name, bm := "flashw", 128
-		smem := 6 * 64 * (dp + 8) * 2 // 128 query rows, K and V double-buffered
-		if dp > 64 || lq < 512 || smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flashp" || b.d.opts.Attention == "flash1" {
-			name, bm, smem = "flashp", 64, 5*64*(dp+8)*2
-		}
-		if smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flash1" {
-			name, bm, smem = "flash", 64, 2*64*(dp+8)*2
-		}
-		cfg := launchCfg{grid: [3]uint32{uint32((lq + bm - 1) / bm), uint32(h), uint32(bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(smem)}
 		if bn > 65535 || h > 65535 {
 			fail(op, "batch %d or heads %d exceed the grid limit", bn, h)
 		}
-		b.d.launch(name+itoa(dp)+suffix(dt), cfg, out, pbuf(out), pbuf(qb), pbuf(kb), pbuf(vb),
-			i32(lq), i32(lk), i32(d), i32(f), i32(f), i32(f), i32(f), f32(p.Scale*float32(math.Log2E)), i32(causal))
+		g := attnGeom{dt: dt, bn: bn, lq: lq, lk: lk, h: h, d: d, causal: causal, scale: p.Scale}
+		if pl := b.planAttention(g); pl.hopper {
+			b.hopperAttention(out, qb, kb, vb, g, pl.layout, 0)
+		} else {
+			b.flashAttention(out, qb, kb, vb, g)
+		}
 		return b.wrap(q.Shape(), dt, rowMajor, out)
 	}
 	elt := int64(dt.Size())
@@ -98,6 +92,33 @@ func (b *Backend) Attention(q, k, v *tensor.Tensor, p backend.AttentionParams) *
 		}
 	}
 	return b.wrap(q.Shape(), dt, rowMajor, out)
+}
+
+// attnGeom is one attention call's shape: q (bn, lq, h·d), k and v
+// (bn, lk, h·d), all row-major with row stride h·d.
+type attnGeom struct {
+	dt            tensor.DType
+	bn, lq, lk, h int
+	d, causal     int
+	scale         float32
+}
+
+// flashAttention launches the portable fused kernel (mma.sync) for g:
+// flashw (128 query rows per block) for long sequences with small heads,
+// else flashp (K/V double-buffered), else flash.
+func (b *Backend) flashAttention(out, qb, kb, vb *buffer, g attnGeom) {
+	dp, f := flashDim(g.d), g.h*g.d
+	name, bm := "flashw", 128
+	smem := 6 * 64 * (dp + 8) * 2 // 128 query rows, K and V double-buffered
+	if dp > 64 || g.lq < 512 || smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flashp" || b.d.opts.Attention == "flash1" {
+		name, bm, smem = "flashp", 64, 5*64*(dp+8)*2
+	}
+	if smem > b.d.info.MaxSharedOpt || b.d.opts.Attention == "flash1" {
+		name, bm, smem = "flash", 64, 2*64*(dp+8)*2
+	}
+	cfg := launchCfg{grid: [3]uint32{uint32((g.lq + bm - 1) / bm), uint32(g.h), uint32(g.bn)}, block: [3]uint32{128, 1, 1}, shmem: uint32(smem)}
+	b.d.launch(name+itoa(dp)+suffix(g.dt), cfg, out, pbuf(out), pbuf(qb), pbuf(kb), pbuf(vb),
+		i32(g.lq), i32(g.lk), i32(g.d), i32(f), i32(f), i32(f), i32(f), f32(g.scale*float32(math.Log2E)), i32(g.causal))
 }
 
 func itoa(v int) string {

@@ -17,8 +17,9 @@ import (
 // Views of one device share its stream and must be used from one goroutine
 // at a time.
 type Backend struct {
-	d  *Device
-	dt tensor.DType
+	d   *Device
+	dt  tensor.DType
+	grp *Group // uploads join it; nil: ungrouped
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -35,7 +36,11 @@ func (d *Device) Backend(dt tensor.DType) *Backend {
 
 // WithActivationDType returns a view of the same device computing in dt,
 // e.g. BF16 or F32 for a VAE, whose activations overflow fp16.
-func (b *Backend) WithActivationDType(dt tensor.DType) backend.Backend { return b.d.Backend(dt) }
+func (b *Backend) WithActivationDType(dt tensor.DType) backend.Backend {
+	v := b.d.Backend(dt)
+	v.grp = b.grp
+	return v
+}
 
 // ActivationDType returns the dtype of the view's activations.
 func (b *Backend) ActivationDType() tensor.DType { return b.dt }
@@ -131,17 +136,42 @@ func (b *Backend) Upload(shape tensor.Shape, dt tensor.DType, raw []byte) *tenso
 	if len(shape) == 4 {
 		lay = nhwc
 	}
+	key := keyFor(shape, dt, target, lay, raw)
+	shared, err := b.d.sharedWeight(key)
+	if err != nil {
+		backend.FailErr(op, err)
+	}
+	if shared != nil {
+		// The device holds these bytes already: share them.
+		b.d.wt.shared.Add(shared.size)
+		b.hold(shared)
+		return b.wrap(shape, target, lay, shared)
+	}
 	buf := &buffer{size: max(16, (int64(n)*int64(target.Size())+255)&^255), weight: true}
 	if sp := b.d.spec; sp != nil {
 		// A graph launched early could read this memory before the
 		// upload lands (stream order): it must not be trusted.
 		sp.failed, sp.tainted = true, true
 	}
-	err := b.d.run(func() error { return b.d.uploadWeight(buf, shape, dt, target, lay, raw) })
+	err = b.d.run(func() error { return b.d.uploadWeight(buf, shape, dt, target, lay, raw) })
 	if err != nil {
 		backend.FailErr(op, err)
 	}
+	b.d.noteWeight(buf, key)
+	b.hold(buf)
 	return b.wrap(shape, target, lay, buf)
+}
+
+// hold records that the view's group (or, for an ungrouped view, an
+// upload that is never offloaded) holds the weight buf.
+func (b *Backend) hold(buf *buffer) {
+	if b.grp != nil && !b.grp.closed {
+		b.grp.add(buf)
+		return
+	}
+	st := b.d.wt.state[buf]
+	st.holders++
+	st.owners++
 }
 
 // FromFloat32 copies host data into a new activation tensor of the view's

@@ -5,10 +5,10 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // Process-wide library handles: dlopen is process-global, so each library is
@@ -44,6 +44,7 @@ type cudaEngine struct {
 	dev    cu.Device
 	stream cu.Stream
 	mod    cu.Module
+	mod90  cu.Module // the Hopper image (kernels/sm90a), 0 where not loaded
 	funcs  map[string]*kfunc
 	h      cublas.Handle
 	ws     cu.DevicePtr
@@ -158,6 +159,9 @@ func (e *cudaEngine) close() {
 	if e.mod != 0 {
 		_ = e.drv.ModuleUnload(e.mod)
 	}
+	if e.mod90 != 0 {
+		_ = e.drv.ModuleUnload(e.mod90)
+	}
 	if e.stream != 0 {
 		_ = e.drv.StreamDestroy(e.stream)
 	}
@@ -213,10 +217,29 @@ func (e *cudaEngine) memset(dst uint64, n int64, v byte) error {
 	return e.drv.MemsetD8Async(cu.DevicePtr(dst), v, n, e.stream)
 }
 
+// loadSM90A loads the Hopper image next to the portable one; its kernels
+// are then found by name like the others.
+func (e *cudaEngine) loadSM90A(img []byte) error {
+	m, err := e.drv.ModuleLoadData(img)
+	if err != nil {
+		return fmt.Errorf("loading the Hopper kernel image: %w", err)
+	}
+	e.mod90 = m
+	return nil
+}
+
+func (e *cudaEngine) hasKernel(name string) bool {
+	_, err := e.function(name, 0)
+	return err == nil
+}
+
 func (e *cudaEngine) function(name string, shmem uint32) (*kfunc, error) {
 	f, ok := e.funcs[name]
 	if !ok {
 		fn, err := e.drv.ModuleGetFunction(e.mod, name)
+		if err != nil && e.mod90 != 0 {
+			fn, err = e.drv.ModuleGetFunction(e.mod90, name)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
 )
 
 // Options configure a device.
@@ -26,6 +27,15 @@ type Options struct {
 	// Linear picks "auto", "cublas" or "implicit" for matrix products with
 	// weights.
 	Linear string
+	// SM90A loads the Hopper image (wgmma attention, kernels/sm90a) on
+	// sm_90 devices (default on; KILN_CUDA_SM90A=0 turns it off).
+	SM90A bool
+	// SM90AImage, when set, names a Hopper image file to load instead of
+	// the built-in one (KILN_CUDA_SM90A_IMAGE; for testing a fresh build).
+	SM90AImage string
+	// GroupNorm picks "auto" (one pass through shared memory where the
+	// groups fit, else three passes) or "3pass" (KILN_CUDA_GROUPNORM).
+	GroupNorm string
 	// ConvTile forces the implicit-GEMM tile ("128x128", "128x64",
 	// "64x64"); "" chooses by shape.
 	ConvTile string
@@ -48,7 +58,7 @@ type Options struct {
 // variables (KILN_CUDA_GRAPHS=0, KILN_CUDA_CONV, KILN_CUDA_ATTENTION,
 // KILN_CUDA_LINEAR).
 func DefaultOptions() Options {
-	o := Options{Graphs: true, Fuse: true, Speculate: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", ScoreBytes: 256 << 20}
+	o := Options{Graphs: true, SM90A: true, Fuse: true, Speculate: true, MaxGraphs: 16, Conv: "auto", Attention: "auto", Linear: "auto", GroupNorm: "auto", ScoreBytes: 256 << 20}
 	o.fromEnv(getenv)
 	return o
 }
@@ -113,6 +123,9 @@ type Device struct {
 	scratch  bool // recording a candidate for measurement
 	convPick map[convKey]convPlan
 	linPick  map[linKey]linPlan
+	attnPick map[attnKey]attnPlan
+	fhLayout int    // descriptor convention the Hopper attention verified with; -1 unknown, fhBroken none
+	sm90a    string // what became of the Hopper image (kiln doctor)
 	tuneLog  []string
 	later    *tuneQueue // shapes whose tuning is deferred (see DeferTuning)
 
@@ -120,6 +133,9 @@ type Device struct {
 
 	cleanMu sync.Mutex
 	cleanQ  []*storage // handles the GC found unreachable and unfreed
+
+	wt         *weightTable // uploaded weights: sharing by content, offload
+	memWeights atomic.Int64 // Stats.Weights, readable from any goroutine
 
 	closed bool
 }
@@ -166,7 +182,7 @@ func (w *worker) stop() { close(w.ch) }
 func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 	d := &Device{info: info, opts: opts, eng: eng, w: w, seg: &segment{},
 		graphs: make(map[string]*graphEntry), byFirst: make(map[string]*graphEntry), seen: make(map[uint64]int),
-		convPick: make(map[convKey]convPlan), linPick: make(map[linKey]linPlan)}
+		convPick: make(map[convKey]convPlan), linPick: make(map[linKey]linPlan), attnPick: make(map[attnKey]attnPlan), fhLayout: -1}
 	if d.opts.MaxGraphs < 1 {
 		d.opts.MaxGraphs = 1
 	}
@@ -174,6 +190,7 @@ func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 		d.opts.ScoreBytes = 1 << 20
 	}
 	d.alloc = newAllocator(eng)
+	d.wt = &weightTable{byKey: map[weightKey]*buffer{}, state: map[*buffer]*wstate{}}
 	d.alloc.gcHook = func() {
 		for len(d.graphs) > 0 {
 			d.evictOldestGraph()
@@ -227,7 +244,10 @@ func (d *Device) Stats() Stats {
 }
 
 // ResetPeak starts a new peak-memory measurement (e.g. per job).
-func (d *Device) ResetPeak() { d.alloc.peak = d.alloc.inUse }
+func (d *Device) ResetPeak() {
+	d.alloc.peak = d.alloc.inUse
+	d.alloc.publish()
+}
 
 // Sync runs everything recorded and waits for the device.
 func (d *Device) Sync() error {
@@ -260,6 +280,7 @@ func (d *Device) Close() error {
 			d.evictOldestGraph()
 		}
 		d.alloc.trim()
+		d.dropSpares()
 		d.eng.close()
 		return nil
 	})
@@ -293,6 +314,9 @@ func (d *Device) trackOwned(b *buffer) {}
 // releaseBuffer gives an owned block back to the allocator, or defers that
 // until the unflushed segment that reads it has run.
 func (d *Device) releaseBuffer(b *buffer) {
+	if b.weight {
+		d.forgetWeight(b)
+	}
 	if !b.own {
 		return
 	}
@@ -302,7 +326,7 @@ func (d *Device) releaseBuffer(b *buffer) {
 	}
 	d.alloc.release(b.addr, b.ownSize)
 	if b.weight {
-		d.stats.Weights -= b.size
+		d.addWeights(-b.size)
 	}
 	b.own = false
 	for _, c := range b.alt {
@@ -318,7 +342,7 @@ func (d *Device) releaseDeferred() {
 		if b.own {
 			d.alloc.release(b.addr, b.ownSize)
 			if b.weight {
-				d.stats.Weights -= b.size
+				d.addWeights(-b.size)
 			}
 			b.own = false
 		}

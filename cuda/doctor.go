@@ -5,8 +5,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // Report is what `kiln doctor` prints: the libraries found, the GPUs, and
@@ -32,6 +32,7 @@ type DeviceReport struct {
 	FreeMem      int64
 	KernelsFound int
 	Missing      []string
+	SM90A        string // what became of the Hopper image on this device
 	Err          string
 }
 
@@ -73,6 +74,7 @@ func Probe() Report {
 			continue
 		}
 		dr.Info = d.Info()
+		dr.SM90A = d.sm90a
 		_ = d.run(func() error {
 			dr.FreeMem, _, _ = d.eng.memInfo()
 			ce, ok := d.eng.(*cudaEngine)
@@ -138,6 +140,7 @@ func (r Report) Print(w io.Writer) {
 		}
 		line(k, fmt.Sprintf("%s, sm_%d%d, %d SMs, %.1f GiB (%.1f free); %s",
 			d.Name, d.Major, d.Minor, d.SMs, float64(d.Memory)/(1<<30), float64(d.FreeMem)/(1<<30), status))
+		line("", "Hopper image (sm_90a): "+d.SM90A)
 	}
 	if r.Usable() {
 		line("verdict", "GPU ready: serve, generate and bench use the GPU with --device auto")

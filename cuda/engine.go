@@ -1,8 +1,8 @@
 package cuda
 
 import (
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // cudnnCall is a cuDNN convolution with resolved addresses; with bias set
@@ -52,6 +52,9 @@ type engine interface {
 	download(dst []byte, src uint64) error
 	memset(dst uint64, n int64, v byte) error
 	launch(kernel string, cfg launchCfg, args []karg) error
+	// hasKernel reports whether a kernel of that name can be launched (the
+	// portable image's, or the Hopper image's where it loaded).
+	hasKernel(name string) bool
 	gemm(g *cublas.Gemm) error
 	beginCapture() error
 	endCapture() (graphHandle, int, error) // the graph and its node count
@@ -71,5 +74,15 @@ type engine interface {
 	// hasLt reports whether cuBLASLt products are available.
 	hasLt() bool
 	ltMatmul(c *ltCall) error
+	// hostAlloc returns n bytes of pinned (page-locked) host memory.
+	hostAlloc(n int64) ([]byte, error)
+	// hostFree frees memory from hostAlloc.
+	hostFree(b []byte)
+	// copyOut queues a copy of len(dst) device bytes at src into pinned
+	// dst, in stream order; it is complete after sync.
+	copyOut(dst []byte, src uint64) error
+	// copyIn queues a copy of pinned src to dst in stream order; src must
+	// stay unchanged until sync.
+	copyIn(dst uint64, src []byte) error
 	close()
 }

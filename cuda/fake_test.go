@@ -8,10 +8,10 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cu"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // fakeEngine emulates the device in Go: memory as byte slices, every kernel
@@ -147,8 +147,20 @@ var imageKernels = func() map[string]bool {
 	return m
 }()
 
+// fakeSM90A are the Hopper image's kernels, which the fake emulates as if
+// that image had loaded.
+var fakeSM90A = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range kernels.SM90ANames() {
+		m[n] = true
+	}
+	return m
+}()
+
+func (e *fakeEngine) hasKernel(name string) bool { return imageKernels[name] || fakeSM90A[name] }
+
 func (e *fakeEngine) launch(kernel string, cfg launchCfg, args []karg) error {
-	if !imageKernels[kernel] {
+	if !e.hasKernel(kernel) {
 		return fmt.Errorf("fake device: kernel %s is not in the compiled image", kernel)
 	}
 	a := append([]karg(nil), args...)
@@ -535,6 +547,60 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			x[i] = float32(f)
 		}
 		e.write(a[0].p(), dt, x)
+	case strings.HasPrefix(kernel, "gn_fused_"):
+		// The launch contract first: whole groups per block, every channel
+		// of a block on its own thread, the slab in shared memory.
+		dt := dtOf(last)
+		hw, c, cpg, gpb, eps, silu := a[4].i(), a[5].i(), a[6].i(), a[7].i(), float64(a[8].f()), a[9].i()
+		bn, gc := int(cfg.grid[1]), cpg*gpb
+		if cpg < 1 || c%gc != 0 || int(cfg.grid[0])*gc != c || int(cfg.block[0]) < gc || cfg.shmem < uint32(hw*gc*dt.Size()+(3*gc+2*gpb)*4) {
+			return fmt.Errorf("gn_fused launch %+v for %d channels, %d per group, %d groups per block", cfg, c, cpg, gpb)
+		}
+		x := e.read(a[1].p(), dt, bn*hw*c)
+		var w, bias []float32
+		if a[2].p() != 0 {
+			w = e.read(a[2].p(), tensor.F32, c)
+		}
+		if a[3].p() != 0 {
+			bias = e.read(a[3].p(), tensor.F32, c)
+		}
+		y := make([]float32, len(x))
+		for b := 0; b < bn; b++ {
+			for g := 0; g < c/cpg; g++ {
+				var sum, sq float64
+				for p := 0; p < hw; p++ {
+					for k := 0; k < cpg; k++ {
+						sum += float64(x[(b*hw+p)*c+g*cpg+k])
+					}
+				}
+				n := float64(hw * cpg)
+				mean := sum / n
+				for p := 0; p < hw; p++ {
+					for k := 0; k < cpg; k++ {
+						d := float64(x[(b*hw+p)*c+g*cpg+k]) - mean
+						sq += d * d
+					}
+				}
+				rstd := 1 / math.Sqrt(sq/n+eps)
+				for p := 0; p < hw; p++ {
+					for k := 0; k < cpg; k++ {
+						ch, i := g*cpg+k, (b*hw+p)*c+g*cpg+k
+						f := (float64(x[i]) - mean) * rstd
+						if w != nil {
+							f *= float64(w[ch])
+						}
+						if bias != nil {
+							f += float64(bias[ch])
+						}
+						if silu != 0 {
+							f = siluF(f)
+						}
+						y[i] = float32(f)
+					}
+				}
+			}
+		}
+		e.write(a[0].p(), dt, y)
 	case strings.HasPrefix(kernel, "softmax_rows_"):
 		dt := dtOf(last)
 		cols, causal, q0, qrows, rows := a[2].i(), a[3].i(), a[4].i(), a[5].i(), int(cfg.grid[0])
@@ -558,11 +624,18 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 			}
 		}
 		e.write(a[0].p(), dt, out)
-	case strings.HasPrefix(kernel, "flash"):
+	case strings.HasPrefix(kernel, "flash"), strings.HasPrefix(kernel, "fh"):
+		// fh: the Hopper kernels (emulated as if their image had loaded),
+		// same arguments plus the descriptor convention.
 		dt := dtOf(last)
 		dp, _ := strconv.Atoi(strings.TrimLeft(parts[0], "flashpw"))
 		wantSmem, bm := uint32(2*64*(dp+8)*2), 64
 		switch {
+		case strings.HasPrefix(parts[0], "fh"):
+			wantSmem, bm = uint32(fhSmem(dp)), 128
+			if l := a[13].i(); l < 0 || l > 3 || cfg.block[0] != 256 {
+				return fmt.Errorf("fh launch %+v, layout %d", cfg, l)
+			}
 		case strings.HasPrefix(parts[0], "flashp"):
 			wantSmem = uint32(5 * 64 * (dp + 8) * 2)
 		case strings.HasPrefix(parts[0], "flashw"):

@@ -3,7 +3,7 @@ package cuda
 import (
 	"strings"
 
-	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
 )
 
 // fuseResiduals folds residual additions into the op that makes one of

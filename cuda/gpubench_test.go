@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/cuda"
-	"github.com/kiln-project/kiln/cuda/bench"
 )
 
 // TestDoctorReport prints what `kiln doctor` prints (on any machine).

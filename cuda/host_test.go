@@ -8,8 +8,8 @@ import (
 	"github.com/kiln-project/kiln/core/model/modeltest"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cublas"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // nullEngine accepts all work and does none: it measures the backend's own
@@ -90,6 +90,7 @@ func BenchmarkHostOverheadSD15Step(b *testing.B) {
 
 func (e *nullEngine) destroyEvent(eventHandle) {}
 func (e *nullEngine) hasCuDNN() bool           { return false }
+func (e *nullEngine) hasKernel(string) bool    { return true }
 func (e *nullEngine) cudnnFind(cudnn.ConvShape, uint64, uint64, uint64) ([]cudnn.AlgoPerf, error) {
 	return nil, nil
 }

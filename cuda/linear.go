@@ -3,7 +3,7 @@ package cuda
 import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cublas"
+	"github.com/kiln-project/kiln/cuda/internal/cublas"
 )
 
 func blasType(dt tensor.DType) cublas.DataType {

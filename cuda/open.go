@@ -3,11 +3,13 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"time"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cu"
+	"github.com/kiln-project/kiln/cuda/internal/cu"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // ErrNoGPU wraps every reason why no CUDA device can be used.
@@ -55,7 +57,36 @@ func Open(ordinal int, opts Options) (*Device, error) {
 	}
 	d := newDevice(info, opts, eng, w)
 	d.tune = true
+	d.sm90a = loadSM90A(d, eng, opts)
 	return d, nil
+}
+
+// loadSM90A loads the optional Hopper image (kernels.SM90A, or the file
+// Options.SM90AImage names) on sm_90 devices and says what happened, for
+// kiln doctor. A driver that refuses it (images from nvcc 13 need r580)
+// leaves the portable kernels alone in use.
+func loadSM90A(d *Device, eng *cudaEngine, opts Options) string {
+	if d.info.Major != 9 || d.info.Minor != 0 {
+		return fmt.Sprintf("not used on sm_%d%d", d.info.Major, d.info.Minor)
+	}
+	if !opts.SM90A {
+		return "off (KILN_CUDA_SM90A=0)"
+	}
+	img, from := kernels.SM90A(), "built-in"
+	if opts.SM90AImage != "" {
+		b, err := os.ReadFile(opts.SM90AImage)
+		if err != nil {
+			return fmt.Sprintf("not loaded: %v", err)
+		}
+		img, from = b, opts.SM90AImage
+	}
+	if img == nil {
+		return "none in this build"
+	}
+	if err := d.run(func() error { return eng.loadSM90A(img) }); err != nil {
+		return fmt.Sprintf("not loaded (%s): %v", from, err)
+	}
+	return fmt.Sprintf("loaded (%s, %d bytes)", from, len(img))
 }
 
 func deviceInfo(drv *cu.Driver, dev cu.Device, info *Info) error {
@@ -106,7 +137,7 @@ func (d *Device) uploadWeight(buf *buffer, shape tensor.Shape, src, dst tensor.D
 		return err
 	}
 	buf.addr, buf.own, buf.ownSize = addr, true, class
-	d.stats.Weights += buf.size
+	d.addWeights(buf.size)
 	n := shape.Numel()
 	if n == 0 {
 		return nil

@@ -407,11 +407,51 @@ func (b *Backend) LayerNorm(x, w, bias *tensor.Tensor, eps float32) *tensor.Tens
 	return b.wrap(sh, dt, rowMajor, out)
 }
 
+// gnFusedSmem bounds the shared memory of one gn_fused block where the
+// device does not say how much a block may opt into (sm_86/89 allow 99 KiB).
+const gnFusedSmem = 96 << 10
+
+// gnFusedPlan decides whether a group norm of bn images of hw pixels and c
+// channels in groups runs as one gn_fused pass, and with how many groups per
+// block (gpb), threads and bytes of shared memory. A block holds gpb groups'
+// (hw, gpb·c/groups) slab, up to the shared memory a block may opt into;
+// gpb grows past 1 (wider rows, better copies) only while the grid still
+// has two blocks per SM and the slab leaves room for two blocks per SM.
+// Alone on fresh data the three passes beat it for 80–160 KiB slabs over
+// many waves (64², batch 32), but inside a UNet step, where x was just
+// written and sits in L2, the one pass was faster in total (H200, batch
+// 16: 5.8 against 6.2 ms; docs/benchmarks.md), so it is used wherever it
+// fits. KILN_CUDA_GROUPNORM=3pass (Options.GroupNorm) turns it off.
+func (d *Device) gnFusedPlan(bn, hw, c, groups, esize int) (gpb, threads, smem int, ok bool) {
+	if d.opts.GroupNorm == "3pass" {
+		return 0, 0, 0, false
+	}
+	cpg := c / groups
+	limit := gnFusedSmem
+	if d.info.MaxSharedOpt > limit {
+		limit = d.info.MaxSharedOpt - 2<<10 // one block per SM at the largest
+	}
+	bytes := func(g int) int { return hw*g*cpg*esize + (3*g*cpg+2*g)*4 + 16 }
+	if cpg > 1024 || bytes(1) > limit {
+		return 0, 0, 0, false
+	}
+	gpb = 1
+	for groups%(2*gpb) == 0 && 2*gpb*cpg <= 512 && bytes(2*gpb) <= gnFusedSmem && groups/(2*gpb)*bn >= 2*max(d.info.SMs, 1) {
+		gpb *= 2
+	}
+	threads = 512
+	if gpb*cpg > threads {
+		threads = 1024
+	}
+	return gpb, threads, bytes(gpb), true
+}
+
 // GroupNorm normalises x (B, C, ...) over groups of channels and the
 // spatial positions, applies per-channel w and b (either may be nil) and
-// then SiLU when silu is set. It runs on the channels-last layout in three
-// passes: partial sums over slices of the image, per-group statistics, and
-// the affine application.
+// then SiLU when silu is set. It runs on the channels-last layout: in one
+// pass through shared memory where a block's groups fit (gnFusedPlan),
+// else in three passes: partial sums over slices of the image, per-group
+// statistics, and the affine application.
 func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, silu bool) *tensor.Tensor {
 	const op = "GroupNorm"
 	xs := b.st(op, x)
@@ -442,6 +482,17 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 		xb = b.d.newBuffer(int64(x.Numel()) * int64(dt.Size()))
 		b.transpose(xb, xs.buf, dt, bn, c, hw)
 	}
+	s := 0
+	if silu {
+		s = 1
+	}
+	if len(sh) == 4 {
+		if gpb, threads, smem, ok := b.d.gnFusedPlan(bn, hw, c, groups, dt.Size()); ok {
+			b.d.launch("gn_fused"+suffix(dt), launchCfg{grid: [3]uint32{uint32(groups / gpb), uint32(bn), 1}, block: [3]uint32{uint32(threads), 1, 1}, shmem: uint32(smem)},
+				out, pbuf(out), pbuf(xb), pOpt(wb), pOpt(bb), i32(hw), i32(c), i32(c/groups), i32(gpb), f32(eps), i32(s))
+			return b.wrap(sh, dt, nhwc, out)
+		}
+	}
 	// Enough blocks to fill the GPU even for small images (one pixel per
 	// block at worst), at most 64 partial sums per channel to add up.
 	splits := max(1, min((2*max(b.d.info.SMs, 1)+bn-1)/bn, hw, 64))
@@ -463,10 +514,6 @@ func (b *Backend) GroupNorm(x, w, bias *tensor.Tensor, groups int, eps float32, 
 	gpb := max(1, 128/cpg)
 	b.d.launch("gn_affine"+suffix(dt), launchCfg{grid: [3]uint32{uint32((groups + gpb - 1) / gpb), uint32(bn), 1}, block: [3]uint32{uint32(gpb * cpg), 1, 1}},
 		ab, pbuf(ab), pbuf(ws), pbuf(xb), pOpt(wb), pOpt(bb), i32(hw), i32(c), i32(groups), i32(splits), f32(eps))
-	s := 0
-	if silu {
-		s = 1
-	}
 	if len(sh) == 4 {
 		b.d.launch("gn_apply"+suffix(dt), b.d.grid1(x.Numel()/vecN(dt)+1), out, pbuf(out), pbuf(xb), pbuf(ab), i32(bn), i32(hw), i32(c), i32(s))
 		return b.wrap(sh, dt, nhwc, out)

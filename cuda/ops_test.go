@@ -186,6 +186,12 @@ func opCases() []opCase {
 		{"GroupNorm odd", []spec{act(1, 40, 5, 3), weight(40), weight(40)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.GroupNorm(x[0], x[1], x[2], 8, 1e-5, false)
 		}},
+		{"GroupNorm many groups per block", []spec{act(64, 64, 4, 4), weight(64), weight(64)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.GroupNorm(x[0], x[1], x[2], 32, 1e-5, true)
+		}},
+		{"GroupNorm three passes", []spec{act(1, 32, 128, 128).times(3), weight(32), weight(32)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+			return be.GroupNorm(be.Scale(x[0], 1), x[1], x[2], 2, 1e-5, true)
+		}},
 		{"GroupNorm 3-D", []spec{act(2, 16, 10)}, func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.GroupNorm(x[0], nil, nil, 4, 1e-5, false)
 		}},

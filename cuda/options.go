@@ -30,6 +30,17 @@ func (o *Options) fromEnv(get func(string) string) {
 	if v := get("KILN_CUDA_ATTENTION"); v != "" {
 		o.Attention = v
 	}
+	if v := get("KILN_CUDA_SM90A"); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			o.SM90A = b
+		}
+	}
+	if v := get("KILN_CUDA_SM90A_IMAGE"); v != "" {
+		o.SM90AImage = v
+	}
+	if v := get("KILN_CUDA_GROUPNORM"); v != "" {
+		o.GroupNorm = v
+	}
 	if v := get("KILN_CUDA_LINEAR"); v != "" {
 		o.Linear = v
 	}

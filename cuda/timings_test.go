@@ -15,7 +15,8 @@ import (
 
 // TestKernelTimings measures the device time of SD 1.5-shaped ops under each
 // algorithm choice (GPU only; it checks nothing but that they run). Set
-// KILN_CUDA_TIMINGS=0 to skip. The table goes to the test log.
+// KILN_CUDA_TIMINGS=0 to skip, KILN_TIMINGS_MATCH=TEXT to measure only the
+// ops whose names contain TEXT. The table goes to the test log.
 func TestKernelTimings(t *testing.T) {
 	if os.Getenv("KILN_CUDA_TIMINGS") == "0" {
 		t.Skip("KILN_CUDA_TIMINGS=0")
@@ -42,7 +43,11 @@ func TestKernelTimings(t *testing.T) {
 		{"implicit 64x64", func(o *Options) { o.Conv, o.ConvTile = "implicit", "64x64" }},
 		{"im2col+cublas", func(o *Options) { o.Conv = "im2col" }},
 	}
+	only := os.Getenv("KILN_TIMINGS_MATCH") // measure only names containing it
 	measure := func(name, vname string, dt tensor.DType, flops float64, ins []spec, run func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor) {
+		if !strings.Contains(name, only) {
+			return
+		}
 		be := d.Backend(dt)
 		var x []*tensor.Tensor
 		for _, s := range ins {
@@ -139,7 +144,7 @@ func TestKernelTimings(t *testing.T) {
 	attn := func(b, lq, lk, heads, dh int) {
 		name := fmt.Sprintf("attention b%d %dx%d h%d d%d", b, lq, lk, heads, dh)
 		flops := 4 * float64(b*heads) * float64(lq) * float64(lk) * float64(dh)
-		for _, v := range []string{"auto", "flashp", "flash1", "gemm"} {
+		for _, v := range []string{"auto", "fh", "flashp", "flash1", "gemm"} {
 			d.opts.Attention = v
 			f := heads * dh
 			measure(name, v, tensor.F16, flops, []spec{act(b, lq, f), act(b, lk, f), act(b, lk, f)},
@@ -156,14 +161,23 @@ func TestKernelTimings(t *testing.T) {
 	attn(16, 4096, 4096, 8, 40)
 	attn(1, 4096, 4096, 1, 512)
 
-	measure("groupnorm+silu 320 64x64 b2", "", tensor.F16, 0, []spec{act(2, 320, 64, 64), weight(320), weight(320)},
-		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
-			return be.GroupNorm(x[0], x[1], x[2], 32, 1e-5, true)
-		})
-	measure("groupnorm+silu 128 512x512 b1 bf16", "", tensor.BF16, 0, []spec{act(1, 128, 512, 512), weight(128), weight(128)},
-		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
-			return be.GroupNorm(x[0], x[1], x[2], 32, 1e-6, true)
-		})
+	gn := func(name string, dt tensor.DType, sp spec, groups int) {
+		c := sp.shape[1]
+		for _, v := range []string{"auto", "3pass"} {
+			d.opts.GroupNorm = v
+			measure(name, v, dt, 0, []spec{sp, weight(c), weight(c)},
+				func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
+					return be.GroupNorm(x[0], x[1], x[2], groups, 1e-5, true)
+				})
+		}
+		d.opts.GroupNorm = saved.GroupNorm
+	}
+	gn("groupnorm+silu 320 64x64 b2", tensor.F16, act(2, 320, 64, 64), 32)
+	gn("groupnorm+silu 320 64x64 b32", tensor.F16, act(32, 320, 64, 64), 32)
+	gn("groupnorm+silu 640 64x64 b32", tensor.F16, act(32, 640, 64, 64), 32)
+	gn("groupnorm+silu 1280 16x16 b32", tensor.F16, act(32, 1280, 16, 16), 32)
+	gn("groupnorm+silu 1280 8x8 b2", tensor.F16, act(2, 1280, 8, 8), 32)
+	gn("groupnorm+silu 128 512x512 b1 bf16", tensor.BF16, act(1, 128, 512, 512), 32)
 	measure("layernorm 8192x320", "", tensor.F16, 0, []spec{act(2, 4096, 320), weight(320), weight(320)},
 		func(be backend.Backend, x []*tensor.Tensor) *tensor.Tensor {
 			return be.LayerNorm(x[0], x[1], x[2], 1e-5)

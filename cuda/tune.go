@@ -5,7 +5,7 @@ import (
 	"math"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
 
 // Convolution and matrix-product methods. On a real GPU the first use of a
@@ -312,27 +312,21 @@ type scratch struct {
 	bufs                              []*buffer
 }
 
-// scratchConv allocates scratch buffers for g and fills the inputs with
-// random values (weights scaled by 1/√fan-in, so outputs stay near 1).
-func (b *Backend) scratchConv(g convGeom, dt tensor.DType) *scratch {
-	d := b.d
-	k := g.kh * g.kw * g.c
-	sc := &scratch{d: d, n: g.bn * g.ho * g.wo * g.cout}
-	type spec struct {
-		dst   **buffer
-		n     int
-		dt    tensor.DType
-		scale float32
-	}
-	specs := []spec{
-		{&sc.x, g.bn * g.h * g.w * g.c, dt, 1},
-		{&sc.w, g.cout * k, dt, float32(1 / math.Sqrt(float64(max(k, 1))))},
-		{&sc.bias, g.cout, tensor.F32, 0.5},
-		{&sc.biasT, g.cout, dt, 0},
-		{&sc.out, sc.n, dt, 0},
-		{&sc.ref, sc.n, dt, 0},
-		{&sc.diff, 2, tensor.F32, 0},
-	}
+// scratchSpec is one scratch buffer: where to put it, its elements and
+// type, and the scale of its random fill (0: not filled).
+type scratchSpec struct {
+	dst   **buffer
+	n     int
+	dt    tensor.DType
+	scale float32
+}
+
+// newScratch allocates the buffers of specs (plus sc.diff for verify) with
+// blocks of their own and fills those with a scale with random values.
+// after, if any, runs on the device thread once they are filled.
+func (d *Device) newScratch(n int, specs []scratchSpec, after func(*scratch) error) *scratch {
+	sc := &scratch{d: d, n: n}
+	specs = append(specs, scratchSpec{&sc.diff, 2, tensor.F32, 0})
 	err := d.run(func() error {
 		for i, s := range specs {
 			size := max(int64(s.n)*int64(s.dt.Size()), 256)
@@ -351,16 +345,41 @@ func (b *Backend) scratchConv(g convGeom, dt tensor.DType) *scratch {
 				}
 			}
 		}
-		if dt == tensor.F32 {
-			return d.eng.memset(sc.biasT.addr, sc.biasT.size, 0) // unused
+		if after != nil {
+			return after(sc)
 		}
-		name := "convert_f32_" + suffix(dt)[1:]
-		return d.eng.launch(name, d.grid1(g.cout), []karg{{sc.biasT.addr, 8}, {sc.bias.addr, 8}, {uint64(uint32(g.cout)), 4}})
+		return nil
 	})
 	if err != nil {
 		sc.release()
 		fail("tune", "scratch buffers: %v", err)
 	}
+	return sc
+}
+
+// scratchConv allocates scratch buffers for g and fills the inputs with
+// random values (weights scaled by 1/√fan-in, so outputs stay near 1).
+func (b *Backend) scratchConv(g convGeom, dt tensor.DType) *scratch {
+	k := g.kh * g.kw * g.c
+	n := g.bn * g.ho * g.wo * g.cout
+	var sc0 scratch
+	specs := []scratchSpec{
+		{&sc0.x, g.bn * g.h * g.w * g.c, dt, 1},
+		{&sc0.w, g.cout * k, dt, float32(1 / math.Sqrt(float64(max(k, 1))))},
+		{&sc0.bias, g.cout, tensor.F32, 0.5},
+		{&sc0.biasT, g.cout, dt, 0},
+		{&sc0.out, n, dt, 0},
+		{&sc0.ref, n, dt, 0},
+	}
+	sc := b.d.newScratch(n, specs, func(sc *scratch) error {
+		d := sc.d
+		if dt == tensor.F32 {
+			return d.eng.memset(sc0.biasT.addr, sc0.biasT.size, 0) // unused
+		}
+		name := "convert_f32_" + suffix(dt)[1:]
+		return d.eng.launch(name, d.grid1(g.cout), []karg{{sc0.biasT.addr, 8}, {sc0.bias.addr, 8}, {uint64(uint32(g.cout)), 4}})
+	})
+	sc.x, sc.w, sc.bias, sc.biasT, sc.out, sc.ref = sc0.x, sc0.w, sc0.bias, sc0.biasT, sc0.out, sc0.ref
 	if dt == tensor.F32 {
 		sc.biasT = sc.bias
 	}
@@ -522,6 +541,7 @@ func (d *Device) biasIn(bias *buffer, dt tensor.DType, n int) *buffer {
 			return err
 		}
 		c.addr, c.own, c.ownSize = a, true, class
+		d.addWeights(c.size)
 		return d.eng.launch("convert_f32_"+suffix(dt)[1:], d.grid1(n), []karg{{a, 8}, {bias.addr, 8}, {uint64(uint32(n)), 4}})
 	})
 	if err != nil {

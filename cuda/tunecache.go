@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/cuda/kernels"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
 // tuneQueue holds the shapes met while tuning is deferred, in order.

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/guestbuild"
 	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
-	"github.com/kiln-project/kiln/wasmhost/internal/guestbuild"
 )
 
 // percentiles reports p50 and p99 of the per-operation times in µs.

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"testing"
 
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 // TestConcurrentCalls drives one module from many goroutines (run with

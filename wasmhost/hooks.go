@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 
-	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
-	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 )
 
@@ -16,7 +14,8 @@ import (
 //     shadow comparisons use it);
 //   - X always returns a usable answer: the module's when the call
 //     succeeded, otherwise the built-in native default's (Outcome.Fallback
-//     is then set). A nil *Module answers natively (ResultNative).
+//     is then set). A nil *Module answers natively (ResultNative) with
+//     the zero Natives.
 
 func (m *Module) maxNodeOutput() int {
 	// Header, reason and parameters are far below 64 KiB.
@@ -31,12 +30,12 @@ func (m *Module) CallBatching(ctx context.Context, in *abi.BatchingInput) (abi.B
 	if err := abi.CheckBatchingInput(in); err != nil {
 		return out, badInput(err)
 	}
-	if len(in.Running) > 0 && m.minor < 1 {
+	if len(in.Running) > 0 && m.info.ABIMinor < abi.MinorBatching {
 		// A module of minor 0 cannot see the running batch: its answer
 		// would ignore the images already on the device.
 		return out, badInput(errors.New("wasmhost: the module speaks ABI minor 0; admission to a running batch needs minor 1"))
 	}
-	o := m.invoke(ctx, abi.HookBatching, in.NowUS, abi.EncodeBatchingInputMinor(nil, in, m.minor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookBatching, in.NowUS, abi.EncodeBatchingInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeBatchingOutput(b); err != nil {
 			return err
@@ -53,14 +52,14 @@ func (m *Module) CallBatching(ctx context.Context, in *abi.BatchingInput) (abi.B
 // Admission to a running batch (minor 1) is answered natively for a
 // module of minor 0, without counting against it.
 func (m *Module) Batching(ctx context.Context, in *abi.BatchingInput) (abi.BatchingOutput, Outcome) {
-	if m != nil && (len(in.Running) == 0 || m.minor >= 1) {
+	if m != nil && (len(in.Running) == 0 || m.info.ABIMinor >= abi.MinorBatching) {
 		out, o := m.CallBatching(ctx, in)
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Batching(in), fallback(o)
+		return m.host.cfg.Natives.batching(in), fallback(o)
 	}
-	return builtin.Batching(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.batching(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallEviction asks the module which models to evict.
@@ -69,7 +68,7 @@ func (m *Module) CallEviction(ctx context.Context, in *abi.EvictionInput) (abi.E
 	if err := abi.CheckEvictionInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeEvictionOutput(b); err != nil {
 			return err
@@ -89,9 +88,9 @@ func (m *Module) Eviction(ctx context.Context, in *abi.EvictionInput) (abi.Evict
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Eviction(in), fallback(o)
+		return m.host.cfg.Natives.eviction(in), fallback(o)
 	}
-	return builtin.Eviction(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.eviction(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallQuality asks the module how to adjust a request.
@@ -100,11 +99,14 @@ func (m *Module) CallQuality(ctx context.Context, in *abi.QualityInput) (abi.Qua
 	if err := abi.CheckQualityInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookQuality, in.NowUS, abi.EncodeQualityInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookQuality, in.NowUS, abi.EncodeQualityInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeQualityOutput(b); err != nil {
 			return err
 		}
+		// Parameters the request locked stay as requested, whatever the
+		// module (of any minor) answered.
+		abi.RestoreLocked(in, &out)
 		return abi.ValidateQuality(in, &out)
 	})
 	if !o.OK() {
@@ -120,9 +122,9 @@ func (m *Module) Quality(ctx context.Context, in *abi.QualityInput) (abi.Quality
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Quality(in), fallback(o)
+		return m.host.cfg.Natives.quality(in), fallback(o)
 	}
-	return builtin.Quality(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.quality(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallNodePre runs the module's pre-processing node.
@@ -141,16 +143,16 @@ func (m *Module) CallNodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutp
 	return out, o
 }
 
-// NodePre returns the module's answer, or FallbackPre's.
+// NodePre returns the module's answer, or the native default's (Natives.Pre).
 func (m *Module) NodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutput, Outcome) {
 	if m != nil {
 		out, o := m.CallNodePre(ctx, in)
 		if o.OK() {
 			return out, o
 		}
-		return FallbackPre(in), fallback(o)
+		return m.host.cfg.Natives.Pre(in), fallback(o)
 	}
-	return FallbackPre(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.Pre(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallNodePost runs the module's post-processing node.
@@ -172,43 +174,20 @@ func (m *Module) CallNodePost(ctx context.Context, in *abi.PostInput) (abi.PostO
 	return out, o
 }
 
-// NodePost returns the module's answer, or FallbackPost's (which may
-// change in.Image's pixels in place).
+// NodePost returns the module's answer, or the native default's
+// (Natives.Post, which may change in.Image's pixels in place).
 func (m *Module) NodePost(ctx context.Context, in *abi.PostInput) (abi.PostOutput, Outcome) {
 	if m != nil {
 		out, o := m.CallNodePost(ctx, in)
 		if o.OK() {
 			return out, o
 		}
-		return FallbackPost(in), fallback(o)
+		return m.host.cfg.Natives.Post(in), fallback(o)
 	}
-	return FallbackPost(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.Post(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 func fallback(o Outcome) Outcome {
 	o.Fallback = true
 	return o
-}
-
-// FallbackPre is the native default of a pre-processing node: the
-// built-in node of that name when there is one, otherwise the request
-// unchanged.
-func FallbackPre(in *abi.PreInput) abi.PreOutput {
-	if h, ok := nodes.Hook(in.Node); ok && h == abi.HookNodePre {
-		return nodes.Pre(in)
-	}
-	return abi.PreOutput{
-		Prompt: in.Prompt, NegativePrompt: in.NegativePrompt, Width: in.Width, Height: in.Height,
-		Steps: in.Steps, Guidance: in.Guidance, Sampler: in.Sampler, Seed: in.Seed,
-	}
-}
-
-// FallbackPost is the native default of a post-processing node: the
-// built-in node of that name when there is one, otherwise the image
-// unchanged.
-func FallbackPost(in *abi.PostInput) abi.PostOutput {
-	if h, ok := nodes.Hook(in.Node); ok && h == abi.HookNodePost {
-		return nodes.Post(in)
-	}
-	return abi.PostOutput{Image: in.Image}
 }

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 // abiModule is a minimal hand-assembled policy: one page of memory, the

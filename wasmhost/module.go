@@ -40,16 +40,20 @@ type Spec struct {
 
 // Info describes a loaded module.
 type Info struct {
-	Tenant      string     `json:"tenant,omitempty"`
-	Name        string     `json:"name"`
-	Label       string     `json:"label"`
-	Kind        string     `json:"kind"`
-	SHA256      string     `json:"sha256"`
-	Size        int        `json:"size"`
-	Hooks       []abi.Hook `json:"hooks"`
-	CompileTime string     `json:"compile_time"`
-	InitTime    string     `json:"init_time"`
-	Trusted     bool       `json:"trusted,omitempty"`
+	Tenant string     `json:"tenant,omitempty"`
+	Name   string     `json:"name"`
+	Label  string     `json:"label"`
+	Kind   string     `json:"kind"`
+	SHA256 string     `json:"sha256"`
+	Size   int        `json:"size"`
+	Hooks  []abi.Hook `json:"hooks"`
+	// CompileTime and InitTime are seconds.
+	CompileTime float64 `json:"compile_s"`
+	InitTime    float64 `json:"init_s"`
+	Trusted     bool    `json:"trusted,omitempty"`
+	// ABIMinor is the minor ABI version the module reports (0 without
+	// the kiln_abi_minor export).
+	ABIMinor uint32 `json:"abi_minor"`
 }
 
 // ValidationError lists why a module was refused.
@@ -71,8 +75,7 @@ type Module struct {
 	compiled wazero.CompiledModule
 	info     Info
 	hasInit  bool
-	hasMinor bool   // exports ExportMinor
-	minor    uint32 // the minor version it reported (0 without the export)
+	hasMinor bool
 	hooks    map[abi.Hook]bool
 
 	sem chan struct{} // one token per instance in use
@@ -97,6 +100,7 @@ type instance struct {
 	alloc api.Function
 	hooks map[abi.Hook]api.Function
 	state *instanceState
+	minor uint32 // the module's minor ABI version
 }
 
 // Load compiles and validates wasm as spec says and instantiates it once
@@ -120,7 +124,8 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		return nil, err
 	}
 	compileTime := time.Since(t0)
-	hooks, hasInit, hasMinor, reasons := checkModule(compiled, spec.Kind)
+	hooks, hasInit, reasons := checkModule(compiled, spec.Kind)
+	_, hasMinor := compiled.ExportedFunctions()[abi.ExportMinor]
 	if len(reasons) > 0 {
 		_ = compiled.Close(ctx)
 		return nil, &ValidationError{Reasons: reasons}
@@ -142,7 +147,7 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 	m.info = Info{
 		Tenant: spec.Tenant, Name: spec.Name, Label: spec.Label, Kind: spec.Kind.String(),
 		SHA256: hex.EncodeToString(sum[:]), Size: len(wasm), Hooks: hooks,
-		CompileTime: compileTime.String(), Trusted: spec.Trusted,
+		CompileTime: compileTime.Seconds(), Trusted: spec.Trusted,
 	}
 	t1 := time.Now()
 	inst, err := m.instantiate(ctx)
@@ -150,18 +155,14 @@ func (h *Host) Load(ctx context.Context, spec Spec, wasm []byte) (*Module, error
 		_ = compiled.Close(ctx)
 		return nil, &ValidationError{Reasons: []string{err.Error()}}
 	}
-	m.info.InitTime = time.Since(t1).String()
+	m.info.InitTime = time.Since(t1).Seconds()
+	m.info.ABIMinor = inst.minor
 	m.idle = append(m.idle, inst)
 	return m, nil
 }
 
 // Info describes the module.
 func (m *Module) Info() Info { return m.info }
-
-// Minor is the ABI minor version the host speaks with the module: the
-// one it reports, at most abi.Minor (0 when it does not export
-// abi.ExportMinor).
-func (m *Module) Minor() uint32 { return m.minor }
 
 // Label is the module's metrics label.
 func (m *Module) Label() string { return m.info.Label }
@@ -218,7 +219,7 @@ func hostSigs() map[string]string {
 // the right signatures, no imported memory, an exported memory, the
 // version marker, the allocator, and at least one hook of the module's
 // kind, every export with the ABI's signature.
-func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit, hasMinor bool, reasons []string) {
+func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit bool, reasons []string) {
 	known := hostSigs()
 	for _, f := range c.ImportedFunctions() {
 		mod, name, _ := f.Import()
@@ -254,7 +255,7 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit,
 	expect(abi.ExportVersion, "()->(i32)", true)
 	expect(abi.ExportAlloc, "(i32)->(i32)", true)
 	hasInit = expect(abi.ExportInitialize, "()->()", false)
-	hasMinor = expect(abi.ExportMinor, "()->(i32)", false)
+	expect(abi.ExportMinor, "()->(i32)", false)
 	for _, hk := range abi.Hooks() {
 		if hk.IsPolicy() != (kind == KindPolicy) {
 			continue
@@ -273,7 +274,7 @@ func checkModule(c wazero.CompiledModule, kind Kind) (hooks []abi.Hook, hasInit,
 		reasons = append(reasons, "exports no "+kind.String()+" hook (one of "+strings.Join(names, ", ")+")")
 	}
 	sort.Strings(reasons)
-	return hooks, hasInit, hasMinor, reasons
+	return hooks, hasInit, reasons
 }
 
 // instantiate creates an instance, runs its initialiser and checks its
@@ -307,14 +308,15 @@ func (m *Module) instantiate(ctx context.Context) (*instance, error) {
 	if v := uint32(res[0]); v != abi.Version {
 		return fail(abi.ExportVersion, fmt.Errorf("module speaks ABI version %d, the host version %d", v, abi.Version))
 	}
+	inst := &instance{mod: mod, alloc: mod.ExportedFunction(abi.ExportAlloc), hooks: map[abi.Hook]api.Function{}, state: st.inst}
 	if m.hasMinor {
 		res, err := mod.ExportedFunction(abi.ExportMinor).Call(ictx)
 		if err != nil {
 			return fail(abi.ExportMinor, err)
 		}
-		m.minor = min(uint32(res[0]), abi.Minor) // the host speaks no later minor than its own
+		// A module newer than the host speaks the host's minor.
+		inst.minor = min(uint32(res[0]), abi.Minor)
 	}
-	inst := &instance{mod: mod, alloc: mod.ExportedFunction(abi.ExportAlloc), hooks: map[abi.Hook]api.Function{}, state: st.inst}
 	for hk := range m.hooks {
 		inst.hooks[hk] = mod.ExportedFunction(hk.Export())
 	}

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
 	"github.com/kiln-project/kiln/policies"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 // brTableBomb is a policy whose hook holds one br_table of n targets.

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/worker/modelcache"
@@ -381,13 +382,25 @@ func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []B
 		reporters[i] = w.reporter(g[of[i]].job, it.Request.N, rec)
 		images += it.Request.N
 	}
-	if bm, ok := model.(BatchModel); ok && len(items) > 1 {
+	if bm, ok := model.(BatchModel); ok && (len(items) > 1 || w.o.Memory != nil) {
 		w.o.Metrics.BatchImages.Observe(float64(images))
-		res := bm.GenerateBatch(ctx, items, func(i int, p Progress) {
+		mr := MemoryRun{Manager: w.o.Memory, Model: m.Name, FreeOthers: func(context.Context) error {
+			w.o.Cache.Free(m.Name)
+			return nil
+		}}
+		res, rep := RunUnderMemory(ctx, mr, items, bm.GenerateBatch, func(i int, p Progress) {
 			if i >= 0 && i < len(reporters) {
 				reporters[i](p)
 			}
 		})
+		if rep.Recovered() {
+			w.o.Logger.Warn("batch recovered from out of memory", "model", m.Name, "splits", rep.Splits,
+				"chunk", rep.Chunk, "freed_others", rep.FreedOthers, "attempts", rep.Attempts)
+			for _, k := range of {
+				// Reported in the job record when it settles.
+				g[k].job.Memory = &jobs.MemoryRecovery{Splits: rep.Splits, Chunk: rep.Chunk, FreedOthers: rep.FreedOthers, Sequential: rep.Sequential}
+			}
+		}
 		if len(res) != len(items) {
 			return failAll(fmt.Errorf("engine returned %d results for a batch of %d", len(res), len(items))), false
 		}
@@ -418,7 +431,17 @@ func (w *Worker) request(a *active) (Request, error) {
 		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
-		Seed: p.Seed, Strength: p.Strength,
+		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise,
+	}
+	if m := p.Micro; m != nil {
+		req.Micro = family.Micro{
+			OriginalSize: [2]int{m.OriginalHeight, m.OriginalWidth}, CropTopLeft: [2]int{m.CropTop, m.CropLeft},
+			TargetSize:           [2]int{m.TargetHeight, m.TargetWidth},
+			NegativeOriginalSize: [2]int{m.NegativeOriginalHeight, m.NegativeOriginalWidth},
+			NegativeCropTopLeft:  [2]int{m.NegativeCropTop, m.NegativeCropLeft},
+			NegativeTargetSize:   [2]int{m.NegativeTargetHeight, m.NegativeTargetWidth},
+			AestheticScore:       m.AestheticScore, NegativeAestheticScore: m.NegativeAestheticScore,
+		}
 	}
 	if p.InitImage != "" {
 		data, err := w.o.Store.GetUpload(a.ctx, a.job.Tenant, p.InitImage)

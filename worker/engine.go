@@ -15,7 +15,8 @@ import (
 	"image"
 	"time"
 
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/server/catalog"
 )
 
 // Request is what a model generates: one prompt, N images.
@@ -29,6 +30,11 @@ type Request struct {
 	Guidance       float64
 	Sampler        string
 	Seed           uint64
+	// SharedNoise draws all images' noise from one generator seeded with
+	// Seed instead of one per image seeded Seed+i.
+	SharedNoise bool
+	// Micro is SDXL's micro-conditioning (zero: the model's defaults).
+	Micro family.Micro
 	// InitImage and Strength make an image-to-image request.
 	InitImage image.Image
 	Strength  float64
@@ -95,7 +101,7 @@ type Engine interface {
 	// Device names the device, e.g. "cpu" or "cuda:0".
 	Device() string
 	// Load loads a model.
-	Load(ctx context.Context, m models.Model) (Model, error)
+	Load(ctx context.Context, m catalog.Model) (Model, error)
 }
 
 // StepModel is a Model that runs continuous (step-level) batching: a

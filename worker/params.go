@@ -1,33 +1,52 @@
 package worker
 
 import (
-	"fmt"
-	"strings"
+	"bytes"
+	"context"
+	"image"
 
-	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/internal/buildinfo"
 	"github.com/kiln-project/kiln/server/jobs"
 )
 
-// parametersText formats a job's parameters as AUTOMATIC1111 writes them
-// into the "parameters" PNG chunk: the prompt, the negative prompt, then a
-// line of "Key: value" pairs.
-func parametersText(p jobs.Params, seed uint64, width, height int) string {
-	var b strings.Builder
-	b.WriteString(p.Prompt)
-	b.WriteByte('\n')
-	if p.NegativePrompt != "" {
-		b.WriteString("Negative prompt: ")
-		b.WriteString(p.NegativePrompt)
-		b.WriteByte('\n')
-	}
-	fmt.Fprintf(&b, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %d, Size: %dx%d, Model: %s",
-		p.Steps, sample.Label(p.Sampler), p.Guidance, seed, width, height, p.Model)
-	if p.ClipSkip > 1 {
-		fmt.Fprintf(&b, ", Clip skip: %d", p.ClipSkip)
-	}
+// parametersText formats a job's image as AUTOMATIC1111 writes it into the
+// "parameters" PNG chunk, through the same imageio.Generation the CLI uses
+// (the worker's noise comes from torch's CPU generator).
+func (w *Worker) parametersText(ctx context.Context, p jobs.Params, seed uint64, width, height int) string {
+	return generation(p, seed, width, height, w.modelHash(ctx, p.Model)).Parameters().String()
+}
+
+// generation describes one image of a job.
+func generation(p jobs.Params, seed uint64, width, height int, modelHash string) imageio.Generation {
+	g := imageio.Generation{Prompt: p.Prompt, NegativePrompt: p.NegativePrompt, Steps: p.Steps, Sampler: p.Sampler,
+		CFGScale: p.Guidance, Seed: seed, Width: width, Height: height, ModelHash: modelHash, Model: p.Model,
+		ClipSkip: p.ClipSkip, RNG: "cpu", Version: "kiln " + buildinfo.Version()}
 	if p.InitImage != "" {
-		fmt.Fprintf(&b, ", Denoising strength: %g", p.Strength)
+		g.DenoisingStrength = p.Strength
 	}
-	b.WriteString(", Version: kiln")
-	return b.String()
+	return g
+}
+
+// modelHash is the model's short hash, or "" when it cannot be computed.
+func (w *Worker) modelHash(ctx context.Context, name string) string {
+	m, ok := w.o.Models.Get(name)
+	if !ok {
+		return ""
+	}
+	h, err := w.hashes.Short(ctx, m.Path)
+	if err != nil {
+		w.log.Warn("model hash", "model", name, "err", err)
+		return ""
+	}
+	return h
+}
+
+// encodePNG encodes one finished image with its parameters chunk.
+func encodePNG(img image.Image, parameters string) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := imageio.WritePNG(&buf, img, imageio.Text{Key: imageio.ParametersKey, Value: parameters}); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

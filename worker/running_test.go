@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // stepEngine's model is a StepModel whose running batch advances every
@@ -27,7 +27,7 @@ type stepEngine struct {
 }
 
 func (e *stepEngine) Device() string { return "test" }
-func (e *stepEngine) Load(ctx context.Context, m models.Model) (Model, error) {
+func (e *stepEngine) Load(ctx context.Context, m catalog.Model) (Model, error) {
 	return &stepModel{e: e}, nil
 }
 

@@ -20,10 +20,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/modelhash"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
-	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
 
@@ -47,8 +48,12 @@ type Options struct {
 	Store  *jobs.Store
 	Conn   *nats.Conn
 	Engine Engine
-	Models *models.Registry
+	Models *catalog.Registry
 	Cache  *modelcache.Cache
+	// Memory is the device's memory manager (nil: none): batches book
+	// their activation memory with it, and an out-of-memory failure splits
+	// the batch and frees other models before any job fails.
+	Memory *memory.Manager
 	// Scheduler picks the next jobs; nil means FCFS.
 	Scheduler Scheduler
 	Metrics   *Metrics
@@ -82,13 +87,15 @@ type Options struct {
 
 // Worker takes jobs from the queue and runs them.
 type Worker struct {
-	o   Options
-	log *slog.Logger
+	o      Options
+	log    *slog.Logger
+	hashes modelhash.Cache
 
 	mu      sync.Mutex
 	running []*active // claimed jobs, generating or finishing
 
 	queue     *jobs.FairQueue
+	draining  atomic.Bool // an operator drained the worker
 	latency   latencyTable
 	memory    memoryTable
 	lastFree  atomic.Int64 // device memory free at the last step boundary (0: unknown)
@@ -194,6 +201,25 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe: %w", err)
 	}
 	defer cancelSub.Unsubscribe()
+	drainSub, err := w.o.Conn.Subscribe(events.DrainSubject, func(m *nats.Msg) {
+		var d events.Drain
+		if json.Unmarshal(m.Data, &d) != nil || d.Worker != w.o.ID {
+			return
+		}
+		w.draining.Store(d.Drain)
+		w.log.Info("drain changed by the operator", "draining", d.Drain)
+		select {
+		case kick <- "":
+		default:
+		}
+		if data, err := json.Marshal(w.heartbeat(false)); err == nil {
+			_ = m.Respond(data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("worker: subscribe: %w", err)
+	}
+	defer drainSub.Unsubscribe()
 
 	hbDone := make(chan struct{})
 	hbStopped := make(chan struct{})
@@ -204,6 +230,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
+	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -237,7 +264,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "device", w.o.Engine.Device())
 	kicked := ""
 	for ctx.Err() == nil {
-		// Fill the window, highest priority first.
+		if w.draining.Load() {
+			// Drained: held jobs go back to the queue, none is taken.
+			q.mu.Lock()
+			for _, p := range q.pending {
+				w.handBack(p.msg, p.Job)
+			}
+			q.pending = nil
+			q.mu.Unlock()
+			w.idle(ctx, kick, time.Second)
+			continue
+		}
+		// Fill the window in fair order.
 		for {
 			q.mu.Lock()
 			n := len(q.pending)
@@ -268,6 +306,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		q.mu.Unlock()
 		if len(snapshot) == 0 {
+			w.trimIdle()
 			if w.idleWork(ctx) {
 				continue // look at the queue again before more idle work
 			}
@@ -467,8 +506,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	for i, img := range imgs {
 		meta := j.Images[i]
 		start := time.Now()
-		data, err := pngtext.Encode(img, pngtext.Chunk{Keyword: "parameters",
-			Text: parametersText(j.Params, meta.Seed, meta.Width, meta.Height)})
+		data, err := encodePNG(img, w.parametersText(ctx, j.Params, meta.Seed, meta.Width, meta.Height))
 		if err != nil {
 			return err
 		}
@@ -483,6 +521,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusSucceeded
 		r.Images = j.Images
+		r.Memory = j.Memory
 	})
 	stage.With(StageSettle).Observe(time.Since(start).Seconds())
 	w.o.Metrics.Images.Add(float64(len(imgs)))
@@ -494,6 +533,7 @@ func (w *Worker) fail(ctx context.Context, j *jobs.Job, code, message string) {
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusFailed
 		r.Error = &jobs.Error{Code: code, Message: message}
+		r.Memory = j.Memory
 	})
 }
 
@@ -531,25 +571,33 @@ func (w *Worker) cancelRunning(tenant, id string) {
 	}
 }
 
+// heartbeat describes the worker now.
+func (w *Worker) heartbeat(stop bool) events.Heartbeat {
+	hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
+		Speed: w.speed.snapshot(), Draining: w.draining.Load()}
+	w.mu.Lock()
+	if len(w.running) > 0 {
+		hb.Busy, hb.Job = true, w.running[0].job.ID
+	}
+	w.mu.Unlock()
+	for _, m := range w.o.Cache.Resident() {
+		hb.Models = append(hb.Models, m.ID)
+	}
+	if w.o.GPUs != nil {
+		hb.GPUs = w.o.GPUs()
+	}
+	if w.o.Memory != nil {
+		hb.Memory = w.o.Memory.Models()
+	}
+	return hb
+}
+
 func (w *Worker) heartbeats(done <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
 	send := func(stop bool) {
-		hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
-			Speed: w.speed.snapshot()}
-		w.mu.Lock()
-		if len(w.running) > 0 {
-			hb.Busy, hb.Job = true, w.running[0].job.ID
-		}
-		w.mu.Unlock()
-		for _, m := range w.o.Cache.Resident() {
-			hb.Models = append(hb.Models, m.ID)
-		}
-		if w.o.GPUs != nil {
-			hb.GPUs = w.o.GPUs()
-		}
-		if data, err := json.Marshal(hb); err == nil {
+		if data, err := json.Marshal(w.heartbeat(stop)); err == nil {
 			_ = w.o.Conn.Publish(events.HeartbeatSubject, data)
 		}
 	}

@@ -14,12 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-project/kiln/app"
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/cuda"
-	"github.com/kiln-project/kiln/cuda/bench"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/loadtest"
-	"github.com/kiln-project/kiln/server/serve"
 )
 
 // serveBench is the configuration of `kiln bench --serve`.
@@ -247,7 +247,7 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 // startBenchServer starts an in-process server on a loopback port with the
 // benchmarked model as "bench", the keyless tenant's quota raised, and
 // its data in a temporary folder.
-func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*serve.Instance, string, string, error) {
+func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*app.Instance, string, string, error) {
 	cfg, err := config.Default()
 	if err != nil {
 		return nil, "", "", err
@@ -273,7 +273,7 @@ func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*se
 	cfg.LocalQuota.ConcurrentJobs = max(cfg.LocalQuota.ConcurrentJobs, 2*most)
 	cfg.LocalQuota.ImagesPerMinute = 1 << 30
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: log})
+	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: log})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, "", "", fmt.Errorf("starting the server: %w", err)

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/kiln-project/kiln/core/judge"
+	"github.com/kiln-project/kiln/tools/eval/judge"
 )
 
 // TestGenerateBuiltinModelFollowsPrompt generates one image with the

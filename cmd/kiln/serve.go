@@ -9,8 +9,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/kiln-project/kiln/app"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/serve"
 	"github.com/kiln-project/kiln/web"
 )
 
@@ -24,7 +24,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{err}
 	}
 	log := newLogger(cfg, stderr)
-	in, err := serve.Start(ctx, serve.Options{Config: cfg, Logger: log, Web: web.Handler()})
+	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: log, Web: web.Handler()})
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,9 @@ type UNetLayout struct {
 	UseLinearProjection     bool
 	AttentionHeads          []int // heads per level as the config states them
 	TimeEmbeddingDim        int   // 0: 4 × BlockOut[0]
+	// AddEmbedInputDim is the input width of SDXL's added text_time
+	// embedding (projection_class_embeddings_input_dim); 0 without one.
+	AddEmbedInputDim int
 }
 
 // VAELayout is the part of an AutoencoderKL config that decides its tensors.
@@ -50,6 +53,9 @@ type VAELayout struct {
 // TextLayout is the part of a CLIPTextModel config that decides its tensors.
 type TextLayout struct {
 	Hidden, Intermediate, Layers, Heads, Vocab, Positions int
+	// Projection is the projection_dim of a CLIPTextModelWithProjection
+	// (SDXL's second encoder); 0 for a CLIPTextModel.
+	Projection int
 }
 
 // jsonInts decodes an int or a list of ints; n>0 broadcasts a single int.
@@ -236,6 +242,14 @@ func ParseUNetLayout(js []byte) (UNetLayout, error) {
 	if l.TimeEmbeddingDim, err = getInt(m, "time_embedding_dim", 0, what); err != nil {
 		return l, err
 	}
+	if textTime(m) {
+		if l.AddEmbedInputDim, err = getInt(m, "projection_class_embeddings_input_dim", -1, what); err != nil {
+			return l, err
+		}
+		if l.AddEmbedInputDim <= 0 || l.AddEmbedInputDim > 1<<20 {
+			return l, fmt.Errorf("checkpoint: unet config: projection_class_embeddings_input_dim %d out of range", l.AddEmbedInputDim)
+		}
+	}
 	if raw, ok := m["attention_head_dim"]; ok && string(raw) != "null" {
 		if l.AttentionHeads, err = jsonInts(raw, n, "attention_head_dim"); err != nil {
 			return l, fmt.Errorf("checkpoint: unet config: %w", err)
@@ -321,13 +335,21 @@ func ParseTextLayout(js []byte) (TextLayout, error) {
 	if err != nil {
 		return TextLayout{}, err
 	}
+	var l TextLayout
 	if raw, ok := m["architectures"]; ok && string(raw) != "null" {
 		var archs []string
-		if err := json.Unmarshal(raw, &archs); err != nil || len(archs) != 1 || archs[0] != "CLIPTextModel" {
-			return TextLayout{}, fmt.Errorf("checkpoint: text encoder config: architectures %s: only CLIPTextModel is supported", raw)
+		if err := json.Unmarshal(raw, &archs); err != nil || len(archs) != 1 || (archs[0] != "CLIPTextModel" && archs[0] != "CLIPTextModelWithProjection") {
+			return TextLayout{}, fmt.Errorf("checkpoint: text encoder config: architectures %s: only CLIPTextModel and CLIPTextModelWithProjection are supported", raw)
+		}
+		if archs[0] == "CLIPTextModelWithProjection" {
+			if l.Projection, err = getInt(m, "projection_dim", 512, what); err != nil {
+				return l, err
+			}
+			if l.Projection <= 0 || l.Projection > 1<<20 {
+				return l, fmt.Errorf("checkpoint: text encoder config: projection_dim = %d out of range", l.Projection)
+			}
 		}
 	}
-	var l TextLayout
 	for key, dst := range map[string]*int{"hidden_size": &l.Hidden, "intermediate_size": &l.Intermediate,
 		"num_hidden_layers": &l.Layers, "num_attention_heads": &l.Heads, "vocab_size": &l.Vocab, "max_position_embeddings": &l.Positions} {
 		if *dst, err = getInt(m, key, -1, what); err != nil {
@@ -364,15 +386,24 @@ var unetNeutral = map[string][]string{
 	"timestep_post_act":                     {"null"},
 }
 
+// textTime reports whether a UNet config has SDXL's added text_time
+// embedding.
+func textTime(m map[string]json.RawMessage) bool {
+	return string(bytes.TrimSpace(m["addition_embed_type"])) == `"text_time"`
+}
+
 func checkUNetExtras(m map[string]json.RawMessage) error {
 	for key, ok := range unetNeutral {
 		raw, present := m[key]
 		if !present {
 			continue
 		}
+		if textTime(m) && (key == "addition_embed_type" || key == "projection_class_embeddings_input_dim") {
+			continue // SDXL: mapped (add_embedding ↔ label_emb.0)
+		}
 		v := string(bytes.Join(bytes.Fields(raw), nil))
 		if !slices.Contains(ok, v) {
-			return fmt.Errorf("checkpoint: unet config: %s = %s is not supported (this loader maps SD 1.x/2.x UNets)", key, raw)
+			return fmt.Errorf("checkpoint: unet config: %s = %s is not supported (this loader maps SD 1.x/2.x and SDXL UNets)", key, raw)
 		}
 	}
 	return nil

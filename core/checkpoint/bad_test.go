@@ -110,6 +110,13 @@ func TestBadSingleFiles(t *testing.T) {
 			return &wt
 		}
 	}
+	// A damaged file reports its damage, also without a tokenizer folder
+	// (the embedded vocabulary no longer hides it behind a tokenizer error).
+	for _, c := range [][2]string{{truncated, "out of bounds"}, {headerOnly, "beyond the end of the file"}} {
+		if _, err := Load(c[0], Options{}); err == nil || !strings.Contains(err.Error(), c[1]) {
+			t.Errorf("%s without options: %v, want %q", c[0], err, c[1])
+		}
+	}
 	cases := []struct {
 		name, path, want string
 	}{
@@ -142,14 +149,20 @@ func TestBadSingleFiles(t *testing.T) {
 			c["down_block_types"] = []string{"DownBlock2D", "SimpleCrossAttnDownBlock2D"}
 		}), keep), `down_block_types[1]: unsupported block type "SimpleCrossAttnDownBlock2D"`},
 		{"unsupported architecture field", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
+			c["addition_embed_type"] = "text"
+		}), keep), `addition_embed_type = "text" is not supported`},
+		{"text_time without its width", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
 			c["addition_embed_type"] = "text_time"
-		}), keep), `addition_embed_type = "text_time" is not supported`},
+		}), keep), `missing "projection_class_embeddings_input_dim"`},
 		{"config disagrees with tensors", rewrite(t, p, withConfig(MetaUNetConfig, func(c map[string]any) {
 			c["block_out_channels"] = []int{32, 96}
 		}), keep), "has shape"},
 		{"text config class", rewrite(t, p, withConfig(MetaTextEncoderConfig, func(c map[string]any) {
-			c["architectures"] = []string{"CLIPTextModelWithProjection"}
+			c["architectures"] = []string{"CLIPVisionModel"}
 		}), keep), "only CLIPTextModel"},
+		{"projection config without the tensor", rewrite(t, p, withConfig(MetaTextEncoderConfig, func(c map[string]any) {
+			c["architectures"] = []string{"CLIPTextModelWithProjection"}
+		}), keep), "missing tensor \"cond_stage_model.transformer.text_model.text_projection.weight\""},
 		{"two text encoders", rewrite(t, p, nil, func(wt safetensors.WriteTensor) *safetensors.WriteTensor {
 			if wt.Name == PrefixCLIP+"text_model.final_layer_norm.bias" {
 				wt.Name = PrefixOpenCLIP + "ln_final.bias"
@@ -264,7 +277,8 @@ func TestBadDiffusersFolders(t *testing.T) {
 		want string
 	}{
 		{"no model_index", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "model_index.json")) }, "not a diffusers folder"},
-		{"SDXL pipeline", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "StableDiffusionXLPipeline" }), `pipeline "StableDiffusionXLPipeline" is not supported`},
+		{"unknown pipeline", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "FluxPipeline" }), `pipeline "FluxPipeline" is not supported`},
+		{"SD folder called SDXL", writeJSON("model_index.json", func(m map[string]any) { m["_class_name"] = "StableDiffusionXLPipeline" }), `component "text_encoder_2" missing`},
 		{"unknown component class", writeJSON("model_index.json", func(m map[string]any) { m["unet"] = []string{"diffusers", "UNet2DModel"} }), "only diffusers.UNet2DConditionModel"},
 		{"unknown unet block", writeJSON("unet/config.json", func(m map[string]any) { m["up_block_types"] = []string{"CrossAttnUpBlock2D", "AttnUpBlock2D"} }), `unsupported block type "AttnUpBlock2D"`},
 		{"unsupported unet field", writeJSON("unet/config.json", func(m map[string]any) { m["class_embed_type"] = "timestep" }), "class_embed_type"},

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Layout names of a loaded model.
@@ -40,9 +41,23 @@ type Options struct {
 	Prediction string
 	// TextEncoderConfig, UNetConfig and VAEConfig replace the configs a
 	// single-file checkpoint would otherwise take from its metadata or
-	// infer from tensor shapes.
-	TextEncoderConfig, UNetConfig, VAEConfig []byte
+	// infer from tensor shapes; TextEncoder2Config likewise for SDXL's
+	// second text encoder.
+	TextEncoderConfig, UNetConfig, VAEConfig, TextEncoder2Config []byte
+	// Tokenizer2Dir is SDXL's second tokenizer folder for a single file;
+	// when empty, a tokenizer_2/ folder beside the file, else TokenizerDir
+	// (padding with "!", as SDXL's second tokenizer does).
+	Tokenizer2Dir string
 }
+
+// Model families a checkpoint can hold.
+const (
+	// FamilySD is Stable Diffusion 1.x/2.x: one CLIP text encoder.
+	FamilySD = "sd"
+	// FamilySDXL is SDXL, base or refiner: two text encoders (the refiner
+	// only the second), added text_time conditioning.
+	FamilySDXL = "sdxl"
+)
 
 // Model is a loaded checkpoint: configs in diffusers/transformers JSON and
 // each component's tensors under diffusers names.
@@ -50,18 +65,72 @@ type Model struct {
 	Path         string
 	Layout       string // LayoutDiffusers or LayoutSingleFile
 	TokenizerDir string // folder with tokenizer.json or vocab.json + merges.txt
+	// EmbeddedPad, when TokenizerDir is empty (a single file with no
+	// tokenizer beside it), selects the embedded CLIP vocabulary padded
+	// with this token (tokenizer.PadSD1 or PadSD2).
+	EmbeddedPad string
+
+	// Family is FamilySD or FamilySDXL.
+	Family string
 
 	TextEncoderConfig, UNetConfig, VAEConfig, SchedulerConfig []byte
 
 	// TextEncoder tensors are named as transformers' CLIPTextModel names
 	// them without the "text_model." prefix (e.g. "embeddings.token_embedding.weight").
+	// An SDXL refiner has none (nil, with TextEncoderConfig and
+	// TokenizerDir empty).
 	TextEncoder, UNet, VAE safetensors.Source
+
+	// SDXL's second text encoder, a CLIPTextModelWithProjection named like
+	// TextEncoder plus "text_projection.weight" (projection_dim, hidden);
+	// its config and tokenizer folder. Tokenizer2Pad, when set, replaces
+	// the folder's padding token (a single file borrowing the first
+	// tokenizer's folder). Nil and empty for FamilySD.
+	TextEncoder2                 safetensors.Source
+	TextEncoder2Config           []byte
+	Tokenizer2Dir, Tokenizer2Pad string
+	// ForceZerosForEmptyPrompt (SDXL base: true) makes an absent negative
+	// prompt zero conditioning instead of the encoding of "";
+	// RequiresAestheticsScore (SDXL refiner) replaces the target size in
+	// the micro-conditioning by an aesthetic score. Both come from
+	// model_index.json or, for single files, from the family.
+	ForceZerosForEmptyPrompt, RequiresAestheticsScore bool
 
 	// Ignored lists tensors of a single file outside the three components
 	// (EMA copies, noise schedule buffers) that were left unused.
 	Ignored []string
 
 	closers []io.Closer
+}
+
+// Tokenizer loads the model's tokenizer: its folder's, or the embedded
+// CLIP vocabulary.
+func (m *Model) Tokenizer() (*tokenizer.Tokenizer, error) {
+	if m.TokenizerDir != "" {
+		return tokenizer.Load(m.TokenizerDir)
+	}
+	if m.EmbeddedPad == "" {
+		return nil, fmt.Errorf("checkpoint: %s has no tokenizer", m.Path)
+	}
+	return tokenizer.CLIP(m.EmbeddedPad)
+}
+
+// Tokenizer2 loads SDXL's second tokenizer: its folder's (padding with
+// Tokenizer2Pad when set), or the embedded CLIP vocabulary padding with
+// Tokenizer2Pad ("!" by default, as OpenCLIP does).
+func (m *Model) Tokenizer2() (*tokenizer.Tokenizer, error) {
+	if m.Tokenizer2Dir == "" {
+		pad := m.Tokenizer2Pad
+		if pad == "" {
+			pad = tokenizer.PadSD2
+		}
+		return tokenizer.CLIP(pad)
+	}
+	t, err := tokenizer.Load(m.Tokenizer2Dir)
+	if err != nil || m.Tokenizer2Pad == "" {
+		return t, err
+	}
+	return t.WithPad(m.Tokenizer2Pad)
 }
 
 // Close releases the memory maps behind the model's sources.

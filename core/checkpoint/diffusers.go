@@ -4,25 +4,67 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
 )
 
-// supportedComponents names the class each component must have in
-// model_index.json.
-var supportedComponents = map[string][2]string{
-	"unet":         {"diffusers", "UNet2DConditionModel"},
-	"vae":          {"diffusers", "AutoencoderKL"},
-	"text_encoder": {"transformers", "CLIPTextModel"},
-	"tokenizer":    {"transformers", "CLIPTokenizer"},
+// component is a model_index.json entry: library and class.
+type component [2]string
+
+// Components each pipeline class needs (optional ones may be [null, null]).
+var (
+	sdComponents = map[string]component{
+		"unet":         {"diffusers", "UNet2DConditionModel"},
+		"vae":          {"diffusers", "AutoencoderKL"},
+		"text_encoder": {"transformers", "CLIPTextModel"},
+		"tokenizer":    {"transformers", "CLIPTokenizer"},
+	}
+	sdxlComponents = map[string]component{
+		"unet":           {"diffusers", "UNet2DConditionModel"},
+		"vae":            {"diffusers", "AutoencoderKL"},
+		"text_encoder_2": {"transformers", "CLIPTextModelWithProjection"},
+		"tokenizer_2":    {"transformers", "CLIPTokenizer"},
+	}
+	// sdxlOptional: the refiner has no first text encoder.
+	sdxlOptional = map[string]component{
+		"text_encoder": {"transformers", "CLIPTextModel"},
+		"tokenizer":    {"transformers", "CLIPTokenizer"},
+	}
+)
+
+// supportedPipelines maps the pipeline classes whose components this
+// package loads to their family.
+var supportedPipelines = map[string]string{
+	"StableDiffusionPipeline":          FamilySD,
+	"StableDiffusionImg2ImgPipeline":   FamilySD,
+	"StableDiffusionXLPipeline":        FamilySDXL,
+	"StableDiffusionXLImg2ImgPipeline": FamilySDXL,
 }
 
-// supportedPipelines are the pipeline classes whose components this
-// package loads.
-var supportedPipelines = []string{"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+// indexComponent reads a component entry: present reports a [lib, class]
+// pair, absent a missing key or [null, null].
+func indexComponent(index map[string]json.RawMessage, dir, comp string) (c component, present bool, err error) {
+	raw, ok := index[comp]
+	if !ok {
+		return c, false, nil
+	}
+	var got []*string
+	if err := json.Unmarshal(raw, &got); err != nil || len(got) != 2 {
+		return c, false, fmt.Errorf("checkpoint: %s/model_index.json: component %q malformed", dir, comp)
+	}
+	if got[0] == nil && got[1] == nil {
+		return c, false, nil
+	}
+	if got[0] == nil || got[1] == nil {
+		return c, false, fmt.Errorf("checkpoint: %s/model_index.json: component %q malformed", dir, comp)
+	}
+	return component{*got[0], *got[1]}, true, nil
+}
 
 func loadDiffusers(dir string, opts Options) (*Model, error) {
 	js, err := os.ReadFile(filepath.Join(dir, "model_index.json"))
@@ -37,33 +79,50 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 	if err := json.Unmarshal(index["_class_name"], &class); err != nil {
 		return nil, fmt.Errorf("checkpoint: %s/model_index.json: missing _class_name", dir)
 	}
-	known := false
-	for _, p := range supportedPipelines {
-		known = known || p == class
-	}
+	family, known := supportedPipelines[class]
 	if !known {
-		return nil, fmt.Errorf("checkpoint: %s: pipeline %q is not supported (want one of %v)", dir, class, supportedPipelines)
+		names := slices.Sorted(maps.Keys(supportedPipelines))
+		return nil, fmt.Errorf("checkpoint: %s: pipeline %q is not supported (want one of %v)", dir, class, names)
 	}
-	for comp, want := range supportedComponents {
-		var got []*string
-		if err := json.Unmarshal(index[comp], &got); err != nil || len(got) != 2 || got[0] == nil || got[1] == nil {
-			return nil, fmt.Errorf("checkpoint: %s/model_index.json: component %q missing or malformed", dir, comp)
-		}
-		if *got[1] != want[1] {
-			return nil, fmt.Errorf("checkpoint: %s: component %s is %s.%s, only %s.%s is supported", dir, comp, *got[0], *got[1], want[0], want[1])
+	required, optional := sdComponents, map[string]component(nil)
+	if family == FamilySDXL {
+		required, optional = sdxlComponents, sdxlOptional
+	}
+	present := map[string]bool{}
+	for _, set := range []map[string]component{required, optional} {
+		for _, comp := range slices.Sorted(maps.Keys(set)) {
+			want := set[comp]
+			got, ok, err := indexComponent(index, dir, comp)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				if _, req := required[comp]; req {
+					return nil, fmt.Errorf("checkpoint: %s/model_index.json: component %q missing or malformed", dir, comp)
+				}
+				continue
+			}
+			if got[1] != want[1] {
+				return nil, fmt.Errorf("checkpoint: %s: component %s is %s.%s, only %s.%s is supported", dir, comp, got[0], got[1], want[0], want[1])
+			}
+			present[comp] = true
 		}
 	}
-	m := &Model{Path: dir, Layout: LayoutDiffusers}
+	if family == FamilySDXL && present["text_encoder"] != present["tokenizer"] {
+		return nil, fmt.Errorf("checkpoint: %s: text_encoder and tokenizer must both be present or both null", dir)
+	}
+	m := &Model{Path: dir, Layout: LayoutDiffusers, Family: family}
 	fail := func(err error) (*Model, error) {
 		m.Close()
 		return nil, err
 	}
-	m.TokenizerDir = filepath.Join(dir, "tokenizer")
-	if opts.TokenizerDir != "" {
-		m.TokenizerDir = opts.TokenizerDir
-	}
-	if err := findTokenizer(m.TokenizerDir); err != nil {
-		return fail(err)
+	if family == FamilySDXL {
+		if m.ForceZerosForEmptyPrompt, err = indexBool(index, "force_zeros_for_empty_prompt", true); err != nil {
+			return fail(fmt.Errorf("checkpoint: %s/model_index.json: %w", dir, err))
+		}
+		if m.RequiresAestheticsScore, err = indexBool(index, "requires_aesthetics_score", false); err != nil {
+			return fail(fmt.Errorf("checkpoint: %s/model_index.json: %w", dir, err))
+		}
 	}
 	read := func(rel string) ([]byte, error) {
 		b, err := os.ReadFile(filepath.Join(dir, rel))
@@ -76,9 +135,6 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 		return fail(err)
 	}
 	if m.VAEConfig, err = read("vae/config.json"); err != nil {
-		return fail(err)
-	}
-	if m.TextEncoderConfig, err = read("text_encoder/config.json"); err != nil {
 		return fail(err)
 	}
 	if m.SchedulerConfig, err = read("scheduler/scheduler_config.json"); err != nil {
@@ -97,19 +153,11 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 	if err != nil {
 		return fail(err)
 	}
-	textL, err := ParseTextLayout(m.TextEncoderConfig)
-	if err != nil {
-		return fail(err)
-	}
 	unet, err := m.openComponent(dir, "unet", "diffusion_pytorch_model", opts.Variant)
 	if err != nil {
 		return fail(err)
 	}
 	vae, err := m.openComponent(dir, "vae", "diffusion_pytorch_model", opts.Variant)
-	if err != nil {
-		return fail(err)
-	}
-	te, err := m.openComponent(dir, "text_encoder", "model", opts.Variant)
 	if err != nil {
 		return fail(err)
 	}
@@ -122,18 +170,79 @@ func loadDiffusers(dir string, opts Options) (*Model, error) {
 		return fail(err)
 	}
 	m.VAE = vae
-	if m.TextEncoder, err = textView(te); err != nil {
+	var textL, text2L TextLayout
+	if present["text_encoder"] || family == FamilySD {
+		m.TokenizerDir = filepath.Join(dir, "tokenizer")
+		if opts.TokenizerDir != "" {
+			m.TokenizerDir = opts.TokenizerDir
+		}
+		if err := findTokenizer(m.TokenizerDir); err != nil {
+			return fail(err)
+		}
+		if m.TextEncoderConfig, m.TextEncoder, textL, err = m.loadText(dir, "text_encoder", opts.Variant); err != nil {
+			return fail(err)
+		}
+		if textL.Projection != 0 {
+			return fail(fmt.Errorf("checkpoint: %s: text_encoder/config.json describes a CLIPTextModelWithProjection, model_index.json a CLIPTextModel", dir))
+		}
+	}
+	if family == FamilySD {
+		return m, nil
+	}
+	m.Tokenizer2Dir = filepath.Join(dir, "tokenizer_2")
+	if err := findTokenizer(m.Tokenizer2Dir); err != nil {
 		return fail(err)
 	}
-	if err := checkTensors("text_encoder", m.TextEncoder, textL.ExpectedTensors(), func(n string) string {
-		if from, ok := m.TextEncoder.(*safetensors.View).Source(n); ok {
+	if m.TextEncoder2Config, m.TextEncoder2, text2L, err = m.loadText(dir, "text_encoder_2", opts.Variant); err != nil {
+		return fail(err)
+	}
+	if err := checkSDXL(unetL, textL, text2L, m.TextEncoder != nil); err != nil {
+		return fail(fmt.Errorf("%w (folder %s)", err, dir))
+	}
+	return m, nil
+}
+
+// indexBool reads an optional boolean of model_index.json.
+func indexBool(index map[string]json.RawMessage, key string, def bool) (bool, error) {
+	raw, ok := index[key]
+	if !ok || string(raw) == "null" {
+		return def, nil
+	}
+	var v bool
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return false, fmt.Errorf("%s: want a boolean, got %s", key, raw)
+	}
+	return v, nil
+}
+
+// loadText reads a text encoder folder's config and weights and checks
+// them against each other.
+func (m *Model) loadText(dir, folder, variant string) ([]byte, safetensors.Source, TextLayout, error) {
+	js, err := os.ReadFile(filepath.Join(dir, folder, "config.json"))
+	if err != nil {
+		return nil, nil, TextLayout{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	l, err := ParseTextLayout(js)
+	if err != nil {
+		return nil, nil, l, err
+	}
+	raw, err := m.openComponent(dir, folder, "model", variant)
+	if err != nil {
+		return nil, nil, l, err
+	}
+	view, err := textView(raw)
+	if err != nil {
+		return nil, nil, l, err
+	}
+	if err := checkTensors(folder, view, l.ExpectedTensors(), func(n string) string {
+		if from, ok := view.(*safetensors.View).Source(n); ok {
 			return from
 		}
 		return n
 	}); err != nil {
-		return fail(err)
+		return nil, nil, l, err
 	}
-	return m, nil
+	return js, view, l, nil
 }
 
 // textView presents a CLIPTextModel state dict without the "text_model."

@@ -87,6 +87,10 @@ func (l UNetLayout) ExpectedTensors() []TensorSpec {
 	s.conv("conv_in", b0, l.InChannels, 3)
 	s.linear("time_embedding.linear_1", l.timeDim(), b0)
 	s.linear("time_embedding.linear_2", l.timeDim(), l.timeDim())
+	if l.AddEmbedInputDim > 0 {
+		s.linear("add_embedding.linear_1", l.timeDim(), l.AddEmbedInputDim)
+		s.linear("add_embedding.linear_2", l.timeDim(), l.timeDim())
+	}
 	out := b0
 	for b := 0; b < L; b++ {
 		in := out
@@ -233,5 +237,8 @@ func (l TextLayout) ExpectedTensors() []TensorSpec {
 		s.linear(p+".mlp.fc2", h, l.Intermediate)
 	}
 	s.norm("final_layer_norm", h)
+	if l.Projection > 0 {
+		s.add("text_projection.weight", l.Projection, h)
+	}
 	return s
 }

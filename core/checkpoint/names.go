@@ -110,6 +110,12 @@ func UNetToDiffusers(orig string, lpb int) (string, error) {
 		return "", fmt.Errorf("checkpoint: layers per block %d", lpb)
 	}
 	switch {
+	case strings.HasPrefix(orig, "label_emb.0."): // SDXL's added text_time embedding
+		i, leaf, ok := splitIndex(strings.TrimPrefix(orig, "label_emb.0."))
+		if !ok || !isParam(leaf) || strings.Contains(leaf, ".") || (i != 0 && i != 2) {
+			return "", bad
+		}
+		return "add_embedding.linear_" + itoa(i/2+1) + "." + leaf, nil
 	case strings.HasPrefix(orig, "time_embed."):
 		i, leaf, ok := splitIndex(strings.TrimPrefix(orig, "time_embed."))
 		if !ok || !isParam(leaf) || strings.Contains(leaf, ".") || (i != 0 && i != 2) {
@@ -213,7 +219,8 @@ func UNetToOriginal(name string, l Layout) (string, error) {
 		return "", fmt.Errorf("checkpoint: layers per block %d", lpb)
 	}
 	simple := map[string]string{"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
-		"time_embedding.linear_2.": "time_embed.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+		"time_embedding.linear_2.": "time_embed.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+		"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
 	for from, to := range simple {
 		if leaf, ok := strings.CutPrefix(name, from); ok && (leaf == "weight" || leaf == "bias") {
 			return to + leaf, nil
@@ -454,12 +461,18 @@ func VAEToOriginal(name string, levels int) (orig string, reshape bool, err erro
 // transformers CLIPTextModel name without its "text_model." prefix. The
 // position_ids buffer maps to "" (it is not a weight and is dropped).
 func TextToDiffusers(orig string) (string, error) {
+	return textToDiffusers(PrefixCLIP, orig)
+}
+
+// textToDiffusers is TextToDiffusers for keys under prefix (named in
+// messages).
+func textToDiffusers(prefix, orig string) (string, error) {
 	name := strings.TrimPrefix(orig, "text_model.")
 	if name == "embeddings.position_ids" {
 		return "", nil
 	}
 	if !isParam(name) || !(strings.HasPrefix(name, "embeddings.") || strings.HasPrefix(name, "encoder.layers.") || strings.HasPrefix(name, "final_layer_norm.")) {
-		return "", fmt.Errorf("checkpoint: unexpected text encoder tensor %q", PrefixCLIP+orig)
+		return "", fmt.Errorf("checkpoint: unexpected text encoder tensor %q", prefix+orig)
 	}
 	return name, nil
 }

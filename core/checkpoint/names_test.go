@@ -210,7 +210,8 @@ func TestNameMappingRejects(t *testing.T) {
 		"output_blocks.1.1.conv.weight", // upsampler only in a block's last slot
 		"time_embed.1.weight",
 		"out.1.weight",
-		"label_emb.0.0.weight",
+		"label_emb.0.1.weight", // label_emb.0.0 and .2 are SDXL's add_embedding
+		"label_emb.0.0.scale",
 		"input_blocks.1.1.transformer_blocks.0.attn1.to_q.scale",
 		"",
 	} {

@@ -18,6 +18,13 @@ var openCLIPIgnored = map[string]bool{"text_projection": true, "logit_scale": tr
 // the penultimate layer, so the last of the file's resblocks is dropped,
 // as is the CLIP projection; dropped keys are returned in ignored.
 func OpenCLIPToDiffusers(src safetensors.Source, prefix string, keys []string) (entries map[string]safetensors.ViewEntry, ignored []string, err error) {
+	return openCLIPEntries(src, prefix, keys, false)
+}
+
+// openCLIPEntries is OpenCLIPToDiffusers; keepLast keeps the last resblock
+// (SDXL uses every layer's output up to the penultimate, and the last
+// layer for the pooled output).
+func openCLIPEntries(src safetensors.Source, prefix string, keys []string, keepLast bool) (entries map[string]safetensors.ViewEntry, ignored []string, err error) {
 	blocks := 0
 	for _, k := range keys {
 		if i, ok := indexAfter(k, "transformer.resblocks."); ok && i+1 > blocks && i < 4096 {
@@ -62,7 +69,7 @@ func OpenCLIPToDiffusers(src safetensors.Source, prefix string, keys []string) (
 		if !ok || !ok2 {
 			return nil, nil, fmt.Errorf("checkpoint: unexpected text encoder tensor %q", full)
 		}
-		if i == blocks-1 {
+		if i == blocks-1 && !keepLast {
 			ignored = append(ignored, full)
 			continue
 		}

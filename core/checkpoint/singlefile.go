@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Metadata keys under which WriteSingleFile stores the diffusers configs
@@ -32,10 +33,16 @@ const (
 var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
 
 func loadSingleFile(path string, opts Options) (*Model, error) {
-	if opts.TokenizerDir == "" {
-		opts.TokenizerDir = filepath.Join(filepath.Dir(path), "tokenizer")
-		if err := findTokenizer(opts.TokenizerDir); err != nil {
-			return nil, fmt.Errorf("checkpoint: %s carries no tokenizer and there is none beside it (%v); set Options.TokenizerDir", path, err)
+	// Tokenizer folders beside the file serve when none is named; without
+	// one an SD 1.x/2.x file uses the embedded CLIP vocabulary (see
+	// Model.Tokenizer).
+	// Tokenizer folders beside the file serve when none is named.
+	for _, b := range []struct {
+		dir  *string
+		name string
+	}{{&opts.TokenizerDir, "tokenizer"}, {&opts.Tokenizer2Dir, "tokenizer_2"}} {
+		if d := filepath.Join(filepath.Dir(path), b.name); *b.dir == "" && findTokenizer(d) == nil {
+			*b.dir = d
 		}
 	}
 	f, err := safetensors.Open(path)
@@ -55,34 +62,27 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 // FromOriginal builds a Model from tensors in the original single-file
 // layout (SD 1.x): it maps their names to diffusers names, takes configs
 // from opts, then metadata, then infers them from the shapes, and checks
-// every tensor against the configs. opts.TokenizerDir is required. The
+// every tensor against the configs. Without opts.TokenizerDir the
+// embedded CLIP vocabulary serves (Model.EmbeddedPad). The
 // Model does not own src: closing it leaves src open.
 func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*Model, error) {
-	m := &Model{Layout: LayoutSingleFile, TokenizerDir: opts.TokenizerDir}
-	if m.TokenizerDir == "" {
-		return nil, fmt.Errorf("checkpoint: a single-file checkpoint carries no tokenizer; set Options.TokenizerDir")
-	}
-	if err := findTokenizer(m.TokenizerDir); err != nil {
+	family, err := DetectFamily(src.Names())
+	if err != nil {
 		return nil, err
 	}
-	f := src
-	var unetNames, vaeNames, textNames, openNames []string
-	for _, n := range f.Names() {
-		switch {
-		case strings.HasPrefix(n, PrefixOpenCLIP):
-			openNames = append(openNames, strings.TrimPrefix(n, PrefixOpenCLIP))
-		case strings.HasPrefix(n, PrefixUNet):
-			unetNames = append(unetNames, strings.TrimPrefix(n, PrefixUNet))
-		case hasAnyPrefix(n, ignoredInsidePrefixes):
-			m.Ignored = append(m.Ignored, n)
-		case strings.HasPrefix(n, PrefixVAE):
-			vaeNames = append(vaeNames, strings.TrimPrefix(n, PrefixVAE))
-		case strings.HasPrefix(n, PrefixCLIP):
-			textNames = append(textNames, strings.TrimPrefix(n, PrefixCLIP))
-		default:
-			m.Ignored = append(m.Ignored, n)
+	if family == FamilySDXL {
+		return fromSGM(src, md, opts)
+	}
+	m := &Model{Layout: LayoutSingleFile, Family: FamilySD, TokenizerDir: opts.TokenizerDir}
+	if m.TokenizerDir != "" {
+		if err := findTokenizer(m.TokenizerDir); err != nil {
+			return nil, err
 		}
 	}
+	f := src
+	groups, ignored := splitByPrefix(f.Names(), PrefixOpenCLIP, PrefixUNet, PrefixVAE, PrefixCLIP)
+	openNames, unetNames, vaeNames, textNames := groups[0], groups[1], groups[2], groups[3]
+	m.Ignored = append(m.Ignored, ignored...)
 	switch {
 	case len(unetNames) == 0:
 		return nil, fmt.Errorf("checkpoint: no %s* tensors: not an original-layout Stable Diffusion checkpoint (a lone component file, SDXL or another architecture?)", PrefixUNet)
@@ -94,43 +94,18 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		return nil, fmt.Errorf("checkpoint: the file carries two text encoders (%s* and %s*)", PrefixCLIP, PrefixOpenCLIP)
 	}
 
-	lpb, err := originalUNetLayersPerBlock(unetNames)
+	unet, vae, lpb, levels, err := mapUNetAndVAE(f, unetNames, vaeNames)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	unetEntries := map[string]safetensors.ViewEntry{}
-	for _, n := range unetNames {
-		d, err := UNetToDiffusers(n, lpb)
-		if err != nil {
-			return nil, err
-		}
-		unetEntries[d] = safetensors.ViewEntry{From: PrefixUNet + n}
-	}
-	levels, err := originalVAELevels(vaeNames)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	vaeEntries := map[string]safetensors.ViewEntry{}
-	for _, n := range vaeNames {
-		d, reshape, err := VAEToDiffusers(n, levels)
-		if err != nil {
-			return nil, err
-		}
-		e := safetensors.ViewEntry{From: PrefixVAE + n}
-		if reshape {
-			info, _ := f.Info(e.From)
-			switch {
-			case len(info.Shape) == 4 && info.Shape[2] == 1 && info.Shape[3] == 1:
-				e.Shape = info.Shape[:2]
-			case len(info.Shape) == 2:
-			default:
-				return nil, fmt.Errorf("checkpoint: VAE tensor %q has shape %v, want a (C, C, 1, 1) or (C, C) attention weight", e.From, info.Shape)
-			}
-		}
-		vaeEntries[d] = e
+		return nil, err
 	}
 	textEntries := map[string]safetensors.ViewEntry{}
 	openCLIP := len(openNames) > 0
+	if m.TokenizerDir == "" {
+		m.EmbeddedPad = tokenizer.PadSD1
+		if openCLIP {
+			m.EmbeddedPad = tokenizer.PadSD2
+		}
+	}
 	if openCLIP {
 		var ignored []string
 		if textEntries, ignored, err = OpenCLIPToDiffusers(f, PrefixOpenCLIP, openNames); err != nil {
@@ -151,27 +126,13 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		}
 		textEntries[d] = safetensors.ViewEntry{From: PrefixCLIP + n}
 	}
-	unet, err := safetensors.NewView(f, unetEntries)
-	if err != nil {
-		return nil, err
-	}
-	vae, err := safetensors.NewView(f, vaeEntries)
-	if err != nil {
-		return nil, err
-	}
 	text, err := safetensors.NewView(f, textEntries)
 	if err != nil {
 		return nil, err
 	}
 
 	pick := func(override []byte, key string, infer func() ([]byte, error)) ([]byte, error) {
-		if len(override) > 0 {
-			return override, nil
-		}
-		if s, ok := md[key]; ok {
-			return []byte(s), nil
-		}
-		return infer()
+		return pickConfig(override, md, key, infer)
 	}
 	// Inference names tensors as diffusers does; report them as the file does.
 	textOrig := func(n string) (string, error) {
@@ -207,11 +168,7 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	}); err != nil {
 		return nil, rename(err, textOrig)
 	}
-	unetL, err := ParseUNetLayout(m.UNetConfig)
-	if err != nil {
-		return nil, err
-	}
-	vaeL, err := ParseVAELayout(m.VAEConfig)
+	unetL, err := checkUNetAndVAE(unet, vae, m.UNetConfig, m.VAEConfig, lpb, levels)
 	if err != nil {
 		return nil, err
 	}
@@ -219,35 +176,10 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	if err != nil {
 		return nil, err
 	}
-	if unetL.LayersPerBlock != lpb {
-		return nil, fmt.Errorf("checkpoint: unet config has layers_per_block %d, the file's blocks hold %d", unetL.LayersPerBlock, lpb)
-	}
-	if len(vaeL.BlockOut) != levels {
-		return nil, fmt.Errorf("checkpoint: vae config has %d levels, the file's decoder %d", len(vaeL.BlockOut), levels)
-	}
-	// Messages name tensors as the file does: present ones by the view's
-	// source, missing ones by the reverse mapping.
-	layout := Layout{UNetLayersPerBlock: lpb, UNetUpAttention: unetL.UpAttention, VAELevels: levels}
-	origName := func(v *safetensors.View, reverse func(string) (string, error)) func(string) string {
-		return func(n string) string {
-			if from, ok := v.Source(n); ok {
-				return from
-			}
-			if o, err := reverse(n); err == nil {
-				return o
-			}
-			return n
-		}
-	}
-	unetOrig := func(n string) (string, error) { o, err := UNetToOriginal(n, layout); return PrefixUNet + o, err }
-	vaeOrig := func(n string) (string, error) { o, _, err := VAEToOriginal(n, levels); return PrefixVAE + o, err }
-	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet, unetOrig)); err != nil {
-		return nil, err
-	}
-	if err := checkTensors("vae", vae, vaeL.ExpectedTensors(), origName(vae, vaeOrig)); err != nil {
-		return nil, err
-	}
-	if err := checkTensors("text_encoder", text, textL.ExpectedTensors(), origName(text, textOrig)); err != nil {
+	if err := checkTensors("text_encoder", text, textL.ExpectedTensors(), origName(text, func(n string) string {
+		o, _ := textOrig(n)
+		return o
+	})); err != nil {
 		return nil, err
 	}
 	if unetL.CrossAttentionDim != textL.Hidden {
@@ -264,6 +196,133 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	m.SchedulerConfig = DefaultSchedulerConfig(prediction)
 
 	return m, nil
+}
+
+// splitByPrefix sorts names into one group per prefix (the first that
+// matches; names without it), leaving the rest, and the tensors inside the
+// components that inference never uses, in ignored.
+func splitByPrefix(names []string, prefixes ...string) (groups [][]string, ignored []string) {
+	groups = make([][]string, len(prefixes))
+next:
+	for _, n := range names {
+		if !hasAnyPrefix(n, ignoredInsidePrefixes) {
+			for i, p := range prefixes {
+				if rest, ok := strings.CutPrefix(n, p); ok {
+					groups[i] = append(groups[i], rest)
+					continue next
+				}
+			}
+		}
+		ignored = append(ignored, n)
+	}
+	return groups, ignored
+}
+
+// pickConfig returns a component's config: the caller's override, else the
+// file's metadata under key, else what infer derives from the tensors.
+func pickConfig(override []byte, md map[string]string, key string, infer func() ([]byte, error)) ([]byte, error) {
+	if len(override) > 0 {
+		return override, nil
+	}
+	if s, ok := md[key]; ok {
+		return []byte(s), nil
+	}
+	return infer()
+}
+
+// checkUNetAndVAE parses the UNet and VAE configs, checks them against the
+// structure the file's names imply and every tensor against the configs.
+// Messages name tensors as the file does: present ones by the view's
+// source, missing ones by the reverse mapping.
+func checkUNetAndVAE(unet, vae *safetensors.View, unetCfg, vaeCfg []byte, lpb, levels int) (UNetLayout, error) {
+	unetL, err := ParseUNetLayout(unetCfg)
+	if err != nil {
+		return unetL, err
+	}
+	vaeL, err := ParseVAELayout(vaeCfg)
+	if err != nil {
+		return unetL, err
+	}
+	if unetL.LayersPerBlock != lpb {
+		return unetL, fmt.Errorf("checkpoint: unet config has layers_per_block %d, the file's blocks hold %d", unetL.LayersPerBlock, lpb)
+	}
+	if len(vaeL.BlockOut) != levels {
+		return unetL, fmt.Errorf("checkpoint: vae config has %d levels, the file's decoder %d", len(vaeL.BlockOut), levels)
+	}
+	layout := Layout{UNetLayersPerBlock: lpb, UNetUpAttention: unetL.UpAttention, VAELevels: levels}
+	unetOrig := func(n string) string {
+		if o, err := UNetToOriginal(n, layout); err == nil {
+			return PrefixUNet + o
+		}
+		return n
+	}
+	vaeOrig := func(n string) string {
+		if o, _, err := VAEToOriginal(n, levels); err == nil {
+			return PrefixVAE + o
+		}
+		return n
+	}
+	if err := checkTensors("unet", unet, unetL.ExpectedTensors(), origName(unet, unetOrig)); err != nil {
+		return unetL, err
+	}
+	return unetL, checkTensors("vae", vae, vaeL.ExpectedTensors(), origName(vae, vaeOrig))
+}
+
+// origName names a presented tensor as the file does: by the view's source
+// when present, else by reverse.
+func origName(v interface{ Source(string) (string, bool) }, reverse func(string) string) func(string) string {
+	return func(n string) string {
+		if from, ok := v.Source(n); ok {
+			return from
+		}
+		return reverse(n)
+	}
+}
+
+// mapUNetAndVAE presents the original UNet and VAE keys (without their
+// prefixes) of f under diffusers names, with the layers per UNet block and
+// the VAE's levels that the names imply.
+func mapUNetAndVAE(f safetensors.Source, unetNames, vaeNames []string) (unet, vae *safetensors.View, lpb, levels int, err error) {
+	if lpb, err = originalUNetLayersPerBlock(unetNames); err != nil {
+		return nil, nil, 0, 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	unetEntries := map[string]safetensors.ViewEntry{}
+	for _, n := range unetNames {
+		d, err := UNetToDiffusers(n, lpb)
+		if err != nil {
+			return nil, nil, 0, 0, err
+		}
+		unetEntries[d] = safetensors.ViewEntry{From: PrefixUNet + n}
+	}
+	if levels, err = originalVAELevels(vaeNames); err != nil {
+		return nil, nil, 0, 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	vaeEntries := map[string]safetensors.ViewEntry{}
+	for _, n := range vaeNames {
+		d, reshape, err := VAEToDiffusers(n, levels)
+		if err != nil {
+			return nil, nil, 0, 0, err
+		}
+		e := safetensors.ViewEntry{From: PrefixVAE + n}
+		if reshape {
+			info, _ := f.Info(e.From)
+			switch {
+			case len(info.Shape) == 4 && info.Shape[2] == 1 && info.Shape[3] == 1:
+				e.Shape = info.Shape[:2]
+			case len(info.Shape) == 2:
+			default:
+				return nil, nil, 0, 0, fmt.Errorf("checkpoint: VAE tensor %q has shape %v, want a (C, C, 1, 1) or (C, C) attention weight", e.From, info.Shape)
+			}
+		}
+		vaeEntries[d] = e
+	}
+	if unet, err = safetensors.NewView(f, unetEntries); err != nil {
+		return nil, nil, 0, 0, err
+	}
+	if vae, err = safetensors.NewView(f, vaeEntries); err != nil {
+		return nil, nil, 0, 0, err
+	}
+	return unet, vae, lpb, levels, nil
 }
 
 // predictionFromMetadata reads the prediction type that trainers record in

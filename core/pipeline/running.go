@@ -121,7 +121,7 @@ func (r *Running) Rows() int {
 // Items describes the jobs of the batch, in the order they joined.
 func (r *Running) Items() []ItemState {
 	out := make([]ItemState, len(r.items))
-	f := r.b.p.vae.Factor()
+	f := r.b.p.def.Factor
 	for k, it := range r.items {
 		st := it.st
 		out[k] = ItemState{ID: st.index, Images: st.n, Rows: st.rows(), Done: st.i - st.begin, Total: st.total,
@@ -214,32 +214,17 @@ func padRows(want, rows int, in, ts, cond []float32) ([]float32, []float32, []fl
 	return in, ts, cond
 }
 
-// WarmUp runs the UNet once on zeros for a batch of images at the
-// model's default size, with guidance rows when cfg is set, and the VAE
-// decoder once for one image when decode is set, discarding the results:
-// a device that specialises work per shape meets those shapes before a
-// request does.
+// WarmUp runs a one-step job of images images at the model's default
+// size — with guidance rows when cfg is set, decoded when decode is set —
+// and discards it: a device that specialises work per shape meets those
+// shapes before a request does.
 func (p *Pipeline) WarmUp(ctx context.Context, images int, cfg, decode bool) error {
-	f := p.vae.Factor()
-	c, h, w := p.vcfg.LatentChannels, p.size/f, p.size/f
-	rows := images
+	req := Request{N: images, Steps: 1, Guidance: 1, SkipDecode: !decode}
 	if cfg {
-		rows *= 2
+		req.Guidance = 7.5
 	}
-	const ctxLen = 77
-	in := make([]float32, rows*c*h*w)
-	ts := make([]float32, rows)
-	for i := range ts {
-		ts[i] = 999
-	}
-	cond := make([]float32, rows*ctxLen*p.enc.Dim())
-	if _, err := p.unet.Forward(ctx, in, [4]int{rows, c, h, w}, ts, cond, ctxLen); err != nil {
-		return fmt.Errorf("pipeline: warm-up unet: %w", err)
-	}
-	if decode {
-		if _, _, err := p.vae.Decode(ctx, make([]float32, c*h*w), [4]int{1, c, h, w}); err != nil {
-			return fmt.Errorf("pipeline: warm-up vae: %w", err)
-		}
+	if _, err := p.Generate(ctx, req, nil); err != nil {
+		return fmt.Errorf("pipeline: warm-up: %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@
 package tokenizer
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -248,4 +249,17 @@ func (t *Tokenizer) bpe(piece string) []int32 {
 		syms = out
 	}
 	return syms
+}
+
+// WithPad returns a tokenizer like t that pads with token (SDXL's second
+// tokenizer pads with "!" where the first pads with <|endoftext|>).
+func (t *Tokenizer) WithPad(token string) (*Tokenizer, error) {
+	id, ok := t.vocab[token]
+	if !ok {
+		return nil, fmt.Errorf("tokenizer: pad token %q is not in the vocabulary", token)
+	}
+	c := &Tokenizer{vocab: t.vocab, tokens: t.tokens, merges: t.merges, added: t.added, byteChr: t.byteChr,
+		chrByte: t.chrByte, byteID: t.byteID, byteEnd: t.byteEnd, bos: t.bos, eos: t.eos, pad: id, unk: t.unk,
+		maxLength: t.maxLength, cache: map[string][]int32{}}
+	return c, nil
 }

@@ -46,12 +46,18 @@ type JobView struct {
 	Error           *jobs.Error    `json:"error,omitempty"`
 	CancelRequested bool           `json:"cancel_requested,omitempty"`
 	Position        *int           `json:"position,omitempty"`
+	// Adjustments are the changes adaptive quality made to the request.
+	Adjustments []jobs.Adjustment `json:"adjustments,omitempty"`
+	// Memory says how the worker recovered from running out of device
+	// memory (absent when it did not).
+	Memory *jobs.MemoryRecovery `json:"memory,omitempty"`
 }
 
 func view(j *jobs.Job) JobView {
 	v := JobView{ID: j.ID, Status: j.Status, Params: ParamsView{Params: j.Params, InitImage: j.Params.InitImage != ""},
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt, Attempts: j.Attempts,
-		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}}
+		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}, Adjustments: j.Adjustments,
+		Memory: j.Memory}
 	for _, im := range j.Images {
 		v.Images = append(v.Images, events.Image{ID: im.ID, URL: jobwatch.ImageURL(im.ID), Seed: im.Seed, Width: im.Width, Height: im.Height})
 	}
@@ -110,6 +116,7 @@ func (s *Server) Submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 }
 
 func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRequest, source string) (*jobs.Job, *apierr.Error) {
+	locked := lockedParams(r)
 	var initData []byte
 	if r.InitImage != "" {
 		data, cfg, err := decodeInitImage(ctx, r.InitImage, s.initImageLimits(), s.decodes)
@@ -130,14 +137,15 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	if params, aerr = s.preNodes(ctx, p, params); aerr != nil {
 		return nil, aerr
 	}
+	var adjustments []jobs.Adjustment
 	if s.o.Quality != nil {
-		params = s.adjustQuality(ctx, p, params)
+		params, adjustments = s.adjustQuality(ctx, p, params, locked)
 	}
 	if aerr := s.costGuard(params); aerr != nil {
 		return nil, aerr
 	}
 	j := &jobs.Job{ID: jobs.NewID(), Tenant: p.Tenant, Status: jobs.StatusQueued, Params: params, Source: source,
-		CreatedAt: time.Now().UTC(), Weight: p.Weight}
+		CreatedAt: time.Now().UTC(), Weight: p.Weight, Adjustments: adjustments}
 	undo, aerr := s.limiter.Reserve(p, j.ID, params.N)
 	if aerr != nil {
 		return nil, aerr
@@ -160,27 +168,6 @@ func (s *Server) submit(ctx context.Context, p auth.Principal, r *validate.JobRe
 	return j, nil
 }
 
-func (s *Server) adjustQuality(ctx context.Context, p auth.Principal, params jobs.Params) jobs.Params {
-	in := QualityInput{Tenant: p.Tenant, Params: params, Limits: p.Quota,
-		P50: time.Duration(s.m.latencies.Quantile(0.5) * float64(time.Second)),
-		P95: time.Duration(s.m.latencies.Quantile(0.95) * float64(time.Second))}
-	if pr, ok := s.o.Profiles[params.Profile]; ok {
-		in.Target = pr.LatencyTarget.D()
-	}
-	if waiting, _, err := s.o.Store.QueueDepth(ctx); err == nil {
-		in.QueueDepth = waiting
-	}
-	out, err := s.o.Quality.Adjust(ctx, in)
-	if err != nil {
-		return params
-	}
-	out.Prompt, out.NegativePrompt, out.Seed, out.Model = params.Prompt, params.NegativePrompt, params.Seed, params.Model
-	if s.validator.CheckLimits(p, out) != nil {
-		return params
-	}
-	return out
-}
-
 // Wait implements openai.Backend.
 func (s *Server) Wait(ctx context.Context, tenant, id string) (*jobs.Job, error) {
 	return s.watch.Wait(ctx, tenant, id)
@@ -195,7 +182,7 @@ func (s *Server) Image(ctx context.Context, tenant, id string) ([]byte, error) {
 }
 
 // HasProfile implements openai.Backend.
-func (s *Server) HasProfile(name string) bool { _, ok := s.o.Profiles[name]; return ok }
+func (s *Server) HasProfile(name string) bool { _, ok := s.validator.Profiles()[name]; return ok }
 
 // ImageURL implements openai.Backend: an absolute URL signed for an hour.
 func (s *Server) ImageURL(r *http.Request, tenant, imageID string) string {
@@ -226,6 +213,9 @@ func (s *Server) createJob(c echo.Context) error {
 	}
 	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
 	c.Response().Header().Set(JobIDHeader, j.ID)
+	if h := jobs.AdjustedHeader(j.Adjustments); h != "" {
+		c.Response().Header().Set(jobs.AdjustedHeaderName, h)
+	}
 	return c.JSON(http.StatusAccepted, v)
 }
 
@@ -394,15 +384,21 @@ func (s *Server) listModels(c echo.Context) error {
 		NativeWidth  int `json:"native_width,omitempty"`
 		NativeHeight int `json:"native_height,omitempty"`
 		VAEFactor    int `json:"vae_factor,omitempty"`
+		// Residency lists the workers holding the model in GPU or pinned
+		// host memory (absent: on disk only).
+		Residency []residency `json:"residency,omitempty"`
 	}
 	def := s.o.Models.Default()
+	where, totals := residencies(s.liveWorkers())
 	out := struct {
 		Object string  `json:"object"`
 		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
+		// Memory sums each worker's model memory (shared components once).
+		Memory []workerMemory `json:"memory,omitempty"`
+	}{Object: "list", Data: []model{}, Memory: totals}
 	for _, m := range s.o.Models.List() {
 		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin,
-			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor})
+			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor, Residency: where[m.Name]})
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -412,8 +408,9 @@ func (s *Server) listProfiles(c echo.Context) error {
 		Default string           `json:"default"`
 		Data    []config.Profile `json:"data"`
 	}{Default: s.cfg.DefaultProfile, Data: []config.Profile{}}
-	for _, name := range sortedKeys(s.o.Profiles) {
-		out.Data = append(out.Data, s.o.Profiles[name])
+	profiles := s.validator.Profiles()
+	for _, name := range sortedKeys(profiles) {
+		out.Data = append(out.Data, profiles[name])
 	}
 	return c.JSON(http.StatusOK, out)
 }

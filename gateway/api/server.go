@@ -23,41 +23,61 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/core/imagedecode"
+	"github.com/kiln-project/kiln/core/modelhash"
+	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/comfyui"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
+	"github.com/kiln-project/kiln/gateway/latency"
+	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/audit"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/models"
 	"github.com/kiln-project/kiln/server/tenants"
 )
 
 // QualityPolicy may adjust a validated job before it is enqueued (the
-// adaptive quality hook). The result is checked against the tenant's
-// limits again; an error or an out-of-limits answer keeps the original.
+// adaptive quality hook), for tenants or profiles that opt in with
+// `quality: adaptive`. The result is checked against the tenant's limits
+// again; an error or an out-of-limits answer keeps the original.
 type QualityPolicy interface {
-	Adjust(ctx context.Context, in QualityInput) (jobs.Params, error)
+	Adjust(ctx context.Context, in QualityInput) (QualityResult, error)
 }
 
 // QualityInput is what a quality policy sees.
 type QualityInput struct {
-	// Tenant is the tenant whose request it is.
+	// Tenant is the tenant whose request it is; the policy keeps its state
+	// per (tenant, Params.Profile, Params.Model).
 	Tenant     string
 	QueueDepth int
-	// P50 and P95 are recent job latencies (queue wait + run).
+	// P50 and P95 are the latencies (queue wait + run) of the key's jobs
+	// that finished within the last minute, weighted by age.
 	P50, P95 time.Duration
 	// Target is the profile's latency target.
 	Target time.Duration
 	Params jobs.Params
 	Limits config.Quota
+	// Locked names the parameters the request set explicitly without
+	// allow_adjust ("steps", "width", "height", "sampler", "profile"):
+	// they must not change.
+	Locked map[string]bool
+}
+
+// QualityResult is a quality policy's answer.
+type QualityResult struct {
+	Params jobs.Params
+	// Reason says why parameters changed.
+	Reason string
 }
 
 // Options configure a Server.
@@ -66,7 +86,7 @@ type Options struct {
 	Store    *jobs.Store
 	Tenants  *tenants.Store
 	Conn     *nats.Conn
-	Models   *models.Registry
+	Models   *catalog.Registry
 	Profiles map[string]config.Profile
 	Registry *metrics.Registry
 	Signer   *urlsign.Signer
@@ -79,6 +99,8 @@ type Options struct {
 	Quality QualityPolicy
 	// Wasm adds pre-processing nodes and the module upload API (nil: none).
 	Wasm WasmHooks
+	// Audit records admin actions (nil: none).
+	Audit *audit.Log
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
 }
@@ -96,9 +118,25 @@ type Server struct {
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
 	openai    *openai.Handler
+	a1111     *a1111.Handler
+	comfy     *comfyui.Handler
+	live      *live.Tracker
+	hashes    modelhash.Cache
+	// openapiDoc is the served OpenAPI document.
+	openapiDoc []byte
 
 	mu      sync.Mutex
 	workers map[string]workerSeen
+	beats   map[string]time.Time // last heartbeat of every worker (WorkerHeardWithin)
+
+	// profMu guards overrides: the operator's profiles on top of the
+	// configured ones.
+	profMu    sync.Mutex
+	overrides map[string]config.Profile
+
+	// window holds recent job latencies per (tenant, profile, model) for
+	// adaptive quality.
+	window *latency.Windows
 
 	m serverMetrics
 }
@@ -117,6 +155,7 @@ type serverMetrics struct {
 	inFlight   *metrics.Gauge
 	workers    *metrics.Gauge
 	latencies  *metrics.Histogram // end-to-end job latency seen by the gateway
+	adjusted   *metrics.CounterVec
 }
 
 // New builds the gateway.
@@ -132,8 +171,8 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
-		decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}, beats: map[string]time.Time{},
+		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
 	s.m = serverMetrics{
@@ -147,6 +186,7 @@ func New(o Options) (*Server, error) {
 		workers:    reg.NewGauge("kiln_workers", "Workers that sent a heartbeat recently."),
 		latencies: reg.NewHistogram("kiln_job_latency_seconds", "Time from submission to a final state, seen by the gateway.",
 			metrics.ExponentialBuckets(0.01, 2, 16)),
+		adjusted: reg.NewCounterVec("kiln_quality_adjustments_total", "Request parameters changed by adaptive quality, by field.", "field"),
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
 		for _, c := range []struct {
@@ -164,7 +204,14 @@ func New(o Options) (*Server, error) {
 		Position: func(j *jobs.Job) int { return s.watch.Position(j.Tenant, j.ID, j.Params.Priority) }})
 	s.watch = jobwatch.New(jobwatch.Options{Store: o.Store, Live: s.limiter.Observe, Emit: s.onJobEvent})
 	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.live = live.New()
+	s.a1111 = a1111.New(adapterBackend{s}, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.comfy = comfyui.New(comfyui.Options{Backend: adapterBackend{s}, MaxBody: int64(cfg.MaxBodyBytes), MaxPixels: cfg.MaxImagePixels,
+		OriginPatterns: originPatterns(cfg.CORSOrigins)})
 	s.echo = s.routes()
+	if s.openapiDoc, err = s.buildOpenAPI(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -196,12 +243,17 @@ func (s *Server) Validator() *validate.Validator { return s.validator }
 
 // Run follows tenants, job records, events and heartbeats until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- s.auth.Run(ctx) }()
 	go func() { errc <- s.watch.Run(ctx) }()
+	go func() { errc <- s.o.Tenants.WatchProfiles(ctx, s.applyProfile) }()
 	progress, err := s.o.Conn.Subscribe(events.ProgressWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishRaw(tenant, job, m.Data)
+			var ev events.Event
+			if json.Unmarshal(m.Data, &ev) == nil {
+				s.live.Event(tenant, ev)
+			}
 		}
 	})
 	if err != nil {
@@ -211,6 +263,9 @@ func (s *Server) Run(ctx context.Context) error {
 	preview, err := s.o.Conn.Subscribe(events.PreviewWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishPreview(tenant, job, m.Data)
+			if pv, err := events.DecodePreview(m.Data); err == nil {
+				s.live.Preview(tenant, pv)
+			}
 		}
 	})
 	if err != nil {
@@ -225,8 +280,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Lock()
 		if h.Stopped {
 			delete(s.workers, h.Worker)
+			delete(s.beats, h.Worker)
 		} else {
 			s.workers[h.Worker] = workerSeen{hb: h, seen: time.Now()}
+			s.beats[h.Worker] = time.Now()
 		}
 		s.mu.Unlock()
 	})
@@ -274,6 +331,7 @@ func (s *Server) Ready() error {
 // Close ends WebSocket connections (before the HTTP server shuts down).
 func (s *Server) Close() {
 	s.hub.Close()
+	s.comfy.Close()
 	s.validator.Close()
 }
 
@@ -281,9 +339,13 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 	if ev.Type == events.TypeSucceeded || ev.Type == events.TypeFailed || ev.Type == events.TypeCanceled {
 		if j, _, err := s.o.Store.Get(context.Background(), tenant, ev.Job); err == nil {
 			s.m.latencies.Observe(time.Since(j.CreatedAt).Seconds())
+			if ev.Type == events.TypeSucceeded {
+				s.window.Observe(qualityKey(tenant, j.Params.Profile, j.Params.Model), time.Since(j.CreatedAt))
+			}
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
+	s.live.Event(tenant, ev)
 }
 
 // initImageLimits bounds one init image, from its header.
@@ -291,15 +353,19 @@ func (s *Server) initImageLimits() imagedecode.Limits {
 	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
 }
 
-// WorkerLive reports whether a worker has been heard from within three
-// heartbeat intervals.
-func (s *Server) WorkerLive(id string) bool {
-	for _, hb := range s.liveWorkers() {
-		if hb.Worker == id && !hb.Stopped {
-			return true
+// WorkerHeardWithin reports whether a worker sent a heartbeat (and no
+// "stopped" one since) within d. Records of workers silent for an hour are
+// forgotten.
+func (s *Server) WorkerHeardWithin(id string, d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for w, at := range s.beats {
+		if time.Since(at) > time.Hour {
+			delete(s.beats, w)
 		}
 	}
-	return false
+	at, ok := s.beats[id]
+	return ok && time.Since(at) <= d
 }
 
 // liveWorkers lists workers heard from within three intervals.
@@ -331,7 +397,7 @@ func (s *Server) status(ctx context.Context) events.Metrics {
 	}
 	seenGPU := map[string]bool{}
 	for _, hb := range s.liveWorkers() {
-		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed})
+		m.Workers = append(m.Workers, events.WorkerStatus{ID: hb.Worker, Device: hb.Device, Busy: hb.Busy, Models: hb.Models, Speed: hb.Speed, Draining: hb.Draining})
 		for _, g := range hb.GPUs {
 			k := fmt.Sprintf("%s/%d/%s", hb.Worker, g.Index, g.Name)
 			if !seenGPU[k] {
@@ -369,7 +435,7 @@ func (s *Server) routes() *echo.Echo {
 	if len(s.cfg.CORSOrigins) > 0 {
 		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 			AllowOrigins:  s.cfg.CORSOrigins,
-			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodOptions},
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 			AllowHeaders:  []string{"Authorization", "Content-Type"},
 			ExposeHeaders: []string{"Retry-After", "Location"},
 			MaxAge:        600,
@@ -379,6 +445,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", s.metrics)
 	e.GET("/v1/openapi.json", s.openapi)
+	e.GET("/docs", s.docs)
 
 	// Route-level middleware (not a group's) keeps 405 for known paths.
 	a := s.authenticate
@@ -395,7 +462,14 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/v1/images/generations", s.generations, a)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
+	for _, r := range s.a1111.Routes() {
+		e.Add(r.Method, r.Path, adapt(r.Handle), a)
+	}
+	for _, r := range s.comfy.Routes() {
+		e.Add(r.Method, echoPath(r.Path), adaptParams(r.Handle), a)
+	}
 	s.wasmRoutes(e)
+	s.adminRoutes(e)
 	// Unknown API paths get a JSON 404, never the web client.
 	if s.o.Web != nil {
 		web := echo.WrapHandler(s.o.Web)
@@ -412,11 +486,47 @@ func (s *Server) routes() *echo.Echo {
 
 func isOpenAIRoute(c echo.Context) bool { return c.Path() == "/v1/images/generations" }
 
+// adapt mounts an adapter's handler of an authenticated request.
+func adapt(h func(w http.ResponseWriter, r *http.Request, p auth.Principal)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h(c.Response(), c.Request(), principal(c))
+		return nil
+	}
+}
+
+// adaptParams mounts an adapter's handler that reads path parameters.
+func adaptParams(h func(w http.ResponseWriter, r *http.Request, p auth.Principal, params map[string]string)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		params := map[string]string{}
+		for i, name := range c.ParamNames() {
+			params[name] = c.ParamValues()[i]
+		}
+		h(c.Response(), c.Request(), principal(c), params)
+		return nil
+	}
+}
+
+// echoPath turns "/history/{prompt_id}" into Echo's "/history/:prompt_id".
+func echoPath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			parts[i] = ":" + s[1:len(s)-1]
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
 // writeError renders an API error in the route's shape.
 func writeError(c echo.Context, e *apierr.Error) error {
-	if isOpenAIRoute(c) {
+	switch {
+	case isOpenAIRoute(c):
 		openai.WriteError(c.Response(), e)
-	} else {
+	case strings.HasPrefix(c.Request().URL.Path, a1111.Prefix+"/"):
+		a1111.WriteError(c.Response(), e)
+	case comfyui.IsPath(c.Request().URL.Path):
+		comfyui.WriteError(c.Response(), e)
+	default:
 		apierr.Write(c.Response(), e)
 	}
 	return nil

@@ -5,6 +5,7 @@
 package apierr
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Error codes.
@@ -24,11 +26,13 @@ const (
 	CodeConcurrency  = "too_many_jobs"
 	CodeUnauthorized = "unauthorized"
 	CodeNotFound     = "not_found"
-	CodeConflict     = "conflict"
-	CodeTooLarge     = "body_too_large"
-	CodeUnavailable  = "unavailable"
-	CodeInternal     = "internal_error"
-	CodeNoModel      = "model_not_found"
+	// CodeForbidden is a 403: the key is valid but may not do this.
+	CodeForbidden   = "forbidden"
+	CodeConflict    = "conflict"
+	CodeTooLarge    = "body_too_large"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal_error"
+	CodeNoModel     = "model_not_found"
 	// CodeMethodNotAllowed is a 405; the error lists the allowed methods.
 	CodeMethodNotAllowed = "method_not_allowed"
 )
@@ -89,8 +93,9 @@ func TooMany(code string, retry time.Duration, format string, args ...any) *Erro
 	return e
 }
 
-// Write sends the error as JSON.
-func Write(w http.ResponseWriter, e *Error) {
+// SetHeaders sets the headers an error carries (Retry-After, Allow,
+// WWW-Authenticate); every API shape's writer calls it.
+func SetHeaders(w http.ResponseWriter, e *Error) {
 	if e.RetryAfter > 0 {
 		secs := int((e.RetryAfter + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -101,32 +106,37 @@ func Write(w http.ResponseWriter, e *Error) {
 	if e.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="kiln"`)
 	}
+}
+
+// Write sends the error as JSON.
+func Write(w http.ResponseWriter, e *Error) {
+	SetHeaders(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(Body{Error: e})
 }
 
-// DecodeStrict decodes one JSON object from r into v, rejecting unknown
-// fields, wrong types, trailing data and bodies over limit bytes.
+// DecodeStrict decodes one JSON object from r into v, rejecting bodies
+// over limit bytes, text that is not UTF-8 (which the JSON decoder would
+// silently replace), unknown fields, wrong types and trailing data.
 func DecodeStrict(r io.Reader, limit int64, v any) *Error {
-	lr := &io.LimitedReader{R: r, N: limit + 1}
-	dec := json.NewDecoder(lr)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if lr.N <= 0 {
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if int64(len(data)) > limit {
 		return New(http.StatusRequestEntityTooLarge, CodeTooLarge, "", "request body exceeds %d bytes", limit)
 	}
 	if err != nil {
+		return Invalid("", "reading the request body: %v", err)
+	}
+	if !utf8.Valid(data) {
+		return Invalid("", "request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return decodeError(err)
 	}
-	if dec.More() {
-		return Invalid("", "request body holds more than one JSON value")
-	}
 	var extra json.RawMessage
-	if err := dec.Decode(&extra); err != io.EOF {
-		if lr.N <= 0 {
-			return New(http.StatusRequestEntityTooLarge, CodeTooLarge, "", "request body exceeds %d bytes", limit)
-		}
+	if dec.More() || dec.Decode(&extra) != io.EOF {
 		return Invalid("", "request body holds more than one JSON value")
 	}
 	return nil

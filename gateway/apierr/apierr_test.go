@@ -61,3 +61,16 @@ func TestWrite(t *testing.T) {
 		t.Fatalf("body %s", got)
 	}
 }
+
+func TestDecodeStrictRefusesInvalidUTF8(t *testing.T) {
+	var v struct{ Prompt string }
+	if err := DecodeStrict(strings.NewReader("{\"Prompt\":\"\xff\xfe\"}"), 1<<10, &v); err == nil || err.Status != 400 {
+		t.Fatalf("invalid UTF-8: %v %q", err, v.Prompt)
+	}
+	if err := DecodeStrict(strings.NewReader(`{"Prompt":"héllo"}`), 1<<10, &v); err != nil || v.Prompt != "héllo" {
+		t.Fatalf("valid UTF-8: %v", err)
+	}
+	if err := DecodeStrict(strings.NewReader(`{"Prompt":"`+strings.Repeat("x", 2000)+`"}`), 1<<10, &v); err == nil || err.Status != 413 {
+		t.Fatalf("over the limit: %v", err)
+	}
+}

@@ -34,6 +34,10 @@ type Principal struct {
 	Local bool
 	// Weight is the tenant's fair-queuing weight (0 counts as 1).
 	Weight float64
+	// Quality is the tenant's quality mode ("adaptive" opts in).
+	Quality string
+	// Admin marks a request made with the admin key (the operator).
+	Admin bool
 }
 
 // WSProtocol is the WebSocket subprotocol of Kiln's event stream.
@@ -205,10 +209,18 @@ var dummyKey = tenants.Key{Hash: strings.Repeat("00", 32)}
 // every request is the local tenant whatever bearer it sends (OpenAI SDKs
 // always send one); otherwise an unknown key is a 401.
 func (a *Authenticator) Authenticate(r *http.Request) (Principal, *apierr.Error) {
+	key := KeyFromRequest(r)
 	if a.Keyless() {
+		// A tenant's own key is that tenant even here (a tenant created a
+		// moment ago, before its mode change is mirrored); anything else
+		// is the local tenant.
+		if key != "" {
+			if p, err := a.Verify(key); err == nil {
+				return p, nil
+			}
+		}
 		return a.LocalPrincipal(), nil
 	}
-	key := KeyFromRequest(r)
 	if key == "" {
 		return Principal{}, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "",
 			"an API key is required: send Authorization: Bearer kiln_…")
@@ -239,7 +251,7 @@ func (a *Authenticator) Verify(key string) (Principal, *apierr.Error) {
 	if !found || t.Revoked {
 		return Principal{}, bad
 	}
-	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight}, nil
+	return Principal{Tenant: t.ID, Quota: t.Quota, QuotaVersion: t.QuotaVersion, Weight: t.Weight, Quality: t.Quality}, nil
 }
 
 // IsLoopback reports whether a listen address (host:port) only accepts

@@ -215,7 +215,7 @@ func EventOf(j *jobs.Job) (events.Event, bool) {
 	ev := events.Event{Job: j.ID, Time: time.Now().UTC()}
 	switch j.Status {
 	case jobs.StatusQueued:
-		ev.Type = events.TypeQueued
+		ev.Type, ev.Adjustments = events.TypeQueued, j.Adjustments
 	case jobs.StatusRunning:
 		ev.Type, ev.Worker, ev.Attempt, ev.Steps = events.TypeStarted, j.Worker, j.Attempts, j.Params.Steps
 	case jobs.StatusSucceeded:
@@ -234,7 +234,7 @@ func EventOf(j *jobs.Job) (events.Event, bool) {
 		return ev, false
 	}
 	if j.StartedAt != nil && j.FinishedAt != nil {
-		ev.DurationMS = j.FinishedAt.Sub(*j.StartedAt).Milliseconds()
+		ev.Duration = j.FinishedAt.Sub(*j.StartedAt).Seconds()
 	}
 	return ev, true
 }

@@ -23,9 +23,9 @@ import (
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/models"
 )
 
 // Limits that no tenant may exceed.
@@ -58,16 +58,56 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// SharedNoise draws the batch's noise from one generator seeded with
+	// seed (ComfyUI's semantics) instead of one per image (seed+i).
+	SharedNoise bool `json:"shared_noise,omitempty"`
+	// AllowAdjust lets adaptive quality change parameters the request
+	// sets explicitly (width, height, steps, sampler, profile).
+	AllowAdjust bool `json:"allow_adjust,omitempty"`
 	// Nodes names Wasm pre- and post-processing nodes:
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// FitNative marks Width and Height as a size chosen from a fixed menu
+	// (the OpenAI endpoint's): for models trained at 1024² or more (SDXL)
+	// it becomes the native resolution of the nearest aspect ratio (see
+	// FitNative). Not part of the JSON body.
+	FitNative bool `json:"-"`
+	// Micro is SDXL's micro-conditioning (SDXL models only).
+	Micro *jobs.Micro `json:"micro_conditioning,omitempty"`
+}
+
+// nativeBuckets are SDXL's training resolutions (width, height) at its
+// 1024² native area: every aspect ratio a request is fitted to.
+var nativeBuckets = [][2]int{
+	{1024, 1024}, {1152, 896}, {896, 1152}, {1216, 832}, {832, 1216},
+	{1344, 768}, {768, 1344}, {1536, 640}, {640, 1536},
+}
+
+// FitNative maps a requested size to the resolution of the nearest aspect
+// ratio among SDXL's training buckets, scaled from 1024² to the model's
+// native area (nw × nh) and rounded to multiples of 64. Models with a
+// native area below 1024² (SD 1.x/2.x) keep the requested size.
+func FitNative(w, h, nw, nh int) (int, int) {
+	if w <= 0 || h <= 0 || nw*nh < 1024*1024 {
+		return w, h
+	}
+	want := math.Log(float64(w) / float64(h))
+	best := nativeBuckets[0]
+	for _, b := range nativeBuckets[1:] {
+		if math.Abs(math.Log(float64(b[0])/float64(b[1]))-want) < math.Abs(math.Log(float64(best[0])/float64(best[1]))-want) {
+			best = b
+		}
+	}
+	scale := math.Sqrt(float64(nw*nh) / (1024 * 1024))
+	round := func(v int) int { return max(64, int(math.Round(float64(v)*scale/64))*64) }
+	return round(best[0]), round(best[1])
 }
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
 type Validator struct {
-	models         *models.Registry
-	profiles       map[string]config.Profile
+	models         *catalog.Registry
+	profiles       atomic.Pointer[profileSet]
 	defaultProfile string
 	samplers       map[string]bool
 	cache          *ristretto.Cache[string, *jobs.Params]
@@ -75,7 +115,7 @@ type Validator struct {
 }
 
 // New returns a validator with a plan cache of cacheBytes.
-func New(reg *models.Registry, profiles map[string]config.Profile, defaultProfile string, cacheBytes int64) (*Validator, error) {
+func New(reg *catalog.Registry, profiles map[string]config.Profile, defaultProfile string, cacheBytes int64) (*Validator, error) {
 	if _, ok := profiles[defaultProfile]; !ok {
 		return nil, fmt.Errorf("validate: default profile %q does not exist", defaultProfile)
 	}
@@ -91,8 +131,33 @@ func New(reg *models.Registry, profiles map[string]config.Profile, defaultProfil
 	for _, n := range sample.Names() {
 		s[n] = true
 	}
-	return &Validator{models: reg, profiles: profiles, defaultProfile: defaultProfile, samplers: s, cache: c}, nil
+	v := &Validator{models: reg, defaultProfile: defaultProfile, samplers: s, cache: c}
+	v.profiles.Store(&profileSet{m: profiles})
+	return v, nil
 }
+
+// profileSet is one version of the profiles.
+type profileSet struct {
+	m       map[string]config.Profile
+	version uint64
+}
+
+// SetProfiles replaces the profiles (an operator changed one); plans made
+// with the old ones are not reused. The default profile must remain.
+func (v *Validator) SetProfiles(profiles map[string]config.Profile) error {
+	if _, ok := profiles[v.defaultProfile]; !ok {
+		return fmt.Errorf("validate: default profile %q would be gone", v.defaultProfile)
+	}
+	for {
+		old := v.profiles.Load()
+		if v.profiles.CompareAndSwap(old, &profileSet{m: profiles, version: old.version + 1}) {
+			return nil
+		}
+	}
+}
+
+// Profiles returns the current profiles (read only).
+func (v *Validator) Profiles() map[string]config.Profile { return v.profiles.Load().m }
 
 // Close stops the plan cache.
 func (v *Validator) Close() { v.cache.Close() }
@@ -148,6 +213,14 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
+	params.SharedNoise = r.SharedNoise
+	if r.Micro != nil {
+		if err := v.checkMicro(params.Model, r.Micro); err != nil {
+			return jobs.Params{}, err
+		}
+		mc := *r.Micro
+		params.Micro = &mc
+	}
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {
 			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))
@@ -157,6 +230,26 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = RandomSeed()
 	}
 	return params, nil
+}
+
+// checkMicro accepts micro-conditioning only for SDXL models and within
+// sane ranges.
+func (v *Validator) checkMicro(model string, m *jobs.Micro) *apierr.Error {
+	if mm, ok := v.models.Get(model); !ok || mm.Family != "sdxl" {
+		return apierr.Invalid("micro_conditioning", "micro_conditioning applies to SDXL models; %q is not one", model)
+	}
+	for _, x := range []int{m.OriginalWidth, m.OriginalHeight, m.CropTop, m.CropLeft, m.TargetWidth, m.TargetHeight,
+		m.NegativeOriginalWidth, m.NegativeOriginalHeight, m.NegativeCropTop, m.NegativeCropLeft, m.NegativeTargetWidth, m.NegativeTargetHeight} {
+		if x < 0 || x > 16384 {
+			return apierr.Invalid("micro_conditioning", "micro_conditioning sizes and crops must be from 0 to 16384, got %d", x)
+		}
+	}
+	for _, s := range []float64{m.AestheticScore, m.NegativeAestheticScore} {
+		if math.IsNaN(s) || s < 0 || s > 10 {
+			return apierr.Invalid("micro_conditioning", "aesthetic scores must be from 0 to 10, got %v", s)
+		}
+	}
+	return nil
 }
 
 // RandomSeed draws a seed below 2³² (as AUTOMATIC1111 does).
@@ -180,9 +273,9 @@ func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
 		}
 		return fmt.Sprint(*x)
 	}
-	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
-		p.Tenant, p.QuotaVersion, v.models.Version(), r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
-		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority)
+	fmt.Fprintf(&b, "%s|%d|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q|%t",
+		p.Tenant, p.QuotaVersion, v.models.Version(), v.profiles.Load().version, r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
+		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority, r.FitNative)
 	return b.String()
 }
 
@@ -192,10 +285,11 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	if prof == "" {
 		prof = v.defaultProfile
 	}
-	pr, ok := v.profiles[prof]
+	profiles := v.Profiles()
+	pr, ok := profiles[prof]
 	if !ok {
-		names := make([]string, 0, len(v.profiles))
-		for n := range v.profiles {
+		names := make([]string, 0, len(profiles))
+		for n := range profiles {
 			names = append(names, n)
 		}
 		sort.Strings(names)
@@ -223,6 +317,9 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	if r.Height != nil {
 		out.Height = *r.Height
+	}
+	if r.FitNative && r.Width != nil && r.Height != nil {
+		out.Width, out.Height = FitNative(out.Width, out.Height, model.NativeWidth, model.NativeHeight)
 	}
 	for _, f := range []struct {
 		name string
@@ -313,7 +410,7 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 // height: the model's native size (what it was trained at) where it is
 // known and within the profile's and the tenant's pixel caps, else the
 // profile's width and height.
-func DefaultSize(m models.Model, pr config.Profile, q config.Quota) (width, height int) {
+func DefaultSize(m catalog.Model, pr config.Profile, q config.Quota) (width, height int) {
 	w, h := m.NativeWidth, m.NativeHeight
 	if w >= MinSide && h >= MinSide && w <= MaxSide && h <= MaxSide && w%8 == 0 && h%8 == 0 &&
 		w*h <= pr.MaxPixels && w*h <= q.MaxPixels {

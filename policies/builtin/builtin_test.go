@@ -3,6 +3,7 @@ package builtin
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/wasmhost/abi"
@@ -317,5 +318,25 @@ func TestBatchingAdmission(t *testing.T) {
 	in.FreeMemBytes, in.ImageMemBytes = 4000, 1000 // 3 running + 2 would need 5000
 	if out := Batching(in); !out.Wait {
 		t.Fatalf("admission past free memory: %+v", out)
+	}
+}
+
+// TestQualityKeepsLockedAndSaysWhy: locked parameters survive any load,
+// the others shrink with a reason.
+func TestQualityKeepsLockedAndSaysWhy(t *testing.T) {
+	in := &abi.QualityInput{P95US: 20_000_000, TargetP95US: 4_000_000, Level: 0.9,
+		Request: abi.QualityParams{Steps: 40, Width: 512, Height: 512, Sampler: "euler", Profile: "balanced"},
+		Limits:  abi.QualityLimits{MinSteps: 1, MaxSteps: 50, MinWidth: 64, MaxWidth: 1024, MinHeight: 64, MaxHeight: 1024, SizeMultiple: 8},
+		Locked:  abi.LockWidth | abi.LockHeight}
+	out := Quality(in)
+	if out.Params.Width != 512 || out.Params.Height != 512 {
+		t.Fatalf("locked size changed: %+v", out.Params)
+	}
+	if out.Params.Steps >= 40 || !strings.Contains(out.Reason, "over the 4.0s target") {
+		t.Fatalf("steps %d, reason %q", out.Params.Steps, out.Reason)
+	}
+	in.Locked = abi.LockSteps | abi.LockWidth | abi.LockHeight
+	if out := Quality(in); out.Params != in.Request || out.Reason != "" {
+		t.Fatalf("everything locked: %+v %q", out.Params, out.Reason)
 	}
 }

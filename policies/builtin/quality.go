@@ -2,6 +2,7 @@ package builtin
 
 import (
 	"math"
+	"strconv"
 
 	"github.com/kiln-project/kiln/wasmhost/abi"
 )
@@ -43,8 +44,10 @@ const (
 //     shrink too, to 75% at level 1, rounded down to the size multiple and
 //     kept within the tenant's limits;
 //   - sampler and profile are left as requested, and nothing ever rises
-//     above the request.
-func Quality(in *abi.QualityInput) abi.QualityOutput {
+//     above the request;
+//   - parameters the input locks (set explicitly by the request) are
+//     never changed, and the reason of any change is given (ABI minor 2).
+func Quality(in *abi.QualityInput) (out abi.QualityOutput) {
 	req := in.Request
 	level := in.Level
 	if math.IsNaN(level) || level < 0 {
@@ -53,14 +56,18 @@ func Quality(in *abi.QualityInput) abi.QualityOutput {
 	if level > 1 {
 		level = 1
 	}
+	why := ""
 	if in.TargetP95US > 0 {
 		ratio := float64(in.P95US) / float64(in.TargetP95US)
 		backlog := in.QueueDepth > backlogPerSlot*(in.Running+1) && ratio >= backlogFrom
 		switch {
 		case ratio > 1:
 			level += math.Min(maxRaise, math.Max(minRaise, (ratio-1)/2))
+			why = "recent p95 latency " + secs(in.P95US) + " is over the " + secs(in.TargetP95US) + " target"
 		case backlog:
 			level += minRaise
+			why = "queue backlog of " + strconv.FormatUint(uint64(in.QueueDepth), 10) + " jobs with p95 " + secs(in.P95US) +
+				" near the " + secs(in.TargetP95US) + " target"
 		case ratio < restoreBelow:
 			level -= restoreStep
 		}
@@ -71,7 +78,16 @@ func Quality(in *abi.QualityInput) abi.QualityOutput {
 	level = math.Round(level*1e6) / 1e6
 
 	l := &in.Limits
-	out := abi.QualityOutput{Params: req, Level: level}
+	out = abi.QualityOutput{Params: req, Level: level}
+	defer func() {
+		abi.RestoreLocked(in, &out)
+		if out.Params != req {
+			if why == "" {
+				why = "load earlier in the latency window"
+			}
+			out.Reason = why + " (level " + strconv.FormatFloat(level, 'f', 2, 64) + ")"
+		}
+	}()
 
 	floor := req.Steps / 2
 	if floor < l.MinSteps {
@@ -90,6 +106,11 @@ func Quality(in *abi.QualityInput) abi.QualityOutput {
 	out.Params.Width = side(req.Width, scale, l.MinWidth, l.MaxWidth, l.SizeMultiple)
 	out.Params.Height = side(req.Height, scale, l.MinHeight, l.MaxHeight, l.SizeMultiple)
 	return out
+}
+
+// secs formats microseconds as seconds ("12.5s").
+func secs(us uint64) string {
+	return strconv.FormatFloat(float64(us)/1e6, 'f', 1, 64) + "s"
 }
 
 func clampU32(v, lo, hi uint32) uint32 {

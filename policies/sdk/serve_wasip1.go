@@ -46,7 +46,7 @@ func Eviction(ptr, n int32, fn func(*EvictionInput) (EvictionOutput, error)) int
 // Quality serves one call of the quality hook with fn.
 func Quality(ptr, n int32, fn func(*QualityInput) (QualityOutput, error)) int64 {
 	return guest.Serve(ptr, n, func(in, out []byte) []byte {
-		msg, err := abi.DecodeQualityInput(in)
+		msg, minor, err := abi.DecodeQualityInputMinor(in)
 		if err != nil {
 			return abi.EncodeError(out, err.Error())
 		}
@@ -54,6 +54,6 @@ func Quality(ptr, n int32, fn func(*QualityInput) (QualityOutput, error)) int64 
 		if err != nil {
 			return abi.EncodeError(out, err.Error())
 		}
-		return abi.EncodeQualityOutput(out, &ans)
+		return abi.EncodeQualityOutputAt(out, &ans, minor)
 	})
 }

@@ -18,7 +18,7 @@ import (
 	"sort"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/kiln-project/kiln/configs"
 )
@@ -70,6 +70,7 @@ type Config struct {
 	Device                 string            `yaml:"device"`
 	Workers                int               `yaml:"workers"`
 	MemoryBudget           Budget            `yaml:"memory_budget"`
+	HostMemoryBudget       Budget            `yaml:"host_memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
 	Models                 map[string]string `yaml:"models"`
 	BuiltinModel           bool              `yaml:"builtin_model"`
@@ -78,6 +79,8 @@ type Config struct {
 	DefaultModel           string            `yaml:"default_model"`
 	DefaultProfile         string            `yaml:"default_profile"`
 	AdminListen            string            `yaml:"admin_listen"`
+	AdminKeyFile           string            `yaml:"admin_key_file"`
+	AuditRetention         Duration          `yaml:"audit_retention"`
 	CORSOrigins            []string          `yaml:"cors_origins"`
 	LogLevel               string            `yaml:"log_level"`
 	LogFormat              string            `yaml:"log_format"`
@@ -123,8 +126,22 @@ func Default() (*Config, error) {
 	return &c, nil
 }
 
+// Bounds of a configuration document, checked on its node tree before it
+// is decoded: the YAML decoder's duplicate-key check is quadratic in a
+// mapping's size (32,000 keys took seconds; the config fuzz target
+// stalled on such inputs), and anchors and aliases can multiply a small
+// document, so Kiln's configs allow neither.
+const (
+	maxConfigBytes       = 1 << 20
+	maxConfigNodes       = 20000
+	maxConfigMappingKeys = 1000
+)
+
 // decodeStrict decodes one YAML document into out; unknown keys are errors.
 func decodeStrict(data []byte, out any) error {
+	if err := checkShape(data); err != nil {
+		return err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
@@ -138,6 +155,52 @@ func decodeStrict(data []byte, out any) error {
 		return fmt.Errorf("more than one YAML document")
 	}
 	return nil
+}
+
+// checkShape parses data into a node tree (linear) and refuses documents
+// over the size or node bounds, with anchors or aliases, or with a key
+// repeated in one mapping.
+func checkShape(data []byte) error {
+	if len(data) > maxConfigBytes {
+		return fmt.Errorf("%d bytes, the limit is %d", len(data), maxConfigBytes)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	nodes := 0
+	var walk func(n *yaml.Node) error
+	walk = func(n *yaml.Node) error {
+		nodes++
+		if nodes > maxConfigNodes {
+			return fmt.Errorf("more than %d YAML nodes", maxConfigNodes)
+		}
+		if n.Kind == yaml.AliasNode || n.Anchor != "" {
+			return fmt.Errorf("line %d: YAML anchors and aliases are not supported in configs", n.Line)
+		}
+		if n.Kind == yaml.MappingNode {
+			if len(n.Content)/2 > maxConfigMappingKeys {
+				return fmt.Errorf("line %d: a mapping of %d keys, the limit is %d", n.Line, len(n.Content)/2, maxConfigMappingKeys)
+			}
+			seen := make(map[string]int, len(n.Content)/2)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				if k.Kind == yaml.ScalarNode {
+					if line, dup := seen[k.Value]; dup {
+						return fmt.Errorf("line %d: key %q already defined at line %d", k.Line, k.Value, line)
+					}
+					seen[k.Value] = k.Line
+				}
+			}
+		}
+		for _, c := range n.Content {
+			if err := walk(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(&doc)
 }
 
 // Merge decodes YAML data on top of c: keys present in data replace the
@@ -227,7 +290,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, v := range map[string]Duration{"ack_wait": c.AckWait, "metrics_interval": c.MetricsInterval,
-		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout} {
+		"job_retention": c.JobRetention, "sync_timeout": c.SyncTimeout, "audit_retention": c.AuditRetention} {
 		if v <= 0 {
 			return fmt.Errorf("config: %s must be positive", name)
 		}
@@ -374,6 +437,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
+	fs.Var(&c.HostMemoryBudget, "host-memory-budget", "pinned host memory for models offloaded from GPUs, shared by all GPUs: auto (25% of RAM), a percentage of RAM or a size (16GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")
 	fs.Var(modelFlag{&c.Models}, "model", "a model as name=path (repeatable)")
 	fs.BoolVar(&c.BuiltinModel, "builtin-model", c.BuiltinModel, "serve the built-in model kiln-shapes (the default model when default-model is empty)")
@@ -382,6 +446,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.DefaultModel, "default-model", c.DefaultModel, "model used when a request names none")
 	fs.StringVar(&c.DefaultProfile, "default-profile", c.DefaultProfile, "performance profile used when a request names none")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin listener with pprof (empty: off)")
+	fs.StringVar(&c.AdminKeyFile, "admin-key-file", c.AdminKeyFile, "file holding the admin key of /v1/admin (else $KILN_ADMIN_KEY, else one is made at first start and printed once)")
+	fs.Var(&c.AuditRetention, "audit-retention", "how long the audit log of admin actions is kept")
 	fs.Var(listFlag{&c.CORSOrigins}, "cors-origins", "comma-separated origins allowed by CORS (empty: off)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/kiln-project/kiln/configs"
 )
@@ -200,6 +201,32 @@ func TestDeviceValues(t *testing.T) {
 		c.Device = d
 		if err := c.Validate(); (err == nil) != ok {
 			t.Errorf("device %q: %v", d, err)
+		}
+	}
+}
+
+// TestMergeBoundsWork: inputs that made the YAML decoder's work grow
+// quadratically (thousands of repeated or distinct keys in one mapping)
+// or multiply (aliases) are refused from the node tree before decoding
+// (issue 24, the FuzzMerge stall).
+func TestMergeBoundsWork(t *testing.T) {
+	var distinct strings.Builder
+	for i := 0; i < 5000; i++ {
+		fmt.Fprintf(&distinct, "k%d: 1\n", i)
+	}
+	for name, c := range map[string]struct{ in, want string }{
+		"repeated keys": {strings.Repeat("workers: 1\n", 500), "already defined"},
+		"distinct keys": {distinct.String(), "a mapping of 5000 keys"},
+		"alias":         {"local_quota: &q {max_n: 2}\ndefault_quota: *q\n", "anchors and aliases"},
+		"too large":     {"#" + strings.Repeat("x", 2<<20), "the limit is"},
+		"too many":      {"cors_origins: [" + strings.Repeat("a,", 30000) + "]", "YAML nodes"},
+	} {
+		cfg, err := Default()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Merge([]byte(c.in)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}
 }

@@ -31,6 +31,9 @@ type Profile struct {
 	Precision string `yaml:"precision" json:"precision"`
 	// LatencyTarget is the p95 job latency the quality policy aims for.
 	LatencyTarget Duration `yaml:"latency_target" json:"latency_target"`
+	// Quality "adaptive" lets the adaptive quality policy adjust requests
+	// of this profile under load ("" or "fixed": never).
+	Quality string `yaml:"quality" json:"quality,omitempty"`
 }
 
 // Validate checks a profile's values.
@@ -40,6 +43,9 @@ func (p Profile) Validate() error {
 	}
 	if p.Steps <= 0 || p.Width <= 0 || p.Height <= 0 || p.Guidance < 0 {
 		return fmt.Errorf("profile %s: steps, width, height must be positive and guidance not negative", p.Name)
+	}
+	if p.Quality != "" && p.Quality != "fixed" && p.Quality != "adaptive" {
+		return fmt.Errorf("profile %s: quality must be fixed or adaptive, got %q", p.Name, p.Quality)
 	}
 	if p.MaxPixels < p.Width*p.Height || p.MaxSteps < p.Steps || p.MaxN <= 0 || p.MaxBatch <= 0 {
 		return fmt.Errorf("profile %s: caps (max_pixels, max_steps, max_n, max_batch) must admit the defaults", p.Name)

@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // Event types.
@@ -54,8 +57,11 @@ type Event struct {
 	ItPerSec float64 `json:"its,omitempty"`
 	// Images are the results (succeeded).
 	Images []Image `json:"images,omitempty"`
-	// DurationMS is the run time (succeeded, failed, canceled).
-	DurationMS int64 `json:"duration_ms,omitempty"`
+	// Duration is the run time in seconds (succeeded, failed, canceled).
+	Duration float64 `json:"duration_s,omitempty"`
+	// Adjustments are the changes adaptive quality made to the request
+	// (queued).
+	Adjustments []jobs.Adjustment `json:"adjustments,omitempty"`
 	// Error says why (failed).
 	Error *Error `json:"error,omitempty"`
 	// Snapshot marks an event that reports the state at subscription time
@@ -72,6 +78,9 @@ const (
 	HeartbeatSubject = "kiln.worker.heartbeat"
 	// KickSubject tells idle workers that a job was enqueued.
 	KickSubject = "kiln.kick"
+	// DrainSubject carries drain requests (JSON Drain) to workers; the
+	// worker named answers with its Heartbeat.
+	DrainSubject = "kiln.worker.drain"
 )
 
 // ProgressSubject carries a job's progress events.
@@ -126,6 +135,18 @@ type Heartbeat struct {
 	// Speed is the measured sampling speed per model, in megapixel-steps
 	// per second (images × width × height × steps / 1e6 per second).
 	Speed map[string]float64 `json:"speed,omitempty"`
+	// Draining is set while the worker takes no new jobs.
+	Draining bool `json:"draining,omitempty"`
+	// Memory lists the models in the worker's device and host memory, with
+	// their components and what they share.
+	Memory []memory.ModelUsage `json:"memory,omitempty"`
+}
+
+// Drain asks one worker to stop taking jobs (Drain true; running jobs
+// finish, held ones go back to the queue) or to take jobs again.
+type Drain struct {
+	Worker string `json:"worker"`
+	Drain  bool   `json:"drain"`
 }
 
 // WorkerStatus is a worker as metrics events show it.
@@ -136,6 +157,8 @@ type WorkerStatus struct {
 	Models []string `json:"models,omitempty"`
 	// Speed is the measured sampling speed per model (megapixel-steps/s).
 	Speed map[string]float64 `json:"speed,omitempty"`
+	// Draining is set while an operator has drained the worker.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Metrics is the periodic status event.

@@ -72,9 +72,37 @@ type Params struct {
 	InitImage string  `json:"init_image,omitempty"`
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
+	// SharedNoise draws the whole job's initial noise from one generator
+	// seeded with Seed (as ComfyUI and diffusers do) instead of one
+	// generator per image seeded Seed+i (as AUTOMATIC1111 does).
+	SharedNoise bool `json:"shared_noise,omitempty"`
+	// Micro is SDXL's micro-conditioning (nil: the model's defaults).
+	Micro *Micro `json:"micro_conditioning,omitempty"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
-	// kept as the client sent it; wasmhost/adapter decodes and runs it.
+	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+}
+
+// Micro is SDXL's micro-conditioning of a job: the original image size,
+// the crop's top-left corner and the target size it tells the model about
+// (pixels; a zero size means the image's size), the same for the
+// unconditional (negative) half, and the refiner's aesthetic scores (0:
+// the model's defaults, 6 and 2.5).
+type Micro struct {
+	OriginalWidth          int     `json:"original_width,omitempty"`
+	OriginalHeight         int     `json:"original_height,omitempty"`
+	CropTop                int     `json:"crop_top,omitempty"`
+	CropLeft               int     `json:"crop_left,omitempty"`
+	TargetWidth            int     `json:"target_width,omitempty"`
+	TargetHeight           int     `json:"target_height,omitempty"`
+	NegativeOriginalWidth  int     `json:"negative_original_width,omitempty"`
+	NegativeOriginalHeight int     `json:"negative_original_height,omitempty"`
+	NegativeCropTop        int     `json:"negative_crop_top,omitempty"`
+	NegativeCropLeft       int     `json:"negative_crop_left,omitempty"`
+	NegativeTargetWidth    int     `json:"negative_target_width,omitempty"`
+	NegativeTargetHeight   int     `json:"negative_target_height,omitempty"`
+	AestheticScore         float64 `json:"aesthetic_score,omitempty"`
+	NegativeAestheticScore float64 `json:"negative_aesthetic_score,omitempty"`
 }
 
 // Work returns the job's work in megapixel-steps: images × width × height
@@ -130,6 +158,47 @@ type Job struct {
 	// Weight is the tenant's fair-queuing weight when the job was submitted
 	// (0 counts as 1).
 	Weight float64 `json:"weight,omitempty"`
+	// Adjustments are the changes the adaptive quality policy made to the
+	// request before it was queued.
+	Adjustments []Adjustment `json:"adjustments,omitempty"`
+	// Memory says how the worker recovered when the job's batch ran out of
+	// device memory (absent: it did not).
+	Memory *MemoryRecovery `json:"memory,omitempty"`
+}
+
+// MemoryRecovery is what the worker did when a job's batch ran out of
+// device memory: split it (Splits halvings, last chunk of Chunk images)
+// and moved the other models off the device (FreedOthers).
+type MemoryRecovery struct {
+	Splits      int  `json:"splits"`
+	Chunk       int  `json:"chunk"`
+	FreedOthers bool `json:"freed_others"`
+	Sequential  bool `json:"sequential,omitempty"`
+}
+
+// AdjustedHeaderName is the response header listing a job's adjustments.
+const AdjustedHeaderName = "Kiln-Adjusted"
+
+// AdjustedHeader formats adjustments for the Kiln-Adjusted header:
+// "steps=25->12, width=128->96" ("" for none).
+func AdjustedHeader(adj []Adjustment) string {
+	var b strings.Builder
+	for i, a := range adj {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=%v->%v", a.Field, a.From, a.To)
+	}
+	return b.String()
+}
+
+// Adjustment is one parameter the adaptive quality policy changed: from
+// the requested value to the queued one, and why.
+type Adjustment struct {
+	Field  string `json:"field"`
+	From   any    `json:"from"`
+	To     any    `json:"to"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // NewID returns a time-ordered identifier: 10 characters of millisecond

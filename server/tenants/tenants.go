@@ -46,6 +46,9 @@ type Tenant struct {
 	// Weight is the tenant's share of the workers under contention
 	// relative to other tenants (weighted fair queuing; 0 counts as 1).
 	Weight float64 `json:"weight,omitempty"`
+	// Quality "adaptive" lets the adaptive quality policy adjust the
+	// tenant's requests under load ("" or "fixed": never).
+	Quality string `json:"quality,omitempty"`
 }
 
 // Key is a stored API key: its id and the hash of its secret.
@@ -267,14 +270,8 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 		return err
 	}
 	for _, kid := range keyIDs {
-		k, err := s.GetKey(ctx, kid)
-		if err != nil {
+		if err := s.RevokeKey(ctx, id, kid); err != nil {
 			return err
-		}
-		k.Revoked = true
-		data, _ := json.Marshal(k)
-		if _, err := s.kv.Put(ctx, "key."+kid, data); err != nil {
-			return fmt.Errorf("tenants: revoke key %s: %w", kid, err)
 		}
 	}
 	return nil
@@ -286,6 +283,40 @@ func (s *Store) SetQuota(ctx context.Context, id string, q config.Quota) (*Tenan
 		return nil, fmt.Errorf("tenants: %w", err)
 	}
 	return s.update(ctx, id, func(t *Tenant) { t.Quota = q; t.QuotaVersion++ })
+}
+
+// Settings are a tenant's adjustable settings besides its quota.
+type Settings struct {
+	// Weight is the fair-queuing weight (> 0; nil: unchanged).
+	Weight *float64 `json:"weight,omitempty"`
+	// Quality is "fixed" or "adaptive" (nil: unchanged).
+	Quality *string `json:"quality,omitempty"`
+}
+
+// Validate reports settings out of range.
+func (st Settings) Validate() error {
+	if st.Weight != nil && (!(*st.Weight > 0) || *st.Weight > 1000) {
+		return fmt.Errorf("tenants: weight must be in (0, 1000], got %v", *st.Weight)
+	}
+	if st.Quality != nil && *st.Quality != "fixed" && *st.Quality != "adaptive" {
+		return fmt.Errorf("tenants: quality must be fixed or adaptive, got %q", *st.Quality)
+	}
+	return nil
+}
+
+// SetSettings changes a tenant's weight and quality mode.
+func (s *Store) SetSettings(ctx context.Context, id string, st Settings) (*Tenant, error) {
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, id, func(t *Tenant) {
+		if st.Weight != nil {
+			t.Weight = *st.Weight
+		}
+		if st.Quality != nil {
+			t.Quality = *st.Quality
+		}
+	})
 }
 
 func (s *Store) update(ctx context.Context, id string, fn func(*Tenant)) (*Tenant, error) {

@@ -1,6 +1,6 @@
 // Command eval measures the built-in model's prompt adherence: it generates
 // one image for each of n held-out captions (captions the training never
-// saw), judges each with core/judge and prints the pass rate overall and per
+// saw), judges each with tools/eval/judge and prints the pass rate overall and per
 // property.
 //
 //	go run ./tools/eval -n 200 [-model DIR] [-steps 20] [-guidance 7.5] [-sampler NAME] [-sheet out.png]
@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/backend/cpu"
-	"github.com/kiln-project/kiln/core/judge"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/models"
+	"github.com/kiln-project/kiln/tools/eval/judge"
 	"github.com/kiln-project/kiln/tools/train/scenes"
 )
 

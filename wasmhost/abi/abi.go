@@ -12,19 +12,35 @@ package abi
 // Version is the ABI version a module reports from ExportVersion.
 const Version = 1
 
-// Minor is the highest minor version of ABI v1 this package speaks. A
-// module reports its own from ExportMinor (absent: 0). Fields added in
-// minor N are appended at the end of a message's encoding and exchanged
-// only with modules whose minor is at least N, so older modules keep
-// working. Minor 1 adds the running batch to the batching input.
-const Minor = 1
+// Minor is the highest minor version of ABI version 1 this package speaks.
+// A module reports its minor from the optional ExportMinor (absent: 0).
+// Fields added in minor N are appended at the end of a message's encoding
+// and exchanged only when the module's minor is at least N, so modules
+// built for an older minor keep working unchanged.
+const Minor = 3
+
+// Minor versions and what they add.
+const (
+	// MinorBatching (1) adds to the batching input the running batch
+	// (continuous batching: which jobs join it at a step boundary) and
+	// the measured activation bytes per image.
+	MinorBatching = 1
+	// MinorQuality (2) adds to the quality hook the input's Locked fields
+	// and Model and the output's Reason.
+	MinorQuality = 2
+	// MinorTiers (3) adds to the eviction input what the memory manager
+	// knows: the host memory budget, and per model the bytes only it holds
+	// (models share components by content), its last offload and restore
+	// times and its queued jobs.
+	MinorTiers = 3
+)
 
 // Names of the exports and imports that make up the ABI.
 const (
 	// ExportVersion is () -> i32 and must return Version.
 	ExportVersion = "kiln_abi_version"
-	// ExportMinor is the optional () -> i32 that returns the module's
-	// minor version (see Minor).
+	// ExportMinor is the optional () -> i32 export returning the module's
+	// minor version (at most Minor).
 	ExportMinor = "kiln_abi_minor"
 	// ExportAlloc is (size i32) -> i32: a pointer to size writable bytes in
 	// the guest's memory that stay valid until the next call to the module.

@@ -35,8 +35,8 @@ func withRunning(in *BatchingInput) *BatchingInput {
 // them after every minor-0 byte.
 func TestMinorVersions(t *testing.T) {
 	in := withRunning(sampleBatching(3))
-	m0 := EncodeBatchingInputMinor(nil, in, 0)
-	m1 := EncodeBatchingInputMinor(nil, in, 1)
+	m0 := EncodeBatchingInputAt(nil, in, 0)
+	m1 := EncodeBatchingInputAt(nil, in, 1)
 	if len(m1) <= len(m0) || string(m1[:len(m0)]) != string(m0) {
 		t.Fatalf("minor 1 is not minor 0 plus appended fields (%d, %d bytes)", len(m0), len(m1))
 	}
@@ -100,7 +100,7 @@ func TestRoundTrips(t *testing.T) {
 
 func TestDecodeErrors(t *testing.T) {
 	full := EncodeBatchingInput(nil, withRunning(sampleBatching(3)))
-	minor0 := len(EncodeBatchingInputMinor(nil, sampleBatching(3), 0))
+	minor0 := len(EncodeBatchingInputAt(nil, sampleBatching(3), 0))
 	for n := 0; n < len(full); n++ {
 		if n == minor0 {
 			continue // a complete minor-0 message
@@ -249,5 +249,29 @@ func TestValidateAdmission(t *testing.T) {
 	in.FreeMemBytes = 1 << 30 // 300 MiB per image: 3 running + 1 joining = 1.2 GiB
 	if err := ValidateBatching(in, &BatchingOutput{Jobs: []uint32{0}}); err == nil || !strings.Contains(err.Error(), "activations") {
 		t.Fatalf("over the free memory: %v", err)
+	}
+}
+
+// TestQualityMinorVersions: minor-2 fields travel only at minor 2; a
+// minor-0 encoding decodes without them, and answers come back at the
+// minor the input came at.
+func TestQualityMinorVersions(t *testing.T) {
+	in := QualityInput{Tenant: "t", Level: 0.5, Request: QualityParams{Steps: 20, Width: 64, Height: 64, Sampler: "e", Profile: "p"},
+		Limits: QualityLimits{MaxSteps: 50, SizeMultiple: 8}, Locked: LockSteps | LockWidth, Model: "m"}
+	old := EncodeQualityInputAt(nil, &in, 0)
+	got, minor, err := DecodeQualityInputMinor(old)
+	if err != nil || minor != 0 || got.Locked != 0 || got.Model != "" || got.Request != in.Request {
+		t.Fatalf("minor 0: %+v %d %v", got, minor, err)
+	}
+	got, minor, err = DecodeQualityInputMinor(EncodeQualityInput(nil, &in))
+	if err != nil || minor != MinorQuality || !reflect.DeepEqual(got, in) {
+		t.Fatalf("minor 2: %+v %d %v", got, minor, err)
+	}
+	out := QualityOutput{Params: in.Request, Level: 0.25, Reason: "p95 over target"}
+	if o, err := DecodeQualityOutput(EncodeQualityOutputAt(nil, &out, 0)); err != nil || o.Reason != "" || o.Level != 0.25 {
+		t.Fatalf("minor-0 output: %+v %v", o, err)
+	}
+	if o, err := DecodeQualityOutput(EncodeQualityOutputAt(nil, &out, MinorQuality)); err != nil || o != out {
+		t.Fatalf("minor-2 output: %+v %v", o, err)
 	}
 }

@@ -82,6 +82,15 @@ type Model struct {
 	LoadUS    uint64 `json:"load_us"` // how long it took to load
 	Pinned    bool   `json:"pinned"`
 	InUse     bool   `json:"in_use"`
+	// UniqueBytes (minor 3) is what evicting the model frees on the device:
+	// Bytes less the components it shares with other resident models.
+	UniqueBytes uint64 `json:"unique_bytes"`
+	// OffloadUS and RestoreUS (minor 3) are its last offload to host memory
+	// and restore from it (0: never measured).
+	OffloadUS uint64 `json:"offload_us"`
+	RestoreUS uint64 `json:"restore_us"`
+	// Queued (minor 3) counts queued jobs for the model.
+	Queued uint32 `json:"queued"`
 }
 
 // EvictionInput asks which models to evict to free NeededBytes.
@@ -92,6 +101,12 @@ type EvictionInput struct {
 	UsedBytes     uint64  `json:"used_bytes"`
 	HostFreeBytes uint64  `json:"host_free_bytes"` // room to offload models to host memory
 	Models        []Model `json:"models"`
+	// Tiers (minor 3) reports that the minor-3 fields below and in Models
+	// are filled (by the host, or decoded from an input that carries them).
+	Tiers bool `json:"tiers"`
+	// HostBudgetBytes (minor 3) is the host memory offloaded models may
+	// hold in all.
+	HostBudgetBytes uint64 `json:"host_budget_bytes"`
 }
 
 // Victim evicts the model at Index, offloading it to host memory when
@@ -140,12 +155,31 @@ type QualityInput struct {
 	Level       float64       `json:"level"` // the controller state the policy answered last time, 0..1
 	Request     QualityParams `json:"request"`
 	Limits      QualityLimits `json:"limits"`
+	// Locked (minor 2) lists the parameters the request set explicitly
+	// and does not allow adjusting (LockSteps, ...): the policy must keep
+	// them, and the host restores them if it does not.
+	Locked uint32 `json:"locked"`
+	// Model (minor 2) is the request's model; the host keeps the
+	// controller state per (tenant, profile, model).
+	Model string `json:"model"`
 }
+
+// Bits of QualityInput.Locked.
+const (
+	LockSteps uint32 = 1 << iota
+	LockWidth
+	LockHeight
+	LockSampler
+	LockProfile
+)
 
 // QualityOutput is the adjusted request and the new controller state.
 type QualityOutput struct {
 	Params QualityParams `json:"params"`
 	Level  float64       `json:"level"`
+	// Reason (minor 2) says why the request was adjusted, for the job's
+	// record ("p95 12.1s over the 8s target").
+	Reason string `json:"reason"`
 }
 
 // Param is one node parameter.
@@ -301,12 +335,12 @@ func decParams(d *Decoder) []Param {
 // EncodeBatchingInput appends the encoding of in to dst[:0], with the
 // fields of every minor version up to Minor.
 func EncodeBatchingInput(dst []byte, in *BatchingInput) []byte {
-	return EncodeBatchingInputMinor(dst, in, Minor)
+	return EncodeBatchingInputAt(dst, in, Minor)
 }
 
-// EncodeBatchingInputMinor appends the encoding of in for a module of
+// EncodeBatchingInputAt appends the encoding of in for a module of
 // minor version minor to dst[:0]: later minors' fields are left out.
-func EncodeBatchingInputMinor(dst []byte, in *BatchingInput, minor uint32) []byte {
+func EncodeBatchingInputAt(dst []byte, in *BatchingInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.Str(in.Model)
@@ -341,7 +375,7 @@ func EncodeBatchingInputMinor(dst []byte, in *BatchingInput, minor uint32) []byt
 		e.Str(j.CompatKey)
 		e.U64(j.MemBytes)
 	}
-	if minor >= 1 {
+	if minor >= MinorBatching {
 		e.U32(uint32(len(in.Running)))
 		for _, r := range in.Running {
 			e.Str(r.ID)
@@ -471,8 +505,16 @@ func DecodeBatchingOutput(b []byte) (BatchingOutput, error) {
 
 // --- eviction ---
 
-// EncodeEvictionInput appends the encoding of in to dst[:0].
+// EncodeEvictionInput appends the encoding of in at minor Minor to dst[:0].
 func EncodeEvictionInput(dst []byte, in *EvictionInput) []byte {
+	return EncodeEvictionInputAt(dst, in, Minor)
+}
+
+// EncodeEvictionInputAt appends the encoding of in at a module's minor
+// version to dst[:0]: the minor-3 fields follow the models, as one flag
+// then (when in.Tiers) the host budget and per model its unique bytes,
+// offload and restore times and queued jobs.
+func EncodeEvictionInputAt(dst []byte, in *EvictionInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.U64(in.NeededBytes)
@@ -489,6 +531,19 @@ func EncodeEvictionInput(dst []byte, in *EvictionInput) []byte {
 		e.U64(m.LoadUS)
 		e.Bool(m.Pinned)
 		e.Bool(m.InUse)
+	}
+	if minor >= MinorTiers {
+		e.Bool(in.Tiers)
+		if in.Tiers {
+			e.U64(in.HostBudgetBytes)
+			for i := range in.Models {
+				m := &in.Models[i]
+				e.U64(m.UniqueBytes)
+				e.U64(m.OffloadUS)
+				e.U64(m.RestoreUS)
+				e.U32(m.Queued)
+			}
+		}
 	}
 	return e.Bytes()
 }
@@ -523,6 +578,22 @@ func DecodeEvictionInputInto(b []byte, in *EvictionInput, alias bool) error {
 		m.LoadUS = d.U64()
 		m.Pinned = d.Bool("pinned")
 		m.InUse = d.Bool("in_use")
+		m.UniqueBytes, m.OffloadUS, m.RestoreUS, m.Queued = 0, 0, 0, 0
+	}
+	in.Tiers, in.HostBudgetBytes = false, 0
+	if d.Err() == nil && d.Remaining() > 0 {
+		// Minor 3.
+		in.Tiers = d.Bool("tiers")
+		if in.Tiers {
+			in.HostBudgetBytes = d.U64()
+			for i := range in.Models {
+				m := &in.Models[i]
+				m.UniqueBytes = d.U64()
+				m.OffloadUS = d.U64()
+				m.RestoreUS = d.U64()
+				m.Queued = d.U32()
+			}
+		}
 	}
 	d.End("eviction input")
 	return d.Err()
@@ -578,8 +649,14 @@ func decQualityParams(d *Decoder) QualityParams {
 	}
 }
 
-// EncodeQualityInput appends the encoding of in to dst[:0].
+// EncodeQualityInput appends the encoding of in at minor Minor to dst[:0].
 func EncodeQualityInput(dst []byte, in *QualityInput) []byte {
+	return EncodeQualityInputAt(dst, in, Minor)
+}
+
+// EncodeQualityInputAt appends the encoding of in at a module's minor
+// version to dst[:0] (fields of later minors are left out).
+func EncodeQualityInputAt(dst []byte, in *QualityInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.Str(in.Tenant)
@@ -600,12 +677,25 @@ func EncodeQualityInput(dst []byte, in *QualityInput) []byte {
 	e.U32(l.SizeMultiple)
 	encStrings(e, l.Samplers)
 	encStrings(e, l.Profiles)
+	if minor >= MinorQuality {
+		e.U32(in.Locked)
+		e.Str(in.Model)
+	}
 	return e.Bytes()
 }
 
-// DecodeQualityInput decodes a quality input.
+// DecodeQualityInput decodes a quality input of any minor version.
 func DecodeQualityInput(b []byte) (QualityInput, error) {
+	in, _, err := DecodeQualityInputMinor(b)
+	return in, err
+}
+
+// DecodeQualityInputMinor decodes a quality input and returns the minor
+// version it was encoded at (0 or MinorQuality): a guest answers at the
+// same minor, so that a host that sent no minor-2 fields gets none back.
+func DecodeQualityInputMinor(b []byte) (QualityInput, uint32, error) {
 	var in QualityInput
+	var minor uint32
 	d := NewDecoder(b)
 	in.NowUS = d.I64()
 	in.Tenant = d.Str("tenant", MaxStringBytes)
@@ -626,16 +716,31 @@ func DecodeQualityInput(b []byte) (QualityInput, error) {
 	l.SizeMultiple = d.U32()
 	l.Samplers = decStrings(d, "samplers")
 	l.Profiles = decStrings(d, "profiles")
+	if d.Err() == nil && d.Remaining() > 0 {
+		minor = MinorQuality
+		in.Locked = d.U32()
+		in.Model = d.Str("model", MaxStringBytes)
+	}
 	d.End("quality input")
-	return in, d.Err()
+	return in, minor, d.Err()
 }
 
-// EncodeQualityOutput appends a StatusOK output carrying out to dst[:0].
+// EncodeQualityOutput appends a StatusOK output carrying out, at minor
+// Minor, to dst[:0].
 func EncodeQualityOutput(dst []byte, out *QualityOutput) []byte {
+	return EncodeQualityOutputAt(dst, out, Minor)
+}
+
+// EncodeQualityOutputAt appends a StatusOK output carrying out at a minor
+// version (the one the input came at) to dst[:0].
+func EncodeQualityOutputAt(dst []byte, out *QualityOutput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.U8(StatusOK)
 	encQualityParams(e, &out.Params)
 	e.F64(out.Level)
+	if minor >= MinorQuality {
+		e.Str(out.Reason)
+	}
 	return e.Bytes()
 }
 
@@ -649,6 +754,9 @@ func DecodeQualityOutput(b []byte) (QualityOutput, error) {
 	}
 	out.Params = decQualityParams(d)
 	out.Level = d.F64("level")
+	if d.Err() == nil && d.Remaining() > 0 {
+		out.Reason = d.Str("reason", MaxStringBytes)
+	}
 	d.End("quality output")
 	return out, d.Err()
 }

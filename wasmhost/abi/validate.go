@@ -107,6 +107,13 @@ func CheckEvictionInput(in *EvictionInput) error {
 	if len(in.Models) > MaxModels {
 		return errors.New("abi: eviction input has " + itoa(int64(len(in.Models))) + " models, limit " + itoa(MaxModels))
 	}
+	if in.Tiers {
+		for i := range in.Models {
+			if m := &in.Models[i]; m.UniqueBytes > m.Bytes {
+				return errors.New("abi: model " + quote(m.ID) + " has more unique bytes than bytes")
+			}
+		}
+	}
 	return nil
 }
 
@@ -175,6 +182,26 @@ func allowed(v, requested string, list []string) bool {
 		}
 	}
 	return false
+}
+
+// RestoreLocked sets the parameters in.Locked names back to the request's
+// values.
+func RestoreLocked(in *QualityInput, out *QualityOutput) {
+	r, p := &in.Request, &out.Params
+	for _, f := range []struct {
+		bit      uint32
+		dst, src *uint32
+	}{{LockSteps, &p.Steps, &r.Steps}, {LockWidth, &p.Width, &r.Width}, {LockHeight, &p.Height, &r.Height}} {
+		if in.Locked&f.bit != 0 {
+			*f.dst = *f.src
+		}
+	}
+	if in.Locked&LockSampler != 0 {
+		p.Sampler = r.Sampler
+	}
+	if in.Locked&LockProfile != 0 {
+		p.Profile = r.Profile
+	}
 }
 
 // ValidateQuality checks out against in: steps, width and height within

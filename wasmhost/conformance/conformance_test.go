@@ -8,12 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
-	wb "github.com/kiln-project/kiln/wasmhost/internal/wasmbuild"
 )
 
 // The shared test machine is slow: budgets are generous here; the

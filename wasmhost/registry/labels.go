@@ -35,21 +35,30 @@ func loadLabelKey(ctx context.Context, s Store) ([]byte, error) {
 }
 
 // TenantPseudonym is the name a tenant's modules carry in metrics, which
-// anyone who can read /metrics sees: "tenant-" and 10 hex digits of an
+// anyone who can read /metrics sees: "t-" and 10 hex digits of an
 // HMAC of the tenant id, stable across restarts, and not reversible without
 // the registry's secret. Logs of module loads pair it with the tenant id.
 func (r *Registry) TenantPseudonym(tenant string) string {
 	m := hmac.New(sha256.New, r.labelKey)
 	m.Write([]byte(tenant))
-	return "tenant-" + hex.EncodeToString(m.Sum(nil))[:10]
+	return "t-" + hex.EncodeToString(m.Sum(nil))[:10]
 }
 
-// label is a module's metrics label: kind/name@vN, prefixed for tenant
-// modules by the tenant's pseudonym (never its id).
+// ModulePseudonym is the name a tenant's module carries in metrics: "m-"
+// and 8 hex digits of an HMAC of tenant, kind and name (module names are
+// the tenant's and may say what it does).
+func (r *Registry) ModulePseudonym(tenant string, kind Kind, name string) string {
+	m := hmac.New(sha256.New, r.labelKey)
+	m.Write([]byte(tenant + "\x00" + string(kind) + "\x00" + name))
+	return "m-" + hex.EncodeToString(m.Sum(nil))[:8]
+}
+
+// label is a module's metrics label: kind/name@vN for the operator's
+// modules; t-<pseudonym>/kind/m-<pseudonym>@vN for a tenant's, which
+// names neither the tenant nor the module (the load log line pairs them).
 func (r *Registry) label(scope string, kind Kind, ref Ref) string {
-	l := string(kind) + "/" + ref.String()
-	if scope != "" {
-		l = r.TenantPseudonym(scope) + "/" + l
+	if scope == "" {
+		return string(kind) + "/" + ref.String()
 	}
-	return l
+	return fmt.Sprintf("%s/%s/%s@v%d", r.TenantPseudonym(scope), kind, r.ModulePseudonym(scope, kind, ref.Name), ref.Version)
 }

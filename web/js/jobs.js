@@ -224,6 +224,7 @@ class JobCard {
       case 'queued':
         j.status = 'queued';
         if (ev.position !== undefined) j.position = ev.position;
+        if (ev.adjustments) j.adjustments = ev.adjustments;
         this.render();
         break;
       case 'started':
@@ -246,7 +247,7 @@ class JobCard {
         j.status = 'succeeded';
         j.images = ev.images ?? j.images ?? [];
         j.finished_at = j.finished_at ?? ev.time;
-        if (ev.duration_ms) j.duration_ms = ev.duration_ms;
+        if (ev.duration_s) j.duration_s = ev.duration_s;
         this.render();
         if (!ev.snapshot) announce(`Done: ${j.params?.prompt ?? 'image'}`);
         break;
@@ -447,7 +448,9 @@ class JobCard {
   renderMeta() {
     const j = this.job;
     const t = j.created_at ? new Date(j.created_at) : null;
-    this.metaEl.replaceChildren(t ? h('time', { datetime: j.created_at, title: t.toString() }, t.toLocaleString()) : '');
+    const adj = (j.adjustments ?? []).map((a) => `${a.field} ${a.from}→${a.to}`).join(', ');
+    this.metaEl.replaceChildren(t ? h('time', { datetime: j.created_at, title: t.toString() }, t.toLocaleString()) : '',
+      adj ? h('span', { class: 'job-adjusted', title: j.adjustments[0].reason ?? '' }, ` · adjusted under load: ${adj}`) : '');
   }
 
   async cancel(button) {
@@ -474,7 +477,7 @@ class JobCard {
 }
 
 function duration(j) {
-  if (j.duration_ms) return formatDuration(j.duration_ms / 1000);
+  if (j.duration_s) return formatDuration(j.duration_s);
   if (j.started_at && j.finished_at) return formatDuration((Date.parse(j.finished_at) - Date.parse(j.started_at)) / 1000);
   return '';
 }

@@ -1,6 +1,6 @@
-// Package sdengine adapts the native Stable Diffusion pipeline
-// (core/pipeline) to the worker's Engine interface: it loads checkpoints
-// on a backend for one device, routes prompt encodings through the shared
+// Package sdengine adapts the native pipeline (core/pipeline) to the
+// worker's Engine interface: it loads checkpoints of any model family
+// (core/model/families) on a backend for one device, routes prompt encodings through the shared
 // text-encoder cache, and converts requests, progress and results.
 package sdengine
 
@@ -18,15 +18,18 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/cuda"
-	"github.com/kiln-project/kiln/cuda/bench"
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
@@ -46,9 +49,10 @@ type encodeHooker interface {
 
 // Engine loads Stable Diffusion models for one device.
 type Engine struct {
-	device string
-	be     backend.Backend
-	text   *textcache.Cache
+	device   string
+	be       backend.Backend
+	text     *textcache.Cache
+	stateDir string // component-hash cache; "" for none
 
 	// background warm-up and tuning (GPU engines with a tuning folder)
 	mu      sync.Mutex
@@ -72,19 +76,22 @@ func New(device string, text *textcache.Cache) (*Engine, error) {
 func (e *Engine) Device() string { return e.device }
 
 // Load implements worker.Engine.
-func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error) {
+func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var cm *checkpoint.Model
+	var cp family.Checkpoint
 	var cleanup func()
 	var err error
-	if name, ok := strings.CutPrefix(m.Path, models.SyntheticPrefix); ok {
-		// a random-weight architecture (the registry admits these only
+	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
+		// a random-weight SD architecture (the registry admits these only
 		// when the operator enabled them)
-		cm, _, cleanup, err = bench.Synthetic(name, 1)
+		var cm *checkpoint.Model
+		if cm, _, cleanup, err = bench.Synthetic(name, 1); err == nil {
+			cp, err = families.FromCheckpoint(cm)
+		}
 	} else {
-		cm, err = checkpoint.Load(m.Path, checkpoint.Options{})
+		cp, err = families.All().Open(m.Path, family.OpenOptions{})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
@@ -96,22 +103,43 @@ func (e *Engine) Load(ctx context.Context, m models.Model) (worker.Model, error)
 			}
 		}()
 	}
-	hash, err := HashSource(cm.TextEncoder)
+	comps := cp.Components()
+	hashes, err := e.componentHashes(m.Path, comps)
 	if err != nil {
-		cm.Close()
-		return nil, fmt.Errorf("sdengine: %s: text encoder hash: %w", m.Name, err)
-	}
-	p, err := pipeline.New(e.be, cm)
-	if err != nil {
-		cm.Close()
+		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	mod := &Model{p: p, encoderHash: hash, be: e.be, cleanup: cleanup}
-	e.warmUp(ctx, mod)
+	// On a backend that groups weights the model's weights can be offloaded
+	// and restored together, and weights identical to another model's are
+	// held once.
+	be := e.be
+	var group backend.WeightGroup
+	if g, ok := be.(backend.WeightGrouper); ok {
+		be, group = g.Grouped()
+	}
+	md, err := cp.Build(be)
+	if err != nil {
+		if group != nil {
+			group.Close()
+		}
+		cp.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	p, err := pipeline.New(md)
+	if err != nil {
+		if group != nil {
+			group.Close()
+		}
+		md.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	hash := encoderHash(comps, hashes)
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
 	}
+	e.warmUp(ctx, mod)
 	return mod, nil
 }
 
@@ -184,9 +212,11 @@ type Model struct {
 	p           *pipeline.Pipeline
 	be          backend.Backend
 	cleanup     func() // removes a synthetic model's temporary files
-	closed      atomic.Bool
 	encoderHash string
 	cached      bool
+	group       backend.WeightGroup // nil: the backend does not group weights
+	comps       []memory.Component
+	closed      atomic.Bool
 }
 
 // Pipeline returns the underlying pipeline.
@@ -199,10 +229,16 @@ func (m *Model) TextCacheActive() bool { return m.cached }
 // EncoderHash is the content hash of the model's text encoder.
 func (m *Model) EncoderHash() string { return m.encoderHash }
 
-// Close implements worker.Model.
+// Close implements worker.Model: the weights only this model holds are
+// freed at once, then the model files are closed (and a synthetic model's
+// temporary files removed).
 func (m *Model) Close() error {
 	m.closed.Store(true)
-	err := m.p.Close()
+	var gerr error
+	if m.group != nil {
+		gerr = m.group.Close()
+	}
+	err := errors.Join(gerr, m.p.Close())
 	if m.cleanup != nil {
 		m.cleanup()
 	}
@@ -215,7 +251,8 @@ func request(req worker.Request) pipeline.Request {
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
-		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true,
+		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
+		Micro: req.Micro,
 	}
 }
 

@@ -2,21 +2,27 @@ package sdengine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"image"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/internal/fixtures"
-	"github.com/kiln-project/kiln/server/models"
+	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/modelcache"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
 
-func fixtureModel(t *testing.T) models.Model {
+func fixtureModel(t *testing.T) catalog.Model {
 	dir := fixtures.Require(t, "sd15-tiny/model")
-	reg := models.New(map[string]string{"tiny": dir}, "", "")
+	reg := catalog.New(map[string]string{"tiny": dir}, "", "")
 	reg.Refresh()
 	m, ok := reg.Get("tiny")
 	if !ok {
@@ -209,5 +215,89 @@ func TestGenerateBatchMatchesGenerate(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+var (
+	_ modelcache.Offloader = (*Model)(nil)
+	_ modelcache.Restorer  = (*Model)(nil)
+	_ modelcache.Sizer     = (*Model)(nil)
+)
+
+func TestComponentHashesAreCachedBesideTheModel(t *testing.T) {
+	fm := fixtureModel(t)
+	plain, _ := New("cpu", nil)
+	m0, err := plain.Load(context.Background(), fm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m0.Close()
+	want := m0.(*Model).Components()
+	if len(want) != 3 || want[0].Kind != KindTextEncoder || want[0].Hash != m0.(*Model).EncoderHash() || want[1].Hash == want[2].Hash {
+		t.Fatalf("components %+v", want)
+	}
+	for _, c := range want {
+		if c.Bytes <= 0 || !strings.HasPrefix(c.Hash, "xxh64:") {
+			t.Fatalf("component %+v", c)
+		}
+	}
+	if got := m0.(*Model).DeviceBytes(); got != want[0].Bytes+want[1].Bytes+want[2].Bytes {
+		t.Fatalf("device bytes %d", got)
+	}
+	// The CPU backend cannot offload: the cache drops such models.
+	if err := m0.(*Model).Offload(); err == nil {
+		t.Fatal("CPU model offloaded")
+	}
+
+	dir := t.TempDir()
+	e, _ := New("cpu", nil)
+	e.SetStateDir(dir)
+	m1, err := e.Load(context.Background(), fm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1.Close()
+	if got := m1.(*Model).Components(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("with a state dir: %+v", got)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "hashes", "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("hash cache files %v", files)
+	}
+	if got, ok := e.KnownComponents(fm.Path); !ok || !reflect.DeepEqual(got, want) {
+		t.Fatalf("known components %+v %v", got, ok)
+	}
+	if _, ok := plain.KnownComponents(fm.Path); ok {
+		t.Fatal("components known without a state dir")
+	}
+	// The next load reads the cache (a planted hash shows it) ...
+	raw, _ := os.ReadFile(files[0])
+	var hf hashFile
+	json.Unmarshal(raw, &hf)
+	hf.Hashes[KindVAE] = "xxh64:planted"
+	raw, _ = json.Marshal(hf)
+	os.WriteFile(files[0], raw, 0o644)
+	m2, err := e.Load(context.Background(), fm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2.Close()
+	if got := m2.(*Model).Components()[2].Hash; got != "xxh64:planted" {
+		t.Fatalf("cache not used: vae hash %s", got)
+	}
+	// ... unless the model's files changed (another fingerprint).
+	hf.Fingerprint = "0000000000000000"
+	raw, _ = json.Marshal(hf)
+	os.WriteFile(files[0], raw, 0o644)
+	m3, err := e.Load(context.Background(), fm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m3.Close()
+	if got := m3.(*Model).Components()[2].Hash; got != want[2].Hash {
+		t.Fatalf("stale cache used: vae hash %s", got)
+	}
+	if _, ok := e.KnownComponents(t.TempDir()); ok {
+		t.Fatal("components known for a model never loaded")
 	}
 }

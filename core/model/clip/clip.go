@@ -1,9 +1,10 @@
 // Package clip is the CLIP text transformer that turns token ids into the
 // conditioning of Stable Diffusion: token and position embeddings, pre-LN
 // blocks of causal self-attention and an MLP (quick_gelu or gelu), and a
-// final layer norm. It computes only through backend.Backend; the
-// weights are named as in the transformers CLIPTextModel checkpoint, with
-// or without the "text_model." prefix.
+// final layer norm, and for CLIPTextModelWithProjection (SDXL's second
+// encoder) the text projection of the pooled output. It computes only
+// through backend.Backend; the weights are named as in the transformers
+// checkpoint, with or without the "text_model." prefix.
 package clip
 
 import (
@@ -13,6 +14,7 @@ import (
 	"strconv"
 
 	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/model/nn"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/tensor"
 )
@@ -27,6 +29,7 @@ type Model struct {
 	layers []block
 	finalW *tensor.Tensor
 	finalB *tensor.Tensor
+	proj   *tensor.Tensor // (projection_dim, D) text_projection; nil without
 }
 
 // block holds the weights of one transformer layer.
@@ -123,10 +126,14 @@ func (m *Model) specs(prefix string) []weightSpec {
 			weightSpec{p + "mlp.fc2.bias", vec, &l.fc2B},
 		)
 	}
-	return append(specs,
+	specs = append(specs,
 		weightSpec{prefix + "final_layer_norm.weight", vec, &m.finalW},
 		weightSpec{prefix + "final_layer_norm.bias", vec, &m.finalB},
 	)
+	if c.WithProjection {
+		specs = append(specs, weightSpec{"text_projection.weight", tensor.Shape{c.ProjectionDim, d}, &m.proj})
+	}
+	return specs
 }
 
 // Config returns the model's configuration.
@@ -143,6 +150,30 @@ func (m *Model) Config() Config { return m.cfg }
 // configs with the legacy eos_token_id 2, the largest id.
 func (m *Model) Encode(ctx context.Context, ids []int32, batch int, clipSkip int) (hidden, pooled []float32, err error) {
 	c := m.cfg
+	if clipSkip < 0 || clipSkip > c.NumHiddenLayers {
+		return nil, nil, fmt.Errorf("clip: encode: clip skip %d: want 0 to num_hidden_layers (%d)", clipSkip, c.NumHiddenLayers)
+	}
+	return m.run(ctx, ids, batch, c.NumHiddenLayers-max(clipSkip, 1)+1, true, false)
+}
+
+// HiddenStates runs the text encoder like Encode and returns transformers'
+// hidden_states[layer] (1 ≤ layer ≤ num_hidden_layers): the output of the
+// first layer layers as it is, without the final layer norm (SDXL
+// conditions on layer num_hidden_layers−1). pooled is the last layer's
+// normalised output at the end-of-text position, through text_projection
+// for a CLIPTextModelWithProjection (its text_embeds).
+func (m *Model) HiddenStates(ctx context.Context, ids []int32, batch, layer int) (hidden, pooled []float32, err error) {
+	if layer < 1 || layer > m.cfg.NumHiddenLayers {
+		return nil, nil, fmt.Errorf("clip: hidden states of layer %d: want 1 to num_hidden_layers (%d)", layer, m.cfg.NumHiddenLayers)
+	}
+	return m.run(ctx, ids, batch, layer, false, m.proj != nil)
+}
+
+// run embeds ids, runs the layers and returns the output after keepAfter
+// layers (through the final layer norm when norm) and the pooled output
+// (projected when project).
+func (m *Model) run(ctx context.Context, ids []int32, batch, keepAfter int, norm, project bool) (hidden, pooled []float32, err error) {
+	c := m.cfg
 	if batch <= 0 || len(ids) == 0 || len(ids)%batch != 0 {
 		return nil, nil, fmt.Errorf("clip: encode: %d ids do not split into %d sequences", len(ids), batch)
 	}
@@ -155,10 +186,6 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int, clipSkip int
 			return nil, nil, fmt.Errorf("clip: encode: token %d at position %d is outside the vocabulary (vocab_size %d)", id, i, c.VocabSize)
 		}
 	}
-	if clipSkip < 0 || clipSkip > c.NumHiddenLayers {
-		return nil, nil, fmt.Errorf("clip: encode: clip skip %d: want 0 to num_hidden_layers (%d)", clipSkip, c.NumHiddenLayers)
-	}
-	keepAfter := c.NumHiddenLayers - max(clipSkip, 1) + 1 // layers run before the hidden output is taken
 	defer func() {
 		if err != nil {
 			hidden, pooled = nil, nil
@@ -187,7 +214,7 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int, clipSkip int
 			return nil, nil, fmt.Errorf("clip: encode: %w", err)
 		}
 		next := m.layers[i].forward(be, h, c)
-		if i+1 == keepAfter && i+1 < len(m.layers) {
+		if i+1 == keepAfter && (i+1 < len(m.layers) || !norm) {
 			kept = next
 		}
 		if h != kept {
@@ -197,13 +224,21 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int, clipSkip int
 	}
 	eps := float32(c.LayerNormEps)
 	last := be.LayerNorm(h, m.finalW, m.finalB, eps)
-	be.Free(h)
+	if h != kept {
+		be.Free(h)
+	}
 	out := last
 	if kept != nil {
-		out = be.LayerNorm(kept, m.finalW, m.finalB, eps)
-		be.Free(kept)
+		out = kept
+		if norm {
+			out = be.LayerNorm(kept, m.finalW, m.finalB, eps)
+			be.Free(kept)
+		}
 	}
 	p := be.GatherRows(last, m.eosPositions(ids, batch, L))
+	if project {
+		p = nn.Swap(be, p, be.Linear(p, m.proj, nil))
+	}
 	pooled = be.ToFloat32(p)
 	hidden = be.ToFloat32(out)
 	be.Free(p, last)

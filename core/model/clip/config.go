@@ -22,6 +22,10 @@ type Config struct {
 	EOSTokenID            int     // eos_token_id: where the pooled output is taken
 	PadTokenID            int     // pad_token_id
 	ProjectionDim         int     // projection_dim (used only by models with a projection)
+	// WithProjection is set by architectures ["CLIPTextModelWithProjection"]:
+	// the model holds text_projection.weight and its pooled output is
+	// projected.
+	WithProjection bool
 }
 
 // DefaultConfig returns transformers' CLIPTextConfig defaults, which apply
@@ -114,6 +118,10 @@ func ParseConfig(data []byte) (Config, error) {
 					return Config{}, fmt.Errorf("clip: config: architectures: %q is not a CLIP text model", a)
 				}
 			}
+			if len(archs) > 1 {
+				return Config{}, fmt.Errorf("clip: config: architectures: %d entries, want one", len(archs))
+			}
+			cfg.WithProjection = len(archs) == 1 && archs[0] == "CLIPTextModelWithProjection"
 		default:
 			if !ignoredFields[key] {
 				return Config{}, fmt.Errorf("clip: config: unknown field %q", key)
@@ -150,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.LayerNormEps > 0 && c.LayerNormEps < 1) {
 		return fmt.Errorf("clip: config: layer_norm_eps = %v: want a small positive number", c.LayerNormEps)
+	}
+	if c.WithProjection && (c.ProjectionDim <= 0 || c.ProjectionDim > 1<<24) {
+		return fmt.Errorf("clip: config: projection_dim = %d: want a positive size", c.ProjectionDim)
 	}
 	if c.EOSTokenID < 0 || c.EOSTokenID >= c.VocabSize {
 		return fmt.Errorf("clip: config: eos_token_id %d is outside the vocabulary (vocab_size %d)", c.EOSTokenID, c.VocabSize)

@@ -49,6 +49,26 @@ func SD21UNetConfig() []byte { return config("sd21_unet.json") }
 // (widths 128/256/512/512, factor 8).
 func SDVAEConfig() []byte { return config("sd_vae.json") }
 
+// SDXLUNetConfig returns the published SDXL 1.0 base UNet config.json
+// (text_time conditioning with 6 time ids, 2048-wide context).
+func SDXLUNetConfig() []byte { return config("sdxl_unet.json") }
+
+// SDXLRefinerUNetConfig returns the published SDXL 1.0 refiner UNet
+// config.json (aesthetic-score conditioning with 5 time ids).
+func SDXLRefinerUNetConfig() []byte { return config("sdxl_refiner_unet.json") }
+
+// SDXLVAEConfig returns the published SDXL VAE config.json (scaling factor
+// 0.13025, force_upcast).
+func SDXLVAEConfig() []byte { return config("sdxl_vae.json") }
+
+// SDXLTextEncoderConfig returns the published config of SDXL's first text
+// encoder (CLIP ViT-L).
+func SDXLTextEncoderConfig() []byte { return config("sdxl_text_encoder.json") }
+
+// SDXLTextEncoder2Config returns the published config of SDXL's second text
+// encoder (OpenCLIP ViT-bigG with its projection).
+func SDXLTextEncoder2Config() []byte { return config("sdxl_text_encoder_2.json") }
+
 // Random is a safetensors.Source of random tensors with given names and
 // shapes. Each call to Bytes generates the tensor afresh (deterministically
 // from the seed and the name) and hands over the new buffer, so the source

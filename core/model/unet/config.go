@@ -51,6 +51,36 @@ type Config struct {
 	// TimeEmbedDim is the width of the time embedding (time_embedding_dim,
 	// or 4 × BlockOutChannels[0]).
 	TimeEmbedDim int
+	// AdditionEmbedType is "" or AdditionTextTime (SDXL): a pooled text
+	// embedding and micro-conditioning time ids, embedded and added to the
+	// time embedding.
+	AdditionEmbedType string
+	// AdditionTimeEmbedDim is the sinusoid width of each time id
+	// (addition_time_embed_dim).
+	AdditionTimeEmbedDim int
+	// AddEmbedInputDim is the input width of the added embedding
+	// (projection_class_embeddings_input_dim): the pooled text width plus
+	// AdditionTimeEmbedDim per time id.
+	AddEmbedInputDim int
+}
+
+// AdditionTextTime is the addition_embed_type of SDXL UNets.
+const AdditionTextTime = "text_time"
+
+// TimeIDCount returns how many micro-conditioning time ids a model with
+// added text_time embeddings takes next to pooled text embeddings of width
+// textDim (6 for SDXL base: original size, crop, target size; 5 for the
+// refiner, whose last id is the aesthetic score).
+func (c *Config) TimeIDCount(textDim int) (int, error) {
+	if c.AdditionEmbedType != AdditionTextTime {
+		return 0, fmt.Errorf("unet: the model takes no added text_time conditioning")
+	}
+	rest := c.AddEmbedInputDim - textDim
+	if textDim < 1 || rest < 1 || rest%c.AdditionTimeEmbedDim != 0 {
+		return 0, fmt.Errorf("unet: projection_class_embeddings_input_dim %d does not hold pooled text of width %d plus whole time ids of width %d",
+			c.AddEmbedInputDim, textDim, c.AdditionTimeEmbedDim)
+	}
+	return rest / c.AdditionTimeEmbedDim, nil
 }
 
 // Levels returns the number of resolution levels (down blocks).
@@ -142,7 +172,9 @@ func ParseConfig(data []byte) (Config, error) {
 	c.CrossAttentionDim = r.IntPerBlock("cross_attention_dim", 1280, n, false)
 	c.TransformerLayers = r.IntPerBlock("transformer_layers_per_block", 1, n, false)
 	c.UseLinearProjection = r.Bool("use_linear_projection", false)
-	c.UpcastAttention = r.Bool("upcast_attention", false)
+	if !r.Null("upcast_attention") { // null (SDXL's configs) is off, as in diffusers
+		c.UpcastAttention = r.Bool("upcast_attention", false)
+	}
 	c.NormGroups = r.Int("norm_num_groups", 32)
 	c.NormEps = r.Float("norm_eps", 1e-5)
 	c.FlipSinToCos = r.Bool("flip_sin_to_cos", true)
@@ -151,6 +183,14 @@ func ParseConfig(data []byte) (Config, error) {
 	c.TimeEmbedDim = 4 * c.BlockOutChannels[0]
 	if d, ok := r.OptInt("time_embedding_dim"); ok {
 		c.TimeEmbedDim = d
+	}
+	if t, ok := r.OptString("addition_embed_type"); ok {
+		if t != AdditionTextTime {
+			r.Failf("addition_embed_type", "%q is not implemented (text_time or null)", t)
+		}
+		c.AdditionEmbedType = t
+		c.AdditionTimeEmbedDim = r.Int("addition_time_embed_dim", 0)
+		c.AddEmbedInputDim = r.Int("projection_class_embeddings_input_dim", 0)
 	}
 	if act := r.String("act_fn", "silu"); act != "silu" && act != "swish" {
 		r.Failf("act_fn", "activation %q is not implemented (silu)", act)
@@ -252,6 +292,18 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	switch c.AdditionEmbedType {
+	case "":
+	case AdditionTextTime:
+		if c.AdditionTimeEmbedDim < 1 || c.AdditionTimeEmbedDim > maxWidth {
+			return bad("addition_time_embed_dim", "%d is not in [1, %d]", c.AdditionTimeEmbedDim, maxWidth)
+		}
+		if c.AddEmbedInputDim <= c.AdditionTimeEmbedDim || c.AddEmbedInputDim > maxWidth {
+			return bad("projection_class_embeddings_input_dim", "%d is not in (addition_time_embed_dim %d, %d]", c.AddEmbedInputDim, c.AdditionTimeEmbedDim, maxWidth)
+		}
+	default:
+		return bad("addition_embed_type", "%q is not implemented (text_time or null)", c.AdditionEmbedType)
+	}
 	// Up blocks concatenate skips of the down path: their widths follow
 	// from the reversed list, which the checks above cover.
 	return nil
@@ -273,7 +325,7 @@ func knownField(name string) bool {
 		"down_block_types", "downsample_padding", "flip_sin_to_cos", "freq_shift", "in_channels",
 		"layers_per_block", "mid_block_type", "norm_eps", "norm_num_groups", "num_attention_heads",
 		"out_channels", "transformer_layers_per_block", "up_block_types", "upcast_attention",
-		"use_linear_projection", "time_embedding_dim":
+		"use_linear_projection", "time_embedding_dim", "addition_embed_type":
 		return true
 	}
 	if _, ok := unimplementedDefault(name); ok {
@@ -294,10 +346,11 @@ func ignoredField(name string) bool {
 		// Used only by block types or embeddings that are rejected here:
 		// resnet_skip_time_act and cross_attention_norm by the SimpleCrossAttn
 		// and ResnetDownsample blocks, mid_block_only_cross_attention by
-		// UNetMidBlock2DSimpleCrossAttn, addition_embed_type_num_heads and
-		// addition_time_embed_dim by addition_embed_type (rejected unless
-		// null), projection_class_embeddings_input_dim and
-		// class_embeddings_concat by class_embed_type (rejected unless null).
+		// UNetMidBlock2DSimpleCrossAttn, addition_embed_type_num_heads by
+		// addition_embed_type "text" (rejected), addition_time_embed_dim and
+		// projection_class_embeddings_input_dim when addition_embed_type is
+		// null (read with text_time), class_embeddings_concat by
+		// class_embed_type (rejected unless null).
 		"resnet_skip_time_act", "cross_attention_norm", "mid_block_only_cross_attention",
 		"addition_embed_type_num_heads", "addition_time_embed_dim",
 		"projection_class_embeddings_input_dim", "class_embeddings_concat":
@@ -310,7 +363,7 @@ func ignoredField(name string) bool {
 // ways not implemented, the JSON values accepted (the defaults).
 func unimplementedDefault(name string) ([]string, bool) {
 	switch name {
-	case "addition_embed_type", "class_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
+	case "class_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
 		"num_class_embeds", "time_cond_proj_dim", "timestep_post_act", "time_embedding_act_fn",
 		"reverse_transformer_layers_per_block":
 		return []string{"null"}, true

@@ -30,6 +30,10 @@ func TestPublishedArchitectures(t *testing.T) {
 	}{
 		{"testdata/sd15_config.json", 859_520_964, []int{8, 8, 8, 8}, false, 768},
 		{"testdata/sd21_config.json", 865_910_724, []int{5, 10, 20, 20}, true, 1024},
+		// SDXL 1.0 base (its published config, upcast_attention null).
+		{"../modeltest/configs/sdxl_unet.json", 2_567_463_684, []int{5, 10, 20}, true, 2048},
+		// The refiner: parameters not pinned here, 5 time ids of 256 beside a 1280-wide pooled embedding.
+		{"../modeltest/configs/sdxl_refiner_unet.json", 0, []int{6, 12, 24, 24}, true, 1280},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			cfg, err := ParseConfig(readConfig(t, tc.file))
@@ -47,8 +51,19 @@ func TestPublishedArchitectures(t *testing.T) {
 			for _, in := range infos {
 				n += int64(in.Numel())
 			}
-			if n != tc.params {
+			if tc.params != 0 && n != tc.params {
 				t.Fatalf("%d parameters, want %d", n, tc.params)
+			}
+			t.Logf("%d parameters", n)
+			if cfg.AdditionEmbedType != "" {
+				ids, err := cfg.TimeIDCount(1280)
+				want := 6
+				if cfg.ContextDim() == 1280 {
+					want = 5
+				}
+				if err != nil || ids != want {
+					t.Fatalf("time ids %d, %v; want %d", ids, err, want)
+				}
 			}
 		})
 	}
@@ -78,7 +93,9 @@ func TestConfigRejects(t *testing.T) {
 	for _, tc := range []struct{ field, value, errField string }{
 		{"no_such_field", "1", "no_such_field"},
 		{"_class_name", `"UNet2DModel"`, "_class_name"},
-		{"addition_embed_type", `"text_time"`, "addition_embed_type"},
+		{"addition_embed_type", `"text"`, "addition_embed_type"},
+		// text_time needs its widths.
+		{"addition_embed_type", `"text_time"`, "addition_time_embed_dim"},
 		{"class_embed_type", `"timestep"`, "class_embed_type"},
 		{"num_class_embeds", "10", "num_class_embeds"},
 		{"encoder_hid_dim", "768", "encoder_hid_dim"},

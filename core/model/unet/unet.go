@@ -1,5 +1,6 @@
 // Package unet implements diffusers' UNet2DConditionModel, the noise
-// predictor of Stable Diffusion 1.x and 2.x, on the backend interface. The
+// predictor of Stable Diffusion 1.x, 2.x and SDXL (added text_time
+// conditioning), on the backend interface. The
 // architecture comes from unet/config.json (see ParseConfig); module and
 // weight names are exactly diffusers' (down_blocks.0.resnets.0.norm1.weight,
 // …), and every weight's shape is checked against the config before any
@@ -27,11 +28,14 @@ type Model struct {
 	convIn      *nn.Conv2D
 	timeLinear1 *nn.Linear
 	timeLinear2 *nn.Linear
-	down        []*downBlock
-	mid         *midBlock // nil when the config has no mid block
-	up          []*upBlock
-	convNormOut *nn.GroupNorm
-	convOut     *nn.Conv2D
+	// addLinear1 and addLinear2 embed the added text_time conditioning
+	// (nil without addition_embed_type).
+	addLinear1, addLinear2 *nn.Linear
+	down                   []*downBlock
+	mid                    *midBlock // nil when the config has no mid block
+	up                     []*upBlock
+	convNormOut            *nn.GroupNorm
+	convOut                *nn.Conv2D
 }
 
 // downBlock is DownBlock2D (attns nil) or CrossAttnDownBlock2D.
@@ -99,6 +103,10 @@ func build(cfg Config) *Model {
 	m.convIn = nn.NewConv2D(ws, "conv_in", cfg.InChannels, ch[0], 3, backend.SymmetricPad(1, 1))
 	m.timeLinear1 = nn.NewLinear(ws, "time_embedding.linear_1", ch[0], temb, true)
 	m.timeLinear2 = nn.NewLinear(ws, "time_embedding.linear_2", temb, temb, true)
+	if cfg.AdditionEmbedType == AdditionTextTime {
+		m.addLinear1 = nn.NewLinear(ws, "add_embedding.linear_1", cfg.AddEmbedInputDim, temb, true)
+		m.addLinear2 = nn.NewLinear(ws, "add_embedding.linear_2", temb, temb, true)
+	}
 
 	out := ch[0]
 	for i, typ := range cfg.DownBlockTypes {
@@ -176,6 +184,20 @@ func build(cfg Config) *Model {
 // diffusers; sizes that divide by Config().Factor() avoid a round trip to
 // the host at each upsampling. It returns a new slice of the sample's shape.
 func (m *Model) Forward(ctx context.Context, sample []float32, shape [4]int, timesteps []float32, context []float32, ctxLen int) (out []float32, err error) {
+	return m.ForwardAdded(ctx, sample, shape, timesteps, context, ctxLen, nil)
+}
+
+// Added is the added conditioning of a text_time UNet (SDXL), one row per
+// sample: TextEmbeds (B × pooled text width) and TimeIDs (B × count, see
+// Config.TimeIDCount).
+type Added struct {
+	TextEmbeds []float32
+	TimeIDs    []float32
+}
+
+// ForwardAdded is Forward for models with added conditioning: added must be
+// set exactly when the config has an addition_embed_type.
+func (m *Model) ForwardAdded(ctx context.Context, sample []float32, shape [4]int, timesteps []float32, context []float32, ctxLen int, added *Added) (out []float32, err error) {
 	defer backend.Recover(&err)
 	cfg := &m.cfg
 	bn, c, h, w := shape[0], shape[1], shape[2], shape[3]
@@ -196,13 +218,17 @@ func (m *Model) Forward(ctx context.Context, sample []float32, shape [4]int, tim
 	if ctxLen < 1 || len(context) != bn*ctxLen*d {
 		return nil, fmt.Errorf("unet: context holds %d values, want batch %d × length %d (≥ 1) × width %d", len(context), bn, ctxLen, d)
 	}
+	addIn, err := m.addedInput(added, bn)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 
 	be := m.be
 	cond := be.FromFloat32(tensor.Shape{bn, ctxLen, d}, context)
-	tembAct := m.timeEmbedding(ts)
+	tembAct := m.timeEmbedding(ts, addIn)
 	defer be.Free(cond, tembAct)
 
 	x := be.FromFloat32(tensor.Shape(shape[:]), sample)
@@ -296,9 +322,50 @@ func expandTimesteps(ts []float32, bn int) ([]float32, error) {
 	return ts, nil
 }
 
-// timeEmbedding returns SiLU(MLP(sinusoid(t))) (B, TimeEmbedDim): the
-// activated embedding every ResNet projects.
-func (m *Model) timeEmbedding(ts []float32) *tensor.Tensor {
+// addedInput checks the added conditioning against the config and lays
+// out the added embedding's input on the host: per sample, the pooled text
+// embedding followed by the sinusoid of each time id (diffusers'
+// add_time_proj over the flattened ids, reshaped per sample). It returns
+// nil for models without added conditioning.
+func (m *Model) addedInput(added *Added, bn int) ([]float32, error) {
+	cfg := &m.cfg
+	if cfg.AdditionEmbedType == "" {
+		if added != nil {
+			return nil, fmt.Errorf("unet: added conditioning given, but the model has no addition_embed_type")
+		}
+		return nil, nil
+	}
+	if added == nil {
+		return nil, fmt.Errorf("unet: the model (addition_embed_type %s) needs pooled text embeddings and time ids", cfg.AdditionEmbedType)
+	}
+	if len(added.TextEmbeds) == 0 || len(added.TextEmbeds)%bn != 0 || len(added.TimeIDs)%bn != 0 {
+		return nil, fmt.Errorf("unet: %d text-embedding values and %d time ids do not split into %d samples", len(added.TextEmbeds), len(added.TimeIDs), bn)
+	}
+	textDim, ids := len(added.TextEmbeds)/bn, len(added.TimeIDs)/bn
+	if textDim+ids*cfg.AdditionTimeEmbedDim != cfg.AddEmbedInputDim {
+		return nil, fmt.Errorf("unet: pooled text of width %d plus %d time ids × %d is not projection_class_embeddings_input_dim %d",
+			textDim, ids, cfg.AdditionTimeEmbedDim, cfg.AddEmbedInputDim)
+	}
+	for i, v := range added.TimeIDs {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("unet: time id %d is %v", i, v)
+		}
+	}
+	sin := Sinusoidal(added.TimeIDs, cfg.AdditionTimeEmbedDim, cfg.FlipSinToCos, cfg.FreqShift)
+	width := cfg.AddEmbedInputDim
+	in := make([]float32, bn*width)
+	for b := range bn {
+		row := in[b*width : (b+1)*width]
+		copy(row, added.TextEmbeds[b*textDim:(b+1)*textDim])
+		copy(row[textDim:], sin[b*ids*cfg.AdditionTimeEmbedDim:(b+1)*ids*cfg.AdditionTimeEmbedDim])
+	}
+	return in, nil
+}
+
+// timeEmbedding returns SiLU(MLP(sinusoid(t)) + MLP_add(addIn))
+// (B, TimeEmbedDim): the activated embedding every ResNet projects; the
+// added term is present only for models with added conditioning.
+func (m *Model) timeEmbedding(ts []float32, addIn []float32) *tensor.Tensor {
 	be := m.be
 	dim := m.cfg.BlockOutChannels[0]
 	sin := Sinusoidal(ts, dim, m.cfg.FlipSinToCos, m.cfg.FreqShift)
@@ -306,6 +373,14 @@ func (m *Model) timeEmbedding(ts []float32) *tensor.Tensor {
 	t = nn.Swap(be, t, m.timeLinear1.Forward(be, t))
 	t = nn.Swap(be, t, be.SiLU(t))
 	t = nn.Swap(be, t, m.timeLinear2.Forward(be, t))
+	if m.addLinear1 != nil {
+		a := be.FromFloat32(tensor.Shape{len(ts), m.cfg.AddEmbedInputDim}, addIn)
+		a = nn.Swap(be, a, m.addLinear1.Forward(be, a))
+		a = nn.Swap(be, a, be.SiLU(a))
+		a = nn.Swap(be, a, m.addLinear2.Forward(be, a))
+		t = nn.Swap(be, t, be.Add(t, a))
+		be.Free(a)
+	}
 	return nn.Swap(be, t, be.SiLU(t))
 }
 

@@ -1,14 +1,17 @@
 // The official openai client against a running kiln serve.
-// KILN_BASE_URL (e.g. http://127.0.0.1:8080) and KILN_API_KEY come from
-// scripts/openai-client-test.sh; KILN_MODEL names the model to use.
+// KILN_BASE_URL (e.g. http://127.0.0.1:8080) comes from
+// scripts/openai-client-test.sh, KILN_MODEL names the model to use, and
+// KILN_AUTH says how the server admits requests:
+//   keys     — KILN_API_KEY is a tenant's key; unknown keys and none are 401;
+//   keyless  — a loopback server without tenants: any bearer (the SDKs
+//              always send one) or none is the local tenant.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
 const baseURL = `${process.env.KILN_BASE_URL}/v1`;
-const apiKey = process.env.KILN_API_KEY;
 const model = process.env.KILN_MODEL ?? 'tiny';
-const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 120_000 });
+const mode = process.env.KILN_AUTH ?? 'keys';
 
 const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
@@ -17,62 +20,97 @@ function assertPNG(bytes) {
   assert.deepEqual([...bytes.subarray(0, 8)], PNG_MAGIC, 'not a PNG');
 }
 
-test('images.generate with b64_json returns n PNGs', async () => {
-  const res = await client.images.generate({
-    model, prompt: 'a lighthouse at dusk', n: 2, size: '64x64', response_format: 'b64_json', user: 'npm-test',
-    // Kiln extension: few steps keep the test fast.
-    steps: 3,
-  });
-  assert.equal(typeof res.created, 'number');
-  assert.equal(res.data.length, 2);
-  for (const d of res.data) {
-    assertPNG(Buffer.from(d.b64_json, 'base64'));
-    assert.equal(d.revised_prompt, 'a lighthouse at dusk');
-  }
-});
-
-test('images.generate with url returns a signed link that needs no key', async () => {
-  const res = await client.images.generate({ prompt: 'a red fox', size: '64x64', response_format: 'url', quality: 'low', steps: 2 });
-  assert.equal(res.data.length, 1);
-  const url = res.data[0].url;
-  assert.match(url, /^http:\/\/.+\/v1\/images\/.+sig=/);
-  const resp = await fetch(url);
-  assert.equal(resp.status, 200);
-  assert.equal(resp.headers.get('content-type'), 'image/png');
-  assertPNG(new Uint8Array(await resp.arrayBuffer()));
-});
-
-test('OpenAI model names mean the default model', async () => {
-  const res = await client.images.generate({ model: 'dall-e-3', prompt: 'a teapot', size: '64x64', response_format: 'b64_json', steps: 2 });
-  assertPNG(Buffer.from(res.data[0].b64_json, 'base64'));
-});
-
-test('invalid parameters raise BadRequestError naming the parameter', async () => {
-  await assert.rejects(
-    client.images.generate({ prompt: 'x', size: 'huge' }),
-    (err) => {
-      assert.ok(err instanceof OpenAI.BadRequestError, `got ${err?.constructor?.name}`);
-      assert.equal(err.status, 400);
-      assert.equal(err.param, 'size');
-      assert.equal(err.type, 'invalid_request_error');
-      assert.match(err.message, /size/);
-      return true;
+// client makes an SDK client that sends apiKey as its bearer, or (apiKey
+// null) no Authorization header at all; every request's Authorization
+// header is recorded in sent.
+function client(apiKey, sent = []) {
+  return new OpenAI({
+    baseURL, apiKey: apiKey ?? 'unused', maxRetries: 0, timeout: 120_000,
+    defaultHeaders: apiKey === null ? { Authorization: null } : undefined,
+    fetch: (url, init) => {
+      sent.push(new Headers(init?.headers).get('authorization'));
+      return fetch(url, init);
     },
-  );
-  await assert.rejects(client.images.generate({ prompt: 'x', n: 50 }), (err) => err.status === 400 && err.param === 'n');
-});
-
-test('a wrong key raises AuthenticationError', async () => {
-  const bad = new OpenAI({ baseURL, apiKey: 'kiln_wrongwrongwrong_' + 'x'.repeat(40), maxRetries: 0 });
-  await assert.rejects(bad.images.generate({ prompt: 'x' }), (err) => {
-    assert.ok(err instanceof OpenAI.AuthenticationError, `got ${err?.constructor?.name}`);
-    assert.equal(err.code, 'invalid_api_key');
-    return true;
   });
-});
+}
 
-test('models.list lists Kiln models', async () => {
-  const ids = [];
-  for await (const m of client.models.list()) ids.push(m.id);
-  assert.ok(ids.includes(model), `models: ${ids}`);
-});
+// The credentials every generation test runs with in this mode.
+const credentials = mode === 'keyless'
+  ? { 'a dummy key': 'sk-dummy-key-the-sdk-insists-on', 'no key': null }
+  : { 'the tenant key': process.env.KILN_API_KEY };
+
+for (const [who, key] of Object.entries(credentials)) {
+  test(`[${mode}, ${who}] images.generate with b64_json returns n PNGs`, async () => {
+    const sent = [];
+    const res = await client(key, sent).images.generate({
+      model, prompt: 'a lighthouse at dusk', n: 2, size: '64x64', response_format: 'b64_json', user: 'npm-test',
+      // Kiln extension: few steps keep the test fast.
+      steps: 3,
+    });
+    assert.equal(sent[0], key === null ? null : `Bearer ${key}`, 'Authorization header sent');
+    assert.equal(typeof res.created, 'number');
+    assert.equal(res.data.length, 2);
+    for (const d of res.data) {
+      assertPNG(Buffer.from(d.b64_json, 'base64'));
+      assert.equal(d.revised_prompt, 'a lighthouse at dusk');
+    }
+  });
+
+  test(`[${mode}, ${who}] images.generate with url returns a signed link that needs no key`, async () => {
+    const res = await client(key).images.generate({ prompt: 'a red fox', size: '64x64', response_format: 'url', quality: 'low', steps: 2 });
+    assert.equal(res.data.length, 1);
+    const url = res.data[0].url;
+    assert.match(url, /^http:\/\/.+\/v1\/images\/.+sig=/);
+    const resp = await fetch(url);
+    assert.equal(resp.status, 200);
+    assert.equal(resp.headers.get('content-type'), 'image/png');
+    assertPNG(new Uint8Array(await resp.arrayBuffer()));
+  });
+
+  test(`[${mode}, ${who}] invalid parameters raise BadRequestError naming the parameter`, async () => {
+    await assert.rejects(
+      client(key).images.generate({ prompt: 'x', size: 'huge' }),
+      (err) => {
+        assert.ok(err instanceof OpenAI.BadRequestError, `got ${err?.constructor?.name}`);
+        assert.equal(err.status, 400);
+        assert.equal(err.param, 'size');
+        assert.equal(err.type, 'invalid_request_error');
+        assert.match(err.message, /size/);
+        return true;
+      },
+    );
+    await assert.rejects(client(key).images.generate({ prompt: 'x', n: 50 }), (err) => err.status === 400 && err.param === 'n');
+    await assert.rejects(client(key).images.generate({ prompt: 'x', response_format: 'gif' }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === 'response_format');
+  });
+
+  test(`[${mode}, ${who}] models.list lists Kiln models`, async () => {
+    const ids = [];
+    for await (const m of client(key).models.list()) ids.push(m.id);
+    assert.ok(ids.includes(model), `models: ${ids}`);
+  });
+}
+
+if (mode === 'keys') {
+  test('[keys] OpenAI model names mean the default model', async () => {
+    const res = await client(process.env.KILN_API_KEY).images.generate({ model: 'dall-e-3', prompt: 'a teapot', size: '64x64', response_format: 'b64_json', steps: 2 });
+    assertPNG(Buffer.from(res.data[0].b64_json, 'base64'));
+  });
+
+  for (const [who, key] of Object.entries({
+    'an unknown kiln key': 'kiln_wrongwrongwrong_' + 'x'.repeat(40),
+    'a dummy key': 'sk-dummy-key-the-sdk-insists-on',
+    'no key': null,
+  })) {
+    test(`[keys] ${who} raises AuthenticationError in OpenAI's shape`, async () => {
+      await assert.rejects(client(key).images.generate({ prompt: 'x', size: '64x64' }), (err) => {
+        assert.ok(err instanceof OpenAI.AuthenticationError, `got ${err?.constructor?.name}`);
+        assert.equal(err.status, 401);
+        assert.equal(err.code, 'invalid_api_key');
+        assert.equal(err.type, 'invalid_request_error');
+        assert.ok(err.message.length > 0);
+        return true;
+      });
+    });
+  }
+}
