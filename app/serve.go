@@ -52,6 +52,12 @@ func NativeEngine(dev Device, text *textcache.Cache) (worker.Engine, error) {
 	return sdengine.NewOnBackend(dev.Name, dev.Backend, text)
 }
 
+// tuningEngine is an engine that keeps its device's kernel choices in a
+// folder and tunes new shapes between jobs (sdengine on a GPU).
+type tuningEngine interface {
+	UseTuningDir(dir string, log *slog.Logger) (int, error)
+}
+
 // Options configure Start.
 type Options struct {
 	Config *config.Config
@@ -493,6 +499,17 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
 			return err
+		}
+		if t, ok := eng.(tuningEngine); ok && cfg.DataDir != "" {
+			dir := filepath.Join(cfg.DataDir, "tuning")
+			n, err := t.UseTuningDir(dir, in.log)
+			if err != nil {
+				in.log.Warn("stored kernel tuning not used", "device", sl.dev.Name, "err", err)
+			}
+			if sl.dev.GPU() {
+				in.log.Info("kernel tuning", "device", sl.dev.Name, "stored_choices", n, "dir", dir,
+					"note", "new shapes run on defaults and are tuned between jobs")
+			}
 		}
 		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)

@@ -102,10 +102,13 @@ type Worker struct {
 	draining  atomic.Bool            // an operator drained the worker
 	latency   latencyTable
 	memory    memoryTable
+	lastFree  atomic.Int64 // device memory free at the last step boundary (0: unknown)
 	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
 	previews  chan struct{} // one per preview being encoded and published
+	idleSince time.Time     // start of the engine's current run of idle work (zero: none)
+	idleSpent time.Duration // time spent in that run
 }
 
 // active is a job this worker has claimed, from the claim to its ack.
@@ -313,10 +316,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		q.mu.Unlock()
 		if len(snapshot) == 0 {
 			w.trimIdle()
+			if w.idleWork(ctx) {
+				continue // look at the queue again before more idle work
+			}
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
-		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&snapshot[head(snapshot)].Job.Params))}
+		hk := shapeKey(&snapshot[head(snapshot)].Job.Params)
+		stats := Stats{StepLatency: w.latency.snapshot(hk), FreeMemBytes: w.lastFree.Load(), ImageMemBytes: w.memory.get(hk)}
 		d, err := w.o.Scheduler.Decide(time.Now(), snapshot, stats)
 		if err == nil {
 			err = checkDecision(d, len(snapshot), 10*time.Second)
@@ -358,6 +365,30 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.finishing.Wait()
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// idleWork gives the engine, when it is an Idler, one slice of its
+// between-jobs work (warm-up, kernel tuning) and reports whether more is
+// left; the end of a run of such work is logged with its duration.
+func (w *Worker) idleWork(ctx context.Context) bool {
+	idler, ok := w.o.Engine.(Idler)
+	if !ok || ctx.Err() != nil {
+		return false
+	}
+	start := time.Now()
+	more := idler.Idle(ctx)
+	took := time.Since(start)
+	w.o.Metrics.IdleWork.Add(took.Seconds())
+	if w.idleSince.IsZero() && more {
+		w.idleSince = start
+		w.log.Info("warming up and tuning the device between jobs")
+	}
+	w.idleSpent += took
+	if !more && !w.idleSince.IsZero() {
+		w.log.Info("device warm-up and tuning done", "seconds", w.idleSpent.Seconds())
+		w.idleSince, w.idleSpent = time.Time{}, 0
+	}
+	return more
 }
 
 // idle waits for a kick, the timeout or the end of ctx, and returns the
