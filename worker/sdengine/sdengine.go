@@ -10,8 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"log/slog"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -25,6 +28,7 @@ import (
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
@@ -49,6 +53,13 @@ type Engine struct {
 	be       backend.Backend
 	text     *textcache.Cache
 	stateDir string // component-hash cache; "" for none
+
+	// background warm-up and tuning (GPU engines with a tuning folder)
+	mu      sync.Mutex
+	dev     *cuda.Device
+	tuneDir string
+	log     *slog.Logger
+	warm    []warmJob
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -128,6 +139,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
 	}
+	e.warmUp(ctx, mod)
 	return mod, nil
 }
 
@@ -204,6 +216,7 @@ type Model struct {
 	cached      bool
 	group       backend.WeightGroup // nil: the backend does not group weights
 	comps       []memory.Component
+	closed      atomic.Bool
 }
 
 // Pipeline returns the underlying pipeline.
@@ -220,6 +233,7 @@ func (m *Model) EncoderHash() string { return m.encoderHash }
 // freed at once, then the model files are closed (and a synthetic model's
 // temporary files removed).
 func (m *Model) Close() error {
+	m.closed.Store(true)
 	var gerr error
 	if m.group != nil {
 		gerr = m.group.Close()
