@@ -457,7 +457,7 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 		res.Pixels = img[off : off+st.n*per : off+st.n*per]
 		res.PixelShape = [4]int{st.n, 3, ishape[2], ishape[3]}
 		if st.edit != nil {
-			st.edit.paste(res.Pixels, st.n)
+			st.edit.paste(res)
 		}
 		res.Images = PixelsToImages(res.Pixels, res.PixelShape)
 		off += st.n * per

@@ -28,16 +28,22 @@ func (o Outpaint) zero() bool { return o == Outpaint{} }
 // resolved: an inpainting or outpainting request gets strength 1 unless it
 // sets one, and an outpainting request's init image and mask become the
 // extended canvas and its generated mask.
-func expandCanvas(req Request, f int) (Request, error) {
+func expandCanvas(req Request, f, nativeW, nativeH int) (Request, error) {
 	e := req.Edit
 	if !e.on() {
+		if e.FullRes || e.FullResPadding != 0 {
+			return req, errors.New("pipeline: full-resolution inpainting needs a mask")
+		}
 		return req, nil
 	}
 	if req.Strength == 0 {
 		req.Strength = 1
 	}
 	if e.Outpaint.zero() {
-		return req, nil
+		return cropToMask(req, nativeW, nativeH)
+	}
+	if e.FullRes {
+		return req, errors.New("pipeline: full-resolution inpainting does not combine with outpainting")
 	}
 	o := e.Outpaint
 	switch {

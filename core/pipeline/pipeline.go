@@ -285,7 +285,7 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 		req.Steps = 20
 	}
 	f := p.def.Factor
-	req, err := expandCanvas(req, f)
+	req, err := expandCanvas(req, f, p.def.Width, p.def.Height)
 	if err != nil {
 		return nil, err
 	}
