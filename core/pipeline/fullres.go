@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image"
 	"image/draw"
+	"math"
 )
 
 // MaxFullResPadding bounds Edit.FullResPadding.
@@ -136,30 +137,31 @@ func (fr *fullRes) paste(res *Result) {
 // resizePlanes resizes (c, sh, sw) planes to (c, dh, dw) bilinearly, with
 // imageToPixels' pixel-centre convention.
 func resizePlanes(px []float32, c, sh, sw, dh, dw int) []float32 {
+	ya, yb, wy := resizeAxis(sh, dh)
+	xa, xb, wx := resizeAxis(sw, dw)
 	out := make([]float32, c*dh*dw)
-	for y := 0; y < dh; y++ {
-		fy := (float64(y)+0.5)*float64(sh)/float64(dh) - 0.5
-		y0 := int(fy)
-		if fy < 0 {
-			y0 = -1
-		}
-		ay := float32(fy - float64(y0))
-		ya, yb := min(max(y0, 0), sh-1), min(max(y0+1, 0), sh-1)
-		for x := 0; x < dw; x++ {
-			fx := (float64(x)+0.5)*float64(sw)/float64(dw) - 0.5
-			x0 := int(fx)
-			if fx < 0 {
-				x0 = -1
-			}
-			ax := float32(fx - float64(x0))
-			xa, xb := min(max(x0, 0), sw-1), min(max(x0+1, 0), sw-1)
-			for k := 0; k < c; k++ {
-				p := px[k*sh*sw:]
-				top := p[ya*sw+xa]*(1-ax) + p[ya*sw+xb]*ax
-				bot := p[yb*sw+xa]*(1-ax) + p[yb*sw+xb]*ax
-				out[(k*dh+y)*dw+x] = top*(1-ay) + bot*ay
+	for k := 0; k < c; k++ {
+		p := px[k*sh*sw:]
+		for y := 0; y < dh; y++ {
+			for x := 0; x < dw; x++ {
+				top := p[ya[y]*sw+xa[x]]*(1-wx[x]) + p[ya[y]*sw+xb[x]]*wx[x]
+				bot := p[yb[y]*sw+xa[x]]*(1-wx[x]) + p[yb[y]*sw+xb[x]]*wx[x]
+				out[(k*dh+y)*dw+x] = top*(1-wy[y]) + bot*wy[y]
 			}
 		}
 	}
 	return out
+}
+
+// resizeAxis gives, for each of d output positions along an axis of s
+// input pixels, the two input pixels it mixes and the second one's weight.
+func resizeAxis(s, d int) (lo, hi []int, w []float32) {
+	lo, hi, w = make([]int, d), make([]int, d), make([]float32, d)
+	for i := range d {
+		f := (float64(i)+0.5)*float64(s)/float64(d) - 0.5
+		i0 := int(math.Floor(f))
+		w[i] = float32(f - float64(i0))
+		lo[i], hi[i] = min(max(i0, 0), s-1), min(max(i0+1, 0), s-1)
+	}
+	return lo, hi, w
 }
