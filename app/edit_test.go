@@ -73,6 +73,29 @@ func TestInpaintOutpaintVariationAPI(t *testing.T) {
 		t.Fatalf("params %v", p)
 	}
 
+	// only the masked region, at 64×64, pasted into the whole image
+	id = s.submit("", map[string]any{"prompt": "a circle", "steps": 3, "strength": 1, "init_image": pngBase64(t, src),
+		"mask": pngBase64(t, mask), "mask_blur": 2, "inpaint_full_res": true, "inpaint_full_res_padding": 4})
+	done = s.waitJob("", id, "succeeded", "failed")
+	im = fetch(done)
+	changed := 0
+	for y := 0; y < 64; y++ {
+		for x := 0; x < 64; x++ {
+			r, g, b, _ := im.At(x, y).RGBA()
+			w := src.RGBAAt(x, y)
+			same := uint8(r>>8) == w.R && uint8(g>>8) == w.G && uint8(b>>8) == w.B
+			if !(image.Point{x, y}).In(reach) && !same {
+				t.Fatalf("full res: pixel (%d,%d) outside the mask changed", x, y)
+			}
+			if (image.Point{x, y}).In(image.Rect(24, 24, 40, 40)) && !same {
+				changed++
+			}
+		}
+	}
+	if changed < 16*16/2 || done["params"].(map[string]any)["inpaint_full_res_padding"].(float64) != 4 {
+		t.Fatalf("full res: %d masked pixels repainted, params %v", changed, done["params"])
+	}
+
 	id = s.submit("", map[string]any{"prompt": "a circle", "steps": 3, "init_image": pngBase64(t, src),
 		"outpaint": map[string]any{"left": 16, "bottom": 8}, "subseed": 5, "subseed_strength": 0.5})
 	im = fetch(s.waitJob("", id, "succeeded", "failed"))

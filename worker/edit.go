@@ -10,7 +10,8 @@ import (
 // parameters into the engine request, reading its stored mask.
 func (w *Worker) editRequest(a *active, req *Request) error {
 	p := &a.job.Params
-	req.Edit = Edit{MaskBlur: p.MaskBlur, InpaintFill: p.InpaintFill, Subseed: p.Subseed, SubseedStrength: p.SubseedStrength}
+	req.Edit = Edit{MaskBlur: p.MaskBlur, InpaintFill: p.InpaintFill, Subseed: p.Subseed, SubseedStrength: p.SubseedStrength,
+		FullRes: p.InpaintFullRes, FullResPadding: p.InpaintFullResPadding}
 	if o := p.Outpaint; o != nil {
 		req.Edit.Outpaint = [4]int{o.Left, o.Right, o.Top, o.Bottom}
 	}

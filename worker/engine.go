@@ -50,7 +50,11 @@ type Edit struct {
 	MaskBlur    int
 	InpaintFill string
 	// Outpaint is the canvas growth: left, right, top, bottom pixels.
-	Outpaint        [4]int
+	Outpaint [4]int
+	// FullRes inpaints the region around the mask, grown by
+	// FullResPadding pixels, at the request's size.
+	FullRes         bool
+	FullResPadding  int
 	Subseed         uint64
 	SubseedStrength float64
 }

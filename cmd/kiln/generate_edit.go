@@ -16,7 +16,8 @@ import (
 // variation-seed settings (issue 18).
 type editFlags struct {
 	mask, fill, outpaint, resizeFrom string
-	maskBlur                         int
+	maskBlur, fullResPadding         int
+	fullRes                          bool
 	subseed                          int64
 	subseedStrength                  float64
 }
@@ -25,6 +26,8 @@ func (e *editFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&e.mask, "mask", "", "inpainting mask (PNG or JPEG; white = repaint) for --init-image")
 	fs.IntVar(&e.maskBlur, "mask-blur", 4, fmt.Sprintf("Gaussian blur of the mask in pixels, 0..%d (softens the paste-back seam)", pipeline.MaxMaskBlur))
 	fs.StringVar(&e.fill, "inpaint-fill", "", "masked content: original, latent_noise, latent_nothing (default: diffusers' — pure noise at strength 1)")
+	fs.BoolVar(&e.fullRes, "inpaint-full-res", false, "inpaint only the region around --mask, at --width×--height, and paste it back into the whole image")
+	fs.IntVar(&e.fullResPadding, "inpaint-full-res-padding", 32, fmt.Sprintf("pixels around the mask included with --inpaint-full-res, 0..%d", pipeline.MaxFullResPadding))
 	fs.StringVar(&e.outpaint, "outpaint", "", "extend --init-image's canvas by LEFT,RIGHT,TOP,BOTTOM pixels and paint the new border")
 	fs.Int64Var(&e.subseed, "subseed", 0, "variation seed (image i uses subseed+i; every image keeps --seed)")
 	fs.Float64Var(&e.subseedStrength, "subseed-strength", 0, "variation strength in [0, 1]: 0 is --seed's image, 1 --subseed's")
@@ -42,6 +45,10 @@ func (e *editFlags) check(initImage string, set map[string]bool) error {
 		return fmt.Errorf("--mask-blur %d: want 0..%d", e.maskBlur, pipeline.MaxMaskBlur)
 	case (set["mask-blur"] || e.fill != "") && e.mask == "" && e.outpaint == "":
 		return fmt.Errorf("--mask-blur and --inpaint-fill need --mask or --outpaint")
+	case e.fullRes && e.mask == "":
+		return fmt.Errorf("--inpaint-full-res needs --mask")
+	case e.fullResPadding < 0 || e.fullResPadding > pipeline.MaxFullResPadding:
+		return fmt.Errorf("--inpaint-full-res-padding %d: want 0..%d", e.fullResPadding, pipeline.MaxFullResPadding)
 	case math.IsNaN(e.subseedStrength) || e.subseedStrength < 0 || e.subseedStrength > 1:
 		return fmt.Errorf("--subseed-strength %v: want 0..1", e.subseedStrength)
 	case e.subseed < 0 || e.subseed > validate.MaxSeed:
@@ -106,6 +113,9 @@ func (e *editFlags) apply(req *pipeline.Request) error {
 		return nil
 	}
 	req.Edit = pipeline.Edit{MaskBlur: e.maskBlur, Fill: e.fill}
+	if e.fullRes {
+		req.Edit.FullRes, req.Edit.FullResPadding = true, e.fullResPadding
+	}
 	req.Edit.Outpaint, _ = e.outpaintSides()
 	if e.mask != "" {
 		m, err := loadImage(e.mask)
@@ -136,5 +146,9 @@ func (e *editFlags) parameters(ps *imageio.Parameters, res *pipeline.Result, i i
 	}
 	if e.outpaint != "" {
 		ps.Set("Outpaint", e.outpaint)
+	}
+	if e.fullRes {
+		ps.Set("Inpaint area", "Only masked")
+		ps.Set("Only masked padding, pixels", strconv.Itoa(e.fullResPadding))
 	}
 }

@@ -85,6 +85,11 @@ func TestGenerateInpaintOutpaintVariation(t *testing.T) {
 	if !strings.Contains(params, "Mask blur: 2") {
 		t.Fatalf("parameters %q", params)
 	}
+	_, params = run(filepath.Join(dir, "full.png"), "--init-image", initPath, "--mask", maskPath, "--inpaint-full-res",
+		"--inpaint-full-res-padding", "8", "--width", "32", "--height", "32")
+	if !strings.Contains(params, "Only masked padding, pixels: 8") {
+		t.Fatalf("parameters %q", params)
+	}
 	im, _ = run(filepath.Join(dir, "out.png"), "--init-image", initPath, "--outpaint", "0,16,8,0")
 	if b := im.Bounds(); b.Dx() != 80 || b.Dy() != 72 {
 		t.Fatalf("outpainted size %v, want 80×72", b)
@@ -106,6 +111,8 @@ func TestGenerateEditErrors(t *testing.T) {
 		"blur without mask":  {"--mask-blur", "3"},
 		"bad strength":       {"--subseed-strength", "1.5"},
 		"bad resize":         {"--seed-resize-from", "64"},
+		"full res no mask":   {"--inpaint-full-res"},
+		"bad padding":        {"--init-image", "a.png", "--mask", "m.png", "--inpaint-full-res", "--inpaint-full-res-padding", "-1"},
 		"negative mask blur": {"--init-image", "a.png", "--mask", "m.png", "--mask-blur", "-1"},
 	}
 	for name, args := range cases {

@@ -9,8 +9,10 @@ import (
 
 // Limits of the editing fields.
 const (
-	MaxMaskBlur     = 256
-	DefaultMaskBlur = 4
+	MaxMaskBlur           = 256
+	DefaultMaskBlur       = 4
+	MaxFullResPadding     = 1024
+	DefaultFullResPadding = 32
 )
 
 // inpaintFills are the accepted inpaint_fill values.
@@ -47,6 +49,12 @@ func planEdit(r *JobRequest, params *jobs.Params, hasInit bool) *apierr.Error {
 		return apierr.Invalid("outpaint", "give mask or outpaint, not both")
 	case !edit && (r.MaskBlur != nil || r.InpaintFill != ""):
 		return apierr.Invalid("mask_blur", "mask_blur and inpaint_fill apply only with mask or outpaint")
+	case (r.InpaintFullRes || r.InpaintFullResPadding != nil) && r.Mask == "":
+		return apierr.Invalid("inpaint_full_res", "inpaint_full_res and its padding apply only with mask")
+	case r.InpaintFullResPadding != nil && !r.InpaintFullRes:
+		return apierr.Invalid("inpaint_full_res_padding", "inpaint_full_res_padding applies only with inpaint_full_res")
+	case r.InpaintFullResPadding != nil && (*r.InpaintFullResPadding < 0 || *r.InpaintFullResPadding > MaxFullResPadding):
+		return apierr.Invalid("inpaint_full_res_padding", "inpaint_full_res_padding must be from 0 to %d", MaxFullResPadding)
 	case !inpaintFills[r.InpaintFill]:
 		return apierr.Invalid("inpaint_fill", "inpaint_fill must be original, latent_noise or latent_nothing")
 	case !edit:
@@ -60,6 +68,12 @@ func planEdit(r *JobRequest, params *jobs.Params, hasInit bool) *apierr.Error {
 		params.MaskBlur = *r.MaskBlur
 	}
 	params.InpaintFill = r.InpaintFill
+	if r.InpaintFullRes {
+		params.InpaintFullRes, params.InpaintFullResPadding = true, DefaultFullResPadding
+		if r.InpaintFullResPadding != nil {
+			params.InpaintFullResPadding = *r.InpaintFullResPadding
+		}
+	}
 	if o := r.Outpaint; o != nil {
 		if o.Left < 0 || o.Right < 0 || o.Top < 0 || o.Bottom < 0 || o.Left > MaxSide || o.Right > MaxSide || o.Top > MaxSide || o.Bottom > MaxSide {
 			return apierr.Invalid("outpaint", "outpaint sides must be from 0 to %d pixels", MaxSide)

@@ -22,6 +22,10 @@ func TestPlanEdit(t *testing.T) {
 	if p.MaskBlur != DefaultMaskBlur || p.InpaintFill != "latent_noise" || p.Outpaint != nil {
 		t.Fatalf("mask params %+v", p)
 	}
+	p, err = v.Plan(pr, &JobRequest{Prompt: "x", Mask: "data", InpaintFullRes: true}, true)
+	if err != nil || !p.InpaintFullRes || p.InpaintFullResPadding != DefaultFullResPadding {
+		t.Fatalf("full res: %+v, %v", p, err)
+	}
 	p, err = v.Plan(pr, &JobRequest{Prompt: "x", Outpaint: &jobs.Outpaint{Left: 64}, MaskBlur: intp(0)}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +57,9 @@ func TestPlanEdit(t *testing.T) {
 		"unknown fill":          {JobRequest{Mask: "m", InpaintFill: "blue"}, true, "inpaint_fill"},
 		"negative outpaint":     {JobRequest{Outpaint: &jobs.Outpaint{Top: -8}}, true, "outpaint"},
 		"empty outpaint":        {JobRequest{Outpaint: &jobs.Outpaint{}}, true, "outpaint"},
+		"full res without mask": {JobRequest{InpaintFullRes: true}, true, "inpaint_full_res"},
+		"padding alone":         {JobRequest{Mask: "m", InpaintFullResPadding: intp(8)}, true, "inpaint_full_res_padding"},
+		"padding too large":     {JobRequest{Mask: "m", InpaintFullRes: true, InpaintFullResPadding: intp(5000)}, true, "inpaint_full_res_padding"},
 		"strength above one":    {JobRequest{SubseedStrength: floatp(1.5)}, false, "subseed_strength"},
 		"strength nan":          {JobRequest{SubseedStrength: floatp(math.NaN())}, false, "subseed_strength"},
 		"subseed too large":     {JobRequest{Subseed: uintp(MaxSeed + 1)}, false, "subseed"},

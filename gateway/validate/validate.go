@@ -84,6 +84,11 @@ type JobRequest struct {
 	InpaintFill string `json:"inpaint_fill,omitempty"`
 	// Outpaint extends init_image's canvas by pixels on each side.
 	Outpaint *jobs.Outpaint `json:"outpaint,omitempty"`
+	// InpaintFullRes inpaints only the region around the mask, grown by
+	// InpaintFullResPadding pixels (default 32), at width×height, and
+	// pastes it back into the whole image.
+	InpaintFullRes        bool `json:"inpaint_full_res,omitempty"`
+	InpaintFullResPadding *int `json:"inpaint_full_res_padding,omitempty"`
 	// Subseed and SubseedStrength are AUTOMATIC1111's variation seeds.
 	Subseed         *uint64  `json:"subseed,omitempty"`
 	SubseedStrength *float64 `json:"subseed_strength,omitempty"`

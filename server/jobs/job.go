@@ -92,6 +92,10 @@ type Params struct {
 	MaskBlur    int       `json:"mask_blur,omitempty"`
 	InpaintFill string    `json:"inpaint_fill,omitempty"`
 	Outpaint    *Outpaint `json:"outpaint,omitempty"`
+	// InpaintFullRes inpaints only the region around the mask (grown by
+	// InpaintFullResPadding pixels) at the job's width×height.
+	InpaintFullRes        bool `json:"inpaint_full_res,omitempty"`
+	InpaintFullResPadding int  `json:"inpaint_full_res_padding,omitempty"`
 }
 
 // Outpaint extends an img2img job's canvas by pixels on each side.
