@@ -162,31 +162,33 @@ func (h *Handler) opts(tenant string) tenantOptions {
 // StableDiffusionProcessing fields. Those Kiln implements are typed; the
 // rest are accepted only at their defaults (see ignored).
 type GenerationRequest struct {
-	Prompt            string         `json:"prompt"`
-	NegativePrompt    string         `json:"negative_prompt"`
-	Seed              *int64         `json:"seed"`
-	SamplerName       string         `json:"sampler_name"`
-	SamplerIndex      string         `json:"sampler_index"`
-	Scheduler         string         `json:"scheduler"`
-	BatchSize         *int           `json:"batch_size"`
-	NIter             *int           `json:"n_iter"`
-	Steps             *int           `json:"steps"`
-	CFGScale          *float64       `json:"cfg_scale"`
-	Width             *int           `json:"width"`
-	Height            *int           `json:"height"`
-	DenoisingStrength *float64       `json:"denoising_strength"`
-	OverrideSettings  map[string]any `json:"override_settings"`
-	InitImages        []string       `json:"init_images"`
-	SendImages        *bool          `json:"send_images"`
-	ForceTaskID       string         `json:"force_task_id"`
-	Styles            []string       `json:"styles"`
-	Comments          map[string]any `json:"comments"`
+	Prompt            string   `json:"prompt"`
+	NegativePrompt    string   `json:"negative_prompt"`
+	Seed              *int64   `json:"seed"`
+	SamplerName       string   `json:"sampler_name"`
+	SamplerIndex      string   `json:"sampler_index"`
+	Scheduler         string   `json:"scheduler"`
+	BatchSize         *int     `json:"batch_size"`
+	NIter             *int     `json:"n_iter"`
+	Steps             *int     `json:"steps"`
+	CFGScale          *float64 `json:"cfg_scale"`
+	Width             *int     `json:"width"`
+	Height            *int     `json:"height"`
+	DenoisingStrength *float64 `json:"denoising_strength"`
+	// edit holds the variation-seed and inpainting fields (edit.go).
+	edit
+	OverrideSettings map[string]any `json:"override_settings"`
+	InitImages       []string       `json:"init_images"`
+	SendImages       *bool          `json:"send_images"`
+	ForceTaskID      string         `json:"force_task_id"`
+	Styles           []string       `json:"styles"`
+	Comments         map[string]any `json:"comments"`
 }
 
 // ignored lists A1111 request fields Kiln accepts only at these values
 // (JSON, compacted; null is always accepted): features it does not have.
 var ignored = map[string][]string{
-	"subseed": {"-1", "0"}, "subseed_strength": {"0", "0.0"}, "seed_resize_from_h": {"-1", "0"}, "seed_resize_from_w": {"-1", "0"},
+	"seed_resize_from_h": {"-1", "0"}, "seed_resize_from_w": {"-1", "0"},
 	"restore_faces": {"false"}, "tiling": {"false"}, "eta": {"0", "0.0", "1", "1.0"}, "s_min_uncond": {"0", "0.0"},
 	"s_churn": {"0", "0.0"}, "s_tmax": {"0", "0.0"}, "s_tmin": {"0", "0.0"}, "s_noise": {"1", "1.0"},
 	"override_settings_restore_afterwards": {"true", "false"}, "refiner_checkpoint": {`""`}, "refiner_switch_at": {"0", "1", "0.0", "1.0"},
@@ -206,7 +208,7 @@ var ignored = map[string][]string{
 var why = map[string]string{
 	"enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling", "mask": "inpainting (not yet available)",
 	"script_name": "scripts", "alwayson_scripts": "scripts", "script_args": "scripts", "refiner_checkpoint": "refiners",
-	"subseed_strength": "variation seeds", "subseed": "variation seeds",
+	"mask_blur": "mask blur without a mask (img2img only)", "inpainting_fill": "masked content without a mask (img2img only)",
 }
 
 // decodeRequest reads a generation request: typed fields into r, the
@@ -269,9 +271,10 @@ func (h *Handler) decodeRequest(req *http.Request, img2img bool) (*GenerationReq
 
 func typedFields(img2img bool) []string {
 	f := []string{"prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter",
-		"steps", "cfg_scale", "width", "height", "override_settings", "send_images", "force_task_id", "styles", "comments"}
+		"steps", "cfg_scale", "width", "height", "override_settings", "send_images", "force_task_id", "styles", "comments",
+		"subseed", "subseed_strength"}
 	if img2img {
-		f = append(f, "init_images", "denoising_strength")
+		f = append(f, "init_images", "denoising_strength", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding")
 	} else {
 		f = append(f, "denoising_strength") // hires fix strength; only meaningful with enable_hr
 	}
@@ -397,6 +400,9 @@ func (h *Handler) jobRequest(g *GenerationRequest, p auth.Principal, img2img boo
 			strength = *g.DenoisingStrength
 		}
 		jr.Strength = &strength
+	}
+	if aerr := g.edit.apply(jr, img2img); aerr != nil {
+		return nil, aerr
 	}
 	return jr, nil
 }
