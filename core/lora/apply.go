@@ -1,0 +1,268 @@
+package lora
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/model/nn"
+	"github.com/kiln-project/kiln/core/tensor"
+)
+
+// Use is one LoRA applied to a job: its weight on the denoiser and on the
+// text encoders (A1111's <lora:name:unet_w:te_w>; both equal for
+// <lora:name:w>).
+type Use struct {
+	Name string
+	LoRA *LoRA
+	UNet float32
+	Text float32
+}
+
+// Rows assigns a set of LoRA uses to the batch rows [From, To).
+type Rows struct {
+	From, To int
+	Uses     []Use
+}
+
+// Target is a model part that adapters are installed on (unet.Model,
+// clip.Model).
+type Target interface {
+	SetAdapter(name string, a nn.Adapter) bool
+}
+
+// term is one factor with its effective scale.
+type term struct {
+	f *Factor
+	s float32
+}
+
+// segment is a row range with the terms that apply to it.
+type segment struct {
+	from, to int
+	terms    []term
+}
+
+// rowAdapter adds each row's low-rank updates to a layer's output.
+type rowAdapter struct {
+	segs []segment
+}
+
+// Install puts per-row adapters for namespace ns on t, following the batch
+// layout rows (rows no range covers, and uses with weight 0, get no
+// update), and returns the function that removes them. text selects the
+// uses' text-encoder weight instead of the denoiser weight. Installing on
+// a model that is running, or twice without removing, is the caller's bug.
+func Install(t Target, ns string, rows []Rows, text bool) (remove func(), err error) {
+	byModule := map[string]*rowAdapter{}
+	var order []string
+	for _, r := range rows {
+		if r.From < 0 || r.To < r.From {
+			return nil, fmt.Errorf("lora: bad row range [%d, %d)", r.From, r.To)
+		}
+		perModule := map[string][]term{}
+		for _, u := range r.Uses {
+			w := u.UNet
+			if text {
+				w = u.Text
+			}
+			if w == 0 || u.LoRA == nil {
+				continue
+			}
+			for _, f := range u.LoRA.Factors[ns] {
+				perModule[f.Module] = append(perModule[f.Module], term{f: f, s: f.Scale * w})
+			}
+		}
+		for mod, terms := range perModule {
+			a := byModule[mod]
+			if a == nil {
+				a = &rowAdapter{}
+				byModule[mod] = a
+				order = append(order, mod)
+			}
+			a.segs = append(a.segs, segment{from: r.From, to: r.To, terms: terms})
+		}
+	}
+	remove = func() {
+		for _, mod := range order {
+			t.SetAdapter(mod, nil)
+		}
+	}
+	for _, mod := range order {
+		if !t.SetAdapter(mod, byModule[mod]) {
+			remove()
+			return nil, fmt.Errorf("lora: the model has no module %s", mod)
+		}
+	}
+	return remove, nil
+}
+
+// Adapt adds the updates. When one range covers the whole batch the update
+// runs as backend ops (two thin products per LoRA: x·Downᵀ, then ·Upᵀ),
+// which every backend computes on its device. Rows with different sets
+// take the reference path on the host.
+//
+// TODO(lora): a segmented (grouped) low-rank GEMM kernel on the CUDA
+// backend for mixed batches, so they stay on the device.
+func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backend.Conv2DParams) *tensor.Tensor {
+	rows := x.Shape()[0]
+	if len(a.segs) == 1 && a.segs[0].from == 0 && a.segs[0].to >= rows {
+		for _, t := range a.segs[0].terms {
+			y = addOps(be, x, y, t, conv)
+		}
+		return y
+	}
+	return a.host(be, x, y, conv)
+}
+
+// addOps returns y + s·up(down(x)) computed with backend ops; y is freed.
+func addOps(be backend.Backend, x, y *tensor.Tensor, t term, conv *backend.Conv2DParams) *tensor.Tensor {
+	dn, up := t.f.uploaded(be)
+	var h, d *tensor.Tensor
+	if conv != nil {
+		h = be.Conv2D(x, dn, nil, *conv)
+		d = be.Conv2D(h, up, nil, backend.SymmetricPad(1, 0))
+	} else {
+		h = be.Linear(x, dn, nil)
+		d = be.Linear(h, up, nil)
+	}
+	be.Free(h)
+	if t.s != 1 {
+		d = nn.Swap(be, d, be.Scale(d, t.s))
+	}
+	out := be.Add(y, d)
+	be.Free(y, d)
+	return out
+}
+
+// host computes the updates of every covered row on the host.
+func (a *rowAdapter) host(be backend.Backend, x, y *tensor.Tensor, conv *backend.Conv2DParams) *tensor.Tensor {
+	xs, ys := x.Shape(), y.Shape()
+	X, Y := be.ToFloat32(x), be.ToFloat32(y)
+	rows := xs[0]
+	xRow, yRow := len(X)/rows, len(Y)/rows
+	for _, sg := range a.segs {
+		for b := sg.from; b < min(sg.to, rows); b++ {
+			xb, yb := X[b*xRow:(b+1)*xRow], Y[b*yRow:(b+1)*yRow]
+			for _, t := range sg.terms {
+				if conv != nil {
+					hostConv(t, xb, yb, xs, ys, *conv)
+				} else {
+					hostLinear(t, xb, yb)
+				}
+			}
+		}
+	}
+	out := be.FromFloat32(ys, Y)
+	be.Free(y)
+	return out
+}
+
+// hostLinear adds s·(x·Downᵀ)·Upᵀ to y for one row's positions.
+func hostLinear(t term, x, y []float32) {
+	f := t.f
+	in, r, out := f.In(), f.Rank, f.Out
+	h := make([]float32, r)
+	for p := 0; p < len(x)/in; p++ {
+		xp, yp := x[p*in:(p+1)*in], y[p*out:(p+1)*out]
+		for k := 0; k < r; k++ {
+			h[k] = dot(f.Down[k*in:(k+1)*in], xp)
+		}
+		for o := 0; o < out; o++ {
+			yp[o] += t.s * dot(f.Up[o*r:(o+1)*r], h)
+		}
+	}
+}
+
+// hostConv adds s·up(conv(x, Down)) to y for one image: x (Cin, H, W),
+// y (Cout, Ho, Wo).
+func hostConv(t term, x, y []float32, xs, ys tensor.Shape, p backend.Conv2DParams) {
+	f := t.f
+	cin, H, W := xs[1], xs[2], xs[3]
+	out, Ho, Wo := ys[1], ys[2], ys[3]
+	kh, kw, r := f.DownShape[2], f.DownShape[3], f.Rank
+	h := make([]float32, r*Ho*Wo)
+	for k := 0; k < r; k++ {
+		for oy := 0; oy < Ho; oy++ {
+			for ox := 0; ox < Wo; ox++ {
+				var s float32
+				for c := 0; c < cin; c++ {
+					for dy := 0; dy < kh; dy++ {
+						iy := oy*p.Stride - p.PadTop + dy
+						if iy < 0 || iy >= H {
+							continue
+						}
+						for dx := 0; dx < kw; dx++ {
+							ix := ox*p.Stride - p.PadLeft + dx
+							if ix < 0 || ix >= W {
+								continue
+							}
+							s += f.Down[((k*cin+c)*kh+dy)*kw+dx] * x[(c*H+iy)*W+ix]
+						}
+					}
+				}
+				h[(k*Ho+oy)*Wo+ox] = s
+			}
+		}
+	}
+	n := Ho * Wo
+	for o := 0; o < out; o++ {
+		yo := y[o*n : (o+1)*n]
+		for k := 0; k < r; k++ {
+			c := t.s * f.Up[o*r+k]
+			hk := h[k*n : (k+1)*n]
+			for i := range yo {
+				yo[i] += c * hk[i]
+			}
+		}
+	}
+}
+
+func dot(a, b []float32) float32 {
+	var s float32
+	for i := range a {
+		s += a[i] * b[i]
+	}
+	return s
+}
+
+// devFactor holds a factor's tensors on one backend.
+type devFactor struct {
+	down, up *tensor.Tensor
+}
+
+// uploaded returns the factor's Down and Up on be, uploading them once.
+// This is the seam where the memory manager (core/memory) will account
+// and evict LoRA weights (its own LRU, GPU and host tiers); for now a
+// factor's device tensors live as long as the factor.
+func (f *Factor) uploaded(be backend.Backend) (down, up *tensor.Tensor) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d, ok := f.dev[be]; ok {
+		return d.down, d.up
+	}
+	upShape := tensor.Shape{f.Out, f.Rank}
+	if f.Conv() {
+		upShape = tensor.Shape{f.Out, f.Rank, 1, 1}
+	}
+	d := devFactor{
+		down: be.Upload(tensor.Shape(f.DownShape), tensor.F32, f32Bytes(f.Down)),
+		up:   be.Upload(upShape, tensor.F32, f32Bytes(f.Up)),
+	}
+	if f.dev == nil {
+		f.dev = map[backend.Backend]devFactor{}
+	}
+	f.dev[be] = d
+	return d.down, d.up
+}
+
+// f32Bytes encodes v as little-endian float32 bytes (a new slice, which
+// the CPU backend may use in place for the tensor's lifetime).
+func f32Bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
