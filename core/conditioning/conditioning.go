@@ -28,6 +28,10 @@ type Options struct {
 	// chunks concatenated along the sequence (and honours BREAK); when off
 	// the prompt is truncated to one chunk.
 	LongPrompts bool
+	// Adapters identifies the text-encoder LoRAs and embeddings in effect
+	// (names, hashes, weights); "" for none. It is part of every cache key
+	// of an encoding.
+	Adapters string
 }
 
 // DefaultOptions are the settings for users: emphasis and long prompts on.
@@ -126,6 +130,9 @@ func New(tok *tokenizer.Tokenizer, model *clip.Model) (*Encoder, error) {
 	}
 	return &Encoder{tok: tok, model: model}, nil
 }
+
+// Model returns the encoder's text model.
+func (e *Encoder) Model() *clip.Model { return e.model }
 
 // Tokenizer returns the encoder's tokenizer.
 func (e *Encoder) Tokenizer() *tokenizer.Tokenizer { return e.tok }

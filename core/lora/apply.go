@@ -266,3 +266,12 @@ func f32Bytes(v []float32) []byte {
 	}
 	return b
 }
+
+// Key identifies the used LoRA for cache keys: its name and content hash
+// (the name alone when the hash is unknown).
+func (u Use) Key() string {
+	if u.LoRA != nil && u.LoRA.Hash != "" {
+		return u.Name + "@" + u.LoRA.Hash
+	}
+	return u.Name
+}

@@ -13,6 +13,8 @@ import (
 // encoder, triggered by Name appearing in a prompt.
 type Embedding struct {
 	Name string
+	// Hash is the file's content hash when the caller set it.
+	Hash string
 	N    int
 	// Vectors holds, per namespace (TextEncoder, TextEncoder2), N rows of
 	// the encoder's hidden size.
@@ -91,6 +93,9 @@ func ParseEmbedding(src safetensors.Source, name string, dims map[string]int) (*
 	}
 	return e, nil
 }
+
+// Key identifies the embedding for cache keys: name and content hash.
+func (e *Embedding) Key() string { return e.Name + "@" + e.Hash }
 
 func has(names []string, n string) bool { return slices.Contains(names, n) }
 

@@ -59,6 +59,9 @@ func (f *Factor) In() int { return len(f.Down) / f.Rank }
 
 // LoRA is one parsed adapter file.
 type LoRA struct {
+	// Hash is the file's content hash (hex SHA-256) when the caller set
+	// it; A1111 lists its first 12 digits in "Lora hashes".
+	Hash string
 	// Factors by namespace, each sorted by module name.
 	Factors map[string][]*Factor
 }
@@ -146,6 +149,12 @@ func moduleIndex(mods Modules) modIndex {
 		for _, mod := range list {
 			m[mod.Name] = mod
 			k[strings.ReplaceAll(mod.Name, ".", "_")] = mod.Name
+			// transformers 5 saves CLIP text models without the
+			// "text_model." level: accept both spellings
+			if short, ok := strings.CutPrefix(mod.Name, "text_model."); ok {
+				m[short] = mod
+				k[strings.ReplaceAll(short, ".", "_")] = mod.Name
+			}
 		}
 		idx.byPath[ns], idx.byKohya[ns] = m, k
 	}
@@ -211,10 +220,11 @@ func classify(key string, idx modIndex) (ns, mod, kind string, err error) {
 	}
 	for _, p := range peftPrefixes {
 		if path, ok := strings.CutPrefix(rest, p.prefix); ok {
-			if _, found := idx.byPath[p.ns][path]; !found {
+			mod, found := idx.byPath[p.ns][path]
+			if !found {
 				return "", "", "", fmt.Errorf("lora: key %q matches no %s module of this model", key, nsLabel(p.ns))
 			}
-			return p.ns, path, kind, nil
+			return p.ns, mod.Name, kind, nil
 		}
 	}
 	// PEFT files saved from a bare UNet carry no prefix.

@@ -310,7 +310,12 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 		in, ts, cond = padRows(b.pad(rows), rows, in, ts, cond)
 		rows = len(ts)
 	}
+	remove, err := p.installUNet(g)
+	if err != nil {
+		return nil, err
+	}
 	out, err := p.unet.Forward(b.ctx, in, [4]int{rows, head.c, head.h, head.w}, ts, cond, head.ctxLen)
+	remove()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
@@ -90,6 +91,12 @@ type Request struct {
 	Noise []float32
 	// SkipDecode leaves Images and Pixels empty (latents only).
 	SkipDecode bool
+	// LoRAs are applied to this job alone (unmerged: jobs with other
+	// LoRAs, or none, share its batch).
+	LoRAs []lora.Use
+	// Embeddings are the textual-inversion embeddings the prompts may
+	// name (a name in a prompt is replaced by its vectors).
+	Embeddings []*lora.Embedding
 }
 
 // Progress reports one finished model evaluation.
@@ -428,7 +435,12 @@ func (j *job) draw(per int) []float32 {
 // conditioning encodes the prompts into the UNet context: (2N, L, D) with
 // the unconditional half first when guidance is on, else (N, L, D).
 func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, error) {
-	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate}
+	removeText, adapters, err := p.installText(j.req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer removeText()
+	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters}
 	pos, err := p.encode(ctx, j.req.Prompt, opts)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pipeline: prompt: %w", err)
@@ -452,7 +464,7 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 	for k := range parts {
 		if parts[k].Length < L {
 			if empty == nil {
-				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip})
+				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip, Adapters: adapters})
 				if err != nil {
 					return nil, 0, fmt.Errorf("pipeline: empty prompt: %w", err)
 				}

@@ -126,7 +126,7 @@ func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
 		if !opts.LongPrompts {
 			enc += "/truncate"
 		}
-		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis}
+		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis, Adapters: opts.Adapters}
 		var res conditioning.Result
 		v, err := cache.Get(key, func() (*textcache.Value, error) {
 			r, err := encode(ctx, text, opts)
