@@ -53,6 +53,20 @@ func loadLoRA(t *testing.T, p *Pipeline, name string, drop func(string) bool) *l
 	return l
 }
 
+func loadEmbedding(t *testing.T, p *Pipeline, name string) *lora.Embedding {
+	t.Helper()
+	f, err := safetensors.Open(filepath.Join(loraFixtures, name+".safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	e, err := lora.ParseEmbedding(f, name, p.EmbeddingDims())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 func loraPipeline(t *testing.T) *Pipeline {
 	t.Helper()
 	modelDir := fixtures.Require(t, "sd15-tiny/model")
@@ -94,7 +108,11 @@ func TestLoRAParity(t *testing.T) {
 		"a_b":   loraRequest(prompt, lora.Use{Name: "a", LoRA: a, UNet: 1, Text: 1}, lora.Use{Name: "b", LoRA: b, UNet: 0.7, Text: 0.7}),
 		"te":    loraRequest(prompt, lora.Use{Name: "te", LoRA: te, UNet: 1, Text: 1}),
 		"kohya": loraRequest(prompt, lora.Use{Name: "kohya", LoRA: kohya, UNet: 0.8, Text: 0.8}),
+		"ti":    loraRequest("a kilnstyle circle on a blue background"),
 	}
+	ti := cases["ti"]
+	ti.Embeddings = []*lora.Embedding{loadEmbedding(t, p, "kilnstyle")}
+	cases["ti"] = ti
 	base, _, err := safetensors.Float32(ref, "base")
 	if err != nil {
 		t.Fatal(err)

@@ -440,7 +440,7 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 		return nil, 0, err
 	}
 	defer removeText()
-	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters}
+	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters, Embeddings: j.req.Embeddings}
 	pos, err := p.encode(ctx, j.req.Prompt, opts)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pipeline: prompt: %w", err)

@@ -1,6 +1,9 @@
 package clip
 
 import (
+	"context"
+	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/kiln-project/kiln/core/backend"
@@ -54,4 +57,54 @@ func linear(be backend.Backend, ad map[*tensor.Tensor]nn.Adapter, x, w, b *tenso
 		return a.Adapt(be, x, y, nil)
 	}
 	return y
+}
+
+// EncodeInjected is Encode with some token vectors replaced: inject maps a
+// position of ids (flattened over the batch) to the input embedding used
+// there instead of the token's (a textual-inversion vector, hidden-size
+// values). The position embeddings are added as usual.
+func (m *Model) EncodeInjected(ctx context.Context, ids []int32, batch, clipSkip int, inject map[int][]float32) (hidden, pooled []float32, err error) {
+	d := m.cfg.HiddenSize
+	for pos, v := range inject {
+		if pos < 0 || pos >= len(ids) || len(v) != d {
+			return nil, nil, fmt.Errorf("clip: encode: injected vector at position %d (%d values) does not fit %d ids of width %d", pos, len(v), len(ids), d)
+		}
+	}
+	m.inject = inject
+	defer func() { m.inject = nil }()
+	return m.Encode(ctx, ids, batch, clipSkip)
+}
+
+// injectVectors returns the token embeddings x (batch, L, D) with the
+// vectors of m.inject at their positions: x plus a correction gathered from
+// a small table whose row 0 is zero and whose row k+1 is the k-th injected
+// vector minus the embedding of the token it replaces.
+func (m *Model) injectVectors(be backend.Backend, x *tensor.Tensor, ids []int32, batch, L int) *tensor.Tensor {
+	d := m.cfg.HiddenSize
+	positions := make([]int, 0, len(m.inject))
+	for pos := range m.inject {
+		positions = append(positions, pos)
+	}
+	slices.Sort(positions)
+	replaced := make([]int32, len(positions))
+	for k, pos := range positions {
+		replaced[k] = ids[pos]
+	}
+	te := be.Embedding(m.tokEmb, replaced, tensor.Shape{1, len(replaced)})
+	old := be.ToFloat32(te)
+	be.Free(te)
+	table := make([]float32, (len(positions)+1)*d)
+	index := make([]int32, len(ids))
+	for k, pos := range positions {
+		row := table[(k+1)*d : (k+2)*d]
+		for i, v := range m.inject[pos] {
+			row[i] = v - old[k*d+i]
+		}
+		index[pos] = int32(k + 1)
+	}
+	tt := be.FromFloat32(tensor.Shape{len(positions) + 1, d}, table)
+	corr := be.Embedding(tt, index, tensor.Shape{batch, L})
+	out := be.Add(x, corr)
+	be.Free(tt, corr, x)
+	return out
 }

@@ -32,6 +32,8 @@ type Model struct {
 	proj   *tensor.Tensor // (projection_dim, D) text_projection; nil without
 	// adapters holds per-request adapters (LoRA) by weight; see SetAdapter.
 	adapters map[*tensor.Tensor]nn.Adapter
+	// inject holds the vectors of one EncodeInjected call.
+	inject map[int][]float32
 }
 
 // block holds the weights of one transformer layer.
@@ -197,6 +199,9 @@ func (m *Model) run(ctx context.Context, ids []int32, batch, keepAfter int, norm
 	be := m.be
 
 	x := be.Embedding(m.tokEmb, ids, tensor.Shape{batch, L})
+	if len(m.inject) > 0 {
+		x = m.injectVectors(be, x, ids, batch, L)
+	}
 	positions := make([]int32, L)
 	for i := range positions {
 		positions[i] = int32(i)
