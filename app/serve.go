@@ -32,6 +32,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/server/metrics"
 	"github.com/kiln-project/kiln/server/tenants"
 	"github.com/kiln-project/kiln/worker"
@@ -85,6 +86,9 @@ type Instance struct {
 	broker *broker.Broker
 	gpu    *gpu.Monitor
 	text   *textcache.Cache
+	// library is the installed LoRAs and embeddings (<models_dir>/loras,
+	// <models_dir>/embeddings).
+	library *loralib.Library
 
 	api       *api.Server
 	wasm      *wasmadapter.Wasm
@@ -219,6 +223,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
 	}
 	reg2 := catalog.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	in.library = loralib.New(modelsDir)
 	reg2.AllowSynthetic(cfg.SyntheticModels)
 	if cfg.BuiltinModel {
 		if _, named := cfg.Models[builtin.BuiltinName]; named {
@@ -333,7 +338,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		ln.Close()
 		return err
 	}
-	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
+	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg, Library: in.library,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
 		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog})
 	if err != nil {
@@ -486,6 +491,9 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
 			return err
+		}
+		if le, ok := eng.(interface{ SetLibrary(*loralib.Library) }); ok {
+			le.SetLibrary(in.library)
 		}
 		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)

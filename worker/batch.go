@@ -426,7 +426,7 @@ func (w *Worker) request(a *active) (Request, error) {
 		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
-		Seed: p.Seed, Strength: p.Strength,
+		Seed: p.Seed, Strength: p.Strength, LoRAs: p.LoRAs, Embeddings: p.Embeddings,
 	}
 	if p.InitImage != "" {
 		data, err := w.o.Store.GetUpload(a.ctx, a.job.Tenant, p.InitImage)

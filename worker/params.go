@@ -28,6 +28,25 @@ func parametersText(p jobs.Params, seed uint64, width, height int) string {
 	if p.InitImage != "" {
 		fmt.Fprintf(&b, ", Denoising strength: %g", p.Strength)
 	}
+	if h := hashList(p.LoRAs, nil); h != "" {
+		fmt.Fprintf(&b, ", Lora hashes: \"%s\"", h)
+	}
+	if h := hashList(nil, p.Embeddings); h != "" {
+		fmt.Fprintf(&b, ", TI hashes: \"%s\"", h)
+	}
 	b.WriteString(", Version: kiln")
 	return b.String()
+}
+
+// hashList formats "name: hash, …" with A1111's 12-digit short hashes.
+func hashList(ls []jobs.LoRA, es []jobs.Embedding) string {
+	var parts []string
+	short := func(h string) string { return h[:min(12, len(h))] }
+	for _, l := range ls {
+		parts = append(parts, l.Name+": "+short(l.Hash))
+	}
+	for _, e := range es {
+		parts = append(parts, e.Name+": "+short(e.Hash))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/loralib"
 )
 
 // Limits that no tenant may exceed.
@@ -65,6 +66,9 @@ type JobRequest struct {
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// LoRAs apply installed LoRAs (in addition to <lora:name:w> tags in
+	// the prompt).
+	LoRAs []LoRARequest `json:"loras,omitempty"`
 }
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
@@ -75,6 +79,7 @@ type Validator struct {
 	samplers       map[string]bool
 	cache          *ristretto.Cache[string, *jobs.Params]
 	hits, misses   atomic.Uint64
+	lib            *loralib.Library // installed LoRAs and embeddings; nil: none
 }
 
 // New returns a validator with a plan cache of cacheBytes.
@@ -151,6 +156,9 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
+	if err := v.resolveLoRAs(r, &params); err != nil {
+		return jobs.Params{}, err
+	}
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {
 			return jobs.Params{}, apierr.Invalid("seed", "seed must be at most %d", uint64(MaxSeed))

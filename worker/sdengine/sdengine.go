@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
+	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
@@ -47,6 +48,7 @@ type Engine struct {
 	be       backend.Backend
 	text     *textcache.Cache
 	stateDir string // component-hash cache; "" for none
+	lib      *loralib.Library
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -109,7 +111,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	hash := hashes[KindTextEncoder]
-	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(cm, hashes, e.be)}
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(cm, hashes, e.be), adapters: newAdapters(e.lib)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -190,6 +192,7 @@ type Model struct {
 	cached      bool
 	group       backend.WeightGroup // nil: the backend does not group weights
 	comps       []memory.Component
+	adapters    *adapters
 }
 
 // Pipeline returns the underlying pipeline.
@@ -251,7 +254,11 @@ func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress fun
 	if onProgress != nil {
 		cb = func(p pipeline.Progress) { onProgress(progress(p, req.N)) }
 	}
-	res, err := m.p.Generate(ctx, request(req), cb)
+	pr, err := m.request(req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := m.p.Generate(ctx, pr, cb)
 	if err != nil {
 		return nil, err
 	}
@@ -262,17 +269,28 @@ func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress fun
 // batch: one UNet call per step for all the requests' images; a canceled
 // item's rows leave the batch at the next step.
 func (m *Model) GenerateBatch(ctx context.Context, items []worker.BatchItem, onProgress func(int, worker.Progress)) []worker.BatchResult {
-	jobs := make([]pipeline.BatchJob, len(items))
+	jobs := make([]pipeline.BatchJob, 0, len(items))
+	index := make([]int, 0, len(items)) // jobs[k] is items[index[k]]
+	out := make([]worker.BatchResult, len(items))
 	for i, it := range items {
-		jobs[i] = pipeline.BatchJob{Ctx: it.Ctx, Request: request(it.Request)}
+		pr, err := m.request(it.Request)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		jobs = append(jobs, pipeline.BatchJob{Ctx: it.Ctx, Request: pr})
+		index = append(index, i)
+	}
+	if len(jobs) == 0 {
+		return out
 	}
 	var cb func(int, pipeline.Progress)
 	if onProgress != nil {
-		cb = func(i int, p pipeline.Progress) { onProgress(i, progress(p, items[i].Request.N)) }
+		cb = func(k int, p pipeline.Progress) { onProgress(index[k], progress(p, items[index[k]].Request.N)) }
 	}
 	res := m.p.GenerateBatch(ctx, jobs, cb)
-	out := make([]worker.BatchResult, len(res))
-	for i, r := range res {
+	for k, r := range res {
+		i := index[k]
 		if r.Err != nil {
 			out[i].Err = r.Err
 			continue
