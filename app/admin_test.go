@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/server/config"
 )
@@ -24,7 +25,7 @@ func startAdminServer(t *testing.T) *server {
 	if err := os.WriteFile(file, []byte(testAdminKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startServer(t, func(c *config.Config) { c.AdminKeyFile = file })
+	return startServer(t, func(c *config.Config) { c.AdminKeyFile = file; c.DefaultQuota.MaxPixels = 1 << 20 })
 }
 
 // adminRoutes returns every admin route with its parameters filled in.
@@ -95,7 +96,7 @@ func TestAdminAPI(t *testing.T) {
 	m := r.json(t)
 	key, _ := m["key"].(string)
 	tn, _ := m["tenant"].(map[string]any)
-	if r.status != http.StatusCreated || key == "" || tn["weight"].(float64) != 3 || tn["quality"] != "adaptive" ||
+	if r.status != http.StatusCreated || key == "" || tn["weight"].(float64) != 3 || tn["quality"] != "adaptive" || strings.Contains(string(r.body), "hash") ||
 		tn["quota"].(map[string]any)["max_steps"].(float64) != 20 || len(tn["keys"].([]any)) != 1 {
 		t.Fatalf("create: %d %s", r.status, r.body)
 	}
@@ -145,11 +146,36 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("another tenant's key: %d", r.status)
 	}
 
+	// Profiles: an operator's profile serves jobs on every gateway until
+	// it is deleted.
+	prof := map[string]any{"description": "tiny and quick", "sampler": "euler", "steps": 2, "guidance": 5, "width": 64, "height": 64,
+		"max_pixels": 65536, "max_steps": 4, "max_n": 2, "max_batch": 2, "precision": "fp32", "latency_target": 2.5, "quality": "adaptive"}
+	if r := s.do("PUT", "/v1/admin/profiles/tiny_quick", testAdminKey, prof); r.status != http.StatusOK || r.json(t)["latency_target"].(float64) != 2.5 {
+		t.Fatalf("put profile: %d %s", r.status, r.body)
+	}
+	prof["sampler"] = "nope"
+	if r := s.do("PUT", "/v1/admin/profiles/bad", testAdminKey, prof); r.status != http.StatusBadRequest {
+		t.Fatalf("bad sampler: %d %s", r.status, r.body)
+	}
+	j := s.waitJob(second, s.submit(second, map[string]any{"prompt": "quick", "profile": "tiny_quick"}), "succeeded")
+	if p := j["params"].(map[string]any); p["steps"].(float64) != 2 || p["width"].(float64) != 64 {
+		t.Fatalf("job of the operator's profile: %v", p)
+	}
+	if r := s.do("DELETE", "/v1/admin/profiles/tiny_quick", testAdminKey, nil); r.status != http.StatusNoContent {
+		t.Fatalf("delete profile: %d %s", r.status, r.body)
+	}
+	if r := s.do("POST", "/v1/jobs", second, map[string]any{"prompt": "quick", "profile": "tiny_quick"}); r.status != http.StatusBadRequest {
+		t.Fatalf("deleted profile still serves: %d %s", r.status, r.body)
+	}
+	if r := s.do("DELETE", "/v1/admin/profiles/balanced", testAdminKey, nil); r.status != http.StatusNotFound {
+		t.Fatalf("deleting a configured profile: %d %s", r.status, r.body)
+	}
+
 	// Operator policies: the admin key uploads what tenants may not.
 	if r := s.do("PUT", "/v1/policies/batching/ops", second, policies.Builtin()); r.status != http.StatusForbidden {
 		t.Fatalf("tenant uploading a batching policy: %d %s", r.status, r.body)
 	}
-	if r := s.do("PUT", "/v1/policies/batching/ops", testAdminKey, policies.Builtin()); r.status != http.StatusCreated {
+	if r := s.do("PUT", "/v1/policies/batching/ops", testAdminKey, wasmbuild.FirstJob()); r.status != http.StatusCreated {
 		t.Fatalf("admin uploading a batching policy: %d %s", r.status, r.body)
 	}
 
@@ -197,8 +223,8 @@ func TestAdminAPI(t *testing.T) {
 		seen[e.Actor+" "+e.Action+" "+e.Target+" "+strings.TrimSpace(http.StatusText(e.Status))] = !e.Time.IsZero()
 	}
 	for _, want := range []string{"admin POST /v1/admin/tenants  Created", "admin PATCH /v1/admin/tenants/:id acme OK",
-		"admin DELETE /v1/admin/tenants/:id/keys/:key acme/" + firstID + " OK", "admin PUT /v1/policies/:hook/:name  Created",
-		"admin POST /v1/admin/workers/:id/drain " + worker + " OK", "unauthenticated DELETE /v1/admin/tenants/:id acme Unauthorized"} {
+		"admin DELETE /v1/admin/tenants/:id/keys/:key acme/" + firstID + " OK", "admin PUT /v1/policies/:hook/:name batching/ops Created",
+		"admin POST /v1/admin/workers/:id/drain " + worker + " OK", "admin PUT /v1/admin/profiles/:name tiny_quick OK", "unauthenticated DELETE /v1/admin/tenants/:id acme Unauthorized"} {
 		if !seen[want] {
 			t.Errorf("audit log lacks %q: %s", want, r.body)
 		}

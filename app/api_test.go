@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"image"
-	"image/color"
 	"image/png"
 	"net/http"
 	"reflect"
@@ -61,7 +60,7 @@ func TestJobLifecycleAndImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1234, Size: 64x64, Model: tiny"
+	want := "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, Seed: 1234, Size: 64x64, Model hash: "
 	if !strings.HasPrefix(txt["parameters"], want) {
 		t.Fatalf("parameters chunk %q, want prefix %q", txt["parameters"], want)
 	}
@@ -352,19 +351,6 @@ func TestNonLoopbackNeedsTenant(t *testing.T) {
 	if r := s2.do("GET", "/v1/models", key, nil); r.status != http.StatusOK {
 		t.Fatalf("keyed on 0.0.0.0: %d %s", r.status, r.body)
 	}
-}
-
-// solidPNG makes a small PNG (for init images).
-func solidPNG(w, h int) []byte {
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	for y := 0; y < h; y++ {
-		for x := 0; x < w; x++ {
-			img.Set(x, y, color.RGBA{200, 100, 50, 255})
-		}
-	}
-	var buf bytes.Buffer
-	png.Encode(&buf, img)
-	return buf.Bytes()
 }
 
 // TestOpenAPISchemasMatchRequestTypes keeps the documented request bodies

@@ -100,7 +100,7 @@ func TestSyncTimeoutSaysHowToPoll(t *testing.T) {
 	r := s.do("POST", "/v1/images/generations", "", map[string]any{"prompt": "slow", "size": "64x64", "steps": 2})
 	id := r.header.Get("Kiln-Job-Id")
 	e, _ := r.json(t)["error"].(map[string]any)
-	if r.status != http.StatusGatewayTimeout || id == "" || r.header.Get("Location") != "/v1/jobs/"+id ||
+	if r.status != http.StatusGatewayTimeout || id == "" || r.header.Get("Location") != "/v1/jobs/"+id || r.header.Get("X-Should-Retry") != "false" ||
 		!strings.Contains(e["message"].(string), "GET /v1/jobs/"+id) {
 		t.Fatalf("timeout response %d %s (job %q)", r.status, r.body, id)
 	}

@@ -362,7 +362,8 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		// queue once this gateway has listened to heartbeats long enough
 		// to know which workers live.
 		listening := time.Now()
-		orphanGrace := max(cfg.AckWait.D(), 3*cfg.MetricsInterval.D()+time.Second)
+		orphanGrace := max(2*cfg.AckWait.D(), 3*cfg.MetricsInterval.D()+time.Second)
+		heard := func(worker string) bool { return in.api.WorkerHeardWithin(worker, orphanGrace) }
 		for {
 			if n, err := store.Reconcile(runCtx, time.Minute); err != nil && runCtx.Err() == nil {
 				in.log.Warn("reconcile failed", "err", err)
@@ -370,7 +371,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 				in.log.Warn("re-enqueued jobs that had lost their queue message", "jobs", n)
 			}
 			if time.Since(listening) > orphanGrace {
-				if n, err := store.RepairOrphans(runCtx, in.api.WorkerLive, orphanGrace); err != nil && runCtx.Err() == nil {
+				if n, err := store.RepairOrphans(runCtx, heard, orphanGrace); err != nil && runCtx.Err() == nil {
 					in.log.Warn("repairing orphaned jobs failed", "err", err)
 				} else if n > 0 {
 					in.log.Warn("put back jobs whose worker is gone", "jobs", n)
@@ -514,6 +515,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			// The eviction policy offloads only into this GPU's free host memory.
 			per := *ev
 			per.HostFree = mem.HostFreeBytes
+			per.Memory = mem
 			cache.SetPolicy(&per)
 		}
 		sched, window := in.wasmScheduler(o.Scheduler, sl.profile.MaxBatch, mem)

@@ -14,11 +14,11 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/model/clip"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 	"github.com/kiln-project/kiln/cuda"
 )
 
@@ -158,9 +158,16 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	defer cleanup()
-	p, err := pipeline.New(be, m)
+	// The suite times SD components (loadComponents), so it builds the SD
+	// family directly rather than through the family registry.
+	md, err := sd.FromCheckpoint(m).Build(be)
 	if err != nil {
 		m.Close()
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	p, err := pipeline.New(md)
+	if err != nil {
+		md.Close()
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	defer p.Close()
@@ -174,7 +181,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		size = opts.Size
 	}
 	if size == 0 {
-		size = p.DefaultSize()
+		size, _ = p.DefaultSize()
 	}
 	var comps *components
 	if opts.Components || opts.Profile {
@@ -274,7 +281,7 @@ type components struct {
 }
 
 func loadComponents(be backend.Backend, m *checkpoint.Model) (*components, error) {
-	tok, err := tokenizer.Load(m.TokenizerDir)
+	tok, err := m.Tokenizer()
 	if err != nil {
 		return nil, err
 	}

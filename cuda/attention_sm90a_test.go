@@ -3,11 +3,33 @@ package cuda
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/tensor"
+	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
+
+// TestHopperKernelsExist checks that a committed Hopper image has a kernel
+// for every head size and type planAttention may ask for, with the launch
+// geometry within an H100/H200's shared memory.
+func TestHopperKernelsExist(t *testing.T) {
+	names := kernels.SM90ANames()
+	if len(names) == 0 {
+		t.Skip("no Hopper image committed")
+	}
+	for _, dp := range fhDims {
+		for _, dt := range []tensor.DType{tensor.F16, tensor.BF16} {
+			if n := "fh" + itoa(dp) + suffix(dt); !slices.Contains(names, n) {
+				t.Errorf("%s missing from the Hopper image", n)
+			}
+		}
+		if fhSmem(dp)+fhProbePad > 227<<10 {
+			t.Errorf("head size %d: %d bytes of shared memory with the probe pad", dp, fhSmem(dp)+fhProbePad)
+		}
+	}
+}
 
 // TestHopperAttention runs attention with the Hopper kernels preferred
 // (KILN_CUDA_ATTENTION=fh) against the CPU for every padded head size, with

@@ -279,7 +279,7 @@ func (d *Device) Close() error {
 			d.evictOldestGraph()
 		}
 		d.alloc.trim()
-		d.freeDeadHost()
+		d.dropSpares()
 		d.eng.close()
 		return nil
 	})

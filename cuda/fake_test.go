@@ -151,10 +151,8 @@ var imageKernels = func() map[string]bool {
 // that image had loaded.
 var fakeSM90A = func() map[string]bool {
 	m := map[string]bool{}
-	for _, dp := range fhDims {
-		for _, t := range []string{"_f16", "_bf16"} {
-			m["fh"+itoa(dp)+t] = true
-		}
+	for _, n := range kernels.SM90ANames() {
+		m[n] = true
 	}
 	return m
 }()

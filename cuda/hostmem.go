@@ -62,11 +62,12 @@ func (v MemView) MemStats() memory.DeviceStats {
 func (v MemView) ResetPeak() { v.d.ResetPeak() }
 
 // Trim implements memory.Device: the allocator's cached blocks go back to
-// the driver (captured graphs keep their arenas).
+// the driver (captured graphs keep their arenas), and spare pinned host
+// blocks are freed.
 func (v MemView) Trim() error {
 	return v.d.run(func() error {
 		v.d.alloc.trim()
-		v.d.freeDeadHost()
+		v.d.dropSpares()
 		return nil
 	})
 }

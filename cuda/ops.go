@@ -411,17 +411,17 @@ func (b *Backend) LayerNorm(x, w, bias *tensor.Tensor, eps float32) *tensor.Tens
 // device does not say how much a block may opt into (sm_86/89 allow 99 KiB).
 const gnFusedSmem = 96 << 10
 
-// gnFusedWave is the largest slab for which gn_fused is used at any grid
-// size; larger slabs only where the grid is at most one block per SM.
-const gnFusedWave = 56 << 10
-
 // gnFusedPlan decides whether a group norm of bn images of hw pixels and c
 // channels in groups runs as one gn_fused pass, and with how many groups per
 // block (gpb), threads and bytes of shared memory. A block holds gpb groups'
 // (hw, gpb·c/groups) slab, up to the shared memory a block may opt into;
 // gpb grows past 1 (wider rows, better copies) only while the grid still
-// has two blocks per SM and the slab leaves room for two blocks per SM. KILN_CUDA_GROUPNORM=3pass
-// (Options.GroupNorm) turns the one-pass kernel off.
+// has two blocks per SM and the slab leaves room for two blocks per SM.
+// Alone on fresh data the three passes beat it for 80–160 KiB slabs over
+// many waves (64², batch 32), but inside a UNet step, where x was just
+// written and sits in L2, the one pass was faster in total (H200, batch
+// 16: 5.8 against 6.2 ms; docs/benchmarks.md), so it is used wherever it
+// fits. KILN_CUDA_GROUPNORM=3pass (Options.GroupNorm) turns it off.
 func (d *Device) gnFusedPlan(bn, hw, c, groups, esize int) (gpb, threads, smem int, ok bool) {
 	if d.opts.GroupNorm == "3pass" {
 		return 0, 0, 0, false
@@ -438,14 +438,6 @@ func (d *Device) gnFusedPlan(bn, hw, c, groups, esize int) (gpb, threads, smem i
 	gpb = 1
 	for groups%(2*gpb) == 0 && 2*gpb*cpg <= 512 && bytes(2*gpb) <= gnFusedSmem && groups/(2*gpb)*bn >= 2*max(d.info.SMs, 1) {
 		gpb *= 2
-	}
-	// Measured on an H200 (docs/benchmarks.md): the pass wins where blocks
-	// are small (≥ 4 per SM overlap their copy-in, statistics and copy-out)
-	// or the grid is at most one wave (8², 16², and 64² at batch 2); with 80
-	// KiB and larger slabs over many waves (64², batch 32: 209 µs against
-	// 176 µs) the three streaming passes are faster.
-	if bytes(gpb) > gnFusedWave && groups/gpb*bn > max(d.info.SMs, 1) {
-		return 0, 0, 0, false
 	}
 	threads = 512
 	if gpb*cpg > threads {

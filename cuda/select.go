@@ -83,7 +83,9 @@ func SelectAll(spec string, limit int) ([]*Selection, error) {
 	}
 	n, err := DeviceCount()
 	if err != nil {
-		return cpuSel("device cpu: " + err.Error()), nil
+		// No driver or no device: an ordinary CPU machine, not an error
+		// to report (--device cuda, or kiln doctor, shows the details).
+		return cpuSel("device cpu: no CUDA GPU found (kiln doctor shows what was looked for)"), nil
 	}
 	if n == 0 {
 		return cpuSel("device cpu: no GPU: the CUDA driver sees no device"), nil

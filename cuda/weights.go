@@ -42,12 +42,17 @@ type wstate struct {
 	hostOff int64
 }
 
-// pinnedBlock is one offload's pinned host memory, freed when the last
-// weight in it is restored or freed.
+// pinnedBlock is one offload's pinned host memory (mem, the first part of
+// full). When the last weight in it is restored or freed it becomes a
+// spare, reused by a later offload of about its size: pinning and
+// unpinning gigabytes take far longer than copying them.
 type pinnedBlock struct {
-	mem  []byte
-	live int
+	full, mem []byte
+	live      int
 }
+
+// maxSpare bounds the spare pinned blocks a device keeps.
+const maxSpare = 2
 
 // weightTable is a device's weight ledger; it is used on the device's
 // recording goroutine (like the rest of Device), and its byte counters are
@@ -56,6 +61,7 @@ type weightTable struct {
 	byKey    map[weightKey]*buffer
 	state    map[*buffer]*wstate
 	deadHost []*pinnedBlock // to free on the device thread
+	spare    []*pinnedBlock // unused, kept for reuse (oldest first)
 	shared   atomic.Int64   // bytes that uploads did not allocate because the device held them
 	hostHeld atomic.Int64   // pinned bytes holding offloaded weights
 }
@@ -114,14 +120,58 @@ func (d *Device) unpin(p *pinnedBlock, n int64) {
 	d.wt.hostHeld.Add(-n)
 	p.live--
 	if p.live == 0 {
-		d.wt.deadHost = append(d.wt.deadHost, p)
+		d.spareBlock(p)
 	}
+}
+
+// spareBlock keeps an unused pinned block for reuse (the oldest spare
+// beyond maxSpare is freed).
+func (d *Device) spareBlock(p *pinnedBlock) {
+	wt := d.wt
+	wt.spare = append(wt.spare, p)
+	if len(wt.spare) > maxSpare {
+		wt.deadHost = append(wt.deadHost, wt.spare[0])
+		wt.spare = wt.spare[1:]
+	}
+}
+
+// pinnedFor returns a pinned block of n bytes: a spare of about that size,
+// else a new one (the spares, which do not fit, are freed first so that
+// pinned memory stays within what offloaded models hold plus one spare).
+// Device thread.
+func (d *Device) pinnedFor(n int64) (*pinnedBlock, error) {
+	wt := d.wt
+	best := -1
+	for i, p := range wt.spare {
+		if c := int64(len(p.full)); c >= n && c <= n+n/4 && (best < 0 || c < int64(len(wt.spare[best].full))) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		p := wt.spare[best]
+		wt.spare = append(wt.spare[:best], wt.spare[best+1:]...)
+		p.mem = p.full[:n]
+		return p, nil
+	}
+	d.dropSpares()
+	full, err := d.eng.hostAlloc(n)
+	if err != nil {
+		return nil, err
+	}
+	return &pinnedBlock{full: full, mem: full}, nil
+}
+
+// dropSpares frees the spare pinned blocks. Device thread.
+func (d *Device) dropSpares() {
+	d.wt.deadHost = append(d.wt.deadHost, d.wt.spare...)
+	d.wt.spare = nil
+	d.freeDeadHost()
 }
 
 // freeDeadHost returns unused pinned blocks; it runs on the device thread.
 func (d *Device) freeDeadHost() {
 	for _, p := range d.wt.deadHost {
-		d.eng.hostFree(p.mem)
+		d.eng.hostFree(p.full)
 	}
 	d.wt.deadHost = nil
 }
@@ -293,6 +343,16 @@ func (g *Group) Close() error {
 // device memory (and the bias copies made from them). Device thread.
 func (d *Device) offloadBufs(bufs []*buffer) error {
 	d.freeDeadHost()
+	// Recorded work run by the caller's flush may have freed some (their
+	// handles were collected): only live weights on the device move.
+	wt := d.wt
+	live := bufs[:0:0]
+	for _, b := range bufs {
+		if st := wt.state[b]; st != nil && st.host == nil && b.own {
+			live = append(live, b)
+		}
+	}
+	bufs = live
 	if len(bufs) == 0 {
 		return nil
 	}
@@ -300,24 +360,23 @@ func (d *Device) offloadBufs(bufs []*buffer) error {
 	for _, b := range bufs {
 		total += b.size
 	}
-	mem, err := d.eng.hostAlloc(total)
+	blk, err := d.pinnedFor(total)
 	if err != nil {
 		return fmt.Errorf("pinning %d MiB of host memory: %w", total>>20, err)
 	}
-	blk := &pinnedBlock{mem: mem}
+	mem := blk.mem
 	var off int64
 	for _, b := range bufs {
 		if err := d.eng.copyOut(mem[off:off+b.size], b.addr); err != nil {
-			d.eng.hostFree(mem)
+			d.spareBlock(blk)
 			return d.noteErr(err)
 		}
 		off += b.size
 	}
 	if err := d.noteErr(d.eng.sync()); err != nil {
-		d.eng.hostFree(mem)
+		d.spareBlock(blk)
 		return err
 	}
-	wt := d.wt
 	off = 0
 	for _, b := range bufs {
 		st := wt.state[b]

@@ -105,9 +105,17 @@ func TestOffloadRestoreRoundTripIsBitExact(t *testing.T) {
 			t.Fatalf("output %d: %v after restore, %v before", i, got[i], want[i])
 		}
 	}
-	// Offload and restore again (the host copy was freed, a new one is made).
+	// Offload and restore again: the pinned block, spare since the restore,
+	// is reused rather than pinned anew.
+	if len(d.wt.spare) != 1 {
+		t.Fatalf("%d spare pinned blocks after a restore, want 1", len(d.wt.spare))
+	}
+	spare := d.wt.spare[0]
 	if err := g.Offload(); err != nil {
 		t.Fatal(err)
+	}
+	if st := d.wt.state[w.Storage().(*storage).buf]; st.host != spare || len(d.wt.spare) != 0 {
+		t.Fatal("second offload pinned a new block instead of reusing the spare")
 	}
 	if err := g.Restore(); err != nil {
 		t.Fatal(err)

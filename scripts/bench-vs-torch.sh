@@ -13,7 +13,8 @@
 #
 # Environment: OUT (results folder, default out/bench-vs-torch), BATCHES
 # (default 1,4,8,16), STEPS (20), GUIDANCE (7.5), ITERS (3), MODES
-# (eager,compile), COMPILE_MODE (default), KILN_MODEL (synthetic:sd15),
+# (eager,compile), COMPILE_MODE (default), COMPILE_DYNAMIC=1 (one compile
+# with a dynamic batch instead of ~60 s per batch size), KILN_MODEL (synthetic:sd15),
 # DIFFUSERS (a diffusers src/ folder or a .tgz of src/; default: whatever
 # PYTHONPATH finds), KILN_PROFILE=1 (add the per-kernel breakdown),
 # TORCH_TIMEOUT (seconds for the baseline, default 420), SKIP_KILN=1,
@@ -73,7 +74,7 @@ if [ "${SKIP_TORCH:-0}" != 1 ]; then
   [ -n "$d" ] && export PYTHONPATH="$d${PYTHONPATH:+:$PYTHONPATH}"
   echo "== PyTorch baseline (${MODES:-eager,compile})"
   timeout "${TORCH_TIMEOUT:-420}" python3 scripts/bench_torch.py --batches "$BATCHES" --steps "$STEPS" --guidance "$GUIDANCE" \
-    --iters "${ITERS:-3}" --modes "${MODES:-eager,compile}" --compile-mode "${COMPILE_MODE:-default}" --out "$OUT/torch.json" 2> "$OUT/torch.err"
+    --iters "${ITERS:-3}" --modes "${MODES:-eager,compile}" --compile-mode "${COMPILE_MODE:-default}" --compile-dynamic "${COMPILE_DYNAMIC:-0}" --out "$OUT/torch.json" 2> "$OUT/torch.err"
   rc=$?
   [ $rc -ne 0 ] && { status=1; echo "baseline exit status $rc"; tail -5 "$OUT/torch.err"; }
 fi

@@ -3,8 +3,6 @@ package wasmhost
 import (
 	"context"
 
-	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
-	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 )
 
@@ -15,7 +13,8 @@ import (
 //     shadow comparisons use it);
 //   - X always returns a usable answer: the module's when the call
 //     succeeded, otherwise the built-in native default's (Outcome.Fallback
-//     is then set). A nil *Module answers natively (ResultNative).
+//     is then set). A nil *Module answers natively (ResultNative) with
+//     the zero Natives.
 
 func (m *Module) maxNodeOutput() int {
 	// Header, reason and parameters are far below 64 KiB.
@@ -50,9 +49,9 @@ func (m *Module) Batching(ctx context.Context, in *abi.BatchingInput) (abi.Batch
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Batching(in), fallback(o)
+		return m.host.cfg.Natives.batching(in), fallback(o)
 	}
-	return builtin.Batching(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.batching(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallEviction asks the module which models to evict.
@@ -61,7 +60,7 @@ func (m *Module) CallEviction(ctx context.Context, in *abi.EvictionInput) (abi.E
 	if err := abi.CheckEvictionInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	o := m.invoke(ctx, abi.HookEviction, in.NowUS, abi.EncodeEvictionInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeEvictionOutput(b); err != nil {
 			return err
@@ -81,9 +80,9 @@ func (m *Module) Eviction(ctx context.Context, in *abi.EvictionInput) (abi.Evict
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Eviction(in), fallback(o)
+		return m.host.cfg.Natives.eviction(in), fallback(o)
 	}
-	return builtin.Eviction(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.eviction(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallQuality asks the module how to adjust a request.
@@ -115,9 +114,9 @@ func (m *Module) Quality(ctx context.Context, in *abi.QualityInput) (abi.Quality
 		if o.OK() {
 			return out, o
 		}
-		return builtin.Quality(in), fallback(o)
+		return m.host.cfg.Natives.quality(in), fallback(o)
 	}
-	return builtin.Quality(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.quality(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallNodePre runs the module's pre-processing node.
@@ -136,16 +135,16 @@ func (m *Module) CallNodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutp
 	return out, o
 }
 
-// NodePre returns the module's answer, or FallbackPre's.
+// NodePre returns the module's answer, or the native default's (Natives.Pre).
 func (m *Module) NodePre(ctx context.Context, in *abi.PreInput) (abi.PreOutput, Outcome) {
 	if m != nil {
 		out, o := m.CallNodePre(ctx, in)
 		if o.OK() {
 			return out, o
 		}
-		return FallbackPre(in), fallback(o)
+		return m.host.cfg.Natives.Pre(in), fallback(o)
 	}
-	return FallbackPre(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.Pre(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 // CallNodePost runs the module's post-processing node.
@@ -167,43 +166,20 @@ func (m *Module) CallNodePost(ctx context.Context, in *abi.PostInput) (abi.PostO
 	return out, o
 }
 
-// NodePost returns the module's answer, or FallbackPost's (which may
-// change in.Image's pixels in place).
+// NodePost returns the module's answer, or the native default's
+// (Natives.Post, which may change in.Image's pixels in place).
 func (m *Module) NodePost(ctx context.Context, in *abi.PostInput) (abi.PostOutput, Outcome) {
 	if m != nil {
 		out, o := m.CallNodePost(ctx, in)
 		if o.OK() {
 			return out, o
 		}
-		return FallbackPost(in), fallback(o)
+		return m.host.cfg.Natives.Post(in), fallback(o)
 	}
-	return FallbackPost(in), Outcome{Result: ResultNative, Fallback: true}
+	return Natives{}.Post(in), Outcome{Result: ResultNative, Fallback: true}
 }
 
 func fallback(o Outcome) Outcome {
 	o.Fallback = true
 	return o
-}
-
-// FallbackPre is the native default of a pre-processing node: the
-// built-in node of that name when there is one, otherwise the request
-// unchanged.
-func FallbackPre(in *abi.PreInput) abi.PreOutput {
-	if h, ok := nodes.Hook(in.Node); ok && h == abi.HookNodePre {
-		return nodes.Pre(in)
-	}
-	return abi.PreOutput{
-		Prompt: in.Prompt, NegativePrompt: in.NegativePrompt, Width: in.Width, Height: in.Height,
-		Steps: in.Steps, Guidance: in.Guidance, Sampler: in.Sampler, Seed: in.Seed,
-	}
-}
-
-// FallbackPost is the native default of a post-processing node: the
-// built-in node of that name when there is one, otherwise the image
-// unchanged.
-func FallbackPost(in *abi.PostInput) abi.PostOutput {
-	if h, ok := nodes.Hook(in.Node); ok && h == abi.HookNodePost {
-		return nodes.Post(in)
-	}
-	return abi.PostOutput{Image: in.Image}
 }

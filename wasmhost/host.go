@@ -91,6 +91,9 @@ type Config struct {
 	// Now is the host's clock for backoff and rate limits (time.Now).
 	// Guests never see it.
 	Now func() time.Time
+	// Natives are the native defaults the hooks fall back to (zero:
+	// the zero decisions; see Natives).
+	Natives Natives
 }
 
 func (c Config) withDefaults() Config {

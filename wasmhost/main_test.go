@@ -9,8 +9,19 @@ import (
 	"time"
 
 	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
+	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
 	"github.com/kiln-project/kiln/policies"
+	"github.com/kiln-project/kiln/policies/builtin"
 )
+
+// testNatives are Kiln's built-ins as the composition root hands them in
+// (app/wasmadapter.Natives, which this package cannot import).
+func testNatives() Natives {
+	return Natives{
+		Batching: builtin.Batching, Eviction: builtin.Eviction, Quality: builtin.Quality,
+		NodeHook: nodes.Hook, NodeParams: nodes.CheckParams, NodePre: nodes.Pre, NodePost: nodes.Post,
+	}
+}
 
 // The built-in modules are compiled once per test binary: each test gets
 // its own Host (fresh metrics and health) sharing one compilation cache
@@ -46,6 +57,9 @@ func newTestHost(t testing.TB, cfg Config) *Host {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Natives.Batching == nil {
+		cfg.Natives = testNatives()
 	}
 	h, err := New(context.Background(), cfg)
 	if err != nil {

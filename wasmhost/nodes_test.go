@@ -87,20 +87,28 @@ func TestBuiltinNodesMatchNative(t *testing.T) {
 }
 
 func TestNodeFallbacks(t *testing.T) {
-	// With no module, built-in names run natively and other names pass
-	// the request or image through unchanged.
+	// The natives run built-in names natively and pass other names'
+	// request or image through unchanged; a nil module answers with the
+	// zero Natives, which build nothing in.
+	n := testNatives()
+	pre := n.Pre(&abi.PreInput{Node: "style", Params: params("text", "x"), Prompt: "a", Width: 8, Height: 8, Steps: 1})
+	if pre.Prompt != "a, x" {
+		t.Fatalf("native style: %+v", pre)
+	}
 	var m *Module
 	pre, o := m.NodePre(context.Background(), &abi.PreInput{Node: "style", Params: params("text", "x"), Prompt: "a", Width: 8, Height: 8, Steps: 1})
-	if o.Result != ResultNative || pre.Prompt != "a, x" {
-		t.Fatalf("native style: %+v %v", pre, o)
+	if o.Result != ResultNative || !o.Fallback || pre.Prompt != "a" {
+		t.Fatalf("nil module, zero natives: %+v %v", pre, o)
 	}
-	pre, _ = m.NodePre(context.Background(), &abi.PreInput{Node: "custom", Prompt: "a", Width: 8, Height: 8, Steps: 1})
-	if pre.Reject || pre.Prompt != "a" || pre.Width != 8 {
-		t.Fatalf("custom fallback: %+v", pre)
-	}
-	im := gradient(4, 4)
-	post, _ := m.NodePost(context.Background(), &abi.PostInput{Node: "custom", Image: im})
-	if post.Reject || !bytes.Equal(post.Image.Pix, im.Pix) {
-		t.Fatal("custom post fallback changed the image")
+	for _, n := range []Natives{n, {}} {
+		pre = n.Pre(&abi.PreInput{Node: "custom", Prompt: "a", Width: 8, Height: 8, Steps: 1})
+		if pre.Reject || pre.Prompt != "a" || pre.Width != 8 {
+			t.Fatalf("custom fallback: %+v", pre)
+		}
+		im := gradient(4, 4)
+		post := n.Post(&abi.PostInput{Node: "custom", Image: im})
+		if post.Reject || !bytes.Equal(post.Image.Pix, im.Pix) {
+			t.Fatal("custom post fallback changed the image")
+		}
 	}
 }

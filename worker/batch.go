@@ -395,6 +395,10 @@ func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []B
 		if rep.Recovered() {
 			w.o.Logger.Warn("batch recovered from out of memory", "model", m.Name, "splits", rep.Splits,
 				"chunk", rep.Chunk, "freed_others", rep.FreedOthers, "attempts", rep.Attempts)
+			for _, k := range of {
+				// Reported in the job record when it settles.
+				g[k].job.Memory = &jobs.MemoryRecovery{Splits: rep.Splits, Chunk: rep.Chunk, FreedOthers: rep.FreedOthers, Sequential: rep.Sequential}
+			}
 		}
 		if len(res) != len(items) {
 			return failAll(fmt.Errorf("engine returned %d results for a batch of %d", len(res), len(items))), false
@@ -426,7 +430,7 @@ func (w *Worker) request(a *active) (Request, error) {
 		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
-		Seed: p.Seed, Strength: p.Strength, LoRAs: p.LoRAs, Embeddings: p.Embeddings,
+		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise, LoRAs: p.LoRAs, Embeddings: p.Embeddings,
 	}
 	if p.InitImage != "" {
 		data, err := w.o.Store.GetUpload(a.ctx, a.job.Tenant, p.InitImage)

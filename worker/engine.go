@@ -30,6 +30,9 @@ type Request struct {
 	Guidance       float64
 	Sampler        string
 	Seed           uint64
+	// SharedNoise draws all images' noise from one generator seeded with
+	// Seed instead of one per image seeded Seed+i.
+	SharedNoise bool
 	// InitImage and Strength make an image-to-image request.
 	InitImage image.Image
 	Strength  float64

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // memoryTrimIdle is how long a worker's device stays idle before its
@@ -23,6 +24,25 @@ func (w *Worker) trimIdle() {
 	if _, err := w.o.Memory.TrimIfIdle(memoryTrimIdle); err != nil {
 		w.log.Warn("trimming idle device memory", "err", err)
 	}
+}
+
+// underBudget returns the device memory a running batch may still fill:
+// with a memory manager, the backend's free figure (the whole device's)
+// is capped by the budget (--memory-budget) less what is in use, and the
+// step's activation peak is recorded for the batch's shape, so that the
+// batching policy's per-job estimates follow measurements.
+func (w *Worker) underBudget(p jobs.Params, images int, free, peak int64) int64 {
+	if w.o.Memory == nil {
+		return free
+	}
+	if peak > 0 {
+		_ = w.o.Memory.RecordPeak(memory.Batch{Model: p.Model, Images: images, Width: p.Width, Height: p.Height}, peak)
+	}
+	budget := w.o.Memory.FreeNow()
+	if free <= 0 {
+		return max(budget, 1) // 0 would read as unknown
+	}
+	return max(min(free, budget), 1)
 }
 
 // MemoryRun is what RunUnderMemory needs besides the batch.

@@ -7,9 +7,12 @@ import (
 	"image"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/server/catalog"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // oomModel runs batches of at most fit images; larger ones fail every
@@ -115,5 +118,83 @@ func TestRunUnderMemoryFreesOthersThenFailsClearly(t *testing.T) {
 	out, rep = RunUnderMemory(context.Background(), MemoryRun{}, items, m3.run, nil)
 	if len(m3.calls) != 1 || rep.Recovered() || out[0].Err != nil {
 		t.Fatalf("plain run: calls %v report %+v", m3.calls, rep)
+	}
+}
+
+func TestUnderBudgetCapsFreeMemory(t *testing.T) {
+	mgr, err := memory.New(memory.Config{Name: "cuda:0", Budget: 6 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr.Place("sd15", memory.GPU, []memory.Component{{Kind: "unet", Bytes: 2 << 30}})
+	w := &Worker{o: Options{Memory: mgr}}
+	p := jobs.Params{Model: "sd15", Width: 512, Height: 512}
+	// The backend sees 100 GiB free on the device; the budget leaves 4.
+	if got := w.underBudget(p, 2, 100<<30, 1<<30); got != 4<<30 {
+		t.Fatalf("free %d, want the budget's 4 GiB", got)
+	}
+	if got, measured := mgr.ActivationBytes(memory.Batch{Model: "sd15", Images: 2, Width: 512, Height: 512}); !measured || got != 1<<30 {
+		t.Fatalf("step peak not recorded: %d %v", got, measured)
+	}
+	if got := w.underBudget(p, 2, 1<<30, 0); got != 1<<30 {
+		t.Fatalf("free %d: the backend's smaller figure wins", got)
+	}
+	if got := (&Worker{}).underBudget(p, 2, 5, 0); got != 5 {
+		t.Fatalf("without a manager: %d", got)
+	}
+}
+
+func TestWindowDemandCountsJobsPerModel(t *testing.T) {
+	q := &window{}
+	for _, m := range []string{"a", "b", "a"} {
+		q.pending = append(q.pending, pendingMsg{Pending: Pending{Job: &jobs.Job{Params: jobs.Params{Model: m}}}})
+	}
+	if q.demand("a") != 2 || q.demand("b") != 1 || q.demand("c") != 0 {
+		t.Fatalf("demand a=%d b=%d c=%d", q.demand("a"), q.demand("b"), q.demand("c"))
+	}
+}
+
+// oomEngine's model runs at most one image per GenerateBatch call; more
+// fail with out of memory, as a small GPU would.
+type oomEngine struct{ batchEngine }
+
+func (e *oomEngine) Load(ctx context.Context, m catalog.Model) (Model, error) {
+	return &oomBatchModel{batchModel{e: &e.batchEngine}}, nil
+}
+
+type oomBatchModel struct{ batchModel }
+
+func (m *oomBatchModel) GenerateBatch(ctx context.Context, items []BatchItem, onProgress func(int, Progress)) []BatchResult {
+	n := 0
+	for _, it := range items {
+		n += it.Request.N
+	}
+	if n > 1 {
+		out := make([]BatchResult, len(items))
+		for i := range out {
+			out[i].Err = fmt.Errorf("allocating: %w", backend.ErrOutOfMemory)
+		}
+		return out
+	}
+	return m.batchModel.GenerateBatch(ctx, items, onProgress)
+}
+
+// A job whose batch runs out of memory succeeds by splitting, and its
+// record says so.
+func TestJobRecordReportsMemoryRecovery(t *testing.T) {
+	e := newEnv(t, 5*time.Second, 3)
+	mgr, err := memory.New(memory.Config{Name: "test", Budget: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.worker(t, &oomEngine{}, "w1", time.Second, func(o *Options) { o.Memory = mgr })
+	run(t, w)
+	j := e.submit(t, "two images", 2)
+	r := e.waitStatus(t, j, jobs.StatusSucceeded)
+	if len(r.Images) != 2 || r.Memory == nil || r.Memory.Splits != 1 || r.Memory.Chunk != 1 {
+		t.Fatalf("record: images %d memory %+v", len(r.Images), r.Memory)
+	}
+	if r.Images[1].Seed != r.Images[0].Seed+1 {
+		t.Fatalf("seeds %d, %d: the split changed them", r.Images[0].Seed, r.Images[1].Seed)
 	}
 }

@@ -1,52 +1,53 @@
 package worker
 
 import (
-	"fmt"
-	"strings"
+	"context"
 
-	"github.com/kiln-project/kiln/core/sample"
+	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/internal/buildinfo"
 	"github.com/kiln-project/kiln/server/jobs"
 )
 
-// parametersText formats a job's parameters as AUTOMATIC1111 writes them
-// into the "parameters" PNG chunk: the prompt, the negative prompt, then a
-// line of "Key: value" pairs.
-func parametersText(p jobs.Params, seed uint64, width, height int) string {
-	var b strings.Builder
-	b.WriteString(p.Prompt)
-	b.WriteByte('\n')
-	if p.NegativePrompt != "" {
-		b.WriteString("Negative prompt: ")
-		b.WriteString(p.NegativePrompt)
-		b.WriteByte('\n')
-	}
-	fmt.Fprintf(&b, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %d, Size: %dx%d, Model: %s",
-		p.Steps, sample.Label(p.Sampler), p.Guidance, seed, width, height, p.Model)
-	if p.ClipSkip > 1 {
-		fmt.Fprintf(&b, ", Clip skip: %d", p.ClipSkip)
-	}
-	if p.InitImage != "" {
-		fmt.Fprintf(&b, ", Denoising strength: %g", p.Strength)
-	}
-	if h := hashList(p.LoRAs, nil); h != "" {
-		fmt.Fprintf(&b, ", Lora hashes: \"%s\"", h)
-	}
-	if h := hashList(nil, p.Embeddings); h != "" {
-		fmt.Fprintf(&b, ", TI hashes: \"%s\"", h)
-	}
-	b.WriteString(", Version: kiln")
-	return b.String()
+// parametersText formats a job's image as AUTOMATIC1111 writes it into the
+// "parameters" PNG chunk, through the same imageio.Generation the CLI uses
+// (the worker's noise comes from torch's CPU generator).
+func (w *Worker) parametersText(ctx context.Context, p jobs.Params, seed uint64, width, height int) string {
+	return generation(p, seed, width, height, w.modelHash(ctx, p.Model)).Parameters().String()
 }
 
-// hashList formats "name: hash, …" with A1111's 12-digit short hashes.
-func hashList(ls []jobs.LoRA, es []jobs.Embedding) string {
-	var parts []string
-	short := func(h string) string { return h[:min(12, len(h))] }
-	for _, l := range ls {
-		parts = append(parts, l.Name+": "+short(l.Hash))
+// generation describes one image of a job.
+func generation(p jobs.Params, seed uint64, width, height int, modelHash string) imageio.Generation {
+	g := imageio.Generation{Prompt: p.Prompt, NegativePrompt: p.NegativePrompt, Steps: p.Steps, Sampler: p.Sampler,
+		CFGScale: p.Guidance, Seed: seed, Width: width, Height: height, ModelHash: modelHash, Model: p.Model,
+		ClipSkip: p.ClipSkip, RNG: "cpu", Version: "kiln " + buildinfo.Version()}
+	if p.InitImage != "" {
+		g.DenoisingStrength = p.Strength
 	}
-	for _, e := range es {
-		parts = append(parts, e.Name+": "+short(e.Hash))
+	for _, l := range p.LoRAs {
+		if g.LoraHashes == nil {
+			g.LoraHashes = map[string]string{}
+		}
+		g.LoraHashes[l.Name] = l.Hash[:min(12, len(l.Hash))]
 	}
-	return strings.Join(parts, ", ")
+	for _, e := range p.Embeddings {
+		if g.TIHashes == nil {
+			g.TIHashes = map[string]string{}
+		}
+		g.TIHashes[e.Name] = e.Hash[:min(12, len(e.Hash))]
+	}
+	return g
+}
+
+// modelHash is the model's short hash, or "" when it cannot be computed.
+func (w *Worker) modelHash(ctx context.Context, name string) string {
+	m, ok := w.o.Models.Get(name)
+	if !ok {
+		return ""
+	}
+	h, err := w.hashes.Short(ctx, m.Path)
+	if err != nil {
+		w.log.Warn("model hash", "model", name, "err", err)
+		return ""
+	}
+	return h
 }

@@ -23,6 +23,20 @@ func (q *window) len() int {
 	return len(q.pending)
 }
 
+// demand counts the window's jobs for model: the queue demand eviction
+// policies weigh.
+func (q *window) demand(model string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, p := range q.pending {
+		if p.Job != nil && p.Job.Params.Model == model {
+			n++
+		}
+	}
+	return n
+}
+
 // RunningState is a running batch as an Admitter sees it at a step
 // boundary.
 type RunningState struct {
@@ -176,6 +190,7 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		}
 		free, peak := rb.Memory()
 		w.memory.observe(shape, images, peak)
+		free = w.underBudget(head, images, free, peak)
 		if ctx.Err() != nil {
 			continue // shutting down: no new jobs join
 		}
@@ -192,9 +207,9 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 }
 
 // fillWindow takes queued jobs into the window until it is full or the
-// queue is empty, without waiting.
+// queue is empty, without waiting (nothing while the worker is drained).
 func (w *Worker) fillWindow(ctx context.Context, q *window) {
-	for q.len() < w.o.Window {
+	for q.len() < w.o.Window && !w.draining.Load() {
 		msg := w.fetch(ctx)
 		if msg == nil {
 			return

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
@@ -87,8 +88,9 @@ type Options struct {
 
 // Worker takes jobs from the queue and runs them.
 type Worker struct {
-	o   Options
-	log *slog.Logger
+	o      Options
+	log    *slog.Logger
+	hashes modelhash.Cache
 
 	mu      sync.Mutex
 	running []*active // claimed jobs, generating or finishing
@@ -226,6 +228,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
+	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -474,7 +477,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 		meta := j.Images[i]
 		start := time.Now()
 		data, err := pngtext.Encode(img, pngtext.Chunk{Keyword: "parameters",
-			Text: parametersText(j.Params, meta.Seed, meta.Width, meta.Height)})
+			Text: w.parametersText(ctx, j.Params, meta.Seed, meta.Width, meta.Height)})
 		if err != nil {
 			return err
 		}
@@ -489,6 +492,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusSucceeded
 		r.Images = j.Images
+		r.Memory = j.Memory
 	})
 	stage.With(StageSettle).Observe(time.Since(start).Seconds())
 	w.o.Metrics.Images.Add(float64(len(imgs)))
@@ -500,6 +504,7 @@ func (w *Worker) fail(ctx context.Context, j *jobs.Job, code, message string) {
 	w.settle(ctx, j, func(r *jobs.Job) {
 		r.Status = jobs.StatusFailed
 		r.Error = &jobs.Error{Code: code, Message: message}
+		r.Memory = j.Memory
 	})
 }
 

@@ -36,7 +36,7 @@ type Options struct {
 	// Replicas of the module bucket (≤ 1: one copy).
 	Replicas int
 	// Host overrides the Wasm host's limits (its CacheDir and Logger are
-	// filled in when empty).
+	// filled in when empty; its Natives are always Kiln's, see Natives).
 	Host wasmhost.Config
 	// Logger receives Wasm events.
 	Logger *slog.Logger
@@ -62,6 +62,7 @@ func Start(ctx context.Context, o Options) (*Wasm, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg := o.Host
+	cfg.Natives = Natives()
 	if cfg.Logger == nil {
 		cfg.Logger = o.Logger
 	}
@@ -89,7 +90,8 @@ func Start(ctx context.Context, o Options) (*Wasm, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.New(ctx, registry.Config{Store: store, Host: h, CacheDir: cfg.CacheDir, Logger: o.Logger, Budgets: o.Budgets})
+	bp, bn := Builtins()
+	reg, err := registry.New(ctx, registry.Config{Store: store, Host: h, BuiltinPolicies: bp, BuiltinNodes: bn, CacheDir: cfg.CacheDir, Logger: o.Logger, Budgets: o.Budgets})
 	if err != nil {
 		_ = h.Close(ctx)
 		return nil, err

@@ -152,14 +152,13 @@ type fakeModel struct {
 
 func (f fakeModel) Close() error { *f.closed = append(*f.closed, f.id); return nil }
 
-func TestEvictionAsksThePolicy(t *testing.T) {
-	w := start(t)
-	cache := modelcache.New(10<<30, w.Eviction())
-	var closed []string
-	load := func(id string, size int64) {
+// fakeLoader returns a function that acquires and releases a fake model
+// of the given size; closed models are appended to closed.
+func fakeLoader(t *testing.T, cache *modelcache.Cache, closed *[]string) func(id string, size int64) {
+	return func(id string, size int64) {
 		t.Helper()
 		_, release, err := cache.Acquire(context.Background(), id, size, func(context.Context) (modelcache.Resident, error) {
-			return fakeModel{id, &closed}, nil
+			return fakeModel{id, closed}, nil
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -167,6 +166,13 @@ func TestEvictionAsksThePolicy(t *testing.T) {
 		release()
 		time.Sleep(2 * time.Millisecond) // distinct last-use times
 	}
+}
+
+func TestEvictionAsksThePolicy(t *testing.T) {
+	w := start(t)
+	cache := modelcache.New(10<<30, w.Eviction())
+	var closed []string
+	load := fakeLoader(t, cache, &closed)
 	load("small-old", 1<<30)
 	load("big", 6<<30)
 	load("recent", 2<<30)
@@ -338,5 +344,19 @@ func TestUploadAPI(t *testing.T) {
 	var m bytes.Buffer
 	if err := w.WriteMetrics(&m); err != nil || !strings.Contains(m.String(), `kiln_wasm_calls_total{module="batching/fair@v1",hook="batching",result="ok"} 5`) {
 		t.Fatalf("metrics: %v\n%s", err, m.String())
+	}
+}
+
+// TestSchedulerPassesTenantWeights: the batching policy sees each tenant's
+// weight as the gateway recorded it in the jobs.
+func TestSchedulerPassesTenantWeights(t *testing.T) {
+	w := start(t)
+	s := w.Scheduler(SchedulerOptions{MaxBatch: 4})
+	heavy := job("a", "t1", jobs.PriorityNormal, time.Second, 512)
+	heavy.Weight = 3
+	p := pending(heavy, job("b", "t2", jobs.PriorityNormal, time.Second, 512))
+	in := s.Input(time.Now(), p, worker.Stats{})
+	if len(in.Tenants) != 2 || in.Tenants[0].Weight != 3 || in.Tenants[1].Weight != 1 {
+		t.Fatalf("tenant shares %+v", in.Tenants)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
@@ -15,6 +16,11 @@ type Eviction struct {
 	// HostFree returns the host memory free for offloaded models (nil: 0,
 	// so models are dropped rather than offloaded).
 	HostFree func() int64
+	// Memory, when set, is the device's memory manager: the policy gets
+	// the ABI minor-3 figures (host budget, each model's unique bytes)
+	// along with the cache's offload and restore times and queued jobs,
+	// and HostFree defaults to the manager's free host memory.
+	Memory *memory.Manager
 	// Now is the clock (time.Now).
 	Now func() time.Time
 }
@@ -28,8 +34,12 @@ func (e *Eviction) Victims(needed, free int64, resident []modelcache.Info) ([]mo
 	if needed > free {
 		in.NeededBytes = uint64(needed - free)
 	}
-	if e.HostFree != nil {
-		if f := e.HostFree(); f > 0 {
+	hostFree := e.HostFree
+	if hostFree == nil && e.Memory != nil {
+		hostFree = e.Memory.HostFreeBytes
+	}
+	if hostFree != nil {
+		if f := hostFree(); f > 0 {
 			in.HostFreeBytes = uint64(f)
 		}
 	}
@@ -38,8 +48,22 @@ func (e *Eviction) Victims(needed, free int64, resident []modelcache.Info) ([]mo
 	}
 	for _, r := range resident {
 		in.UsedBytes += uint64(max(r.Bytes, 0))
-		in.Models = append(in.Models, abi.Model{ID: r.ID, Bytes: uint64(max(r.Bytes, 0)), LastUseUS: r.LastUse.UnixMicro(),
-			Uses: uint64(max(r.Uses, 0)), LoadUS: uint64(max(r.LoadTime.Microseconds(), 0)), Pinned: r.Pinned, InUse: r.InUse})
+		m := abi.Model{ID: r.ID, Bytes: uint64(max(r.Bytes, 0)), LastUseUS: r.LastUse.UnixMicro(),
+			Uses: uint64(max(r.Uses, 0)), LoadUS: uint64(max(r.LoadTime.Microseconds(), 0)), Pinned: r.Pinned, InUse: r.InUse}
+		if e.Memory != nil {
+			m.UniqueBytes = m.Bytes
+			if u, ok := e.Memory.UniqueBytes(r.ID); ok {
+				m.UniqueBytes = min(m.Bytes, uint64(max(u, 0)))
+			}
+			m.OffloadUS = uint64(max(r.OffloadTime.Microseconds(), 0))
+			m.RestoreUS = uint64(max(r.RestoreTime.Microseconds(), 0))
+			m.Queued = uint32(min(max(r.Queued, 0), 1<<31))
+		}
+		in.Models = append(in.Models, m)
+	}
+	if e.Memory != nil {
+		in.Tiers = true
+		in.HostBudgetBytes = uint64(max(e.Memory.HostBudget(), 0))
 	}
 	in.BudgetBytes = in.UsedBytes + uint64(max(free, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

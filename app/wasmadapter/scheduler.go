@@ -26,7 +26,8 @@ type SchedulerOptions struct {
 	// that the worker measures and passes with each decision (tests,
 	// operators who know their hardware better than a few samples).
 	StepLatency func() []abi.StepLatency
-	// Weight returns a tenant's fairness weight (default 1).
+	// Weight returns a tenant's fairness weight (default: the weight its
+	// pending jobs carry, set by the gateway from the tenant, else 1).
 	Weight func(tenant string) float64
 	// FairnessHalfLife is the half-life of the served-images counts that
 	// weighted fairness compares (1 min).
@@ -140,7 +141,7 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.
 	} else {
 		in.StepLatency = StepLatencyABI(stats.StepLatency)
 	}
-	tenants := map[string]bool{}
+	tenants := map[string]float64{}
 	for _, p := range pending {
 		j := p.Job
 		aj := abi.Job{ID: j.ID, Tenant: j.Tenant, Priority: priority(j.Params.Priority),
@@ -151,7 +152,7 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.
 			aj.MemBytes = uint64(max(need, 0))
 		}
 		in.Jobs = append(in.Jobs, aj)
-		tenants[j.Tenant] = true
+		tenants[j.Tenant] = max(tenants[j.Tenant], j.Weight)
 		if in.Model == "" {
 			in.Model = j.Params.Model
 		}
@@ -165,6 +166,9 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.
 	sort.Strings(names)
 	for _, t := range names {
 		w := 1.0
+		if tenants[t] > 0 {
+			w = tenants[t]
+		}
 		if s.o.Weight != nil {
 			if x := s.o.Weight(t); x > 0 {
 				w = x

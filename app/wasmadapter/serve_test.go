@@ -18,18 +18,10 @@ import (
 	"github.com/kiln-project/kiln/internal/guestbuild"
 	wb "github.com/kiln-project/kiln/internal/wasmbuild"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/wasmhost/abi"
 )
 
 // firstJob is a hand-assembled batching policy that always dispatches job 0.
-func firstJob() []byte {
-	out := []byte{abi.StatusOK, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0}
-	return (&wb.Module{MemoryPages: 4, MemoryExport: abi.ExportMemory, Data: []wb.Data{{Offset: 200000, Bytes: out}}, Funcs: []wb.Func{
-		{Results: []byte{wb.I32}, Body: wb.I32Const(1), Export: abi.ExportVersion},
-		{Params: []byte{wb.I32}, Results: []byte{wb.I32}, Body: wb.I32Const(1024), Export: abi.ExportAlloc},
-		{Params: []byte{wb.I32, wb.I32}, Results: []byte{wb.I64}, Body: wb.I64Const(int64(uint64(200000)<<32 | uint64(len(out)))), Export: abi.HookBatching.Export()},
-	}}).Bytes()
-}
+func firstJob() []byte { return wb.FirstJob() }
 
 // TestServeWithWasm runs kiln serve with the fixture model and drives the
 // Wasm features over HTTP: a tenant node upload, a job whose pre- and
@@ -120,6 +112,31 @@ func TestServeWithWasm(t *testing.T) {
 	code, body = do("POST", "/v1/jobs", []byte(`{"prompt":"x","nodes":{"post":[{"name":"nope"}]}}`))
 	if code != 400 || !bytes.Contains(body, []byte(`"field":"nodes"`)) {
 		t.Fatalf("unknown node: %d %s", code, body)
+	}
+
+	// Adaptive quality is opt-in: nothing asked the quality policy yet.
+	if _, body := do("GET", "/metrics", nil); bytes.Contains(body, []byte(`hook="quality"`)) {
+		t.Fatal("the quality policy ran for a request that did not opt in")
+	}
+	// A profile that opts in sends its requests through the quality
+	// policy's Wasm module (explicit parameters stay as requested).
+	adaptive := config.Profile{Name: "adaptive_tiny", Sampler: "euler", Steps: 2, Guidance: 5, Width: 64, Height: 64, MaxPixels: 1 << 16,
+		MaxSteps: 4, MaxN: 1, MaxBatch: 1, Precision: "fp32", LatencyTarget: config.Duration(time.Second), Quality: "adaptive"}
+	if err := in.Tenants().PutProfile(ctx, adaptive); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		code, body = do("POST", "/v1/jobs", []byte(`{"prompt":"a blue cup","profile":"adaptive_tiny","steps":2}`))
+		if code == 202 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job of the adaptive profile: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if bytes.Contains(body, []byte(`"adjustments"`)) {
+		t.Fatalf("an explicit parameter was adjusted: %s", body)
 	}
 
 	// The keyless local principal is the operator. (A hand-assembled

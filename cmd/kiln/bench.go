@@ -13,6 +13,7 @@ import (
 
 	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/cuda"
+	kilnmodels "github.com/kiln-project/kiln/models"
 )
 
 // runBench implements `kiln bench`: load time, text encoder, UNet step, VAE
@@ -21,7 +22,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o := bench.DefaultOptions()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, or synthetic:sd15, synthetic:sd15@768, synthetic:sd21")
+	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, "+kilnmodels.BuiltinName+" (the built-in model), or synthetic:sd15, synthetic:sd15@768, synthetic:sd21")
 	batches := fs.String("batch-sizes", "1,4,8", "comma-separated images per job")
 	fs.IntVar(&o.Steps, "steps", o.Steps, "sampler steps")
 	fs.IntVar(&o.Iterations, "iterations", o.Iterations, "timed repetitions of each measurement")
@@ -56,7 +57,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	o.Models = nil
 	for _, m := range strings.Split(*models, ",") {
-		if m = strings.TrimSpace(m); m != "" {
+		m = strings.TrimSpace(m)
+		if m == kilnmodels.BuiltinName {
+			// The built-in model by name, as kiln generate uses it.
+			p, err := kilnmodels.BuiltinPath()
+			if err != nil {
+				return err
+			}
+			m = p
+		}
+		if m != "" {
 			o.Models = append(o.Models, m)
 		}
 	}
@@ -99,6 +109,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer sel.Close()
 	fmt.Fprintln(stderr, sel.Reason)
+	if sel.Device == nil { // the CPU: say beforehand when it takes long
+		if est, flops, ok := estimateBench(sel.Backend, o); ok && est > longBench {
+			warnLongBench(stderr, est, flops)
+		}
+	}
 	var prog *bench.Progress
 	if isTerminal(stderr) {
 		prog = bench.NewProgress(stderr)

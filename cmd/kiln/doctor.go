@@ -16,6 +16,9 @@ import (
 func runDoctor(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: kiln doctor\n\nReports the GPU setup: the CUDA driver and libraries found, the GPUs, and whether\nKiln's kernels load on each. Exits 0 either way; without a GPU Kiln runs on the CPU.")
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -11,27 +11,32 @@ import (
 	_ "image/jpeg" // init images may be JPEG
 	_ "image/png"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
 	"github.com/kiln-project/kiln/cuda"
+	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/models"
+	"github.com/kiln-project/kiln/server/config"
 )
 
 // generateFlags are the command-line settings of `kiln generate`.
 type generateFlags struct {
-	model, prompt, negative, sampler, rngKind, initImage, output, latents, device string
-	steps, width, height, n, clipSkip                                             int
-	guidance, rescale, strength, eta                                              float64
-	seed                                                                          int64
-	emphasis, truncate                                                            bool
+	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile string
+	steps, width, height, n, clipSkip                                                      int
+	guidance, rescale, strength, eta                                                       float64
+	seed                                                                                   int64
+	emphasis, truncate                                                                     bool
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
@@ -41,10 +46,19 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint (default: the built-in "+models.BuiltinName+")")
 	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
 	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
-	fs.IntVar(&f.steps, "steps", 20, "inference steps")
-	fs.Float64Var(&f.guidance, "guidance", 7.5, "classifier-free guidance scale (≤ 1: off)")
+	defs, err := config.Default()
+	if err != nil {
+		return nil, err
+	}
+	profiles, err := config.Profiles()
+	if err != nil {
+		return nil, err
+	}
+	fs.StringVar(&f.profile, "profile", defs.DefaultProfile, "performance profile whose sampler, steps and guidance are the defaults (as kiln serve's): "+strings.Join(sortedNames(profiles), ", "))
+	fs.IntVar(&f.steps, "steps", 0, fmt.Sprintf("inference steps, 1..%d (default: the profile's)", pipeline.MaxSteps))
+	fs.Float64Var(&f.guidance, "guidance", 0, fmt.Sprintf("classifier-free guidance scale, 0..%g; ≤ 1 turns it off (default: the profile's)", validate.MaxGuidance))
 	fs.Float64Var(&f.rescale, "guidance-rescale", 0, "guidance rescale φ in [0, 1]")
-	fs.StringVar(&f.sampler, "sampler", "", "sampler: "+strings.Join(sample.Names(), ", ")+" (default: the model's scheduler)")
+	fs.StringVar(&f.sampler, "sampler", "", "sampler: "+strings.Join(sample.Names(), ", ")+", or model (the model's own scheduler) (default: the profile's)")
 	fs.Float64Var(&f.eta, "eta", 0, "DDIM eta (stochasticity)")
 	fs.Int64Var(&f.seed, "seed", -1, "seed of the first image (image i uses seed+i); -1 picks one at random")
 	fs.StringVar(&f.rngKind, "rng", "cpu", "noise generator: cpu (torch CPU, as ComfyUI) or cuda (torch CUDA Philox, as AUTOMATIC1111)")
@@ -71,6 +85,25 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	if fs.NArg() > 0 {
 		return nil, usageError{fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))}
 	}
+	// One defaults source: the performance profile kiln serve uses.
+	pr, ok := profiles[f.profile]
+	if !ok {
+		return nil, usageError{fmt.Errorf("--profile %q: want one of %s", f.profile, strings.Join(sortedNames(profiles), ", "))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if !set["steps"] {
+		f.steps = pr.Steps
+	}
+	if !set["guidance"] {
+		f.guidance = pr.Guidance
+	}
+	if !set["sampler"] {
+		f.sampler = pr.Sampler
+	}
+	if f.sampler == "model" {
+		f.sampler = ""
+	}
 	switch {
 	case f.rngKind != "cpu" && f.rngKind != "cuda":
 		return nil, usageError{fmt.Errorf("--rng %q: want cpu or cuda", f.rngKind)}
@@ -80,18 +113,21 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 		return nil, usageError{fmt.Errorf("-n %d: want 1..%d", f.n, pipeline.MaxImages)}
 	case f.steps < 1 || f.steps > pipeline.MaxSteps:
 		return nil, usageError{fmt.Errorf("--steps %d: want 1..%d", f.steps, pipeline.MaxSteps)}
-	case f.width < 0 || f.height < 0:
-		return nil, usageError{fmt.Errorf("--width/--height must not be negative")}
-	case f.seed < -1:
-		return nil, usageError{fmt.Errorf("--seed %d: want a non-negative seed or -1", f.seed)}
-	case f.clipSkip < 0:
-		return nil, usageError{fmt.Errorf("--clip-skip %d must not be negative", f.clipSkip)}
+	case math.IsNaN(f.guidance) || f.guidance < 0 || f.guidance > validate.MaxGuidance:
+		return nil, usageError{fmt.Errorf("--guidance %v: want 0..%g", f.guidance, validate.MaxGuidance)}
+	case f.width < 0 || f.width > validate.MaxSide || f.height < 0 || f.height > validate.MaxSide:
+		// (the model's VAE factor decides divisibility, checked on load)
+		return nil, usageError{fmt.Errorf("--width %d --height %d: want sides up to %d (0: the model's)", f.width, f.height, validate.MaxSide)}
+	case f.seed < -1 || f.seed > validate.MaxSeed:
+		return nil, usageError{fmt.Errorf("--seed %d: want 0..%d, or -1 for a random one", f.seed, int64(validate.MaxSeed))}
+	case f.clipSkip < 0 || f.clipSkip > validate.MaxClipSkip:
+		return nil, usageError{fmt.Errorf("--clip-skip %d: want 0..%d", f.clipSkip, validate.MaxClipSkip)}
 	case f.initImage != "" && !(f.strength > 0 && f.strength <= 1):
 		return nil, usageError{fmt.Errorf("--strength %v: want a value in (0, 1]", f.strength)}
 	case f.rescale < 0 || f.rescale > 1:
 		return nil, usageError{fmt.Errorf("--guidance-rescale %v: want a value in [0, 1]", f.rescale)}
-	case f.eta < 0:
-		return nil, usageError{fmt.Errorf("--eta %v must not be negative", f.eta)}
+	case math.IsNaN(f.eta) || f.eta < 0 || f.eta > 1:
+		return nil, usageError{fmt.Errorf("--eta %v: want 0..1", f.eta)}
 	}
 	if f.sampler != "" {
 		known := false
@@ -103,6 +139,15 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 		}
 	}
 	return f, nil
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // validDevice reports whether a --device value is well formed.
@@ -173,9 +218,14 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if out == "" {
 			out = fmt.Sprintf("kiln-%d.png", seed)
 		}
+		var hashes modelhash.Cache
+		hash, err := hashes.Short(ctx, f.model)
+		if err != nil {
+			hash = "" // the parameters leave the field out
+		}
 		for i, im := range res.Images {
 			path := numberedPath(out, i, len(res.Images))
-			params := generationParameters(f, req, res, i, p)
+			params := generationParameters(f, req, res, i, hash)
 			if err := writePNG(path, im, params); err != nil {
 				return err
 			}
@@ -218,36 +268,17 @@ func numberedPath(path string, i, n int) string {
 	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(path, filepath.Ext(path)), i+1, ext)
 }
 
-// generationParameters describes image i in AUTOMATIC1111's format.
-func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.Result, i int, p *pipeline.Pipeline) imageio.Parameters {
-	ps := imageio.Parameters{Prompt: req.Prompt, NegativePrompt: req.NegativePrompt}
-	g := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
-	ps.Set("Steps", strconv.Itoa(req.Steps))
-	ps.Set("Sampler", pipeline.SamplerLabel(res.Sampler))
-	ps.Set("CFG scale", g(req.Guidance))
-	ps.Set("Seed", strconv.FormatUint(res.Seeds[i], 10))
-	ps.Set("Size", fmt.Sprintf("%dx%d", res.PixelShape[3], res.PixelShape[2]))
-	ps.Set("Model", modelName(f.model))
+// generationParameters describes image i in AUTOMATIC1111's format,
+// through the same imageio.Generation the server's worker uses.
+func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.Result, i int, modelHash string) imageio.Parameters {
+	g := imageio.Generation{Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Steps: req.Steps, Sampler: res.Sampler,
+		CFGScale: req.Guidance, Seed: res.Seeds[i], Width: res.PixelShape[3], Height: res.PixelShape[2],
+		ModelHash: modelHash, Model: modelName(f.model), ClipSkip: req.ClipSkip, RNG: req.RNG,
+		GuidanceRescale: req.GuidanceRescale, Eta: req.Eta, LiteralPrompt: !req.Emphasis, Version: "kiln " + versionString()}
 	if req.InitImage != nil {
-		ps.Set("Denoising strength", g(req.Strength))
+		g.DenoisingStrength = req.Strength
 	}
-	if req.ClipSkip > 1 {
-		ps.Set("Clip skip", strconv.Itoa(req.ClipSkip))
-	}
-	if req.GuidanceRescale > 0 {
-		ps.Set("Guidance rescale", g(req.GuidanceRescale))
-	}
-	if req.Eta > 0 {
-		ps.Set("Eta", g(req.Eta))
-	}
-	if req.RNG == "cpu" {
-		ps.Set("RNG", "CPU") // AUTOMATIC1111 notes a non-GPU noise source
-	}
-	if !req.Emphasis {
-		ps.Set("Emphasis", "No norm")
-	}
-	ps.Set("Version", "kiln "+version)
-	return ps
+	return g.Parameters()
 }
 
 func modelName(path string) string {

@@ -21,7 +21,7 @@ func TestGenerateReproducesFixture(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out.safetensors")
 	var stdout, stderr bytes.Buffer
 	code := runMain(context.Background(), []string{"generate", "--model", model,
-		"--prompt", "a red circle on a blue background", "--steps", "8", "--guidance", "7.5", "--seed", "1234",
+		"--prompt", "a red circle on a blue background", "--steps", "8", "--guidance", "7.5", "--seed", "1234", "--sampler", "model",
 		"--rng", "cpu", "--width", "64", "--height", "64", "--emphasis=false", "--save-latents", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
@@ -68,10 +68,14 @@ func TestGenerateWritesPNGs(t *testing.T) {
 		if p.Prompt != "a cat, sitting" || p.NegativePrompt != "dog" {
 			t.Errorf("%s: prompts %q %q", path, p.Prompt, p.NegativePrompt)
 		}
-		for k, want := range map[string]string{"Seed": seed, "Steps": "3", "Sampler": "DPM++ 2M Karras", "Size": "32x48", "CFG scale": "7.5", "Model": "model"} {
+		for k, want := range map[string]string{"Seed": seed, "Steps": "3", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "Size": "32x48",
+			"CFG scale": "7", "Model": "model", "RNG": "CPU"} {
 			if v, _ := p.Get(k); v != want {
 				t.Errorf("%s: %s = %q, want %q", path, k, v, want)
 			}
+		}
+		if h, _ := p.Get("Model hash"); len(h) != 10 {
+			t.Errorf("%s: Model hash %q", path, h)
 		}
 	}
 }
@@ -121,6 +125,12 @@ func TestGenerateErrors(t *testing.T) {
 		{"init image not an image", []string{"--model", model, "--init-image", model + "/../reference.json"}, 1, "init image"},
 		{"bad strength", []string{"--model", model, "--init-image", "x.png", "--strength", "2"}, 2, "--strength"},
 		{"bad rescale", []string{"--model", model, "--guidance-rescale", "1.5"}, 2, "--guidance-rescale"},
+		{"guidance out of range", []string{"--model", model, "--guidance", "31"}, 2, "--guidance"},
+		{"negative guidance", []string{"--model", model, "--guidance", "-1"}, 2, "--guidance"},
+		{"clip skip out of range", []string{"--model", model, "--clip-skip", "13"}, 2, "--clip-skip"},
+		{"seed out of range", []string{"--model", model, "--seed", "9007199254740992"}, 2, "--seed"},
+		{"width out of range", []string{"--model", model, "--width", "8192"}, 2, "--width"},
+		{"unknown profile", []string{"--model", model, "--profile", "turbo"}, 2, "--profile"},
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer

@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/kiln-project/kiln/internal/buildinfo"
 )
 
 // command is one subcommand of the kiln binary.
@@ -34,11 +36,27 @@ func commands() map[string]command {
 	}
 }
 
-// version is set at link time with -ldflags "-X main.version=...".
+// version is set at link time with -ldflags "-X main.version=..."; left
+// at "dev", the build's own module version or revision is reported.
 var version = "dev"
 
-func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	_, err := fmt.Fprintln(stdout, "kiln", version)
+// versionString is the version this binary reports.
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	return buildinfo.Version()
+}
+
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	if wantsHelp(args) {
+		fmt.Fprintln(stderr, "usage: kiln version\n\nPrints the version of this binary.")
+		return flag.ErrHelp
+	}
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
+	}
+	_, err := fmt.Fprintln(stdout, "kiln", versionString())
 	return err
 }
 
@@ -52,17 +70,28 @@ func main() {
 // runMain dispatches to a subcommand and returns the process exit code.
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(stderr, cmds)
-		if len(args) == 0 {
-			return 2
+		return 2
+	}
+	if isHelp(args[0]) || args[0] == "help" {
+		// "kiln help generate" is "kiln generate --help".
+		if args[0] == "help" && len(args) > 1 {
+			if _, ok := cmds[args[1]]; ok {
+				return runMain(ctx, []string{args[1], "--help"}, stdout, stderr)
+			}
 		}
+		usage(stdout, cmds)
 		return 0
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "kiln: unknown command %q (run 'kiln help')\n", args[0])
 		return 2
+	}
+	if wantsHelp(args[1:]) {
+		// Asked-for help goes to stdout, as peers' tools do.
+		stderr = stdout
 	}
 	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -76,6 +105,21 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
+// wantsHelp reports whether a command line asks for help (before "--").
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if isHelp(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // usageError marks an error in the command line (exit status 2).

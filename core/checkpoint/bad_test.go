@@ -110,6 +110,13 @@ func TestBadSingleFiles(t *testing.T) {
 			return &wt
 		}
 	}
+	// A damaged file reports its damage, also without a tokenizer folder
+	// (the embedded vocabulary no longer hides it behind a tokenizer error).
+	for _, c := range [][2]string{{truncated, "out of bounds"}, {headerOnly, "beyond the end of the file"}} {
+		if _, err := Load(c[0], Options{}); err == nil || !strings.Contains(err.Error(), c[1]) {
+			t.Errorf("%s without options: %v, want %q", c[0], err, c[1])
+		}
+	}
 	cases := []struct {
 		name, path, want string
 	}{

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Layout names of a loaded model.
@@ -64,6 +65,10 @@ type Model struct {
 	Path         string
 	Layout       string // LayoutDiffusers or LayoutSingleFile
 	TokenizerDir string // folder with tokenizer.json or vocab.json + merges.txt
+	// EmbeddedPad, when TokenizerDir is empty (a single file with no
+	// tokenizer beside it), selects the embedded CLIP vocabulary padded
+	// with this token (tokenizer.PadSD1 or PadSD2).
+	EmbeddedPad string
 
 	// Family is FamilySD or FamilySDXL.
 	Family string
@@ -96,6 +101,18 @@ type Model struct {
 	Ignored []string
 
 	closers []io.Closer
+}
+
+// Tokenizer loads the model's tokenizer: its folder's, or the embedded
+// CLIP vocabulary.
+func (m *Model) Tokenizer() (*tokenizer.Tokenizer, error) {
+	if m.TokenizerDir != "" {
+		return tokenizer.Load(m.TokenizerDir)
+	}
+	if m.EmbeddedPad == "" {
+		return nil, fmt.Errorf("checkpoint: %s has no tokenizer", m.Path)
+	}
+	return tokenizer.CLIP(m.EmbeddedPad)
 }
 
 // Close releases the memory maps behind the model's sources.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
 
@@ -157,12 +158,21 @@ func TestSingleFileRoundTrip(t *testing.T) {
 	}
 	f.Close()
 
-	// Without a tokenizer beside the file or in the options: a clear error.
-	if _, err := Load(p, Options{}); err == nil || !strings.Contains(err.Error(), "TokenizerDir") {
-		t.Fatalf("load without tokenizer: %v", err)
-	}
 	te := fixtures.Require(t, "sd15-tiny/model/text_encoder/config.json")
 	teCfg, _ := os.ReadFile(te)
+	// Without a tokenizer beside the file or in the options, the embedded
+	// CLIP vocabulary serves: the file alone loads.
+	alone, err := Load(p, Options{TextEncoderConfig: teCfg})
+	if err != nil {
+		t.Fatalf("load without a tokenizer folder: %v", err)
+	}
+	if alone.TokenizerDir != "" || alone.EmbeddedPad != tokenizer.PadSD1 {
+		t.Fatalf("tokenizer %q, embedded pad %q", alone.TokenizerDir, alone.EmbeddedPad)
+	}
+	if tok, err := alone.Tokenizer(); err != nil || tok.VocabSize() != tokenizer.CLIPVocabSize {
+		t.Fatalf("embedded tokenizer: %v", err)
+	}
+	alone.Close()
 	// The fixture's 32-wide text encoder has 4 heads, which no shape tells.
 	_, err = Load(p, Options{TokenizerDir: m.TokenizerDir})
 	if err == nil || !strings.Contains(err.Error(), "head count cannot be inferred") {

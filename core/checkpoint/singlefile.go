@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Metadata keys under which WriteSingleFile stores the diffusers configs
@@ -32,6 +33,9 @@ const (
 var ignoredInsidePrefixes = []string{"first_stage_model.loss."}
 
 func loadSingleFile(path string, opts Options) (*Model, error) {
+	// Tokenizer folders beside the file serve when none is named; without
+	// one an SD 1.x/2.x file uses the embedded CLIP vocabulary (see
+	// Model.Tokenizer).
 	// Tokenizer folders beside the file serve when none is named.
 	for _, b := range []struct {
 		dir  *string
@@ -58,7 +62,8 @@ func loadSingleFile(path string, opts Options) (*Model, error) {
 // FromOriginal builds a Model from tensors in the original single-file
 // layout (SD 1.x): it maps their names to diffusers names, takes configs
 // from opts, then metadata, then infers them from the shapes, and checks
-// every tensor against the configs. opts.TokenizerDir is required. The
+// every tensor against the configs. Without opts.TokenizerDir the
+// embedded CLIP vocabulary serves (Model.EmbeddedPad). The
 // Model does not own src: closing it leaves src open.
 func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*Model, error) {
 	family, err := DetectFamily(src.Names())
@@ -69,11 +74,10 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 		return fromSGM(src, md, opts)
 	}
 	m := &Model{Layout: LayoutSingleFile, Family: FamilySD, TokenizerDir: opts.TokenizerDir}
-	if m.TokenizerDir == "" {
-		return nil, fmt.Errorf("checkpoint: a single-file checkpoint carries no tokenizer (and no tokenizer/ folder is beside it); set Options.TokenizerDir")
-	}
-	if err := findTokenizer(m.TokenizerDir); err != nil {
-		return nil, err
+	if m.TokenizerDir != "" {
+		if err := findTokenizer(m.TokenizerDir); err != nil {
+			return nil, err
+		}
 	}
 	f := src
 	groups, ignored := splitByPrefix(f.Names(), PrefixOpenCLIP, PrefixUNet, PrefixVAE, PrefixCLIP)
@@ -96,6 +100,12 @@ func FromOriginal(src safetensors.Source, md map[string]string, opts Options) (*
 	}
 	textEntries := map[string]safetensors.ViewEntry{}
 	openCLIP := len(openNames) > 0
+	if m.TokenizerDir == "" {
+		m.EmbeddedPad = tokenizer.PadSD1
+		if openCLIP {
+			m.EmbeddedPad = tokenizer.PadSD2
+		}
+	}
 	if openCLIP {
 		var ignored []string
 		if textEntries, ignored, err = OpenCLIPToDiffusers(f, PrefixOpenCLIP, openNames); err != nil {

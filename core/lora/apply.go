@@ -29,7 +29,28 @@ type Rows struct {
 // Target is a model part that adapters are installed on (unet.Model,
 // clip.Model).
 type Target interface {
+	// Modules lists the adaptable layers.
+	Modules() []nn.Module
+	// SetAdapter installs (nil: removes) the adapter of module name and
+	// reports whether the module exists.
 	SetAdapter(name string, a nn.Adapter) bool
+}
+
+// Adaptable is implemented by a model family's built model that takes
+// LoRAs and embeddings: its parts by namespace (UNet, TextEncoder,
+// TextEncoder2) and each text encoder's hidden size.
+type Adaptable interface {
+	LoRATargets() map[string]Target
+	EmbeddingDims() map[string]int
+}
+
+// ModulesOf lists the modules of every part of a, for Parse.
+func ModulesOf(a Adaptable) Modules {
+	out := Modules{}
+	for ns, t := range a.LoRATargets() {
+		out[ns] = t.Modules()
+	}
+	return out
 }
 
 // term is one factor with its effective scale.

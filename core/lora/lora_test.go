@@ -52,6 +52,8 @@ func newToy(t testing.TB, be backend.Backend) *toyModel {
 
 func (m *toyModel) SetAdapter(name string, a nn.Adapter) bool { return m.ws.SetAdapter(name, a) }
 
+func (m *toyModel) Modules() []nn.Module { return m.ws.Modules() }
+
 func (m *toyModel) modules() Modules { return Modules{UNet: m.ws.Modules()} }
 
 // kohyaFile builds a kohya-layout LoRA for the toy model with the given

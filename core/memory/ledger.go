@@ -194,6 +194,17 @@ func (m *Manager) Components(model string) []Component {
 	return append([]Component(nil), p.comps...)
 }
 
+// UniqueBytes is what model alone holds on its tier (what evicting it
+// frees there); false when it is not placed.
+func (m *Manager) UniqueBytes(model string) (int64, bool) {
+	for _, u := range m.Models() {
+		if u.Model == model {
+			return u.Unique, true
+		}
+	}
+	return 0, false
+}
+
 // TierBytes is the memory held on t, shared components once.
 func (m *Manager) TierBytes(t Tier) int64 {
 	m.mu.Lock()

@@ -279,11 +279,9 @@ func (r *Run) End(ok bool) error {
 		m.reserved -= r.need
 		m.running--
 		m.lastBusy = m.cfg.Now()
-		if peak > 0 {
-			m.peaks.put(r.b, peak)
-		}
+		grew := peak > 0 && m.peaks.put(r.b, peak)
 		m.mu.Unlock()
-		if peak > 0 {
+		if grew {
 			err = m.peaks.save()
 		}
 	})
@@ -291,15 +289,33 @@ func (r *Run) End(ok bool) error {
 }
 
 // RecordPeak stores a measured activation peak for b (the largest seen
-// wins) and writes the peak file.
+// wins) and writes the peak file when it grew (cheap to call every step).
 func (m *Manager) RecordPeak(b Batch, bytes int64) error {
 	if bytes <= 0 || b.Images <= 0 {
 		return nil
 	}
 	m.mu.Lock()
-	m.peaks.put(b, bytes)
+	grew := m.peaks.put(b, bytes)
+	m.lastBusy = m.cfg.Now()
 	m.mu.Unlock()
+	if !grew {
+		return nil
+	}
 	return m.peaks.save()
+}
+
+// FreeNow is the device memory free for activations now: the budget less
+// what is in use, taking the larger of the ledger (resident weights and
+// reservations) and the allocator's figure (which also sees graph arenas
+// and live activations).
+func (m *Manager) FreeNow() int64 {
+	m.mu.Lock()
+	used := m.ledger.tierBytes(GPU) + m.reserved
+	m.mu.Unlock()
+	if m.cfg.Device != nil {
+		used = max(used, m.cfg.Device.MemStats().Used)
+	}
+	return max(0, m.cfg.Budget-used)
 }
 
 // TrimIfIdle returns the device allocator's cached memory to the driver

@@ -345,3 +345,29 @@ func TestCollectAndConcurrency(t *testing.T) {
 		t.Fatalf("metrics: %v", got)
 	}
 }
+
+func TestFreeNowAndPeakWrites(t *testing.T) {
+	dev := &fakeDevice{st: DeviceStats{Used: 3 * gib}}
+	file := filepath.Join(t.TempDir(), "p.json")
+	m := newManager(t, Config{Budget: 10 * gib, Device: dev, PeakFile: file})
+	m.Place("a", GPU, []Component{{Kind: "unet", Bytes: 2 * gib}})
+	if got := m.FreeNow(); got != 7*gib {
+		t.Fatalf("free now %d: the allocator's 3 GiB in use count over the ledger's 2", got)
+	}
+	dev.use(-2 * gib)
+	if got := m.FreeNow(); got != 8*gib {
+		t.Fatalf("free now %d: the ledger's 2 GiB count over the allocator's 1", got)
+	}
+	b := Batch{Model: "a", Images: 2, Width: 64, Height: 64}
+	m.RecordPeak(b, 100)
+	st, _ := os.Stat(file)
+	os.Remove(file)
+	m.RecordPeak(b, 90) // not larger: no write
+	if _, err := os.Stat(file); err == nil || st == nil {
+		t.Fatal("a smaller peak rewrote the peak file")
+	}
+	m.RecordPeak(b, 110)
+	if _, err := os.Stat(file); err != nil {
+		t.Fatal("a larger peak was not written")
+	}
+}

@@ -66,19 +66,21 @@ func loadPeaks(path, device string) *peakStore {
 	return s
 }
 
-func keyOf(b Batch) peakKey { return peakKey{b.Model, b.Images, b.Width, b.Height} }
+func keyOf(b Batch) peakKey { return peakKey(b) }
 
 func (s *peakStore) get(b Batch) (int64, bool) {
 	v, ok := s.m[keyOf(b)]
 	return v, ok
 }
 
-// put keeps the largest peak seen for b.
-func (s *peakStore) put(b Batch, v int64) {
+// put keeps the largest peak seen for b and reports whether it grew.
+func (s *peakStore) put(b Batch, v int64) bool {
 	k := keyOf(b)
 	if v > s.m[k] {
 		s.m[k] = v
+		return true
 	}
+	return false
 }
 
 // closest returns the measurement of b's model whose pixel count is
@@ -91,7 +93,7 @@ func (s *peakStore) closest(b Batch) (Batch, int64, bool) {
 		if k.Model != b.Model {
 			continue
 		}
-		c := Batch{k.Model, k.Images, k.Width, k.Height}
+		c := Batch(k)
 		d := math.Abs(math.Log(float64(c.pixels()) / float64(b.pixels())))
 		if d < bestD || (d == bestD && c.pixels() > best.pixels()) {
 			best, bestV, bestD = c, v, d

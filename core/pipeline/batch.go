@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/sample"
 )
 
@@ -117,6 +118,8 @@ type batchState struct {
 	name   string
 	cond   []float32 // (rows, ctxLen, D), unconditional rows first
 	ctxLen int
+	pooled []float32 // (rows, P) pooled text outputs in cond's row order, or nil
+	extra  []float32 // one image's extra conditioning (the family's), or nil
 	ts     []float64
 	begin  int // first evaluation (img2img skips some)
 	total  int // evaluations to run
@@ -154,9 +157,10 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 	if st.name == "" {
 		st.name, _ = p.sched.DefaultSampler()
 	}
-	if st.cond, st.ctxLen, err = p.conditioning(ctx, j); err != nil {
+	if st.cond, st.ctxLen, st.pooled, err = p.conditioning(ctx, j); err != nil {
 		return nil, err
 	}
+	st.extra = p.m.Extra(req.Width, req.Height)
 	st.ts = st.s.Timesteps()
 	if j.img2img {
 		initSteps := min(int(float64(req.Steps)*req.Strength), req.Steps)
@@ -273,14 +277,14 @@ func (b *batchRun) evaluate(g []*batchState) {
 		}
 		pr := Progress{Step: st.i - st.begin, Steps: st.total, Timestep: st.ts[st.i-1], Latents: st.x,
 			Eval: eval, Batch: images, StepTime: took}
-		if b.p.latentRGB != nil {
-			pr.Preview = preview(x0s[k], [4]int{st.n, st.c, st.h, st.w}, *b.p.latentRGB)
+		if m := b.p.def.LatentRGB; m != nil {
+			pr.Preview = preview(x0s[k], [4]int{st.n, st.c, st.h, st.w}, *m)
 		}
 		b.onProgress(st.index, pr)
 	}
 }
 
-// predict runs the UNet once over every image of a group — for each job
+// predict runs the denoiser once over every image of a group — for each job
 // its unconditional rows then its conditional rows when guidance is on —
 // and returns each job's guided model output.
 func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
@@ -290,10 +294,11 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 	for _, st := range g {
 		rows += st.rows()
 	}
-	d := p.enc.Dim()
+	d := p.def.ContextDim
 	in := make([]float32, 0, rows*head.per)
 	ts := make([]float32, 0, rows)
 	cond := make([]float32, 0, rows*head.ctxLen*d)
+	var pooled, extra []float32
 	for _, st := range g {
 		x := st.s.ScaleModelInput(st.x, st.i)
 		in = append(in, x...)
@@ -305,16 +310,23 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 			ts = append(ts, t)
 		}
 		cond = append(cond, st.cond...)
+		pooled = append(pooled, st.pooled...)
+		for r := 0; r < st.rows(); r++ {
+			extra = append(extra, st.extra...)
+		}
 	}
 	if b.pad != nil {
-		in, ts, cond = padRows(b.pad(rows), rows, in, ts, cond)
+		want := b.pad(rows)
+		in, ts, cond = padRows(want, rows, in, ts, cond)
+		pooled, extra = repeatLastRow(pooled, rows, want), repeatLastRow(extra, rows, want)
 		rows = len(ts)
 	}
 	remove, err := p.installUNet(g)
 	if err != nil {
 		return nil, err
 	}
-	out, err := p.unet.Forward(b.ctx, in, [4]int{rows, head.c, head.h, head.w}, ts, cond, head.ctxLen)
+	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, head.c, head.h, head.w}, Timesteps: ts,
+		Context: cond, ContextLen: head.ctxLen, Pooled: pooled, Extra: extra})
 	remove()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
@@ -405,10 +417,10 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 	for _, st := range g {
 		z = append(z, st.x...)
 	}
-	if err := p.vcfg.Denormalize(z, shape); err != nil {
+	if err := p.m.FromDenoiser(z, shape); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	img, ishape, err := p.vae.Decode(b.ctx, z, shape)
+	img, ishape, err := p.m.DecodeLatents(b.ctx, z, shape)
 	if err != nil {
 		return fmt.Errorf("pipeline: vae decode: %w", err)
 	}
@@ -428,4 +440,18 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 		off += st.n * per
 	}
 	return nil
+}
+
+// repeatLastRow pads a (rows, …) batch to want rows with copies of its
+// last row (as padRows pads the latents); nil stays nil.
+func repeatLastRow(x []float32, rows, want int) []float32 {
+	if len(x) == 0 || want <= rows || rows == 0 {
+		return x
+	}
+	per := len(x) / rows
+	last := x[len(x)-per:]
+	for k := rows; k < want; k++ {
+		x = append(x, last...)
+	}
+	return x
 }

@@ -8,16 +8,35 @@ import (
 	"github.com/kiln-project/kiln/core/lora"
 )
 
+// adaptable returns the model's LoRA interface, or an error naming the
+// family when it takes none.
+func (p *Pipeline) adaptable() (lora.Adaptable, error) {
+	a, ok := p.m.(lora.Adaptable)
+	if !ok {
+		return nil, fmt.Errorf("pipeline: this model family does not take LoRAs or embeddings")
+	}
+	return a, nil
+}
+
 // LoRAModules lists the model's adaptable layers per namespace, to parse
-// LoRA files against (lora.Parse).
+// LoRA files against (lora.Parse); nil when the family takes no LoRAs.
 func (p *Pipeline) LoRAModules() lora.Modules {
-	return lora.Modules{lora.UNet: p.unet.Modules(), lora.TextEncoder: p.enc.Model().Modules()}
+	a, err := p.adaptable()
+	if err != nil {
+		return nil
+	}
+	return lora.ModulesOf(a)
 }
 
 // EmbeddingDims gives the hidden size of each text encoder, to parse
-// textual-inversion embeddings against (lora.ParseEmbedding).
+// textual-inversion embeddings against (lora.ParseEmbedding); nil when
+// the family takes no embeddings.
 func (p *Pipeline) EmbeddingDims() map[string]int {
-	return map[string]int{lora.TextEncoder: p.enc.Dim()}
+	a, err := p.adaptable()
+	if err != nil {
+		return nil
+	}
+	return a.EmbeddingDims()
 }
 
 // installUNet puts the per-row LoRA updates of a group's jobs on the
@@ -37,7 +56,11 @@ func (p *Pipeline) installUNet(g []*batchState) (func(), error) {
 	if !any {
 		return func() {}, nil
 	}
-	remove, err := lora.Install(p.unet, lora.UNet, rows, false)
+	a, err := p.adaptable()
+	if err != nil {
+		return nil, err
+	}
+	remove, err := lora.Install(a.LoRATargets()[lora.UNet], lora.UNet, rows, false)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
@@ -59,11 +82,29 @@ func (p *Pipeline) installText(req Request) (remove func(), key string, err erro
 	if len(uses) == 0 {
 		return func() {}, key, nil
 	}
-	// the encoder runs one job's prompts at a time: one range covers
-	// every row
-	remove, err = lora.Install(p.enc.Model(), lora.TextEncoder, []lora.Rows{{From: 0, To: 1 << 30, Uses: uses}}, true)
+	a, err := p.adaptable()
 	if err != nil {
-		return nil, "", fmt.Errorf("pipeline: %w", err)
+		return nil, "", err
+	}
+	// the encoders run one job's prompts at a time: one range covers
+	// every row
+	var removes []func()
+	remove = func() {
+		for _, r := range removes {
+			r()
+		}
+	}
+	for _, ns := range []string{lora.TextEncoder, lora.TextEncoder2} {
+		t, ok := a.LoRATargets()[ns]
+		if !ok {
+			continue
+		}
+		r, err := lora.Install(t, ns, []lora.Rows{{From: 0, To: 1 << 30, Uses: uses}}, true)
+		if err != nil {
+			remove()
+			return nil, "", fmt.Errorf("pipeline: %w", err)
+		}
+		removes = append(removes, r)
 	}
 	return remove, key, nil
 }

@@ -1,15 +1,15 @@
-// Package pipeline runs Stable Diffusion text-to-image and image-to-image
-// generation as diffusers' StableDiffusionPipeline and
-// StableDiffusionImg2ImgPipeline do: prompt conditioning, torch-compatible
-// initial noise, the sampler loop with classifier-free guidance as one
-// batched UNet call, and VAE decoding. A job of n images runs as one batch;
-// by default image i draws its noise from its own generator seeded with
-// seed+i, so any image can be regenerated alone.
+// Package pipeline runs text-to-image and image-to-image generation as
+// diffusers' pipelines do, for any model family (core/family): prompt
+// conditioning, torch-compatible initial noise, the sampler loop with
+// classifier-free guidance as one batched denoiser call, and latent
+// decoding. The family supplies the networks and its defaults; the
+// pipeline never asks which family it drives. A job of n images runs as
+// one batch; by default image i draws its noise from its own generator
+// seeded with seed+i, so any image can be regenerated alone.
 package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -20,16 +20,12 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/backend"
-	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/lora"
-	"github.com/kiln-project/kiln/core/model/clip"
-	"github.com/kiln-project/kiln/core/model/unet"
-	"github.com/kiln-project/kiln/core/model/vae"
+	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
-	"github.com/kiln-project/kiln/core/tensor"
-	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Limits on a request, to refuse absurd work before allocating it.
@@ -146,20 +142,13 @@ type Result struct {
 // Pipeline is a loaded model ready to generate. It is not safe for
 // concurrent use (its backend is not).
 type Pipeline struct {
-	be        backend.Backend
-	model     *checkpoint.Model
-	enc       *conditioning.Encoder
-	unet      *unet.Model
-	vae       *vae.Model
-	sched     *sample.Config
-	ucfg      unet.Config
-	vcfg      vae.Config
-	latentRGB *[][3]float64
-	size      int // default image side in pixels
-	hook      func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
+	m     family.Model
+	def   family.Defaults
+	sched *sample.Config
+	hook  func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
 }
 
-// EncodeFunc encodes one prompt with the pipeline's text encoder.
+// EncodeFunc encodes one prompt with the model's text encoders.
 type EncodeFunc = func(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error)
 
 // SetEncodeHook routes every prompt encoding of later jobs (prompt,
@@ -175,37 +164,34 @@ func (p *Pipeline) SetEncodeHook(hook func(ctx context.Context, text string, opt
 // encode encodes one prompt, through the hook when one is set.
 func (p *Pipeline) encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error) {
 	if p.hook == nil {
-		return p.enc.EncodeResult(ctx, text, opts)
+		return p.m.Encode(ctx, text, opts)
 	}
-	r, err := p.hook(ctx, text, opts, p.enc.EncodeResult)
+	r, err := p.hook(ctx, text, opts, p.m.Encode)
 	if err != nil {
 		return r, err
 	}
-	if d := p.enc.Dim(); r.Dim != d || r.Length < 1 || len(r.Hidden) != r.Length*r.Dim {
+	if d := p.def.ContextDim; r.Dim != d || r.Length < 1 || len(r.Hidden) != r.Length*r.Dim {
 		return r, fmt.Errorf("encode hook answered %d values as %d×%d, want a length ≥ 1 × width %d", len(r.Hidden), r.Length, r.Dim, d)
 	}
 	return r, nil
 }
 
-// sd1LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews.
-var sd1LatentRGB = [][3]float64{
-	{0.3512, 0.2297, 0.3227},
-	{0.3250, 0.4974, 0.2350},
-	{-0.2829, 0.1762, 0.2721},
-	{-0.2120, -0.2616, -0.7177},
-}
-
-// Load opens a model (diffusers folder or single-file checkpoint) and
-// builds its components on be.
+// Load opens a model (diffusers folder or single-file checkpoint) with the
+// family that claims it (core/model/families) and builds it on be.
 func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	m, err := checkpoint.Load(modelPath, checkpoint.Options{})
+	cp, err := families.All().Open(modelPath, family.OpenOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
-	p, err := New(be, m)
+	m, err := cp.Build(be)
+	if err != nil {
+		cp.Close()
+		return nil, err
+	}
+	p, err := New(m)
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -213,95 +199,37 @@ func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline,
 	return p, nil
 }
 
-// New builds a pipeline from a loaded checkpoint; the pipeline owns m and
-// closes it in Close.
-func New(be backend.Backend, m *checkpoint.Model) (*Pipeline, error) {
-	p := &Pipeline{be: be, model: m}
-	tok, err := tokenizer.Load(m.TokenizerDir)
-	if err != nil {
-		return nil, fmt.Errorf("pipeline: tokenizer: %w", err)
-	}
-	ccfg, err := clip.ParseConfig(m.TextEncoderConfig)
-	if err != nil {
-		return nil, fmt.Errorf("pipeline: text encoder config: %w", err)
-	}
-	cm, err := clip.New(be, ccfg, m.TextEncoder)
-	if err != nil {
-		return nil, fmt.Errorf("pipeline: text encoder: %w", err)
-	}
-	if p.enc, err = conditioning.New(tok, cm); err != nil {
+// New makes a pipeline over a built model of any family; the pipeline owns
+// m and closes it in Close.
+func New(m family.Model) (*Pipeline, error) {
+	p := &Pipeline{m: m, def: m.Defaults()}
+	var err error
+	if p.sched, err = sample.ParseConfig(p.def.SchedulerConfig); err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
-	if p.ucfg, err = unet.ParseConfig(m.UNetConfig); err != nil {
-		return nil, fmt.Errorf("pipeline: unet config: %w", err)
-	}
-	if p.unet, err = unet.New(be, p.ucfg, m.UNet); err != nil {
-		return nil, fmt.Errorf("pipeline: unet: %w", err)
-	}
-	if p.vcfg, err = vae.ParseConfig(m.VAEConfig); err != nil {
-		return nil, fmt.Errorf("pipeline: vae config: %w", err)
-	}
-	if p.vae, err = vae.New(vaeBackend(be), p.vcfg, m.VAE); err != nil {
-		return nil, fmt.Errorf("pipeline: vae: %w", err)
-	}
-	if p.sched, err = sample.ParseConfig(m.SchedulerConfig); err != nil {
-		return nil, fmt.Errorf("pipeline: %w", err)
-	}
-	if p.ucfg.InChannels != p.vcfg.LatentChannels {
-		return nil, fmt.Errorf("pipeline: unet takes %d latent channels, vae makes %d", p.ucfg.InChannels, p.vcfg.LatentChannels)
-	}
-	if p.enc.Dim() != p.ucfg.ContextDim() {
-		return nil, fmt.Errorf("pipeline: text encoder width %d, unet cross-attention width %d", p.enc.Dim(), p.ucfg.ContextDim())
-	}
-	if p.vcfg.LatentChannels == 4 {
-		p.latentRGB = &sd1LatentRGB
-	}
-	var us struct {
-		SampleSize json.RawMessage `json:"sample_size"`
-	}
-	p.size = 64 * p.vae.Factor()
-	if json.Unmarshal(m.UNetConfig, &us) == nil {
-		var n int
-		var pair []int
-		if json.Unmarshal(us.SampleSize, &n) == nil && n > 0 {
-			p.size = n * p.vae.Factor()
-		} else if json.Unmarshal(us.SampleSize, &pair) == nil && len(pair) > 0 && pair[0] > 0 {
-			p.size = pair[0] * p.vae.Factor()
-		}
+	if p.def.Factor < 1 || p.def.LatentChannels < 1 || p.def.ContextDim < 1 || p.def.Width < 1 || p.def.Height < 1 {
+		return nil, fmt.Errorf("pipeline: the model declares incomplete defaults %+v", p.def)
 	}
 	return p, nil
 }
 
-// reducedPrecision is a backend that computes in a reduced-precision
-// activation dtype and can give a view of itself in another one.
-type reducedPrecision interface {
-	ActivationDType() tensor.DType
-	WithActivationDType(tensor.DType) backend.Backend
-}
-
-// vaeBackend returns the backend the VAE runs on: where activations are
-// fp16, a bf16 view of the same device, because VAE activations overflow
-// fp16's range; other backends as they are.
-func vaeBackend(be backend.Backend) backend.Backend {
-	if r, ok := be.(reducedPrecision); ok && r.ActivationDType() == tensor.F16 {
-		return r.WithActivationDType(tensor.BF16)
-	}
-	return be
-}
-
-// Close releases the model files.
+// Close releases the model.
 func (p *Pipeline) Close() error {
-	if p.model != nil {
-		return p.model.Close()
+	if p.m != nil {
+		return p.m.Close()
 	}
 	return nil
 }
 
-// Factor is the VAE downsampling factor: image sides must divide by it.
-func (p *Pipeline) Factor() int { return p.vae.Factor() }
+// Model returns the model the pipeline drives.
+func (p *Pipeline) Model() family.Model { return p.m }
 
-// DefaultSize is the model's native image side in pixels.
-func (p *Pipeline) DefaultSize() int { return p.size }
+// Factor is the latent codec's downsampling factor: image sides must
+// divide by it.
+func (p *Pipeline) Factor() int { return p.def.Factor }
+
+// DefaultSize is the model's native image size in pixels.
+func (p *Pipeline) DefaultSize() (width, height int) { return p.def.Width, p.def.Height }
 
 // DefaultSampler is the sampler the model's scheduler config selects.
 func (p *Pipeline) DefaultSampler() (string, error) { return p.sched.DefaultSampler() }
@@ -335,7 +263,7 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 	if req.Steps == 0 {
 		req.Steps = 20
 	}
-	f := p.vae.Factor()
+	f := p.def.Factor
 	if req.InitImage != nil && req.InitPixels != nil {
 		return nil, errors.New("pipeline: give InitImage or InitPixels, not both")
 	}
@@ -349,10 +277,10 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 		}
 	}
 	if req.Width == 0 {
-		req.Width = p.size
+		req.Width = p.def.Width
 	}
 	if req.Height == 0 {
-		req.Height = p.size
+		req.Height = p.def.Height
 	}
 	switch {
 	case req.N < 1 || req.N > MaxImages:
@@ -387,7 +315,7 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 		return nil, errors.New("pipeline: strength applies to img2img only (no init image given)")
 	}
 	j.n = req.N
-	j.c = p.vcfg.LatentChannels
+	j.c = p.def.LatentChannels
 	j.h, j.w = req.Height/f, req.Width/f
 	j.per = j.c * j.h * j.w
 	if req.Noise != nil && len(req.Noise) != j.n*j.per {
@@ -432,25 +360,27 @@ func (j *job) draw(per int) []float32 {
 	return out
 }
 
-// conditioning encodes the prompts into the UNet context: (2N, L, D) with
-// the unconditional half first when guidance is on, else (N, L, D).
-func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, error) {
+// conditioning encodes the prompts into the denoiser's context: (2N, L, D)
+// with the unconditional half first when guidance is on, else (N, L, D);
+// and the pooled outputs in the same row order when the encoders give
+// them (else nil).
+func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []float32, error) {
 	removeText, adapters, err := p.installText(j.req)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer removeText()
 	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters, Embeddings: j.req.Embeddings}
 	pos, err := p.encode(ctx, j.req.Prompt, opts)
 	if err != nil {
-		return nil, 0, fmt.Errorf("pipeline: prompt: %w", err)
+		return nil, 0, nil, fmt.Errorf("pipeline: prompt: %w", err)
 	}
 	d := pos.Dim
 	parts := []conditioning.Result{pos}
 	if j.cfg {
 		neg, err := p.encode(ctx, j.req.NegativePrompt, opts)
 		if err != nil {
-			return nil, 0, fmt.Errorf("pipeline: negative prompt: %w", err)
+			return nil, 0, nil, fmt.Errorf("pipeline: negative prompt: %w", err)
 		}
 		parts = []conditioning.Result{neg, pos}
 	}
@@ -466,7 +396,7 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 			if empty == nil {
 				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip, Adapters: adapters})
 				if err != nil {
-					return nil, 0, fmt.Errorf("pipeline: empty prompt: %w", err)
+					return nil, 0, nil, fmt.Errorf("pipeline: empty prompt: %w", err)
 				}
 				empty = e.Hidden
 			}
@@ -480,12 +410,23 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, er
 		}
 	}
 	out := make([]float32, 0, len(parts)*j.n*L*d)
+	var pooled []float32
 	for _, r := range parts {
 		for i := 0; i < j.n; i++ {
 			out = append(out, r.Hidden...)
 		}
 	}
-	return out, L, nil
+	if len(parts[0].Pooled) > 0 {
+		for _, r := range parts {
+			if len(r.Pooled) != len(parts[0].Pooled) {
+				return nil, 0, nil, fmt.Errorf("pipeline: pooled outputs of %d and %d values", len(r.Pooled), len(parts[0].Pooled))
+			}
+			for i := 0; i < j.n; i++ {
+				pooled = append(pooled, r.Pooled...)
+			}
+		}
+	}
+	return out, L, pooled, nil
 }
 
 // rescale applies guidance rescale (Lin et al. 2023, eq. 16) per image:
@@ -530,7 +471,7 @@ func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
 	for i, v := range j.initPixels {
 		px[i] = 2*v - 1
 	}
-	mean, logvar, lshape, err := p.vae.Encode(ctx, px, [4]int{1, 3, j.req.Height, j.req.Width})
+	mean, logvar, lshape, err := p.m.EncodeImage(ctx, px, [4]int{1, 3, j.req.Height, j.req.Width})
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: vae encode: %w", err)
 	}
@@ -560,7 +501,7 @@ func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
 			x[i*per+k] = mean[k] + std[k]*eps[i*per+k]
 		}
 	}
-	if err := p.vcfg.Normalize(x, [4]int{j.n, j.c, j.h, j.w}); err != nil {
+	if err := p.m.ToDenoiser(x, [4]int{j.n, j.c, j.h, j.w}); err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 	return x, nil
@@ -648,37 +589,6 @@ func imageToPixels(im image.Image, w, h int) []float32 {
 		}
 	}
 	return px
-}
-
-// preview maps the predicted clean latents through the latent-to-RGB
-// matrix: one pixel per latent position, the images side by side.
-func preview(x0 []float32, shape [4]int, m [][3]float64) *image.RGBA {
-	n, c, h, w := shape[0], shape[1], shape[2], shape[3]
-	if c != len(m) || len(x0) != n*c*h*w {
-		return nil
-	}
-	im := image.NewRGBA(image.Rect(0, 0, n*w, h))
-	plane := h * w
-	for i := 0; i < n; i++ {
-		base := i * c * plane
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				var rgb [3]float64
-				for ch := 0; ch < c; ch++ {
-					v := float64(x0[base+ch*plane+y*w+x])
-					for k := 0; k < 3; k++ {
-						rgb[k] += v * m[ch][k]
-					}
-				}
-				o := im.PixOffset(i*w+x, y)
-				for k := 0; k < 3; k++ {
-					im.Pix[o+k] = uint8(min(max((rgb[k]+1)/2*255, 0), 255))
-				}
-				im.Pix[o+3] = 255
-			}
-		}
-	}
-	return im
 }
 
 // SamplerLabel is the AUTOMATIC1111 display name of a sampler name.

@@ -11,12 +11,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
-	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
 
@@ -294,12 +294,17 @@ func TestProgressPreview(t *testing.T) {
 // TestPreviewMatrix checks the latent-to-RGB mapping on one latent pixel.
 func TestPreviewMatrix(t *testing.T) {
 	// latent (1, 0, 0, 0) → RGB row 0 of the matrix, mapped from [-1, 1]
-	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd1LatentRGB)
+	im := preview([]float32{1, 0, 0, 0}, [4]int{1, 4, 1, 1}, sd.LatentRGB)
 	want := []uint8{172, 156, 168, 255} // ⌊(row0 + 1) / 2 · 255⌋
 	for k := range want {
 		if im.Pix[k] != want[k] {
 			t.Fatalf("pixel %v, want %v", im.Pix[:4], want)
 		}
+	}
+	// The bias is added: a zero latent shows the bias colour.
+	im = preview([]float32{0, 0, 0, 0}, [4]int{1, 4, 1, 1}, family.LatentRGB{Factors: sd.LatentRGB.Factors, Bias: [3]float64{1, -1, 0}})
+	if im.Pix[0] != 255 || im.Pix[1] != 0 || im.Pix[2] != 127 {
+		t.Fatalf("bias pixel %v", im.Pix[:4])
 	}
 }
 
@@ -323,31 +328,6 @@ func TestRequestErrors(t *testing.T) {
 		if _, err := e.pipe.Generate(context.Background(), req, nil); err == nil {
 			t.Errorf("%s: no error", name)
 		}
-	}
-}
-
-// fp16Backend is a CPU backend that claims fp16 activations, to check that
-// the pipeline moves the VAE to a bf16 view on such backends.
-type fp16Backend struct {
-	backend.Backend
-	views *[]tensor.DType
-}
-
-func (f fp16Backend) ActivationDType() tensor.DType { return tensor.F16 }
-
-func (f fp16Backend) WithActivationDType(dt tensor.DType) backend.Backend {
-	*f.views = append(*f.views, dt)
-	return f.Backend
-}
-
-func TestVAERunsInBF16OnFP16Backends(t *testing.T) {
-	var views []tensor.DType
-	if b := vaeBackend(fp16Backend{Backend: cpu.New(), views: &views}); b == nil || len(views) != 1 || views[0] != tensor.BF16 {
-		t.Fatalf("fp16 backend: VAE views %v, want one bf16 view", views)
-	}
-	plain := cpu.New()
-	if vaeBackend(plain) != backend.Backend(plain) {
-		t.Fatal("a float32 backend must run the VAE as it is")
 	}
 }
 

@@ -121,7 +121,7 @@ func (r *Running) Rows() int {
 // Items describes the jobs of the batch, in the order they joined.
 func (r *Running) Items() []ItemState {
 	out := make([]ItemState, len(r.items))
-	f := r.b.p.vae.Factor()
+	f := r.b.p.def.Factor
 	for k, it := range r.items {
 		st := it.st
 		out[k] = ItemState{ID: st.index, Images: st.n, Rows: st.rows(), Done: st.i - st.begin, Total: st.total,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -40,6 +41,8 @@ func (s *Server) adminRoutes(e *echo.Echo) {
 	e.POST("/v1/admin/tenants/:id/keys", s.adminNewKey, a)
 	e.DELETE("/v1/admin/tenants/:id/keys/:key", s.adminRevokeKey, a)
 	e.GET("/v1/admin/profiles", s.listProfiles, a)
+	e.PUT("/v1/admin/profiles/:name", s.adminPutProfile, a)
+	e.DELETE("/v1/admin/profiles/:name", s.adminDeleteProfile, a)
 	e.GET("/v1/admin/workers", s.adminWorkers, a)
 	e.POST("/v1/admin/workers/:id/drain", s.adminDrain(true), a)
 	e.POST("/v1/admin/workers/:id/undrain", s.adminDrain(false), a)
@@ -102,10 +105,13 @@ func (s *Server) audit(c echo.Context, admitted bool) {
 	if !admitted {
 		actor = "unauthenticated"
 	}
-	target := c.Param("id")
-	if k := c.Param("key"); k != "" {
-		target += "/" + k
+	var parts []string
+	for _, p := range []string{"hook", "id", "name", "key"} {
+		if v := c.Param(p); v != "" {
+			parts = append(parts, v)
+		}
 	}
+	target := strings.Join(parts, "/")
 	e := audit.Entry{Actor: actor, Remote: c.RealIP(), Action: c.Request().Method + " " + c.Path(), Target: target,
 		Status: c.Response().Status, Details: c.Get(auditDetails)}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
@@ -118,7 +124,15 @@ func (s *Server) audit(c echo.Context, admitted bool) {
 // TenantView is a tenant as the admin API shows it.
 type TenantView struct {
 	tenants.Tenant
-	Keys []tenants.Key `json:"keys"`
+	Keys []KeyView `json:"keys"`
+}
+
+// KeyView is an API key as the admin API shows it (never its secret or
+// hash).
+type KeyView struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+	Revoked   bool      `json:"revoked,omitempty"`
 }
 
 // QuotaPatch changes some limits of a quota.
@@ -130,7 +144,8 @@ type QuotaPatch struct {
 	MaxN            *int `json:"max_n,omitempty"`
 }
 
-func (p *QuotaPatch) apply(q config.Quota) config.Quota {
+// Apply returns q with the patch's limits set.
+func (p *QuotaPatch) Apply(q config.Quota) config.Quota {
 	if p == nil {
 		return q
 	}
@@ -171,10 +186,11 @@ func tenantError(err error) *apierr.Error {
 
 func (s *Server) tenantView(ctx context.Context, t *tenants.Tenant) (TenantView, error) {
 	keys, err := s.o.Tenants.Keys(ctx, t.ID)
-	if keys == nil {
-		keys = []tenants.Key{}
+	v := TenantView{Tenant: *t, Keys: []KeyView{}}
+	for _, k := range keys {
+		v.Keys = append(v.Keys, KeyView{ID: k.ID, CreatedAt: k.CreatedAt, Revoked: k.Revoked})
 	}
-	return TenantView{Tenant: *t, Keys: keys}, err
+	return v, err
 }
 
 func (s *Server) adminListTenants(c echo.Context) error {
@@ -206,7 +222,7 @@ func (s *Server) adminCreateTenant(c echo.Context) error {
 		return writeError(c, apierr.Invalid("", "%v", err))
 	}
 	ctx := c.Request().Context()
-	t, key, err := s.o.Tenants.Create(ctx, r.ID, r.Quota.apply(s.cfg.DefaultQuota))
+	t, key, err := s.o.Tenants.Create(ctx, r.ID, r.Quota.Apply(s.cfg.DefaultQuota))
 	if err != nil {
 		return writeError(c, tenantError(err))
 	}
@@ -253,7 +269,7 @@ func (s *Server) adminPatchTenant(c echo.Context) error {
 	if err := settings.Validate(); err != nil {
 		return writeError(c, apierr.Invalid("", "%v", err))
 	}
-	if q := r.Quota.apply(t.Quota); q != t.Quota {
+	if q := r.Quota.Apply(t.Quota); q != t.Quota {
 		if t, err = s.o.Tenants.SetQuota(ctx, t.ID, q); err != nil {
 			return writeError(c, tenantError(err))
 		}
@@ -351,4 +367,73 @@ func (s *Server) adminRotate(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]string{"admin_key": key})
+}
+
+// adminPutProfile adds or replaces a performance profile for every
+// gateway (stored in the tenants bucket; the configured version returns
+// when it is deleted).
+func (s *Server) adminPutProfile(c echo.Context) error {
+	var p config.Profile
+	if err := apierr.DecodeStrict(c.Request().Body, 64<<10, &p); err != nil {
+		return writeError(c, err)
+	}
+	c.Set(auditDetails, p)
+	name := c.Param("name")
+	if p.Name == "" {
+		p.Name = name
+	}
+	if p.Name != name {
+		return writeError(c, apierr.Invalid("name", "the body names profile %q, the path %q", p.Name, name))
+	}
+	known := false
+	for _, n := range s.validator.Samplers() {
+		known = known || n == p.Sampler
+	}
+	if !known {
+		return writeError(c, apierr.Invalid("sampler", "unknown sampler %q (GET /v1/samplers lists them)", p.Sampler))
+	}
+	if err := s.o.Tenants.PutProfile(c.Request().Context(), p); err != nil {
+		return writeError(c, apierr.Invalid("", "%v", err))
+	}
+	s.applyProfile(name, &p) // this gateway at once; the others through the watch
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) adminDeleteProfile(c echo.Context) error {
+	name := c.Param("name")
+	if name == s.cfg.DefaultProfile {
+		if _, configured := s.o.Profiles[name]; !configured {
+			return writeError(c, apierr.New(http.StatusConflict, apierr.CodeConflict, "", "profile %s is the default", name))
+		}
+	}
+	if err := s.o.Tenants.DeleteProfile(c.Request().Context(), name); err != nil {
+		return writeError(c, tenantError(err))
+	}
+	s.applyProfile(name, nil)
+	return c.NoContent(http.StatusNoContent)
+}
+
+// applyProfile sets (or, with nil, removes) an operator's version of a
+// profile on top of the configured ones.
+func (s *Server) applyProfile(name string, p *config.Profile) {
+	s.profMu.Lock()
+	defer s.profMu.Unlock()
+	if s.overrides == nil {
+		s.overrides = map[string]config.Profile{}
+	}
+	if p != nil {
+		s.overrides[name] = *p
+	} else {
+		delete(s.overrides, name)
+	}
+	merged := make(map[string]config.Profile, len(s.o.Profiles)+len(s.overrides))
+	for k, v := range s.o.Profiles {
+		merged[k] = v
+	}
+	for k, v := range s.overrides {
+		merged[k] = v
+	}
+	if err := s.validator.SetProfiles(merged); err != nil {
+		s.log.Warn("ignoring a profile change", "profile", name, "err", err)
+	}
 }

@@ -178,7 +178,7 @@ func (s *Server) Image(ctx context.Context, tenant, id string) ([]byte, error) {
 }
 
 // HasProfile implements openai.Backend.
-func (s *Server) HasProfile(name string) bool { _, ok := s.o.Profiles[name]; return ok }
+func (s *Server) HasProfile(name string) bool { _, ok := s.validator.Profiles()[name]; return ok }
 
 // ImageURL implements openai.Backend: an absolute URL signed for an hour.
 func (s *Server) ImageURL(r *http.Request, tenant, imageID string) string {
@@ -404,8 +404,9 @@ func (s *Server) listProfiles(c echo.Context) error {
 		Default string           `json:"default"`
 		Data    []config.Profile `json:"data"`
 	}{Default: s.cfg.DefaultProfile, Data: []config.Profile{}}
-	for _, name := range sortedKeys(s.o.Profiles) {
-		out.Data = append(out.Data, s.o.Profiles[name])
+	profiles := s.validator.Profiles()
+	for _, name := range sortedKeys(profiles) {
+		out.Data = append(out.Data, profiles[name])
 	}
 	return c.JSON(http.StatusOK, out)
 }

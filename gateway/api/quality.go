@@ -42,7 +42,7 @@ func (s *Server) adaptive(p auth.Principal, profile string) bool {
 	if p.Quality == QualityAdaptive {
 		return true
 	}
-	pr, ok := s.o.Profiles[profile]
+	pr, ok := s.validator.Profiles()[profile]
 	return ok && pr.Quality == QualityAdaptive
 }
 
@@ -55,7 +55,7 @@ func (s *Server) adjustQuality(ctx context.Context, p auth.Principal, params job
 	}
 	q, _ := s.window.Quantiles(qualityKey(p.Tenant, params.Profile, params.Model), 0.5, 0.95)
 	in := QualityInput{Tenant: p.Tenant, Params: params, Limits: p.Quota, P50: q[0], P95: q[1], Locked: locked}
-	if pr, ok := s.o.Profiles[params.Profile]; ok {
+	if pr, ok := s.validator.Profiles()[params.Profile]; ok {
 		in.Target = pr.LatencyTarget.D()
 	}
 	if waiting, _, err := s.o.Store.QueueDepth(ctx); err == nil {

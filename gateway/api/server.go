@@ -23,10 +23,14 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/core/imagedecode"
+	"github.com/kiln-project/kiln/core/modelhash"
+	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/comfyui"
 	"github.com/kiln-project/kiln/gateway/jobwatch"
 	"github.com/kiln-project/kiln/gateway/latency"
+	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/quota"
 	"github.com/kiln-project/kiln/gateway/urlsign"
@@ -117,9 +121,21 @@ type Server struct {
 	hub       *ws.Hub
 	watch     *jobwatch.Watcher
 	openai    *openai.Handler
+	a1111     *a1111.Handler
+	comfy     *comfyui.Handler
+	live      *live.Tracker
+	hashes    modelhash.Cache
+	// openapiDoc is the served OpenAPI document.
+	openapiDoc []byte
 
 	mu      sync.Mutex
 	workers map[string]workerSeen
+	beats   map[string]time.Time // last heartbeat of every worker (WorkerHeardWithin)
+
+	// profMu guards overrides: the operator's profiles on top of the
+	// configured ones.
+	profMu    sync.Mutex
+	overrides map[string]config.Profile
 
 	// window holds recent job latencies per (tenant, profile, model) for
 	// adaptive quality.
@@ -161,7 +177,7 @@ func New(o Options) (*Server, error) {
 	if o.Library != nil {
 		v.SetLibrary(o.Library)
 	}
-	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{},
+	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}, beats: map[string]time.Time{},
 		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
 	s.auth = auth.New(o.Tenants, o.AllowLocal, cfg.LocalQuota)
 	reg := o.Registry
@@ -194,7 +210,14 @@ func New(o Options) (*Server, error) {
 		Position: func(j *jobs.Job) int { return s.watch.Position(j.Tenant, j.ID, j.Params.Priority) }})
 	s.watch = jobwatch.New(jobwatch.Options{Store: o.Store, Live: s.limiter.Observe, Emit: s.onJobEvent})
 	s.openai = openai.New(s, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.live = live.New()
+	s.a1111 = a1111.New(adapterBackend{s}, int64(cfg.MaxBodyBytes), cfg.SyncTimeout.D())
+	s.comfy = comfyui.New(comfyui.Options{Backend: adapterBackend{s}, MaxBody: int64(cfg.MaxBodyBytes), MaxPixels: cfg.MaxImagePixels,
+		OriginPatterns: originPatterns(cfg.CORSOrigins)})
 	s.echo = s.routes()
+	if s.openapiDoc, err = s.buildOpenAPI(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -226,12 +249,17 @@ func (s *Server) Validator() *validate.Validator { return s.validator }
 
 // Run follows tenants, job records, events and heartbeats until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- s.auth.Run(ctx) }()
 	go func() { errc <- s.watch.Run(ctx) }()
+	go func() { errc <- s.o.Tenants.WatchProfiles(ctx, s.applyProfile) }()
 	progress, err := s.o.Conn.Subscribe(events.ProgressWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishRaw(tenant, job, m.Data)
+			var ev events.Event
+			if json.Unmarshal(m.Data, &ev) == nil {
+				s.live.Event(tenant, ev)
+			}
 		}
 	})
 	if err != nil {
@@ -241,6 +269,9 @@ func (s *Server) Run(ctx context.Context) error {
 	preview, err := s.o.Conn.Subscribe(events.PreviewWildcard, func(m *nats.Msg) {
 		if tenant, job, ok := events.SplitSubject(m.Subject); ok {
 			s.hub.PublishPreview(tenant, job, m.Data)
+			if pv, err := events.DecodePreview(m.Data); err == nil {
+				s.live.Preview(tenant, pv)
+			}
 		}
 	})
 	if err != nil {
@@ -255,8 +286,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Lock()
 		if h.Stopped {
 			delete(s.workers, h.Worker)
+			delete(s.beats, h.Worker)
 		} else {
 			s.workers[h.Worker] = workerSeen{hb: h, seen: time.Now()}
+			s.beats[h.Worker] = time.Now()
 		}
 		s.mu.Unlock()
 	})
@@ -304,6 +337,7 @@ func (s *Server) Ready() error {
 // Close ends WebSocket connections (before the HTTP server shuts down).
 func (s *Server) Close() {
 	s.hub.Close()
+	s.comfy.Close()
 	s.validator.Close()
 }
 
@@ -317,6 +351,7 @@ func (s *Server) onJobEvent(tenant string, ev events.Event) {
 		}
 	}
 	s.hub.PublishEvent(tenant, ev)
+	s.live.Event(tenant, ev)
 }
 
 // initImageLimits bounds one init image, from its header.
@@ -324,15 +359,19 @@ func (s *Server) initImageLimits() imagedecode.Limits {
 	return imagedecode.Limits{MaxPixels: int64(s.cfg.MaxImagePixels), MaxSide: validate.MaxSide, MaxBytes: int64(s.cfg.MaxImageDecodeBytes)}
 }
 
-// WorkerLive reports whether a worker has been heard from within three
-// heartbeat intervals.
-func (s *Server) WorkerLive(id string) bool {
-	for _, hb := range s.liveWorkers() {
-		if hb.Worker == id && !hb.Stopped {
-			return true
+// WorkerHeardWithin reports whether a worker sent a heartbeat (and no
+// "stopped" one since) within d. Records of workers silent for an hour are
+// forgotten.
+func (s *Server) WorkerHeardWithin(id string, d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for w, at := range s.beats {
+		if time.Since(at) > time.Hour {
+			delete(s.beats, w)
 		}
 	}
-	return false
+	at, ok := s.beats[id]
+	return ok && time.Since(at) <= d
 }
 
 // liveWorkers lists workers heard from within three intervals.
@@ -412,6 +451,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", s.metrics)
 	e.GET("/v1/openapi.json", s.openapi)
+	e.GET("/docs", s.docs)
 
 	// Route-level middleware (not a group's) keeps 405 for known paths.
 	a := s.authenticate
@@ -430,6 +470,12 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/v1/images/generations", s.generations, a)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
+	for _, r := range s.a1111.Routes() {
+		e.Add(r.Method, r.Path, adapt(r.Handle), a)
+	}
+	for _, r := range s.comfy.Routes() {
+		e.Add(r.Method, echoPath(r.Path), adaptParams(r.Handle), a)
+	}
 	s.wasmRoutes(e)
 	s.adminRoutes(e)
 	// Unknown API paths get a JSON 404, never the web client.
@@ -448,11 +494,47 @@ func (s *Server) routes() *echo.Echo {
 
 func isOpenAIRoute(c echo.Context) bool { return c.Path() == "/v1/images/generations" }
 
+// adapt mounts an adapter's handler of an authenticated request.
+func adapt(h func(w http.ResponseWriter, r *http.Request, p auth.Principal)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h(c.Response(), c.Request(), principal(c))
+		return nil
+	}
+}
+
+// adaptParams mounts an adapter's handler that reads path parameters.
+func adaptParams(h func(w http.ResponseWriter, r *http.Request, p auth.Principal, params map[string]string)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		params := map[string]string{}
+		for i, name := range c.ParamNames() {
+			params[name] = c.ParamValues()[i]
+		}
+		h(c.Response(), c.Request(), principal(c), params)
+		return nil
+	}
+}
+
+// echoPath turns "/history/{prompt_id}" into Echo's "/history/:prompt_id".
+func echoPath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			parts[i] = ":" + s[1:len(s)-1]
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
 // writeError renders an API error in the route's shape.
 func writeError(c echo.Context, e *apierr.Error) error {
-	if isOpenAIRoute(c) {
+	switch {
+	case isOpenAIRoute(c):
 		openai.WriteError(c.Response(), e)
-	} else {
+	case strings.HasPrefix(c.Request().URL.Path, a1111.Prefix+"/"):
+		a1111.WriteError(c.Response(), e)
+	case comfyui.IsPath(c.Request().URL.Path):
+		comfyui.WriteError(c.Response(), e)
+	default:
 		apierr.Write(c.Response(), e)
 	}
 	return nil

@@ -93,8 +93,9 @@ func TooMany(code string, retry time.Duration, format string, args ...any) *Erro
 	return e
 }
 
-// Write sends the error as JSON.
-func Write(w http.ResponseWriter, e *Error) {
+// SetHeaders sets the headers an error carries (Retry-After, Allow,
+// WWW-Authenticate); every API shape's writer calls it.
+func SetHeaders(w http.ResponseWriter, e *Error) {
 	if e.RetryAfter > 0 {
 		secs := int((e.RetryAfter + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -105,6 +106,11 @@ func Write(w http.ResponseWriter, e *Error) {
 	if e.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="kiln"`)
 	}
+}
+
+// Write sends the error as JSON.
+func Write(w http.ResponseWriter, e *Error) {
+	SetHeaders(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(Body{Error: e})

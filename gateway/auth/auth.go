@@ -209,10 +209,18 @@ var dummyKey = tenants.Key{Hash: strings.Repeat("00", 32)}
 // every request is the local tenant whatever bearer it sends (OpenAI SDKs
 // always send one); otherwise an unknown key is a 401.
 func (a *Authenticator) Authenticate(r *http.Request) (Principal, *apierr.Error) {
+	key := KeyFromRequest(r)
 	if a.Keyless() {
+		// A tenant's own key is that tenant even here (a tenant created a
+		// moment ago, before its mode change is mirrored); anything else
+		// is the local tenant.
+		if key != "" {
+			if p, err := a.Verify(key); err == nil {
+				return p, nil
+			}
+		}
 		return a.LocalPrincipal(), nil
 	}
-	key := KeyFromRequest(r)
 	if key == "" {
 		return Principal{}, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "",
 			"an API key is required: send Authorization: Bearer kiln_…")

@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
+	"github.com/kiln-project/kiln/gateway/jobwatch"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/server/jobs"
 )
@@ -236,22 +236,9 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 	if h := jobs.AdjustedHeader(job.Adjustments); h != "" {
 		w.Header().Set(jobs.AdjustedHeaderName, h)
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
-	defer cancel()
-	done, err := h.b.Wait(ctx, p.Tenant, job.ID)
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
-			// Waited sync_timeout: the job goes on; say where to find it.
-			w.Header().Set("Location", "/v1/jobs/"+job.ID)
-			e := apierr.New(http.StatusGatewayTimeout, "timeout", "",
-				"the images were not ready within %v (sync_timeout); job %s goes on: poll GET /v1/jobs/%s until its status is succeeded, "+
-					"or subscribe to it on the WebSocket /v1/ws?subscribe=%s", h.timeout, job.ID, job.ID, job.ID)
-			WriteError(w, e)
-			return
-		}
-		// The client went away: free the capacity.
-		h.b.Cancel(context.WithoutCancel(r.Context()), p.Tenant, job.ID)
-		WriteError(w, apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "waiting for the job failed: %v", err))
+	done, aerr := jobwatch.AwaitFinal(r.Context(), h.b, w.Header(), p.Tenant, job.ID, h.timeout)
+	if aerr != nil {
+		WriteError(w, aerr)
 		return
 	}
 	switch done.Status {

@@ -1,15 +1,16 @@
 // Package quota enforces the per-tenant quotas that depend on time and
 // load: concurrent jobs (queued or running) and images per minute (a token
-// bucket refilled continuously). Exceeding either is a 429 with
+// bucket refilled continuously: golang.org/x/time/rate). Exceeding either is a 429 with
 // Retry-After; static limits (size, steps, n) are checked by validation.
 package quota
 
 import (
-	"math"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
@@ -20,18 +21,13 @@ import (
 type Limiter struct {
 	mu      sync.Mutex
 	active  map[string]map[string]bool
-	buckets map[string]*bucket
+	buckets map[string]*rate.Limiter
 	now     func() time.Time
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
 }
 
 // New returns an empty limiter.
 func New() *Limiter {
-	return &Limiter{active: map[string]map[string]bool{}, buckets: map[string]*bucket{}, now: time.Now}
+	return &Limiter{active: map[string]map[string]bool{}, buckets: map[string]*rate.Limiter{}, now: time.Now}
 }
 
 // Reserve admits a job of n images for the tenant or says why not. On
@@ -48,22 +44,24 @@ func (l *Limiter) Reserve(p auth.Principal, jobID string, n int) (undo func(), e
 	if n > q.ImagesPerMinute {
 		return nil, apierr.Limit("n", "n=%d exceeds the tenant limit images_per_minute=%d", n, q.ImagesPerMinute)
 	}
-	capacity := float64(q.ImagesPerMinute)
-	rate := capacity / 60 // tokens per second
+	// A bucket of images_per_minute tokens (full at first), refilled at
+	// images_per_minute / 60 per second; a changed quota applies at once.
+	perSecond := rate.Limit(float64(q.ImagesPerMinute) / 60)
 	now := l.now()
 	b := l.buckets[p.Tenant]
 	if b == nil {
-		b = &bucket{tokens: capacity, last: now}
+		b = rate.NewLimiter(perSecond, q.ImagesPerMinute)
 		l.buckets[p.Tenant] = b
+	} else if b.Limit() != perSecond || b.Burst() != q.ImagesPerMinute {
+		b.SetLimitAt(now, perSecond)
+		b.SetBurstAt(now, q.ImagesPerMinute)
 	}
-	b.tokens = math.Min(capacity, b.tokens+now.Sub(b.last).Seconds()*rate)
-	b.last = now
-	if b.tokens < float64(n) {
-		wait := time.Duration((float64(n) - b.tokens) / rate * float64(time.Second))
+	r := b.ReserveN(now, n)
+	if wait := r.DelayFrom(now); !r.OK() || wait > 0 {
+		r.CancelAt(now)
 		return nil, &apierr.Error{Status: http.StatusTooManyRequests, Code: apierr.CodeRateLimited, RetryAfter: wait,
 			Message: "the tenant limit images_per_minute is " + strconv.Itoa(q.ImagesPerMinute) + "; retry after the time in Retry-After"}
 	}
-	b.tokens -= float64(n)
 	set := l.active[p.Tenant]
 	if set == nil {
 		set = map[string]bool{}
@@ -74,9 +72,7 @@ func (l *Limiter) Reserve(p auth.Principal, jobID string, n int) (undo func(), e
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		delete(l.active[p.Tenant], jobID)
-		if bb := l.buckets[p.Tenant]; bb != nil {
-			bb.tokens = math.Min(capacity, bb.tokens+float64(n))
-		}
+		r.CancelAt(l.now()) // the images were not made: their tokens return
 	}, nil
 }
 

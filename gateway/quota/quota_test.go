@@ -68,3 +68,34 @@ func TestImagesPerMinute(t *testing.T) {
 		t.Fatalf("n above the per-minute limit: %+v", err)
 	}
 }
+
+// A submission that fails returns its images to the bucket, and a changed
+// images_per_minute applies to the tenant's existing bucket.
+func TestUndoRefundsAndQuotaChanges(t *testing.T) {
+	l := New()
+	now := time.Unix(0, 0)
+	l.now = func() time.Time { return now }
+	p := principal(100, 4)
+	undo, err := l.Reserve(p, "a", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reserve(p, "b", 1); err == nil || err.Code != apierr.CodeRateLimited {
+		t.Fatalf("empty bucket: %+v", err)
+	}
+	undo()
+	if _, err := l.Reserve(p, "b", 4); err != nil {
+		t.Fatalf("after undo: %v", err)
+	}
+	p.Quota.ImagesPerMinute = 60 // one image per second from now on
+	if _, err := l.Reserve(p, "c", 1); err == nil || err.RetryAfter != time.Second {
+		t.Fatalf("raised quota, empty bucket: %+v", err)
+	}
+	now = now.Add(3 * time.Second)
+	if _, err := l.Reserve(p, "c", 3); err != nil {
+		t.Fatalf("raised quota: %v", err)
+	}
+	if _, err := l.Reserve(p, "d", 1); err == nil || err.RetryAfter != time.Second {
+		t.Fatalf("raised quota, empty again: %+v", err)
+	}
+}

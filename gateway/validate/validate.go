@@ -59,6 +59,9 @@ type JobRequest struct {
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
 	Priority  string   `json:"priority,omitempty"`
+	// SharedNoise draws the batch's noise from one generator seeded with
+	// seed (ComfyUI's semantics) instead of one per image (seed+i).
+	SharedNoise bool `json:"shared_noise,omitempty"`
 	// AllowAdjust lets adaptive quality change parameters the request
 	// sets explicitly (width, height, steps, sampler, profile).
 	AllowAdjust bool `json:"allow_adjust,omitempty"`
@@ -74,7 +77,7 @@ type JobRequest struct {
 // Validator checks requests and caches plans. It is safe for concurrent use.
 type Validator struct {
 	models         *catalog.Registry
-	profiles       map[string]config.Profile
+	profiles       atomic.Pointer[profileSet]
 	defaultProfile string
 	samplers       map[string]bool
 	cache          *ristretto.Cache[string, *jobs.Params]
@@ -99,8 +102,33 @@ func New(reg *catalog.Registry, profiles map[string]config.Profile, defaultProfi
 	for _, n := range sample.Names() {
 		s[n] = true
 	}
-	return &Validator{models: reg, profiles: profiles, defaultProfile: defaultProfile, samplers: s, cache: c}, nil
+	v := &Validator{models: reg, defaultProfile: defaultProfile, samplers: s, cache: c}
+	v.profiles.Store(&profileSet{m: profiles})
+	return v, nil
 }
+
+// profileSet is one version of the profiles.
+type profileSet struct {
+	m       map[string]config.Profile
+	version uint64
+}
+
+// SetProfiles replaces the profiles (an operator changed one); plans made
+// with the old ones are not reused. The default profile must remain.
+func (v *Validator) SetProfiles(profiles map[string]config.Profile) error {
+	if _, ok := profiles[v.defaultProfile]; !ok {
+		return fmt.Errorf("validate: default profile %q would be gone", v.defaultProfile)
+	}
+	for {
+		old := v.profiles.Load()
+		if v.profiles.CompareAndSwap(old, &profileSet{m: profiles, version: old.version + 1}) {
+			return nil
+		}
+	}
+}
+
+// Profiles returns the current profiles (read only).
+func (v *Validator) Profiles() map[string]config.Profile { return v.profiles.Load().m }
 
 // Close stops the plan cache.
 func (v *Validator) Close() { v.cache.Close() }
@@ -156,6 +184,7 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
+	params.SharedNoise = r.SharedNoise
 	if err := v.resolveLoRAs(r, &params); err != nil {
 		return jobs.Params{}, err
 	}
@@ -191,8 +220,8 @@ func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
 		}
 		return fmt.Sprint(*x)
 	}
-	fmt.Fprintf(&b, "%s|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
-		p.Tenant, p.QuotaVersion, v.models.Version(), r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
+	fmt.Fprintf(&b, "%s|%d|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
+		p.Tenant, p.QuotaVersion, v.models.Version(), v.profiles.Load().version, r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
 		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority)
 	return b.String()
 }
@@ -203,10 +232,11 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	if prof == "" {
 		prof = v.defaultProfile
 	}
-	pr, ok := v.profiles[prof]
+	profiles := v.Profiles()
+	pr, ok := profiles[prof]
 	if !ok {
-		names := make([]string, 0, len(v.profiles))
-		for n := range v.profiles {
+		names := make([]string, 0, len(profiles))
+		for n := range profiles {
 			names = append(names, n)
 		}
 		sort.Strings(names)

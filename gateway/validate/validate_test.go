@@ -11,7 +11,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 )
 
-func setup(t *testing.T) (*Validator, *catalog.Registry, string) {
+func setup(t testing.TB) (*Validator, *catalog.Registry, string) {
 	t.Helper()
 	dir := t.TempDir()
 	mk := func(name string) {
@@ -175,5 +175,35 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	defer v2.Close()
 	if p, err := v2.Plan(principal(1, 60), &JobRequest{Prompt: "x"}, false); err != nil || p.Model != "shapes" || p.Width != 128 {
 		t.Fatalf("default model: %+v %v", p, err)
+	}
+}
+
+// TestSetProfilesChangesPlans: a changed profile applies to the next plan
+// of the same request shape (no stale cached plan), and the default
+// profile cannot go away.
+func TestSetProfilesChangesPlans(t *testing.T) {
+	v, _, _ := setup(t)
+	r := &JobRequest{Prompt: "x"}
+	p, err := v.Plan(principal(1, 60), r, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // let the plan cache admit the plan
+	profiles := map[string]config.Profile{}
+	for k, pr := range v.Profiles() {
+		profiles[k] = pr
+	}
+	b := profiles["balanced"]
+	b.Steps = p.Steps - 5
+	profiles["balanced"] = b
+	if err := v.SetProfiles(profiles); err != nil {
+		t.Fatal(err)
+	}
+	if p2, err := v.Plan(principal(1, 60), r, false); err != nil || p2.Steps != p.Steps-5 {
+		t.Fatalf("after the change: steps %d (was %d), %v", p2.Steps, p.Steps, err)
+	}
+	delete(profiles, "balanced")
+	if v.SetProfiles(profiles) == nil {
+		t.Fatal("the default profile was removed")
 	}
 }

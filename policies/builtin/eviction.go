@@ -18,6 +18,13 @@ const OffloadMinLoadUS = 1_000_000
 // offloaded to host memory when it was used more than once, took at
 // least OffloadMinLoadUS to load and fits in the host's free memory;
 // otherwise it is dropped.
+//
+// With the memory manager's figures (ABI minor 3, in.Tiers): models with
+// queued jobs go last, a victim frees only its unique bytes (components it
+// shares with resident models stay), and a victim is offloaded, when it
+// fits, if it has queued jobs or was used more than once and coming back
+// from host memory is cheaper than loading it (a measured restore under a
+// quarter of its load time, or a load of at least OffloadMinLoadUS).
 func Eviction(in *abi.EvictionInput) abi.EvictionOutput {
 	if in.NeededBytes == 0 {
 		return abi.EvictionOutput{}
@@ -28,8 +35,17 @@ func Eviction(in *abi.EvictionInput) abi.EvictionOutput {
 			cand = append(cand, i)
 		}
 	}
+	frees := func(m *abi.Model) uint64 {
+		if in.Tiers {
+			return m.UniqueBytes
+		}
+		return m.Bytes
+	}
 	sort.SliceStable(cand, func(a, b int) bool {
 		ma, mb := &in.Models[cand[a]], &in.Models[cand[b]]
+		if in.Tiers && (ma.Queued == 0) != (mb.Queued == 0) {
+			return ma.Queued == 0
+		}
 		if ma.LastUseUS != mb.LastUseUS {
 			return ma.LastUseUS < mb.LastUseUS
 		}
@@ -45,16 +61,16 @@ func Eviction(in *abi.EvictionInput) abi.EvictionOutput {
 			break
 		}
 		victims = append(victims, i)
-		freed += in.Models[i].Bytes
+		freed += frees(&in.Models[i])
 	}
 	// Give back victims the others cover, smallest first.
 	bySize := append([]int(nil), victims...)
 	sort.SliceStable(bySize, func(a, b int) bool {
-		return in.Models[bySize[a]].Bytes < in.Models[bySize[b]].Bytes
+		return frees(&in.Models[bySize[a]]) < frees(&in.Models[bySize[b]])
 	})
 	keep := map[int]bool{}
 	for _, i := range bySize {
-		if b := in.Models[i].Bytes; freed-b >= in.NeededBytes {
+		if b := frees(&in.Models[i]); freed-b >= in.NeededBytes {
 			freed -= b
 			keep[i] = true
 		}
@@ -67,6 +83,10 @@ func Eviction(in *abi.EvictionInput) abi.EvictionOutput {
 		}
 		m := &in.Models[i]
 		off := m.Uses > 1 && m.LoadUS >= OffloadMinLoadUS && m.Bytes <= hostFree
+		if in.Tiers {
+			cheaper := m.LoadUS >= OffloadMinLoadUS || (m.RestoreUS > 0 && 4*m.RestoreUS < m.LoadUS)
+			off = (m.Queued > 0 || m.Uses > 1) && cheaper && m.Bytes <= hostFree
+		}
 		if off {
 			hostFree -= m.Bytes
 		}

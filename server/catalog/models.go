@@ -204,7 +204,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 		n, ok := r.natives[key]
 		r.nativeMu.Unlock()
 		if !ok {
-			n, _ = singleFileNative(p) // unknown on error
+			n, _ = inspectNative(p) // unknown on error
 			r.nativeMu.Lock()
 			if len(r.natives) >= 1024 { // files replaced many times over: start afresh
 				clear(r.natives)
@@ -234,7 +234,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 		return Model{}, fmt.Errorf("model %s: %w", name, err)
 	}
 	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
-	if n, err := diffusersNative(p); err == nil {
+	if n, err := inspectNative(p); err == nil {
 		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
 	}
 	return m, nil

@@ -72,6 +72,10 @@ type Params struct {
 	InitImage string  `json:"init_image,omitempty"`
 	Strength  float64 `json:"strength,omitempty"`
 	Priority  string  `json:"priority"`
+	// SharedNoise draws the whole job's initial noise from one generator
+	// seeded with Seed (as ComfyUI and diffusers do) instead of one
+	// generator per image seeded Seed+i (as AUTOMATIC1111 does).
+	SharedNoise bool `json:"shared_noise,omitempty"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
@@ -154,6 +158,19 @@ type Job struct {
 	// Adjustments are the changes the adaptive quality policy made to the
 	// request before it was queued.
 	Adjustments []Adjustment `json:"adjustments,omitempty"`
+	// Memory says how the worker recovered when the job's batch ran out of
+	// device memory (absent: it did not).
+	Memory *MemoryRecovery `json:"memory,omitempty"`
+}
+
+// MemoryRecovery is what the worker did when a job's batch ran out of
+// device memory: split it (Splits halvings, last chunk of Chunk images)
+// and moved the other models off the device (FreedOthers).
+type MemoryRecovery struct {
+	Splits      int  `json:"splits"`
+	Chunk       int  `json:"chunk"`
+	FreedOthers bool `json:"freed_others"`
+	Sequential  bool `json:"sequential,omitempty"`
 }
 
 // AdjustedHeaderName is the response header listing a job's adjustments.

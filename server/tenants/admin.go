@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // AdminKeyRecord is the KV key of the admin key's hash.
@@ -130,4 +133,70 @@ func (s *Store) Keys(ctx context.Context, tenant string) ([]Key, error) {
 		}
 	})
 	return out, err
+}
+
+// ProfilePrefix starts the KV keys of operator profile overrides
+// ("profile.<name>"): profiles the admin API added or changed on top of
+// the configured ones.
+const ProfilePrefix = "profile."
+
+// PutProfile stores an operator's version of a performance profile.
+func (s *Store) PutProfile(ctx context.Context, p config.Profile) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if !jobs.ValidTenantID(p.Name) {
+		return fmt.Errorf("tenants: invalid profile name %q (1-32 of a-z, 0-9, '-', '_')", p.Name)
+	}
+	data, _ := json.Marshal(p)
+	if _, err := s.kv.Put(ctx, ProfilePrefix+p.Name, data); err != nil {
+		return fmt.Errorf("tenants: store profile %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// DeleteProfile removes an operator's version of a profile (the
+// configured one, if any, applies again).
+func (s *Store) DeleteProfile(ctx context.Context, name string) error {
+	if !jobs.ValidTenantID(name) {
+		return fmt.Errorf("%w: profile %q", ErrNotFound, name)
+	}
+	if _, err := s.kv.Get(ctx, ProfilePrefix+name); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%w: no operator version of profile %s", ErrNotFound, name)
+	}
+	if err := s.kv.Delete(ctx, ProfilePrefix+name); err != nil {
+		return fmt.Errorf("tenants: delete profile %s: %w", name, err)
+	}
+	return nil
+}
+
+// WatchProfiles calls fn with every operator profile override (nil when
+// it was deleted) as it changes, starting with the current ones, until
+// ctx ends.
+func (s *Store) WatchProfiles(ctx context.Context, fn func(name string, p *config.Profile)) error {
+	w, err := s.kv.Watch(ctx, ProfilePrefix+"*")
+	if err != nil {
+		return fmt.Errorf("tenants: watch profiles: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil
+			}
+			if e == nil {
+				continue
+			}
+			name := strings.TrimPrefix(e.Key(), ProfilePrefix)
+			var p config.Profile
+			if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &p) != nil {
+				fn(name, nil)
+				continue
+			}
+			fn(name, &p)
+		}
+	}
 }

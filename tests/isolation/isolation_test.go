@@ -72,7 +72,16 @@ func bearer(key string) string { return "Bearer " + key }
 
 // tenantA is what the victim tenant owns; none of it may leak.
 type tenantA struct {
-	key, jobID, imageID, prompt, node, policy, signedPath string
+	key, jobID, imageID, prompt, node, policy, signedPath, promptID string
+}
+
+// keyID is the id part of A's key (kiln_<id>_<secret>).
+func (a tenantA) keyID() string {
+	parts := strings.SplitN(a.key, "_", 3)
+	if len(parts) < 2 {
+		return "x"
+	}
+	return parts[1]
 }
 
 func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
@@ -152,6 +161,25 @@ func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 	json.Unmarshal(r.body, &g)
 	u, _ := url.Parse(g.Data[0].URL)
 	a.signedPath = u.RequestURI()
+	// A's ComfyUI prompt (its history entry is A's).
+	graph := map[string]any{
+		"1": map[string]any{"class_type": "CheckpointLoaderSimple", "inputs": map[string]any{"ckpt_name": "tiny"}},
+		"2": map[string]any{"class_type": "CLIPTextEncode", "inputs": map[string]any{"text": a.prompt, "clip": []any{"1", 1}}},
+		"3": map[string]any{"class_type": "EmptyLatentImage", "inputs": map[string]any{"width": 64, "height": 64, "batch_size": 1}},
+		"4": map[string]any{"class_type": "KSampler", "inputs": map[string]any{"model": []any{"1", 0}, "seed": 1, "steps": 1, "cfg": 5,
+			"sampler_name": "euler", "scheduler": "normal", "positive": []any{"2", 0}, "negative": []any{"2", 0}, "latent_image": []any{"3", 0}, "denoise": 1}},
+		"5": map[string]any{"class_type": "VAEDecode", "inputs": map[string]any{"samples": []any{"4", 0}, "vae": []any{"1", 2}}},
+		"6": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"5", 0}}},
+	}
+	pb, _ := json.Marshal(map[string]any{"prompt": graph, "client_id": "a"})
+	r = c.do("POST", "/prompt", bearer(a.key), pb)
+	var pr struct {
+		PromptID string `json:"prompt_id"`
+	}
+	if json.Unmarshal(r.body, &pr); r.status != http.StatusOK || pr.PromptID == "" {
+		t.Fatalf("A's ComfyUI prompt: %d %s", r.status, r.body)
+	}
+	a.promptID = pr.PromptID
 	// C is revoked.
 	if err := in.Tenants().Revoke(ctx, "tenant-c"); err != nil {
 		t.Fatal(err)
@@ -169,6 +197,7 @@ func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 type route struct {
 	method, path string
 	public       bool // security: [] in the document
+	admin        bool // only the admin key (security scheme adminKey)
 }
 
 func routesOf(t *testing.T, c *client) []route {
@@ -193,7 +222,15 @@ func routesOf(t *testing.T, c *client) []route {
 			if err := json.Unmarshal(raw, &op); err != nil {
 				t.Fatalf("openapi.json %s %s: %v", m, path, err)
 			}
-			out = append(out, route{strings.ToUpper(m), path, op.Security != nil && len(*op.Security) == 0})
+			admin := false
+			if op.Security != nil {
+				for _, req := range *op.Security {
+					if _, ok := req["adminKey"]; ok && len(*op.Security) == 1 {
+						admin = true
+					}
+				}
+			}
+			out = append(out, route{strings.ToUpper(m), path, op.Security != nil && len(*op.Security) == 0, admin})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].path+out[i].method < out[j].path+out[j].method })
@@ -214,6 +251,7 @@ func ghostOf(a tenantA) tenantA {
 	g.jobID = jobs.NewID()
 	g.imageID = jobs.ImageID(g.jobID, 0)
 	g.node, g.policy = "z-ghost-node-00", "z-ghost-policy0"
+	g.promptID = jobs.NewID()
 	return g
 }
 
@@ -229,12 +267,24 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, a.jobID)
 		case seg == "{id}" && strings.HasPrefix(path, "/v1/images/"):
 			out = append(out, a.imageID)
+		case seg == "{prompt_id}" && strings.HasPrefix(path, "/history/"):
+			out = append(out, a.promptID)
+		case seg == "{node_class}":
+			out = append(out, "KSampler") // the same for every tenant
 		case seg == "{hook}":
 			out = append(out, hook)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/nodes/"):
 			out = append(out, a.node)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/policies/"):
 			out = append(out, a.policy)
+		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
+			out = append(out, "tenant-victim")
+		case seg == "{key}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
+			out = append(out, a.keyID())
+		case seg == "{name}" && strings.HasPrefix(path, "/v1/admin/profiles/"):
+			out = append(out, "balanced")
+		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/workers/"):
+			out = append(out, "any-worker")
 		default:
 			return "", fmt.Errorf("no resource of tenant A for %s in %s: extend the isolation matrix", seg, path)
 		}
@@ -270,7 +320,7 @@ func bodyFor(method, path string) []byte {
 func TestIsolationMatrix(t *testing.T) {
 	c, _, a, keys := setup(t)
 	routes := routesOf(t, c)
-	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy}
+	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy, a.promptID}
 	leaks := func(body []byte) string {
 		for _, s := range secrets {
 			if bytes.Contains(body, []byte(s)) {
@@ -333,6 +383,9 @@ func TestIsolationMatrix(t *testing.T) {
 			if rt.path == "/v1/ws" {
 				path += "?subscribe=all"
 			}
+			if rt.path == "/view" { // ComfyUI's image route names A's image in its query
+				path += "?filename=" + a.imageID + ".png"
+			}
 			name := rt.method + " " + path
 			for who, authz := range denied {
 				cells++
@@ -347,17 +400,20 @@ func TestIsolationMatrix(t *testing.T) {
 			if rt.path == "/v1/ws" {
 				ghostPath += "?subscribe=all"
 			}
+			if rt.path == "/view" {
+				ghostPath += "?filename=" + ghostOf(a).imageID + ".png"
+			}
 			body := bodyFor(rt.method, rt.path)
 			if rt.method == "PUT" {
 				body = []byte("not a module")
 			}
 			r := c.do(rt.method, path, bearer(keys["tenant-b"]), body)
 			g := c.do(rt.method, ghostPath, bearer(keys["tenant-b"]), body)
-			operatorOnly := hook == "batching" || hook == "eviction" || strings.HasPrefix(rt.path, "/v1/admin")
+			operatorOnly := hook == "batching" || hook == "eviction" || rt.admin
 			ghost := ghostOf(a)
 			normalise := func(b []byte) string {
 				out := string(b)
-				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}} {
+				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}, {a.promptID, ghost.promptID}} {
 					out = strings.ReplaceAll(out, p[0], p[1])
 				}
 				return out
@@ -369,7 +425,7 @@ func TestIsolationMatrix(t *testing.T) {
 				t.Errorf("%s with another tenant's key leaks %q: %s", name, leaks(r.body), r.body)
 			case operatorOnly && r.status != http.StatusForbidden && r.status != http.StatusUnauthorized:
 				t.Errorf("%s (operator only) with a tenant's key: %d %s", name, r.status, r.body)
-			case ghostPath != path && (r.status != g.status || normalise(r.body) != string(g.body)):
+			case !operatorOnly && ghostPath != path && (r.status != g.status || normalise(r.body) != string(g.body)):
 				t.Errorf("%s with another tenant's key answers unlike for a resource nobody has (existence oracle): %d %s vs %d %s",
 					name, r.status, r.body, g.status, g.body)
 			}

@@ -17,13 +17,18 @@ const Version = 1
 // Fields added in minor N are appended at the end of a message's encoding
 // and exchanged only when the module's minor is at least N, so modules
 // built for an older minor keep working unchanged.
-const Minor = 2
+const Minor = 3
 
 // Minor versions and what they add.
 const (
 	// MinorQuality (2) adds to the quality hook the input's Locked fields
 	// and Model and the output's Reason.
 	MinorQuality = 2
+	// MinorTiers (3) adds to the eviction input what the memory manager
+	// knows: the host memory budget, and per model the bytes only it holds
+	// (models share components by content), its last offload and restore
+	// times and its queued jobs.
+	MinorTiers = 3
 )
 
 // Names of the exports and imports that make up the ABI.

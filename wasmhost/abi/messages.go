@@ -61,6 +61,15 @@ type Model struct {
 	LoadUS    uint64 `json:"load_us"` // how long it took to load
 	Pinned    bool   `json:"pinned"`
 	InUse     bool   `json:"in_use"`
+	// UniqueBytes (minor 3) is what evicting the model frees on the device:
+	// Bytes less the components it shares with other resident models.
+	UniqueBytes uint64 `json:"unique_bytes"`
+	// OffloadUS and RestoreUS (minor 3) are its last offload to host memory
+	// and restore from it (0: never measured).
+	OffloadUS uint64 `json:"offload_us"`
+	RestoreUS uint64 `json:"restore_us"`
+	// Queued (minor 3) counts queued jobs for the model.
+	Queued uint32 `json:"queued"`
 }
 
 // EvictionInput asks which models to evict to free NeededBytes.
@@ -71,6 +80,12 @@ type EvictionInput struct {
 	UsedBytes     uint64  `json:"used_bytes"`
 	HostFreeBytes uint64  `json:"host_free_bytes"` // room to offload models to host memory
 	Models        []Model `json:"models"`
+	// Tiers (minor 3) reports that the minor-3 fields below and in Models
+	// are filled (by the host, or decoded from an input that carries them).
+	Tiers bool `json:"tiers"`
+	// HostBudgetBytes (minor 3) is the host memory offloaded models may
+	// hold in all.
+	HostBudgetBytes uint64 `json:"host_budget_bytes"`
 }
 
 // Victim evicts the model at Index, offloading it to host memory when
@@ -436,8 +451,16 @@ func DecodeBatchingOutput(b []byte) (BatchingOutput, error) {
 
 // --- eviction ---
 
-// EncodeEvictionInput appends the encoding of in to dst[:0].
+// EncodeEvictionInput appends the encoding of in at minor Minor to dst[:0].
 func EncodeEvictionInput(dst []byte, in *EvictionInput) []byte {
+	return EncodeEvictionInputAt(dst, in, Minor)
+}
+
+// EncodeEvictionInputAt appends the encoding of in at a module's minor
+// version to dst[:0]: the minor-3 fields follow the models, as one flag
+// then (when in.Tiers) the host budget and per model its unique bytes,
+// offload and restore times and queued jobs.
+func EncodeEvictionInputAt(dst []byte, in *EvictionInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.U64(in.NeededBytes)
@@ -454,6 +477,19 @@ func EncodeEvictionInput(dst []byte, in *EvictionInput) []byte {
 		e.U64(m.LoadUS)
 		e.Bool(m.Pinned)
 		e.Bool(m.InUse)
+	}
+	if minor >= MinorTiers {
+		e.Bool(in.Tiers)
+		if in.Tiers {
+			e.U64(in.HostBudgetBytes)
+			for i := range in.Models {
+				m := &in.Models[i]
+				e.U64(m.UniqueBytes)
+				e.U64(m.OffloadUS)
+				e.U64(m.RestoreUS)
+				e.U32(m.Queued)
+			}
+		}
 	}
 	return e.Bytes()
 }
@@ -488,6 +524,22 @@ func DecodeEvictionInputInto(b []byte, in *EvictionInput, alias bool) error {
 		m.LoadUS = d.U64()
 		m.Pinned = d.Bool("pinned")
 		m.InUse = d.Bool("in_use")
+		m.UniqueBytes, m.OffloadUS, m.RestoreUS, m.Queued = 0, 0, 0, 0
+	}
+	in.Tiers, in.HostBudgetBytes = false, 0
+	if d.Err() == nil && d.Remaining() > 0 {
+		// Minor 3.
+		in.Tiers = d.Bool("tiers")
+		if in.Tiers {
+			in.HostBudgetBytes = d.U64()
+			for i := range in.Models {
+				m := &in.Models[i]
+				m.UniqueBytes = d.U64()
+				m.OffloadUS = d.U64()
+				m.RestoreUS = d.U64()
+				m.Queued = d.U32()
+			}
+		}
 	}
 	d.End("eviction input")
 	return d.Err()

@@ -91,6 +91,13 @@ func CheckEvictionInput(in *EvictionInput) error {
 	if len(in.Models) > MaxModels {
 		return errors.New("abi: eviction input has " + itoa(int64(len(in.Models))) + " models, limit " + itoa(MaxModels))
 	}
+	if in.Tiers {
+		for i := range in.Models {
+			if m := &in.Models[i]; m.UniqueBytes > m.Bytes {
+				return errors.New("abi: model " + quote(m.ID) + " has more unique bytes than bytes")
+			}
+		}
+	}
 	return nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 
-	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 )
@@ -56,7 +55,7 @@ func (e *Rejection) Error() string { return "node " + e.Node + ": " + e.Reason }
 // nodeModule finds the module that runs node name for tenant: the
 // built-in module for built-in names, else the tenant's active version.
 func (r *Registry) nodeModule(ctx context.Context, tenant, name string) (*wasmhost.Module, error) {
-	if _, ok := nodes.Hook(name); ok {
+	if _, ok := r.cfg.Host.Config().Natives.Hook(name); ok {
 		return r.builtinNodes, nil
 	}
 	if err := CheckName(name); err != nil {
@@ -71,7 +70,7 @@ func (r *Registry) nodeModule(ctx context.Context, tenant, name string) (*wasmho
 
 // NodeHooks returns the hooks node name implements for tenant.
 func (r *Registry) NodeHooks(ctx context.Context, tenant, name string) ([]abi.Hook, error) {
-	if h, ok := nodes.Hook(name); ok {
+	if h, ok := r.cfg.Host.Config().Natives.Hook(name); ok {
 		return []abi.Hook{h}, nil
 	}
 	m, err := r.nodeModule(ctx, tenant, name)
@@ -125,8 +124,8 @@ func (r *Registry) CheckChain(ctx context.Context, tenant string, c Chain) error
 			if !hasHook(hooks, part.hook) {
 				return fmt.Errorf("%w: %s: node %q is not a %s-processing node", ErrInvalid, field, s.Name, part.where)
 			}
-			if _, ok := nodes.Hook(s.Name); ok {
-				if err := nodes.CheckParams(s.Name, sortedParams(s.Params)); err != nil {
+			if _, ok := r.cfg.Host.Config().Natives.Hook(s.Name); ok {
+				if err := r.cfg.Host.Config().Natives.CheckParams(s.Name, sortedParams(s.Params)); err != nil {
 					return fmt.Errorf("%w: %s: %v", ErrInvalid, field, err)
 				}
 			}

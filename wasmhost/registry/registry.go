@@ -26,9 +26,6 @@ import (
 	"sync"
 	"time"
 
-	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
-	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
-	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/wasmhost"
 	"github.com/kiln-project/kiln/wasmhost/abi"
 	"github.com/kiln-project/kiln/wasmhost/conformance"
@@ -137,8 +134,13 @@ func (e *RejectedError) Error() string {
 type Config struct {
 	// Store holds modules and state (required).
 	Store Store
-	// Host runs the modules (required).
+	// Host runs the modules (required). Its Config().Natives say which
+	// node names are built in.
 	Host *wasmhost.Host
+	// BuiltinPolicies and BuiltinNodes are the modules that answer when
+	// no module is active (required; the composition root passes Kiln's
+	// embedded policies/ and nodes-wasm/ modules).
+	BuiltinPolicies, BuiltinNodes Builtin
 	// CacheDir is the conformance host's compilation cache (usually the
 	// serving host's, so that a validated module is compiled once).
 	CacheDir string
@@ -156,6 +158,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock for upload times (time.Now).
 	Now func() time.Time
+	// RetireAfter is how long a module that its slot no longer names stays
+	// open for calls in flight before it is closed (1 min).
+	RetireAfter time.Duration
+}
+
+// Builtin is an embedded module the registry loads first.
+type Builtin struct {
+	// Name is the module's name in logs and metrics.
+	Name string
+	// Wasm is the module's binary.
+	Wasm []byte
 }
 
 // Registry is safe for concurrent use.
@@ -201,6 +214,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Store == nil || cfg.Host == nil {
 		return nil, errors.New("registry: Store and Host are required")
 	}
+	if len(cfg.BuiltinPolicies.Wasm) == 0 || len(cfg.BuiltinNodes.Wasm) == 0 {
+		return nil, errors.New("registry: BuiltinPolicies and BuiltinNodes are required")
+	}
 	if cfg.MaxModuleBytes == 0 {
 		cfg.MaxModuleBytes = 16 << 20
 	}
@@ -213,11 +229,14 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	bp, err := cfg.Host.Load(ctx, wasmhost.Spec{Name: policies.BuiltinName, Label: "builtin", Kind: wasmhost.KindPolicy, Trusted: !cfg.CheckedBuiltins}, policies.Builtin())
+	if cfg.RetireAfter == 0 {
+		cfg.RetireAfter = time.Minute
+	}
+	bp, err := cfg.Host.Load(ctx, wasmhost.Spec{Name: cfg.BuiltinPolicies.Name, Label: "builtin", Kind: wasmhost.KindPolicy, Trusted: !cfg.CheckedBuiltins}, cfg.BuiltinPolicies.Wasm)
 	if err != nil {
 		return nil, fmt.Errorf("registry: built-in policies: %w", err)
 	}
-	bn, err := cfg.Host.Load(ctx, wasmhost.Spec{Name: nodeswasm.BuiltinName, Label: "builtin-nodes", Kind: wasmhost.KindNode, Trusted: !cfg.CheckedBuiltins}, nodeswasm.Builtin())
+	bn, err := cfg.Host.Load(ctx, wasmhost.Spec{Name: cfg.BuiltinNodes.Name, Label: "builtin-nodes", Kind: wasmhost.KindNode, Trusted: !cfg.CheckedBuiltins}, cfg.BuiltinNodes.Wasm)
 	if err != nil {
 		return nil, fmt.Errorf("registry: built-in nodes: %w", err)
 	}
@@ -320,7 +339,7 @@ func stateKey(sk slotKey) string {
 }
 
 // check validates a (scope, kind, name) triple for writing.
-func check(scope string, kind Kind, name string) error {
+func (r *Registry) check(scope string, kind Kind, name string) error {
 	if _, err := ParseKind(string(kind)); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -331,7 +350,7 @@ func check(scope string, kind Kind, name string) error {
 		return err
 	}
 	if kind == KindNode {
-		if _, ok := nodes.Hook(name); ok {
+		if _, ok := r.cfg.Host.Config().Natives.Hook(name); ok {
 			return fmt.Errorf("%w: %q is a built-in node", ErrForbidden, name)
 		}
 	}
@@ -375,7 +394,7 @@ type UploadRequest struct {
 // then activates it or makes it the slot's shadow as req.Mode says. A
 // module that fails returns a *RejectedError with the reasons.
 func (r *Registry) Upload(ctx context.Context, req UploadRequest) (*Version, error) {
-	if err := check(req.Scope, req.Kind, req.Name); err != nil {
+	if err := r.check(req.Scope, req.Kind, req.Name); err != nil {
 		return nil, err
 	}
 	if len(req.Wasm) > r.cfg.MaxModuleBytes {
@@ -487,8 +506,32 @@ func (r *Registry) saveLocked(ctx context.Context, sk slotKey, st *slotState) er
 	}
 	r.smu.Lock()
 	r.slots[sk] = st
+	stale := r.unreferencedLocked(sk, st)
 	r.smu.Unlock()
+	for _, m := range stale {
+		// Calls in flight may still hold the module: close it once they
+		// are long over. A later rollback loads it again from the store.
+		time.AfterFunc(r.cfg.RetireAfter, func() { _ = m.Close(context.Background()) })
+	}
 	return nil
+}
+
+// unreferencedLocked drops from the loaded modules those of the slot that
+// its new state no longer names (neither active nor shadow), so that
+// replaced versions do not stay in memory (r.smu held).
+func (r *Registry) unreferencedLocked(sk slotKey, st *slotState) []*wasmhost.Module {
+	var out []*wasmhost.Module
+	for k, m := range r.modules {
+		if k.scope != sk.scope || k.kind != sk.kind || (sk.kind == KindNode && k.ref.Name != sk.name) {
+			continue
+		}
+		if (st.Active != nil && *st.Active == k.ref) || (st.Shadow != nil && *st.Shadow == k.ref) {
+			continue
+		}
+		delete(r.modules, k)
+		out = append(out, m)
+	}
+	return out
 }
 
 func (r *Registry) versionExists(ctx context.Context, scope string, kind Kind, ref Ref) error {
@@ -542,7 +585,7 @@ func (r *Registry) activateLocked(ctx context.Context, sk slotKey, ref Ref) erro
 // Activate makes ref the active module of its slot; the previous active
 // one can be restored with Rollback.
 func (r *Registry) Activate(ctx context.Context, scope string, kind Kind, ref Ref) error {
-	if err := check(scope, kind, ref.Name); err != nil {
+	if err := r.check(scope, kind, ref.Name); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -637,7 +680,7 @@ func (r *Registry) setShadowLocked(ctx context.Context, sk slotKey, ref *Ref) er
 // but never acted on. A nil ref ends shadow mode.
 func (r *Registry) SetShadow(ctx context.Context, scope string, kind Kind, ref *Ref) error {
 	if ref != nil {
-		if err := check(scope, kind, ref.Name); err != nil {
+		if err := r.check(scope, kind, ref.Name); err != nil {
 			return err
 		}
 	}

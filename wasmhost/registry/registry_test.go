@@ -13,6 +13,8 @@ import (
 
 	"github.com/kiln-project/kiln/internal/guestbuild"
 	wb "github.com/kiln-project/kiln/internal/wasmbuild"
+	nodeswasm "github.com/kiln-project/kiln/nodes-wasm"
+	nodes "github.com/kiln-project/kiln/nodes-wasm/builtin"
 	"github.com/kiln-project/kiln/policies"
 	"github.com/kiln-project/kiln/policies/builtin"
 	"github.com/kiln-project/kiln/wasmhost"
@@ -55,12 +57,20 @@ func build(t testing.TB, pkg string) []byte {
 func newRegistry(t testing.TB, store Store) *Registry {
 	t.Helper()
 	dir := shared(t)
-	h, err := wasmhost.New(context.Background(), wasmhost.Config{CacheDir: dir, PolicyTimeout: 10 * time.Second, NodeTimeout: 20 * time.Second, Logger: quietLog})
+	// Kiln's built-ins as the composition root hands them in
+	// (app/wasmadapter.Natives and Builtins, which this package cannot import).
+	natives := wasmhost.Natives{
+		Batching: builtin.Batching, Eviction: builtin.Eviction, Quality: builtin.Quality,
+		NodeHook: nodes.Hook, NodeParams: nodes.CheckParams, NodePre: nodes.Pre, NodePost: nodes.Post,
+	}
+	h, err := wasmhost.New(context.Background(), wasmhost.Config{CacheDir: dir, PolicyTimeout: 10 * time.Second, NodeTimeout: 20 * time.Second, Logger: quietLog, Natives: natives})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r, err := New(context.Background(), Config{Store: store, Host: h, CacheDir: dir, Logger: quietLog,
-		Budgets: conformance.Budgets{PolicyCall: 5 * time.Second, NodeCall: 20 * time.Second}})
+		BuiltinPolicies: Builtin{Name: policies.BuiltinName, Wasm: policies.Builtin()},
+		BuiltinNodes:    Builtin{Name: nodeswasm.BuiltinName, Wasm: nodeswasm.Builtin()},
+		Budgets:         conformance.Budgets{PolicyCall: 5 * time.Second, NodeCall: 20 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,14 +82,7 @@ func newRegistry(t testing.TB, store Store) *Registry {
 }
 
 // firstJob is a hand-assembled batching policy that always dispatches job 0.
-func firstJob() []byte {
-	out := []byte{abi.StatusOK, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0}
-	return (&wb.Module{MemoryPages: 4, MemoryExport: abi.ExportMemory, Data: []wb.Data{{Offset: 200000, Bytes: out}}, Funcs: []wb.Func{
-		{Results: []byte{wb.I32}, Body: wb.I32Const(1), Export: abi.ExportVersion},
-		{Params: []byte{wb.I32}, Results: []byte{wb.I32}, Body: wb.I32Const(1024), Export: abi.ExportAlloc},
-		{Params: []byte{wb.I32, wb.I32}, Results: []byte{wb.I64}, Body: wb.I64Const(int64(uint64(200000)<<32 | uint64(len(out)))), Export: abi.HookBatching.Export()},
-	}}).Bytes()
-}
+func firstJob() []byte { return wb.FirstJob() }
 
 func batchingInput(n int) *abi.BatchingInput {
 	in := conformance.BatchingInputs()["64 jobs, two keys"]

@@ -98,6 +98,19 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
     assert.equal(await page.evaluate(() => document.activeElement.id), 'prompt');
   });
 
+  test('a PNG\'s generation parameters import into the form', async () => {
+    const res = await page.request.get(new URL(`/v1/images/${jobs.done}-0`, openURL()).href);
+    assert.equal(res.status(), 200);
+    const seed = (await card(page, jobs.done).locator('.seed').textContent()).replace(/\D/g, '');
+    await page.fill('#prompt', 'something else');
+    await page.fill('#steps', '30');
+    await page.setInputFiles('#import-file', { name: 'kiln.png', mimeType: 'image/png', buffer: await res.body() });
+    await page.locator('#import-note').getByText(/Settings imported from kiln\.png/).waitFor();
+    assert.equal(await page.inputValue('#prompt'), 'a red circle on a blue background');
+    assert.equal(await page.inputValue('#steps'), '10');
+    assert.equal(await page.inputValue('#seed'), seed);
+  });
+
   test('a failed job says why in plain words', async () => {
     // e2e-broken is a copy of the model with a cut-off UNet file.
     const id = await generate(page, 'a red circle on a blue background', { model: 'e2e-broken' });

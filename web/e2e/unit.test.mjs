@@ -138,3 +138,63 @@ test('failures and refusals in plain words', () => {
   assert.match(submitErrorText({ code: 'network', message: 'x' }), /could not be reached/);
   assert.ok(statusRank('succeeded') > statusRank('running') && statusRank('running') > statusRank('queued'));
 });
+
+// A PNG with text chunks, built byte by byte (CRCs included).
+function crc32(bytes) {
+  let c = ~0;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+  }
+  return ~c >>> 0;
+}
+function chunk(type, data) {
+  const out = new Uint8Array(12 + data.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, data.length);
+  out.set(new TextEncoder().encode(type), 4);
+  out.set(data, 8);
+  dv.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+  return out;
+}
+function pngWith(chunks) {
+  const parts = [new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', new Uint8Array(13)), ...chunks, chunk('IEND', new Uint8Array())];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out.buffer;
+}
+const latin1Bytes = (s) => Uint8Array.from(s, (ch) => ch.charCodeAt(0));
+
+const a1111Text = 'a red circle, (blue:1.2) square\nNegative prompt: blurry\n' +
+  'Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, Size: 768x512, Model hash: 6ce0161689, ' +
+  'Model: tiny, RNG: CPU, Lora hashes: "a: 0123, b: 4567", Version: v1.10.1';
+
+test('PNG text chunks are read (tEXt and UTF-8 iTXt)', async () => {
+  const { readPNGText } = await import('../js/pngparams.js');
+  const itxt = new Uint8Array([...latin1Bytes('comment\0\0\0\0\0'), ...new TextEncoder().encode('ünïcødé 🐈')]);
+  const texts = await readPNGText(pngWith([chunk('tEXt', latin1Bytes(`parameters\0${a1111Text}`)), chunk('iTXt', itxt)]));
+  assert.equal(texts.parameters, a1111Text);
+  assert.equal(texts.comment, 'ünïcødé 🐈');
+  await assert.rejects(readPNGText(new Uint8Array([1, 2, 3]).buffer), /not a PNG/);
+});
+
+test('A1111 parameters become form settings', async () => {
+  const { parseParameters, settingsFromParameters } = await import('../js/pngparams.js');
+  const p = parseParameters(a1111Text);
+  assert.equal(p.prompt, 'a red circle, (blue:1.2) square');
+  assert.equal(p.negative_prompt, 'blurry');
+  assert.equal(p.fields['Lora hashes'], 'a: 0123, b: 4567');
+  const samplers = [{ id: 'dpmpp_2m', label: 'DPM++ 2M' }, { id: 'dpmpp_2m_karras', label: 'DPM++ 2M Karras' }];
+  const { settings, skipped } = settingsFromParameters(p, { samplers, models: ['tiny'] });
+  assert.deepEqual(settings, {
+    prompt: 'a red circle, (blue:1.2) square', negative_prompt: 'blurry', steps: '20', guidance: '7.5', seed: '1234',
+    width: '768', height: '512', size: '768x512', sampler: 'dpmpp_2m_karras', model: 'tiny',
+  });
+  assert.deepEqual(skipped, []);
+  const other = settingsFromParameters(parseParameters('x\nSteps: 4, Sampler: Restart, CFG scale: 3, Seed: 9, Model: sdxl-base'),
+    { samplers, models: ['tiny'] });
+  assert.deepEqual(other.skipped, ['sampler Restart', 'model sdxl-base']);
+  // A prompt alone (no fields line) is all prompt.
+  assert.deepEqual(parseParameters('just a prompt, with: a colon'), { prompt: 'just a prompt, with: a colon', negative_prompt: '', fields: {} });
+});

@@ -224,6 +224,7 @@ class JobCard {
       case 'queued':
         j.status = 'queued';
         if (ev.position !== undefined) j.position = ev.position;
+        if (ev.adjustments) j.adjustments = ev.adjustments;
         this.render();
         break;
       case 'started':
@@ -447,7 +448,9 @@ class JobCard {
   renderMeta() {
     const j = this.job;
     const t = j.created_at ? new Date(j.created_at) : null;
-    this.metaEl.replaceChildren(t ? h('time', { datetime: j.created_at, title: t.toString() }, t.toLocaleString()) : '');
+    const adj = (j.adjustments ?? []).map((a) => `${a.field} ${a.from}→${a.to}`).join(', ');
+    this.metaEl.replaceChildren(t ? h('time', { datetime: j.created_at, title: t.toString() }, t.toLocaleString()) : '',
+      adj ? h('span', { class: 'job-adjusted', title: j.adjustments[0].reason ?? '' }, ` · adjusted under load: ${adj}`) : '');
   }
 
   async cancel(button) {

@@ -4,6 +4,7 @@
 // the field they concern.
 
 import { h } from './dom.js';
+import { readPNGText, parseParameters, settingsFromParameters } from './pngparams.js';
 import {
   SIZE_PRESETS, sizeLabel, effectiveLimits, defaultSize, defaultSettings, validateSettings, buildRequest, randomSeed,
 } from './format.js';
@@ -62,6 +63,23 @@ export class SettingsForm {
       this.el('seed').value = String(randomSeed());
       this.clearError('seed');
       this.save();
+    });
+    // Import from a PNG's "parameters" (AUTOMATIC1111, Forge, Kiln): the
+    // button's file picker, or a PNG dropped on the form.
+    this.el('import-png').addEventListener('click', () => this.el('import-file').click());
+    this.el('import-file').addEventListener('change', (e) => {
+      const file = e.target.files?.[0];
+      e.target.value = '';
+      if (file) this.importPNG(file);
+    });
+    form.addEventListener('dragover', (e) => {
+      if ([...(e.dataTransfer?.items ?? [])].some((i) => i.kind === 'file')) e.preventDefault();
+    });
+    form.addEventListener('drop', (e) => {
+      const file = [...(e.dataTransfer?.files ?? [])].find((f) => f.type === 'image/png' || /\.png$/i.test(f.name));
+      if (!file) return;
+      e.preventDefault();
+      this.importPNG(file);
     });
     this.el('reset').addEventListener('click', () => {
       const keep = this.read();
@@ -226,6 +244,26 @@ export class SettingsForm {
     this.save();
     this.el('prompt').focus();
     this.form.scrollIntoView({ block: 'start', behavior: 'smooth' });
+  }
+
+  /** Fills the form from a PNG's generation parameters and says what it took. */
+  async importPNG(file) {
+    const note = this.el('import-note');
+    note.hidden = false;
+    try {
+      const text = (await readPNGText(await file.arrayBuffer())).parameters;
+      if (!text) {
+        note.textContent = `${file.name} carries no generation parameters.`;
+        return;
+      }
+      const { settings, skipped } = settingsFromParameters(parseParameters(text), {
+        samplers: this.samplers ?? [], models: this.models.map((m) => m.id),
+      });
+      this.apply({ ...this.read(), ...settings });
+      note.textContent = `Settings imported from ${file.name}` + (skipped.length ? ` (not available here: ${skipped.join(', ')}).` : '.');
+    } catch (err) {
+      note.textContent = `Could not read ${file.name}: ${err.message}`;
+    }
   }
 
   /** Checks the form; returns the request body or null after showing errors. */

@@ -6,11 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kiln-project/kiln/core/backend"
-	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/tensor"
@@ -95,24 +96,25 @@ func (e *Engine) KnownComponents(path string) ([]memory.Component, bool) {
 	return hf.Components, true
 }
 
-// componentHashes returns the content hash of each component of cm, from
-// the state directory's cache when the model's files have not changed.
-func (e *Engine) componentHashes(cm *checkpoint.Model) (map[string]string, error) {
-	cacheFile, fp, hf := e.cached(cm.Path)
+// componentHashes returns the content hash of each component (by kind)
+// of the checkpoint at path, from the state directory's cache when the
+// model's files have not changed.
+func (e *Engine) componentHashes(path string, comps []family.Component) (map[string]string, error) {
+	cacheFile, fp, hf := e.cached(path)
 	if hf != nil {
 		return hf.Hashes, nil
 	}
 	hashes := map[string]string{}
-	for kind, src := range map[string]safetensors.Source{KindTextEncoder: cm.TextEncoder, KindUNet: cm.UNet, KindVAE: cm.VAE} {
-		h, err := HashSource(src)
+	for _, c := range comps {
+		h, err := HashSource(c.Weights)
 		if err != nil {
-			return nil, fmt.Errorf("%s hash: %w", kind, err)
+			return nil, fmt.Errorf("%s hash: %w", c.Kind, err)
 		}
-		hashes[kind] = h
+		hashes[c.Kind] = h
 	}
 	if cacheFile != "" {
 		// A cache that cannot be written costs a rehash next time, nothing more.
-		hf := hashFile{Fingerprint: fp, Hashes: hashes, Components: components(cm, hashes, e.be)}
+		hf := hashFile{Fingerprint: fp, Hashes: hashes, Components: components(comps, hashes, e.be)}
 		if raw, err := json.Marshal(hf); err == nil {
 			if os.MkdirAll(filepath.Dir(cacheFile), 0o755) == nil {
 				_ = writeAtomic(cacheFile, raw)
@@ -145,8 +147,8 @@ func deviceBytes(src safetensors.Source, act tensor.DType) int64 {
 	return n
 }
 
-// components describes cm's parts for the memory manager.
-func components(cm *checkpoint.Model, hashes map[string]string, be backend.Backend) []memory.Component {
+// components describes a checkpoint's parts for the memory manager.
+func components(comps []family.Component, hashes map[string]string, be backend.Backend) []memory.Component {
 	act := tensor.F32
 	if r, ok := be.(interface{ ActivationDType() tensor.DType }); ok {
 		act = r.ActivationDType()
@@ -155,11 +157,27 @@ func components(cm *checkpoint.Model, hashes map[string]string, be backend.Backe
 	if act == tensor.F16 {
 		vaeAct = tensor.BF16 // the pipeline runs the VAE on a bf16 view: same size
 	}
-	return []memory.Component{
-		{Kind: KindTextEncoder, Hash: hashes[KindTextEncoder], Bytes: deviceBytes(cm.TextEncoder, act)},
-		{Kind: KindUNet, Hash: hashes[KindUNet], Bytes: deviceBytes(cm.UNet, act)},
-		{Kind: KindVAE, Hash: hashes[KindVAE], Bytes: deviceBytes(cm.VAE, vaeAct)},
+	out := make([]memory.Component, len(comps))
+	for i, c := range comps {
+		a := act
+		if c.Codec {
+			a = vaeAct
+		}
+		out[i] = memory.Component{Kind: c.Kind, Hash: hashes[c.Kind], Bytes: deviceBytes(c.Weights, a)}
 	}
+	return out
+}
+
+// encoderHash is the content hash of a checkpoint's text encoders: one
+// encoder's own hash, several joined in order.
+func encoderHash(comps []family.Component, hashes map[string]string) string {
+	var hs []string
+	for _, c := range comps {
+		if c.TextEncoder {
+			hs = append(hs, hashes[c.Kind])
+		}
+	}
+	return strings.Join(hs, "+")
 }
 
 // Components lists the model's parts with their content hashes and device

@@ -1,6 +1,6 @@
-// Package sdengine adapts the native Stable Diffusion pipeline
-// (core/pipeline) to the worker's Engine interface: it loads checkpoints
-// on a backend for one device, routes prompt encodings through the shared
+// Package sdengine adapts the native pipeline (core/pipeline) to the
+// worker's Engine interface: it loads checkpoints of any model family
+// (core/model/families) on a backend for one device, routes prompt encodings through the shared
 // text-encoder cache, and converts requests, progress and results.
 package sdengine
 
@@ -20,7 +20,10 @@ import (
 	"github.com/kiln-project/kiln/core/backend/cpu"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/model/families"
+	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -69,15 +72,18 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var cm *checkpoint.Model
+	var cp family.Checkpoint
 	var cleanup func()
 	var err error
 	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
-		// a random-weight architecture (the registry admits these only
+		// a random-weight SD architecture (the registry admits these only
 		// when the operator enabled them)
-		cm, _, cleanup, err = bench.Synthetic(name, 1)
+		var cm *checkpoint.Model
+		if cm, _, cleanup, err = bench.Synthetic(name, 1); err == nil {
+			cp = sd.FromCheckpoint(cm)
+		}
 	} else {
-		cm, err = checkpoint.Load(m.Path, checkpoint.Options{})
+		cp, err = families.All().Open(m.Path, family.OpenOptions{})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
@@ -89,9 +95,10 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 			}
 		}()
 	}
-	hashes, err := e.componentHashes(cm)
+	comps := cp.Components()
+	hashes, err := e.componentHashes(m.Path, comps)
 	if err != nil {
-		cm.Close()
+		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	// On a backend that groups weights the model's weights can be offloaded
@@ -102,16 +109,24 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if g, ok := be.(backend.WeightGrouper); ok {
 		be, group = g.Grouped()
 	}
-	p, err := pipeline.New(be, cm)
+	md, err := cp.Build(be)
 	if err != nil {
 		if group != nil {
 			group.Close()
 		}
-		cm.Close()
+		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	hash := hashes[KindTextEncoder]
-	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(cm, hashes, e.be), adapters: newAdapters(e.lib)}
+	p, err := pipeline.New(md)
+	if err != nil {
+		if group != nil {
+			group.Close()
+		}
+		md.Close()
+		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
+	}
+	hash := encoderHash(comps, hashes)
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be), adapters: newAdapters(e.lib)}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -226,7 +241,7 @@ func request(req worker.Request) pipeline.Request {
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
-		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true,
+		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
 	}
 }
 

@@ -1,0 +1,152 @@
+// Package family is the seam between the generation pipeline and the
+// model families (SD 1.x/2.x, SDXL, …). A family lives in one folder under
+// core/model/ and implements Family: it recognises its checkpoints, reads
+// their configs and weights, builds its networks on a backend and declares
+// its defaults. core/pipeline drives any Model through this interface
+// (conditioning → denoiser → latent codec) and never asks which family it
+// holds. core/model/families lists the families Kiln serves.
+package family
+
+import (
+	"context"
+
+	"github.com/kiln-project/kiln/core/backend"
+	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/safetensors"
+)
+
+// Family is one model family.
+type Family interface {
+	// Name names the family in logs and errors ("sd" for SD 1.x/2.x).
+	Name() string
+	// Claims reports whether the checkpoint sig describes is this
+	// family's (a diffusers pipeline class, or a single file's tensors).
+	Claims(sig Signature) bool
+	// Open reads a checkpoint of the family: configs and memory-mapped
+	// weights, every tensor checked against the configs, no network
+	// built yet.
+	Open(path string, opts OpenOptions) (Checkpoint, error)
+	// Inspect returns a checkpoint's defaults as cheaply as the layout
+	// allows (a catalog lists many models and loads none).
+	Inspect(path string) (Defaults, error)
+}
+
+// OpenOptions adjust how a family reads a checkpoint.
+type OpenOptions struct {
+	// TokenizerDir is the tokenizer folder for a single-file checkpoint
+	// ("": a tokenizer/ folder beside the file).
+	TokenizerDir string
+	// Variant selects weight files such as "*.fp16.safetensors".
+	Variant string
+	// Prediction overrides the scheduler's prediction type ("epsilon",
+	// "v_prediction"; "" keeps the checkpoint's).
+	Prediction string
+}
+
+// Checkpoint is an opened checkpoint of one family.
+type Checkpoint interface {
+	// Defaults are the model's defaults, read from its configs.
+	Defaults() Defaults
+	// Components are the model's networks and their weights, text
+	// encoders first in order (content hashes of those key the
+	// text-encoder cache), for hashing, memory accounting and offload.
+	Components() []Component
+	// Build builds the networks on be. The Model owns the checkpoint
+	// from then on (its Close closes it); on error the checkpoint stays
+	// the caller's.
+	Build(be backend.Backend) (Model, error)
+	// Close releases the checkpoint's files.
+	Close() error
+}
+
+// Component is one network of a checkpoint.
+type Component struct {
+	// Kind names it as diffusers' folders do: "text_encoder",
+	// "text_encoder_2", "unet", "transformer", "vae".
+	Kind string
+	// Weights are its tensors.
+	Weights safetensors.Source
+	// TextEncoder marks a text encoder.
+	TextEncoder bool
+	// Codec marks the latent codec, which runs on a bf16 view of a
+	// backend whose activations are fp16 (fp16 overflows there).
+	Codec bool
+}
+
+// Guidance is how a family's denoiser is guided.
+type Guidance int
+
+const (
+	// GuidanceCFG is classifier-free guidance: an unconditional and a
+	// conditional evaluation per image, mixed by the guidance scale.
+	GuidanceCFG Guidance = iota
+)
+
+// Defaults are what a family declares about one model.
+type Defaults struct {
+	// Width and Height are the native image size in pixels.
+	Width, Height int
+	// Factor is the latent codec's downsampling factor: image sides must
+	// divide by it.
+	Factor int
+	// LatentChannels is the number of latent channels.
+	LatentChannels int
+	// ContextDim is the width of the hidden states Model.Encode returns.
+	ContextDim int
+	// Guidance is the guidance style.
+	Guidance Guidance
+	// LatentRGB maps latents to RGB for previews (nil: none).
+	LatentRGB *LatentRGB
+	// SchedulerConfig is the diffusers scheduler_config.json.
+	SchedulerConfig []byte
+}
+
+// Model is a built model of some family: its conditioning, denoiser and
+// latent codec. It is not safe for concurrent use (its backend is not).
+type Model interface {
+	// Defaults returns the model's defaults.
+	Defaults() Defaults
+	// Encode encodes one prompt with every text encoder of the model:
+	// hidden states (1, Length, ContextDim) — several encoders'
+	// concatenated along the width — and the pooled output when the
+	// family uses one.
+	Encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error)
+	// Extra returns the extra conditioning of one image of the given size
+	// (such as SDXL's micro-conditioning), nil when the family has none.
+	Extra(width, height int) []float32
+	// Denoise runs the denoiser once over a batch whose rows each carry
+	// their own timestep and conditioning, and returns the model output
+	// (the shape of in.X).
+	Denoise(ctx context.Context, in DenoiseInput) ([]float32, error)
+	// EncodeImage encodes (N, 3, H, W) pixels in [-1, 1] to the latent
+	// posterior's mean and log-variance (not yet in the denoiser's scale).
+	EncodeImage(ctx context.Context, pixels []float32, shape [4]int) (mean, logvar []float32, latentShape [4]int, err error)
+	// DecodeLatents decodes latents in the codec's scale to (N, 3, H, W)
+	// pixels in [-1, 1].
+	DecodeLatents(ctx context.Context, latents []float32, shape [4]int) (pixels []float32, pixelShape [4]int, err error)
+	// ToDenoiser maps codec latents to the denoiser's scale in place;
+	// FromDenoiser maps them back.
+	ToDenoiser(latents []float32, shape [4]int) error
+	FromDenoiser(latents []float32, shape [4]int) error
+	// Close releases the model's weights and files.
+	Close() error
+}
+
+// DenoiseInput is one denoiser call.
+type DenoiseInput struct {
+	// X is the (rows, C, H, W) latent batch, already scaled for the
+	// sampler's model input.
+	X     []float32
+	Shape [4]int
+	// Timesteps holds one model timestep per row.
+	Timesteps []float32
+	// Context is (rows, ContextLen, ContextDim) hidden states.
+	Context    []float32
+	ContextLen int
+	// Pooled is (rows, pooled width) when the family uses pooled text
+	// outputs, else nil.
+	Pooled []float32
+	// Extra is (rows, extra width) when the family has extra
+	// conditioning, else nil.
+	Extra []float32
+}
