@@ -68,6 +68,8 @@ type segment struct {
 // rowAdapter adds each row's low-rank updates to a layer's output.
 type rowAdapter struct {
 	segs []segment
+	// reference computes on the host, row by row (the tests' reference).
+	reference bool
 }
 
 // Install puts per-row adapters for namespace ns on t, following the batch
@@ -76,6 +78,11 @@ type rowAdapter struct {
 // uses' text-encoder weight instead of the denoiser weight. Installing on
 // a model that is running, or twice without removing, is the caller's bug.
 func Install(t Target, ns string, rows []Rows, text bool) (remove func(), err error) {
+	return install(t, ns, rows, text, false)
+}
+
+// install is Install, computing on the host when reference is set.
+func install(t Target, ns string, rows []Rows, text, reference bool) (remove func(), err error) {
 	byModule := map[string]*rowAdapter{}
 	var order []string
 	for _, r := range rows {
@@ -98,7 +105,7 @@ func Install(t Target, ns string, rows []Rows, text bool) (remove func(), err er
 		for mod, terms := range perModule {
 			a := byModule[mod]
 			if a == nil {
-				a = &rowAdapter{}
+				a = &rowAdapter{reference: reference}
 				byModule[mod] = a
 				order = append(order, mod)
 			}
@@ -119,27 +126,130 @@ func Install(t Target, ns string, rows []Rows, text bool) (remove func(), err er
 	return remove, nil
 }
 
-// Adapt adds the updates. When one range covers the whole batch the update
-// runs as backend ops (two thin products per LoRA: x·Downᵀ, then ·Upᵀ),
-// which every backend computes on its device. Rows with different sets
-// take the reference path on the host.
+// Adapt adds the updates with backend ops, so they stay on the device.
+// A factor whose rows all share one scale (every row of the batch uses the
+// same LoRA at the same weight) runs as two thin products over the batch
+// (x·Downᵀ, then ·Upᵀ). Otherwise its rows are gathered, the products run
+// on them alone, and the results are scattered back scaled per row (see
+// gatherRows): rows of different jobs get different LoRAs in one batch.
 //
-// TODO(lora): a segmented (grouped) low-rank GEMM kernel on the CUDA
-// backend for mixed batches, so they stay on the device.
+// TODO(lora): a grouped low-rank GEMM kernel on the CUDA backend that
+// takes every factor's row segments in one launch instead of a gather,
+// two products and a scatter per factor.
 func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backend.Conv2DParams) *tensor.Tensor {
+	if a.reference {
+		return a.host(be, x, y, conv)
+	}
 	rows := x.Shape()[0]
-	if len(a.segs) == 1 && a.segs[0].from == 0 && a.segs[0].to >= rows {
-		for _, t := range a.segs[0].terms {
-			y = addOps(be, x, y, t, conv)
+	type use struct {
+		f      *Factor
+		scales []float32 // per row, 0: not used
+	}
+	var uses []*use
+	byFactor := map[*Factor]*use{}
+	for _, sg := range a.segs {
+		for _, t := range sg.terms {
+			u := byFactor[t.f]
+			if u == nil {
+				u = &use{f: t.f, scales: make([]float32, rows)}
+				byFactor[t.f] = u
+				uses = append(uses, u)
+			}
+			for b := sg.from; b < min(sg.to, rows); b++ {
+				u.scales[b] += t.s
+			}
 		}
+	}
+	for _, u := range uses {
+		if uniform(u.scales) {
+			y = addOps(be, x, y, term{f: u.f, s: u.scales[0]}, conv)
+			continue
+		}
+		y = addRows(be, x, y, u.f, u.scales, conv)
+	}
+	return y
+}
+
+// uniform reports whether every row has the same, non-zero scale.
+func uniform(s []float32) bool {
+	for _, v := range s {
+		if v != s[0] {
+			return false
+		}
+	}
+	return s[0] != 0
+}
+
+// addRows adds s_b·up(down(x_b)) to the rows b with a non-zero scale.
+func addRows(be backend.Backend, x, y *tensor.Tensor, f *Factor, scales []float32, conv *backend.Conv2DParams) *tensor.Tensor {
+	rows := len(scales)
+	var idx []int
+	for b, s := range scales {
+		if s != 0 {
+			idx = append(idx, b)
+		}
+	}
+	if len(idx) == 0 {
 		return y
 	}
-	return a.host(be, x, y, conv)
+	n := len(idx)
+	// gather (n, rows): row i picks x row idx[i]; scatter (rows, n): puts
+	// result row i at idx[i], scaled
+	gather := make([]float32, n*rows)
+	scatter := make([]float32, rows*n)
+	for i, b := range idx {
+		gather[i*rows+b] = 1
+		scatter[b*n+i] = scales[b]
+	}
+	g := be.Upload(tensor.Shape{n, rows}, tensor.F32, f32Bytes(gather))
+	sc := be.Upload(tensor.Shape{rows, n}, tensor.F32, f32Bytes(scatter))
+	xs := mixRows(be, x, g)
+	d := deltaOps(be, xs, f, conv)
+	be.Free(xs)
+	dy := mixRows(be, d, sc)
+	be.Free(d, g, sc)
+	out := be.Add(y, dy)
+	be.Free(y, dy)
+	return out
+}
+
+// mixRows returns m·x over the first dimension: x (B, ...) and m (B', B)
+// give (B', ...). It moves the batch dimension last (x as the image
+// (1, B, M, 1) turned into tokens (1, M, B)), applies m as a linear layer
+// and moves it back, all with backend ops; with 0/1 entries it gathers
+// rows exactly.
+func mixRows(be backend.Backend, x, m *tensor.Tensor) *tensor.Tensor {
+	sh := x.Shape()
+	rows, out := sh[0], m.Shape()[0]
+	per := x.Numel() / rows
+	img := be.Reshape(x, tensor.Shape{1, rows, per, 1})
+	tok := be.ImageToTokens(img)
+	be.Free(img)
+	mixed := be.Linear(tok, m, nil)
+	be.Free(tok)
+	back := be.TokensToImage(mixed, per, 1)
+	be.Free(mixed)
+	osh := sh.Clone()
+	osh[0] = out
+	res := be.Reshape(back, osh)
+	be.Free(back)
+	return res
 }
 
 // addOps returns y + s·up(down(x)) computed with backend ops; y is freed.
 func addOps(be backend.Backend, x, y *tensor.Tensor, t term, conv *backend.Conv2DParams) *tensor.Tensor {
-	dn, up := t.f.uploaded(be)
+	d := deltaOps(be, x, t.f, conv)
+	if t.s != 1 {
+		d = nn.Swap(be, d, be.Scale(d, t.s))
+	}
+	out := be.Add(y, d)
+	be.Free(y, d)
+	return out
+}
+
+// deltaOps returns up(down(x)) (unscaled).
+func deltaOps(be backend.Backend, x *tensor.Tensor, f *Factor, conv *backend.Conv2DParams) *tensor.Tensor {
+	dn, up := f.uploaded(be)
 	var h, d *tensor.Tensor
 	if conv != nil {
 		h = be.Conv2D(x, dn, nil, *conv)
@@ -149,12 +259,7 @@ func addOps(be backend.Backend, x, y *tensor.Tensor, t term, conv *backend.Conv2
 		d = be.Linear(h, up, nil)
 	}
 	be.Free(h)
-	if t.s != 1 {
-		d = nn.Swap(be, d, be.Scale(d, t.s))
-	}
-	out := be.Add(y, d)
-	be.Free(y, d)
-	return out
+	return d
 }
 
 // host computes the updates of every covered row on the host.

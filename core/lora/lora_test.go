@@ -103,10 +103,30 @@ func (m *toyModel) forward(be backend.Backend, xl, xc []float32, rows int) (lin,
 }
 
 // dense computes the layers with merged weights W + s·Up·Down on the host.
-func dense(t *testing.T, be backend.Backend, m *toyModel, l *LoRA, w float32, xl, xc []float32) (lin, conv []float32) {
+func dense(t *testing.T, be backend.Backend, m *toyModel, uses []Use, xl, xc []float32) (lin, conv []float32) {
 	t.Helper()
 	W := be.ToFloat32(m.lin.W.T)
 	b := be.ToFloat32(m.lin.B.T)
+	C := be.ToFloat32(m.conv.W.T)
+	for _, u := range uses {
+		merge(u.LoRA, u.UNet, W, C)
+	}
+	for p := 0; p < 2; p++ {
+		for o := 0; o < 6; o++ {
+			s := b[o]
+			for i := 0; i < 5; i++ {
+				s += W[o*5+i] * xl[p*5+i]
+			}
+			lin = append(lin, s)
+		}
+	}
+	cw := be.Upload(tensor.Shape{4, 3, 3, 3}, tensor.F32, f32Bytes(C))
+	out := be.Conv2D(be.FromFloat32(tensor.Shape{1, 3, 4, 4}, xc), cw, m.conv.B.T, backend.SymmetricPad(1, 1))
+	return lin, be.ToFloat32(out)
+}
+
+// merge adds w·Scale·Up·Down of l's factors to the toy weights W and C.
+func merge(l *LoRA, w float32, W, C []float32) {
 	for _, f := range l.Factors[UNet] {
 		if f.Module != "blk.lin" {
 			continue
@@ -121,16 +141,6 @@ func dense(t *testing.T, be backend.Backend, m *toyModel, l *LoRA, w float32, xl
 			}
 		}
 	}
-	for p := 0; p < 2; p++ {
-		for o := 0; o < 6; o++ {
-			s := b[o]
-			for i := 0; i < 5; i++ {
-				s += W[o*5+i] * xl[p*5+i]
-			}
-			lin = append(lin, s)
-		}
-	}
-	C := be.ToFloat32(m.conv.W.T)
 	for _, f := range l.Factors[UNet] {
 		if f.Module != "blk.conv" {
 			continue
@@ -145,9 +155,6 @@ func dense(t *testing.T, be backend.Backend, m *toyModel, l *LoRA, w float32, xl
 			}
 		}
 	}
-	cw := be.Upload(tensor.Shape{4, 3, 3, 3}, tensor.F32, f32Bytes(C))
-	out := be.Conv2D(be.FromFloat32(tensor.Shape{1, 3, 4, 4}, xc), cw, m.conv.B.T, backend.SymmetricPad(1, 1))
-	return lin, be.ToFloat32(out)
 }
 
 func TestParseLayouts(t *testing.T) {
@@ -235,7 +242,7 @@ func TestMixedRows(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(5, 5))
 	xl, xc := randVec(r, 3*2*5), randVec(r, 3*3*16)
-	uses := [][]Use{{{Name: "a", LoRA: a, UNet: 0.5}}, {{Name: "b", LoRA: b, UNet: 1}}, nil}
+	uses := [][]Use{{{Name: "a", LoRA: a, UNet: 0.5}}, {{Name: "b", LoRA: b, UNet: 1}, {Name: "a", LoRA: a, UNet: -0.25}}, nil}
 	var rows []Rows
 	for i, u := range uses {
 		rows = append(rows, Rows{From: i, To: i + 1, Uses: u})
@@ -246,6 +253,16 @@ func TestMixedRows(t *testing.T) {
 	}
 	gl, gc := m.forward(be, xl, xc, 3)
 	remove()
+	// the host reference, row by row, agrees with the gathered ops
+	remove, err = install(m, UNet, rows, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, hc := m.forward(be, xl, xc, 3)
+	remove()
+	if d := max(maxDiff(gl, hl), maxDiff(gc, hc)); d > 1e-5 {
+		t.Errorf("gathered rows differ from the host reference by %g", d)
+	}
 	for i, u := range uses {
 		rm, err := Install(m, UNet, []Rows{{From: 0, To: 1, Uses: u}}, false)
 		if err != nil {
@@ -259,11 +276,7 @@ func TestMixedRows(t *testing.T) {
 		if d := maxDiff(gc[i*64:(i+1)*64], oc); d > 1e-5 {
 			t.Errorf("row %d conv: mixed batch differs from alone by %g", i, d)
 		}
-		l, w := &LoRA{}, float32(0)
-		if u != nil {
-			l, w = u[0].LoRA, u[0].UNet
-		}
-		dl, dc := dense(t, be, m, l, w, xl[i*10:(i+1)*10], xc[i*48:(i+1)*48])
+		dl, dc := dense(t, be, m, u, xl[i*10:(i+1)*10], xc[i*48:(i+1)*48])
 		if d := maxDiff(ol, dl); d > 1e-4 {
 			t.Errorf("row %d linear: differs from merged weights by %g", i, d)
 		}
