@@ -175,6 +175,10 @@ func (m *Model) Encode(ctx context.Context, text, text2 string, opts conditionin
 
 // encode is Encode with at least minChunks chunks.
 func (m *Model) encode(ctx context.Context, text, text2 string, opts conditioning.Options, minChunks int) (Conditioning, error) {
+	if len(opts.Embeddings) > 0 {
+		// TODO(lora): inject clip_l/clip_g vectors per encoder
+		return Conditioning{}, fmt.Errorf("sdxl: textual-inversion embeddings are not supported for SDXL yet")
+	}
 	if text2 == "" || m.te1 == nil {
 		text2 = text
 	}
