@@ -337,3 +337,57 @@ func TestParseEmbedding(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func (m *toyModel) Weight(name string) *tensor.Tensor { return m.ws.Tensor(name + ".weight") }
+
+func (m *toyModel) SetWeight(name string, t *tensor.Tensor) bool {
+	return m.ws.SetTensor(name+".weight", t)
+}
+
+// TestMerge checks merged weights against the unmerged update, the
+// convolution factors handed back, and the weights restored after.
+func TestMerge(t *testing.T) {
+	be := cpu.New()
+	m := newToy(t, be)
+	a, err := Parse(kohyaFile(t, 3, 2, 1), m.modules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse(peftFile(t, 4, 3), m.modules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(6, 6))
+	xl, xc := randVec(r, 2*2*5), randVec(r, 2*3*16)
+	uses := []Use{{Name: "a", LoRA: a, UNet: 0.5}, {Name: "b", LoRA: b, UNet: -1}}
+	base, _ := m.forward(be, xl, xc, 2)
+	remove, err := Install(m, UNet, []Rows{{From: 0, To: 2, Uses: uses}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl, wc := m.forward(be, xl, xc, 2)
+	remove()
+	restore, rest, err := Merge(be, m, UNet, uses, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 2 || rest[0].LoRA.Count() != 1 || rest[0].UNet != 0.5 {
+		t.Fatalf("conv factors handed back: %+v", rest)
+	}
+	remove, err = Install(m, UNet, []Rows{{From: 0, To: 2, Uses: rest}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl, gc := m.forward(be, xl, xc, 2)
+	remove()
+	restore()
+	if d := max(maxDiff(gl, wl), maxDiff(gc, wc)); d > 1e-5 {
+		t.Errorf("merged differs from unmerged by %g", d)
+	}
+	if d := maxDiff(gl, base); d < 1e-3 {
+		t.Errorf("merging changed nothing (%g)", d)
+	}
+	if bl, _ := m.forward(be, xl, xc, 2); maxDiff(bl, base) != 0 {
+		t.Error("restore did not put the weights back")
+	}
+}

@@ -61,3 +61,23 @@ func adapt(be backend.Backend, w *Weight, x, y *tensor.Tensor, conv *backend.Con
 	}
 	return w.Adapter.Adapt(be, x, y, conv)
 }
+
+// Tensor returns the uploaded tensor of the weight name ("<module>.weight"
+// etc.), or nil when there is no such weight.
+func (w *Weights) Tensor(name string) *tensor.Tensor {
+	if wt, ok := w.set.byName[name]; ok {
+		return wt.T
+	}
+	return nil
+}
+
+// SetTensor replaces the uploaded tensor of the weight name (merging a
+// LoRA into it); it reports whether the weight exists. The caller keeps
+// the old tensor to put it back.
+func (w *Weights) SetTensor(name string, t *tensor.Tensor) bool {
+	wt, ok := w.set.byName[name]
+	if ok {
+		wt.T = t
+	}
+	return ok
+}
