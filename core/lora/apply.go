@@ -70,6 +70,8 @@ type rowAdapter struct {
 	segs []segment
 	// reference computes on the host, row by row (the tests' reference).
 	reference bool
+	// maxMix overrides the constant maxMix (tests); 0: the constant.
+	maxMix int
 }
 
 // Install puts per-row adapters for namespace ns on t, following the batch
@@ -78,11 +80,11 @@ type rowAdapter struct {
 // uses' text-encoder weight instead of the denoiser weight. Installing on
 // a model that is running, or twice without removing, is the caller's bug.
 func Install(t Target, ns string, rows []Rows, text bool) (remove func(), err error) {
-	return install(t, ns, rows, text, false)
+	return install(t, ns, rows, text, rowAdapter{})
 }
 
-// install is Install, computing on the host when reference is set.
-func install(t Target, ns string, rows []Rows, text, reference bool) (remove func(), err error) {
+// install is Install with the adapters' settings taken from proto.
+func install(t Target, ns string, rows []Rows, text bool, proto rowAdapter) (remove func(), err error) {
 	byModule := map[string]*rowAdapter{}
 	var order []string
 	for _, r := range rows {
@@ -105,7 +107,7 @@ func install(t Target, ns string, rows []Rows, text, reference bool) (remove fun
 		for mod, terms := range perModule {
 			a := byModule[mod]
 			if a == nil {
-				a = &rowAdapter{reference: reference}
+				a = &rowAdapter{reference: proto.reference, maxMix: proto.maxMix}
 				byModule[mod] = a
 				order = append(order, mod)
 			}
@@ -165,7 +167,11 @@ func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backen
 			y = addOps(be, x, y, term{f: u.f, s: u.scales[0]}, conv)
 			continue
 		}
-		y = addRows(be, x, y, u.f, u.scales, conv)
+		limit := maxMix
+		if a.maxMix > 0 {
+			limit = a.maxMix
+		}
+		y = addRows(be, x, y, u.f, u.scales, conv, limit)
 	}
 	return y
 }
@@ -180,9 +186,22 @@ func uniform(s []float32) bool {
 	return s[0] != 0
 }
 
-// addRows adds s_b·up(down(x_b)) to the rows b with a non-zero scale.
-func addRows(be backend.Backend, x, y *tensor.Tensor, f *Factor, scales []float32, conv *backend.Conv2DParams) *tensor.Tensor {
+// maxMix is the most elements per row that mixRows moves at once: the
+// CUDA backend's transpose launches one block row per 32 of them, and a
+// grid has at most 65535 block rows.
+const maxMix = 65535 * 32
+
+// addRows adds s_b·up(down(x_b)) to the rows b with a non-zero scale:
+// gathering those rows, running the products on them alone and scattering
+// the results back scaled. Where a row of the input or the output is too
+// large to mix at once (maxMix), the products run on every row and the
+// rank-sized intermediate is scaled per row instead (zero for rows without
+// the factor).
+func addRows(be backend.Backend, x, y *tensor.Tensor, f *Factor, scales []float32, conv *backend.Conv2DParams, limit int) *tensor.Tensor {
 	rows := len(scales)
+	if x.Numel()/rows > limit || y.Numel()/rows > limit {
+		return addMasked(be, x, y, f, scales, conv)
+	}
 	var idx []int
 	for b, s := range scales {
 		if s != 0 {
@@ -210,6 +229,35 @@ func addRows(be backend.Backend, x, y *tensor.Tensor, f *Factor, scales []float3
 	be.Free(d, g, sc)
 	out := be.Add(y, dy)
 	be.Free(y, dy)
+	return out
+}
+
+// addMasked is addRows computing the products on every row, with the
+// rank-sized intermediate scaled per row.
+func addMasked(be backend.Backend, x, y *tensor.Tensor, f *Factor, scales []float32, conv *backend.Conv2DParams) *tensor.Tensor {
+	rows := len(scales)
+	diag := make([]float32, rows*rows)
+	for b, s := range scales {
+		diag[b*rows+b] = s
+	}
+	dm := be.Upload(tensor.Shape{rows, rows}, tensor.F32, f32Bytes(diag))
+	dn, up := f.uploaded(be)
+	var h, d *tensor.Tensor
+	if conv != nil {
+		h = be.Conv2D(x, dn, nil, *conv)
+	} else {
+		h = be.Linear(x, dn, nil)
+	}
+	hs := mixRows(be, h, dm)
+	be.Free(h, dm)
+	if conv != nil {
+		d = be.Conv2D(hs, up, nil, backend.SymmetricPad(1, 0))
+	} else {
+		d = be.Linear(hs, up, nil)
+	}
+	be.Free(hs)
+	out := be.Add(y, d)
+	be.Free(y, d)
 	return out
 }
 

@@ -253,15 +253,18 @@ func TestMixedRows(t *testing.T) {
 	}
 	gl, gc := m.forward(be, xl, xc, 3)
 	remove()
-	// the host reference, row by row, agrees with the gathered ops
-	remove, err = install(m, UNet, rows, false, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, hc := m.forward(be, xl, xc, 3)
-	remove()
-	if d := max(maxDiff(gl, hl), maxDiff(gc, hc)); d > 1e-5 {
-		t.Errorf("gathered rows differ from the host reference by %g", d)
+	// the host reference, row by row, and the masked path (rows too large
+	// to gather) agree with the gathered ops
+	for _, proto := range []rowAdapter{{reference: true}, {maxMix: 4}} {
+		remove, err = install(m, UNet, rows, false, proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hl, hc := m.forward(be, xl, xc, 3)
+		remove()
+		if d := max(maxDiff(gl, hl), maxDiff(gc, hc)); d > 1e-5 {
+			t.Errorf("%+v: rows differ from the gathered ops by %g", proto, d)
+		}
 	}
 	for i, u := range uses {
 		rm, err := Install(m, UNet, []Rows{{From: 0, To: 1, Uses: u}}, false)
