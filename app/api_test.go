@@ -14,11 +14,11 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/app"
+	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/gateway/api"
 	"github.com/kiln-project/kiln/gateway/openai"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/server/config"
-	"github.com/kiln-project/kiln/server/pngtext"
 )
 
 func TestJobLifecycleAndImages(t *testing.T) {
@@ -56,13 +56,13 @@ func TestJobLifecycleAndImages(t *testing.T) {
 	if err != nil || img.Bounds().Dx() != 64 {
 		t.Fatalf("png: %v", err)
 	}
-	txt, err := pngtext.Read(ir.body)
+	txt, err := imageio.ReadParameters(bytes.NewReader(ir.body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, Seed: 1234, Size: 64x64, Model hash: "
-	if !strings.HasPrefix(txt["parameters"], want) {
-		t.Fatalf("parameters chunk %q, want prefix %q", txt["parameters"], want)
+	if !strings.HasPrefix(txt, want) {
+		t.Fatalf("parameters chunk %q, want prefix %q", txt, want)
 	}
 
 	// Listing: newest first, paginated, filtered by status.

@@ -13,8 +13,9 @@ import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/model/clip"
-	"github.com/kiln-project/kiln/core/model/sd"
+	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/pipeline"
@@ -158,9 +159,18 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	defer cleanup()
-	// The suite times SD components (loadComponents), so it builds the SD
-	// family directly rather than through the family registry.
-	md, err := sd.FromCheckpoint(m).Build(be)
+	// The suite times SD components (loadComponents), so it builds the
+	// family directly rather than through the family registry; SDXL is
+	// timed end to end only.
+	var md family.Model
+	if m.Family == checkpoint.FamilySDXL && (opts.Components || opts.Profile) {
+		m.Close()
+		return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time SDXL end to end (--components=false)", name)
+	}
+	cp, err := families.FromCheckpoint(m)
+	if err == nil {
+		md, err = cp.Build(be)
+	}
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("bench: %s: %w", name, err)

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/tokenizer"
 	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/internal/fixtures"
@@ -57,6 +60,54 @@ func TestRunFixtureOnCPU(t *testing.T) {
 
 // TestSyntheticModels builds each synthetic architecture's description
 // without generating weights, and checks the byte tokenizer.
+// TestSyntheticSDXL: the synthetic SDXL base and refiner hold every tensor
+// their published configs need, with the right shapes (building them would
+// take ~10 GB on the CPU backend, so the check is against the layouts).
+func TestSyntheticSDXL(t *testing.T) {
+	for _, name := range []string{"sdxl", "sdxl-refiner@768"} {
+		m, size, cleanup, err := Synthetic(name, 1)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer cleanup()
+		if want := map[string]int{"sdxl": 1024, "sdxl-refiner@768": 768}[name]; size != want || m.Family != checkpoint.FamilySDXL {
+			t.Errorf("%s: size %d family %q", name, size, m.Family)
+		}
+		ul, err := checkpoint.ParseUNetLayout(m.UNetConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(what string, src safetensors.Source, want []checkpoint.TensorSpec) {
+			t.Helper()
+			if n := len(src.Names()); n != len(want) {
+				t.Errorf("%s %s: %d tensors, want %d", name, what, n, len(want))
+			}
+			for _, w := range want {
+				info, ok := src.Info(w.Name)
+				if !ok || !slices.Equal(info.Shape, w.Shape) {
+					t.Fatalf("%s %s: %s is %v, want %v", name, what, w.Name, info.Shape, w.Shape)
+				}
+			}
+		}
+		check("unet", m.UNet, ul.ExpectedTensors())
+		t2, err := checkpoint.ParseTextLayout(m.TextEncoder2Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("text_encoder_2", m.TextEncoder2, t2.ExpectedTensors())
+		if m.TextEncoder != nil {
+			t1, err := checkpoint.ParseTextLayout(m.TextEncoderConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check("text_encoder", m.TextEncoder, t1.ExpectedTensors())
+		}
+		if (m.TextEncoder == nil) != strings.HasPrefix(name, "sdxl-refiner") {
+			t.Errorf("%s: first text encoder present %v", name, m.TextEncoder != nil)
+		}
+	}
+}
+
 func TestSyntheticModels(t *testing.T) {
 	for _, name := range []string{"sd15", "sd15@768", "sd21"} {
 		m, size, cleanup, err := Synthetic(name, 1)
@@ -79,7 +130,7 @@ func TestSyntheticModels(t *testing.T) {
 		}
 		cleanup()
 	}
-	for _, bad := range []string{"sdxl", "sd15@100", "sd15@x"} {
+	for _, bad := range []string{"sdxl2", "sd15@100", "sd15@x", "sdxl@100"} {
 		if _, _, _, err := Synthetic(bad, 1); err == nil {
 			t.Errorf("%s: want an error", bad)
 		}

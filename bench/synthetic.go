@@ -42,13 +42,17 @@ const eulerSchedulerConfig = `{
   "timestep_spacing": "leading", "trained_betas": null, "use_karras_sigmas": false
 }`
 
-// Synthetic builds a random-weight model for name ("sd15", optionally
-// "sd15@768" for the image side): SD 1.5's text encoder, UNet and VAE with
-// fp16 weights generated on demand, an Euler scheduler, and a byte-level
-// tokenizer written to a temporary folder. It returns the model, the image
-// side to benchmark at, and a cleanup function.
+// Synthetic builds a random-weight model for name ("sd15", "sd21", "sdxl",
+// "sdxl-refiner", optionally "@SIZE" for the image side): the published
+// architecture's text encoders, UNet and VAE with fp16 weights generated on
+// demand, an Euler scheduler, and a byte-level tokenizer written to a
+// temporary folder. It returns the model, the image side to benchmark at,
+// and a cleanup function.
 func Synthetic(name string, seed uint64) (*checkpoint.Model, int, func(), error) {
 	arch, sizeStr, _ := strings.Cut(name, "@")
+	if arch == "sdxl" || arch == "sdxl-refiner" {
+		return syntheticSDXL(arch == "sdxl-refiner", sizeStr, seed)
+	}
 	size := 512
 	if sizeStr != "" {
 		n, err := strconv.Atoi(sizeStr)
@@ -67,7 +71,7 @@ func Synthetic(name string, seed uint64) (*checkpoint.Model, int, func(), error)
 			size = 768
 		}
 	default:
-		return nil, 0, nil, fmt.Errorf("bench: unknown synthetic model %q (have sd15, sd15@SIZE, sd21)", name)
+		return nil, 0, nil, fmt.Errorf("bench: unknown synthetic model %q (have sd15, sd21, sdxl, sdxl-refiner, each optionally @SIZE)", name)
 	}
 	teCfg := []byte(sd15TextEncoderConfig)
 	if arch == "sd21" {
@@ -125,6 +129,75 @@ func Synthetic(name string, seed uint64) (*checkpoint.Model, int, func(), error)
 		TextEncoderConfig: teCfg, UNetConfig: unetCfg, VAEConfig: modeltest.SDVAEConfig(),
 		SchedulerConfig: []byte(eulerSchedulerConfig),
 		TextEncoder:     tsrc, UNet: usrc, VAE: vsrc,
+	}
+	return m, size, cleanup, nil
+}
+
+// syntheticSDXL is Synthetic for SDXL 1.0's base or refiner (1024 pixels
+// unless sizeStr says otherwise).
+func syntheticSDXL(refiner bool, sizeStr string, seed uint64) (*checkpoint.Model, int, func(), error) {
+	size := 1024
+	if sizeStr != "" {
+		n, err := strconv.Atoi(sizeStr)
+		if err != nil || n < 64 || n%64 != 0 {
+			return nil, 0, nil, fmt.Errorf("bench: synthetic sdxl@%s: size must be a multiple of 64", sizeStr)
+		}
+		size = n
+	}
+	unetCfg := modeltest.SDXLUNetConfig()
+	if refiner {
+		unetCfg = modeltest.SDXLRefinerUNetConfig()
+	}
+	ucfg, err := unet.ParseConfig(unetCfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	uinfos, err := unet.ExpectedTensors(ucfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	vcfg, err := vae.ParseConfig(modeltest.SDXLVAEConfig())
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	vinfos, err := vae.ExpectedTensors(vcfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	m := &checkpoint.Model{
+		Path: SyntheticPrefix + "sdxl", Layout: checkpoint.LayoutDiffusers, Family: checkpoint.FamilySDXL,
+		UNetConfig: unetCfg, VAEConfig: modeltest.SDXLVAEConfig(), SchedulerConfig: checkpoint.SDXLSchedulerConfig("epsilon"),
+		TextEncoder2Config: modeltest.SDXLTextEncoder2Config(), ForceZerosForEmptyPrompt: !refiner, RequiresAestheticsScore: refiner,
+	}
+	if m.UNet, err = modeltest.NewRandom(uinfos, seed, "F16"); err != nil {
+		return nil, 0, nil, err
+	}
+	if m.VAE, err = modeltest.NewRandom(vinfos, seed+1, "F16"); err != nil {
+		return nil, 0, nil, err
+	}
+	// OpenCLIP ViT-bigG with its projection (1280 wide, 32 layers).
+	te2 := append(clipTensors(1280, 5120, 32), safetensors.TensorInfo{Name: "text_projection.weight", DType: "F16", Shape: []int{1280, 1280}})
+	if m.TextEncoder2, err = modeltest.NewRandom(te2, seed+2, "F16"); err != nil {
+		return nil, 0, nil, err
+	}
+	if !refiner { // CLIP ViT-L
+		m.TextEncoderConfig = modeltest.SDXLTextEncoderConfig()
+		if m.TextEncoder, err = modeltest.NewRandom(clipTensors(768, 3072, 12), seed+3, "F16"); err != nil {
+			return nil, 0, nil, err
+		}
+	}
+	dir, err := os.MkdirTemp("", "kiln-synthetic-tokenizer-")
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	if err := writeByteTokenizer(dir); err != nil {
+		cleanup()
+		return nil, 0, nil, err
+	}
+	m.Tokenizer2Dir, m.Tokenizer2Pad = dir, "!"
+	if !refiner {
+		m.TokenizerDir = dir
 	}
 	return m, size, cleanup, nil
 }

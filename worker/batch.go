@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/worker/modelcache"
@@ -431,6 +432,16 @@ func (w *Worker) request(a *active) (Request, error) {
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
 		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise, LoRAs: p.LoRAs, Embeddings: p.Embeddings,
+	}
+	if m := p.Micro; m != nil {
+		req.Micro = family.Micro{
+			OriginalSize: [2]int{m.OriginalHeight, m.OriginalWidth}, CropTopLeft: [2]int{m.CropTop, m.CropLeft},
+			TargetSize:           [2]int{m.TargetHeight, m.TargetWidth},
+			NegativeOriginalSize: [2]int{m.NegativeOriginalHeight, m.NegativeOriginalWidth},
+			NegativeCropTopLeft:  [2]int{m.NegativeCropTop, m.NegativeCropLeft},
+			NegativeTargetSize:   [2]int{m.NegativeTargetHeight, m.NegativeTargetWidth},
+			AestheticScore:       m.AestheticScore, NegativeAestheticScore: m.NegativeAestheticScore,
+		}
 	}
 	if p.InitImage != "" {
 		data, err := w.o.Store.GetUpload(a.ctx, a.job.Tenant, p.InitImage)

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/pngtext"
 )
 
 // batchEngine's model generates a batch the way the pipeline does: every
@@ -145,8 +145,8 @@ func TestCompatibleJobsRunAsOneBatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if txt, _ := pngtext.Read(data); !strings.HasPrefix(txt["parameters"], j.Params.Prompt+"\n") {
-			t.Fatalf("job %s stored %q", j.Params.Prompt, txt["parameters"])
+		if txt, _ := imageio.ReadParameters(bytes.NewReader(data)); !strings.HasPrefix(txt, j.Params.Prompt+"\n") {
+			t.Fatalf("job %s stored %q", j.Params.Prompt, txt)
 		}
 	}
 	eng.mu.Lock()

@@ -15,6 +15,7 @@ import (
 	"image"
 	"time"
 
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/jobs"
 )
@@ -33,6 +34,8 @@ type Request struct {
 	// SharedNoise draws all images' noise from one generator seeded with
 	// Seed instead of one per image seeded Seed+i.
 	SharedNoise bool
+	// Micro is SDXL's micro-conditioning (zero: the model's defaults).
+	Micro family.Micro
 	// InitImage and Strength make an image-to-image request.
 	InitImage image.Image
 	Strength  float64

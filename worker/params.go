@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"image"
 
 	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/internal/buildinfo"
@@ -50,4 +52,13 @@ func (w *Worker) modelHash(ctx context.Context, name string) string {
 		return ""
 	}
 	return h
+}
+
+// encodePNG encodes one finished image with its parameters chunk.
+func encodePNG(img image.Image, parameters string) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := imageio.WritePNG(&buf, img, imageio.Text{Key: imageio.ParametersKey, Value: parameters}); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

@@ -25,7 +25,6 @@ import (
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
-	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
 
@@ -476,8 +475,7 @@ func (w *Worker) succeed(ctx context.Context, j *jobs.Job, imgs []image.Image) e
 	for i, img := range imgs {
 		meta := j.Images[i]
 		start := time.Now()
-		data, err := pngtext.Encode(img, pngtext.Chunk{Keyword: "parameters",
-			Text: w.parametersText(ctx, j.Params, meta.Seed, meta.Width, meta.Height)})
+		data, err := encodePNG(img, w.parametersText(ctx, j.Params, meta.Seed, meta.Width, meta.Height))
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,12 +17,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/metrics"
-	"github.com/kiln-project/kiln/server/pngtext"
 	"github.com/kiln-project/kiln/worker/modelcache"
 )
 
@@ -202,14 +203,14 @@ func TestJobRunsToSuccess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		txt, err := pngtext.Read(data)
+		txt, err := imageio.ReadParameters(bytes.NewReader(data))
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := "a lighthouse\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: " +
 			[]string{"40", "41"}[i] + ", Size: 16x8, Model: toy, RNG: CPU, Version: kiln "
-		if !strings.HasPrefix(txt["parameters"], want) {
-			t.Fatalf("parameters %q, want %q", txt["parameters"], want)
+		if !strings.HasPrefix(txt, want) {
+			t.Fatalf("parameters %q, want %q", txt, want)
 		}
 	}
 	// Another tenant's view of the image is empty.

@@ -6,13 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kiln-project/kiln/bench"
+	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/cuda"
+	"github.com/kiln-project/kiln/gateway/validate"
 	kilnmodels "github.com/kiln-project/kiln/models"
 )
 
@@ -22,7 +25,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o := bench.DefaultOptions()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, "+kilnmodels.BuiltinName+" (the built-in model), or synthetic:sd15, synthetic:sd15@768, synthetic:sd21")
+	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, "+kilnmodels.BuiltinName+" (the built-in model), or synthetic:sd15, synthetic:sd15@768, synthetic:sd21, synthetic:sdxl, synthetic:sdxl-refiner (each optionally @SIZE)")
 	batches := fs.String("batch-sizes", "1,4,8", "comma-separated images per job")
 	fs.IntVar(&o.Steps, "steps", o.Steps, "sampler steps")
 	fs.IntVar(&o.Iterations, "iterations", o.Iterations, "timed repetitions of each measurement")
@@ -83,6 +86,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if o.Steps < 1 || o.Iterations < 1 || o.Warmup < 0 {
 		return usageError{errors.New("--steps and --iterations must be ≥ 1, --warmup ≥ 0")}
+	}
+	// The same ranges as the API and kiln generate.
+	switch {
+	case o.Steps > pipeline.MaxSteps:
+		return usageError{fmt.Errorf("--steps %d: want 1..%d", o.Steps, pipeline.MaxSteps)}
+	case math.IsNaN(o.Guidance) || o.Guidance < 0 || o.Guidance > validate.MaxGuidance:
+		return usageError{fmt.Errorf("--guidance %v: want 0..%g", o.Guidance, validate.MaxGuidance)}
+	case o.Size != 0 && (o.Size < validate.MinSide || o.Size > validate.MaxSide || o.Size%8 != 0):
+		return usageError{fmt.Errorf("--size %d: want a multiple of 8 from %d to %d (0: the model's)", o.Size, validate.MinSide, validate.MaxSide)}
+	case o.Iterations > 1000 || o.Warmup > 1000:
+		return usageError{fmt.Errorf("--iterations %d --warmup %d: want at most 1000 each", o.Iterations, o.Warmup)}
+	}
+	for _, b := range o.Batches {
+		if b > pipeline.MaxImages {
+			return usageError{fmt.Errorf("--batch-sizes: %d is more than %d images", b, pipeline.MaxImages)}
+		}
 	}
 	if _, _, err := cuda.ParseDevice(*device); err != nil {
 		return usageError{err}

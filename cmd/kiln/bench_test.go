@@ -32,6 +32,12 @@ func TestBenchBadFlags(t *testing.T) {
 		{"bench", "--device", "tpu"},
 		{"bench", "--models", " , "},
 		{"bench", "extra"},
+		{"bench", "--steps", "1001"},
+		{"bench", "--guidance", "31"},
+		{"bench", "--guidance", "-1"},
+		{"bench", "--size", "65"},
+		{"bench", "--size", "8192"},
+		{"bench", "--batch-sizes", "65"},
 	} {
 		var out, errb bytes.Buffer
 		if code := runMain(context.Background(), args, &out, &errb); code != 2 {

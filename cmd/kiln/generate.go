@@ -33,8 +33,9 @@ import (
 // generateFlags are the command-line settings of `kiln generate`.
 type generateFlags struct {
 	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile string
+	refiner                                                                                string
 	steps, width, height, n, clipSkip                                                      int
-	guidance, rescale, strength, eta                                                       float64
+	guidance, rescale, strength, eta, refinerSwitch                                        float64
 	seed                                                                                   int64
 	emphasis, truncate                                                                     bool
 }
@@ -72,6 +73,8 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.latents, "save-latents", "", "write the final latents (n, C, h/f, w/f) as tensor \"latents\" to this safetensors file")
 	fs.BoolVar(&f.emphasis, "emphasis", true, "parse the (word:1.2) emphasis syntax; false tokenizes the prompt literally")
 	fs.BoolVar(&f.truncate, "truncate", false, "cut prompts to 75 tokens (as diffusers) instead of encoding further chunks")
+	fs.StringVar(&f.refiner, "refiner", "", "refiner model (an SDXL refiner): the model denoises until --refiner-switch, the refiner finishes")
+	fs.Float64Var(&f.refinerSwitch, "refiner-switch", 0.8, "fraction of the schedule the model runs before the refiner takes over, in (0, 1)")
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -199,9 +202,24 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("load model %s: %w", f.model, err)
 	}
 	defer p.Close()
+	var refiner *pipeline.Pipeline
+	if f.refiner != "" {
+		if f.initImage != "" {
+			return usageError{fmt.Errorf("--refiner starts from noise; it does not combine with --init-image")}
+		}
+		if refiner, err = pipeline.Load(ctx, be, f.refiner); err != nil {
+			return fmt.Errorf("load refiner %s: %w", f.refiner, err)
+		}
+		defer refiner.Close()
+	}
 	loaded := time.Since(start)
 	bar := newProgressBar(stderr)
-	res, err := p.Generate(ctx, req, bar.update)
+	var res *pipeline.Result
+	if refiner != nil {
+		res, err = pipeline.Refine(ctx, p, refiner, req, f.refinerSwitch, bar.update)
+	} else {
+		res, err = p.Generate(ctx, req, bar.update)
+	}
 	bar.finish()
 	if err != nil {
 		return err
@@ -278,7 +296,12 @@ func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.
 	if req.InitImage != nil {
 		g.DenoisingStrength = req.Strength
 	}
-	return g.Parameters()
+	ps := g.Parameters()
+	if f.refiner != "" { // AUTOMATIC1111's names for the SDXL hand-off
+		ps.Set("Refiner", modelName(f.refiner))
+		ps.Set("Refiner switch at", strconv.FormatFloat(f.refinerSwitch, 'g', -1, 64))
+	}
+	return ps
 }
 
 func modelName(path string) string {

@@ -115,6 +115,24 @@ func (m *Model) Tokenizer() (*tokenizer.Tokenizer, error) {
 	return tokenizer.CLIP(m.EmbeddedPad)
 }
 
+// Tokenizer2 loads SDXL's second tokenizer: its folder's (padding with
+// Tokenizer2Pad when set), or the embedded CLIP vocabulary padding with
+// Tokenizer2Pad ("!" by default, as OpenCLIP does).
+func (m *Model) Tokenizer2() (*tokenizer.Tokenizer, error) {
+	if m.Tokenizer2Dir == "" {
+		pad := m.Tokenizer2Pad
+		if pad == "" {
+			pad = tokenizer.PadSD2
+		}
+		return tokenizer.CLIP(pad)
+	}
+	t, err := tokenizer.Load(m.Tokenizer2Dir)
+	if err != nil || m.Tokenizer2Pad == "" {
+		return t, err
+	}
+	return t.WithPad(m.Tokenizer2Pad)
+}
+
 // Close releases the memory maps behind the model's sources.
 func (m *Model) Close() error {
 	var errs []error

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // checkSDXL checks that an SDXL UNet fits its text encoders: it attends to
@@ -210,25 +211,27 @@ func fromSGM(src safetensors.Source, md map[string]string, opts Options) (*Model
 	return m, nil
 }
 
-// sdxlTokenizers finds the tokenizer folders of an SDXL single file: the
-// first (base only) from opts.TokenizerDir; the second from
-// opts.Tokenizer2Dir, else the first's folder padding with "!".
+// sdxlTokenizers finds the tokenizers of an SDXL single file: the first
+// (base only) from opts.TokenizerDir; the second from opts.Tokenizer2Dir,
+// else the first's folder padding with "!". Without folders the embedded
+// CLIP vocabulary serves both (see Model.Tokenizer and Model.Tokenizer2).
 func (m *Model) sdxlTokenizers(opts Options, refiner bool) error {
 	if !refiner {
 		if opts.TokenizerDir == "" {
-			return fmt.Errorf("checkpoint: a single-file checkpoint carries no tokenizer; set Options.TokenizerDir")
+			m.EmbeddedPad = tokenizer.PadSD1
+		} else {
+			if err := findTokenizer(opts.TokenizerDir); err != nil {
+				return err
+			}
+			m.TokenizerDir = opts.TokenizerDir
 		}
-		if err := findTokenizer(opts.TokenizerDir); err != nil {
-			return err
-		}
-		m.TokenizerDir = opts.TokenizerDir
 	}
 	m.Tokenizer2Dir = opts.Tokenizer2Dir
 	if m.Tokenizer2Dir == "" {
 		m.Tokenizer2Dir, m.Tokenizer2Pad = opts.TokenizerDir, sdxlTokenizer2Pad
 	}
 	if m.Tokenizer2Dir == "" {
-		return fmt.Errorf("checkpoint: an SDXL single file carries no tokenizer; set Options.Tokenizer2Dir (or TokenizerDir)")
+		return nil // the embedded vocabulary, padding with "!"
 	}
 	return findTokenizer(m.Tokenizer2Dir)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // sdxlTestdata is the committed tiny SDXL fixture folder (made by diffusers;
@@ -200,5 +201,34 @@ func TestSDXLBadSingleFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(sdxlTestdata, "tokenizer_2")); err == nil {
 		t.Fatal("a tokenizer_2 folder beside the fixtures would change what this test checks")
+	}
+}
+
+// TestSDXLSingleFilesAlone: without tokenizer folders an SDXL single file
+// uses the embedded CLIP vocabulary for both tokenizers (the second
+// padding with "!", as OpenCLIP does).
+func TestSDXLSingleFilesAlone(t *testing.T) {
+	for _, name := range []string{"base", "refiner"} {
+		t.Run(name, func(t *testing.T) {
+			folder := loadSDXL(t, filepath.Join(sdxlTestdata, name), Options{})
+			m := loadSDXL(t, filepath.Join(sdxlTestdata, name+".safetensors"), folderConfigs(t, folder))
+			if m.Tokenizer2Dir != "" || m.Tokenizer2Pad != "!" {
+				t.Fatalf("tokenizer 2: folder %q, pad %q", m.Tokenizer2Dir, m.Tokenizer2Pad)
+			}
+			tok2, err := m.Tokenizer2()
+			if err != nil || tok2.VocabSize() != tokenizer.CLIPVocabSize || tok2.Pad() != 0 {
+				t.Fatalf("tokenizer 2: %v", err)
+			}
+			if name == "refiner" {
+				return
+			}
+			if m.TokenizerDir != "" || m.EmbeddedPad != tokenizer.PadSD1 {
+				t.Fatalf("tokenizer: folder %q, embedded pad %q", m.TokenizerDir, m.EmbeddedPad)
+			}
+			tok1, err := m.Tokenizer()
+			if err != nil || tok1.Pad() != tokenizer.CLIPVocabSize-1 {
+				t.Fatalf("tokenizer: %v", err)
+			}
+		})
 	}
 }

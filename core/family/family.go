@@ -99,6 +99,32 @@ type Defaults struct {
 	LatentRGB *LatentRGB
 	// SchedulerConfig is the diffusers scheduler_config.json.
 	SchedulerConfig []byte
+	// ZeroEmptyNegative makes an empty negative prompt condition on zeros
+	// (hidden states and pooled output) instead of the encoding of ""
+	// (SDXL base's force_zeros_for_empty_prompt).
+	ZeroEmptyNegative bool
+}
+
+// Micro is the micro-conditioning a request may set for families that
+// take it (SDXL): sizes are (height, width) in pixels, crops (top, left);
+// zero sizes mean the image's size, zero scores the family's defaults.
+type Micro struct {
+	OriginalSize, CropTopLeft, TargetSize                         [2]int
+	NegativeOriginalSize, NegativeCropTopLeft, NegativeTargetSize [2]int
+	AestheticScore, NegativeAestheticScore                        float64
+}
+
+// IsZero reports whether m sets nothing.
+func (m Micro) IsZero() bool { return m == Micro{} }
+
+// ExtraInput describes the image whose extra conditioning Model.Extra
+// returns.
+type ExtraInput struct {
+	Width, Height int
+	// Img2Img marks an image-to-image job (diffusers builds some defaults
+	// differently there).
+	Img2Img bool
+	Micro   Micro
 }
 
 // Model is a built model of some family: its conditioning, denoiser and
@@ -111,9 +137,11 @@ type Model interface {
 	// concatenated along the width — and the pooled output when the
 	// family uses one.
 	Encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error)
-	// Extra returns the extra conditioning of one image of the given size
-	// (such as SDXL's micro-conditioning), nil when the family has none.
-	Extra(width, height int) []float32
+	// Extra returns the extra conditioning of one image (such as SDXL's
+	// micro-conditioning) for its conditional and its unconditional rows,
+	// nil when the family has none; it fails on settings the family
+	// cannot honour (micro-conditioning for a family without it).
+	Extra(in ExtraInput) (cond, uncond []float32, err error)
 	// Denoise runs the denoiser once over a batch whose rows each carry
 	// their own timestep and conditioning, and returns the model output
 	// (the shape of in.X).

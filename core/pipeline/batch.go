@@ -120,6 +120,7 @@ type batchState struct {
 	ctxLen int
 	pooled []float32 // (rows, P) pooled text outputs in cond's row order, or nil
 	extra  []float32 // one image's extra conditioning (the family's), or nil
+	uextra []float32 // the same for the unconditional rows
 	ts     []float64
 	begin  int // first evaluation (img2img skips some)
 	total  int // evaluations to run
@@ -160,9 +161,16 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 	if st.cond, st.ctxLen, st.pooled, err = p.conditioning(ctx, j); err != nil {
 		return nil, err
 	}
-	st.extra = p.m.Extra(req.Width, req.Height)
+	if st.extra, st.uextra, err = p.m.Extra(family.ExtraInput{Width: req.Width, Height: req.Height, Img2Img: j.img2img || req.InitLatents != nil, Micro: req.Micro}); err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
 	st.ts = st.s.Timesteps()
-	if j.img2img {
+	if req.InitLatents != nil {
+		if st.begin, err = handoffStart(st.ts, req.DenoisingStart, p.sched.TrainTimesteps(), st.s.Order()); err != nil {
+			return nil, err
+		}
+		st.x = append([]float32(nil), req.InitLatents...)
+	} else if j.img2img {
 		initSteps := min(int(float64(req.Steps)*req.Strength), req.Steps)
 		if initSteps < 1 {
 			return nil, fmt.Errorf("pipeline: strength %v leaves no step of %d to run", req.Strength, req.Steps)
@@ -193,6 +201,13 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 	}
 	st.i = st.begin
 	st.total = len(st.ts) - st.begin
+	if req.DenoisingEnd != 0 {
+		end := cutoffCount(st.ts, req.DenoisingEnd, p.sched.TrainTimesteps())
+		if end <= st.begin {
+			return nil, fmt.Errorf("pipeline: denoising_end %v leaves no step to run", req.DenoisingEnd)
+		}
+		st.total = end - st.begin
+	}
 	return st, nil
 }
 
@@ -312,7 +327,11 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 		cond = append(cond, st.cond...)
 		pooled = append(pooled, st.pooled...)
 		for r := 0; r < st.rows(); r++ {
-			extra = append(extra, st.extra...)
+			if st.cfg && r < st.n { // unconditional rows come first
+				extra = append(extra, st.uextra...)
+			} else {
+				extra = append(extra, st.extra...)
+			}
 		}
 	}
 	if b.pad != nil {

@@ -37,6 +37,9 @@ const (
 
 // Request describes one generation job.
 type Request struct {
+	// Micro is the micro-conditioning of families that take it (SDXL);
+	// zero: the family's defaults.
+	Micro                  family.Micro
 	Prompt, NegativePrompt string
 	// Width and Height are the image size in pixels (0: the model's
 	// default, or the init image's size); both must divide by the VAE
@@ -87,6 +90,17 @@ type Request struct {
 	Noise []float32
 	// SkipDecode leaves Images and Pixels empty (latents only).
 	SkipDecode bool
+	// DenoisingEnd in (0, 1) stops the schedule early, as diffusers'
+	// denoising_end does: only the evaluations at timesteps of at least
+	// round(T − DenoisingEnd·T) run, and the latents (Result.Latents) are
+	// those of that point, for a refiner to finish (see Refine).
+	DenoisingEnd float64
+	// InitLatents, with DenoisingStart in (0, 1), starts the schedule where
+	// a DenoisingEnd run stopped, from those (N, C, H/f, W/f) latents in
+	// the denoiser's scale and without adding noise (diffusers' refiner
+	// with denoising_start).
+	InitLatents    []float32
+	DenoisingStart float64
 	// LoRAs are applied to this job alone (unmerged: jobs with other
 	// LoRAs, or none, share its batch).
 	LoRAs []lora.Use
@@ -321,6 +335,9 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 	if req.Noise != nil && len(req.Noise) != j.n*j.per {
 		return nil, fmt.Errorf("pipeline: noise holds %d values, want %d×%d×%d×%d", len(req.Noise), j.n, j.c, j.h, j.w)
 	}
+	if err := checkHandoff(req, j); err != nil {
+		return nil, err
+	}
 	j.cfg = req.Guidance > 1
 	if req.SharedGenerator {
 		g, err := rng.New(req.RNG, req.Seed)
@@ -378,8 +395,12 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []
 	d := pos.Dim
 	parts := []conditioning.Result{pos}
 	if j.cfg {
-		neg, err := p.encode(ctx, j.req.NegativePrompt, opts)
-		if err != nil {
+		var neg conditioning.Result
+		if j.req.NegativePrompt == "" && p.def.ZeroEmptyNegative {
+			// zero conditioning, shaped like the prompt's
+			neg = conditioning.Result{Hidden: make([]float32, len(pos.Hidden)), Length: pos.Length, Dim: pos.Dim,
+				Pooled: make([]float32, len(pos.Pooled))}
+		} else if neg, err = p.encode(ctx, j.req.NegativePrompt, opts); err != nil {
 			return nil, 0, nil, fmt.Errorf("pipeline: negative prompt: %w", err)
 		}
 		parts = []conditioning.Result{neg, pos}

@@ -161,6 +161,15 @@ func (c *Config) Clone() *Config {
 	return n
 }
 
+// TrainTimesteps returns num_train_timesteps (diffusers' default 1000 when
+// the file leaves it out).
+func (c *Config) TrainTimesteps() int {
+	if v, ok := c.values["num_train_timesteps"].(int); ok && v > 0 {
+		return v
+	}
+	return 1000
+}
+
 // Has reports whether the configuration sets key explicitly.
 func (c *Config) Has(key string) bool {
 	_, ok := c.values[key]

@@ -48,12 +48,16 @@ type JobView struct {
 	Position        *int           `json:"position,omitempty"`
 	// Adjustments are the changes adaptive quality made to the request.
 	Adjustments []jobs.Adjustment `json:"adjustments,omitempty"`
+	// Memory says how the worker recovered from running out of device
+	// memory (absent when it did not).
+	Memory *jobs.MemoryRecovery `json:"memory,omitempty"`
 }
 
 func view(j *jobs.Job) JobView {
 	v := JobView{ID: j.ID, Status: j.Status, Params: ParamsView{Params: j.Params, InitImage: j.Params.InitImage != ""},
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt, Attempts: j.Attempts,
-		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}, Adjustments: j.Adjustments}
+		Worker: j.Worker, Error: j.Error, CancelRequested: j.CancelRequested, Images: []events.Image{}, Adjustments: j.Adjustments,
+		Memory: j.Memory}
 	for _, im := range j.Images {
 		v.Images = append(v.Images, events.Image{ID: im.ID, URL: jobwatch.ImageURL(im.ID), Seed: im.Seed, Width: im.Width, Height: im.Height})
 	}

@@ -167,6 +167,7 @@ func (h *Handler) convert(g *GenerationRequest) (*validate.JobRequest, *apierr.E
 		w, _ := strconv.Atoi(m[1])
 		hh, _ := strconv.Atoi(m[2])
 		r.Width, r.Height = &w, &hh
+		r.FitNative = true // OpenAI's size menu means SDXL's native resolutions on SDXL models
 	}
 	switch g.Quality {
 	case "", "auto", "standard", "medium":

@@ -72,6 +72,40 @@ type JobRequest struct {
 	// LoRAs apply installed LoRAs (in addition to <lora:name:w> tags in
 	// the prompt).
 	LoRAs []LoRARequest `json:"loras,omitempty"`
+	// FitNative marks Width and Height as a size chosen from a fixed menu
+	// (the OpenAI endpoint's): for models trained at 1024² or more (SDXL)
+	// it becomes the native resolution of the nearest aspect ratio (see
+	// FitNative). Not part of the JSON body.
+	FitNative bool `json:"-"`
+	// Micro is SDXL's micro-conditioning (SDXL models only).
+	Micro *jobs.Micro `json:"micro_conditioning,omitempty"`
+}
+
+// nativeBuckets are SDXL's training resolutions (width, height) at its
+// 1024² native area: every aspect ratio a request is fitted to.
+var nativeBuckets = [][2]int{
+	{1024, 1024}, {1152, 896}, {896, 1152}, {1216, 832}, {832, 1216},
+	{1344, 768}, {768, 1344}, {1536, 640}, {640, 1536},
+}
+
+// FitNative maps a requested size to the resolution of the nearest aspect
+// ratio among SDXL's training buckets, scaled from 1024² to the model's
+// native area (nw × nh) and rounded to multiples of 64. Models with a
+// native area below 1024² (SD 1.x/2.x) keep the requested size.
+func FitNative(w, h, nw, nh int) (int, int) {
+	if w <= 0 || h <= 0 || nw*nh < 1024*1024 {
+		return w, h
+	}
+	want := math.Log(float64(w) / float64(h))
+	best := nativeBuckets[0]
+	for _, b := range nativeBuckets[1:] {
+		if math.Abs(math.Log(float64(b[0])/float64(b[1]))-want) < math.Abs(math.Log(float64(best[0])/float64(best[1]))-want) {
+			best = b
+		}
+	}
+	scale := math.Sqrt(float64(nw*nh) / (1024 * 1024))
+	round := func(v int) int { return max(64, int(math.Round(float64(v)*scale/64))*64) }
+	return round(best[0]), round(best[1])
 }
 
 // Validator checks requests and caches plans. It is safe for concurrent use.
@@ -185,6 +219,13 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
 	params.Nodes = r.Nodes
 	params.SharedNoise = r.SharedNoise
+	if r.Micro != nil {
+		if err := v.checkMicro(params.Model, r.Micro); err != nil {
+			return jobs.Params{}, err
+		}
+		mc := *r.Micro
+		params.Micro = &mc
+	}
 	if err := v.resolveLoRAs(r, &params); err != nil {
 		return jobs.Params{}, err
 	}
@@ -197,6 +238,26 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = RandomSeed()
 	}
 	return params, nil
+}
+
+// checkMicro accepts micro-conditioning only for SDXL models and within
+// sane ranges.
+func (v *Validator) checkMicro(model string, m *jobs.Micro) *apierr.Error {
+	if mm, ok := v.models.Get(model); !ok || mm.Family != "sdxl" {
+		return apierr.Invalid("micro_conditioning", "micro_conditioning applies to SDXL models; %q is not one", model)
+	}
+	for _, x := range []int{m.OriginalWidth, m.OriginalHeight, m.CropTop, m.CropLeft, m.TargetWidth, m.TargetHeight,
+		m.NegativeOriginalWidth, m.NegativeOriginalHeight, m.NegativeCropTop, m.NegativeCropLeft, m.NegativeTargetWidth, m.NegativeTargetHeight} {
+		if x < 0 || x > 16384 {
+			return apierr.Invalid("micro_conditioning", "micro_conditioning sizes and crops must be from 0 to 16384, got %d", x)
+		}
+	}
+	for _, s := range []float64{m.AestheticScore, m.NegativeAestheticScore} {
+		if math.IsNaN(s) || s < 0 || s > 10 {
+			return apierr.Invalid("micro_conditioning", "aesthetic scores must be from 0 to 10, got %v", s)
+		}
+	}
+	return nil
 }
 
 // RandomSeed draws a seed below 2³² (as AUTOMATIC1111 does).
@@ -220,9 +281,9 @@ func (v *Validator) key(p auth.Principal, r *JobRequest, hasInit bool) string {
 		}
 		return fmt.Sprint(*x)
 	}
-	fmt.Fprintf(&b, "%s|%d|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q",
+	fmt.Fprintf(&b, "%s|%d|%d|%d|%q|%q|%s|%s|%s|%s|%q|%s|%s|%t|%s|%q|%t",
 		p.Tenant, p.QuotaVersion, v.models.Version(), v.profiles.Load().version, r.Model, r.Profile, opt(r.Width), opt(r.Height), opt(r.Steps),
-		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority)
+		optf(r.Guidance), r.Sampler, opt(r.N), opt(r.ClipSkip), hasInit, optf(r.Strength), r.Priority, r.FitNative)
 	return b.String()
 }
 
@@ -264,6 +325,9 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	}
 	if r.Height != nil {
 		out.Height = *r.Height
+	}
+	if r.FitNative && r.Width != nil && r.Height != nil {
+		out.Width, out.Height = FitNative(out.Width, out.Height, model.NativeWidth, model.NativeHeight)
 	}
 	for _, f := range []struct {
 		name string

@@ -9,6 +9,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 func setup(t testing.TB) (*Validator, *catalog.Registry, string) {
@@ -129,10 +130,13 @@ func TestCheckLimits(t *testing.T) {
 func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	v, reg, dir := setup(t)
 	mk := func(name, sampleSize string) {
-		for _, sub := range []string{"unet", "vae"} {
+		for _, sub := range []string{"unet", "vae", "scheduler", "text_encoder"} {
 			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
 		}
-		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte("{}"), 0o644)
+		// an SD folder as the SD family inspects it (configs only)
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte(`{"_class_name": "StableDiffusionPipeline"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "scheduler", "scheduler_config.json"), []byte(`{}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "text_encoder", "config.json"), []byte(`{}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sampleSize+`}`), 0o644)
 		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
 	}
@@ -157,6 +161,8 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	} {
 		pr := principal(1, 60)
 		if c.maxPixels > 0 {
+			// another quota is another version (plans are cached per version)
+			pr = principal(1+c.maxPixels, 60)
 			pr.Quota.MaxPixels = c.maxPixels
 		}
 		p, err := v.Plan(pr, &JobRequest{Prompt: "x", Model: c.model, Profile: c.profile, Width: c.width, Height: c.height}, false)
@@ -175,6 +181,60 @@ func TestDefaultSizeIsTheModelsNative(t *testing.T) {
 	defer v2.Close()
 	if p, err := v2.Plan(principal(1, 60), &JobRequest{Prompt: "x"}, false); err != nil || p.Model != "shapes" || p.Width != 128 {
 		t.Fatalf("default model: %+v %v", p, err)
+	}
+}
+
+func TestFitNative(t *testing.T) {
+	for _, c := range []struct{ w, h, nw, nh, ww, wh int }{
+		{1024, 1024, 1024, 1024, 1024, 1024},
+		{1792, 1024, 1024, 1024, 1344, 768},
+		{1024, 1792, 1024, 1024, 768, 1344},
+		{1536, 1024, 1024, 1024, 1216, 832},
+		{1024, 1536, 1024, 1024, 832, 1216},
+		{512, 512, 1024, 1024, 1024, 1024},
+		{256, 256, 1024, 1024, 1024, 1024},
+		{1024, 1024, 1536, 1536, 1536, 1536}, // a larger native area scales the buckets
+		{1792, 1024, 512, 512, 1792, 1024},   // SD 1.x keeps the requested size
+		{512, 512, 0, 0, 512, 512},           // native size unknown
+	} {
+		if w, h := FitNative(c.w, c.h, c.nw, c.nh); w != c.ww || h != c.wh {
+			t.Errorf("FitNative(%d×%d, native %d×%d) = %d×%d, want %d×%d", c.w, c.h, c.nw, c.nh, w, h, c.ww, c.wh)
+		}
+	}
+}
+
+// TestPlanFitsOpenAISizes: a fitted size becomes the SDXL model's bucket;
+// the same request without FitNative, or on a small model, keeps its size.
+func TestPlanFitsOpenAISizes(t *testing.T) {
+	v, reg, dir := setup(t)
+	for name, sample := range map[string]string{"xl": "128", "shapes": "16"} {
+		for _, sub := range []string{"unet", "vae", "scheduler", "text_encoder"} {
+			os.MkdirAll(filepath.Join(dir, name, sub), 0o755)
+		}
+		// an SD folder as the SD family inspects it (configs only)
+		os.WriteFile(filepath.Join(dir, name, "model_index.json"), []byte(`{"_class_name": "StableDiffusionPipeline"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "scheduler", "scheduler_config.json"), []byte(`{}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "text_encoder", "config.json"), []byte(`{}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "unet", "config.json"), []byte(`{"sample_size":`+sample+`}`), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "vae", "config.json"), []byte(`{"block_out_channels":[32,64,128,128]}`), 0o644)
+	}
+	reg.Refresh()
+	if m, _ := reg.Get("xl"); m.NativeWidth != 1024 {
+		t.Fatalf("xl: %+v (problems %v)", m, reg.Problems())
+	}
+	pr := principal(1, 60)
+	for _, c := range []struct {
+		model string
+		fit   bool
+		w, h  int
+	}{{"xl", true, 1344, 768}, {"xl", false, 1280, 720}, {"shapes", true, 1280, 720}} {
+		p, err := v.Plan(pr, &JobRequest{Prompt: "x", Model: c.model, Width: intp(1280), Height: intp(720), FitNative: c.fit}, false)
+		if err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		if p.Width != c.w || p.Height != c.h {
+			t.Errorf("%+v: %d×%d", c, p.Width, p.Height)
+		}
 	}
 }
 
@@ -205,5 +265,39 @@ func TestSetProfilesChangesPlans(t *testing.T) {
 	delete(profiles, "balanced")
 	if v.SetProfiles(profiles) == nil {
 		t.Fatal("the default profile was removed")
+	}
+}
+
+// TestMicroConditioning: micro-conditioning is accepted for SDXL models
+// (the tiny fixture) and refused, naming the field, for others or out of
+// range.
+func TestMicroConditioning(t *testing.T) {
+	xl, err := filepath.Abs("../../core/model/sdxl/testdata/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "plain"), 0o755)
+	os.WriteFile(filepath.Join(dir, "plain", "model_index.json"), []byte("{}"), 0o644)
+	reg := catalog.New(map[string]string{"xl": xl}, dir, "")
+	reg.Refresh()
+	profiles, _ := config.Profiles()
+	v, err := New(reg, profiles, "balanced", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	mc := &jobs.Micro{OriginalWidth: 2048, OriginalHeight: 1536, CropTop: 32, AestheticScore: 6.5}
+	p, perr := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "xl", Micro: mc}, false)
+	if perr != nil || p.Micro == nil || *p.Micro != *mc {
+		t.Fatalf("sdxl: %+v %v", p.Micro, perr)
+	}
+	for _, c := range []struct {
+		model string
+		m     jobs.Micro
+	}{{"plain", jobs.Micro{CropTop: 1}}, {"xl", jobs.Micro{CropTop: -1}}, {"xl", jobs.Micro{AestheticScore: 11}}} {
+		if _, perr := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: c.model, Micro: &c.m}, false); perr == nil || perr.Field != "micro_conditioning" {
+			t.Errorf("%s %+v: %v", c.model, c.m, perr)
+		}
 	}
 }

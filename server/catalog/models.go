@@ -28,6 +28,9 @@ type Model struct {
 	Bytes int64 `json:"bytes"`
 	// Builtin marks the model embedded in the binary.
 	Builtin bool `json:"builtin"`
+	// Family is the model family that serves it ("sd", "sdxl"); "" when no
+	// family recognises it.
+	Family string `json:"family,omitempty"`
 	// NativeWidth and NativeHeight are the image size the model was
 	// trained at (UNet sample_size × VAEFactor); 0 when unknown.
 	NativeWidth  int `json:"native_width,omitempty"`
@@ -79,7 +82,8 @@ func (r *Registry) SetBuiltin(name, path string) {
 }
 
 // AllowSynthetic makes configured paths of the form synthetic:NAME
-// (synthetic:sd15, synthetic:sd15@768, synthetic:sd21) servable: random-
+// (synthetic:sd15, synthetic:sd15@768, synthetic:sd21, synthetic:sdxl,
+// synthetic:sdxl-refiner) servable: random-
 // weight architectures for benchmarks that need no download. Call it
 // before Refresh.
 func (r *Registry) AllowSynthetic(on bool) { r.synthetic = on }
@@ -91,13 +95,17 @@ const SyntheticPrefix = "synthetic:"
 // estimate of its fp16 weights.
 func syntheticModel(name, p string) (Model, error) {
 	arch, size, _ := strings.Cut(strings.TrimPrefix(p, SyntheticPrefix), "@")
-	side, bytes := 512, int64(2<<30)
+	side, bytes, fam := 512, int64(2<<30), "sd"
 	switch arch {
 	case "sd15":
 	case "sd21":
 		side, bytes = 768, int64(5<<29)
+	case "sdxl": // UNet 2.57 G + text encoders 0.82 G + VAE 0.08 G parameters, fp16
+		side, bytes, fam = 1024, int64(6_950_000_000), "sdxl"
+	case "sdxl-refiner": // UNet 2.26 G + text encoder 0.69 G + VAE 0.08 G
+		side, bytes, fam = 1024, int64(6_070_000_000), "sdxl"
 	default:
-		return Model{}, fmt.Errorf("model %s: unknown synthetic architecture %q (have sd15, sd21)", name, arch)
+		return Model{}, fmt.Errorf("model %s: unknown synthetic architecture %q (have sd15, sd21, sdxl, sdxl-refiner)", name, arch)
 	}
 	if size != "" {
 		n := 0
@@ -106,7 +114,7 @@ func syntheticModel(name, p string) (Model, error) {
 		}
 		side = n
 	}
-	return Model{Name: name, Path: p, Format: "synthetic", Bytes: bytes, NativeWidth: side, NativeHeight: side, VAEFactor: 8}, nil
+	return Model{Name: name, Path: p, Format: "synthetic", Family: fam, Bytes: bytes, NativeWidth: side, NativeHeight: side, VAEFactor: 8}, nil
 }
 
 // Refresh rescans the configured paths, the built-in model and the models
@@ -212,7 +220,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 			r.natives[key] = n
 			r.nativeMu.Unlock()
 		}
-		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
 		return m, nil
 	}
 	if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
@@ -235,7 +243,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 	}
 	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
 	if n, err := inspectNative(p); err == nil {
-		m.NativeWidth, m.NativeHeight, m.VAEFactor = n.width, n.height, n.factor
+		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
 	}
 	return m, nil
 }

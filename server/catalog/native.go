@@ -4,17 +4,23 @@ import (
 	"github.com/kiln-project/kiln/core/model/families"
 )
 
-// native is the image size a model was trained at and its VAE factor.
+// native is the family of a model, the image size it was trained at and
+// its VAE factor.
 type native struct {
+	family                string
 	width, height, factor int
 }
 
 // inspectNative asks the model's family for its native size (a diffusers
 // folder's configs, or a single file's inferred ones).
 func inspectNative(path string) (native, error) {
-	d, err := families.All().Inspect(path)
+	f, err := families.All().Find(path)
 	if err != nil {
 		return native{}, err
 	}
-	return native{width: d.Width, height: d.Height, factor: d.Factor}, nil
+	d, err := f.Inspect(path)
+	if err != nil {
+		return native{}, err
+	}
+	return native{family: f.Name(), width: d.Width, height: d.Height, factor: d.Factor}, nil
 }

@@ -50,3 +50,30 @@ func TestRegistryNativeSizes(t *testing.T) {
 		t.Fatal("version changed without a change")
 	}
 }
+
+// TestRegistryFamilies: /v1/models says which family serves each model,
+// with its native size (the tiny SDXL fixture: sample_size 16 × factor 4).
+func TestRegistryFamilies(t *testing.T) {
+	shapes, err := builtin.Extract(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	xl, err := filepath.Abs("../../core/model/sdxl/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(map[string]string{"shapes": shapes, "xl": filepath.Join(xl, "base"), "xl-refiner": filepath.Join(xl, "refiner")}, "", "")
+	r.Refresh()
+	for name, want := range map[string]string{"shapes": "sd", "xl": "sdxl", "xl-refiner": "sdxl"} {
+		m, ok := r.Get(name)
+		if !ok {
+			t.Fatalf("%s not listed (problems %v)", name, r.Problems())
+		}
+		if m.Family != want {
+			t.Errorf("%s: family %q, want %q", name, m.Family, want)
+		}
+		if name != "shapes" && (m.NativeWidth != 64 || m.NativeHeight != 64 || m.VAEFactor != 4) {
+			t.Errorf("%s: native %d×%d factor %d, want 64×64, 4", name, m.NativeWidth, m.NativeHeight, m.VAEFactor)
+		}
+	}
+}

@@ -76,6 +76,8 @@ type Params struct {
 	// seeded with Seed (as ComfyUI and diffusers do) instead of one
 	// generator per image seeded Seed+i (as AUTOMATIC1111 does).
 	SharedNoise bool `json:"shared_noise,omitempty"`
+	// Micro is SDXL's micro-conditioning (nil: the model's defaults).
+	Micro *Micro `json:"micro_conditioning,omitempty"`
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
@@ -100,6 +102,28 @@ type LoRA struct {
 type Embedding struct {
 	Name string `json:"name"`
 	Hash string `json:"hash"`
+}
+
+// Micro is SDXL's micro-conditioning of a job: the original image size,
+// the crop's top-left corner and the target size it tells the model about
+// (pixels; a zero size means the image's size), the same for the
+// unconditional (negative) half, and the refiner's aesthetic scores (0:
+// the model's defaults, 6 and 2.5).
+type Micro struct {
+	OriginalWidth          int     `json:"original_width,omitempty"`
+	OriginalHeight         int     `json:"original_height,omitempty"`
+	CropTop                int     `json:"crop_top,omitempty"`
+	CropLeft               int     `json:"crop_left,omitempty"`
+	TargetWidth            int     `json:"target_width,omitempty"`
+	TargetHeight           int     `json:"target_height,omitempty"`
+	NegativeOriginalWidth  int     `json:"negative_original_width,omitempty"`
+	NegativeOriginalHeight int     `json:"negative_original_height,omitempty"`
+	NegativeCropTop        int     `json:"negative_crop_top,omitempty"`
+	NegativeCropLeft       int     `json:"negative_crop_left,omitempty"`
+	NegativeTargetWidth    int     `json:"negative_target_width,omitempty"`
+	NegativeTargetHeight   int     `json:"negative_target_height,omitempty"`
+	AestheticScore         float64 `json:"aesthetic_score,omitempty"`
+	NegativeAestheticScore float64 `json:"negative_aesthetic_score,omitempty"`
 }
 
 // Work returns the job's work in megapixel-steps: images × width × height

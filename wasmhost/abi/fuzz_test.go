@@ -57,7 +57,8 @@ func FuzzDecodeInputs(f *testing.F) {
 			}
 		}
 		if in, err := DecodeEvictionInput(b); err == nil {
-			if string(EncodeEvictionInput(nil, &in)) != string(b) {
+			// Minor 0 and minor 3 encodings differ by the tiers fields.
+			if string(EncodeEvictionInputAt(nil, &in, 0)) != string(b) && string(EncodeEvictionInputAt(nil, &in, Minor)) != string(b) {
 				t.Fatal("eviction input does not re-encode")
 			}
 		}

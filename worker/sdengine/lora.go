@@ -115,7 +115,9 @@ func (m *Model) request(req worker.Request) (pipeline.Request, error) {
 			return parsed, err
 		})
 		if err != nil {
-			return pr, fmt.Errorf("embedding %s: %w", em.Name, err)
+			// as AUTOMATIC1111 does, an embedding made for another model
+			// (or unreadable) is not applied: its name stays plain text
+			continue
 		}
 		pr.Embeddings = append(pr.Embeddings, v.(*lora.Embedding))
 	}

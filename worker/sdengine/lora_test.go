@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/worker"
@@ -61,7 +62,14 @@ func TestBatchWithLoRAs(t *testing.T) {
 	withB.Embeddings = []jobs.Embedding{{Name: "kilnstyle", Hash: emb.Hash}}
 	stale := base
 	stale.LoRAs = []jobs.LoRA{{Name: "a", Weight: 1, Hash: strings.Repeat("0", 64)}}
-	reqs := []worker.Request{withA, withB, base, stale}
+	// an embedding made for another model (width 5) is not applied
+	if err := safetensors.WriteFile(filepath.Join(dir, loralib.Embeddings, "circle.safetensors"),
+		[]safetensors.WriteTensor{safetensors.F32Tensor("emb_params", []int{1, 5}, make([]float32, 5))}, nil); err != nil {
+		t.Fatal(err)
+	}
+	other := base
+	other.Embeddings = []jobs.Embedding{{Name: "circle"}}
+	reqs := []worker.Request{withA, withB, base, stale, other}
 	var items []worker.BatchItem
 	for _, r := range reqs {
 		items = append(items, worker.BatchItem{Ctx: context.Background(), Request: r})
@@ -81,6 +89,9 @@ func TestBatchWithLoRAs(t *testing.T) {
 		if d := maxPixelDiff(res[i].Result.Images[0], alone.Images[0]); d > 1 {
 			t.Errorf("job %d: batched image differs from alone by %d levels", i, d)
 		}
+	}
+	if res[4].Err != nil || maxPixelDiff(res[4].Result.Images[0], res[2].Result.Images[0]) > 1 {
+		t.Errorf("an embedding for another model changed the job: %v", res[4].Err)
 	}
 	if d := maxPixelDiff(res[0].Result.Images[0], res[2].Result.Images[0]); d == 0 {
 		t.Error("LoRA a changed nothing")

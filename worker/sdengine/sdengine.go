@@ -23,7 +23,6 @@ import (
 	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
-	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -80,7 +79,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		// when the operator enabled them)
 		var cm *checkpoint.Model
 		if cm, _, cleanup, err = bench.Synthetic(name, 1); err == nil {
-			cp = sd.FromCheckpoint(cm)
+			cp, err = families.FromCheckpoint(cm)
 		}
 	} else {
 		cp, err = families.All().Open(m.Path, family.OpenOptions{})
@@ -242,6 +241,7 @@ func request(req worker.Request) pipeline.Request {
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
 		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,
+		Micro: req.Micro,
 	}
 }
 

@@ -3,6 +3,7 @@ package families
 import (
 	"testing"
 
+	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/family"
 	builtin "github.com/kiln-project/kiln/models"
 )
@@ -29,5 +30,25 @@ func TestBuiltinModelIsSD(t *testing.T) {
 	defer cp.Close()
 	if got := cp.Defaults(); got.Width != d.Width || got.Factor != d.Factor || len(cp.Components()) != 3 {
 		t.Fatalf("opened defaults %+v, %d components", got, len(cp.Components()))
+	}
+}
+
+// TestFromCheckpoint: an in-memory checkpoint goes to the family its
+// Family field names.
+func TestFromCheckpoint(t *testing.T) {
+	m, err := checkpoint.Load("../sdxl/testdata/base", checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := FromCheckpoint(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+	if d := cp.Defaults(); d.ContextDim != 24+32 || !d.ZeroEmptyNegative || d.Width != 64 {
+		t.Errorf("defaults %+v", d)
+	}
+	if _, err := FromCheckpoint(&checkpoint.Model{Family: "flux"}); err == nil {
+		t.Error("unknown family accepted")
 	}
 }

@@ -262,7 +262,12 @@ func (m *Model) Encode(ctx context.Context, text string, opts conditioning.Optio
 }
 
 // Extra implements family.Model: SD has no extra conditioning.
-func (m *Model) Extra(width, height int) []float32 { return nil }
+func (m *Model) Extra(in family.ExtraInput) ([]float32, []float32, error) {
+	if !in.Micro.IsZero() {
+		return nil, nil, fmt.Errorf("sd: this model takes no micro-conditioning (sizes, crop, aesthetic score are SDXL's)")
+	}
+	return nil, nil, nil
+}
 
 // Denoise implements family.Model with one UNet call (pooled and extra
 // conditioning are not used by this family).

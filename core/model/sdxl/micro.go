@@ -4,21 +4,18 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/model/unet"
 )
 
-// Micro is SDXL's micro-conditioning of one request. Sizes are (height,
-// width) in pixels and crops (top, left); a zero size means the image's
-// size. The refiner uses the aesthetic scores instead of the target sizes
-// (zero: DefaultAestheticScore, DefaultNegativeAestheticScore).
-type Micro struct {
-	OriginalSize, CropTopLeft, TargetSize                         [2]int
-	NegativeOriginalSize, NegativeCropTopLeft, NegativeTargetSize [2]int
-	AestheticScore, NegativeAestheticScore                        float64
-}
+// Micro is SDXL's micro-conditioning of one request (family.Micro): sizes
+// are (height, width) in pixels and crops (top, left); a zero size means
+// the image's size. The refiner uses the aesthetic scores instead of the
+// target sizes (zero: DefaultAestheticScore, DefaultNegativeAestheticScore).
+type Micro = family.Micro
 
-// Validate rejects negative sizes, crops and scores.
-func (mc Micro) Validate() error {
+// ValidateMicro rejects negative or absurd sizes, crops and scores.
+func ValidateMicro(mc Micro) error {
 	for _, v := range [][2]int{mc.OriginalSize, mc.CropTopLeft, mc.TargetSize, mc.NegativeOriginalSize, mc.NegativeCropTopLeft, mc.NegativeTargetSize} {
 		if v[0] < 0 || v[1] < 0 || v[0] > 1<<20 || v[1] > 1<<20 {
 			return fmt.Errorf("sdxl: micro-conditioning value %v out of range [0, %d]", v, 1<<20)

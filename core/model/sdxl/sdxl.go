@@ -52,20 +52,15 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 	s := &Model{forceZeros: m.ForceZerosForEmptyPrompt, aesthetics: m.RequiresAestheticsScore}
 	var err error
 	if m.TextEncoder != nil {
-		if s.tok1, err = tokenizer.Load(m.TokenizerDir); err != nil {
+		if s.tok1, err = m.Tokenizer(); err != nil {
 			return nil, fmt.Errorf("sdxl: tokenizer: %w", err)
 		}
 		if s.te1, err = newEncoder(be, m.TextEncoderConfig, m.TextEncoder, false); err != nil {
 			return nil, fmt.Errorf("sdxl: text encoder: %w", err)
 		}
 	}
-	if s.tok2, err = tokenizer.Load(m.Tokenizer2Dir); err != nil {
+	if s.tok2, err = m.Tokenizer2(); err != nil {
 		return nil, fmt.Errorf("sdxl: tokenizer 2: %w", err)
-	}
-	if m.Tokenizer2Pad != "" {
-		if s.tok2, err = s.tok2.WithPad(m.Tokenizer2Pad); err != nil {
-			return nil, fmt.Errorf("sdxl: tokenizer 2: %w", err)
-		}
 	}
 	if s.te2, err = newEncoder(be, m.TextEncoder2Config, m.TextEncoder2, true); err != nil {
 		return nil, fmt.Errorf("sdxl: text encoder 2: %w", err)
@@ -151,6 +146,8 @@ type Conditioning struct {
 	Hidden      []float32
 	Length, Dim int
 	Pooled      []float32
+	// Chunks are the second tokenizer's chunks (with emphasis weights).
+	Chunks []conditioning.Chunk
 }
 
 // layer returns the hidden state SDXL conditions on: the penultimate
@@ -164,12 +161,12 @@ func layer(c *clip.Model, clipSkip int) (int, error) {
 	return l, nil
 }
 
-// Encode returns the conditioning of a prompt. text goes to the first
+// EncodePrompts returns the conditioning of a prompt. text goes to the first
 // encoder and text2 (text when empty) to the second; a refiner, which has
 // only the second, encodes text, as diffusers does. Emphasis weights apply
 // to each encoder's rows; prompts longer than one chunk take further
 // chunks, the encoder needing fewer padded with empty chunks.
-func (m *Model) Encode(ctx context.Context, text, text2 string, opts conditioning.Options) (Conditioning, error) {
+func (m *Model) EncodePrompts(ctx context.Context, text, text2 string, opts conditioning.Options) (Conditioning, error) {
 	return m.encode(ctx, text, text2, opts, 1)
 }
 
@@ -207,7 +204,7 @@ func (m *Model) encode(ctx context.Context, text, text2 string, opts conditionin
 		return Conditioning{}, err
 	}
 	proj := m.PooledDim()
-	out := Conditioning{Hidden: h2, Dim: m.te2.Config().HiddenSize, Pooled: pooled[:proj:proj]}
+	out := Conditioning{Hidden: h2, Dim: m.te2.Config().HiddenSize, Pooled: pooled[:proj:proj], Chunks: c2}
 	out.Length = len(h2) / out.Dim
 	if m.te1 == nil {
 		return out, nil
@@ -267,7 +264,7 @@ func (m *Model) encodeChunks(ctx context.Context, te *clip.Model, cs []condition
 // base's setting), else the encoding of negative (negative2 defaulting to
 // negative), as diffusers' encode_prompt does.
 func (m *Model) EncodePair(ctx context.Context, prompt, prompt2, negative, negative2 string, opts conditioning.Options) (pos, neg Conditioning, err error) {
-	if pos, err = m.Encode(ctx, prompt, prompt2, opts); err != nil {
+	if pos, err = m.EncodePrompts(ctx, prompt, prompt2, opts); err != nil {
 		return pos, neg, err
 	}
 	if negative == "" && m.forceZeros {
