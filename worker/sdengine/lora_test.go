@@ -119,3 +119,54 @@ func abs(x int) int {
 	}
 	return x
 }
+
+// TestRunningBatchWithLoRAs adds jobs with different LoRAs to a running
+// batch (the worker's continuous batching): each equals the job alone.
+func TestRunningBatchWithLoRAs(t *testing.T) {
+	dir := t.TempDir()
+	a := install(t, dir, loralib.LoRAs, "a")
+	b := install(t, dir, loralib.LoRAs, "b")
+	e, _ := New("cpu", nil)
+	e.SetLibrary(loralib.New(dir))
+	wm, err := e.Load(context.Background(), fixtureModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wm.Close()
+	m := wm.(*Model)
+	base := worker.Request{Prompt: "a red circle", Width: 64, Height: 64, Steps: 3, N: 1, Guidance: 6, Sampler: "euler", Seed: 5}
+	withA, withB := base, base
+	withA.LoRAs = []jobs.LoRA{{Name: "a", Weight: 1, TextWeight: 1, Hash: a.Hash}}
+	withB.LoRAs = []jobs.LoRA{{Name: "b", Weight: 0.5, TextWeight: 0.5, Hash: b.Hash}}
+	reqs := []worker.Request{withA, withB, base}
+	rb := m.StartBatch(context.Background())
+	ids := map[int]int{}
+	for i, r := range reqs {
+		id, err := rb.Add(worker.BatchItem{Ctx: context.Background(), Request: r}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[id] = i
+	}
+	got := make([]*worker.Result, len(reqs))
+	for rb.Len() > 0 {
+		for _, d := range rb.Step() {
+			if d.Err != nil {
+				t.Fatal(d.Err)
+			}
+			got[ids[d.ID]] = d.Result
+		}
+	}
+	for i, r := range reqs {
+		alone, err := m.Generate(context.Background(), r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := maxPixelDiff(got[i].Images[0], alone.Images[0]); d > 1 {
+			t.Errorf("job %d: running batch differs from alone by %d levels", i, d)
+		}
+	}
+	if maxPixelDiff(got[0].Images[0], got[2].Images[0]) == 0 {
+		t.Error("LoRA a changed nothing in the running batch")
+	}
+}
