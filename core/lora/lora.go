@@ -155,6 +155,9 @@ func moduleIndex(mods Modules) modIndex {
 				m[short] = mod
 				k[strings.ReplaceAll(short, ".", "_")] = mod.Name
 			}
+			for _, a := range mod.Aliases {
+				k[strings.ReplaceAll(a, ".", "_")] = mod.Name
+			}
 		}
 		idx.byPath[ns], idx.byKohya[ns] = m, k
 	}

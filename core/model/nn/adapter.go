@@ -23,6 +23,9 @@ type Adapter interface {
 type Module struct {
 	Name  string
 	Shape tensor.Shape
+	// Aliases are other names files may give the module (the original
+	// SGM path of an SDXL UNet module, which kohya's SDXL LoRAs use).
+	Aliases []string
 }
 
 // Conv reports whether the module is a convolution.
