@@ -69,6 +69,13 @@ func Tokenize(tok *tokenizer.Tokenizer, text string, opts Options) ([]Chunk, err
 	return tokenize(tok, text, opts, lora.TextEncoder)
 }
 
+// TokenizeFor is Tokenize for the text encoder of namespace ns
+// (lora.TextEncoder, lora.TextEncoder2): embeddings named in the prompt
+// carry that encoder's vectors.
+func TokenizeFor(tok *tokenizer.Tokenizer, text string, opts Options, ns string) ([]Chunk, error) {
+	return tokenize(tok, text, opts, ns)
+}
+
 // tokenize is Tokenize with the embeddings' vectors for namespace ns.
 func tokenize(tok *tokenizer.Tokenizer, text string, opts Options, ns string) ([]Chunk, error) {
 	segs := prompt.Literal(text)

@@ -62,10 +62,12 @@ func ParseEmbedding(src safetensors.Source, name string, dims map[string]int) (*
 	case has(names, "clip_l") || has(names, "clip_g"):
 		for _, k := range names {
 			switch k {
-			case "clip_l":
-				err = add(k, TextEncoder)
-			case "clip_g":
-				err = add(k, TextEncoder2)
+			case "clip_l", "clip_g":
+				ns := map[string]string{"clip_l": TextEncoder, "clip_g": TextEncoder2}[k]
+				if _, ok := dims[ns]; !ok && len(dims) > 0 {
+					continue // a refiner has only the second encoder
+				}
+				err = add(k, ns)
 			default:
 				err = fmt.Errorf("embedding %s: key %q is not part of an SDXL embedding (clip_l, clip_g)", name, k)
 			}

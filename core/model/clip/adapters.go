@@ -64,15 +64,45 @@ func linear(be backend.Backend, ad map[*tensor.Tensor]nn.Adapter, x, w, b *tenso
 // there instead of the token's (a textual-inversion vector, hidden-size
 // values). The position embeddings are added as usual.
 func (m *Model) EncodeInjected(ctx context.Context, ids []int32, batch, clipSkip int, inject map[int][]float32) (hidden, pooled []float32, err error) {
+	if err := m.setInject(ids, inject); err != nil {
+		return nil, nil, err
+	}
+	defer func() { m.inject = nil }()
+	return m.Encode(ctx, ids, batch, clipSkip)
+}
+
+// HiddenStatesInjected is HiddenStates with token vectors replaced as in
+// EncodeInjected.
+func (m *Model) HiddenStatesInjected(ctx context.Context, ids []int32, batch, layer int, inject map[int][]float32) (hidden, pooled []float32, err error) {
+	if err := m.setInject(ids, inject); err != nil {
+		return nil, nil, err
+	}
+	defer func() { m.inject = nil }()
+	return m.HiddenStates(ctx, ids, batch, layer)
+}
+
+// TokenEmbedding returns the input embedding of token id (hidden-size
+// values), e.g. to build an embedding equal to a word.
+func (m *Model) TokenEmbedding(id int32) (v []float32, err error) {
+	if id < 0 || int(id) >= m.cfg.VocabSize {
+		return nil, fmt.Errorf("clip: token %d is outside the vocabulary", id)
+	}
+	defer backend.Recover(&err)
+	t := m.be.Embedding(m.tokEmb, []int32{id}, tensor.Shape{1, 1})
+	defer m.be.Free(t)
+	return m.be.ToFloat32(t), nil
+}
+
+// setInject checks and sets the vectors of one injected call.
+func (m *Model) setInject(ids []int32, inject map[int][]float32) error {
 	d := m.cfg.HiddenSize
 	for pos, v := range inject {
 		if pos < 0 || pos >= len(ids) || len(v) != d {
-			return nil, nil, fmt.Errorf("clip: encode: injected vector at position %d (%d values) does not fit %d ids of width %d", pos, len(v), len(ids), d)
+			return fmt.Errorf("clip: encode: injected vector at position %d (%d values) does not fit %d ids of width %d", pos, len(v), len(ids), d)
 		}
 	}
 	m.inject = inject
-	defer func() { m.inject = nil }()
-	return m.Encode(ctx, ids, batch, clipSkip)
+	return nil
 }
 
 // injectVectors returns the token embeddings x (batch, L, D) with the

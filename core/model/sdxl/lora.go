@@ -9,9 +9,7 @@ import (
 )
 
 // LoRATargets gives the parts LoRAs adapt (lora.Adaptable): the UNet and
-// both text encoders (the refiner has only the second). Embeddings are not
-// injected into SDXL prompts yet, so EmbeddingDims lists the encoders'
-// widths only for parsing.
+// both text encoders (the refiner has only the second).
 //
 // Built adds the UNet's SGM names, which kohya's SDXL files use.
 func (m *Model) LoRATargets() map[string]lora.Target {
