@@ -1,6 +1,7 @@
 package imageio
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -139,7 +140,7 @@ func ParseGeneration(text string) (Generation, error) {
 		case "Size":
 			w, h, ok := strings.Cut(f.Value, "x")
 			if !ok {
-				err = fmt.Errorf("want WIDTHxHEIGHT")
+				err = errors.New("want WIDTHxHEIGHT")
 				break
 			}
 			if g.Width, err = strconv.Atoi(w); err == nil {
@@ -160,7 +161,7 @@ func ParseGeneration(text string) (Generation, error) {
 			for _, part := range strings.Split(f.Value, ",") {
 				n, h, ok := strings.Cut(part, ":")
 				if !ok {
-					err = fmt.Errorf("want NAME: HASH, ...")
+					err = errors.New("want NAME: HASH pairs separated by commas")
 					break
 				}
 				g.LoraHashes[strings.TrimSpace(n)] = strings.TrimSpace(h)

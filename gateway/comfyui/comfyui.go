@@ -18,8 +18,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"image"
-	_ "image/jpeg" // uploads
 	"image/png"
 	"io"
 	"net/http"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/kiln-project/kiln/core/imagedecode"
 	"github.com/kiln-project/kiln/gateway/apierr"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/live"
@@ -98,9 +97,8 @@ type prompt struct {
 	plans                []plan
 	jobs                 []string // one native job per plan
 	// Guarded by Handler.mu:
-	status   string // "pending", "running", "success", "error", "interrupted"
-	outputs  map[string]any
-	messages [][]any
+	status  string // "pending", "running", "success", "error", "interrupted"
+	outputs map[string]any
 }
 
 // New returns a handler; Close ends its work.
@@ -720,17 +718,21 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, p auth.Principa
 		WriteError(w, apierr.Invalid("image", "reading the upload: %v", err))
 		return
 	}
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
-	if err != nil || (format != "png" && format != "jpeg") {
+	// Sides, pixels and decoded size come from the header, before any
+	// decoding (a decode may take at most 4 bytes per allowed pixel).
+	lim := imagedecode.Limits{MaxPixels: int64(h.o.MaxPixels), MaxSide: validate.MaxSide, MaxBytes: 4 * int64(h.o.MaxPixels)}
+	cfg, err := imagedecode.Header(data)
+	if err != nil {
 		WriteError(w, apierr.Invalid("image", "the upload is not a PNG or JPEG image"))
 		return
 	}
-	if cfg.Width*cfg.Height > h.o.MaxPixels || cfg.Width > validate.MaxSide || cfg.Height > validate.MaxSide {
-		WriteError(w, apierr.Limit("image", "the image is %d×%d; the limit is %d pixels", cfg.Width, cfg.Height, h.o.MaxPixels))
+	if err := lim.Check(cfg); err != nil {
+		WriteError(w, apierr.Limit("image", "the image is %d×%d with %d channel(s) of %d bits; the limit is %d pixels, %d bytes decoded",
+			cfg.Width, cfg.Height, cfg.Channels, cfg.BitDepth, h.o.MaxPixels, lim.MaxBytes))
 		return
 	}
-	if format == "jpeg" { // stored and served as PNG, as every Kiln image is
-		img, _, err := image.Decode(bytes.NewReader(data))
+	if cfg.Format == "jpeg" { // stored and served as PNG, as every Kiln image is
+		img, _, err := imagedecode.Decode(r.Context(), data, lim, nil)
 		if err != nil {
 			WriteError(w, apierr.Invalid("image", "the JPEG does not decode: %v", err))
 			return

@@ -29,7 +29,7 @@ import (
 
 type sample struct {
 	at                   time.Duration
-	rss                  int64
+	rss, heap            int64
 	goroutines, fds      int
 	queue                int
 	ok, failed, rejected int64
@@ -154,6 +154,9 @@ func (l *load) sockets(ctx context.Context, n int, life time.Duration) {
 
 // uploads stores a valid node module now and then and sends garbage often.
 func (l *load) uploads(ctx context.Context, valid, garbage time.Duration) {
+	if valid <= 0 {
+		valid = 1 << 62 // never again
+	}
 	tv, tg := time.NewTicker(valid), time.NewTicker(garbage)
 	defer tv.Stop()
 	defer tg.Stop()
@@ -188,6 +191,10 @@ func (l *load) sample(ctx context.Context, pid int, at time.Duration) sample {
 	s.rss, s.fds = procStatus(pid)
 	if _, b, err := l.do(ctx, "GET", "/metrics", nil); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "go_memstats_heap_alloc_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				s.heap = int64(f)
+			}
 			if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
 				f, _ := strconv.ParseFloat(v, 64)
 				s.goroutines = int(f)
@@ -224,6 +231,7 @@ func main() {
 	every := flag.Duration("every", 10*time.Second, "sampling interval")
 	jobPeriod := flag.Duration("job-period", 500*time.Millisecond, "one job submitted per period")
 	sockets := flag.Int("sockets", 8, "WebSocket subscribers")
+	uploadEvery := flag.Duration("upload-every", 45*time.Second, "interval of valid module uploads (each a new version; 0: one at the start only)")
 	rssGrowth := flag.Float64("max-rss-growth", 0.25, "allowed RSS growth (fraction) after warm-up")
 	grGrowth := flag.Float64("max-goroutine-growth", 0.25, "allowed goroutine growth (fraction) after warm-up")
 	fdGrowth := flag.Int("max-fd-growth", 32, "allowed growth of open files after warm-up")
@@ -239,14 +247,14 @@ func main() {
 		func() { l.jobs(ctx, *jobPeriod) },
 		func() { l.reads(ctx) },
 		func() { l.sockets(ctx, *sockets, 20*time.Second) },
-		func() { l.uploads(ctx, 45*time.Second, 5*time.Second) },
+		func() { l.uploads(ctx, *uploadEvery, 5*time.Second) },
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f() }()
 	}
 	start := time.Now()
 	var samples []sample
-	fmt.Printf("%8s %10s %10s %6s %6s %8s %8s %8s\n", "t", "rss_MiB", "goroutines", "fds", "queue", "ok", "failed", "rejected")
+	fmt.Printf("%8s %10s %10s %10s %6s %6s %8s %8s %8s\n", "t", "rss_MiB", "heap_MiB", "goroutines", "fds", "queue", "ok", "failed", "rejected")
 	t := time.NewTicker(*every)
 	for done := false; !done; {
 		select {
@@ -256,7 +264,7 @@ func main() {
 		}
 		s := l.sample(context.Background(), *pid, time.Since(start))
 		samples = append(samples, s)
-		fmt.Printf("%8s %10.1f %10d %6d %6d %8d %8d %8d\n", s.at.Round(time.Second), float64(s.rss)/(1<<20), s.goroutines, s.fds, s.queue, s.ok, s.failed, s.rejected)
+		fmt.Printf("%8s %10.1f %10.1f %10d %6d %6d %8d %8d %8d\n", s.at.Round(time.Second), float64(s.rss)/(1<<20), float64(s.heap)/(1<<20), s.goroutines, s.fds, s.queue, s.ok, s.failed, s.rejected)
 	}
 	t.Stop()
 	wg.Wait()
