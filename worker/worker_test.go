@@ -415,6 +415,22 @@ func TestWorkerServesTenantsFairly(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		submit("light", "light")
 	}
+	// Consumer counts settle asynchronously: start once both lanes show
+	// their backlog (the fair queue lists lanes every 100 ms).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		lanes, err := e.store.Lanes(context.Background())
+		pending := map[string]int{}
+		for _, l := range lanes {
+			pending[l.Tenant] += l.Pending
+		}
+		if err == nil && pending["heavy"] == 30 && pending["light"] == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lanes never showed the backlog: %v %v", pending, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	eng := &testEngine{started: make(chan string, 64)}
 	run(t, e.worker(t, eng, "w1", time.Second))
 	light := 0

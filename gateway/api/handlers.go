@@ -206,11 +206,10 @@ func (s *Server) createJob(c echo.Context) error {
 		return writeError(c, err)
 	}
 	v := view(j)
-	pctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-	defer cancel()
-	if pos, err := s.o.Store.Position(pctx, j.Params.Priority); err == nil {
-		v.Position = &pos
-	}
+	// The fair-queuing estimate (the job counts as its tenant's newest
+	// of its priority until the watch sees it).
+	pos := s.watch.Position(j.Tenant, j.ID, j.Params.Priority)
+	v.Position = &pos
 	c.Response().Header().Set("Location", "/v1/jobs/"+j.ID)
 	c.Response().Header().Set(JobIDHeader, j.ID)
 	if h := jobs.AdjustedHeader(j.Adjustments); h != "" {

@@ -42,10 +42,12 @@ type Watcher struct {
 type live struct {
 	status string
 	// rank orders priorities (0 = high); since is the record revision at
-	// which the job last became queued: workers take queued jobs by
-	// priority, then in the order they were queued.
+	// which the job last became queued: within a tenant, workers take
+	// queued jobs by priority, then in the order they were queued.
 	rank  int
 	since uint64
+	// weight is the tenant's fair-queuing weight (0 counts as 1).
+	weight float64
 }
 
 // ahead reports whether a waits in front of b.
@@ -128,7 +130,7 @@ func (w *Watcher) handle(ctx context.Context, j *jobs.Job, rev uint64, replaying
 	if final {
 		delete(w.last, k)
 	} else {
-		st := live{status: j.Status, rank: priorityRank(j.Params.Priority), since: rev}
+		st := live{status: j.Status, rank: priorityRank(j.Params.Priority), since: rev, weight: j.Weight}
 		if seen && prev == j.Status {
 			st.since = old.since // updated while queued: keeps its place
 		}
@@ -160,11 +162,13 @@ func (w *Watcher) handle(ctx context.Context, j *jobs.Job, rev uint64, replaying
 	w.o.Emit(j.Tenant, ev)
 }
 
-// Position returns how many queued jobs (of every tenant) wait in front of
-// a tenant's queued job of the given priority: those of higher priority and
-// those of its priority queued before it. A job the watcher has not yet
-// seen queued (its record is newer than the watch) counts as the newest of
-// its priority.
+// Position estimates how many queued jobs (of every tenant) will run
+// before a tenant's queued job of the given priority under weighted fair
+// queuing: the tenant's own jobs ahead of it (higher priorities, then those
+// of its priority queued before it), plus from every other tenant as many
+// of its queued jobs as its weight earns while this tenant's are served
+// (jobs counted alike). A job the watcher has not yet seen queued (its
+// record is newer than the watch) counts as the newest of its priority.
 func (w *Watcher) Position(tenant, id, priority string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -172,37 +176,73 @@ func (w *Watcher) Position(tenant, id, priority string) int {
 	if !found || me.status != jobs.StatusQueued {
 		me = live{status: jobs.StatusQueued, rank: priorityRank(priority), since: math.MaxUint64}
 	}
-	pos := 0
+	own, others, weights := 0, map[string]int{}, map[string]float64{}
+	myWeight := me.weight
 	for k, o := range w.last {
-		if o.status == jobs.StatusQueued && o.ahead(me) && k != key(tenant, id) {
-			pos++
+		if o.status != jobs.StatusQueued || k == key(tenant, id) {
+			continue
 		}
+		t, _, _ := strings.Cut(k, ".")
+		if t == tenant {
+			myWeight = max(myWeight, o.weight)
+			if o.ahead(me) {
+				own++
+			}
+			continue
+		}
+		others[t]++
+		weights[t] = max(weights[t], o.weight)
 	}
-	return pos
+	return own + fairShare(own, myWeight, others, weights)
+}
+
+// fairShare is how many of the other tenants' queued jobs run while a
+// tenant of weight mine serves own+1 jobs.
+func fairShare(own int, mine float64, others map[string]int, weights map[string]float64) int {
+	if mine <= 0 {
+		mine = 1
+	}
+	n := 0
+	for t, queued := range others {
+		wt := weights[t]
+		if wt <= 0 {
+			wt = 1
+		}
+		n += min(queued, int(float64(own+1)*wt/mine))
+	}
+	return n
 }
 
 // Positions returns the queue position (see Position) of each queued job
 // of a tenant that the watcher has seen, by job id.
 func (w *Watcher) Positions(tenant string) map[string]int {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	type entry struct {
-		k string
-		l live
+		id string
+		l  live
 	}
-	var queued []entry
-	for k, l := range w.last {
-		if l.status == jobs.StatusQueued {
-			queued = append(queued, entry{k, l})
-		}
-	}
-	sort.Slice(queued, func(i, j int) bool { return queued[i].l.ahead(queued[j].l) })
-	out := map[string]int{}
+	var mine []entry
+	others, weights := map[string]int{}, map[string]float64{}
+	myWeight := 0.0
 	prefix := tenant + "."
-	for i, e := range queued {
-		if id, ok := strings.CutPrefix(e.k, prefix); ok {
-			out[id] = i
+	for k, l := range w.last {
+		if l.status != jobs.StatusQueued {
+			continue
 		}
+		if id, ok := strings.CutPrefix(k, prefix); ok {
+			mine = append(mine, entry{id, l})
+			myWeight = max(myWeight, l.weight)
+			continue
+		}
+		t, _, _ := strings.Cut(k, ".")
+		others[t]++
+		weights[t] = max(weights[t], l.weight)
+	}
+	w.mu.Unlock()
+	sort.Slice(mine, func(i, j int) bool { return mine[i].l.ahead(mine[j].l) })
+	out := map[string]int{}
+	for i, e := range mine {
+		out[e.id] = i + fairShare(i, myWeight, others, weights)
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"testing"
+	"time"
 )
 
 // fairShares offers jobs of two tenants at 10:1 (ten of "heavy", one of
@@ -24,11 +25,17 @@ func fairShares(t *testing.T, rounds int, heavyWeight, lightWeight float64) map[
 			t.Fatal(err)
 		}
 	}
+	queued := map[string]int{}
 	for r := 0; r < rounds; r++ {
 		for i := 0; i < 10; i++ {
 			submit("heavy", heavyWeight)
 		}
 		submit("light", lightWeight)
+		queued["heavy"] += 10
+		queued["light"]++
+		// Consumer counts settle a moment after a publish; this test is
+		// about the order, so it lets them (settleLanes).
+		settleLanes(t, s, queued)
 		msg, err := q.Next(ctx, false)
 		if err != nil || msg == nil {
 			t.Fatalf("round %d: %v %v", r, msg, err)
@@ -38,7 +45,8 @@ func fairShares(t *testing.T, rounds int, heavyWeight, lightWeight float64) map[
 			t.Fatal(err)
 		}
 		got[qm.Tenant]++
-		if err := msg.Ack(); err != nil {
+		queued[qm.Tenant]--
+		if err := msg.DoubleAck(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -77,6 +85,7 @@ func TestFairQueuePriorityWithinTenant(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	settleLanes(t, s, map[string]int{"a": 2})
 	msg, err := q.Next(ctx, false)
 	if err != nil || msg == nil {
 		t.Fatal(msg, err)
@@ -89,5 +98,30 @@ func TestFairQueuePriorityWithinTenant(t *testing.T) {
 	_ = msg.Ack()
 	if waiting, _, err := s.QueueDepth(ctx); err != nil || waiting != 1 {
 		t.Fatalf("queue depth %d %v", waiting, err)
+	}
+}
+
+// settleLanes waits until the lanes' listed pending counts are the ones
+// expected per tenant.
+func settleLanes(t *testing.T, s *Store, want map[string]int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lanes, err := s.Lanes(context.Background())
+		got := map[string]int{}
+		for _, l := range lanes {
+			got[l.Tenant] += l.Pending
+		}
+		ok := err == nil
+		for k, v := range want {
+			ok = ok && got[k] == v
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lanes show %v, want %v (%v)", got, want, err)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

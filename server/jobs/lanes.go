@@ -123,15 +123,16 @@ type FairQueue struct {
 	// ListEvery is how long one listing of the lanes is reused (100 ms).
 	ListEvery time.Duration
 
-	mu     sync.Mutex
-	sched  *fairq.Scheduler
-	lanes  []Lane
-	listed time.Time
+	mu      sync.Mutex
+	sched   *fairq.Scheduler
+	lanes   []Lane
+	listed  time.Time
+	drained map[string]bool // lanes a fetch found empty, by name
 }
 
 // FairQueue returns a new fair view of the queue.
 func (s *Store) FairQueue() *FairQueue {
-	return &FairQueue{s: s, ListEvery: 100 * time.Millisecond, sched: fairq.New()}
+	return &FairQueue{s: s, ListEvery: 100 * time.Millisecond, sched: fairq.New(), drained: map[string]bool{}}
 }
 
 func priorityIndex(p string) int {
@@ -155,14 +156,22 @@ func (q *FairQueue) Next(ctx context.Context, refresh bool) (jetstream.Msg, erro
 		}
 		q.lanes, q.listed = lanes, time.Now()
 	}
+	// Consumer counts lag behind publishes by a moment, so a listed count
+	// of zero is not trusted: a lane counts as waiting until a fetch from
+	// it came back empty (and again once the listing shows messages).
+	for _, l := range q.lanes {
+		if l.Pending > 0 {
+			delete(q.drained, laneName(l.Priority, l.Tenant))
+		}
+	}
 	var waiting []fairq.Lane
-	var other []int // lanes with only deliveries in flight: redeliveries
+	var other []int // drained lanes with deliveries in flight: redeliveries
 	index := map[fairq.Lane]int{}
 	for i, l := range q.lanes {
 		fl := fairq.Lane{Tenant: l.Tenant, Priority: priorityIndex(l.Priority)}
 		index[fl] = i
 		switch {
-		case l.Pending > 0:
+		case !q.drained[laneName(l.Priority, l.Tenant)]:
 			waiting = append(waiting, fl)
 		case l.AckPending > 0 || l.Redelivered > 0:
 			other = append(other, i)
@@ -178,22 +187,25 @@ func (q *FairQueue) Next(ctx context.Context, refresh bool) (jetstream.Msg, erro
 			return nil, err
 		}
 		l := &q.lanes[index[fl]]
+		name := laneName(l.Priority, l.Tenant)
 		c, err := q.s.lane(ctx, l.Priority, l.Tenant)
 		if err != nil {
 			return nil, err
 		}
 		batch, err := c.FetchNoWait(1)
 		if err != nil {
-			return nil, fmt.Errorf("jobs: fetch %s: %w", laneName(l.Priority, l.Tenant), err)
+			return nil, fmt.Errorf("jobs: fetch %s: %w", name, err)
 		}
 		for msg := range batch.Messages() {
 			var qm QueueMessage
 			_ = json.Unmarshal(msg.Data(), &qm)
 			q.sched.Served(fl, qm.Work, qm.Weight, waiting)
 			l.Pending = max(l.Pending-1, 0)
+			delete(q.drained, name)
 			return msg, nil
 		}
 		l.Pending = 0
+		q.drained[name] = true
 	}
 	return nil, nil
 }

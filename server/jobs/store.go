@@ -52,17 +52,7 @@ type Store struct {
 	// lanes caches the consumers of (priority, tenant) lanes by name.
 	lanesMu sync.Mutex
 	lanes   map[string]jetstream.Consumer
-
-	// depth caches the undelivered counts per priority for Position, so
-	// that bursts of submissions do not each ask every consumer.
-	depthMu   sync.Mutex
-	depthAt   time.Time
-	pending   map[string]int
-	submitted map[string]int // enqueued here since depthAt
 }
-
-// positionTTL is how long Position reuses one reading of the consumers.
-const positionTTL = 250 * time.Millisecond
 
 // Open creates (or updates) the stream, consumers, bucket and object store
 // and returns a Store over them. Every role calls it at start; it is
@@ -90,8 +80,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("jobs: queue stream: %w", err)
 	}
-	s := &Store{js: js, stream: stream, lanes: map[string]jetstream.Consumer{}, opts: opts,
-		pending: map[string]int{}, submitted: map[string]int{}}
+	s := &Store{js: js, stream: stream, lanes: map[string]jetstream.Consumer{}, opts: opts}
 	if err := s.openLanes(ctx); err != nil {
 		return nil, err
 	}
@@ -158,7 +147,6 @@ func (s *Store) Submit(ctx context.Context, j *Job) error {
 	}
 	if err := s.enqueue(ctx, j, j.ID); err != nil {
 		msg := "could not enqueue: " + err.Error()
-		defer s.countSubmitted(j.Params.Priority, -1)
 		_, _ = s.Update(context.WithoutCancel(ctx), j.Tenant, j.ID, func(r *Job) error {
 			r.Status = StatusFailed
 			r.Error = &Error{Code: ErrCodeLost, Message: msg}
@@ -179,17 +167,10 @@ func (s *Store) Requeue(ctx context.Context, j *Job) error {
 	return s.enqueue(ctx, j, fmt.Sprintf("%s.h%d", j.ID, time.Now().UnixNano()))
 }
 
-func (s *Store) countSubmitted(priority string, d int) {
-	s.depthMu.Lock()
-	s.submitted[priority] += d
-	s.depthMu.Unlock()
-}
-
 func (s *Store) enqueue(ctx context.Context, j *Job, msgID string) error {
 	if _, err := s.lane(ctx, j.Params.Priority, j.Tenant); err != nil {
 		return err
 	}
-	s.countSubmitted(j.Params.Priority, 1)
 	body, _ := json.Marshal(QueueMessage{Tenant: j.Tenant, ID: j.ID, Work: j.Params.Work(), Weight: j.Weight})
 	_, err := s.js.Publish(ctx, QueueSubject(j.Params.Priority, j.Tenant, j.ID), body, jetstream.WithMsgID(msgID))
 	return err
@@ -340,34 +321,6 @@ func (s *Store) QueueDepth(ctx context.Context) (waiting, inFlight int, err erro
 		inFlight += l.AckPending
 	}
 	return waiting, inFlight, nil
-}
-
-// Position estimates how many jobs a new job of the given priority waits
-// behind: the undelivered jobs of its own and higher priorities, itself
-// excluded (the fair queue may serve it sooner). It reads the lanes at
-// most every 250 ms and counts the jobs enqueued through this store since.
-func (s *Store) Position(ctx context.Context, priority string) (int, error) {
-	s.depthMu.Lock()
-	defer s.depthMu.Unlock()
-	if time.Since(s.depthAt) > positionTTL {
-		lanes, err := s.Lanes(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("jobs: position: %w", err)
-		}
-		fresh := map[string]int{}
-		for _, l := range lanes {
-			fresh[l.Priority] += l.Pending
-		}
-		s.pending, s.submitted, s.depthAt = fresh, map[string]int{}, time.Now()
-	}
-	n := 0
-	for _, p := range Priorities() {
-		n += s.pending[p] + s.submitted[p]
-		if p == priority {
-			break
-		}
-	}
-	return max(n-1, 0), nil
 }
 
 // Reconcile finds live jobs (queued or running) older than grace whose
