@@ -39,6 +39,13 @@ func TestLoRAsOverHTTP(t *testing.T) {
 	if e := s.do("GET", "/v1/embeddings", "", nil); !strings.Contains(string(e.body), `"name":"kilnstyle"`) {
 		t.Fatalf("GET /v1/embeddings: %d %s", e.status, e.body)
 	}
+	// AUTOMATIC1111's routes list the same files
+	if a := s.do("GET", "/sdapi/v1/loras", "", nil); a.status != http.StatusOK || !strings.Contains(string(a.body), `"name":"a"`) {
+		t.Fatalf("GET /sdapi/v1/loras: %d %s", a.status, a.body)
+	}
+	if a := s.do("GET", "/sdapi/v1/embeddings", "", nil); !strings.Contains(string(a.body), `"kilnstyle":{`) || !strings.Contains(string(a.body), `"vectors":2`) {
+		t.Fatalf("GET /sdapi/v1/embeddings: %d %s", a.status, a.body)
+	}
 	bad := s.do("POST", "/v1/jobs", "", map[string]any{"prompt": "x <lora:aa:1>", "model": "tiny"})
 	if bad.status != http.StatusBadRequest || !strings.Contains(string(bad.body), `close matches: a`) {
 		t.Fatalf("unknown LoRA: %d %s", bad.status, bad.body)
