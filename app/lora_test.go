@@ -70,6 +70,9 @@ func TestLoRAsOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if m := s.do("GET", "/metrics", "", nil); !strings.Contains(string(m.body), "kiln_lora_cache_entries{") {
+		t.Errorf("metrics lack the LoRA cache")
+	}
 	if !strings.Contains(txt, `Lora hashes: "a: `+hash[:12]+`"`) || !strings.Contains(txt, `TI hashes: "kilnstyle: `) {
 		t.Fatalf("parameters: %s", txt)
 	}

@@ -480,6 +480,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	}
 	wm := worker.NewMetrics(reg)
 	caches := make([]*modelcache.Cache, 0, len(slots))
+	engines := make([]worker.Engine, 0, len(slots))
 	nGPU := 0
 	for _, sl := range slots {
 		if sl.dev.GPU() {
@@ -496,6 +497,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		if le, ok := eng.(interface{ SetLibrary(*loralib.Library) }); ok {
 			le.SetLibrary(in.library)
 		}
+		engines = append(engines, eng)
 		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)
 		name := sl.dev.Name
@@ -536,6 +538,19 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		}()
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		for i, e := range engines {
+			le, ok := e.(interface{ LoRAStats() sdengine.LoRAStats })
+			if !ok {
+				continue
+			}
+			s := le.LoRAStats()
+			l, v := []string{"worker"}, []string{in.workers[i].ID()}
+			emit("kiln_lora_cache_entries", "Parsed LoRAs and embeddings held by the worker's models.", "gauge", l, v, float64(s.Entries))
+			emit("kiln_lora_cache_bytes", "Host bytes of the parsed LoRAs and embeddings.", "gauge", l, v, float64(s.Bytes))
+			emit("kiln_lora_cache_hits_total", "LoRA/embedding lookups answered by the cache.", "counter", l, v, float64(s.Hits))
+			emit("kiln_lora_cache_misses_total", "LoRA/embedding files parsed.", "counter", l, v, float64(s.Misses))
+			emit("kiln_lora_cache_evictions_total", "Parsed LoRAs and embeddings dropped for room.", "counter", l, v, float64(s.Evictions))
+		}
 		for i, c := range caches {
 			s := c.Stats()
 			l, v := []string{"worker"}, []string{in.workers[i].ID()}

@@ -3,6 +3,7 @@ package sdengine
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/pipeline"
@@ -11,47 +12,113 @@ import (
 	"github.com/kiln-project/kiln/worker"
 )
 
-// maxParsed is how many parsed LoRAs and embeddings a model keeps.
+// Limits of one model's cache of parsed LoRAs and embeddings.
 // TODO(lora): move these into the memory manager (core/memory) with their
-// own LRU, GPU/host tiers and metrics; today a model keeps the most
-// recently used maxParsed, and their device copies live as long as they do.
-const maxParsed = 32
+// own GPU/host tiers; today a model keeps the most recently used files
+// within these limits, and their device copies live as long as they do.
+const (
+	maxParsed      = 64
+	maxParsedBytes = 1 << 30
+)
 
 // SetLibrary sets where jobs' LoRAs and embeddings are found. Call it
 // before Load.
 func (e *Engine) SetLibrary(lib *loralib.Library) { e.lib = lib }
 
-// adapters caches one model's parsed LoRAs and embeddings by file hash.
-type adapters struct {
-	lib   *loralib.Library
-	mu    sync.Mutex
-	byKey map[string]any // *lora.LoRA or *lora.Embedding
-	order []string       // least recently used first
+// LoRAStats are the engine's LoRA/embedding cache counters, over all its
+// models.
+type LoRAStats struct {
+	Hits, Misses, Evictions uint64
+	Entries, Bytes          int64
 }
 
-func newAdapters(lib *loralib.Library) *adapters {
-	return &adapters{lib: lib, byKey: map[string]any{}}
+// loraStats is shared by an engine's models.
+type loraStats struct {
+	hits, misses, evictions atomic.Uint64
+	entries, bytes          atomic.Int64
+}
+
+// LoRAStats returns the engine's LoRA cache counters.
+func (e *Engine) LoRAStats() LoRAStats {
+	s := e.stats()
+	return LoRAStats{Hits: s.hits.Load(), Misses: s.misses.Load(), Evictions: s.evictions.Load(),
+		Entries: s.entries.Load(), Bytes: s.bytes.Load()}
+}
+
+func (e *Engine) stats() *loraStats {
+	e.loraOnce.Do(func() { e.lora = &loraStats{} })
+	return e.lora
+}
+
+// adapters caches one model's parsed LoRAs and embeddings by file hash,
+// least recently used first out.
+type adapters struct {
+	lib   *loralib.Library
+	stats *loraStats
+	mu    sync.Mutex
+	byKey map[string]parsed
+	order []string // least recently used first
+	bytes int64
+}
+
+type parsed struct {
+	v     any // *lora.LoRA or *lora.Embedding
+	bytes int64
+}
+
+func newAdapters(lib *loralib.Library, stats *loraStats) *adapters {
+	return &adapters{lib: lib, stats: stats, byKey: map[string]parsed{}}
 }
 
 // get returns the parsed file for key, parsing it with parse once.
 func (a *adapters) get(key string, parse func() (any, error)) (any, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if v, ok := a.byKey[key]; ok {
+	if p, ok := a.byKey[key]; ok {
+		a.stats.hits.Add(1)
 		a.touch(key)
-		return v, nil
+		return p.v, nil
 	}
+	a.stats.misses.Add(1)
 	v, err := parse()
 	if err != nil {
 		return nil, err
 	}
-	a.byKey[key] = v
+	p := parsed{v: v, bytes: sizeOf(v)}
+	a.byKey[key] = p
 	a.order = append(a.order, key)
-	if len(a.order) > maxParsed {
-		delete(a.byKey, a.order[0])
-		a.order = a.order[1:]
+	a.bytes += p.bytes
+	a.stats.entries.Add(1)
+	a.stats.bytes.Add(p.bytes)
+	for len(a.order) > 1 && (len(a.order) > maxParsed || a.bytes > maxParsedBytes) {
+		a.drop(a.order[0])
+		a.stats.evictions.Add(1)
 	}
 	return v, nil
+}
+
+// drop removes key from the cache.
+func (a *adapters) drop(key string) {
+	p := a.byKey[key]
+	delete(a.byKey, key)
+	for i, k := range a.order {
+		if k == key {
+			a.order = append(a.order[:i:i], a.order[i+1:]...)
+			break
+		}
+	}
+	a.bytes -= p.bytes
+	a.stats.entries.Add(-1)
+	a.stats.bytes.Add(-p.bytes)
+}
+
+// close empties the cache (the model closes).
+func (a *adapters) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(a.order) > 0 {
+		a.drop(a.order[0])
+	}
 }
 
 func (a *adapters) touch(key string) {
@@ -61,6 +128,24 @@ func (a *adapters) touch(key string) {
 			return
 		}
 	}
+}
+
+// sizeOf is the host bytes of a parsed file's values.
+func sizeOf(v any) int64 {
+	var n int
+	switch x := v.(type) {
+	case *lora.LoRA:
+		for _, fs := range x.Factors {
+			for _, f := range fs {
+				n += len(f.Down) + len(f.Up)
+			}
+		}
+	case *lora.Embedding:
+		for _, vs := range x.Vectors {
+			n += len(vs)
+		}
+	}
+	return 4 * int64(n)
 }
 
 // request converts a worker request to the pipeline's, with its LoRAs and

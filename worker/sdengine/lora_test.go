@@ -96,6 +96,16 @@ func TestBatchWithLoRAs(t *testing.T) {
 	if d := maxPixelDiff(res[0].Result.Images[0], res[2].Result.Images[0]); d == 0 {
 		t.Error("LoRA a changed nothing")
 	}
+	// a, b and kilnstyle parsed once each (and circle tried), every later
+	// lookup a hit
+	st := e.LoRAStats()
+	if st.Misses != 4 || st.Hits != 3 || st.Entries != 3 || st.Bytes <= 0 {
+		t.Errorf("cache stats %+v", st)
+	}
+	wm.Close()
+	if st := e.LoRAStats(); st.Entries != 0 || st.Bytes != 0 {
+		t.Errorf("after the model closed: %+v", st)
+	}
 }
 
 // maxPixelDiff is the largest difference of one 8-bit channel.

@@ -12,6 +12,7 @@ import (
 	"image"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -51,6 +52,8 @@ type Engine struct {
 	text     *textcache.Cache
 	stateDir string // component-hash cache; "" for none
 	lib      *loralib.Library
+	loraOnce sync.Once
+	lora     *loraStats
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -125,7 +128,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	hash := encoderHash(comps, hashes)
-	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be), adapters: newAdapters(e.lib)}
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be), adapters: newAdapters(e.lib, e.stats())}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -223,6 +226,9 @@ func (m *Model) EncoderHash() string { return m.encoderHash }
 // freed at once, then the model files are closed (and a synthetic model's
 // temporary files removed).
 func (m *Model) Close() error {
+	if m.adapters != nil {
+		m.adapters.close()
+	}
 	var gerr error
 	if m.group != nil {
 		gerr = m.group.Close()
