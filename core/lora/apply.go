@@ -72,6 +72,8 @@ type rowAdapter struct {
 	reference bool
 	// maxMix overrides the constant maxMix (tests); 0: the constant.
 	maxMix int
+	// noRanges ignores backend.RowRanger (tests of the gather path).
+	noRanges bool
 }
 
 // Install puts per-row adapters for namespace ns on t, following the batch
@@ -107,7 +109,7 @@ func install(t Target, ns string, rows []Rows, text bool, proto rowAdapter) (rem
 		for mod, terms := range perModule {
 			a := byModule[mod]
 			if a == nil {
-				a = &rowAdapter{reference: proto.reference, maxMix: proto.maxMix}
+				a = &rowAdapter{reference: proto.reference, maxMix: proto.maxMix, noRanges: proto.noRanges}
 				byModule[mod] = a
 				order = append(order, mod)
 			}
@@ -131,9 +133,12 @@ func install(t Target, ns string, rows []Rows, text bool, proto rowAdapter) (rem
 // Adapt adds the updates with backend ops, so they stay on the device.
 // A factor whose rows all share one scale (every row of the batch uses the
 // same LoRA at the same weight) runs as two thin products over the batch
-// (x·Downᵀ, then ·Upᵀ). Otherwise its rows are gathered, the products run
-// on them alone, and the results are scattered back scaled per row (see
-// gatherRows): rows of different jobs get different LoRAs in one batch.
+// (x·Downᵀ, then ·Upᵀ). Otherwise, on backends with row ranges
+// (backend.RowRanger: the CPU) the products run on each run of rows alone
+// and are added into those rows in one pass; elsewhere its rows are
+// gathered, the products run on them alone, and the results are scattered
+// back scaled per row (see mixRows): rows of different jobs get different
+// LoRAs in one batch.
 //
 // TODO(lora): a grouped low-rank GEMM kernel on the CUDA backend that
 // takes every factor's row segments in one launch instead of a gather,
@@ -162,9 +167,28 @@ func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backen
 			}
 		}
 	}
+	rr, ranges := be.(backend.RowRanger)
+	ranges = ranges && !a.noRanges
+	var parts []backend.RowPart
 	for _, u := range uses {
 		if uniform(u.scales) {
 			y = addOps(be, x, y, term{f: u.f, s: u.scales[0]}, conv)
+			continue
+		}
+		if ranges {
+			// each run of rows with one scale: its rows alone, no gather
+			for from := 0; from < rows; {
+				to := from + 1
+				for to < rows && u.scales[to] == u.scales[from] {
+					to++
+				}
+				if u.scales[from] != 0 {
+					xs := rr.Rows(x, from, to)
+					parts = append(parts, backend.RowPart{T: deltaOps(be, xs, u.f, conv), From: from, Scale: u.scales[from]})
+					be.Free(xs)
+				}
+				from = to
+			}
 			continue
 		}
 		limit := maxMix
@@ -172,6 +196,14 @@ func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backen
 			limit = a.maxMix
 		}
 		y = addRows(be, x, y, u.f, u.scales, conv, limit)
+	}
+	if len(parts) > 0 {
+		out := rr.AddRows(y, parts)
+		be.Free(y)
+		for _, p := range parts {
+			be.Free(p.T)
+		}
+		y = out
 	}
 	return y
 }
