@@ -148,6 +148,13 @@ func (b *countingBackend) Upload(shape tensor.Shape, dt tensor.DType, raw []byte
 // and memory budget of its GPU, jobs running on those backends, and the
 // devices released at shutdown.
 func TestGPUWorkersOnePerDevice(t *testing.T) {
+	for _, placed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("placement=%v", placed), func(t *testing.T) { gpuWorkers(t, placed) })
+	}
+}
+
+// gpuWorkers runs two stand-in GPUs, with placement across them or not.
+func gpuWorkers(t *testing.T, placed bool) {
 	var closed atomic.Int32
 	backends := map[string]*countingBackend{}
 	selector := func(spec string) ([]app.Device, string, error) {
@@ -171,7 +178,10 @@ func TestGPUWorkersOnePerDevice(t *testing.T) {
 		mu.Unlock()
 		return app.NativeEngine(dev, text)
 	}
-	s, logs := startWith(t, func(c *config.Config) { c.Workers = 3 }, app.Options{SelectDevices: selector, NewEngine: newEngine})
+	s, logs := startWith(t, func(c *config.Config) { c.Workers = 3; c.Placement = placed }, app.Options{SelectDevices: selector, NewEngine: newEngine})
+	if n := len(logs.lines("placement across GPUs on")); (n == 1) != placed {
+		t.Fatalf("%d placement log lines with placement %v", n, placed)
+	}
 	if d := s.workerDevices(2); d[0] != "cuda:0" || d[1] != "cuda:1" {
 		t.Fatalf("worker devices %v", d)
 	}
@@ -189,6 +199,11 @@ func TestGPUWorkersOnePerDevice(t *testing.T) {
 	want := fmt.Sprintf("%g", float64(int64(0.8*float64(80<<30))))
 	if n := strings.Count(metrics, "kiln_model_cache_budget_bytes{"); n != 2 {
 		t.Fatalf("%d model cache budgets in /metrics", n)
+	}
+	for _, d := range []string{"cuda:0", "cuda:1"} { // per-GPU series are labelled by device
+		if !strings.Contains(metrics, `kiln_model_cache_budget_bytes{worker=`) || !strings.Contains(metrics, `,device="`+d+`"}`) {
+			t.Errorf("no series labelled device=%q in /metrics", d)
+		}
 	}
 	for _, line := range strings.Split(metrics, "\n") {
 		if strings.HasPrefix(line, "kiln_model_cache_budget_bytes{") && !strings.HasSuffix(line, " "+want) {

@@ -53,6 +53,12 @@ func NativeEngine(dev Device, text *textcache.Cache) (worker.Engine, error) {
 	return sdengine.NewOnBackend(dev.Name, dev.Backend, text)
 }
 
+// tuningEngine is an engine that keeps its device's kernel choices in a
+// folder and tunes new shapes between jobs (sdengine on a GPU).
+type tuningEngine interface {
+	UseTuningDir(dir string, log *slog.Logger) (int, error)
+}
+
 // Options configure Start.
 type Options struct {
 	Config *config.Config
@@ -104,7 +110,9 @@ type Instance struct {
 	workers    []*worker.Worker
 	devices    []Device
 	workerStop context.CancelFunc
-	workerDone sync.WaitGroup
+	// placementStop ends the placement board's heartbeat subscription.
+	placementStop func()
+	workerDone    sync.WaitGroup
 
 	stopOnce sync.Once
 	stopErr  error
@@ -489,6 +497,10 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	in.workerStop = stop
+	placer, err := in.startPlacement()
+	if err != nil {
+		return err
+	}
 	for i, sl := range slots {
 		eng, err := o.NewEngine(sl.dev, in.text)
 		if err != nil {
@@ -498,6 +510,17 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			le.SetLibrary(in.library)
 		}
 		engines = append(engines, eng)
+		if t, ok := eng.(tuningEngine); ok && cfg.DataDir != "" {
+			dir := filepath.Join(cfg.DataDir, "tuning")
+			n, err := t.UseTuningDir(dir, in.log)
+			if err != nil {
+				in.log.Warn("stored kernel tuning not used", "device", sl.dev.Name, "err", err)
+			}
+			if sl.dev.GPU() {
+				in.log.Info("kernel tuning", "device", sl.dev.Name, "stored_choices", n, "dir", dir,
+					"note", "new shapes run on defaults and are tuned between jobs")
+			}
+		}
 		cache := modelcache.New(sl.budget, o.Eviction)
 		caches = append(caches, cache)
 		name := sl.dev.Name
@@ -524,7 +547,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		w, err := worker.New(worker.Options{Store: store, Conn: in.broker.Conn, Engine: eng, Models: mreg, Cache: cache, Memory: mem,
 			Scheduler: sched, Window: window, Post: o.Post, Metrics: wm, Logger: in.log, PreviewSize: cfg.PreviewSize,
 			PreviewQuality: cfg.PreviewQuality, PreviewEvery: cfg.PreviewEvery, HeartbeatInterval: cfg.MetricsInterval.D(),
-			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: in.gpu.Read})
+			ShutdownTimeout: cfg.ShutdownTimeout.D(), GPUs: ownGPU(in.gpu.Read, sl.dev), Placement: placer})
 		if err != nil {
 			return err
 		}
@@ -553,7 +576,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		}
 		for i, c := range caches {
 			s := c.Stats()
-			l, v := []string{"worker"}, []string{in.workers[i].ID()}
+			l, v := []string{"worker", "device"}, []string{in.workers[i].ID(), slots[i].dev.Name}
 			emit("kiln_model_cache_bytes", "Bytes held by resident catalog.", "gauge", l, v, float64(s.Bytes))
 			emit("kiln_model_cache_budget_bytes", "Memory budget of the model cache.", "gauge", l, v, float64(s.Budget))
 			emit("kiln_model_cache_resident", "Resident catalog.", "gauge", l, v, float64(s.Resident))
@@ -651,6 +674,9 @@ func (in *Instance) stop(ctx context.Context) error {
 		go func() { defer wg.Done(); in.workerDone.Wait() }()
 	}
 	wg.Wait()
+	if in.placementStop != nil {
+		in.placementStop()
+	}
 	if err := closeDevices(in.devices); err != nil {
 		in.log.Warn("releasing devices", "err", err)
 	}

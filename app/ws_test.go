@@ -209,7 +209,11 @@ func TestCancelQueuedAndRunning(t *testing.T) {
 	w := s.dial(t, "", "subscribe=all")
 	long := map[string]any{"prompt": "long", "width": 64, "height": 64, "steps": 150, "guidance": 5, "profile": "quality_first"}
 	running := s.submit("", long)
-	queued := s.submit("", tinyJob("waits behind"))
+	// Another image size: it cannot join the running job's batch (the
+	// worker batches jobs of one model and size), so it stays queued.
+	waits := tinyJob("waits behind")
+	waits["width"] = 128
+	queued := s.submit("", waits)
 	w.until(t, func(m map[string]any) bool { return m["job"] == running && m["type"] == "progress" })
 	r := s.do("DELETE", "/v1/jobs/"+queued, "", nil)
 	if r.status != http.StatusOK || r.json(t)["status"] != "canceled" {

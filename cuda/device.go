@@ -127,6 +127,7 @@ type Device struct {
 	fhLayout int    // descriptor convention the Hopper attention verified with; -1 unknown, fhBroken none
 	sm90a    string // what became of the Hopper image (kiln doctor)
 	tuneLog  []string
+	later    *tuneQueue // shapes whose tuning is deferred (see DeferTuning)
 
 	deferred []*buffer // freed while read by the unflushed segment
 

@@ -130,6 +130,9 @@ func (b *Backend) planConv(g convGeom, padB, padR int, dt tensor.DType, fusable 
 	if !d.tune || d.opts.Conv != "auto" {
 		return fallback
 	}
+	if d.deferConv(key) {
+		return fallback
+	}
 	var cands []convPlan
 	if implicit {
 		for _, t := range tiles {
@@ -257,6 +260,9 @@ func (b *Backend) planLinear(m, n, k int, dt tensor.DType, bias, fusable bool) l
 		return p
 	}
 	if !d.tune {
+		return linPlan{method: linCublas}
+	}
+	if d.deferLinear(key) {
 		return linPlan{method: linCublas}
 	}
 	cands := []linPlan{{method: linCublas}}

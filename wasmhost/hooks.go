@@ -2,6 +2,7 @@ package wasmhost
 
 import (
 	"context"
+	"errors"
 
 	"github.com/kiln-project/kiln/wasmhost/abi"
 )
@@ -29,7 +30,12 @@ func (m *Module) CallBatching(ctx context.Context, in *abi.BatchingInput) (abi.B
 	if err := abi.CheckBatchingInput(in); err != nil {
 		return out, badInput(err)
 	}
-	o := m.invoke(ctx, abi.HookBatching, in.NowUS, abi.EncodeBatchingInput(nil, in), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
+	if len(in.Running) > 0 && m.info.ABIMinor < abi.MinorBatching {
+		// A module of minor 0 cannot see the running batch: its answer
+		// would ignore the images already on the device.
+		return out, badInput(errors.New("wasmhost: the module speaks ABI minor 0; admission to a running batch needs minor 1"))
+	}
+	o := m.invoke(ctx, abi.HookBatching, in.NowUS, abi.EncodeBatchingInputAt(nil, in, m.info.ABIMinor), m.host.cfg.MaxPolicyOutput, func(b []byte) error {
 		var err error
 		if out, err = abi.DecodeBatchingOutput(b); err != nil {
 			return err
@@ -43,8 +49,10 @@ func (m *Module) CallBatching(ctx context.Context, in *abi.BatchingInput) (abi.B
 }
 
 // Batching returns the module's batching decision, or the built-in's.
+// Admission to a running batch (minor 1) is answered natively for a
+// module of minor 0, without counting against it.
 func (m *Module) Batching(ctx context.Context, in *abi.BatchingInput) (abi.BatchingOutput, Outcome) {
-	if m != nil {
+	if m != nil && (len(in.Running) == 0 || m.info.ABIMinor >= abi.MinorBatching) {
 		out, o := m.CallBatching(ctx, in)
 		if o.OK() {
 			return out, o

@@ -155,4 +155,16 @@ type RunningItem struct {
 	ID, Images int
 	// Remaining is the number of steps it still has to run.
 	Remaining int
+	// Job and Tenant name its job (filled by the worker; engines leave
+	// them empty).
+	Job, Tenant string
+}
+
+// Idler is an Engine with work to do between jobs (warming models up and
+// tuning device kernels for shapes met, off any request's path). The
+// worker calls Idle when no job is pending; more reports whether work is
+// left. Each call should take well under a second: a job arriving waits
+// for it.
+type Idler interface {
+	Idle(ctx context.Context) (more bool)
 }

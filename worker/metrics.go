@@ -31,8 +31,14 @@ type Metrics struct {
 	// PreviewsDropped counts previews skipped because every preview
 	// encoder was busy.
 	PreviewsDropped *metrics.Counter
+	// IdleWork accumulates the time engines spent on between-jobs work
+	// (model warm-up, kernel tuning off the request path).
+	IdleWork *metrics.Counter
 	// Joins counts jobs that joined a batch already running.
 	Joins *metrics.Counter
+	// PlacementDeferred counts jobs a worker handed back for a GPU that
+	// holds their model (Options.Placement).
+	PlacementDeferred *metrics.Counter
 }
 
 // Stages of a served job, the label values of Metrics.Stage.
@@ -69,6 +75,9 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 			metrics.ExponentialBuckets(0.0001, 2, 20), "stage"),
 		GenerateSeconds: reg.NewCounter("kiln_worker_generate_seconds_total", "Wall time workers spent running batches on their devices."),
 		PreviewsDropped: reg.NewCounter("kiln_preview_frames_dropped_total", "Previews skipped because every preview encoder was busy."),
+		IdleWork:        reg.NewCounter("kiln_worker_idle_work_seconds_total", "Time engines spent warming models up and tuning kernels between jobs."),
 		Joins:           reg.NewCounter("kiln_batch_joins_total", "Jobs that joined a batch already running, at a step boundary."),
+		PlacementDeferred: reg.NewCounter("kiln_placement_deferred_total",
+			"Jobs a worker handed back for a GPU that holds their model (placement)."),
 	}
 }

@@ -155,10 +155,11 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 	}
 	for rb.Len() > 0 {
 		filled := make(chan struct{})
+		stepDone := make(chan struct{})
 		if ctx.Err() == nil {
 			go func() {
 				defer close(filled)
-				w.fillWindow(ctx, q)
+				w.fillDuring(ctx, q, stepDone)
 			}()
 		} else {
 			close(filled)
@@ -168,6 +169,7 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		start := time.Now()
 		done := rb.Step()
 		took := time.Since(start)
+		close(stepDone)
 		<-filled
 		var decode time.Duration
 		for _, d := range done {
@@ -191,17 +193,45 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 		free, peak := rb.Memory()
 		w.memory.observe(shape, images, peak)
 		free = w.underBudget(head, images, free, peak)
+		w.lastFree.Store(free)
 		if ctx.Err() != nil {
 			continue // shutting down: no new jobs join
 		}
 		limit, per := w.maxImages(shape, rb.Images(), free)
-		st := RunningState{Model: head.Model, Width: head.Width, Height: head.Height, Items: rb.Items(),
+		items := rb.Items()
+		for k := range items {
+			if m := members[items[k].ID]; m != nil {
+				items[k].Job, items[k].Tenant = m.a.job.ID, m.a.job.Tenant
+			}
+		}
+		st := RunningState{Model: head.Model, Width: head.Width, Height: head.Height, Items: items,
 			Images: rb.Images(), MaxImages: limit, FreeMemBytes: free, ImageMemBytes: per}
 		for _, p := range w.admitJoin(q, st) {
 			if a := w.begin(ctx, p); a != nil {
 				w.o.Metrics.Joins.Inc()
 				join(a)
 			}
+		}
+	}
+}
+
+// fillPoll is how often the queue is looked at while a step runs.
+const fillPoll = 3 * time.Millisecond
+
+// fillDuring keeps the window filled from the queue until stop is closed
+// (the step ends), looking again every fillPoll, so that a job arriving
+// during a step can join at the step's end.
+func (w *Worker) fillDuring(ctx context.Context, q *window, stop <-chan struct{}) {
+	t := time.NewTicker(fillPoll)
+	defer t.Stop()
+	for {
+		w.fillWindow(ctx, q)
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -241,7 +271,8 @@ func (w *Worker) admitJoin(q *window, st RunningState) []pendingMsg {
 	}
 	var chosen []int
 	if ad, ok := w.o.Scheduler.(Admitter); ok {
-		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&jobs.Params{Model: st.Model, Width: st.Width, Height: st.Height}))}
+		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&jobs.Params{Model: st.Model, Width: st.Width, Height: st.Height})),
+			FreeMemBytes: st.FreeMemBytes, ImageMemBytes: st.ImageMemBytes}
 		idx, err := ad.Admit(time.Now(), st, snapshot, stats)
 		if err == nil {
 			err = checkAdmission(idx, snapshot, st)

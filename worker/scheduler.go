@@ -28,6 +28,10 @@ type Stats struct {
 	// pending job (the highest priority, oldest); sorted by batch size,
 	// empty before the worker has run such a job.
 	StepLatency []StepLatency
+	// FreeMemBytes is the device memory free at the last step boundary
+	// and ImageMemBytes the measured activation bytes of one image at the
+	// head job's model and size (0: unknown).
+	FreeMemBytes, ImageMemBytes int64
 }
 
 // StepLatency is the measured duration of one step at one batch size.

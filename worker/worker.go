@@ -78,6 +78,9 @@ type Options struct {
 	GPUs func() []events.GPU
 	// Post runs after generation (nil: nothing).
 	Post PostProcessor
+	// Placement decides which fetched jobs the worker holds on a host of
+	// several GPUs (nil: all of them).
+	Placement Placement
 	// MaxFinishing bounds the jobs whose post-processing and storing may
 	// run behind the next batches (default 2×Window, at least 4); when
 	// that many are still finishing, the worker waits before it starts
@@ -95,13 +98,17 @@ type Worker struct {
 	running []*active // claimed jobs, generating or finishing
 
 	queue     *jobs.FairQueue
-	draining  atomic.Bool // an operator drained the worker
+	win       atomic.Pointer[window] // the window of Run, for heartbeats
+	draining  atomic.Bool            // an operator drained the worker
 	latency   latencyTable
 	memory    memoryTable
+	lastFree  atomic.Int64 // device memory free at the last step boundary (0: unknown)
 	speed     speedTable
 	finishing sync.WaitGroup
 	slots     chan struct{} // one per job finishing in the background
 	previews  chan struct{} // one per preview being encoded and published
+	idleSince time.Time     // start of the engine's current run of idle work (zero: none)
+	idleSpent time.Duration // time spent in that run
 }
 
 // active is a job this worker has claimed, from the claim to its ack.
@@ -227,7 +234,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	q := &window{}
-	w.o.Cache.SetDemand(q.demand) // eviction policies see the window's jobs per model
+	w.win.Store(q)
+	w.o.Cache.SetDemand(w.placedDemand(q.demand)) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
 	kaStopped := make(chan struct{})
 	go func() { // keep held-but-unstarted messages from being redelivered
@@ -291,6 +299,10 @@ func (w *Worker) Run(ctx context.Context) error {
 				break
 			}
 			if p, ok := w.admit(ctx, msg); ok {
+				if !w.place(p) { // left for a GPU holding the model
+					w.handBack(p.msg, p.Job)
+					break
+				}
 				q.mu.Lock()
 				q.pending = append(q.pending, p)
 				q.mu.Unlock()
@@ -304,10 +316,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		q.mu.Unlock()
 		if len(snapshot) == 0 {
 			w.trimIdle()
+			if w.idleWork(ctx) {
+				continue // look at the queue again before more idle work
+			}
 			kicked = w.idle(ctx, kick, time.Second)
 			continue
 		}
-		stats := Stats{StepLatency: w.latency.snapshot(shapeKey(&snapshot[head(snapshot)].Job.Params))}
+		hk := shapeKey(&snapshot[head(snapshot)].Job.Params)
+		stats := Stats{StepLatency: w.latency.snapshot(hk), FreeMemBytes: w.lastFree.Load(), ImageMemBytes: w.memory.get(hk)}
 		d, err := w.o.Scheduler.Decide(time.Now(), snapshot, stats)
 		if err == nil {
 			err = checkDecision(d, len(snapshot), 10*time.Second)
@@ -349,6 +365,30 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.finishing.Wait()
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// idleWork gives the engine, when it is an Idler, one slice of its
+// between-jobs work (warm-up, kernel tuning) and reports whether more is
+// left; the end of a run of such work is logged with its duration.
+func (w *Worker) idleWork(ctx context.Context) bool {
+	idler, ok := w.o.Engine.(Idler)
+	if !ok || ctx.Err() != nil {
+		return false
+	}
+	start := time.Now()
+	more := idler.Idle(ctx)
+	took := time.Since(start)
+	w.o.Metrics.IdleWork.Add(took.Seconds())
+	if w.idleSince.IsZero() && more {
+		w.idleSince = start
+		w.log.Info("warming up and tuning the device between jobs")
+	}
+	w.idleSpent += took
+	if !more && !w.idleSince.IsZero() {
+		w.log.Info("device warm-up and tuning done", "seconds", w.idleSpent.Seconds())
+		w.idleSince, w.idleSpent = time.Time{}, 0
+	}
+	return more
 }
 
 // idle waits for a kick, the timeout or the end of ctx, and returns the
@@ -543,7 +583,7 @@ func (w *Worker) cancelRunning(tenant, id string) {
 // heartbeat describes the worker now.
 func (w *Worker) heartbeat(stop bool) events.Heartbeat {
 	hb := events.Heartbeat{Worker: w.o.ID, Device: w.o.Engine.Device(), Time: time.Now().UTC(), Stopped: stop,
-		Speed: w.speed.snapshot(), Draining: w.draining.Load()}
+		Speed: w.speed.snapshot(), Draining: w.draining.Load(), Queued: w.queued()}
 	w.mu.Lock()
 	if len(w.running) > 0 {
 		hb.Busy, hb.Job = true, w.running[0].job.ID

@@ -141,6 +141,9 @@ func (s *Scheduler) Input(now time.Time, pending []worker.Pending, stats worker.
 	} else {
 		in.StepLatency = StepLatencyABI(stats.StepLatency)
 	}
+	if s.o.Memory == nil && stats.FreeMemBytes > 0 {
+		in.FreeMemBytes = uint64(stats.FreeMemBytes) // the worker's reading at its last step
+	}
 	tenants := map[string]float64{}
 	for _, p := range pending {
 		j := p.Job
@@ -205,4 +208,51 @@ func (s *Scheduler) Decide(now time.Time, pending []worker.Pending, stats worker
 	}
 	s.mu.Unlock()
 	return d, nil
+}
+
+var _ worker.Admitter = (*Scheduler)(nil)
+
+// Admit implements worker.Admitter: the batching policy (ABI minor 1)
+// decides which pending jobs join the running batch at this step
+// boundary. Only jobs that may join (same model and size) are offered; the
+// built-in policy answers for modules of minor 0.
+func (s *Scheduler) Admit(now time.Time, run worker.RunningState, pending []worker.Pending, stats worker.Stats) ([]int, error) {
+	var offered []worker.Pending
+	var of []int
+	for i, p := range pending {
+		if worker.Joinable(run, &p.Job.Params) && len(offered) < abi.MaxJobs {
+			offered = append(offered, p)
+			of = append(of, i)
+		}
+	}
+	if len(offered) == 0 || len(run.Items) == 0 || run.Images >= run.MaxImages {
+		return nil, nil
+	}
+	in := s.Input(now, offered, stats)
+	in.MaxBatch = uint32(max(run.MaxImages, 1))
+	if run.FreeMemBytes > 0 {
+		in.FreeMemBytes = uint64(run.FreeMemBytes)
+	}
+	in.ImageMemBytes = uint64(max(run.ImageMemBytes, 0))
+	for _, it := range run.Items {
+		in.Running = append(in.Running, abi.RunningJob{ID: it.Job, Tenant: it.Tenant, N: uint32(max(it.Images, 1)), RemainingSteps: uint32(max(it.Remaining, 0))})
+		if len(in.Running) == abi.MaxJobs {
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.o.Timeout)
+	defer cancel()
+	out, _ := s.w.Registry.Batching(ctx, in)
+	if out.Wait {
+		return nil, nil
+	}
+	idx := make([]int, len(out.Jobs))
+	s.mu.Lock()
+	for k, i := range out.Jobs {
+		idx[k] = of[i]
+		j := offered[i].Job
+		s.served[j.Tenant] += float64(max(j.Params.N, 1))
+	}
+	s.mu.Unlock()
+	return idx, nil
 }

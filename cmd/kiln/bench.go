@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	key := fs.String("key", "", "with --url: the tenant API key")
 	conc := fs.String("concurrency", "1,8,32", "with --serve: comma-separated numbers of concurrent clients")
 	duration := fs.Duration("duration", 30*time.Second, "with --serve: how long each concurrency level submits jobs")
+	tuningDir := fs.String("tuning-dir", defaultTuningDir(), "folder of stored GPU kernel choices, loaded first and saved after the run (empty: none)")
 	trace := fs.Bool("trace", false, "with --serve: report each served stage's count and mean per level")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -120,7 +122,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return runServeBench(ctx, serveBench{url: *url, key: *key, model: o.Models[0], device: *device, size: size,
 			steps: o.Steps, guidance: o.Guidance, sampler: o.Sampler, concurrency: cs, duration: *duration,
-			engine: o.Batches, trace: *trace, output: *output, o: o}, stdout, stderr)
+			engine: o.Batches, trace: *trace, output: *output, tuningDir: *tuningDir, o: o}, stdout, stderr)
 	}
 	sel, err := cuda.Select(*device)
 	if err != nil {
@@ -128,6 +130,18 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer sel.Close()
 	fmt.Fprintln(stderr, sel.Reason)
+	if sel.Device != nil && *tuningDir != "" {
+		if n, err := sel.Device.LoadTuning(*tuningDir); err != nil {
+			fmt.Fprintf(stderr, "stored kernel tuning not used: %v\n", err)
+		} else if n > 0 {
+			fmt.Fprintf(stderr, "loaded %d stored kernel choices from %s\n", n, *tuningDir)
+		}
+		defer func() {
+			if err := sel.Device.SaveTuning(*tuningDir); err != nil {
+				fmt.Fprintf(stderr, "saving kernel tuning: %v\n", err)
+			}
+		}()
+	}
 	if sel.Device == nil { // the CPU: say beforehand when it takes long
 		if est, flops, ok := estimateBench(sel.Backend, o); ok && est > longBench {
 			warnLongBench(stderr, est, flops)
@@ -182,4 +196,14 @@ func syntheticSide(model string) int {
 		return 768
 	}
 	return 512
+}
+
+// defaultTuningDir is where `kiln bench` keeps GPU kernel choices: the
+// user cache folder ("" when there is none).
+func defaultTuningDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "kiln", "tuning")
 }

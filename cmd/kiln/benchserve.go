@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ type serveBench struct {
 	engine      []int // engine batch sizes measured for the ratio (in-process only)
 	trace       bool
 	output      string
+	tuningDir   string // stored GPU kernel choices, shared by the engine run and the server
 	o           bench.Options
 }
 
@@ -51,13 +53,18 @@ type ServeReport struct {
 	// EngineBest its best images per second.
 	Engine     []bench.Result `json:"engine,omitempty"`
 	EngineBest float64        `json:"engine_best_images_per_sec,omitempty"`
+	// EngineGPUBusy is NVML's mean utilisation during the engine run.
+	EngineGPUBusy *float64 `json:"engine_gpu_busy,omitempty"`
 	// FirstJob is the latency of the first job after the server started
 	// (model load included), ModelLoad the load alone, WarmJob a job
 	// right after it.
-	FirstJob  float64      `json:"first_job_seconds,omitempty"`
-	ModelLoad float64      `json:"model_load_seconds,omitempty"`
-	WarmJob   float64      `json:"warm_job_seconds,omitempty"`
-	Levels    []ServeLevel `json:"levels"`
+	FirstJob  float64 `json:"first_job_seconds,omitempty"`
+	ModelLoad float64 `json:"model_load_seconds,omitempty"`
+	WarmJob   float64 `json:"warm_job_seconds,omitempty"`
+	// IdleWork is the time the server spent warming up and tuning between
+	// jobs before the levels ran (the benchmark waits for it to end).
+	IdleWork float64      `json:"idle_work_seconds"`
+	Levels   []ServeLevel `json:"levels"`
 }
 
 // ServeLevel is one concurrency level.
@@ -68,8 +75,11 @@ type ServeLevel struct {
 	// in running batches.
 	GPUBusy    *float64 `json:"gpu_busy,omitempty"`
 	WorkerBusy float64  `json:"worker_busy"`
-	// RatioToEngine is served images per second over EngineBest.
-	RatioToEngine float64 `json:"ratio_to_engine,omitempty"`
+	// RatioToEngine is served images per second over EngineBest;
+	// RatioSameBatch over the engine at a batch of as many images as
+	// there are clients (when that batch size was measured).
+	RatioToEngine  float64 `json:"ratio_to_engine,omitempty"`
+	RatioSameBatch float64 `json:"ratio_to_engine_same_batch,omitempty"`
 	// Stages are the mean seconds and counts of each served stage
 	// (kiln_stage_seconds) during the level, with --trace.
 	Stages map[string]StageStat `json:"stages,omitempty"`
@@ -95,7 +105,24 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 			}
 			o := sb.o
 			o.Models, o.Batches, o.Components = []string{sb.model}, sb.engine, false
+			if sel.Device != nil && sb.tuningDir != "" {
+				if _, err := sel.Device.LoadTuning(sb.tuningDir); err != nil {
+					fmt.Fprintf(stderr, "stored kernel tuning not used: %v\n", err)
+				}
+			}
+			emon := gpu.Open()
+			stopSampling, util := sampleGPU(emon)
 			er, err := bench.Run(ctx, sel, o, nil)
+			stopSampling()
+			if u, ok := util(); ok {
+				rep.EngineGPUBusy = &u
+			}
+			emon.Close()
+			if sel.Device != nil && sb.tuningDir != "" {
+				if err := sel.Device.SaveTuning(sb.tuningDir); err != nil {
+					fmt.Fprintf(stderr, "saving kernel tuning: %v\n", err)
+				}
+			}
 			sel.Close()
 			if err != nil {
 				return fmt.Errorf("engine benchmark: %w", err)
@@ -105,11 +132,15 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 				rep.EngineBest = max(rep.EngineBest, r.ImagesPerSecond)
 				fmt.Fprintf(stdout, "engine  batch %-3d  %.2f img/s  e2e p50 %.0f ms\n", r.Batch, r.ImagesPerSecond, r.EndToEnd.P50)
 			}
+			if rep.EngineGPUBusy != nil {
+				fmt.Fprintf(stdout, "engine  GPU busy %.0f%% (NVML, over the whole engine run)\n", *rep.EngineGPUBusy*100)
+			}
 		}
-		in, addr, err := startBenchServer(ctx, sb, stderr)
+		in, addr, dir, err := startBenchServer(ctx, sb, stderr)
 		if err != nil {
 			return err
 		}
+		defer os.RemoveAll(dir) // after the server stops (deferred calls run last first)
 		defer in.Stop(context.Background())
 		url = "http://" + addr
 	}
@@ -143,6 +174,29 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 		}
 	}
 	fmt.Fprintf(stdout, "first job %.3f s (model load %.3f s), warm job %.3f s\n", rep.FirstJob, rep.ModelLoad, rep.WarmJob)
+	// Let the server finish what it does between jobs after a model load
+	// (warm-up and kernel tuning) before measuring load, as a server that
+	// has been up a while would have.
+	settled := time.Now()
+	last := -1.0
+	for time.Since(settled) < 2*time.Minute {
+		text, err := loadtest.Get(ctx, lo, "/metrics")
+		if err != nil {
+			break
+		}
+		v, _ := loadtest.Metric(text, "kiln_worker_idle_work_seconds_total")
+		if v == last {
+			break
+		}
+		last = v
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	rep.IdleWork = last
+	fmt.Fprintf(stdout, "server warm-up and tuning between jobs: %.1f s\n", max(last, 0))
 	mon := gpu.Open()
 	defer mon.Close()
 	for _, c := range sb.concurrency {
@@ -167,6 +221,11 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 		if rep.EngineBest > 0 {
 			lv.RatioToEngine = r.ImagesPerSec / rep.EngineBest
 		}
+		for _, e := range rep.Engine {
+			if e.Batch == c && e.ImagesPerSecond > 0 {
+				lv.RatioSameBatch = r.ImagesPerSec / e.ImagesPerSecond
+			}
+		}
 		if sb.trace {
 			lv.Stages = stageDelta(loadtest.Stages(before), loadtest.Stages(after))
 		}
@@ -188,14 +247,20 @@ func runServeBench(ctx context.Context, sb serveBench, stdout, stderr io.Writer)
 // startBenchServer starts an in-process server on a loopback port with the
 // benchmarked model as "bench", the keyless tenant's quota raised, and
 // its data in a temporary folder.
-func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*app.Instance, string, error) {
+func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*app.Instance, string, string, error) {
 	cfg, err := config.Default()
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	dir, err := os.MkdirTemp("", "kiln-bench-serve-")
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
+	}
+	if sb.tuningDir != "" {
+		// the server keeps its kernel choices under <data-dir>/tuning
+		if err := os.MkdirAll(sb.tuningDir, 0o755); err == nil {
+			_ = os.Symlink(sb.tuningDir, filepath.Join(dir, "tuning"))
+		}
 	}
 	most := 1
 	for _, c := range sb.concurrency {
@@ -211,9 +276,9 @@ func startBenchServer(ctx context.Context, sb serveBench, stderr io.Writer) (*ap
 	in, err := app.Start(ctx, app.Options{Config: cfg, Logger: log})
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, "", fmt.Errorf("starting the server: %w", err)
+		return nil, "", "", fmt.Errorf("starting the server: %w", err)
 	}
-	return in, in.Addr(), nil
+	return in, in.Addr(), dir, nil
 }
 
 // sampleGPU samples NVML's utilisation every 100 ms until stopped; util
@@ -279,6 +344,9 @@ func printLevel(w io.Writer, lv ServeLevel) {
 		lv.Concurrency, lv.ImagesPerSec, lv.LatencyP50, lv.LatencyP95, lv.LatencyP99, lv.QueueWaitP50, busy, lv.WorkerBusy*100)
 	if lv.RatioToEngine > 0 {
 		fmt.Fprintf(w, "  ratio %.2f", lv.RatioToEngine)
+	}
+	if lv.RatioSameBatch > 0 {
+		fmt.Fprintf(w, " (%.2f of the engine at batch %d)", lv.RatioSameBatch, lv.Concurrency)
 	}
 	if lv.Failed > 0 {
 		fmt.Fprintf(w, "  %d failed (%s)", lv.Failed, lv.FirstError)

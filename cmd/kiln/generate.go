@@ -19,7 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-project/kiln/bench"
 	"github.com/kiln-project/kiln/core/imageio"
+	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
@@ -32,19 +34,19 @@ import (
 
 // generateFlags are the command-line settings of `kiln generate`.
 type generateFlags struct {
-	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile string
-	refiner                                                                                string
-	steps, width, height, n, clipSkip                                                      int
-	guidance, rescale, strength, eta, refinerSwitch                                        float64
-	seed                                                                                   int64
-	emphasis, truncate                                                                     bool
+	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile, tuningDir string
+	refiner                                                                                           string
+	steps, width, height, n, clipSkip                                                                 int
+	guidance, rescale, strength, eta, refinerSwitch                                                   float64
+	seed                                                                                              int64
+	emphasis, truncate                                                                                bool
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
 	f := &generateFlags{}
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint (default: the built-in "+models.BuiltinName+")")
+	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint, or synthetic:sd15 (random weights, for timing) (default: the built-in "+models.BuiltinName+")")
 	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
 	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
 	defs, err := config.Default()
@@ -73,6 +75,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.latents, "save-latents", "", "write the final latents (n, C, h/f, w/f) as tensor \"latents\" to this safetensors file")
 	fs.BoolVar(&f.emphasis, "emphasis", true, "parse the (word:1.2) emphasis syntax; false tokenizes the prompt literally")
 	fs.BoolVar(&f.truncate, "truncate", false, "cut prompts to 75 tokens (as diffusers) instead of encoding further chunks")
+	fs.StringVar(&f.tuningDir, "tuning-dir", defaultTuningDir(), "folder of stored GPU kernel choices, loaded first and saved after the run (empty: none)")
 	fs.StringVar(&f.refiner, "refiner", "", "refiner model (an SDXL refiner): the model denoises until --refiner-switch, the refiner finishes")
 	fs.Float64Var(&f.refinerSwitch, "refiner-switch", 0.8, "fraction of the schedule the model runs before the refiner takes over, in (0, 1)")
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
@@ -197,8 +200,41 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 	}
-	p, err := pipeline.Load(ctx, be, f.model)
-	if err != nil {
+	if sel.Device != nil && f.tuningDir != "" {
+		// kernel choices measured before (by bench, serve or generate) on
+		// this GPU, driver and kernel image; saved back afterwards
+		if _, err := sel.Device.LoadTuning(f.tuningDir); err != nil {
+			fmt.Fprintf(stderr, "stored kernel tuning not used: %v\n", err)
+		}
+		defer func() {
+			if err := sel.Device.SaveTuning(f.tuningDir); err != nil {
+				fmt.Fprintf(stderr, "saving kernel tuning: %v\n", err)
+			}
+		}()
+	}
+	var p *pipeline.Pipeline
+	if name, ok := strings.CutPrefix(f.model, bench.SyntheticPrefix); ok {
+		// a random-weight architecture, for timing without a download
+		cm, _, cleanup, err := bench.Synthetic(name, 1)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		cp, err := families.FromCheckpoint(cm)
+		if err != nil {
+			cm.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+		md, err := cp.Build(be)
+		if err != nil {
+			cp.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+		if p, err = pipeline.New(md); err != nil {
+			md.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+	} else if p, err = pipeline.Load(ctx, be, f.model); err != nil {
 		return fmt.Errorf("load model %s: %w", f.model, err)
 	}
 	defer p.Close()

@@ -185,13 +185,16 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 		}
 		noise := req.Noise
 		if noise == nil {
-			noise = j.draw(j.per)
+			noise = j.initialNoise()
 		}
 		st.x = st.s.AddNoise(x0, noise, st.begin)
+		if j.edit != nil {
+			j.edit.start(st, x0, noise)
+		}
 	} else {
 		noise := req.Noise
 		if noise == nil {
-			noise = j.draw(j.per)
+			noise = j.initialNoise()
 		}
 		sigma := float32(st.s.InitNoiseSigma())
 		st.x = make([]float32, len(noise))
@@ -281,6 +284,9 @@ func (b *batchRun) evaluate(g []*batchState) {
 		}
 		st.x, x0s[k] = next, x0
 		st.i++
+		if st.edit != nil {
+			st.edit.blend(st)
+		}
 	}
 	took := time.Since(start)
 	if b.onProgress == nil {
@@ -385,7 +391,7 @@ func (b *batchRun) decode(live []*batchState) {
 		if st.err != nil {
 			continue
 		}
-		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Sampler: st.name}
+		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings}
 		if st.req.SkipDecode {
 			continue
 		}
@@ -439,7 +445,7 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 	if err := p.m.FromDenoiser(z, shape); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	img, ishape, err := p.m.DecodeLatents(b.ctx, z, shape)
+	img, ishape, err := p.decodeLatents(b.ctx, z, shape)
 	if err != nil {
 		return fmt.Errorf("pipeline: vae decode: %w", err)
 	}
@@ -455,6 +461,9 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 		res := st.res
 		res.Pixels = img[off : off+st.n*per : off+st.n*per]
 		res.PixelShape = [4]int{st.n, 3, ishape[2], ishape[3]}
+		if st.edit != nil {
+			st.edit.paste(res.Pixels, st.n)
+		}
 		res.Images = PixelsToImages(res.Pixels, res.PixelShape)
 		off += st.n * per
 	}

@@ -101,6 +101,10 @@ type Request struct {
 	// with denoising_start).
 	InitLatents    []float32
 	DenoisingStart float64
+	// Variation holds A1111's variation-seed settings (zero: off).
+	Variation Variation
+	// Edit holds the inpainting and outpainting settings (zero: off).
+	Edit Edit
 	// LoRAs are applied to this job alone (unmerged: jobs with other
 	// LoRAs, or none, share its batch).
 	LoRAs []lora.Use
@@ -149,6 +153,11 @@ type Result struct {
 	LatentShape [4]int
 	// Seeds holds each image's seed.
 	Seeds []uint64
+	// Subseeds holds each image's variation seed (nil without variation).
+	Subseeds []uint64
+	// Warnings are notes on settings likely to give poor images (a size
+	// far from the model's native one, say).
+	Warnings []string
 	// Sampler is the sampler that ran (resolved name).
 	Sampler string
 }
@@ -160,6 +169,8 @@ type Pipeline struct {
 	def   family.Defaults
 	sched *sample.Config
 	hook  func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
+	// tileAbove and tile configure tiled decoding (see SetTiling).
+	tileAbove, tile int
 }
 
 // EncodeFunc encodes one prompt with the model's text encoders.
@@ -266,6 +277,9 @@ type job struct {
 	cfg        bool
 	img2img    bool
 	initPixels []float32
+	subseeds   []uint64
+	edit       *editState
+	warnings   []string
 }
 
 // resolve validates a request and fills its defaults.
@@ -278,6 +292,10 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 		req.Steps = 20
 	}
 	f := p.def.Factor
+	req, err := expandCanvas(req, f)
+	if err != nil {
+		return nil, err
+	}
 	if req.InitImage != nil && req.InitPixels != nil {
 		return nil, errors.New("pipeline: give InitImage or InitPixels, not both")
 	}
@@ -348,6 +366,9 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 	}
 	for i := 0; i < j.n; i++ {
 		seed := req.Seed + uint64(i)
+		if req.Variation.Strength != 0 {
+			seed = req.Seed // A1111 keeps the seed for variations
+		}
 		if req.SharedGenerator {
 			seed = req.Seed
 		} else {
@@ -360,6 +381,9 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 		j.seeds = append(j.seeds, seed)
 	}
 	j.req = req
+	if err := p.resolveEdits(j); err != nil {
+		return nil, err
+	}
 	return j, nil
 }
 

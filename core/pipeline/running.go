@@ -213,3 +213,18 @@ func padRows(want, rows int, in, ts, cond []float32) ([]float32, []float32, []fl
 	}
 	return in, ts, cond
 }
+
+// WarmUp runs a one-step job of images images at the model's default
+// size — with guidance rows when cfg is set, decoded when decode is set —
+// and discards it: a device that specialises work per shape meets those
+// shapes before a request does.
+func (p *Pipeline) WarmUp(ctx context.Context, images int, cfg, decode bool) error {
+	req := Request{N: images, Steps: 1, Guidance: 1, SkipDecode: !decode}
+	if cfg {
+		req.Guidance = 7.5
+	}
+	if _, err := p.Generate(ctx, req, nil); err != nil {
+		return fmt.Errorf("pipeline: warm-up: %w", err)
+	}
+	return nil
+}

@@ -29,6 +29,12 @@ const minGain = 0.10
 //     image would not lower the per-image cost by 10%; otherwise the
 //     policy waits until the oldest job in the batch reaches max_wait (or
 //     a deadline's slack ends).
+//
+// With a running batch in the input (ABI minor 1) it answers which jobs
+// join it now: jobs of any compatibility key in the same order (priority,
+// fairness, arrival) while the running images plus theirs fit in
+// max_batch and, when the activation bytes per image are known, in free
+// memory; none joining is a wait.
 func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 	if len(in.Jobs) == 0 {
 		return abi.BatchingOutput{Wait: true, WaitUS: waitBound(in)}
@@ -79,15 +85,22 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 
 	// Per-tenant queues of compatible jobs; order already sorts them by
 	// priority, arrival and index within a tenant.
+	// Admission to a running batch (ABI minor 1): every offered job may
+	// join, the running images count against max_batch and, with the
+	// measured activation bytes per image, against free memory.
+	admitting := len(in.Running) > 0
 	queues := make([][]int, len(ts))
 	for _, i := range order {
-		if in.Jobs[i].CompatKey == head.CompatKey {
+		if admitting || in.Jobs[i].CompatKey == head.CompatKey {
 			queues[tenantOf[i]] = append(queues[tenantOf[i]], i)
 		}
 	}
 
 	var batch []uint32
 	var images, mem uint64
+	for _, r := range in.Running {
+		images += imagesOf(&abi.Job{N: r.N})
+	}
 	full := false
 	for {
 		// The next job: the best of the tenants' heads, counting what this
@@ -108,7 +121,10 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 		j := &in.Jobs[idx]
 		n := imagesOf(j)
 		fits := images+n <= maxBatch && (in.FreeMemBytes == 0 || mem+j.MemBytes <= in.FreeMemBytes)
-		if len(batch) > 0 && !fits {
+		if admitting && in.ImageMemBytes > 0 && in.FreeMemBytes > 0 {
+			fits = images+n <= maxBatch && (images+n)*in.ImageMemBytes <= in.FreeMemBytes
+		}
+		if (len(batch) > 0 || admitting) && !fits {
 			full = true
 			break
 		}
@@ -124,6 +140,12 @@ func Batching(in *abi.BatchingInput) abi.BatchingOutput {
 		}
 	}
 
+	if admitting {
+		if len(batch) == 0 {
+			return abi.BatchingOutput{Wait: true, WaitUS: waitBound(in)}
+		}
+		return abi.BatchingOutput{Jobs: batch}
+	}
 	if full {
 		return abi.BatchingOutput{Jobs: batch}
 	}

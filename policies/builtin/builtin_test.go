@@ -296,6 +296,31 @@ func TestQualityRespectsTenantLimits(t *testing.T) {
 	}
 }
 
+// TestBatchingAdmission: with a running batch (ABI minor 1) jobs of any
+// compatibility key join in priority then arrival order while the running
+// and joining images fit max_batch and the measured activation memory;
+// when none fits the answer is a wait.
+func TestBatchingAdmission(t *testing.T) {
+	in := &abi.BatchingInput{NowUS: 1000, MaxBatch: 8, MaxWaitUS: 1000,
+		Running: []abi.RunningJob{{ID: "r", Tenant: "a", N: 3, RemainingSteps: 5}},
+		Jobs: []abi.Job{
+			{ID: "late", Tenant: "a", ArrivalUS: 900, N: 2, CompatKey: "x"},
+			{ID: "early", Tenant: "a", ArrivalUS: 100, N: 2, CompatKey: "y"},
+			{ID: "urgent", Tenant: "a", ArrivalUS: 950, N: 2, Priority: 2, CompatKey: "z"},
+		}}
+	out := Batching(in)
+	if out.Wait || fmt.Sprint(out.Jobs) != "[2 1]" {
+		t.Fatalf("admission %+v; want the urgent then the early job (3+2+2 images of 8)", out)
+	}
+	if err := abi.ValidateBatching(in, &out); err != nil {
+		t.Fatal(err)
+	}
+	in.FreeMemBytes, in.ImageMemBytes = 4000, 1000 // 3 running + 2 would need 5000
+	if out := Batching(in); !out.Wait {
+		t.Fatalf("admission past free memory: %+v", out)
+	}
+}
+
 // TestQualityKeepsLockedAndSaysWhy: locked parameters survive any load,
 // the others shrink with a reason.
 func TestQualityKeepsLockedAndSaysWhy(t *testing.T) {

@@ -91,3 +91,25 @@ func TestBuiltinModelIsTheDefault(t *testing.T) {
 		t.Fatalf("models %v problems %v", r.List(), r.Problems())
 	}
 }
+
+// TestSyntheticModels: synthetic:NAME paths are served only when enabled,
+// with the architecture's native size; unknown names are problems.
+func TestSyntheticModels(t *testing.T) {
+	explicit := map[string]string{"bench": "synthetic:sd15", "big": "synthetic:sd15@768", "bad": "synthetic:sdxl9"}
+	r := New(explicit, "", "bench")
+	r.Refresh()
+	if _, ok := r.Get("bench"); ok || len(r.Problems()) != 3 {
+		t.Fatalf("synthetic models served without being enabled: problems %v", r.Problems())
+	}
+	r = New(explicit, "", "bench")
+	r.AllowSynthetic(true)
+	r.Refresh()
+	m, ok := r.Get("bench")
+	big, ok2 := r.Get("big")
+	if !ok || !ok2 || m.Format != "synthetic" || m.NativeWidth != 512 || big.NativeHeight != 768 || m.Bytes <= 0 {
+		t.Fatalf("synthetic models: %+v %+v", m, big)
+	}
+	if _, ok := r.Get("bad"); ok || len(r.Problems()) != 1 {
+		t.Fatalf("unknown synthetic architecture: problems %v", r.Problems())
+	}
+}

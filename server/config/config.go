@@ -69,6 +69,7 @@ type Config struct {
 	NATSListen             string            `yaml:"nats_listen"`
 	Device                 string            `yaml:"device"`
 	Workers                int               `yaml:"workers"`
+	Placement              bool              `yaml:"placement"`
 	MemoryBudget           Budget            `yaml:"memory_budget"`
 	HostMemoryBudget       Budget            `yaml:"host_memory_budget"`
 	HardwareProfile        string            `yaml:"hardware_profile"`
@@ -436,6 +437,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "host:port where the embedded NATS server accepts other processes (empty: none)")
 	fs.StringVar(&c.Device, "device", c.Device, "worker device: auto (one worker per GPU, else the CPU), cpu, cuda (cuda:0) or cuda:N")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "worker loops on the CPU (GPU hosts run one worker per GPU)")
+	fs.BoolVar(&c.Placement, "placement", c.Placement, "place jobs on the GPU that holds their model, replicating busy models (several GPUs; off: any worker takes any job)")
 	fs.Var(&c.MemoryBudget, "memory-budget", "model cache budget: auto, a percentage (80%) or a size (12GiB)")
 	fs.Var(&c.HostMemoryBudget, "host-memory-budget", "pinned host memory for models offloaded from GPUs, shared by all GPUs: auto (25% of RAM), a percentage of RAM or a size (16GiB)")
 	fs.StringVar(&c.HardwareProfile, "hardware-profile", c.HardwareProfile, "hardware profile name or auto")

@@ -140,6 +140,10 @@ type Heartbeat struct {
 	// Memory lists the models in the worker's device and host memory, with
 	// their components and what they share.
 	Memory []memory.ModelUsage `json:"memory,omitempty"`
+	// Queued counts, by model, the jobs the worker holds and has not
+	// finished (its window and running batch): the placement policy's
+	// queue per GPU.
+	Queued map[string]int `json:"queued,omitempty"`
 }
 
 // Drain asks one worker to stop taking jobs (Drain true; running jobs

@@ -21,6 +21,10 @@ const Minor = 3
 
 // Minor versions and what they add.
 const (
+	// MinorBatching (1) adds to the batching input the running batch
+	// (continuous batching: which jobs join it at a step boundary) and
+	// the measured activation bytes per image.
+	MinorBatching = 1
 	// MinorQuality (2) adds to the quality hook the input's Locked fields
 	// and Model and the output's Reason.
 	MinorQuality = 2

@@ -23,11 +23,35 @@ func sampleBatching(n int) *BatchingInput {
 	return in
 }
 
+// withRunning adds a running batch (minor 1) to a batching input.
+func withRunning(in *BatchingInput) *BatchingInput {
+	in.Running = []RunningJob{{ID: "01HZR00001", Tenant: "acme", N: 2, RemainingSteps: 11}, {ID: "01HZR00002", Tenant: "globex", N: 1, RemainingSteps: 1}}
+	in.ImageMemBytes = 300 << 20
+	return in
+}
+
+// TestMinorVersions: a message encoded for minor 0 leaves out minor 1's
+// fields and decodes as a minor-0 message; the minor-1 encoding appends
+// them after every minor-0 byte.
+func TestMinorVersions(t *testing.T) {
+	in := withRunning(sampleBatching(3))
+	m0 := EncodeBatchingInputAt(nil, in, 0)
+	m1 := EncodeBatchingInputAt(nil, in, 1)
+	if len(m1) <= len(m0) || string(m1[:len(m0)]) != string(m0) {
+		t.Fatalf("minor 1 is not minor 0 plus appended fields (%d, %d bytes)", len(m0), len(m1))
+	}
+	got, err := DecodeBatchingInput(m0)
+	if err != nil || got.Running != nil || got.ImageMemBytes != 0 || len(got.Jobs) != 3 {
+		t.Fatalf("minor 0 message: %v %+v", err, got)
+	}
+}
+
 func TestRoundTrips(t *testing.T) {
-	bi := sampleBatching(7)
-	got, err := DecodeBatchingInput(EncodeBatchingInput(nil, bi))
-	if err != nil || !reflect.DeepEqual(&got, bi) {
-		t.Fatalf("batching input: %v\n%+v\n%+v", err, got, bi)
+	for _, bi := range []*BatchingInput{sampleBatching(7), withRunning(sampleBatching(7))} {
+		got, err := DecodeBatchingInput(EncodeBatchingInput(nil, bi))
+		if err != nil || !reflect.DeepEqual(&got, bi) {
+			t.Fatalf("batching input: %v\n%+v\n%+v", err, got, bi)
+		}
 	}
 	bo := BatchingOutput{Jobs: []uint32{3, 1, 4}}
 	if got, err := DecodeBatchingOutput(EncodeBatchingOutput(nil, &bo)); err != nil || !reflect.DeepEqual(got, bo) {
@@ -75,8 +99,12 @@ func TestRoundTrips(t *testing.T) {
 }
 
 func TestDecodeErrors(t *testing.T) {
-	full := EncodeBatchingInput(nil, sampleBatching(3))
+	full := EncodeBatchingInput(nil, withRunning(sampleBatching(3)))
+	minor0 := len(EncodeBatchingInputAt(nil, sampleBatching(3), 0))
 	for n := 0; n < len(full); n++ {
+		if n == minor0 {
+			continue // a complete minor-0 message
+		}
 		if _, err := DecodeBatchingInput(full[:n]); err == nil {
 			t.Fatalf("truncated to %d bytes: no error", n)
 		}
@@ -203,6 +231,25 @@ func BenchmarkEncoding(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestValidateAdmission: an answer about a running batch may mix
+// compatibility keys, and counts the running images against max_batch and
+// the measured activation memory against the free memory.
+func TestValidateAdmission(t *testing.T) {
+	in := withRunning(sampleBatching(4)) // running: 3 images; jobs 0..3 have 1..4 images
+	in.Jobs[1].CompatKey = "other"
+	in.MaxBatch, in.FreeMemBytes = 8, 8<<30
+	if err := ValidateBatching(in, &BatchingOutput{Jobs: []uint32{0, 1}}); err != nil {
+		t.Fatalf("mixed keys joining: %v", err)
+	}
+	if err := ValidateBatching(in, &BatchingOutput{Jobs: []uint32{3, 1}}); err == nil || !strings.Contains(err.Error(), "running batch of 9") {
+		t.Fatalf("over max_batch with the running images: %v", err)
+	}
+	in.FreeMemBytes = 1 << 30 // 300 MiB per image: 3 running + 1 joining = 1.2 GiB
+	if err := ValidateBatching(in, &BatchingOutput{Jobs: []uint32{0}}); err == nil || !strings.Contains(err.Error(), "activations") {
+		t.Fatalf("over the free memory: %v", err)
+	}
 }
 
 // TestQualityMinorVersions: minor-2 fields travel only at minor 2; a

@@ -45,6 +45,7 @@ func FuzzDecodeOutputs(f *testing.F) {
 
 func FuzzDecodeInputs(f *testing.F) {
 	f.Add(EncodeBatchingInput(nil, sampleBatching(3)))
+	f.Add(EncodeBatchingInput(nil, withRunning(sampleBatching(2))))
 	f.Add(EncodeEvictionInput(nil, &EvictionInput{Models: []Model{{ID: "a", Bytes: 1}}}))
 	f.Add(EncodeQualityInput(nil, &QualityInput{Limits: QualityLimits{Samplers: []string{"e"}}}))
 	f.Add(EncodeQualityInputAt(nil, &QualityInput{Limits: QualityLimits{Samplers: []string{"e"}}}, 0))
@@ -52,7 +53,8 @@ func FuzzDecodeInputs(f *testing.F) {
 	f.Add(EncodePostInput(nil, &PostInput{Node: "n", Image: Image{Width: 1, Height: 1, Pix: []byte{1, 2, 3, 4}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if in, err := DecodeBatchingInput(b); err == nil {
-			if string(EncodeBatchingInput(nil, &in)) != string(b) {
+			// Minor 0 and minor 1 encodings differ by the running batch.
+			if string(EncodeBatchingInputAt(nil, &in, 0)) != string(b) && string(EncodeBatchingInput(nil, &in)) != string(b) {
 				t.Fatal("batching input does not re-encode")
 			}
 		}

@@ -42,6 +42,27 @@ type BatchingInput struct {
 	StepLatency  []StepLatency `json:"step_latency"`
 	Tenants      []TenantShare `json:"tenants"`
 	Jobs         []Job         `json:"jobs"`
+
+	// Minor 1 (continuous batching). When Running is not empty the input
+	// asks which of Jobs join that batch, already running on the device,
+	// at this step boundary (the host offers only jobs that may join:
+	// the same model and image size); a dispatch names the joining jobs
+	// (compatibility keys may differ), a wait lets none join now. The
+	// batch's images plus the joining ones stay within MaxBatch and,
+	// when ImageMemBytes is known, their activations within FreeMemBytes.
+	Running []RunningJob `json:"running,omitempty"`
+	// ImageMemBytes is the measured activation memory of one image at
+	// this model and size (0: unknown).
+	ImageMemBytes uint64 `json:"image_mem_bytes,omitempty"`
+}
+
+// RunningJob is a job in the running batch (minor 1).
+type RunningJob struct {
+	ID     string `json:"id"`
+	Tenant string `json:"tenant"`
+	N      uint32 `json:"n"`
+	// RemainingSteps is the number of steps it has left.
+	RemainingSteps uint32 `json:"remaining_steps"`
 }
 
 // BatchingOutput dispatches Jobs (indices into the input's jobs) now as one
@@ -311,8 +332,15 @@ func decParams(d *Decoder) []Param {
 
 // --- batching ---
 
-// EncodeBatchingInput appends the encoding of in to dst[:0].
+// EncodeBatchingInput appends the encoding of in to dst[:0], with the
+// fields of every minor version up to Minor.
 func EncodeBatchingInput(dst []byte, in *BatchingInput) []byte {
+	return EncodeBatchingInputAt(dst, in, Minor)
+}
+
+// EncodeBatchingInputAt appends the encoding of in for a module of
+// minor version minor to dst[:0]: later minors' fields are left out.
+func EncodeBatchingInputAt(dst []byte, in *BatchingInput, minor uint32) []byte {
 	e := NewEncoder(dst)
 	e.I64(in.NowUS)
 	e.Str(in.Model)
@@ -346,6 +374,16 @@ func EncodeBatchingInput(dst []byte, in *BatchingInput) []byte {
 		e.Str(j.Sampler)
 		e.Str(j.CompatKey)
 		e.U64(j.MemBytes)
+	}
+	if minor >= MinorBatching {
+		e.U32(uint32(len(in.Running)))
+		for _, r := range in.Running {
+			e.Str(r.ID)
+			e.Str(r.Tenant)
+			e.U32(r.N)
+			e.U32(r.RemainingSteps)
+		}
+		e.U64(in.ImageMemBytes)
 	}
 	return e.Bytes()
 }
@@ -400,6 +438,22 @@ func DecodeBatchingInputInto(b []byte, in *BatchingInput, alias bool) error {
 		j.Sampler = d.Interned("job sampler", MaxStringBytes)
 		j.CompatKey = d.Interned("job compat_key", MaxStringBytes)
 		j.MemBytes = d.U64()
+	}
+	in.Running, in.ImageMemBytes = in.Running[:0], 0
+	if d.Remaining() > 0 { // minor 1
+		n = d.Count("running", MaxJobs, 16)
+		in.Running = grow(in.Running, n)
+		for i := range in.Running {
+			r := &in.Running[i]
+			r.ID = d.Str("running id", MaxStringBytes)
+			r.Tenant = d.Interned("running tenant", MaxStringBytes)
+			r.N = d.U32()
+			r.RemainingSteps = d.U32()
+		}
+		in.ImageMemBytes = d.U64()
+	}
+	if len(in.Running) == 0 {
+		in.Running = nil
 	}
 	d.End("batching input")
 	return d.Err()

@@ -29,6 +29,9 @@ func CheckBatchingInput(in *BatchingInput) error {
 	if len(in.Jobs) > MaxJobs {
 		return errors.New("abi: batching input has " + itoa(int64(len(in.Jobs))) + " jobs, limit " + itoa(MaxJobs))
 	}
+	if len(in.Running) > MaxJobs {
+		return errors.New("abi: batching input has " + itoa(int64(len(in.Running))) + " running jobs, limit " + itoa(MaxJobs))
+	}
 	if in.MaxBatch == 0 {
 		return errors.New("abi: batching input has max_batch 0")
 	}
@@ -67,7 +70,7 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 		j := &in.Jobs[idx]
 		if i == 0 {
 			key = j.CompatKey
-		} else if j.CompatKey != key {
+		} else if j.CompatKey != key && len(in.Running) == 0 {
 			return invalid(HookBatching, "jobs "+utoa(uint64(out.Jobs[0]))+" and "+utoa(uint64(idx))+" have different compatibility keys")
 		}
 		n := uint64(j.N)
@@ -76,6 +79,19 @@ func ValidateBatching(in *BatchingInput, out *BatchingOutput) error {
 		}
 		images += n
 		mem += j.MemBytes
+	}
+	if len(in.Running) > 0 { // joining a running batch: its images count too
+		running := uint64(0)
+		for _, r := range in.Running {
+			running += uint64(max(r.N, 1))
+		}
+		if running+images > uint64(in.MaxBatch) {
+			return invalid(HookBatching, "joining makes a running batch of "+utoa(running+images)+" images, max_batch "+utoa(uint64(in.MaxBatch)))
+		}
+		if in.ImageMemBytes > 0 && in.FreeMemBytes > 0 && (running+images)*in.ImageMemBytes > in.FreeMemBytes {
+			return invalid(HookBatching, "joining needs "+utoa((running+images)*in.ImageMemBytes)+" bytes of activations, "+utoa(in.FreeMemBytes)+" free")
+		}
+		return nil
 	}
 	if images > uint64(in.MaxBatch) && len(out.Jobs) > 1 {
 		return invalid(HookBatching, "batch of "+utoa(images)+" images exceeds max_batch "+utoa(uint64(in.MaxBatch)))

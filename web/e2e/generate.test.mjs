@@ -145,11 +145,13 @@ describe('generate', { timeout: 10 * 60_000 }, () => {
   });
 
   test('a job waiting in the queue shows its position and cancels at once', async () => {
-    // A long job holds the only worker; the next ones wait behind it.
+    // A long job holds the only worker; the next ones wait behind it. They
+    // have another size, so they cannot join its running batch at a step
+    // boundary (continuous batching joins jobs of one model and size).
     const long = await generate(page, 'a blue triangle on a white background', { steps: '150', profile: 'quality_first' });
     await page.waitForFunction((jid) => (window.__kilnSeen.values[jid] ?? []).some((v) => v >= 1), long);
-    const waiting = await generate(page, 'a white circle on a red background', { steps: '8' });
-    const behind = await generate(page, 'a black square on a green background', { steps: '8' });
+    const waiting = await generate(page, 'a white circle on a red background', { steps: '8', size: '256x256' });
+    const behind = await generate(page, 'a black square on a green background', { steps: '8', size: '256x256' });
     const c = card(page, waiting);
     const b2 = card(page, behind);
     await c.locator('.job-state').getByText('Waiting in the queue — next in line').waitFor();

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/worker"
@@ -54,6 +57,13 @@ type Engine struct {
 	lib      *loralib.Library
 	loraOnce sync.Once
 	lora     *loraStats
+
+	// background warm-up and tuning (GPU engines with a tuning folder)
+	mu      sync.Mutex
+	dev     *cuda.Device
+	tuneDir string
+	log     *slog.Logger
+	warm    []warmJob
 }
 
 // New returns an engine for device ("cpu"; GPU devices arrive with the
@@ -133,6 +143,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
 	}
+	e.warmUp(ctx, mod)
 	return mod, nil
 }
 
@@ -210,6 +221,7 @@ type Model struct {
 	group       backend.WeightGroup // nil: the backend does not group weights
 	comps       []memory.Component
 	adapters    *adapters
+	closed      atomic.Bool
 }
 
 // Pipeline returns the underlying pipeline.
@@ -229,6 +241,7 @@ func (m *Model) Close() error {
 	if m.adapters != nil {
 		m.adapters.close()
 	}
+	m.closed.Store(true)
 	var gerr error
 	if m.group != nil {
 		gerr = m.group.Close()

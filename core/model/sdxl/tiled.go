@@ -1,0 +1,12 @@
+package sdxl
+
+import (
+	"context"
+
+	"github.com/kiln-project/kiln/core/model/vae"
+)
+
+// DecodeLatentsTiled implements family.TiledDecoder.
+func (b *Built) DecodeLatentsTiled(ctx context.Context, latents []float32, shape [4]int, tile int) ([]float32, [4]int, error) {
+	return b.VAE.DecodeTiled(ctx, latents, shape, vae.TileOptions{Tile: tile})
+}

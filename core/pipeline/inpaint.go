@@ -1,0 +1,231 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"math"
+)
+
+// Masked-content fill modes (Edit.Fill): what the masked region of the
+// init latents starts from.
+const (
+	// FillDefault is diffusers' inpainting: the init latents noised to the
+	// strength's level, or pure noise at strength 1.
+	FillDefault = ""
+	// FillOriginal always starts from the init image's latents, noised to
+	// the strength's level (A1111's "original"), strength 1 included.
+	FillOriginal = "original"
+	// FillLatentNoise replaces the masked latents by the initial noise
+	// before noising (A1111's "latent noise").
+	FillLatentNoise = "latent_noise"
+	// FillLatentNothing zeroes the masked latents before noising (A1111's
+	// "latent nothing").
+	FillLatentNothing = "latent_nothing"
+)
+
+// Edit turns an img2img request into inpainting or outpainting with any
+// model: after every sampler step the latents outside the mask are reset to
+// the init image's latents noised to the next step's level (diffusers'
+// StableDiffusionInpaintPipeline for 4-channel UNets), and the decoded image
+// is pasted over the init image through the (blurred) mask, so pixels
+// outside it come back unchanged.
+type Edit struct {
+	// Mask marks what to repaint: white repaints, black keeps (its
+	// luminance, resized to the image's size). It needs an init image.
+	Mask image.Image
+	// MaskBlur is the standard deviation in pixels of the Gaussian blur of
+	// the mask (0: none), which softens the paste-back seam.
+	MaskBlur int
+	// Fill is the masked-content mode (FillDefault, FillOriginal,
+	// FillLatentNoise, FillLatentNothing).
+	Fill string
+	// Outpaint extends the init image's canvas (see Outpaint).
+	Outpaint Outpaint
+}
+
+// on reports whether e edits an image.
+func (e Edit) on() bool { return e.Mask != nil || !e.Outpaint.zero() }
+
+// MaxMaskBlur bounds Edit.MaskBlur.
+const MaxMaskBlur = 256
+
+// editState is a job's resolved inpainting state.
+type editState struct {
+	w, h   int
+	alpha  []float32 // (h, w) blurred mask in [0, 1], 1 = repaint
+	latent []float32 // (c, lh, lw) binary latent mask, 1 = repaint
+	init   []float32 // (3, h, w) init pixels in [0, 1]
+	fill   string
+	x0     []float32 // init latents of the batch (denoiser scale)
+	noise  []float32 // the batch's initial noise
+}
+
+// resolveEdits validates a job's variation and edit settings and builds
+// its masks.
+func (p *Pipeline) resolveEdits(j *job) error {
+	if err := j.req.Variation.check(j); err != nil {
+		return err
+	}
+	j.warnings = p.sizeWarnings(j)
+	e := j.req.Edit
+	if !e.on() {
+		if e.MaskBlur != 0 || e.Fill != "" {
+			return errors.New("pipeline: mask blur and fill apply to inpainting only (no mask given)")
+		}
+		return nil
+	}
+	switch e.Fill {
+	case FillDefault, FillOriginal, FillLatentNoise, FillLatentNothing:
+	default:
+		return fmt.Errorf("pipeline: unknown fill %q (want %q, %q or %q)", e.Fill, FillOriginal, FillLatentNoise, FillLatentNothing)
+	}
+	switch {
+	case e.MaskBlur < 0 || e.MaskBlur > MaxMaskBlur:
+		return fmt.Errorf("pipeline: mask blur %d must be in 0..%d", e.MaskBlur, MaxMaskBlur)
+	case j.initPixels == nil:
+		return errors.New("pipeline: inpainting needs an init image")
+	case j.req.InitLatents != nil || j.req.DenoisingEnd != 0:
+		return errors.New("pipeline: inpainting runs the whole schedule (no denoising range)")
+	}
+	b := e.Mask.Bounds()
+	if b.Dx() <= 0 || b.Dy() <= 0 {
+		return errors.New("pipeline: mask is empty")
+	}
+	w, h := j.req.Width, j.req.Height
+	st := &editState{w: w, h: h, init: j.initPixels, fill: e.Fill}
+	rgb := imageToPixels(e.Mask, w, h)
+	st.alpha = make([]float32, w*h)
+	for k := range st.alpha {
+		// PIL's "L" conversion weights
+		st.alpha[k] = float32(0.299*float64(rgb[k]) + 0.587*float64(rgb[w*h+k]) + 0.114*float64(rgb[2*w*h+k]))
+	}
+	blurMask(st.alpha, w, h, e.MaskBlur)
+	// diffusers binarises the mask at 0.5 and shrinks it to the latent
+	// size by nearest-neighbour (the top-left pixel of each cell)
+	f := w / j.w
+	plane := j.h * j.w
+	st.latent = make([]float32, j.c*plane)
+	for y := 0; y < j.h; y++ {
+		for x := 0; x < j.w; x++ {
+			if st.alpha[y*f*w+x*f] >= 0.5 {
+				for c := 0; c < j.c; c++ {
+					st.latent[c*plane+y*j.w+x] = 1
+				}
+			}
+		}
+	}
+	j.edit = st
+	return nil
+}
+
+// start sets a job's initial latents by its fill mode (x0 and noise are
+// the batch's init latents and initial noise; st.x holds x0 noised to the
+// first evaluation's level) and keeps what the blending needs.
+func (e *editState) start(st *batchState, x0, noise []float32) {
+	e.x0, e.noise = x0, noise
+	var filled []float32
+	switch e.fill {
+	case FillDefault:
+		if st.req.Strength >= 1 {
+			// diffusers: pure noise at full strength
+			sigma := float32(st.s.InitNoiseSigma())
+			for k, v := range noise {
+				st.x[k] = v * sigma
+			}
+		}
+		return
+	case FillOriginal:
+		return
+	case FillLatentNoise:
+		filled = e.mix(x0, noise)
+	case FillLatentNothing:
+		filled = e.mix(x0, make([]float32, len(x0)))
+	}
+	st.x = st.s.AddNoise(filled, noise, st.begin)
+}
+
+// mix returns keep outside the mask and repaint inside, per image.
+func (e *editState) mix(keep, repaint []float32) []float32 {
+	out := make([]float32, len(keep))
+	per := len(e.latent)
+	for k := range out {
+		m := e.latent[k%per]
+		out[k] = (1-m)*keep[k] + m*repaint[k]
+	}
+	return out
+}
+
+// blend resets the latents outside the mask after a step: to the init
+// latents noised to the next evaluation's level, or to the clean init
+// latents after the last.
+func (e *editState) blend(st *batchState) {
+	proper := e.x0
+	if st.i < len(st.ts) {
+		proper = st.s.AddNoise(e.x0, e.noise, st.i)
+	}
+	st.x = e.mix(proper, st.x)
+}
+
+// paste lays the decoded images (n, 3, h, w) in [0, 1] over the init image
+// through the blurred mask: where the mask is 0 the init pixels come back
+// exactly.
+func (e *editState) paste(px []float32, n int) {
+	plane := e.w * e.h
+	for i := 0; i < n; i++ {
+		img := px[i*3*plane : (i+1)*3*plane]
+		for c := 0; c < 3; c++ {
+			for k, a := range e.alpha {
+				o := c*plane + k
+				switch {
+				case a <= 0:
+					img[o] = e.init[o]
+				case a < 1:
+					img[o] = (1-a)*e.init[o] + a*img[o]
+				}
+			}
+		}
+	}
+}
+
+// blurMask blurs an (h, w) mask in place with a Gaussian of standard
+// deviation sigma pixels, separably, over a kernel of radius
+// int(2.5σ + 0.5) (A1111's kernel size) with edges replicated.
+func blurMask(m []float32, w, h, sigma int) {
+	if sigma <= 0 {
+		return
+	}
+	r := int(2.5*float64(sigma) + 0.5)
+	k := make([]float64, 2*r+1)
+	var sum float64
+	for i := -r; i <= r; i++ {
+		k[i+r] = math.Exp(-float64(i*i) / (2 * float64(sigma*sigma)))
+		sum += k[i+r]
+	}
+	for i := range k {
+		k[i] /= sum
+	}
+	tmp := make([]float32, len(m))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			var v float64
+			for i := -r; i <= r; i++ {
+				v += k[i+r] * float64(m[y*w+min(max(x+i, 0), w-1)])
+			}
+			tmp[y*w+x] = float32(v)
+		}
+	}
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			var v float64
+			for i := -r; i <= r; i++ {
+				v += k[i+r] * float64(tmp[min(max(y+i, 0), h-1)*w+x])
+			}
+			// exact zeros stay exact so paste-back keeps those pixels
+			if v < 1e-6 {
+				v = 0
+			}
+			m[y*w+x] = float32(min(v, 1))
+		}
+	}
+}
