@@ -128,6 +128,17 @@ type Checkpoint struct {
 
 var _ family.Checkpoint = (*Checkpoint)(nil)
 
+// Wraps reports whether m is an SD 1.x/2.x checkpoint (a checkpoint that
+// names no family is one), for core/model/families.
+func (Family) Wraps(m *checkpoint.Model) bool {
+	return m.Family == "" || m.Family == checkpoint.FamilySD
+}
+
+// FromModel wraps a checkpoint built in memory (for core/model/families).
+func (Family) FromModel(m *checkpoint.Model) (family.Checkpoint, error) {
+	return FromCheckpoint(m), nil
+}
+
 // FromCheckpoint wraps a loaded checkpoint (for example a synthetic one
 // built in memory); the result owns m.
 func FromCheckpoint(m *checkpoint.Model) *Checkpoint {
