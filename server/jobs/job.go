@@ -81,6 +81,27 @@ type Params struct {
 	// Nodes is the job's Wasm node chain, {"pre": [...], "post": [...]},
 	// kept as the client sent it; app/wasmadapter decodes and runs it.
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// LoRAs are the job's LoRAs (the request's loras field and the
+	// prompt's <lora:…> tags), resolved to installed files.
+	LoRAs []LoRA `json:"loras,omitempty"`
+	// Embeddings are the installed textual-inversion embeddings the
+	// prompts name.
+	Embeddings []Embedding `json:"embeddings,omitempty"`
+}
+
+// LoRA is one LoRA a job uses, with its weights on the denoiser and the
+// text encoder and its file's A1111 hash (hex SHA-256).
+type LoRA struct {
+	Name       string  `json:"name"`
+	Weight     float64 `json:"weight"`
+	TextWeight float64 `json:"text_weight"`
+	Hash       string  `json:"hash"`
+}
+
+// Embedding is a textual-inversion embedding a job's prompts name.
+type Embedding struct {
+	Name string `json:"name"`
+	Hash string `json:"hash"`
 }
 
 // Micro is SDXL's micro-conditioning of a job: the original image size,

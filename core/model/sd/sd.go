@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
@@ -250,6 +251,18 @@ type Model struct {
 }
 
 var _ family.Model = (*Model)(nil)
+
+var _ lora.Adaptable = (*Model)(nil)
+
+// LoRATargets implements lora.Adaptable: the UNet and the text encoder.
+func (m *Model) LoRATargets() map[string]lora.Target {
+	return map[string]lora.Target{lora.UNet: m.unet, lora.TextEncoder: m.enc.Model()}
+}
+
+// EmbeddingDims implements lora.Adaptable.
+func (m *Model) EmbeddingDims() map[string]int {
+	return map[string]int{lora.TextEncoder: m.enc.Dim()}
+}
 
 // Defaults implements family.Model.
 func (m *Model) Defaults() family.Defaults { return m.def }
