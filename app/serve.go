@@ -32,6 +32,7 @@ import (
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/server/metrics"
 	"github.com/kiln-project/kiln/server/tenants"
 	"github.com/kiln-project/kiln/worker"
@@ -91,6 +92,9 @@ type Instance struct {
 	broker *broker.Broker
 	gpu    *gpu.Monitor
 	text   *textcache.Cache
+	// library is the installed LoRAs and embeddings (<models_dir>/loras,
+	// <models_dir>/embeddings).
+	library *loralib.Library
 
 	api       *api.Server
 	wasm      *wasmadapter.Wasm
@@ -227,6 +231,7 @@ func Start(ctx context.Context, o Options) (in *Instance, err error) {
 		modelsDir = filepath.Join(cfg.DataDir, "models")
 	}
 	reg2 := catalog.New(cfg.Models, modelsDir, cfg.DefaultModel)
+	in.library = loralib.New(modelsDir)
 	reg2.AllowSynthetic(cfg.SyntheticModels)
 	if cfg.BuiltinModel {
 		if _, named := cfg.Models[builtin.BuiltinName]; named {
@@ -341,7 +346,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		ln.Close()
 		return err
 	}
-	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg,
+	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg, Library: in.library,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
 		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog})
 	if err != nil {
@@ -483,6 +488,7 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 	}
 	wm := worker.NewMetrics(reg)
 	caches := make([]*modelcache.Cache, 0, len(slots))
+	engines := make([]worker.Engine, 0, len(slots))
 	nGPU := 0
 	for _, sl := range slots {
 		if sl.dev.GPU() {
@@ -500,6 +506,10 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		if err != nil {
 			return err
 		}
+		if le, ok := eng.(interface{ SetLibrary(*loralib.Library) }); ok {
+			le.SetLibrary(in.library)
+		}
+		engines = append(engines, eng)
 		if t, ok := eng.(tuningEngine); ok && cfg.DataDir != "" {
 			dir := filepath.Join(cfg.DataDir, "tuning")
 			n, err := t.UseTuningDir(dir, in.log)
@@ -551,6 +561,19 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 		}()
 	}
 	reg.Collect(func(emit func(name, help, typ string, labels, values []string, v float64)) {
+		for i, e := range engines {
+			le, ok := e.(interface{ LoRAStats() sdengine.LoRAStats })
+			if !ok {
+				continue
+			}
+			s := le.LoRAStats()
+			l, v := []string{"worker"}, []string{in.workers[i].ID()}
+			emit("kiln_lora_cache_entries", "Parsed LoRAs and embeddings held by the worker's models.", "gauge", l, v, float64(s.Entries))
+			emit("kiln_lora_cache_bytes", "Host bytes of the parsed LoRAs and embeddings.", "gauge", l, v, float64(s.Bytes))
+			emit("kiln_lora_cache_hits_total", "LoRA/embedding lookups answered by the cache.", "counter", l, v, float64(s.Hits))
+			emit("kiln_lora_cache_misses_total", "LoRA/embedding files parsed.", "counter", l, v, float64(s.Misses))
+			emit("kiln_lora_cache_evictions_total", "Parsed LoRAs and embeddings dropped for room.", "counter", l, v, float64(s.Evictions))
+		}
 		for i, c := range caches {
 			s := c.Stats()
 			l, v := []string{"worker", "device"}, []string{in.workers[i].ID(), slots[i].dev.Name}

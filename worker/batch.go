@@ -431,7 +431,7 @@ func (w *Worker) request(a *active) (Request, error) {
 		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
-		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise,
+		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise, LoRAs: p.LoRAs, Embeddings: p.Embeddings,
 	}
 	if m := p.Micro; m != nil {
 		req.Micro = family.Micro{

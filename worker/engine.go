@@ -17,6 +17,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/server/catalog"
+	"github.com/kiln-project/kiln/server/jobs"
 )
 
 // Request is what a model generates: one prompt, N images.
@@ -38,6 +39,11 @@ type Request struct {
 	// InitImage and Strength make an image-to-image request.
 	InitImage image.Image
 	Strength  float64
+	// LoRAs and Embeddings are the job's installed LoRAs and the
+	// embeddings its prompts name (the prompt still holds its <lora:…>
+	// tags, which the engine removes).
+	LoRAs      []jobs.LoRA
+	Embeddings []jobs.Embedding
 	// Edit holds inpainting, outpainting and variation-seed settings.
 	Edit Edit
 }

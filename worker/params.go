@@ -25,6 +25,18 @@ func generation(p jobs.Params, seed uint64, width, height int, modelHash string)
 	if p.InitImage != "" {
 		g.DenoisingStrength = p.Strength
 	}
+	for _, l := range p.LoRAs {
+		if g.LoraHashes == nil {
+			g.LoraHashes = map[string]string{}
+		}
+		g.LoraHashes[l.Name] = l.Hash[:min(12, len(l.Hash))]
+	}
+	for _, e := range p.Embeddings {
+		if g.TIHashes == nil {
+			g.TIHashes = map[string]string{}
+		}
+		g.TIHashes[e.Name] = e.Hash[:min(12, len(e.Hash))]
+	}
 	return g
 }
 

@@ -32,7 +32,7 @@ func commands() map[string]command {
 		"bench":    {"benchmark models on this machine (load, text encoder, UNet step, VAE, end to end)", runBench},
 		"doctor":   {"report the GPU setup: CUDA driver, cuBLAS, GPUs, kernel image", runDoctor},
 		"policy":   {"test Wasm policies and nodes against the conformance suite (kiln policy test FILE.wasm)", runPolicy},
-		"models":   {"list a running server's models: GPU, host memory or disk, sizes, components shared", runModels},
+		"models":   {"list a running server's models (GPU, host memory or disk, sizes, components shared); models show NAME for one", runModels},
 	}
 }
 

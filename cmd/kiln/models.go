@@ -20,10 +20,15 @@ import (
 // modelList is the part of GET /v1/models that `kiln models` shows.
 type modelList struct {
 	Data []struct {
-		ID        string `json:"id"`
-		Bytes     int64  `json:"bytes"`
-		Default   bool   `json:"default"`
-		Residency []struct {
+		ID           string `json:"id"`
+		Bytes        int64  `json:"bytes"`
+		Default      bool   `json:"default"`
+		Builtin      bool   `json:"builtin"`
+		Format       string `json:"format"`
+		Family       string `json:"family"`
+		NativeWidth  int    `json:"native_width"`
+		NativeHeight int    `json:"native_height"`
+		Residency    []struct {
 			Worker      string                   `json:"worker"`
 			Device      string                   `json:"device"`
 			Tier        string                   `json:"tier"`
@@ -43,8 +48,16 @@ type modelList struct {
 
 // runModels lists a running server's models: where each is (GPU, pinned
 // host memory or disk) on which worker, its sizes, and the components it
-// shares with other models by content hash.
+// shares with other models by content hash. `kiln models show NAME` prints
+// one model's details.
 func runModels(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	show := ""
+	if len(args) > 0 && args[0] == "show" {
+		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+			return usageError{fmt.Errorf("kiln models show NAME [flags]: the model's name is missing")}
+		}
+		show, args = args[1], args[2:]
+	}
 	defaults, err := config.Default()
 	if err != nil {
 		return err
@@ -81,7 +94,7 @@ func runModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("models: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	if *asJSON {
+	if *asJSON && show == "" {
 		_, err := stdout.Write(body)
 		return err
 	}
@@ -89,7 +102,48 @@ func runModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := json.Unmarshal(body, &list); err != nil {
 		return fmt.Errorf("models: reading the answer: %w", err)
 	}
-	return printModels(stdout, &list)
+	if show == "" {
+		return printModels(stdout, &list)
+	}
+	for i := range list.Data {
+		if list.Data[i].ID == show {
+			one := list
+			one.Data = list.Data[i : i+1]
+			if *asJSON {
+				return json.NewEncoder(stdout).Encode(one.Data[0])
+			}
+			return printModel(stdout, &one)
+		}
+	}
+	var names []string
+	for _, m := range list.Data {
+		names = append(names, m.ID)
+	}
+	return fmt.Errorf("models: no model %q on the server (it has: %s)", show, strings.Join(names, ", "))
+}
+
+// printModel writes one model's details, then where it is held.
+func printModel(w io.Writer, l *modelList) error {
+	m := l.Data[0]
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "name\t%s\n", m.ID)
+	for _, kv := range [][2]string{{"family", m.Family}, {"format", m.Format}} {
+		if kv[1] != "" {
+			fmt.Fprintf(tw, "%s\t%s\n", kv[0], kv[1])
+		}
+	}
+	if m.NativeWidth > 0 && m.NativeHeight > 0 {
+		fmt.Fprintf(tw, "native size\t%dx%d\n", m.NativeWidth, m.NativeHeight)
+	}
+	fmt.Fprintf(tw, "size on disk\t%s\n", size(m.Bytes))
+	fmt.Fprintf(tw, "default\t%v\n", m.Default)
+	fmt.Fprintf(tw, "built in\t%v\n", m.Builtin)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	l.Memory = nil
+	return printModels(w, l)
 }
 
 func printModels(w io.Writer, l *modelList) error {

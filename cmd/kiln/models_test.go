@@ -11,7 +11,7 @@ import (
 
 func TestModelsListsResidencyAndSharing(t *testing.T) {
 	answer := `{"object":"list","data":[
-	 {"id":"ft1","bytes":2147483648,"default":true,"residency":[{"worker":"w1","device":"cuda:0","tier":"gpu","bytes":2147483648,"unique_bytes":1073741824,
+	 {"id":"ft1","bytes":2147483648,"default":true,"family":"sd","format":"diffusers","native_width":512,"native_height":512,"residency":[{"worker":"w1","device":"cuda:0","tier":"gpu","bytes":2147483648,"unique_bytes":1073741824,
 	   "shared":[{"kind":"vae","hash":"xxh64:1","bytes":167772160,"with":["ft2"]}]}]},
 	 {"id":"ft2","bytes":2147483648,"residency":[{"worker":"w1","device":"cuda:0","tier":"host","bytes":2147483648,"unique_bytes":1073741824}]},
 	 {"id":"sdxl","bytes":6442450944}],
@@ -45,5 +45,24 @@ func TestModelsListsResidencyAndSharing(t *testing.T) {
 	}
 	if err := runModels(context.Background(), []string{"extra"}, &out, &errb); err == nil {
 		t.Error("extra argument accepted")
+	}
+	// show: one model's details; an unknown name lists the known ones.
+	out.Reset()
+	if err := runModels(context.Background(), []string{"show", "ft1", "--url", srv.URL}, &out, &errb); err != nil {
+		t.Fatal(err, errb.String())
+	}
+	for _, want := range []string{"family", "sd", "native size", "512x512", "diffusers", "w1 gpu (cuda:0)", "vae 160MiB with ft2"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("show output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "ft2 ") || strings.Contains(out.String(), "sdxl") {
+		t.Errorf("show printed other models:\n%s", out.String())
+	}
+	if err := runModels(context.Background(), []string{"show", "nope", "--url", srv.URL}, &out, &errb); err == nil || !strings.Contains(err.Error(), "ft1, ft2, sdxl") {
+		t.Errorf("unknown model: %v", err)
+	}
+	if err := runModels(context.Background(), []string{"show"}, &out, &errb); err == nil {
+		t.Error("show without a name accepted")
 	}
 }

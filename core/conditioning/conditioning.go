@@ -10,7 +10,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/prompt"
 	"github.com/kiln-project/kiln/core/tokenizer"
@@ -28,6 +30,14 @@ type Options struct {
 	// chunks concatenated along the sequence (and honours BREAK); when off
 	// the prompt is truncated to one chunk.
 	LongPrompts bool
+	// Adapters identifies the text-encoder LoRAs and embeddings in effect
+	// (names, hashes, weights); "" for none. It is part of every cache key
+	// of an encoding.
+	Adapters string
+	// Embeddings are textual inversions the prompt may name: where the
+	// tokens of an embedding's name appear they are replaced by its
+	// vectors for the encoder's namespace (see Encoder.SetNamespace).
+	Embeddings []*lora.Embedding
 }
 
 // DefaultOptions are the settings for users: emphasis and long prompts on.
@@ -38,6 +48,9 @@ func DefaultOptions() Options { return Options{Emphasis: true, LongPrompts: true
 type Chunk struct {
 	IDs     []int32
 	Weights []float32
+	// Vectors maps positions of IDs to injected input embeddings
+	// (textual inversion); nil when there are none.
+	Vectors map[int][]float32
 }
 
 // Weighted reports whether any token of the chunk has a weight other than 1.
@@ -53,6 +66,18 @@ func (c Chunk) Weighted() bool {
 // Tokenize turns a prompt into weighted chunks. There is always at least
 // one chunk; an empty prompt gives BOS, EOS and padding.
 func Tokenize(tok *tokenizer.Tokenizer, text string, opts Options) ([]Chunk, error) {
+	return tokenize(tok, text, opts, lora.TextEncoder)
+}
+
+// TokenizeFor is Tokenize for the text encoder of namespace ns
+// (lora.TextEncoder, lora.TextEncoder2): embeddings named in the prompt
+// carry that encoder's vectors.
+func TokenizeFor(tok *tokenizer.Tokenizer, text string, opts Options, ns string) ([]Chunk, error) {
+	return tokenize(tok, text, opts, ns)
+}
+
+// tokenize is Tokenize with the embeddings' vectors for namespace ns.
+func tokenize(tok *tokenizer.Tokenizer, text string, opts Options, ns string) ([]Chunk, error) {
 	segs := prompt.Literal(text)
 	if opts.Emphasis {
 		segs = prompt.Parse(text)
@@ -63,8 +88,14 @@ func Tokenize(tok *tokenizer.Tokenizer, text string, opts Options) ([]Chunk, err
 		ids     []int32
 		weights []float32
 	)
+	vecs := map[int][]float32{}
 	closeChunk := func() {
-		chunks = append(chunks, frame(tok, ids, weights))
+		c := frame(tok, ids, weights)
+		if len(vecs) > 0 {
+			c.Vectors = vecs
+			vecs = map[int][]float32{}
+		}
+		chunks = append(chunks, c)
 		ids, weights = ids[:0], weights[:0]
 	}
 segments:
@@ -79,14 +110,17 @@ segments:
 		if math.IsNaN(s.Weight) || math.IsInf(float64(w), 0) {
 			return nil, fmt.Errorf("conditioning: weight %v of %q is not a finite number", s.Weight, s.Text)
 		}
-		for _, id := range tok.Encode(s.Text) {
+		for _, t := range findEmbeddings(tok, tok.Encode(s.Text), opts.Embeddings, ns) {
 			if len(ids) == room {
 				if !opts.LongPrompts {
 					break segments
 				}
 				closeChunk()
 			}
-			ids = append(ids, id)
+			if t.vec != nil {
+				vecs[len(ids)+1] = t.vec // +1: after BOS
+			}
+			ids = append(ids, t.id)
 			weights = append(weights, w)
 		}
 	}
@@ -112,6 +146,18 @@ func frame(tok *tokenizer.Tokenizer, ids []int32, weights []float32) Chunk {
 type Encoder struct {
 	tok   *tokenizer.Tokenizer
 	model *clip.Model
+	ns    string // embedding namespace; "" is lora.TextEncoder
+}
+
+// SetNamespace selects which of an embedding's vector sets this encoder
+// uses (lora.TextEncoder2 for SDXL's second encoder).
+func (e *Encoder) SetNamespace(ns string) { e.ns = ns }
+
+func (e *Encoder) namespace() string {
+	if e.ns == "" {
+		return lora.TextEncoder
+	}
+	return e.ns
 }
 
 // New pairs a tokenizer with a text encoder, checking that the encoder
@@ -126,6 +172,9 @@ func New(tok *tokenizer.Tokenizer, model *clip.Model) (*Encoder, error) {
 	}
 	return &Encoder{tok: tok, model: model}, nil
 }
+
+// Model returns the encoder's text model.
+func (e *Encoder) Model() *clip.Model { return e.model }
 
 // Tokenizer returns the encoder's tokenizer.
 func (e *Encoder) Tokenizer() *tokenizer.Tokenizer { return e.tok }
@@ -153,7 +202,7 @@ func (e *Encoder) Encode(ctx context.Context, text string, opts Options) ([]floa
 // EncodeResult encodes text and returns the conditioning with its layout,
 // chunks and pooled output. All chunks go through the encoder as one batch.
 func (e *Encoder) EncodeResult(ctx context.Context, text string, opts Options) (Result, error) {
-	chunks, err := Tokenize(e.tok, text, opts)
+	chunks, err := tokenize(e.tok, text, opts, e.namespace())
 	if err != nil {
 		return Result{}, err
 	}
@@ -162,7 +211,18 @@ func (e *Encoder) EncodeResult(ctx context.Context, text string, opts Options) (
 	for _, c := range chunks {
 		ids = append(ids, c.IDs...)
 	}
-	hidden, pooled, err := e.model.Encode(ctx, ids, len(chunks), opts.ClipSkip)
+	inject := map[int][]float32{}
+	for i, c := range chunks {
+		for pos, v := range c.Vectors {
+			inject[i*n+pos] = v
+		}
+	}
+	var hidden, pooled []float32
+	if len(inject) > 0 {
+		hidden, pooled, err = e.model.EncodeInjected(ctx, ids, len(chunks), opts.ClipSkip, inject)
+	} else {
+		hidden, pooled, err = e.model.Encode(ctx, ids, len(chunks), opts.ClipSkip)
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("conditioning: %w", err)
 	}
@@ -209,4 +269,46 @@ func mean(x []float32) float64 {
 		s += float64(v)
 	}
 	return s / float64(len(x))
+}
+
+// token is one prompt token, or an embedding vector in place of tokens.
+type token struct {
+	id  int32
+	vec []float32
+}
+
+// findEmbeddings replaces each occurrence of an embedding's name (as the
+// tokenizer spells it) in ids by the embedding's vectors for namespace
+// ns, as AUTOMATIC1111 matches embeddings in the token stream; the
+// placeholder id is the name's first token. Longer names win.
+func findEmbeddings(tok *tokenizer.Tokenizer, ids []int32, embs []*lora.Embedding, ns string) []token {
+	type trigger struct {
+		ids []int32
+		e   *lora.Embedding
+	}
+	var trs []trigger
+	for _, e := range embs {
+		if t := tok.Encode(e.Name); len(t) > 0 && e.Vectors[ns] != nil {
+			trs = append(trs, trigger{t, e})
+		}
+	}
+	slices.SortStableFunc(trs, func(a, b trigger) int { return len(b.ids) - len(a.ids) })
+	out := make([]token, 0, len(ids))
+next:
+	for i := 0; i < len(ids); {
+		for _, t := range trs {
+			if i+len(t.ids) <= len(ids) && slices.Equal(ids[i:i+len(t.ids)], t.ids) {
+				v := t.e.Vectors[ns]
+				d := len(v) / t.e.N
+				for k := 0; k < t.e.N; k++ {
+					out = append(out, token{id: t.ids[0], vec: v[k*d : (k+1)*d]})
+				}
+				i += len(t.ids)
+				continue next
+			}
+		}
+		out = append(out, token{id: ids[i]})
+		i++
+	}
+	return out
 }

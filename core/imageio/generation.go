@@ -37,6 +37,9 @@ type Generation struct {
 	RNG string
 	// LoraHashes maps LoRA names to their short hashes.
 	LoraHashes map[string]string
+	// TIHashes maps textual-inversion embedding names to their short
+	// hashes (A1111's "TI hashes").
+	TIHashes map[string]string
 	// GuidanceRescale and Eta are written when set.
 	GuidanceRescale, Eta float64
 	// LiteralPrompt marks prompts tokenized without the emphasis syntax.
@@ -88,6 +91,18 @@ func (g Generation) Parameters() Parameters {
 			parts[i] = n + ": " + g.LoraHashes[n]
 		}
 		p.Set("Lora hashes", strings.Join(parts, ", "))
+	}
+	if len(g.TIHashes) > 0 {
+		names := make([]string, 0, len(g.TIHashes))
+		for n := range g.TIHashes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		parts := make([]string, len(names))
+		for i, n := range names {
+			parts[i] = n + ": " + g.TIHashes[n]
+		}
+		p.Set("TI hashes", strings.Join(parts, ", "))
 	}
 	if g.GuidanceRescale > 0 {
 		p.Set("Guidance rescale", num(g.GuidanceRescale))

@@ -346,8 +346,13 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 		pooled, extra = repeatLastRow(pooled, rows, want), repeatLastRow(extra, rows, want)
 		rows = len(ts)
 	}
+	remove, err := p.installUNet(g)
+	if err != nil {
+		return nil, err
+	}
 	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, head.c, head.h, head.w}, Timesteps: ts,
 		Context: cond, ContextLen: head.ctxLen, Pooled: pooled, Extra: extra})
+	remove()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
 	}

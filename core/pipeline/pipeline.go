@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
@@ -104,6 +105,12 @@ type Request struct {
 	Variation Variation
 	// Edit holds the inpainting and outpainting settings (zero: off).
 	Edit Edit
+	// LoRAs are applied to this job alone (unmerged: jobs with other
+	// LoRAs, or none, share its batch).
+	LoRAs []lora.Use
+	// Embeddings are the textual-inversion embeddings the prompts may
+	// name (a name in a prompt is replaced by its vectors).
+	Embeddings []*lora.Embedding
 }
 
 // Progress reports one finished model evaluation.
@@ -399,7 +406,12 @@ func (j *job) draw(per int) []float32 {
 // and the pooled outputs in the same row order when the encoders give
 // them (else nil).
 func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []float32, error) {
-	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate}
+	removeText, adapters, err := p.installText(j.req)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	defer removeText()
+	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters, Embeddings: j.req.Embeddings}
 	pos, err := p.encode(ctx, j.req.Prompt, opts)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("pipeline: prompt: %w", err)
@@ -427,7 +439,7 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []
 	for k := range parts {
 		if parts[k].Length < L {
 			if empty == nil {
-				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip})
+				e, err := p.encode(ctx, "", conditioning.Options{ClipSkip: j.req.ClipSkip, Adapters: adapters})
 				if err != nil {
 					return nil, 0, nil, fmt.Errorf("pipeline: empty prompt: %w", err)
 				}

@@ -757,11 +757,6 @@ type LoraItem struct {
 	Metadata map[string]any `json:"metadata"`
 }
 
-// loras lists none: Kiln does not load LoRA networks yet.
-func (h *Handler) loras(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	writeJSON(w, http.StatusOK, []LoraItem{})
-}
-
 // EmbeddingItem is A1111's EmbeddingItem.
 type EmbeddingItem struct {
 	Step             *int    `json:"step"`
@@ -775,11 +770,6 @@ type EmbeddingItem struct {
 type EmbeddingsResponse struct {
 	Loaded  map[string]EmbeddingItem `json:"loaded"`
 	Skipped map[string]EmbeddingItem `json:"skipped"`
-}
-
-// embeddings lists none: Kiln does not load textual inversions yet.
-func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	writeJSON(w, http.StatusOK, EmbeddingsResponse{Loaded: map[string]EmbeddingItem{}, Skipped: map[string]EmbeddingItem{}})
 }
 
 // UpscalerItem is A1111's UpscalerItem.

@@ -6,6 +6,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/live"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/events"
+	"github.com/kiln-project/kiln/server/loralib"
 )
 
 // adapterBackend is what the client-API adapters (gateway/a1111,
@@ -13,6 +14,9 @@ import (
 // the gateway: the native job flow plus the model list, model hashes,
 // live job state and GPU readings.
 type adapterBackend struct{ *Server }
+
+// Library gives the adapters the installed LoRAs and embeddings.
+func (b adapterBackend) Library() *loralib.Library { return b.o.Library }
 
 // Models lists the servable models and the default one.
 func (b adapterBackend) Models() ([]catalog.Model, string) {

@@ -392,6 +392,8 @@ func (s *Server) listModels(c echo.Context) error {
 		Bytes   int64  `json:"bytes"`
 		Default bool   `json:"default"`
 		Builtin bool   `json:"builtin"`
+		// Family is the model family that serves it ("sd", "sdxl").
+		Family string `json:"family,omitempty"`
 		// NativeWidth × NativeHeight is what requests without a size get
 		// (within the profile's and tenant's caps); absent when unknown.
 		NativeWidth  int `json:"native_width,omitempty"`
@@ -411,7 +413,7 @@ func (s *Server) listModels(c echo.Context) error {
 	}{Object: "list", Data: []model{}, Memory: totals}
 	for _, m := range s.o.Models.List() {
 		out.Data = append(out.Data, model{ID: m.Name, Object: "model", OwnedBy: "kiln", Format: m.Format, Bytes: m.Bytes, Default: m.Name == def, Builtin: m.Builtin,
-			NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor, Residency: where[m.Name]})
+			Family: m.Family, NativeWidth: m.NativeWidth, NativeHeight: m.NativeHeight, VAEFactor: m.VAEFactor, Residency: where[m.Name]})
 	}
 	return c.JSON(http.StatusOK, out)
 }

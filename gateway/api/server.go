@@ -42,6 +42,7 @@ import (
 	"github.com/kiln-project/kiln/server/events"
 	"github.com/kiln-project/kiln/server/gpu"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/server/metrics"
 	"github.com/kiln-project/kiln/server/tenants"
 )
@@ -103,6 +104,8 @@ type Options struct {
 	Audit *audit.Log
 	// Web serves the browser client at / (nil: none).
 	Web http.Handler
+	// Library is the installed LoRAs and embeddings (nil: none).
+	Library *loralib.Library
 }
 
 // Server is the gateway.
@@ -170,6 +173,9 @@ func New(o Options) (*Server, error) {
 	v, err := validate.New(o.Models, o.Profiles, cfg.DefaultProfile, int64(cfg.PlanCacheBytes))
 	if err != nil {
 		return nil, err
+	}
+	if o.Library != nil {
+		v.SetLibrary(o.Library)
 	}
 	s := &Server{o: o, cfg: cfg, log: o.Logger, limiter: quota.New(), validator: v, workers: map[string]workerSeen{}, beats: map[string]time.Time{},
 		window: latency.New(QualityWindow, QualityWindow/3, 512, nil), decodes: imagedecode.NewBudget(int64(cfg.ImageDecodeBudget))}
@@ -456,6 +462,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/v1/models", s.listModels, a)
 	e.GET("/v1/profiles", s.listProfiles, a)
 	e.GET("/v1/samplers", s.listSamplers, a)
+	e.GET("/v1/loras", s.listLoRAs, a)
+	e.GET("/v1/embeddings", s.listEmbeddings, a)
 	e.GET("/v1/account", s.account, a)
 	e.GET("/v1/status", s.getStatus, a)
 	e.GET("/v1/ws", s.websocket, a)

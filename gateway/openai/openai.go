@@ -74,6 +74,8 @@ type GenerationRequest struct {
 	Guidance          *float64 `json:"guidance,omitempty"`
 	Sampler           string   `json:"sampler,omitempty"`
 	AllowAdjust       bool     `json:"allow_adjust,omitempty"`
+	// LoRAs is Kiln's extension: installed LoRAs for this request.
+	LoRAs []validate.LoRARequest `json:"loras,omitempty"`
 }
 
 // ImageData is one entry of the response.
@@ -148,7 +150,7 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 
 func (h *Handler) convert(g *GenerationRequest) (*validate.JobRequest, *apierr.Error) {
 	r := &validate.JobRequest{Prompt: g.Prompt, NegativePrompt: g.NegativePrompt, Seed: g.Seed, Steps: g.Steps,
-		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N, AllowAdjust: g.AllowAdjust}
+		Guidance: g.Guidance, Sampler: g.Sampler, N: g.N, AllowAdjust: g.AllowAdjust, LoRAs: g.LoRAs}
 	if !openAIModels[g.Model] {
 		r.Model = g.Model
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
 	"github.com/kiln-project/kiln/server/jobs"
+	"github.com/kiln-project/kiln/server/loralib"
 )
 
 // Limits that no tenant may exceed.
@@ -68,6 +69,9 @@ type JobRequest struct {
 	// {"pre": [{"name": "style", "params": {"preset": "anime"}}], "post": [...]}
 	// (checked and run by the gateway's node hooks).
 	Nodes json.RawMessage `json:"nodes,omitempty"`
+	// LoRAs apply installed LoRAs (in addition to <lora:name:w> tags in
+	// the prompt).
+	LoRAs []LoRARequest `json:"loras,omitempty"`
 	// FitNative marks Width and Height as a size chosen from a fixed menu
 	// (the OpenAI endpoint's): for models trained at 1024² or more (SDXL)
 	// it becomes the native resolution of the nearest aspect ratio (see
@@ -129,6 +133,7 @@ type Validator struct {
 	samplers       map[string]bool
 	cache          *ristretto.Cache[string, *jobs.Params]
 	hits, misses   atomic.Uint64
+	lib            *loralib.Library // installed LoRAs and embeddings; nil: none
 }
 
 // New returns a validator with a plan cache of cacheBytes.
@@ -237,6 +242,9 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		}
 		mc := *r.Micro
 		params.Micro = &mc
+	}
+	if err := v.resolveLoRAs(r, &params); err != nil {
+		return jobs.Params{}, err
 	}
 	if r.Seed != nil {
 		if *r.Seed > MaxSeed {

@@ -156,6 +156,9 @@ func (r *Registry) Refresh() {
 			if !e.IsDir() && !strings.HasSuffix(e.Name(), ".safetensors") {
 				continue
 			}
+			if e.IsDir() && (name == "loras" || name == "embeddings") {
+				continue // server/loralib's folders, not models
+			}
 			m, err := r.inspect(name, filepath.Join(r.dir, e.Name()))
 			if err != nil {
 				errs = append(errs, err.Error())

@@ -96,6 +96,12 @@ type Params struct {
 	// InpaintFullResPadding pixels) at the job's width×height.
 	InpaintFullRes        bool `json:"inpaint_full_res,omitempty"`
 	InpaintFullResPadding int  `json:"inpaint_full_res_padding,omitempty"`
+	// LoRAs are the job's LoRAs (the request's loras field and the
+	// prompt's <lora:…> tags), resolved to installed files.
+	LoRAs []LoRA `json:"loras,omitempty"`
+	// Embeddings are the installed textual-inversion embeddings the
+	// prompts name.
+	Embeddings []Embedding `json:"embeddings,omitempty"`
 }
 
 // Outpaint extends an img2img job's canvas by pixels on each side.
@@ -104,6 +110,21 @@ type Outpaint struct {
 	Right  int `json:"right,omitempty"`
 	Top    int `json:"top,omitempty"`
 	Bottom int `json:"bottom,omitempty"`
+}
+
+// LoRA is one LoRA a job uses, with its weights on the denoiser and the
+// text encoder and its file's A1111 hash (hex SHA-256).
+type LoRA struct {
+	Name       string  `json:"name"`
+	Weight     float64 `json:"weight"`
+	TextWeight float64 `json:"text_weight"`
+	Hash       string  `json:"hash"`
+}
+
+// Embedding is a textual-inversion embedding a job's prompts name.
+type Embedding struct {
+	Name string `json:"name"`
+	Hash string `json:"hash"`
 }
 
 // Micro is SDXL's micro-conditioning of a job: the original image size,

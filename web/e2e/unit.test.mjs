@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  buildRequest, chosenSize, defaultSettings, defaultSize, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
+  buildRequest, chosenSize, insertExtraNetwork, defaultSettings, defaultSize, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
   jobsAhead, progressText, queueText, settingsFromParams, sizeProblem, statusRank, submitErrorText, validateSettings,
 } from '../js/format.js';
 import { decodePreview } from '../js/preview.js';
@@ -197,4 +197,11 @@ test('A1111 parameters become form settings', async () => {
   assert.deepEqual(other.skipped, ['sampler Restart', 'model sdxl-base']);
   // A prompt alone (no fields line) is all prompt.
   assert.deepEqual(parseParameters('just a prompt, with: a colon'), { prompt: 'just a prompt, with: a colon', negative_prompt: '', fields: {} });
+});
+
+test('the LoRA/embedding picker inserts prompt syntax at the caret', () => {
+  assert.deepEqual(insertExtraNetwork('a cat', 5, 'lora', 'ink'), { text: 'a cat <lora:ink:1>', caret: 18 });
+  assert.deepEqual(insertExtraNetwork('a cat', 1, 'embedding', 'badhands'), { text: 'a badhands cat', caret: 10 });
+  assert.deepEqual(insertExtraNetwork('', undefined, 'lora', 'x'), { text: '<lora:x:1>', caret: 10 });
+  assert.deepEqual(insertExtraNetwork('a ', 2, 'embedding', 'e'), { text: 'a e', caret: 3 });
 });

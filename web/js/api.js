@@ -66,6 +66,12 @@ export class Api {
   profiles() { return this.request('GET', '/v1/profiles'); }
   /** The samplers. */
   samplers() { return this.request('GET', '/v1/samplers'); }
+
+  /** The installed LoRAs. */
+  loras() { return this.request('GET', '/v1/loras'); }
+
+  /** The installed textual-inversion embeddings. */
+  embeddings() { return this.request('GET', '/v1/embeddings'); }
   /** Queue depth, workers and GPUs now. */
   status() { return this.request('GET', '/v1/status'); }
   /** Submits a job; resolves to the job with its queue position. */

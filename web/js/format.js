@@ -288,3 +288,19 @@ export function statusRank(status) {
 export function isFinal(status) {
   return statusRank(status) === 2;
 }
+
+/**
+ * Inserts an installed LoRA (`<lora:name:1>`, A1111's syntax) or
+ * embedding (its name) into prompt text at the caret, separated from its
+ * neighbours by a space. Returns the new text and caret.
+ */
+export function insertExtraNetwork(text, caret, kind, name) {
+  const at = Math.max(0, Math.min(caret ?? text.length, text.length));
+  const snippet = kind === 'lora' ? `<lora:${name}:1>` : name;
+  const before = text.slice(0, at);
+  const after = text.slice(at);
+  const lead = before === '' || /\s$/.test(before) ? '' : ' ';
+  const trail = after === '' || /^\s/.test(after) ? '' : ' ';
+  const out = before + lead + snippet + trail + after;
+  return { text: out, caret: before.length + lead.length + snippet.length };
+}

@@ -5,7 +5,7 @@
 import { Api } from './api.js';
 import { Auth } from './auth.js';
 import { announce } from './dom.js';
-import { submitErrorText, sentence } from './format.js';
+import { insertExtraNetwork, submitErrorText, sentence } from './format.js';
 import { JobList } from './jobs.js';
 import { LiveSocket } from './live.js';
 import { decodePreview } from './preview.js';
@@ -155,11 +155,39 @@ function showAccount(account) {
   $('forget-key').hidden = !auth.key;
 }
 
+// setupExtraNetworks fills the LoRA/embedding picker (hidden when none is
+// installed); choosing one inserts its prompt syntax at the caret.
+async function setupExtraNetworks() {
+  const [loras, embs] = await Promise.all([api.loras().catch(() => ({})), api.embeddings().catch(() => ({}))]);
+  const pick = $('extra-pick');
+  pick.replaceChildren(pick.options[0]);
+  for (const [kind, label, list] of [['lora', 'LoRAs', loras.data ?? []], ['embedding', 'Embeddings', embs.data ?? []]]) {
+    if (list.length === 0) continue;
+    const group = document.createElement('optgroup');
+    group.label = label;
+    for (const e of list) group.append(new Option(e.name, `${kind}:${e.name}`));
+    pick.append(group);
+  }
+  $('extra-field').hidden = pick.length === 1;
+  pick.onchange = () => {
+    const [kind, ...rest] = pick.value.split(':');
+    if (!kind) return;
+    const prompt = $('prompt');
+    const r = insertExtraNetwork(prompt.value, prompt.selectionStart, kind, rest.join(':'));
+    prompt.value = r.text;
+    prompt.dispatchEvent(new Event('input', { bubbles: true }));
+    prompt.focus();
+    prompt.setSelectionRange(r.caret, r.caret);
+    pick.value = '';
+  };
+}
+
 async function start(account) {
   showAccount(account);
   const [models, profiles, samplers, st] = await Promise.all([api.models(), api.profiles(), api.samplers(), api.status()]);
   samplerLabels = new Map((samplers.data ?? []).map((s) => [s.id, s.label]));
   settings.setOptions({ account, models, profiles, samplers });
+  await setupExtraNetworks();
   status.update(st);
   jobs.setQueueDepth(st.queue_depth);
   await jobs.load(true);

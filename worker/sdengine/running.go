@@ -36,7 +36,7 @@ func RowBucket(rows int) int {
 // batch.
 func (m *Model) StartBatch(ctx context.Context) worker.RunningBatch {
 	r := m.p.NewRunning(ctx)
-	rb := &running{r: r}
+	rb := &running{r: r, m: m}
 	if g, ok := m.be.(gpuBackend); ok {
 		rb.dev = g.Device()
 		r.SetRowBuckets(RowBucket)
@@ -47,6 +47,7 @@ func (m *Model) StartBatch(ctx context.Context) worker.RunningBatch {
 // running adapts pipeline.Running to worker.RunningBatch.
 type running struct {
 	r          *pipeline.Running
+	m          *Model
 	dev        *cuda.Device
 	free, peak int64 // measured at the last step
 }
@@ -57,7 +58,11 @@ func (rb *running) Add(it worker.BatchItem, onProgress func(worker.Progress)) (i
 	if onProgress != nil {
 		cb = func(p pipeline.Progress) { onProgress(progress(p, max(req.N, 1))) }
 	}
-	return rb.r.Add(pipeline.BatchJob{Ctx: it.Ctx, Request: request(req)}, cb)
+	pr, err := rb.m.request(req)
+	if err != nil {
+		return 0, err
+	}
+	return rb.r.Add(pipeline.BatchJob{Ctx: it.Ctx, Request: pr}, cb)
 }
 
 func (rb *running) Step() []worker.StepDone {

@@ -30,6 +30,7 @@ import (
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/server/catalog"
+	"github.com/kiln-project/kiln/server/loralib"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/textcache"
 )
@@ -53,6 +54,9 @@ type Engine struct {
 	be       backend.Backend
 	text     *textcache.Cache
 	stateDir string // component-hash cache; "" for none
+	lib      *loralib.Library
+	loraOnce sync.Once
+	lora     *loraStats
 
 	// background warm-up and tuning (GPU engines with a tuning folder)
 	mu      sync.Mutex
@@ -134,7 +138,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	hash := encoderHash(comps, hashes)
-	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be)}
+	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be), adapters: newAdapters(e.lib, e.stats())}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -152,7 +156,7 @@ func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
 		if !opts.LongPrompts {
 			enc += "/truncate"
 		}
-		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis}
+		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis, Adapters: opts.Adapters}
 		var res conditioning.Result
 		v, err := cache.Get(key, func() (*textcache.Value, error) {
 			r, err := encode(ctx, text, opts)
@@ -216,6 +220,7 @@ type Model struct {
 	cached      bool
 	group       backend.WeightGroup // nil: the backend does not group weights
 	comps       []memory.Component
+	adapters    *adapters
 	closed      atomic.Bool
 }
 
@@ -233,6 +238,9 @@ func (m *Model) EncoderHash() string { return m.encoderHash }
 // freed at once, then the model files are closed (and a synthetic model's
 // temporary files removed).
 func (m *Model) Close() error {
+	if m.adapters != nil {
+		m.adapters.close()
+	}
 	m.closed.Store(true)
 	var gerr error
 	if m.group != nil {
@@ -280,7 +288,11 @@ func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress fun
 	if onProgress != nil {
 		cb = func(p pipeline.Progress) { onProgress(progress(p, req.N)) }
 	}
-	res, err := m.p.Generate(ctx, request(req), cb)
+	pr, err := m.request(req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := m.p.Generate(ctx, pr, cb)
 	if err != nil {
 		return nil, err
 	}
@@ -291,17 +303,28 @@ func (m *Model) Generate(ctx context.Context, req worker.Request, onProgress fun
 // batch: one UNet call per step for all the requests' images; a canceled
 // item's rows leave the batch at the next step.
 func (m *Model) GenerateBatch(ctx context.Context, items []worker.BatchItem, onProgress func(int, worker.Progress)) []worker.BatchResult {
-	jobs := make([]pipeline.BatchJob, len(items))
+	jobs := make([]pipeline.BatchJob, 0, len(items))
+	index := make([]int, 0, len(items)) // jobs[k] is items[index[k]]
+	out := make([]worker.BatchResult, len(items))
 	for i, it := range items {
-		jobs[i] = pipeline.BatchJob{Ctx: it.Ctx, Request: request(it.Request)}
+		pr, err := m.request(it.Request)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		jobs = append(jobs, pipeline.BatchJob{Ctx: it.Ctx, Request: pr})
+		index = append(index, i)
+	}
+	if len(jobs) == 0 {
+		return out
 	}
 	var cb func(int, pipeline.Progress)
 	if onProgress != nil {
-		cb = func(i int, p pipeline.Progress) { onProgress(i, progress(p, items[i].Request.N)) }
+		cb = func(k int, p pipeline.Progress) { onProgress(index[k], progress(p, items[index[k]].Request.N)) }
 	}
 	res := m.p.GenerateBatch(ctx, jobs, cb)
-	out := make([]worker.BatchResult, len(res))
-	for i, r := range res {
+	for k, r := range res {
+		i := index[k]
 		if r.Err != nil {
 			out[i].Err = r.Err
 			continue

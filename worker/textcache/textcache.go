@@ -24,6 +24,9 @@ type Key struct {
 	Prompt   string
 	ClipSkip int
 	Emphasis bool
+	// Adapters identifies the text-encoder LoRAs and embeddings the prompt
+	// was encoded with (conditioning.Options.Adapters); "" for none.
+	Adapters string
 }
 
 // String encodes the key as the cache's byte-string key; its strings are
@@ -40,6 +43,8 @@ func (k Key) String() string {
 	} else {
 		b = append(b, 0)
 	}
+	b = binary.AppendUvarint(b, uint64(len(k.Adapters)))
+	b = append(b, k.Adapters...)
 	return string(b)
 }
 

@@ -30,6 +30,10 @@ type Model struct {
 	finalW *tensor.Tensor
 	finalB *tensor.Tensor
 	proj   *tensor.Tensor // (projection_dim, D) text_projection; nil without
+	// adapters holds per-request adapters (LoRA) by weight; see SetAdapter.
+	adapters map[*tensor.Tensor]nn.Adapter
+	// inject holds the vectors of one EncodeInjected call.
+	inject map[int][]float32
 }
 
 // block holds the weights of one transformer layer.
@@ -195,6 +199,9 @@ func (m *Model) run(ctx context.Context, ids []int32, batch, keepAfter int, norm
 	be := m.be
 
 	x := be.Embedding(m.tokEmb, ids, tensor.Shape{batch, L})
+	if len(m.inject) > 0 {
+		x = m.injectVectors(be, x, ids, batch, L)
+	}
 	positions := make([]int32, L)
 	for i := range positions {
 		positions[i] = int32(i)
@@ -213,7 +220,7 @@ func (m *Model) run(ctx context.Context, ids []int32, batch, keepAfter int, norm
 			}
 			return nil, nil, fmt.Errorf("clip: encode: %w", err)
 		}
-		next := m.layers[i].forward(be, h, c)
+		next := m.layers[i].forward(be, h, c, m.adapters)
 		if i+1 == keepAfter && (i+1 < len(m.layers) || !norm) {
 			kept = next
 		}
@@ -237,7 +244,7 @@ func (m *Model) run(ctx context.Context, ids []int32, batch, keepAfter int, norm
 	}
 	p := be.GatherRows(last, m.eosPositions(ids, batch, L))
 	if project {
-		p = nn.Swap(be, p, be.Linear(p, m.proj, nil))
+		p = nn.Swap(be, p, linear(be, m.adapters, p, m.proj, nil))
 	}
 	pooled = be.ToFloat32(p)
 	hidden = be.ToFloat32(out)
@@ -276,12 +283,12 @@ func (m *Model) eosPositions(ids []int32, batch, L int) []int {
 
 // forward runs one pre-LN transformer layer: x + attn(ln1(x)), then
 // + mlp(ln2(·)).
-func (l *block) forward(be backend.Backend, x *tensor.Tensor, c Config) *tensor.Tensor {
+func (l *block) forward(be backend.Backend, x *tensor.Tensor, c Config, ad map[*tensor.Tensor]nn.Adapter) *tensor.Tensor {
 	eps := float32(c.LayerNormEps)
 	h := be.LayerNorm(x, l.ln1W, l.ln1B, eps)
-	q := be.Linear(h, l.qW, l.qB)
-	k := be.Linear(h, l.kW, l.kB)
-	v := be.Linear(h, l.vW, l.vB)
+	q := linear(be, ad, h, l.qW, l.qB)
+	k := linear(be, ad, h, l.kW, l.kB)
+	v := linear(be, ad, h, l.vW, l.vB)
 	be.Free(h)
 	a := be.Attention(q, k, v, backend.AttentionParams{
 		Heads:  c.NumAttentionHeads,
@@ -290,13 +297,13 @@ func (l *block) forward(be backend.Backend, x *tensor.Tensor, c Config) *tensor.
 		Upcast: true,
 	})
 	be.Free(q, k, v)
-	o := be.Linear(a, l.outW, l.outB)
+	o := linear(be, ad, a, l.outW, l.outB)
 	be.Free(a)
 	x1 := be.Add(x, o)
 	be.Free(o)
 
 	h = be.LayerNorm(x1, l.ln2W, l.ln2B, eps)
-	f := be.Linear(h, l.fc1W, l.fc1B)
+	f := linear(be, ad, h, l.fc1W, l.fc1B)
 	be.Free(h)
 	var g *tensor.Tensor
 	if c.HiddenAct == "gelu" {
@@ -305,7 +312,7 @@ func (l *block) forward(be backend.Backend, x *tensor.Tensor, c Config) *tensor.
 		g = be.QuickGELU(f)
 	}
 	be.Free(f)
-	f2 := be.Linear(g, l.fc2W, l.fc2B)
+	f2 := linear(be, ad, g, l.fc2W, l.fc2B)
 	be.Free(g)
 	out := be.Add(x1, f2)
 	be.Free(x1, f2)

@@ -20,14 +20,22 @@ func All() family.Registry {
 	}
 }
 
-// FromCheckpoint wraps a checkpoint built in memory (a synthetic
-// random-weight model) in its family, as Open does for files.
+// inMemory is implemented by families that can wrap a checkpoint built in
+// memory (a synthetic random-weight model) as their Open does for files.
+type inMemory interface {
+	// Wraps reports whether the family serves m (by its Family field).
+	Wraps(m *checkpoint.Model) bool
+	// FromModel wraps m; the result owns it.
+	FromModel(m *checkpoint.Model) (family.Checkpoint, error)
+}
+
+// FromCheckpoint wraps a checkpoint built in memory in the first family
+// of All that serves it, as Open does for files.
 func FromCheckpoint(m *checkpoint.Model) (family.Checkpoint, error) {
-	switch m.Family {
-	case checkpoint.FamilySDXL:
-		return sdxl.FromCheckpoint(m)
-	case checkpoint.FamilySD, "":
-		return sd.FromCheckpoint(m), nil
+	for _, f := range All() {
+		if w, ok := f.(inMemory); ok && w.Wraps(m) {
+			return w.FromModel(m)
+		}
 	}
-	return nil, fmt.Errorf("families: no family %q", m.Family)
+	return nil, fmt.Errorf("families: no family serves a %q checkpoint", m.Family)
 }

@@ -20,7 +20,7 @@ func NewConv2D(ws *Weights, name string, cin, cout, k int, p backend.Conv2DParam
 
 // Forward convolves x (B, Cin, H, W).
 func (c *Conv2D) Forward(be backend.Backend, x *tensor.Tensor) *tensor.Tensor {
-	return be.Conv2D(x, c.W.T, c.B.T, c.Params)
+	return adapt(be, c.W, x, be.Conv2D(x, c.W.T, c.B.T, c.Params), &c.Params)
 }
 
 // Linear is x·Wᵀ + b over the last dimension; B is nil without bias.
@@ -44,7 +44,7 @@ func (l *Linear) Forward(be backend.Backend, x *tensor.Tensor) *tensor.Tensor {
 	if l.B != nil {
 		b = l.B.T
 	}
-	return be.Linear(x, l.W.T, b)
+	return adapt(be, l.W, x, be.Linear(x, l.W.T, b), nil)
 }
 
 // GroupNorm is group normalisation with a per-channel affine transform.

@@ -28,6 +28,9 @@ type Weight struct {
 	AllowTrailingOnes bool
 	// T is the uploaded tensor; nil until Load succeeds.
 	T *tensor.Tensor
+	// Adapter, when set, adapts the output of the layer using this weight
+	// (a per-request LoRA); see Weights.SetAdapter.
+	Adapter Adapter
 
 	source string // the name found in the source
 	dtype  tensor.DType

@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
@@ -126,6 +127,17 @@ type Checkpoint struct {
 }
 
 var _ family.Checkpoint = (*Checkpoint)(nil)
+
+// Wraps reports whether m is an SD 1.x/2.x checkpoint (a checkpoint that
+// names no family is one), for core/model/families.
+func (Family) Wraps(m *checkpoint.Model) bool {
+	return m.Family == "" || m.Family == checkpoint.FamilySD
+}
+
+// FromModel wraps a checkpoint built in memory (for core/model/families).
+func (Family) FromModel(m *checkpoint.Model) (family.Checkpoint, error) {
+	return FromCheckpoint(m), nil
+}
 
 // FromCheckpoint wraps a loaded checkpoint (for example a synthetic one
 // built in memory); the result owns m.
@@ -239,6 +251,18 @@ type Model struct {
 }
 
 var _ family.Model = (*Model)(nil)
+
+var _ lora.Adaptable = (*Model)(nil)
+
+// LoRATargets implements lora.Adaptable: the UNet and the text encoder.
+func (m *Model) LoRATargets() map[string]lora.Target {
+	return map[string]lora.Target{lora.UNet: m.unet, lora.TextEncoder: m.enc.Model()}
+}
+
+// EmbeddingDims implements lora.Adaptable.
+func (m *Model) EmbeddingDims() map[string]int {
+	return map[string]int{lora.TextEncoder: m.enc.Dim()}
+}
 
 // Defaults implements family.Model.
 func (m *Model) Defaults() family.Defaults { return m.def }

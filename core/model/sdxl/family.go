@@ -119,6 +119,12 @@ type Checkpoint struct {
 
 var _ family.Checkpoint = (*Checkpoint)(nil)
 
+// Wraps reports whether m is an SDXL checkpoint (for core/model/families).
+func (Family) Wraps(m *checkpoint.Model) bool { return m.Family == checkpoint.FamilySDXL }
+
+// FromModel wraps a checkpoint built in memory (for core/model/families).
+func (Family) FromModel(m *checkpoint.Model) (family.Checkpoint, error) { return FromCheckpoint(m) }
+
 // FromCheckpoint wraps a loaded SDXL checkpoint (a synthetic one built in
 // memory, for example); the result owns m.
 func FromCheckpoint(m *checkpoint.Model) (*Checkpoint, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
@@ -178,11 +179,11 @@ func (m *Model) encode(ctx context.Context, text, text2 string, opts conditionin
 	var c1 []conditioning.Chunk
 	var err error
 	if m.te1 != nil {
-		if c1, err = conditioning.Tokenize(m.tok1, text, opts); err != nil {
+		if c1, err = conditioning.TokenizeFor(m.tok1, text, opts, lora.TextEncoder); err != nil {
 			return Conditioning{}, fmt.Errorf("sdxl: %w", err)
 		}
 	}
-	c2, err := conditioning.Tokenize(m.tok2, text2, opts)
+	c2, err := conditioning.TokenizeFor(m.tok2, text2, opts, lora.TextEncoder2)
 	if err != nil {
 		return Conditioning{}, fmt.Errorf("sdxl: %w", err)
 	}
@@ -242,7 +243,17 @@ func (m *Model) encodeChunks(ctx context.Context, te *clip.Model, cs []condition
 	for _, c := range cs {
 		ids = append(ids, c.IDs...)
 	}
-	hidden, pooled, err = te.HiddenStates(ctx, ids, len(cs), l)
+	inject := map[int][]float32{}
+	for i, c := range cs {
+		for pos, v := range c.Vectors {
+			inject[i*len(c.IDs)+pos] = v
+		}
+	}
+	if len(inject) > 0 {
+		hidden, pooled, err = te.HiddenStatesInjected(ctx, ids, len(cs), l, inject)
+	} else {
+		hidden, pooled, err = te.HiddenStates(ctx, ids, len(cs), l)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("sdxl: %w", err)
 	}

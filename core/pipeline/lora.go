@@ -1,0 +1,126 @@
+package pipeline
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/kiln-project/kiln/core/lora"
+)
+
+// adaptable returns the model's LoRA interface, or an error naming the
+// family when it takes none.
+func (p *Pipeline) adaptable() (lora.Adaptable, error) {
+	a, ok := p.m.(lora.Adaptable)
+	if !ok {
+		return nil, fmt.Errorf("pipeline: this model family does not take LoRAs or embeddings")
+	}
+	return a, nil
+}
+
+// LoRAModules lists the model's adaptable layers per namespace, to parse
+// LoRA files against (lora.Parse); nil when the family takes no LoRAs.
+func (p *Pipeline) LoRAModules() lora.Modules {
+	a, err := p.adaptable()
+	if err != nil {
+		return nil
+	}
+	return lora.ModulesOf(a)
+}
+
+// EmbeddingDims gives the hidden size of each text encoder, to parse
+// textual-inversion embeddings against (lora.ParseEmbedding); nil when
+// the family takes no embeddings.
+func (p *Pipeline) EmbeddingDims() map[string]int {
+	a, err := p.adaptable()
+	if err != nil {
+		return nil
+	}
+	return a.EmbeddingDims()
+}
+
+// installUNet puts the per-row LoRA updates of a group's jobs on the
+// UNet: each job's rows (unconditional and conditional) get its LoRAs,
+// padding rows none. It returns the function that removes them.
+func (p *Pipeline) installUNet(g []*batchState) (func(), error) {
+	var rows []lora.Rows
+	off, any := 0, false
+	for _, st := range g {
+		n := st.rows()
+		if len(st.req.LoRAs) > 0 {
+			rows = append(rows, lora.Rows{From: off, To: off + n, Uses: st.req.LoRAs})
+			any = true
+		}
+		off += n
+	}
+	if !any {
+		return func() {}, nil
+	}
+	a, err := p.adaptable()
+	if err != nil {
+		return nil, err
+	}
+	remove, err := lora.Install(a.LoRATargets()[lora.UNet], lora.UNet, rows, false)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	return remove, nil
+}
+
+// installText puts a job's text-encoder LoRAs on the text encoder for its
+// prompt encodings and returns the function that removes them with the
+// identity of what was installed (for the text cache key: encodings with
+// different adapters must never share an entry).
+func (p *Pipeline) installText(req Request) (remove func(), key string, err error) {
+	key = adapterKey(req.LoRAs, req.Embeddings)
+	var uses []lora.Use
+	for _, u := range req.LoRAs {
+		if u.Text != 0 && u.LoRA != nil && u.LoRA.HasTextEncoder() {
+			uses = append(uses, u)
+		}
+	}
+	if len(uses) == 0 {
+		return func() {}, key, nil
+	}
+	a, err := p.adaptable()
+	if err != nil {
+		return nil, "", err
+	}
+	// the encoders run one job's prompts at a time: one range covers
+	// every row
+	var removes []func()
+	remove = func() {
+		for _, r := range removes {
+			r()
+		}
+	}
+	for _, ns := range []string{lora.TextEncoder, lora.TextEncoder2} {
+		t, ok := a.LoRATargets()[ns]
+		if !ok {
+			continue
+		}
+		r, err := lora.Install(t, ns, []lora.Rows{{From: 0, To: 1 << 30, Uses: uses}}, true)
+		if err != nil {
+			remove()
+			return nil, "", fmt.Errorf("pipeline: %w", err)
+		}
+		removes = append(removes, r)
+	}
+	return remove, key, nil
+}
+
+// adapterKey names the text-encoder LoRAs (with their text weights) and
+// embeddings a prompt is encoded with; "" when none.
+func adapterKey(uses []lora.Use, embs []*lora.Embedding) string {
+	var b strings.Builder
+	for _, u := range uses {
+		if u.Text == 0 || u.LoRA == nil || !u.LoRA.HasTextEncoder() {
+			continue
+		}
+		fmt.Fprintf(&b, "lora:%s:%s;", u.Key(), strconv.FormatFloat(float64(u.Text), 'g', -1, 32))
+	}
+	for _, e := range embs {
+		fmt.Fprintf(&b, "emb:%s;", e.Key())
+	}
+	return b.String()
+}
