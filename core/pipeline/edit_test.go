@@ -327,3 +327,25 @@ func TestEditErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestInpaintWholeMaskIsImg2Img checks that a mask repainting everything
+// makes inpainting img2img: the same latents with a deterministic sampler,
+// and with an ancestral one the generators advanced by the masked image's
+// posterior sample, as diffusers draws it.
+func TestInpaintWholeMaskIsImg2Img(t *testing.T) {
+	e := loadEnv(t)
+	for _, c := range []struct {
+		sampler string
+		same    bool
+	}{{"euler", true}, {"euler_a", false}} {
+		plain := editRequest(12)
+		plain.Sampler, plain.Steps, plain.SkipDecode = c.sampler, 6, true
+		plain.InitImage, plain.Strength = testImage(64, 64), 0.6
+		inpaint := plain
+		inpaint.Edit = Edit{Mask: centreMask(64, 64, image.Rect(0, 0, 64, 64))}
+		a, b := generate(t, e.pipe, plain), generate(t, e.pipe, inpaint)
+		if got := sameFloats(a.Latents, b.Latents); got != c.same {
+			t.Errorf("%s: inpainting with a whole mask equals img2img: %v, want %v", c.sampler, got, c.same)
+		}
+	}
+}

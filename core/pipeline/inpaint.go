@@ -139,6 +139,16 @@ func (p *Pipeline) resolveEdits(j *job) error {
 // first evaluation's level) and keeps what the blending needs.
 func (e *editState) start(st *batchState, x0, noise []float32) {
 	e.x0, e.noise = x0, noise
+	// diffusers then encodes the masked image, sampling its posterior with
+	// the generator, even for 4-channel UNets that do not use it: draw as
+	// much so that later noise (ancestral samplers) stays in step.
+	if st.req.SharedGenerator {
+		st.gens[0].Randn(st.per)
+	} else {
+		for _, g := range st.gens {
+			g.Randn(st.per)
+		}
+	}
 	var filled []float32
 	switch e.fill {
 	case FillDefault:
