@@ -91,6 +91,11 @@ type Defaults struct {
 	Factor int
 	// LatentChannels is the number of latent channels.
 	LatentChannels int
+	// DenoiserChannels is the denoiser's input channels when they differ
+	// from LatentChannels: 2·LatentChannels+1 for an inpainting UNet,
+	// which also takes the mask and the masked image's latents (0: the
+	// latents alone).
+	DenoiserChannels int
 	// ContextDim is the width of the hidden states Model.Encode returns.
 	ContextDim int
 	// Guidance is the guidance style.

@@ -189,7 +189,9 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 		}
 		st.x = st.s.AddNoise(x0, noise, st.begin)
 		if j.edit != nil {
-			j.edit.start(st, x0, noise)
+			if err := j.edit.start(st, x0, noise); err != nil {
+				return nil, err
+			}
 		}
 	} else {
 		noise := req.Noise
@@ -322,6 +324,9 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 	var pooled, extra []float32
 	for _, st := range g {
 		x := st.s.ScaleModelInput(st.x, st.i)
+		if st.edit != nil {
+			x = st.edit.input(x)
+		}
 		in = append(in, x...)
 		if st.cfg {
 			in = append(in, x...)
@@ -350,7 +355,7 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, head.c, head.h, head.w}, Timesteps: ts,
+	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, p.denoiserChannels(), head.h, head.w}, Timesteps: ts,
 		Context: cond, ContextLen: head.ctxLen, Pooled: pooled, Extra: extra})
 	remove()
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"image"
 	"math"
+
+	"github.com/kiln-project/kiln/core/family"
 )
 
 // Masked-content fill modes (Edit.Fill): what the masked region of the
@@ -67,6 +69,12 @@ type editState struct {
 	x0     []float32 // init latents of the batch (denoiser scale)
 	noise  []float32 // the batch's initial noise
 	full   *fullRes  // full-resolution inpainting, or nil
+	// unet9 marks an inpainting UNet (no blending: it takes cond, each
+	// image's mask and masked-image latents, as extra input channels)
+	unet9   bool
+	cond    []float32
+	condPer int
+	m       family.Model
 }
 
 // maskAlpha is a mask image's luminance (PIL's "L" weights) resized to
@@ -89,6 +97,9 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	j.warnings = p.sizeWarnings(j)
 	e := j.req.Edit
 	if !e.on() {
+		if p.def.DenoiserChannels != 0 {
+			return errors.New("pipeline: this is an inpainting model: give an init image and a mask (or outpaint)")
+		}
 		if e.MaskBlur != 0 || e.Fill != "" {
 			return errors.New("pipeline: mask blur and fill apply to inpainting only (no mask given)")
 		}
@@ -114,6 +125,7 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	w, h := j.req.Width, j.req.Height
 	st := &editState{w: w, h: h, init: j.initPixels, fill: e.Fill}
 	st.alpha = maskAlpha(e.Mask, w, h)
+	st.unet9, st.m = p.def.DenoiserChannels != 0, p.m
 	st.full = e.full
 	blurMask(st.alpha, w, h, e.MaskBlur)
 	// diffusers binarises the mask at 0.5 and shrinks it to the latent
@@ -137,16 +149,23 @@ func (p *Pipeline) resolveEdits(j *job) error {
 // start sets a job's initial latents by its fill mode (x0 and noise are
 // the batch's init latents and initial noise; st.x holds x0 noised to the
 // first evaluation's level) and keeps what the blending needs.
-func (e *editState) start(st *batchState, x0, noise []float32) {
+func (e *editState) start(st *batchState, x0, noise []float32) error {
 	e.x0, e.noise = x0, noise
 	// diffusers then encodes the masked image, sampling its posterior with
-	// the generator, even for 4-channel UNets that do not use it: draw as
-	// much so that later noise (ancestral samplers) stays in step.
+	// the generator, even for 4-channel UNets that do not use it: the
+	// draw keeps later noise (ancestral samplers) in step.
+	var eps []float32
 	if st.req.SharedGenerator {
-		st.gens[0].Randn(st.per)
+		e1 := st.gens[0].Randn(st.per)
+		for i := 0; i < st.n; i++ {
+			eps = append(eps, e1...)
+		}
 	} else {
-		for _, g := range st.gens {
-			g.Randn(st.per)
+		eps = st.draw(st.per)
+	}
+	if e.unet9 {
+		if err := e.maskedImage(st, eps); err != nil {
+			return err
 		}
 	}
 	var filled []float32
@@ -159,15 +178,81 @@ func (e *editState) start(st *batchState, x0, noise []float32) {
 				st.x[k] = v * sigma
 			}
 		}
-		return
+		return nil
 	case FillOriginal:
-		return
+		return nil
 	case FillLatentNoise:
 		filled = e.mix(x0, noise)
 	case FillLatentNothing:
 		filled = e.mix(x0, make([]float32, len(x0)))
 	}
 	st.x = st.s.AddNoise(filled, noise, st.begin)
+	return nil
+}
+
+// maskedImage encodes the init image with the masked pixels set to grey
+// (0 in [-1, 1]; diffusers' init_image · (mask < 0.5)), samples its
+// posterior with eps for each image, and keeps each image's mask and
+// masked-image latents as the inpainting UNet's extra input.
+func (e *editState) maskedImage(st *batchState, eps []float32) error {
+	plane := e.w * e.h
+	px := make([]float32, 3*plane)
+	for c := 0; c < 3; c++ {
+		for k, a := range e.alpha {
+			if a < 0.5 {
+				px[c*plane+k] = 2*e.init[c*plane+k] - 1
+			}
+		}
+	}
+	mean, logvar, lshape, err := e.m.EncodeImage(st.ctx, px, [4]int{1, 3, e.h, e.w})
+	if err != nil {
+		return fmt.Errorf("pipeline: vae encode of the masked image: %w", err)
+	}
+	if lshape[1]*lshape[2]*lshape[3] != st.per {
+		return fmt.Errorf("pipeline: the masked image encoded to %v", lshape)
+	}
+	lat := make([]float32, st.n*st.per)
+	for i := 0; i < st.n; i++ {
+		for k := 0; k < st.per; k++ {
+			lv := min(max(logvar[k], -30), 20)
+			lat[i*st.per+k] = mean[k] + float32(math.Exp(0.5*float64(lv)))*eps[i*st.per+k]
+		}
+	}
+	if err := e.m.ToDenoiser(lat, [4]int{st.n, st.c, st.h, st.w}); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	lp := st.h * st.w
+	e.condPer = lp + st.per
+	for i := 0; i < st.n; i++ {
+		e.cond = append(e.cond, e.latent[:lp]...)
+		e.cond = append(e.cond, lat[i*st.per:(i+1)*st.per]...)
+	}
+	return nil
+}
+
+// input returns the denoiser input of a job's n images: the scaled
+// latents, followed per image by the mask and the masked image's latents
+// for an inpainting UNet (diffusers' concatenation order).
+func (e *editState) input(x []float32) []float32 {
+	if !e.unet9 {
+		return x
+	}
+	n := len(e.cond) / e.condPer
+	per := len(x) / n
+	out := make([]float32, 0, len(x)+len(e.cond))
+	for i := 0; i < n; i++ {
+		out = append(out, x[i*per:(i+1)*per]...)
+		out = append(out, e.cond[i*e.condPer:(i+1)*e.condPer]...)
+	}
+	return out
+}
+
+// denoiserChannels is the denoiser's input channel count.
+func (p *Pipeline) denoiserChannels() int {
+	if c := p.def.DenoiserChannels; c != 0 {
+		return c
+	}
+	return p.def.LatentChannels
 }
 
 // mix returns keep outside the mask and repaint inside, per image.
@@ -185,6 +270,9 @@ func (e *editState) mix(keep, repaint []float32) []float32 {
 // latents noised to the next evaluation's level, or to the clean init
 // latents after the last.
 func (e *editState) blend(st *batchState) {
+	if e.unet9 {
+		return // the inpainting UNet sees the mask itself
+	}
 	proper := e.x0
 	if st.i < len(st.ts) {
 		proper = st.s.AddNoise(e.x0, e.noise, st.i)

@@ -204,8 +204,13 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	if md.vae, err = vae.New(codecBackend(be), md.vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("pipeline: vae: %w", err)
 	}
-	if ucfg.InChannels != md.vcfg.LatentChannels {
-		return nil, fmt.Errorf("pipeline: unet takes %d latent channels, vae makes %d", ucfg.InChannels, md.vcfg.LatentChannels)
+	switch ucfg.InChannels {
+	case md.vcfg.LatentChannels:
+	case 2*md.vcfg.LatentChannels + 1: // an inpainting UNet: latents, mask, masked-image latents
+		md.def.DenoiserChannels = ucfg.InChannels
+	default:
+		return nil, fmt.Errorf("pipeline: unet takes %d input channels, vae makes %d latent channels (want %d, or %d for inpainting)",
+			ucfg.InChannels, md.vcfg.LatentChannels, md.vcfg.LatentChannels, 2*md.vcfg.LatentChannels+1)
 	}
 	if md.enc.Dim() != ucfg.ContextDim() {
 		return nil, fmt.Errorf("pipeline: text encoder width %d, unet cross-attention width %d", md.enc.Dim(), ucfg.ContextDim())
