@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/pipeline/pipelinetest"
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/internal/fixtures"
@@ -54,36 +55,15 @@ func TestRunningBatchMatchesAloneOnGPU(t *testing.T) {
 	joinAt := []int{0, 0, 2, 3}
 	r := p.NewRunning(context.Background())
 	r.SetRowBuckets(func(rows int) int { return (rows + 7) / 8 * 8 })
-	got := map[int]*pipeline.Result{}
-	idOf := map[int]int{}
 	for k := range reqs {
 		reqs[k].Width, reqs[k].Height = 256, 256
 	}
-	for s := 0; s < 100 && (s <= 3 || r.Len() > 0); s++ {
-		for k, at := range joinAt {
-			if at == s {
-				id, err := r.Add(pipeline.BatchJob{Request: reqs[k]}, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				idOf[id] = k
-			}
-		}
-		for _, f := range r.Step() {
-			if f.Result.Err != nil {
-				t.Fatalf("job %d: %v", idOf[f.ID], f.Result.Err)
-			}
-			got[idOf[f.ID]] = f.Result.Result
-		}
-	}
+	got := pipelinetest.RunStaggered(t, r, reqs, joinAt)
 	worst := 0.0
 	for k, req := range reqs {
 		alone, err := p.Generate(context.Background(), req, nil)
 		if err != nil {
 			t.Fatal(err)
-		}
-		if got[k] == nil {
-			t.Fatalf("job %d never finished", k)
 		}
 		lat := fixtures.RelErr(got[k].Latents, alone.Latents)
 		px := fixtures.RelErr(got[k].Pixels, alone.Pixels)

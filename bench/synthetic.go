@@ -79,19 +79,7 @@ func Synthetic(name string, seed uint64) (*checkpoint.Model, int, func(), error)
 			`"num_hidden_layers": 12`, `"num_hidden_layers": 23`, `"num_attention_heads": 12`, `"num_attention_heads": 16`,
 			`"quick_gelu"`, `"gelu"`, `"projection_dim": 768`, `"projection_dim": 1024`).Replace(sd15TextEncoderConfig))
 	}
-	ucfg, err := unet.ParseConfig(unetCfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	uinfos, err := unet.ExpectedTensors(ucfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	vcfg, err := vae.ParseConfig(modeltest.SDVAEConfig())
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	vinfos, err := vae.ExpectedTensors(vcfg)
+	usrc, vsrc, err := randomUNetVAE(unetCfg, modeltest.SDVAEConfig(), seed)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -103,25 +91,12 @@ func Synthetic(name string, seed uint64) (*checkpoint.Model, int, func(), error)
 	if err := json.Unmarshal(teCfg, &te); err != nil {
 		return nil, 0, nil, err
 	}
-	usrc, err := modeltest.NewRandom(uinfos, seed, "F16")
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	vsrc, err := modeltest.NewRandom(vinfos, seed+1, "F16")
-	if err != nil {
-		return nil, 0, nil, err
-	}
 	tsrc, err := modeltest.NewRandom(clipTensors(te.Hidden, te.Intermediate, te.Layers), seed+2, "F16")
 	if err != nil {
 		return nil, 0, nil, err
 	}
-	dir, err := os.MkdirTemp("", "kiln-synthetic-tokenizer-")
+	dir, cleanup, err := tempByteTokenizer()
 	if err != nil {
-		return nil, 0, nil, err
-	}
-	cleanup := func() { os.RemoveAll(dir) }
-	if err := writeByteTokenizer(dir); err != nil {
-		cleanup()
 		return nil, 0, nil, err
 	}
 	m := &checkpoint.Model{
@@ -148,19 +123,7 @@ func syntheticSDXL(refiner bool, sizeStr string, seed uint64) (*checkpoint.Model
 	if refiner {
 		unetCfg = modeltest.SDXLRefinerUNetConfig()
 	}
-	ucfg, err := unet.ParseConfig(unetCfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	uinfos, err := unet.ExpectedTensors(ucfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	vcfg, err := vae.ParseConfig(modeltest.SDXLVAEConfig())
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	vinfos, err := vae.ExpectedTensors(vcfg)
+	usrc, vsrc, err := randomUNetVAE(unetCfg, modeltest.SDXLVAEConfig(), seed)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -168,12 +131,7 @@ func syntheticSDXL(refiner bool, sizeStr string, seed uint64) (*checkpoint.Model
 		Path: SyntheticPrefix + "sdxl", Layout: checkpoint.LayoutDiffusers, Family: checkpoint.FamilySDXL,
 		UNetConfig: unetCfg, VAEConfig: modeltest.SDXLVAEConfig(), SchedulerConfig: checkpoint.SDXLSchedulerConfig("epsilon"),
 		TextEncoder2Config: modeltest.SDXLTextEncoder2Config(), ForceZerosForEmptyPrompt: !refiner, RequiresAestheticsScore: refiner,
-	}
-	if m.UNet, err = modeltest.NewRandom(uinfos, seed, "F16"); err != nil {
-		return nil, 0, nil, err
-	}
-	if m.VAE, err = modeltest.NewRandom(vinfos, seed+1, "F16"); err != nil {
-		return nil, 0, nil, err
+		UNet: usrc, VAE: vsrc,
 	}
 	// OpenCLIP ViT-bigG with its projection (1280 wide, 32 layers).
 	te2 := append(clipTensors(1280, 5120, 32), safetensors.TensorInfo{Name: "text_projection.weight", DType: "F16", Shape: []int{1280, 1280}})
@@ -186,13 +144,8 @@ func syntheticSDXL(refiner bool, sizeStr string, seed uint64) (*checkpoint.Model
 			return nil, 0, nil, err
 		}
 	}
-	dir, err := os.MkdirTemp("", "kiln-synthetic-tokenizer-")
+	dir, cleanup, err := tempByteTokenizer()
 	if err != nil {
-		return nil, 0, nil, err
-	}
-	cleanup := func() { os.RemoveAll(dir) }
-	if err := writeByteTokenizer(dir); err != nil {
-		cleanup()
 		return nil, 0, nil, err
 	}
 	m.Tokenizer2Dir, m.Tokenizer2Pad = dir, "!"
@@ -200,6 +153,49 @@ func syntheticSDXL(refiner bool, sizeStr string, seed uint64) (*checkpoint.Model
 		m.TokenizerDir = dir
 	}
 	return m, size, cleanup, nil
+}
+
+// randomUNetVAE makes random fp16 weights (seed, seed+1) for a UNet and a
+// VAE with the given diffusers configs.
+func randomUNetVAE(unetCfg, vaeCfg []byte, seed uint64) (u, v safetensors.Source, err error) {
+	ucfg, err := unet.ParseConfig(unetCfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	uinfos, err := unet.ExpectedTensors(ucfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	vcfg, err := vae.ParseConfig(vaeCfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	vinfos, err := vae.ExpectedTensors(vcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if u, err = modeltest.NewRandom(uinfos, seed, "F16"); err != nil {
+		return nil, nil, err
+	}
+	if v, err = modeltest.NewRandom(vinfos, seed+1, "F16"); err != nil {
+		return nil, nil, err
+	}
+	return u, v, nil
+}
+
+// tempByteTokenizer writes the synthetic models' byte-level tokenizer to
+// a temporary folder; cleanup removes it.
+func tempByteTokenizer() (dir string, cleanup func(), err error) {
+	dir, err = os.MkdirTemp("", "kiln-synthetic-tokenizer-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	if err := writeByteTokenizer(dir); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return dir, cleanup, nil
 }
 
 // clipTensors lists the weights of a CLIP text transformer.

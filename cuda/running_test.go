@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/pipeline/pipelinetest"
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
@@ -41,33 +42,12 @@ func TestRunningBatchMatchesAlone(t *testing.T) {
 			defer p.Close()
 			r := p.NewRunning(context.Background())
 			r.SetRowBuckets(bucket)
-			got := map[int]*pipeline.Result{}
-			idOf := map[int]int{}
-			for s := 0; s < 100 && (s <= 2 || r.Len() > 0); s++ {
-				for k, at := range joinAt {
-					if at == s {
-						id, err := r.Add(pipeline.BatchJob{Request: reqs[k]}, nil)
-						if err != nil {
-							t.Fatal(err)
-						}
-						idOf[id] = k
-					}
-				}
-				for _, f := range r.Step() {
-					if f.Result.Err != nil {
-						t.Fatalf("job %d: %v", idOf[f.ID], f.Result.Err)
-					}
-					got[idOf[f.ID]] = f.Result.Result
-				}
-			}
+			got := pipelinetest.RunStaggered(t, r, reqs, joinAt)
 			worst := 0.0
 			for k, req := range reqs {
 				alone, err := p.Generate(context.Background(), req, nil)
 				if err != nil {
 					t.Fatal(err)
-				}
-				if got[k] == nil {
-					t.Fatalf("job %d never finished", k)
 				}
 				lat := fixtures.RelErr(got[k].Latents, alone.Latents)
 				px := fixtures.RelErr(got[k].Pixels, alone.Pixels)

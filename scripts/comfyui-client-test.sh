@@ -9,15 +9,4 @@ root=$PWD
 . scripts/lib-serve.sh
 start_kiln comfyui-client
 
-echo "== npm ci"
-cd gateway/testdata/comfyui-client
-npm ci --no-audit --no-fund --loglevel=error
-
-echo "== ComfyUI client tests"
-status=0
-KILN_BASE_URL="http://$addr" KILN_API_KEY="$key" npm test || status=$?
-if [ "$status" -ne 0 ]; then
-	echo "--- kiln serve log" >&2
-	cat "$work/serve.log" >&2
-fi
-exit "$status"
+run_npm_suite gateway/testdata/comfyui-client "ComfyUI client tests"

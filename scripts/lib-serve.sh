@@ -51,3 +51,20 @@ start_kiln() {
 	fi
 	echo "kiln serve listening on $addr"
 }
+
+# run_npm_suite DIR TITLE: installs the npm project in DIR and runs its tests
+# against the started server (KILN_BASE_URL, KILN_API_KEY); on failure the
+# server's log follows. Exits with the tests' status.
+run_npm_suite() {
+	echo "== npm ci"
+	cd "$root/$1"
+	npm ci --no-audit --no-fund --loglevel=error
+	echo "== $2"
+	local status=0
+	KILN_BASE_URL="http://$addr" KILN_API_KEY="$key" npm test || status=$?
+	if [ "$status" -ne 0 ]; then
+		echo "--- kiln serve log" >&2
+		cat "$work/serve.log" >&2
+	fi
+	exit "$status"
+}

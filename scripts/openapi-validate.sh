@@ -9,15 +9,4 @@ root=$PWD
 . scripts/lib-serve.sh
 start_kiln openapi-validate
 
-echo "== npm ci"
-cd gateway/testdata/openapi-validate
-npm ci --no-audit --no-fund --loglevel=error
-
-echo "== validate the OpenAPI document"
-status=0
-KILN_BASE_URL="http://$addr" KILN_API_KEY="$key" npm test || status=$?
-if [ "$status" -ne 0 ]; then
-	echo "--- kiln serve log" >&2
-	cat "$work/serve.log" >&2
-fi
-exit "$status"
+run_npm_suite gateway/testdata/openapi-validate "validate the OpenAPI document"

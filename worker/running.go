@@ -15,6 +15,8 @@ import (
 type window struct {
 	mu      sync.Mutex
 	pending []pendingMsg
+	// kick delivers the gateways' "a job was enqueued" notices.
+	kick <-chan string
 }
 
 func (q *window) len() int {
@@ -215,22 +217,37 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 	}
 }
 
-// fillPoll is how often the queue is looked at while a step runs.
-const fillPoll = 3 * time.Millisecond
+// While a step runs the queue is looked at every fillPoll for fillBurst
+// polls after a kick (a job was enqueued; the consumer may show it a
+// moment later), and otherwise only every fillFallback, so that an idle
+// queue costs no NATS round trips per step.
+const (
+	fillPoll     = 3 * time.Millisecond
+	fillBurst    = 20
+	fillFallback = 50 * time.Millisecond
+)
 
 // fillDuring keeps the window filled from the queue until stop is closed
-// (the step ends), looking again every fillPoll, so that a job arriving
-// during a step can join at the step's end.
+// (the step ends), so that a job arriving during a step can join at the
+// step's end.
 func (w *Worker) fillDuring(ctx context.Context, q *window, stop <-chan struct{}) {
-	t := time.NewTicker(fillPoll)
+	t := time.NewTimer(fillFallback)
 	defer t.Stop()
+	burst := 0
 	for {
 		w.fillWindow(ctx, q)
+		wait := fillFallback
+		if burst > 0 {
+			wait, burst = fillPoll, burst-1
+		}
+		t.Reset(wait)
 		select {
 		case <-stop:
 			return
 		case <-ctx.Done():
 			return
+		case <-q.kick:
+			burst = fillBurst
 		case <-t.C:
 		}
 	}

@@ -233,7 +233,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-hbStopped
 	}()
 
-	q := &window{}
+	q := &window{kick: kick}
 	w.win.Store(q)
 	w.o.Cache.SetDemand(w.placedDemand(q.demand)) // eviction policies see the window's jobs per model
 	kaDone := make(chan struct{})
