@@ -198,31 +198,32 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	if md.unet, err = unet.New(be, ucfg, m.UNet); err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
 	}
-	if md.vcfg, err = vae.ParseConfig(m.VAEConfig); err != nil {
+	vcfg, err := vae.ParseConfig(m.VAEConfig)
+	if err != nil {
 		return nil, fmt.Errorf("pipeline: vae config: %w", err)
 	}
-	if md.vae, err = vae.New(codecBackend(be), md.vcfg, m.VAE); err != nil {
+	if md.Net, err = vae.New(codecBackend(be), vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("pipeline: vae: %w", err)
 	}
 	switch ucfg.InChannels {
-	case md.vcfg.LatentChannels:
-	case 2*md.vcfg.LatentChannels + 1: // an inpainting UNet: latents, mask, masked-image latents
+	case vcfg.LatentChannels:
+	case 2*vcfg.LatentChannels + 1: // an inpainting UNet: latents, mask, masked-image latents
 		md.def.DenoiserChannels = ucfg.InChannels
 	default:
 		return nil, fmt.Errorf("pipeline: unet takes %d input channels, vae makes %d latent channels (want %d, or %d for inpainting)",
-			ucfg.InChannels, md.vcfg.LatentChannels, md.vcfg.LatentChannels, 2*md.vcfg.LatentChannels+1)
+			ucfg.InChannels, vcfg.LatentChannels, vcfg.LatentChannels, 2*vcfg.LatentChannels+1)
 	}
 	if md.enc.Dim() != ucfg.ContextDim() {
 		return nil, fmt.Errorf("pipeline: text encoder width %d, unet cross-attention width %d", md.enc.Dim(), ucfg.ContextDim())
 	}
-	md.def.LatentChannels = md.vcfg.LatentChannels
-	md.def.Factor = md.vae.Factor()
+	md.def.LatentChannels = vcfg.LatentChannels
+	md.def.Factor = md.Net.Factor()
 	md.def.ContextDim = md.enc.Dim()
 	dir := ""
 	if m.Layout == checkpoint.LayoutDiffusers {
 		dir = m.Path
 	}
-	if md.def.LatentRGB, err = latentRGB(dir, md.vcfg.LatentChannels); err != nil {
+	if md.def.LatentRGB, err = latentRGB(dir, vcfg.LatentChannels); err != nil {
 		return nil, err
 	}
 	return md, nil
@@ -251,8 +252,7 @@ type Model struct {
 	def  family.Defaults
 	enc  *conditioning.Encoder
 	unet *unet.Model
-	vae  *vae.Model
-	vcfg vae.Config
+	vae.Codec
 }
 
 var _ family.Model = (*Model)(nil)
@@ -289,26 +289,6 @@ func (m *Model) Extra(in family.ExtraInput) ([]float32, []float32, error) {
 // conditioning are not used by this family).
 func (m *Model) Denoise(ctx context.Context, in family.DenoiseInput) ([]float32, error) {
 	return m.unet.Forward(ctx, in.X, in.Shape, in.Timesteps, in.Context, in.ContextLen)
-}
-
-// EncodeImage implements family.Model.
-func (m *Model) EncodeImage(ctx context.Context, pixels []float32, shape [4]int) ([]float32, []float32, [4]int, error) {
-	return m.vae.Encode(ctx, pixels, shape)
-}
-
-// DecodeLatents implements family.Model.
-func (m *Model) DecodeLatents(ctx context.Context, latents []float32, shape [4]int) ([]float32, [4]int, error) {
-	return m.vae.Decode(ctx, latents, shape)
-}
-
-// ToDenoiser implements family.Model (the VAE's scaling and shift).
-func (m *Model) ToDenoiser(latents []float32, shape [4]int) error {
-	return m.vcfg.Normalize(latents, shape)
-}
-
-// FromDenoiser implements family.Model.
-func (m *Model) FromDenoiser(latents []float32, shape [4]int) error {
-	return m.vcfg.Denormalize(latents, shape)
 }
 
 // Close implements family.Model.

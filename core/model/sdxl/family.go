@@ -168,7 +168,7 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Built{Model: m, ckpt: c, vcfg: vcfg, def: c.def}, nil
+	return &Built{Model: m, Codec: vae.Codec{Net: m.VAE}, ckpt: c, def: c.def}, nil
 }
 
 // reducedPrecision is a backend that computes in a reduced-precision
@@ -192,8 +192,8 @@ func codecBackend(be backend.Backend, vcfg vae.Config) backend.Backend {
 // Built is a built SDXL model behind family.Model.
 type Built struct {
 	*Model
+	vae.Codec
 	ckpt *Checkpoint
-	vcfg vae.Config
 	def  family.Defaults
 }
 
@@ -227,26 +227,6 @@ func (b *Built) Extra(in family.ExtraInput) (cond, uncond []float32, err error) 
 // text embeddings and time ids.
 func (b *Built) Denoise(ctx context.Context, in family.DenoiseInput) ([]float32, error) {
 	return b.Predict(ctx, in.X, in.Shape, in.Timesteps, &Rows{Context: in.Context, CtxLen: in.ContextLen, Pooled: in.Pooled, TimeIDs: in.Extra})
-}
-
-// EncodeImage implements family.Model.
-func (b *Built) EncodeImage(ctx context.Context, pixels []float32, shape [4]int) ([]float32, []float32, [4]int, error) {
-	return b.VAE.Encode(ctx, pixels, shape)
-}
-
-// DecodeLatents implements family.Model.
-func (b *Built) DecodeLatents(ctx context.Context, latents []float32, shape [4]int) ([]float32, [4]int, error) {
-	return b.VAE.Decode(ctx, latents, shape)
-}
-
-// ToDenoiser implements family.Model (the VAE's scaling factor).
-func (b *Built) ToDenoiser(latents []float32, shape [4]int) error {
-	return b.vcfg.Normalize(latents, shape)
-}
-
-// FromDenoiser implements family.Model.
-func (b *Built) FromDenoiser(latents []float32, shape [4]int) error {
-	return b.vcfg.Denormalize(latents, shape)
 }
 
 // Close implements family.Model.
