@@ -179,8 +179,10 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 		if st.begin >= len(st.ts) {
 			return nil, fmt.Errorf("pipeline: strength %v leaves no step to run", req.Strength)
 		}
-		x0, err := p.encodeInit(ctx, j)
-		if err != nil {
+		var x0 []float32
+		if j.edit != nil && !j.edit.needsInitLatents(req.Strength) {
+			x0 = make([]float32, j.n*j.per) // never read: the job starts from pure noise
+		} else if x0, err = p.encodeInit(ctx, j); err != nil {
 			return nil, err
 		}
 		noise := req.Noise

@@ -146,6 +146,14 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	return nil
 }
 
+// needsInitLatents reports whether the job needs the init image's latents:
+// an inpainting UNet at full strength in the default fill mode starts from
+// pure noise and, as diffusers does, neither encodes the init image nor
+// draws its posterior sample (which would shift every later draw).
+func (e *editState) needsInitLatents(strength float64) bool {
+	return !(e.unet9 && e.fill == FillDefault && strength >= 1)
+}
+
 // start sets a job's initial latents by its fill mode (x0 and noise are
 // the batch's init latents and initial noise; st.x holds x0 noised to the
 // first evaluation's level) and keeps what the blending needs.
