@@ -177,6 +177,8 @@ type GenerationRequest struct {
 	DenoisingStrength *float64 `json:"denoising_strength"`
 	// edit holds the variation-seed and inpainting fields (edit.go).
 	edit
+	// hires holds txt2img's hires-fix fields (hires.go).
+	hires
 	OverrideSettings map[string]any `json:"override_settings"`
 	InitImages       []string       `json:"init_images"`
 	SendImages       *bool          `json:"send_images"`
@@ -206,7 +208,7 @@ var ignored = map[string][]string{
 
 // why says what a non-default ignored field would need.
 var why = map[string]string{
-	"enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling", "mask": "inpainting (not yet available)",
+	"enable_hr": "hires fix in img2img", "restore_faces": "face restoration", "tiling": "tiling", "mask": "inpainting (not yet available)",
 	"script_name": "scripts", "alwayson_scripts": "scripts", "script_args": "scripts", "refiner_checkpoint": "refiners",
 	"mask_blur": "mask blur without a mask (img2img only)", "inpainting_fill": "masked content without a mask (img2img only)",
 }
@@ -277,6 +279,7 @@ func typedFields(img2img bool) []string {
 		f = append(f, "init_images", "denoising_strength", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding")
 	} else {
 		f = append(f, "denoising_strength") // hires fix strength; only meaningful with enable_hr
+		f = append(f, hiresFields...)
 	}
 	return f
 }
@@ -404,6 +407,11 @@ func (h *Handler) jobRequest(g *GenerationRequest, p auth.Principal, img2img boo
 	if aerr := g.edit.apply(jr, img2img); aerr != nil {
 		return nil, aerr
 	}
+	if !img2img {
+		if aerr := g.hires.apply(jr, g.DenoisingStrength); aerr != nil {
+			return nil, aerr
+		}
+	}
 	return jr, nil
 }
 
@@ -495,6 +503,10 @@ func (h *Handler) response(ctx context.Context, p auth.Principal, j *jobs.Job, g
 		s := jp.Strength
 		info.DenoisingStrength = &s
 	}
+	if h := jp.Hires; h != nil {
+		d := h.Denoise
+		info.DenoisingStrength = &d
+	}
 	resp := &GenerationResponse{Images: []string{}}
 	send := g.SendImages == nil || *g.SendImages
 	for _, im := range j.Images {
@@ -532,6 +544,9 @@ func (h *Handler) response(ctx context.Context, p auth.Principal, j *jobs.Job, g
 	params["batch_size"], params["n_iter"] = info.BatchSize, max(1, jp.N/max(1, info.BatchSize))
 	if img2img {
 		params["denoising_strength"] = jp.Strength
+	}
+	if h := jp.Hires; h != nil {
+		params["denoising_strength"], params["hr_second_pass_steps"] = h.Denoise, h.Steps
 	}
 	resp.Parameters = params
 	return resp, nil

@@ -96,6 +96,8 @@ type JobRequest struct {
 	// Subseed and SubseedStrength are AUTOMATIC1111's variation seeds.
 	Subseed         *uint64  `json:"subseed,omitempty"`
 	SubseedStrength *float64 `json:"subseed_strength,omitempty"`
+	// Hires is AUTOMATIC1111's hires fix (see HiresRequest).
+	Hires *HiresRequest `json:"hires,omitempty"`
 }
 
 // nativeBuckets are SDXL's training resolutions (width, height) at its
@@ -255,6 +257,9 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = RandomSeed()
 	}
 	if err := planEdit(r, &params, hasInit); err != nil {
+		return jobs.Params{}, err
+	}
+	if err := v.planHires(p, r, &params, hasInit); err != nil {
 		return jobs.Params{}, err
 	}
 	return params, nil
