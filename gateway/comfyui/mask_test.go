@@ -86,7 +86,7 @@ func TestCompileInpaintGraphs(t *testing.T) {
 	for _, c := range []struct {
 		graph, node, input string
 	}{
-		{inpaint("VAEEncodeForInpaint", `["10", 0]`), "11", "mask"},                                                       // an IMAGE as MASK
+		{inpaint("VAEEncodeForInpaint", `["10", 0]`), "11", "mask"},                                                              // an IMAGE as MASK
 		{strings.Replace(inpaint("SetLatentNoiseMask", `["10", 1]`), `"samples": ["16", 0]`, `"samples": ["8", 0]`, 1), "8", ""}, // a cycle
 		{strings.Replace(inpaint("VAEEncodeForInpaint", `["10", 1]`), `"grow_mask_by": 2`, `"grow_mask_by": 99`, 1), "11", "grow_mask_by"},
 		{strings.Replace(inpaint("InpaintModelConditioning", `["14", 0]`), `"channel": "green"`, `"channel": "cyan"`, 1), "14", "channel"},
