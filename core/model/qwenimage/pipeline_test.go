@@ -109,3 +109,14 @@ func TestPipelineMatchesDiffusers(t *testing.T) {
 		qitest.Check(t, "img2img latents", lat, want, 1e-3)
 	})
 }
+
+func TestAspectSizesFitTheModel(t *testing.T) {
+	if s := AspectSizes["1:1"]; s != [2]int{NativeSize, NativeSize} {
+		t.Fatalf("1:1 is %v", s)
+	}
+	for r, s := range AspectSizes {
+		if s[0]%SizeMultiple != 0 || s[1]%SizeMultiple != 0 {
+			t.Errorf("%s: %v not a multiple of %d", r, s, SizeMultiple)
+		}
+	}
+}
