@@ -204,6 +204,7 @@ func (p *Pipeline) secondPass(ctx context.Context, st *batchState) (*batchState,
 		return nil, fmt.Errorf("pipeline: hires pass: %w", err)
 	}
 	next.stepBase = st.stepBase + st.total
+	next.hiresFrom = [2]int{st.req.Width, st.req.Height}
 	next.warnings = append(append([]string(nil), st.warnings...), next.warnings...)
 	return next, nil
 }
