@@ -60,15 +60,15 @@ type hiresInit struct {
 }
 
 // hiresPlan is a hires request in flight: the request as given, its
-// resolved second-pass settings, and how many evaluations each pass runs
-// (for progress across both).
+// resolved second-pass settings, and how many evaluations the second pass
+// runs (for progress across both).
 type hiresPlan struct {
 	req           Request
 	width, height int
 	steps         int
 	denoise       float64
 	upscaler      string
-	first, second int // evaluations
+	second        int // evaluations of the second pass
 }
 
 // planHires validates a hires request and returns its first pass and its
