@@ -68,7 +68,7 @@ type hiresPlan struct {
 	steps         int
 	denoise       float64
 	upscaler      string
-	second        int // evaluations of the second pass
+	second        int // the second pass's evaluations (progress runs across both passes)
 }
 
 // planHires validates a hires request and returns its first pass and its

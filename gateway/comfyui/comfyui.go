@@ -262,6 +262,15 @@ func (h *Handler) postPrompt(w http.ResponseWriter, r *http.Request, p auth.Prin
 				return
 			}
 			jr.InitImage = base64.StdEncoding.EncodeToString(data)
+			if plans[i].inpaint != nil {
+				if cerr := h.applyInpaint(r.Context(), p.Tenant, &plans[i], &jr, data); cerr != nil {
+					unsubscribe()
+					h.cancelJobs(p.Tenant, pr.jobs)
+					cerr.class = req.Prompt[cerr.node].ClassType
+					writeCompileError(w, cerr)
+					return
+				}
+			}
 		}
 		job, aerr := h.o.Backend.Submit(r.Context(), p, &jr, "comfyui")
 		if aerr != nil {
