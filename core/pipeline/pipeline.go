@@ -164,6 +164,9 @@ type Result struct {
 	Warnings []string
 	// Sampler is the sampler that ran (resolved name).
 	Sampler string
+	// HiresFrom is a hires job's first-pass size (width, height); zero
+	// otherwise.
+	HiresFrom [2]int
 }
 
 // Pipeline is a loaded model ready to generate. It is not safe for
