@@ -106,9 +106,13 @@ func TestPlanCacheKeysOnQuotaAndModels(t *testing.T) {
 	seed := uint64(7)
 	a, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "first", NegativePrompt: "n1", Seed: &seed}, false)
 	v.cache.Wait()
-	b, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "second", NegativePrompt: "n2"}, false)
-	if a.Prompt != "first" || b.Prompt != "second" || b.NegativePrompt != "n2" || a.Seed != 7 {
+	b, _ := v.Plan(principal(1, 60), &JobRequest{Prompt: "second", NegativePrompt: "n2", Prompt2: "p2", NegativePrompt2: "np2"}, false)
+	if a.Prompt != "first" || b.Prompt != "second" || b.NegativePrompt != "n2" || a.Seed != 7 ||
+		b.Prompt2 != "p2" || b.NegativePrompt2 != "np2" || a.Prompt2 != "" {
 		t.Fatalf("per-request fields mixed up: %+v %+v", a, b)
+	}
+	if _, err := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Prompt2: "\xff"}, false); err == nil || err.Field != "prompt_2" {
+		t.Fatalf("invalid prompt_2 accepted: %v", err)
 	}
 }
 
