@@ -93,9 +93,9 @@ if [ "${SKIP_KILN:-0}" != 1 ]; then
     timeout "${KILN_TIMEOUT:-300}" "${pin[@]}" "$KILN" bench --models "$KILN_MODEL" --batch-sizes "$BATCHES" --steps "$STEPS" \
       --guidance "$GUIDANCE" --iterations "${ITERS:-3}" "${prof[@]}" --output "$OUT/kiln.json" > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
   else
-    (cd cuda && KILN_BENCH=1 KILN_BENCH_MODELS="$KILN_MODEL" KILN_BENCH_BATCHES="$BATCHES" KILN_BENCH_STEPS="$STEPS" \
+    (cd cuda && KILN_BENCH=1 KILN_BENCH_MODELS="$KILN_MODEL" KILN_BENCH_BATCHES="$BATCHES" KILN_BENCH_STEPS="$STEPS" KILN_BENCH_GUIDANCE="$GUIDANCE" \
       KILN_BENCH_ITERS="${ITERS:-3}" KILN_BENCH_PROFILE="${KILN_PROFILE:-0}" KILN_BENCH_OUT="$OUT/kiln.json" \
-      timeout "${KILN_TIMEOUT:-300}" "$KILN_TEST" -test.run 'TestGPUBench$' -test.v -test.timeout 0) > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
+      timeout "${KILN_TIMEOUT:-300}" "${pin[@]}" "$KILN_TEST" -test.run 'TestGPUBench$' -test.v -test.timeout 0) > "$OUT/kiln.txt" 2> "$OUT/kiln.err"
   fi
   rc=$?
   [ $rc -ne 0 ] && { status=1; echo "kiln bench exit status $rc"; tail -5 "$OUT/kiln.err"; }
