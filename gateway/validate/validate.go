@@ -240,6 +240,15 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		v.cache.Set(key, &cp, int64(len(key))+256)
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
+	if r.Prompt2 != "" || r.NegativePrompt2 != "" {
+		if mm, ok := v.models.Get(params.Model); !ok || mm.Family != "sdxl" {
+			field := "prompt_2"
+			if r.Prompt2 == "" {
+				field = "negative_prompt_2"
+			}
+			return jobs.Params{}, apierr.Invalid(field, "%s is for SDXL's second text encoder; %q has none", field, params.Model)
+		}
+	}
 	params.Prompt2, params.NegativePrompt2 = r.Prompt2, r.NegativePrompt2
 	params.Nodes = r.Nodes
 	params.SharedNoise = r.SharedNoise
