@@ -34,14 +34,14 @@ import (
 
 // generateFlags are the command-line settings of `kiln generate`.
 type generateFlags struct {
-	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile, tuningDir string
-	refiner                                                                                           string
-	steps, width, height, n, clipSkip                                                                 int
-	guidance, rescale, strength, eta, refinerSwitch                                                   float64
-	seed                                                                                              int64
-	emphasis, truncate                                                                                bool
-	edit                                                                                              editFlags
-	hires                                                                                             hiresFlags
+	model, prompt, negative, prompt2, negative2, sampler, rngKind, initImage, output, latents, device, profile, tuningDir string
+	refiner                                                                                                               string
+	steps, width, height, n, clipSkip                                                                                     int
+	guidance, rescale, strength, eta, refinerSwitch                                                                       float64
+	seed                                                                                                                  int64
+	emphasis, truncate                                                                                                    bool
+	edit                                                                                                                  editFlags
+	hires                                                                                                                 hiresFlags
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
@@ -51,6 +51,8 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint, or synthetic:sd15 (random weights, for timing) (default: the built-in "+models.BuiltinName+")")
 	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
 	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
+	fs.StringVar(&f.prompt2, "prompt-2", "", "SDXL: the second text encoder's prompt (default: --prompt)")
+	fs.StringVar(&f.negative2, "negative-prompt-2", "", "SDXL: the second text encoder's negative prompt (default: --negative-prompt)")
 	defs, err := config.Default()
 	if err != nil {
 		return nil, err
@@ -186,7 +188,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		seed = uint64(binary.LittleEndian.Uint32(b[:]))
 	}
 	req := pipeline.Request{
-		Prompt: f.prompt, NegativePrompt: f.negative, Width: f.width, Height: f.height, Steps: f.steps,
+		Prompt: f.prompt, NegativePrompt: f.negative, Prompt2: f.prompt2, NegativePrompt2: f.negative2, Width: f.width, Height: f.height, Steps: f.steps,
 		N: f.n, ClipSkip: f.clipSkip, Guidance: f.guidance, GuidanceRescale: f.rescale, Sampler: strings.ToLower(f.sampler),
 		Eta: f.eta, Seed: seed, RNG: f.rngKind, Emphasis: f.emphasis, Truncate: f.truncate,
 		SkipDecode: f.output == "" && f.latents != "",

@@ -326,3 +326,12 @@ func TestGenerateHires(t *testing.T) {
 		t.Fatalf("hires image %v, want 96×96", b)
 	}
 }
+
+// TestRequestCarriesSecondPrompts: SDXL's prompt_2 and negative_prompt_2
+// reach the pipeline (which hands them to the second text encoder).
+func TestRequestCarriesSecondPrompts(t *testing.T) {
+	got := request(worker.Request{Prompt: "p", NegativePrompt: "n", Prompt2: "p2", NegativePrompt2: "n2", N: 1})
+	if got.Prompt2 != "p2" || got.NegativePrompt2 != "n2" || got.Prompt != "p" || got.NegativePrompt != "n" {
+		t.Fatalf("pipeline request %+v", got)
+	}
+}
