@@ -29,6 +29,7 @@ async function submitAndCapture(page) {
 
 /** Drags the mouse over the mask canvas from (x0, y0) to (x1, y1) in image pixels. */
 async function paint(page, [x0, y0], [x1, y1]) {
+  await page.locator('#edit-mask').scrollIntoViewIfNeeded();
   const box = await page.locator('#edit-mask').boundingBox();
   const at = (x, y) => [box.x + (x / W) * box.width, box.y + (y / W) * box.height];
   await page.mouse.move(...at(x0, y0));
@@ -51,6 +52,11 @@ async function uploadInit(page, name = 'init.png', buffer = initPNG) {
   await page.setInputFiles('#edit-file', { name, mimeType: 'image/png', buffer });
   await page.locator('#edit-panel').waitFor();
   await page.waitForFunction(() => document.querySelector('#edit-image').naturalWidth > 0);
+}
+
+/** Removes the image to edit, if there is one (a failed test leaves none behind). */
+async function removeImage(page) {
+  if (await page.locator('#edit-remove').isVisible()) await page.click('#edit-remove');
 }
 
 describe('edit', { timeout: 10 * 60_000 }, () => {
@@ -179,10 +185,12 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
   });
 
   test('outpainting: sides from the number boxes and the handles; the server sizes the canvas', async () => {
+    await removeImage(page);
     await uploadInit(page);
     await page.selectOption('#edit-mode', 'outpaint');
     await page.fill('#outpaint-left', '32');
     // The right handle dragged outwards by about 24 image pixels.
+    await page.locator('#edit-frame').scrollIntoViewIfNeeded();
     const img = await page.locator('#edit-imagebox').boundingBox();
     const handle = await page.locator('#handle-right').boundingBox();
     const perPixel = img.width / W;
@@ -224,6 +232,7 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
   });
 
   test('"Send to inpaint" puts a finished image and its settings into the form', async () => {
+    await removeImage(page);
     const id = await generate(page, 'a green square on a white background', { steps: '6' });
     const c = card(page, id);
     await page.waitForSelector(`li.job[data-id="${id}"][data-status="succeeded"]`);
@@ -256,6 +265,7 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
   });
 
   test('the hires fix sends its fields (and refuses an init image)', async () => {
+    await removeImage(page);
     const served = JSON.stringify(await (await page.request.get(`${openURL()}/v1/openapi.json`)).json()).includes('"hires"');
     await page.locator('#hires-fields').waitFor({ state: 'hidden' });
     await page.check('#hires');
@@ -305,6 +315,7 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
   });
 
   test('settings import from an A1111 PNG, hires fix included', async () => {
+    await removeImage(page);
     const text = 'a lighthouse at dusk\nNegative prompt: fog\nSteps: 12, Sampler: Euler, Schedule type: Automatic, CFG scale: 5.5, ' +
       'Seed: 4242, Size: 64x64, Model: e2e-sdxl, Denoising strength: 0.35, Hires upscale: 1.5, Hires steps: 3, ' +
       'Hires upscaler: Latent (bicubic), Version: v1.10.1';
@@ -329,6 +340,8 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
   });
 
   test('SDXL models: their native size and size buckets, micro-conditioning under advanced settings', async () => {
+    await removeImage(page);
+    await page.uncheck('#hires');
     await page.fill('#prompt', 'a red circle on a blue background');
     await page.selectOption('#model', '');
     assert.ok(await page.locator('#micro-set').isHidden(), 'micro-conditioning shown for an SD model');
@@ -362,7 +375,7 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
     assert.deepEqual([done.images[0].width, done.images[0].height], [64, 64]);
 
     // Junk is refused next to the fields; an SD model gets none of them.
-    await page.fill('#micro-crop-top', 'x');
+    await page.fill('#micro-crop-top', '20000');
     await page.click('#submit');
     await page.locator('#err-micro').getByText(/whole numbers from 0 to 16384/).waitFor();
     await page.fill('#micro-crop-top', '4');

@@ -17,7 +17,7 @@ const PAGE = 12;
 export class JobList {
   /**
    * o: {api, list, more, empty, filter, error, onUse(settings), samplerLabel(id),
-   * onSendToInpaint(blobURL, {name, params, seed})}
+   * onSendToInpaint(imageURL, {name, params, seed})}
    */
   constructor(o) {
     this.o = o;
@@ -368,7 +368,7 @@ class JobCard {
       dl.removeAttribute('aria-disabled');
       inpaint.disabled = false;
       inpaint.onclick = () => {
-        this.list.o.onSendToInpaint?.(url, { name, params: p, seed: im.seed })
+        this.list.o.onSendToInpaint?.(im.url, { name, params: p, seed: im.seed })
           .catch((e) => announce(`Could not send the image: ${sentence(e.message)}`));
       };
     }).catch((e) => {

@@ -37,8 +37,8 @@ const jobs = new JobList({
  * settings fill the form (the size follows the image), and the mask
  * tools open.
  */
-async function sendToInpaint(blobURL, { name, params, seed }) {
-  const blob = await (await fetch(blobURL)).blob();
+async function sendToInpaint(url, { name, params, seed }) {
+  const blob = await api.imageBlob(url);
   settings.apply({ ...settingsFromParams(params, seed), size: 'default', hires: '' });
   await editor.load(blob, name, 'inpaint');
   $('edit').scrollIntoView({ block: 'start', behavior: 'smooth' });
@@ -129,8 +129,9 @@ function showBanner(retryInMs) {
 async function submit() {
   const formError = $('form-error');
   formError.hidden = true;
+  const editProblem = editor.check();
   const req = settings.request();
-  if (!req || editor.check()) return;
+  if (!req || editProblem) return;
   const button = $('submit');
   button.disabled = true;
   button.textContent = 'Sending…';

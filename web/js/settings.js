@@ -267,6 +267,9 @@ export class SettingsForm {
     if (d.size === 'custom' || this.el('size').value === 'custom') {
       this.el('width').value = d.width;
       this.el('height').value = d.height;
+      // A custom size the menu offers (an SDXL bucket, say) is shown as that entry.
+      const entry = [...this.el('size').options].find((o) => o.value === `${d.width}x${d.height}` && !o.disabled);
+      if (entry) this.el('size').value = entry.value;
     }
     this.clearErrors();
   }
