@@ -386,7 +386,7 @@ describe('edit', { timeout: 10 * 60_000 }, () => {
     assert.equal(sd.body.micro_conditioning, undefined);
 
     // "Use these settings again" brings the SDXL job's micro-conditioning back.
-    await page.fill('#micro-original-width', '');
+    await page.locator('#micro-original-width').evaluate((el) => { el.value = ''; }); // hidden for the SD model
     await card(page, job.id).getByRole('button', { name: 'Use these settings again' }).click();
     assert.equal(await page.inputValue('#model'), 'e2e-sdxl');
     assert.equal(await page.inputValue('#micro-original-width'), '128');

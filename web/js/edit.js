@@ -2,6 +2,8 @@
 // mask's pixels, the outpainted canvas and the request fields. Nothing
 // here touches the DOM, so the unit tests run it under Node.
 
+import { parseIntField as intField, parseNumberField as numField } from './format.js';
+
 /** The editing modes of the image panel. */
 export const EDIT_MODES = ['img2img', 'inpaint', 'outpaint'];
 
@@ -58,20 +60,6 @@ export function invertLayer(rgba, [r, g, b]) {
     }
   }
   return rgba;
-}
-
-/** Parses an optional whole number field: "" gives null, junk gives NaN. */
-function intField(v) {
-  const s = String(v ?? '').trim();
-  if (s === '') return null;
-  return /^\d+$/.test(s) ? Number(s) : NaN;
-}
-
-/** Parses an optional decimal field: "" gives null, junk gives NaN. */
-function numField(v) {
-  const s = String(v ?? '').trim();
-  if (s === '') return null;
-  return /^\d+(\.\d+)?$|^\.\d+$/.test(s) ? Number(s) : NaN;
 }
 
 /**
