@@ -104,18 +104,19 @@ const MAX_MICRO = 16384;
 /**
  * The size the hires fix produces from a first pass of w × h: its own
  * width and height when given (one of them left empty keeps the aspect
- * ratio), else w × h times the scale, sides rounded to multiples of 8.
+ * ratio), else w × h times the scale; sides rounded down to multiples of 8
+ * (as the server does).
  * NaN sides when the fields are junk.
  */
 export function hiresSize(s, w, h) {
   const hw = parseIntField(s.hires_width) || null;
   const hh = parseIntField(s.hires_height) || null;
   if (hw !== null && hh !== null) return [hw, hh];
-  if (hw !== null) return [hw, Math.round((hw * h) / w / 8) * 8];
-  if (hh !== null) return [Math.round((hh * w) / h / 8) * 8, hh];
+  if (hw !== null) return [hw, Math.floor(Math.floor((hw * h) / w) / 8) * 8];
+  if (hh !== null) return [Math.floor(Math.floor((hh * w) / h) / 8) * 8, hh];
   const scale = parseNumberField(s.hires_scale) ?? 2;
   if (Number.isNaN(scale) || !(w > 0) || !(h > 0)) return [NaN, NaN];
-  return [Math.round((w * scale) / 8) * 8, Math.round((h * scale) / 8) * 8];
+  return [Math.floor(Math.floor(w * scale) / 8) * 8, Math.floor(Math.floor(h * scale) / 8) * 8];
 }
 
 /**
