@@ -366,7 +366,8 @@ func TestOpenAPISchemasMatchRequestTypes(t *testing.T) {
 	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
-	for schema, v := range map[string]any{"JobRequest": validate.JobRequest{}, "OpenAIImageRequest": openai.GenerationRequest{}} {
+	for schema, v := range map[string]any{"JobRequest": validate.JobRequest{}, "OpenAIImageRequest": openai.GenerationRequest{},
+		"OpenAIImageEditRequest": openai.EditRequest{}, "OpenAIImageVariationRequest": openai.VariationRequest{}} {
 		want := map[string]bool{}
 		rt := reflect.TypeOf(v)
 		for i := 0; i < rt.NumField(); i++ {

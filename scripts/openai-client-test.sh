@@ -5,8 +5,9 @@
 #              keys and no key are 401 (AuthenticationError);
 #   keyless  — a loopback server in a fresh data directory: the SDK's
 #              dummy bearer, and no Authorization at all, are the local tenant.
-# Each run covers images.generate with response_format url and b64_json
-# and OpenAI-shaped errors. Needs Go, Node >= 18 and npm; the only network
+# Each run covers images.generate, images.edit (multipart, image[] array
+# and an alpha mask) and images.createVariation with response_format url
+# and b64_json, and OpenAI-shaped errors. Needs Go, Node >= 18 and npm; the only network
 # access is the npm registry (npm ci). Exit status 0 means every test passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

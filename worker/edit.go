@@ -12,6 +12,7 @@ func (w *Worker) editRequest(a *active, req *Request) error {
 	p := &a.job.Params
 	req.Edit = Edit{MaskBlur: p.MaskBlur, InpaintFill: p.InpaintFill, Subseed: p.Subseed, SubseedStrength: p.SubseedStrength,
 		FullRes: p.InpaintFullRes, FullResPadding: p.InpaintFullResPadding}
+	req.Hires = p.Hires
 	if o := p.Outpaint; o != nil {
 		req.Edit.Outpaint = [4]int{o.Left, o.Right, o.Top, o.Bottom}
 	}

@@ -46,6 +46,8 @@ type Request struct {
 	Embeddings []jobs.Embedding
 	// Edit holds inpainting, outpainting and variation-seed settings.
 	Edit Edit
+	// Hires is the hires fix (nil: off); the images come out at its size.
+	Hires *jobs.Hires
 }
 
 // Edit is a request's inpainting, outpainting and variation-seed

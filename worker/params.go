@@ -25,6 +25,12 @@ func generation(p jobs.Params, seed uint64, width, height int, modelHash string)
 	if p.InitImage != "" {
 		g.DenoisingStrength = p.Strength
 	}
+	if h := p.Hires; h != nil {
+		// A1111 records the first pass's size and the hires settings
+		g.Width, g.Height = p.Width, p.Height
+		g.DenoisingStrength = h.Denoise
+		g.Hires = &imageio.Hires{Scale: h.Scale, Width: h.Width, Height: h.Height, Steps: h.Steps, Upscaler: h.Upscaler}
+	}
 	for _, l := range p.LoRAs {
 		if g.LoraHashes == nil {
 			g.LoraHashes = map[string]string{}

@@ -41,6 +41,7 @@ type generateFlags struct {
 	seed                                                                                              int64
 	emphasis, truncate                                                                                bool
 	edit                                                                                              editFlags
+	hires                                                                                             hiresFlags
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
@@ -80,6 +81,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.refiner, "refiner", "", "refiner model (an SDXL refiner): the model denoises until --refiner-switch, the refiner finishes")
 	fs.Float64Var(&f.refinerSwitch, "refiner-switch", 0.8, "fraction of the schedule the model runs before the refiner takes over, in (0, 1)")
 	f.edit.register(fs)
+	f.hires.register(fs)
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -140,6 +142,9 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	if err := f.edit.check(f.initImage, set); err != nil {
 		return nil, usageError{err}
 	}
+	if err := f.hires.check(f.initImage, set); err != nil {
+		return nil, usageError{err}
+	}
 	if f.sampler != "" {
 		known := false
 		for _, n := range sample.Names() {
@@ -194,6 +199,9 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		req.InitImage, req.Strength = im, f.strength
 	}
 	if err := f.edit.apply(&req); err != nil {
+		return err
+	}
+	if req.Hires, err = f.hires.parse(); err != nil {
 		return err
 	}
 	sel, err := cuda.Select(f.device)
@@ -343,6 +351,7 @@ func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.
 	if req.InitImage != nil {
 		g.DenoisingStrength = req.Strength
 	}
+	f.hires.generation(&g, req, res)
 	ps := g.Parameters()
 	f.edit.parameters(&ps, res, i)
 	if f.refiner != "" { // AUTOMATIC1111's names for the SDXL hand-off

@@ -42,8 +42,10 @@ var (
 var supportedPipelines = map[string]string{
 	"StableDiffusionPipeline":          FamilySD,
 	"StableDiffusionImg2ImgPipeline":   FamilySD,
+	"StableDiffusionInpaintPipeline":   FamilySD,
 	"StableDiffusionXLPipeline":        FamilySDXL,
 	"StableDiffusionXLImg2ImgPipeline": FamilySDXL,
+	"StableDiffusionXLInpaintPipeline": FamilySDXL,
 }
 
 // indexComponent reads a component entry: present reports a [lib, class]

@@ -44,9 +44,27 @@ type Generation struct {
 	GuidanceRescale, Eta float64
 	// LiteralPrompt marks prompts tokenized without the emphasis syntax.
 	LiteralPrompt bool
+	// Hires is the hires fix (nil: none); Width×Height is then the first
+	// pass's size and DenoisingStrength the second pass's.
+	Hires *Hires
 	// Version is the program that made the image ("kiln 1.2.3").
 	Version string
 }
+
+// Hires is a hires fix as AUTOMATIC1111 records it: "Hires upscale: 2"
+// (Scale) or "Hires resize: 1024x768" (Width×Height), "Hires steps: 10"
+// (when set), "Hires upscaler: Latent".
+type Hires struct {
+	Scale         float64
+	Width, Height int
+	Steps         int
+	// Upscaler is Kiln's name ("latent", "lanczos"), written as A1111's
+	// ("Latent", "Lanczos").
+	Upscaler string
+}
+
+// hiresUpscalers maps Kiln's upscaler names to AUTOMATIC1111's.
+var hiresUpscalers = map[string]string{"latent": "Latent", "lanczos": "Lanczos"}
 
 // Parameters returns the generation as AUTOMATIC1111 writes it: the
 // prompt, the negative prompt and the line "Steps, Sampler, Schedule type,
@@ -76,6 +94,21 @@ func (g Generation) Parameters() Parameters {
 	}
 	if g.ClipSkip > 1 {
 		p.Set("Clip skip", strconv.Itoa(g.ClipSkip))
+	}
+	if h := g.Hires; h != nil {
+		if h.Scale > 0 {
+			p.Set("Hires upscale", num(h.Scale))
+		} else {
+			p.Set("Hires resize", fmt.Sprintf("%dx%d", h.Width, h.Height))
+		}
+		if h.Steps > 0 {
+			p.Set("Hires steps", strconv.Itoa(h.Steps))
+		}
+		up := hiresUpscalers[h.Upscaler]
+		if up == "" {
+			up = h.Upscaler
+		}
+		p.Set("Hires upscaler", up)
 	}
 	if g.RNG != "" && g.RNG != "cuda" {
 		p.Set("RNG", strings.ToUpper(g.RNG))
@@ -138,13 +171,23 @@ func ParseGeneration(text string) (Generation, error) {
 		case "Seed":
 			g.Seed, err = strconv.ParseUint(f.Value, 10, 64)
 		case "Size":
-			w, h, ok := strings.Cut(f.Value, "x")
-			if !ok {
-				err = errors.New("want WIDTHxHEIGHT")
-				break
-			}
-			if g.Width, err = strconv.Atoi(w); err == nil {
-				g.Height, err = strconv.Atoi(h)
+			g.Width, g.Height, err = parseSize(f.Value)
+		case "Hires upscale":
+			g.Hires = orNewHires(g.Hires)
+			g.Hires.Scale, err = strconv.ParseFloat(f.Value, 64)
+		case "Hires resize":
+			g.Hires = orNewHires(g.Hires)
+			g.Hires.Width, g.Hires.Height, err = parseSize(f.Value)
+		case "Hires steps":
+			g.Hires = orNewHires(g.Hires)
+			g.Hires.Steps, err = strconv.Atoi(f.Value)
+		case "Hires upscaler":
+			g.Hires = orNewHires(g.Hires)
+			g.Hires.Upscaler = f.Value
+			for kiln, a1111 := range hiresUpscalers {
+				if a1111 == f.Value {
+					g.Hires.Upscaler = kiln
+				}
 			}
 		case "Model hash":
 			g.ModelHash = f.Value
@@ -187,4 +230,24 @@ func ParseGeneration(text string) (Generation, error) {
 		g.Sampler = sampler
 	}
 	return g, nil
+}
+
+// parseSize reads "WIDTHxHEIGHT".
+func parseSize(v string) (w, h int, err error) {
+	ws, hs, ok := strings.Cut(v, "x")
+	if !ok {
+		return 0, 0, errors.New("want WIDTHxHEIGHT")
+	}
+	if w, err = strconv.Atoi(ws); err == nil {
+		h, err = strconv.Atoi(hs)
+	}
+	return w, h, err
+}
+
+// orNewHires returns h, or a new Hires when h is nil.
+func orNewHires(h *Hires) *Hires {
+	if h == nil {
+		return &Hires{}
+	}
+	return h
 }

@@ -35,3 +35,32 @@ func TestGenerationParametersExactly(t *testing.T) {
 		t.Fatal("malformed Steps accepted")
 	}
 }
+
+// TestGenerationHires checks the hires fix fields as AUTOMATIC1111 writes
+// them (first-pass size, the second pass's denoising strength, Hires
+// upscale or Hires resize, steps when set, A1111's upscaler name), read
+// back into the same Generation.
+func TestGenerationHires(t *testing.T) {
+	g := Generation{Prompt: "x", Steps: 20, Sampler: "euler", CFGScale: 7, Seed: 5, Width: 512, Height: 512, Model: "m",
+		DenoisingStrength: 0.5, RNG: "cpu", Hires: &Hires{Scale: 2, Steps: 10, Upscaler: "latent"}, Version: "kiln dev"}
+	want := "x\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 5, Size: 512x512, Model: m, " +
+		"Denoising strength: 0.5, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, RNG: CPU, Version: kiln dev"
+	if got := g.Parameters().String(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	if back, err := ParseGeneration(want); err != nil || !reflect.DeepEqual(back, g) {
+		t.Fatalf("read back %+v (hires %+v), %v", back, back.Hires, err)
+	}
+	g.Hires = &Hires{Width: 1024, Height: 768, Upscaler: "lanczos"}
+	want = "x\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 5, Size: 512x512, Model: m, " +
+		"Denoising strength: 0.5, Hires resize: 1024x768, Hires upscaler: Lanczos, RNG: CPU, Version: kiln dev"
+	if got := g.Parameters().String(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	if back, err := ParseGeneration(want); err != nil || !reflect.DeepEqual(back, g) {
+		t.Fatalf("read back %+v (hires %+v), %v", back, back.Hires, err)
+	}
+	if _, err := ParseGeneration("x\nSteps: 2, Seed: 1, Hires resize: big"); err == nil {
+		t.Fatal("malformed Hires resize accepted")
+	}
+}

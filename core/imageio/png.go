@@ -1,7 +1,8 @@
 // Package imageio writes and reads the PNG files Kiln produces: PNG images
 // carrying text chunks, in particular the "parameters" chunk in which
 // AUTOMATIC1111 records how an image was generated (see Parameters), so
-// that other tools can read Kiln's settings back and Kiln can read theirs.
+// that other tools can read Kiln's settings back and Kiln can read theirs;
+// AlphaMask turns an image's transparency into an inpainting mask.
 package imageio
 
 import (

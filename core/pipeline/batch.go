@@ -66,6 +66,37 @@ func (p *Pipeline) GenerateBatch(ctx context.Context, jobs []BatchJob, onProgres
 		}
 		live = append(live, st)
 	}
+	b := &batchRun{p: p, ctx: ctx, onProgress: onProgress}
+	for len(live) > 0 {
+		b.run(live)
+		// hires jobs go on to their second pass, as one more batch
+		var next []*batchState
+		for _, st := range live {
+			if st.err == nil && st.hires != nil {
+				if st.err = st.ctx.Err(); st.err == nil {
+					var ns *batchState
+					if ns, st.err = p.secondPass(ctx, st); st.err == nil {
+						next = append(next, ns)
+						continue
+					}
+				}
+			}
+			if st.err != nil {
+				out[st.index].Err = st.err
+				continue
+			}
+			out[st.index].Result = st.res
+		}
+		live = next
+	}
+	return out
+}
+
+// run runs a batch of prepared jobs to the end: every job's evaluations,
+// those whose schedules are shorter joining late so that all finish
+// together, then the decode.
+func (b *batchRun) run(live []*batchState) {
+	ctx := b.ctx
 	rounds := 0
 	for _, st := range live {
 		rounds = max(rounds, st.total)
@@ -73,7 +104,6 @@ func (p *Pipeline) GenerateBatch(ctx context.Context, jobs []BatchJob, onProgres
 	for _, st := range live {
 		st.join = rounds - st.total
 	}
-	b := &batchRun{p: p, ctx: ctx, onProgress: onProgress}
 	for r := 0; r < rounds; r++ {
 		if err := ctx.Err(); err != nil {
 			for _, st := range live {
@@ -99,14 +129,6 @@ func (p *Pipeline) GenerateBatch(ctx context.Context, jobs []BatchJob, onProgres
 		}
 	}
 	b.decode(live)
-	for _, st := range live {
-		if st.err != nil {
-			out[st.index].Err = st.err
-			continue
-		}
-		out[st.index].Result = st.res
-	}
-	return out
 }
 
 // batchState is one job of a batch in flight.
@@ -126,9 +148,15 @@ type batchState struct {
 	total  int // evaluations to run
 	join   int // the round the job joins the batch
 	i      int // next evaluation
-	x      []float32
-	res    *Result
-	err    error
+	// hires is a hires request's plan while its first pass runs (nil
+	// otherwise); stepBase and stepsAfter count the evaluations of the
+	// passes before and after this one, for progress across both.
+	hires                *hiresPlan
+	stepBase, stepsAfter int
+	hiresFrom            [2]int // a hires second pass's first-pass size
+	x                    []float32
+	res                  *Result
+	err                  error
 }
 
 // rows is the number of UNet rows the job needs per evaluation.
@@ -142,11 +170,18 @@ func (st *batchState) rows() int {
 // prepare resolves one job of a batch: its sampler, conditioning and
 // initial latents.
 func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState, error) {
+	var plan *hiresPlan
+	if bj.Request.Hires.On() {
+		var err error
+		if bj.Request, plan, err = p.planHires(bj.Request); err != nil {
+			return nil, err
+		}
+	}
 	j, err := p.resolve(bj.Request)
 	if err != nil {
 		return nil, err
 	}
-	st := &batchState{job: j, index: k, ctx: bj.Ctx}
+	st := &batchState{job: j, index: k, ctx: bj.Ctx, hires: plan}
 	if st.ctx == nil {
 		st.ctx = ctx
 	}
@@ -179,8 +214,19 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 		if st.begin >= len(st.ts) {
 			return nil, fmt.Errorf("pipeline: strength %v leaves no step to run", req.Strength)
 		}
-		x0, err := p.encodeInit(ctx, j)
-		if err != nil {
+		var x0 []float32
+		if h := req.hires; h != nil && h.latents != nil {
+			if len(h.latents) != j.n*j.per {
+				return nil, fmt.Errorf("pipeline: hires latents hold %d values, want %d", len(h.latents), j.n*j.per)
+			}
+			x0 = h.latents
+		} else if h != nil {
+			if x0, err = p.encodeHires(ctx, j); err != nil {
+				return nil, err
+			}
+		} else if j.edit != nil && !j.edit.needsInitLatents(req.Strength) {
+			x0 = make([]float32, j.n*j.per) // never read: the job starts from pure noise
+		} else if x0, err = p.encodeInit(ctx, j); err != nil {
 			return nil, err
 		}
 		noise := req.Noise
@@ -206,6 +252,9 @@ func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState
 	}
 	st.i = st.begin
 	st.total = len(st.ts) - st.begin
+	if plan != nil {
+		st.stepsAfter = plan.second
+	}
 	if req.DenoisingEnd != 0 {
 		end := cutoffCount(st.ts, req.DenoisingEnd, p.sched.TrainTimesteps())
 		if end <= st.begin {
@@ -298,7 +347,7 @@ func (b *batchRun) evaluate(g []*batchState) {
 		if st.err != nil {
 			continue
 		}
-		pr := Progress{Step: st.i - st.begin, Steps: st.total, Timestep: st.ts[st.i-1], Latents: st.x,
+		pr := Progress{Step: st.stepBase + st.i - st.begin, Steps: st.stepBase + st.total + st.stepsAfter, Timestep: st.ts[st.i-1], Latents: st.x,
 			Eval: eval, Batch: images, StepTime: took}
 		if m := b.p.def.LatentRGB; m != nil {
 			pr.Preview = preview(x0s[k], [4]int{st.n, st.c, st.h, st.w}, *m)
@@ -396,7 +445,8 @@ func (b *batchRun) decode(live []*batchState) {
 		if st.err != nil {
 			continue
 		}
-		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings}
+		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings,
+			HiresFrom: st.hiresFrom}
 		if st.req.SkipDecode {
 			continue
 		}

@@ -8,13 +8,14 @@ import (
 )
 
 // DefaultTileAbove is the number of pixels (width × height summed over the
-// images of one decode call) above which the pipeline decodes latents in
-// tiles when the model can (family.TiledDecoder): about where a whole
-// SD VAE decode's activations outgrow a few GiB.
+// images of one decode or encode call) above which the pipeline decodes
+// latents and encodes images in tiles when the model can
+// (family.TiledDecoder, family.TiledEncoder): about where a whole SD VAE
+// decode's activations outgrow a few GiB.
 const DefaultTileAbove = 1024 * 1024
 
-// SetTiling sets when latents are decoded in tiles: above `above` pixels
-// per decode call (0: DefaultTileAbove; negative: never), with tiles of
+// SetTiling sets when latents are decoded and images encoded in tiles:
+// above `above` pixels per call (0: DefaultTileAbove; negative: never), with tiles of
 // side `tile` pixels (0: the codec's default). Like the rest of the
 // pipeline it must not be called while a job runs.
 func (p *Pipeline) SetTiling(above, tile int) {
@@ -38,6 +39,24 @@ func (p *Pipeline) decodeLatents(ctx context.Context, z []float32, shape [4]int)
 		return img, ishape, nil
 	}
 	return p.m.DecodeLatents(ctx, z, shape)
+}
+
+// encodeImage encodes (N, 3, H, W) pixels in [-1, 1] to the posterior's
+// mean and log-variance, in tiles when the images are large and the model
+// can.
+func (p *Pipeline) encodeImage(ctx context.Context, px []float32, shape [4]int) ([]float32, []float32, [4]int, error) {
+	above := p.tileAbove
+	if above == 0 {
+		above = DefaultTileAbove
+	}
+	if te, ok := p.m.(family.TiledEncoder); ok && above > 0 && shape[0]*shape[2]*shape[3] > above {
+		mean, logvar, lshape, err := te.EncodeImageTiled(ctx, px, shape, p.tile)
+		if err != nil {
+			return nil, nil, lshape, fmt.Errorf("tiled: %w", err)
+		}
+		return mean, logvar, lshape, nil
+	}
+	return p.m.EncodeImage(ctx, px, shape)
 }
 
 // sizeWarnings notes a text-to-image size far from the model's native one:

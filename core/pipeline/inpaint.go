@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"image"
 	"math"
-
-	"github.com/kiln-project/kiln/core/family"
 )
 
 // Masked-content fill modes (Edit.Fill): what the masked region of the
@@ -74,7 +72,7 @@ type editState struct {
 	unet9   bool
 	cond    []float32
 	condPer int
-	m       family.Model
+	p       *Pipeline
 }
 
 // maskAlpha is a mask image's luminance (PIL's "L" weights) resized to
@@ -125,7 +123,7 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	w, h := j.req.Width, j.req.Height
 	st := &editState{w: w, h: h, init: j.initPixels, fill: e.Fill}
 	st.alpha = maskAlpha(e.Mask, w, h)
-	st.unet9, st.m = p.def.DenoiserChannels != 0, p.m
+	st.unet9, st.p = p.def.DenoiserChannels != 0, p
 	st.full = e.full
 	blurMask(st.alpha, w, h, e.MaskBlur)
 	// diffusers binarises the mask at 0.5 and shrinks it to the latent
@@ -144,6 +142,14 @@ func (p *Pipeline) resolveEdits(j *job) error {
 	}
 	j.edit = st
 	return nil
+}
+
+// needsInitLatents reports whether the job needs the init image's latents:
+// an inpainting UNet at full strength in the default fill mode starts from
+// pure noise and, as diffusers does, neither encodes the init image nor
+// draws its posterior sample (which would shift every later draw).
+func (e *editState) needsInitLatents(strength float64) bool {
+	return !(e.unet9 && e.fill == FillDefault && strength >= 1)
 }
 
 // start sets a job's initial latents by its fill mode (x0 and noise are
@@ -204,7 +210,7 @@ func (e *editState) maskedImage(st *batchState, eps []float32) error {
 			}
 		}
 	}
-	mean, logvar, lshape, err := e.m.EncodeImage(st.ctx, px, [4]int{1, 3, e.h, e.w})
+	mean, logvar, lshape, err := e.p.encodeImage(st.ctx, px, [4]int{1, 3, e.h, e.w})
 	if err != nil {
 		return fmt.Errorf("pipeline: vae encode of the masked image: %w", err)
 	}
@@ -218,7 +224,7 @@ func (e *editState) maskedImage(st *batchState, eps []float32) error {
 			lat[i*st.per+k] = mean[k] + float32(math.Exp(0.5*float64(lv)))*eps[i*st.per+k]
 		}
 	}
-	if err := e.m.ToDenoiser(lat, [4]int{st.n, st.c, st.h, st.w}); err != nil {
+	if err := e.p.m.ToDenoiser(lat, [4]int{st.n, st.c, st.h, st.w}); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	lp := st.h * st.w

@@ -111,6 +111,10 @@ type Request struct {
 	// Embeddings are the textual-inversion embeddings the prompts may
 	// name (a name in a prompt is replaced by its vectors).
 	Embeddings []*lora.Embedding
+	// Hires adds AUTOMATIC1111's hires fix (zero: off).
+	Hires Hires
+
+	hires *hiresInit // a hires second pass's starting point (set by secondPass)
 }
 
 // Progress reports one finished model evaluation.
@@ -160,6 +164,9 @@ type Result struct {
 	Warnings []string
 	// Sampler is the sampler that ran (resolved name).
 	Sampler string
+	// HiresFrom is a hires job's first-pass size (width, height); zero
+	// otherwise.
+	HiresFrom [2]int
 }
 
 // Pipeline is a loaded model ready to generate. It is not safe for
@@ -330,8 +337,12 @@ func (p *Pipeline) resolve(req Request) (*job, error) {
 	case req.ClipSkip < 0:
 		return nil, fmt.Errorf("pipeline: clip skip %d must not be negative", req.ClipSkip)
 	}
-	j.img2img = req.InitImage != nil || req.InitPixels != nil
-	if j.img2img {
+	j.img2img = req.InitImage != nil || req.InitPixels != nil || req.hires != nil
+	if req.hires != nil {
+		if !(req.Strength > 0 && req.Strength <= 1) {
+			return nil, fmt.Errorf("pipeline: hires denoise %v must be in (0, 1]", req.Strength)
+		}
+	} else if j.img2img {
 		if !(req.Strength > 0 && req.Strength <= 1) {
 			return nil, fmt.Errorf("pipeline: strength %v must be in (0, 1] for img2img", req.Strength)
 		}
@@ -512,25 +523,33 @@ func stddev(a []float32) float64 {
 // image of the batch with its generator (mean + std·ε), scaled to the
 // UNet's latent space.
 func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
-	px := make([]float32, len(j.initPixels))
-	for i, v := range j.initPixels {
+	return p.encodePixels(ctx, j, j.initPixels, 1)
+}
+
+// encodePixels encodes m images (m, 3, H, W) in [0, 1] — one for the whole
+// batch (m = 1) or one per image (m = N) — and samples each image's
+// posterior with its generator (mean + std·ε), scaled to the UNet's latent
+// space.
+func (p *Pipeline) encodePixels(ctx context.Context, j *job, pixels []float32, m int) ([]float32, error) {
+	px := make([]float32, len(pixels))
+	for i, v := range pixels {
 		px[i] = 2*v - 1
 	}
-	mean, logvar, lshape, err := p.m.EncodeImage(ctx, px, [4]int{1, 3, j.req.Height, j.req.Width})
+	mean, logvar, lshape, err := p.encodeImage(ctx, px, [4]int{m, 3, j.req.Height, j.req.Width})
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: vae encode: %w", err)
 	}
 	per := lshape[1] * lshape[2] * lshape[3]
-	if per != j.per {
-		return nil, fmt.Errorf("pipeline: vae encoded to %v, want %d values per image", lshape, j.per)
+	if per != j.per || lshape[0] != m {
+		return nil, fmt.Errorf("pipeline: vae encoded to %v, want %d images of %d values", lshape, m, j.per)
 	}
-	std := make([]float32, per)
+	std := make([]float32, len(logvar))
 	for k, lv := range logvar {
 		lv = min(max(lv, -30), 20)
 		std[k] = float32(math.Exp(0.5 * float64(lv)))
 	}
 	var eps []float32
-	if j.req.SharedGenerator {
+	if j.req.SharedGenerator && m == 1 {
 		// diffusers encodes the single init image once, samples its
 		// posterior once and repeats the latent for the batch.
 		e := j.gens[0].Randn(per)
@@ -542,8 +561,9 @@ func (p *Pipeline) encodeInit(ctx context.Context, j *job) ([]float32, error) {
 	}
 	x := make([]float32, j.n*per)
 	for i := 0; i < j.n; i++ {
+		src := (i % m) * per
 		for k := 0; k < per; k++ {
-			x[i*per+k] = mean[k] + std[k]*eps[i*per+k]
+			x[i*per+k] = mean[src+k] + std[src+k]*eps[i*per+k]
 		}
 	}
 	if err := p.m.ToDenoiser(x, [4]int{j.n, j.c, j.h, j.w}); err != nil {

@@ -9,7 +9,8 @@ import (
 
 // Running is a batch in flight for step-level (continuous) batching: jobs
 // join it between steps (Add) and leave it when their last evaluation is
-// done, each with its own prompts, guidance, seeds, sampler, step count,
+// done (a hires job when its second pass is done: its first pass's result
+// is upscaled at that step and its second pass joins the next one), each with its own prompts, guidance, seeds, sampler, step count,
 // strength and sampler state (the per-job state GenerateBatch keeps). Every
 // Step makes one UNet call per group of jobs that can share it (same
 // latent size and conditioning length), with a timestep per row, so a job
@@ -188,6 +189,17 @@ func (r *Running) Step() []Finished {
 	took := time.Since(start)
 	for _, it := range doneItems {
 		st := it.st
+		if st.err == nil && st.hires != nil {
+			// a hires job's first pass: its second pass stays in the batch
+			if st.err = st.ctx.Err(); st.err == nil {
+				var next *batchState
+				if next, st.err = r.b.p.secondPass(r.b.ctx, st); st.err == nil {
+					it.st = next
+					r.items = append(r.items, it)
+					continue
+				}
+			}
+		}
 		if st.err != nil {
 			out = append(out, Finished{ID: st.index, Result: BatchResult{Err: st.err}, Decode: took})
 		} else {

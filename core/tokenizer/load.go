@@ -37,7 +37,7 @@ func Load(dir string) (*Tokenizer, error) {
 		err    error
 	)
 	if data, rerr := os.ReadFile(filepath.Join(dir, "tokenizer.json")); rerr == nil {
-		vocab, merges, added, unk, err = parseTokenizerJSON(data)
+		vocab, merges, added, unk, err = parseTokenizerJSON(data, endOfWord)
 		if err != nil {
 			return nil, fmt.Errorf("tokenizer: %s: %w", filepath.Join(dir, "tokenizer.json"), err)
 		}
@@ -152,7 +152,10 @@ func readConfig(dir string) (config, error) {
 
 // parseTokenizerJSON reads the BPE model and added tokens of a Hugging Face
 // tokenizer.json.
-func parseTokenizerJSON(data []byte) (map[string]int32, [][2]string, []addedToken, string, error) {
+//
+// eow is the end-of-word suffix the model must declare ("</w>" for CLIP,
+// "" for GPT-2-style byte-level BPE such as Qwen2's).
+func parseTokenizerJSON(data []byte, eow string) (map[string]int32, [][2]string, []addedToken, string, error) {
 	var doc struct {
 		AddedTokens []struct {
 			ID      *int64 `json:"id"`
@@ -175,10 +178,15 @@ func parseTokenizerJSON(data []byte) (map[string]int32, [][2]string, []addedToke
 		return nil, nil, nil, "", errors.New("no \"model\" section")
 	}
 	if m.Type != "BPE" {
-		return nil, nil, nil, "", fmt.Errorf("model.type %q: only BPE (CLIP) tokenizers are supported", m.Type)
+		return nil, nil, nil, "", fmt.Errorf("model.type %q: only BPE tokenizers are supported", m.Type)
 	}
-	if m.EndOfWordSuffix == nil || *m.EndOfWordSuffix != endOfWord {
-		return nil, nil, nil, "", fmt.Errorf("model.end_of_word_suffix must be %q for a CLIP tokenizer", endOfWord)
+	if got := ""; m.EndOfWordSuffix != nil || eow != "" {
+		if m.EndOfWordSuffix != nil {
+			got = *m.EndOfWordSuffix
+		}
+		if m.EndOfWordSuffix == nil || got != eow {
+			return nil, nil, nil, "", fmt.Errorf("model.end_of_word_suffix %q: this tokenizer needs %q", got, eow)
+		}
 	}
 	if p := m.ContinuingSubwordPrefix; p != nil && *p != "" {
 		return nil, nil, nil, "", fmt.Errorf("model.continuing_subword_prefix %q: CLIP uses none", *p)

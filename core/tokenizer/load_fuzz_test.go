@@ -13,7 +13,7 @@ func FuzzLoadTokenizerJSON(f *testing.F) {
 	f.Add([]byte(`{"model":{"type":"BPE","vocab":{"x":5000000},"merges":[["a","b"]]}}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		vocab, merges, added, unk, err := parseTokenizerJSON(data)
+		vocab, merges, added, unk, err := parseTokenizerJSON(data, endOfWord)
 		if err != nil {
 			return
 		}

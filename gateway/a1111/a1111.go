@@ -3,7 +3,8 @@
 // authenticated like any other), answered in A1111's shapes — base64
 // images, the request echoed as "parameters", the generation info as a
 // JSON string "info" — with A1111's sampler and scheduler names mapped to
-// Kiln's. Options (model, clip skip) are kept per tenant; progress shows
+// Kiln's. Options (model, clip skip) are kept per tenant
+// (persisted where the Backend is a StateStore); progress shows
 // the tenant's current job with its latest preview; interrupt and skip
 // cancel jobs; png-info reads the "parameters" chunk back.
 package a1111
@@ -147,13 +148,54 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// StateStore keeps adapter state across restarts. A Backend that also
+// implements it has the tenants' options persisted.
+type StateStore interface {
+	LoadState(ctx context.Context, key string) ([]byte, error)
+	SaveState(ctx context.Context, key string, data []byte) error
+}
+
+// storedOptions is a tenant's options as persisted.
+type storedOptions struct {
+	Model    string `json:"model,omitempty"`
+	ClipSkip int    `json:"clip_skip"`
+}
+
+func optionsKey(tenant string) string { return "a1111.options." + tenant }
+
 func (h *Handler) opts(tenant string) tenantOptions {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if o := h.options[tenant]; o != nil {
+		h.mu.Unlock()
 		return *o
 	}
-	return tenantOptions{clipSkip: 1}
+	h.mu.Unlock()
+	o := tenantOptions{clipSkip: 1}
+	if st, ok := h.b.(StateStore); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		data, err := st.LoadState(ctx, optionsKey(tenant))
+		cancel()
+		var so storedOptions
+		if err == nil && data != nil && json.Unmarshal(data, &so) == nil {
+			o = tenantOptions{model: so.Model, clipSkip: max(1, so.ClipSkip)}
+		}
+	}
+	return o
+}
+
+// saveOpts records a tenant's options (in memory and, with a StateStore,
+// persisted).
+func (h *Handler) saveOpts(ctx context.Context, tenant string, o tenantOptions) *apierr.Error {
+	if st, ok := h.b.(StateStore); ok {
+		data, _ := json.Marshal(storedOptions{Model: o.model, ClipSkip: o.clipSkip})
+		if err := st.SaveState(ctx, optionsKey(tenant), data); err != nil {
+			return apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "storing the options failed; retry")
+		}
+	}
+	h.mu.Lock()
+	h.options[tenant] = &o
+	h.mu.Unlock()
+	return nil
 }
 
 // ---- generation ----
@@ -177,6 +219,8 @@ type GenerationRequest struct {
 	DenoisingStrength *float64 `json:"denoising_strength"`
 	// edit holds the variation-seed and inpainting fields (edit.go).
 	edit
+	// hires holds txt2img's hires-fix fields (hires.go).
+	hires
 	OverrideSettings map[string]any `json:"override_settings"`
 	InitImages       []string       `json:"init_images"`
 	SendImages       *bool          `json:"send_images"`
@@ -206,7 +250,7 @@ var ignored = map[string][]string{
 
 // why says what a non-default ignored field would need.
 var why = map[string]string{
-	"enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling", "mask": "inpainting (not yet available)",
+	"enable_hr": "hires fix in img2img", "restore_faces": "face restoration", "tiling": "tiling", "mask": "inpainting (not yet available)",
 	"script_name": "scripts", "alwayson_scripts": "scripts", "script_args": "scripts", "refiner_checkpoint": "refiners",
 	"mask_blur": "mask blur without a mask (img2img only)", "inpainting_fill": "masked content without a mask (img2img only)",
 }
@@ -277,6 +321,7 @@ func typedFields(img2img bool) []string {
 		f = append(f, "init_images", "denoising_strength", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding")
 	} else {
 		f = append(f, "denoising_strength") // hires fix strength; only meaningful with enable_hr
+		f = append(f, hiresFields...)
 	}
 	return f
 }
@@ -404,6 +449,11 @@ func (h *Handler) jobRequest(g *GenerationRequest, p auth.Principal, img2img boo
 	if aerr := g.edit.apply(jr, img2img); aerr != nil {
 		return nil, aerr
 	}
+	if !img2img {
+		if aerr := g.hires.apply(jr, g.DenoisingStrength); aerr != nil {
+			return nil, aerr
+		}
+	}
 	return jr, nil
 }
 
@@ -495,6 +545,10 @@ func (h *Handler) response(ctx context.Context, p auth.Principal, j *jobs.Job, g
 		s := jp.Strength
 		info.DenoisingStrength = &s
 	}
+	if h := jp.Hires; h != nil {
+		d := h.Denoise
+		info.DenoisingStrength = &d
+	}
 	resp := &GenerationResponse{Images: []string{}}
 	send := g.SendImages == nil || *g.SendImages
 	for _, im := range j.Images {
@@ -532,6 +586,9 @@ func (h *Handler) response(ctx context.Context, p auth.Principal, j *jobs.Job, g
 	params["batch_size"], params["n_iter"] = info.BatchSize, max(1, jp.N/max(1, info.BatchSize))
 	if img2img {
 		params["denoising_strength"] = jp.Strength
+	}
+	if h := jp.Hires; h != nil {
+		params["denoising_strength"], params["hr_second_pass_steps"] = h.Denoise, h.Steps
 	}
 	resp.Parameters = params
 	return resp, nil
@@ -585,9 +642,10 @@ func (h *Handler) setOptions(w http.ResponseWriter, r *http.Request, p auth.Prin
 		WriteError(w, err)
 		return
 	}
-	h.mu.Lock()
-	h.options[p.Tenant] = &o
-	h.mu.Unlock()
+	if err := h.saveOpts(r.Context(), p.Tenant, o); err != nil {
+		WriteError(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 

@@ -29,6 +29,7 @@ func TestDocumentMatchesHandlerTypes(t *testing.T) {
 	for schema, v := range map[string]any{
 		"JobRequest": validate.JobRequest{}, "Job": JobView{}, "Params": ParamsView{}, "Image": events.Image{},
 		"OpenAIImageRequest": openai.GenerationRequest{}, "OpenAIImagesResponse": openai.Response{},
+		"OpenAIImageEditRequest": openai.EditRequest{}, "OpenAIImageVariationRequest": openai.VariationRequest{},
 	} {
 		ref := gen.Of(v)["$ref"].(string)
 		generated := gen.Defs()[ref[len("#/components/schemas/"):]].(map[string]any)["properties"].(map[string]any)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"image"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -84,25 +85,36 @@ func decodeInitImage(ctx context.Context, s string, lim imagedecode.Limits, budg
 			}
 		}
 	}
+	_, info, aerr := decodeImage(ctx, "init_image", data, lim, budget)
+	if aerr != nil {
+		return nil, info, aerr
+	}
+	return data, info, nil
+}
+
+// decodeImage checks an image's header against lim and decodes it within
+// the decode budget; errors name field.
+func decodeImage(ctx context.Context, field string, data []byte, lim imagedecode.Limits, budget *imagedecode.Budget) (image.Image, imagedecode.Info, *apierr.Error) {
 	info, err := imagedecode.Header(data)
 	if err != nil {
-		return nil, info, apierr.Invalid("init_image", "init_image is not a PNG or JPEG image: %v", err)
+		return nil, info, apierr.Invalid(field, "%s is not a PNG or JPEG image: %v", field, err)
 	}
 	if err := lim.Check(info); err != nil {
-		return nil, info, apierr.Limit("init_image", "init_image is %d×%d with %d channel(s) of %d bits (%d bytes decoded); the limits are max_image_pixels %d, sides up to %d and max_image_decode_bytes %d",
-			info.Width, info.Height, info.Channels, info.BitDepth, info.DecodedBytes(), lim.MaxPixels, lim.MaxSide, lim.MaxBytes)
+		return nil, info, apierr.Limit(field, "%s is %d×%d with %d channel(s) of %d bits (%d bytes decoded); the limits are max_image_pixels %d, sides up to %d and max_image_decode_bytes %d",
+			field, info.Width, info.Height, info.Channels, info.BitDepth, info.DecodedBytes(), lim.MaxPixels, lim.MaxSide, lim.MaxBytes)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, _, err := imagedecode.Decode(wctx, data, lim, budget); err != nil {
+	img, _, err := imagedecode.Decode(wctx, data, lim, budget)
+	if err != nil {
 		if errors.Is(err, imagedecode.ErrBusy) {
-			e := apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "init_image", "too many images are being decoded; retry shortly")
+			e := apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, field, "too many images are being decoded; retry shortly")
 			e.RetryAfter = time.Second
 			return nil, info, e
 		}
-		return nil, info, apierr.Invalid("init_image", "init_image does not decode: %v", err)
+		return nil, info, apierr.Invalid(field, "%s does not decode: %v", field, err)
 	}
-	return data, info, nil
+	return img, info, nil
 }
 
 // Submit validates a job request for a tenant, checks its quotas and
@@ -193,6 +205,13 @@ func (s *Server) Cancel(ctx context.Context, tenant, id string) { _, _ = s.cance
 // Image implements openai.Backend.
 func (s *Server) Image(ctx context.Context, tenant, id string) ([]byte, error) {
 	return s.o.Store.GetImage(ctx, tenant, id)
+}
+
+// DecodeImage implements openai.Backend: an upload decoded within the
+// init-image limits and the server's decode budget.
+func (s *Server) DecodeImage(ctx context.Context, field string, data []byte) (image.Image, *apierr.Error) {
+	img, _, aerr := decodeImage(ctx, field, data, s.initImageLimits(), s.decodes)
+	return img, aerr
 }
 
 // HasProfile implements openai.Backend.

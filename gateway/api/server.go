@@ -36,6 +36,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/adapterstate"
 	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
@@ -106,6 +107,9 @@ type Options struct {
 	Web http.Handler
 	// Library is the installed LoRAs and embeddings (nil: none).
 	Library *loralib.Library
+	// State persists the adapters' state: A1111 options, ComfyUI history
+	// (nil: kept in memory only).
+	State *adapterstate.Store
 }
 
 // Server is the gateway.
@@ -468,6 +472,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/v1/status", s.getStatus, a)
 	e.GET("/v1/ws", s.websocket, a)
 	e.POST("/v1/images/generations", s.generations, a)
+	e.POST("/v1/images/edits", adapt(s.openai.Edits), a)
+	e.POST("/v1/images/variations", adapt(s.openai.Variations), a)
 	// Images authenticate by key or by a signed URL.
 	e.GET("/v1/images/:id", s.getImage)
 	for _, r := range s.a1111.Routes() {
@@ -492,7 +498,13 @@ func (s *Server) routes() *echo.Echo {
 	return e
 }
 
-func isOpenAIRoute(c echo.Context) bool { return c.Path() == "/v1/images/generations" }
+func isOpenAIRoute(c echo.Context) bool {
+	switch c.Path() {
+	case "/v1/images/generations", "/v1/images/edits", "/v1/images/variations":
+		return true
+	}
+	return false
+}
 
 // adapt mounts an adapter's handler of an authenticated request.
 func adapt(h func(w http.ResponseWriter, r *http.Request, p auth.Principal)) echo.HandlerFunc {

@@ -54,6 +54,8 @@ type plan struct {
 	req                          validate.JobRequest
 	// initImage names the LoadImage file (img2img); the handler reads it.
 	initImage string
+	// inpaint is the plan's mask (nil: none), computed by the handler.
+	inpaint *inpaintVal
 }
 
 // Values flowing along the graph's links.
@@ -74,17 +76,29 @@ type (
 		upload        string // LoadImage file
 		width, height int    // ImageScale (0: the image's own)
 		sampled       *samplerVal
+		mask          *maskVal // MaskToImage
 	}
 	latentVal struct {
 		width, height, n int
 		init             *imageVal // VAEEncode
 		sampled          *samplerVal
+		inpaint          *inpaintVal
+	}
+	// inpaintVal is a latent's noise mask: which node set it and how.
+	inpaintVal struct {
+		node string
+		mask maskVal
+		// encode marks VAEEncodeForInpaint: the mask rounded and grown by
+		// grow pixels, the masked pixels gray before encoding.
+		encode bool
+		grow   int
 	}
 	samplerVal struct {
-		node  string
-		model string
-		req   validate.JobRequest
-		init  string
+		node    string
+		model   string
+		req     validate.JobRequest
+		init    string
+		inpaint *inpaintVal
 	}
 )
 
@@ -141,7 +155,8 @@ func compile(g Graph, defs map[string]nodeDef, model func(string) (string, error
 			return nil, &compileError{node: id, class: g[id].ClassType, input: "images", kind: "invalid_input",
 				msg: "Kiln saves images decoded (VAEDecode) from a KSampler's latent"}
 		}
-		plans = append(plans, plan{output: id, outputClass: g[id].ClassType, sampler: iv.sampled.node, req: iv.sampled.req, initImage: iv.sampled.init})
+		plans = append(plans, plan{output: id, outputClass: g[id].ClassType, sampler: iv.sampled.node, req: iv.sampled.req,
+			initImage: iv.sampled.init, inpaint: iv.sampled.inpaint})
 	}
 	return plans, nil
 }
@@ -343,7 +358,8 @@ func (c *compiler) evalNode(id string) ([]any, *compileError) {
 		if name == "" {
 			return nil, c.fail(id, "image", "names no image")
 		}
-		return []any{imageVal{upload: name}, nil}, nil
+		// MASK is 1 − alpha, as ComfyUI's LoadImage makes it.
+		return []any{imageVal{upload: name}, maskVal{upload: name, channel: "alpha"}}, nil
 	case "ImageScale":
 		v, err := c.input(id, "image")
 		if err != nil {
@@ -370,6 +386,71 @@ func (c *compiler) evalNode(id string) ([]any, *compileError) {
 			return nil, err
 		}
 		return []any{latentVal{width: img.width, height: img.height, n: 1, init: &img}}, nil
+	case "VAEEncodeForInpaint", "InpaintModelConditioning":
+		return c.inpaintEncode(id)
+	case "SetLatentNoiseMask":
+		v, err := c.input(id, "samples")
+		if err != nil {
+			return nil, err
+		}
+		lat, ok := v.(latentVal)
+		if !ok || lat.init == nil || lat.sampled != nil {
+			return nil, c.fail(id, "samples", "Kiln sets a noise mask on a VAE Encode latent (of a Load Image)")
+		}
+		m, err := c.maskInput(id, "mask")
+		if err != nil {
+			return nil, err
+		}
+		lat.inpaint = &inpaintVal{node: id, mask: m}
+		return []any{lat}, nil
+	case "ImageToMask":
+		v, err := c.input(id, "image")
+		if err != nil {
+			return nil, err
+		}
+		img, ok := v.(imageVal)
+		var channel string
+		if err := c.literal(id, "channel", &channel); err != nil {
+			return nil, err
+		}
+		switch {
+		case channel != "red" && channel != "green" && channel != "blue" && channel != "alpha":
+			return nil, c.fail(id, "channel", "must be red, green, blue or alpha, got %q", channel)
+		case ok && img.mask != nil:
+			return []any{*img.mask}, nil // every channel of a MaskToImage is the mask
+		case !ok || img.upload == "":
+			return nil, c.fail(id, "image", "Kiln makes masks of a Load Image (or a Mask To Image)")
+		case channel == "alpha":
+			return nil, c.fail(id, "channel", "a Load Image's IMAGE has no alpha channel; use its MASK output")
+		}
+		return []any{maskVal{upload: img.upload, channel: channel}}, nil
+	case "MaskToImage":
+		m, err := c.maskInput(id, "mask")
+		if err != nil {
+			return nil, err
+		}
+		return []any{imageVal{mask: &m}}, nil
+	case "InvertMask":
+		m, err := c.maskInput(id, "mask")
+		if err != nil {
+			return nil, err
+		}
+		m.invert = !m.invert
+		return []any{m}, nil
+	case "SolidMask":
+		m := maskVal{}
+		if err := c.literals(id, field{"value", &m.solid}, field{"width", &m.width}, field{"height", &m.height}); err != nil {
+			return nil, err
+		}
+		switch {
+		case math.IsNaN(m.solid) || m.solid < 0 || m.solid > 1:
+			return nil, c.fail(id, "value", "must be from 0 to 1")
+		case m.width < 1 || m.width > validate.MaxSide:
+			return nil, c.fail(id, "width", "must be from 1 to %d", validate.MaxSide)
+		case m.height < 1 || m.height > validate.MaxSide:
+			return nil, c.fail(id, "height", "must be from 1 to %d", validate.MaxSide)
+		}
+		return []any{m}, nil
 	case "VAEDecode":
 		v, err := c.input(id, "samples")
 		if err != nil {
@@ -506,5 +587,76 @@ func (c *compiler) sampler(id string) ([]any, *compileError) {
 		sv.init = lat.init.upload
 		r.Strength = &denoise
 	}
+	if lat.inpaint != nil {
+		sv.inpaint = lat.inpaint
+		blur := 0 // ComfyUI's noise masks are not blurred
+		r.MaskBlur = &blur
+	}
 	return []any{latentVal{width: lat.width, height: lat.height, n: lat.n, sampled: sv}}, nil
+}
+
+// maskInput evaluates a node's MASK input.
+func (c *compiler) maskInput(id, name string) (maskVal, *compileError) {
+	v, err := c.input(id, name)
+	if err != nil {
+		return maskVal{}, err
+	}
+	m, ok := v.(maskVal)
+	if !ok {
+		return maskVal{}, c.fail(id, name, "must come from a MASK output")
+	}
+	return m, nil
+}
+
+// inpaintEncode compiles VAEEncodeForInpaint (a latent whose masked
+// pixels were gray, with the mask grown as its noise mask) and
+// InpaintModelConditioning (the prompts passed on, the image's latent with
+// the mask as its noise mask; inpainting models take the mask and the
+// masked image's latents as extra channels, which Kiln's pipeline adds for
+// them).
+func (c *compiler) inpaintEncode(id string) ([]any, *compileError) {
+	v, err := c.input(id, "pixels")
+	if err != nil {
+		return nil, err
+	}
+	img, ok := v.(imageVal)
+	if !ok || img.upload == "" {
+		return nil, c.fail(id, "pixels", "Kiln inpaints a Load Image (optionally scaled)")
+	}
+	if _, err := c.input(id, "vae"); err != nil {
+		return nil, err
+	}
+	m, err := c.maskInput(id, "mask")
+	if err != nil {
+		return nil, err
+	}
+	lat := latentVal{width: img.width, height: img.height, n: 1, init: &img, inpaint: &inpaintVal{node: id, mask: m}}
+	if c.g[id].ClassType == "VAEEncodeForInpaint" {
+		grow := 6
+		if err := c.literal(id, "grow_mask_by", &grow); err != nil {
+			return nil, err
+		}
+		if grow < 0 || grow > 64 {
+			return nil, c.fail(id, "grow_mask_by", "must be from 0 to 64")
+		}
+		lat.inpaint.encode, lat.inpaint.grow = true, grow
+		return []any{lat}, nil
+	}
+	noiseMask := true
+	if err := c.literal(id, "noise_mask", &noiseMask); err != nil {
+		return nil, err
+	}
+	var conds [2]condVal
+	for i, name := range []string{"positive", "negative"} {
+		v, err := c.input(id, name)
+		if err != nil {
+			return nil, err
+		}
+		cv, ok := v.(condVal)
+		if !ok || !cv.valid {
+			return nil, c.fail(id, name, "must come from a CLIPTextEncode")
+		}
+		conds[i] = cv
+	}
+	return []any{conds[0], conds[1], lat}, nil
 }

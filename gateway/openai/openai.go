@@ -4,12 +4,17 @@
 // url) and user, answering {created, data: [{b64_json|url,
 // revised_prompt}]} once the job is done, with OpenAI-shaped errors, so
 // that the official openai client libraries work against Kiln's base URL.
+// POST /v1/images/edits (multipart: image, a mask whose transparent pixels
+// are repainted, prompt) becomes an inpainting job, or img2img without a
+// mask; POST /v1/images/variations becomes img2img of the image at
+// VariationStrength.
 package openai
 
 import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"image"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -37,9 +42,13 @@ type Backend interface {
 	ImageURL(r *http.Request, tenant, imageID string) string
 	// HasProfile reports whether a performance profile exists.
 	HasProfile(name string) bool
+	// DecodeImage decodes an uploaded PNG or JPEG within the server's
+	// image limits and decode budget; errors name field.
+	DecodeImage(ctx context.Context, field string, data []byte) (image.Image, *apierr.Error)
 }
 
-// Handler serves POST /v1/images/generations.
+// Handler serves POST /v1/images/generations, /v1/images/edits and
+// /v1/images/variations.
 type Handler struct {
 	b       Backend
 	maxBody int64
@@ -128,6 +137,8 @@ func WriteError(w http.ResponseWriter, e *apierr.Error) {
 		param = "size"
 	case "profile":
 		param = "quality"
+	case "init_image":
+		param = "image"
 	}
 	code := e.Code
 	if e.Status == http.StatusUnauthorized {
@@ -228,6 +239,12 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 		WriteError(w, aerr)
 		return
 	}
+	h.finish(w, r, p, jr, g.ResponseFormat)
+}
+
+// finish submits a job, waits for it and answers with its images in the
+// response format asked for.
+func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p auth.Principal, jr *validate.JobRequest, format string) {
 	job, aerr := h.b.Submit(r.Context(), p, jr, "openai")
 	if aerr != nil {
 		WriteError(w, aerr)
@@ -258,7 +275,7 @@ func (h *Handler) Generations(w http.ResponseWriter, r *http.Request, p auth.Pri
 	resp := Response{Created: done.CreatedAt.Unix(), Data: make([]ImageData, 0, len(done.Images))}
 	for _, im := range done.Images {
 		d := ImageData{RevisedPrompt: done.Params.Prompt}
-		if g.ResponseFormat == "b64_json" {
+		if format == "b64_json" {
 			png, err := h.b.Image(r.Context(), p.Tenant, im.ID)
 			if err != nil {
 				WriteError(w, apierr.New(http.StatusInternalServerError, apierr.CodeInternal, "", "reading image %s: %v", im.ID, err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"image"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -46,6 +47,9 @@ func (f *fake) Image(_ context.Context, tenant, id string) ([]byte, error) {
 }
 func (f *fake) ImageURL(_ *http.Request, tenant, id string) string { return "https://kiln/i/" + id }
 func (f *fake) HasProfile(name string) bool                        { return name == "quality_first" }
+func (f *fake) DecodeImage(ctx context.Context, field string, data []byte) (image.Image, *apierr.Error) {
+	return testDecode(ctx, field, data)
+}
 
 func post(t *testing.T, h *Handler, body string) *httptest.ResponseRecorder {
 	t.Helper()

@@ -77,6 +77,9 @@ type JobRequest struct {
 	// it becomes the native resolution of the nearest aspect ratio (see
 	// FitNative). Not part of the JSON body.
 	FitNative bool `json:"-"`
+	// AllowEmptyPrompt admits an empty prompt (the OpenAI variations
+	// endpoint: the image alone guides the job). Not part of the JSON body.
+	AllowEmptyPrompt bool `json:"-"`
 	// Micro is SDXL's micro-conditioning (SDXL models only).
 	Micro *jobs.Micro `json:"micro_conditioning,omitempty"`
 	// Mask is the inpainting mask (PNG or JPEG, base64 or a data: URL;
@@ -96,6 +99,8 @@ type JobRequest struct {
 	// Subseed and SubseedStrength are AUTOMATIC1111's variation seeds.
 	Subseed         *uint64  `json:"subseed,omitempty"`
 	SubseedStrength *float64 `json:"subseed_strength,omitempty"`
+	// Hires is AUTOMATIC1111's hires fix (see HiresRequest).
+	Hires *HiresRequest `json:"hires,omitempty"`
 }
 
 // nativeBuckets are SDXL's training resolutions (width, height) at its
@@ -207,7 +212,7 @@ func (v *Validator) Samplers() []string {
 // hasInit says whether the request carries an init image (decoded by the
 // caller).
 func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Params, *apierr.Error) {
-	if strings.TrimSpace(r.Prompt) == "" {
+	if strings.TrimSpace(r.Prompt) == "" && !r.AllowEmptyPrompt {
 		return jobs.Params{}, apierr.Invalid("prompt", "prompt is required")
 	}
 	for _, f := range []struct{ name, text string }{{"prompt", r.Prompt}, {"negative_prompt", r.NegativePrompt}} {
@@ -255,6 +260,9 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		params.Seed = RandomSeed()
 	}
 	if err := planEdit(r, &params, hasInit); err != nil {
+		return jobs.Params{}, err
+	}
+	if err := v.planHires(p, r, &params, hasInit); err != nil {
 		return jobs.Params{}, err
 	}
 	return params, nil

@@ -19,7 +19,17 @@ func Work(p *jobs.Params) float64 {
 	if p.InitImage != "" && p.Strength > 0 && p.Strength < 1 {
 		steps = math.Ceil(steps * p.Strength)
 	}
-	return float64(max(p.N, 1)) * float64(p.Width) * float64(p.Height) * steps / 1e6
+	work := float64(max(p.N, 1)) * float64(p.Width) * float64(p.Height) * steps / 1e6
+	if h := p.Hires; h != nil {
+		// the second pass, at the hires size
+		w, ht := h.Size(p.Width, p.Height)
+		s := h.Steps
+		if s == 0 {
+			s = p.Steps
+		}
+		work += float64(max(p.N, 1)) * float64(w) * float64(ht) * math.Ceil(float64(s)*h.Denoise) / 1e6
+	}
+	return work
 }
 
 // Seconds is the time work takes at speed (megapixel-steps per second);

@@ -16,6 +16,15 @@ func TestWorkAndEstimate(t *testing.T) {
 	if w := Work(&p); w != 10 {
 		t.Fatalf("img2img work %v, want 10", w)
 	}
+	// hires: 2 × 1000×500 × 20 + 2 × 2000×1000 × ceil(10 × 0.5)
+	h := jobs.Params{Width: 1000, Height: 500, Steps: 20, N: 2, Hires: &jobs.Hires{Scale: 2, Steps: 10, Denoise: 0.5}}
+	if w := Work(&h); w != 20+20 {
+		t.Fatalf("hires work %v, want 40", w)
+	}
+	h.Hires = &jobs.Hires{Width: 2000, Denoise: 0.25}
+	if w := Work(&h); w != 20+2*2*5 {
+		t.Fatalf("hires work %v, want 40 (size from the width, the job's steps)", w)
+	}
 	if d := Estimate(20, 0.5); d != 40*time.Second {
 		t.Fatalf("estimate %v", d)
 	}

@@ -96,12 +96,45 @@ type Params struct {
 	// InpaintFullResPadding pixels) at the job's width×height.
 	InpaintFullRes        bool `json:"inpaint_full_res,omitempty"`
 	InpaintFullResPadding int  `json:"inpaint_full_res_padding,omitempty"`
+	// Hires is AUTOMATIC1111's hires fix: Width×Height is the first pass,
+	// the images come out at the hires size (nil: off).
+	Hires *Hires `json:"hires,omitempty"`
 	// LoRAs are the job's LoRAs (the request's loras field and the
 	// prompt's <lora:…> tags), resolved to installed files.
 	LoRAs []LoRA `json:"loras,omitempty"`
 	// Embeddings are the installed textual-inversion embeddings the
 	// prompts name.
 	Embeddings []Embedding `json:"embeddings,omitempty"`
+}
+
+// Hires is a job's resolved hires fix (see pipeline.Hires): Scale or
+// Width×Height (the other zero), the upscaler ("latent" or "lanczos"), the
+// second pass's steps (0: the job's) and denoising strength.
+type Hires struct {
+	Scale    float64 `json:"scale,omitempty"`
+	Width    int     `json:"width,omitempty"`
+	Height   int     `json:"height,omitempty"`
+	Upscaler string  `json:"upscaler"`
+	Steps    int     `json:"steps,omitempty"`
+	Denoise  float64 `json:"denoise"`
+}
+
+// Size is the hires size for a first pass of w×ht pixels: Scale times it,
+// or Width×Height with a zero side taken from the first pass's aspect
+// ratio, sides rounded down to multiples of 8 (as the pipeline does for
+// an 8× latent codec).
+func (h Hires) Size(w, ht int) (int, int) {
+	switch {
+	case h.Scale > 0:
+		return int(float64(w)*h.Scale) / 8 * 8, int(float64(ht)*h.Scale) / 8 * 8
+	case ht <= 0 || w <= 0:
+		return h.Width, h.Height
+	case h.Width == 0:
+		return h.Height * w / ht / 8 * 8, h.Height
+	case h.Height == 0:
+		return h.Width, h.Width * ht / w / 8 * 8
+	}
+	return h.Width, h.Height
 }
 
 // Outpaint extends an img2img job's canvas by pixels on each side.

@@ -161,6 +161,11 @@ type Config struct {
 	// RetireAfter is how long a module that its slot no longer names stays
 	// open for calls in flight before it is closed (1 min).
 	RetireAfter time.Duration
+	// KeepVersions bounds the stored versions of one name (32): after an
+	// upload the oldest versions beyond it are deleted from the store,
+	// except those the slot still names (active, shadow or in the rollback
+	// history).
+	KeepVersions int
 }
 
 // Builtin is an embedded module the registry loads first.
@@ -228,6 +233,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.KeepVersions < 1 {
+		cfg.KeepVersions = 32
 	}
 	if cfg.RetireAfter == 0 {
 		cfg.RetireAfter = time.Minute
@@ -447,8 +455,67 @@ func (r *Registry) Upload(ctx context.Context, req UploadRequest) (*Version, err
 	if err != nil {
 		return nil, err
 	}
+	if err := r.pruneLocked(ctx, req.Scope, req.Kind, req.Name, sk); err != nil {
+		// The new version is stored and in effect; an old one left behind
+		// is pruned by the next upload.
+		r.cfg.Logger.Warn("wasm registry: pruning old versions", "scope", req.Scope, "kind", req.Kind, "name", req.Name, "error", err)
+	}
 	r.cfg.Logger.Info("wasm module stored", "scope", req.Scope, "kind", req.Kind, "module", ref.String(), "mode", string(req.Mode), "sha256", v.SHA256)
 	return &v, nil
+}
+
+// pruneLocked deletes the oldest stored versions of name beyond
+// KeepVersions, keeping every version its slot names (r.mu held). The
+// metadata is rewritten first, so that a failure part-way leaves at worst
+// an unlisted module file, never a listed version without its module.
+func (r *Registry) pruneLocked(ctx context.Context, scope string, kind Kind, name string, sk slotKey) error {
+	m, err := r.loadMeta(ctx, scope, kind, name)
+	if err != nil {
+		return err
+	}
+	excess := len(m.Versions) - r.cfg.KeepVersions
+	if excess <= 0 {
+		return nil
+	}
+	st, err := r.state(ctx, sk)
+	if err != nil {
+		return err
+	}
+	named := map[Ref]bool{}
+	for _, ref := range st.History {
+		named[ref] = true
+	}
+	for _, ref := range []*Ref{st.Active, st.Shadow} {
+		if ref != nil {
+			named[*ref] = true
+		}
+	}
+	var kept []Version
+	var dropped []Ref
+	for _, v := range m.Versions {
+		ref := Ref{Name: name, Version: v.Version}
+		if excess > 0 && !named[ref] {
+			dropped = append(dropped, ref)
+			excess--
+			continue
+		}
+		kept = append(kept, v)
+	}
+	if len(dropped) == 0 {
+		return nil
+	}
+	m.Versions = kept
+	b, _ := json.Marshal(m)
+	if err := r.cfg.Store.Put(ctx, metaKey(scope, kind, name), b); err != nil {
+		return err
+	}
+	var errs []error
+	for _, ref := range dropped {
+		if err := r.cfg.Store.Delete(ctx, moduleKey(scope, kind, ref)); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", ref, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func hasHook(hs []abi.Hook, h abi.Hook) bool {

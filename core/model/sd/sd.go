@@ -26,7 +26,8 @@ import (
 )
 
 // pipelineClasses are the diffusers pipeline classes of the family.
-var pipelineClasses = map[string]bool{"StableDiffusionPipeline": true, "StableDiffusionImg2ImgPipeline": true}
+var pipelineClasses = map[string]bool{"StableDiffusionPipeline": true, "StableDiffusionImg2ImgPipeline": true,
+	"StableDiffusionInpaintPipeline": true}
 
 // LatentRGB maps SD 1.x/2.x latents (4 channels) to RGB for previews: the
 // published coefficients other tools use for this VAE.

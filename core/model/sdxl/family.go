@@ -16,7 +16,8 @@ import (
 )
 
 // pipelineClasses are the diffusers pipeline classes of the family.
-var pipelineClasses = map[string]bool{"StableDiffusionXLPipeline": true, "StableDiffusionXLImg2ImgPipeline": true}
+var pipelineClasses = map[string]bool{"StableDiffusionXLPipeline": true, "StableDiffusionXLImg2ImgPipeline": true,
+	"StableDiffusionXLInpaintPipeline": true}
 
 // LatentRGB maps SDXL latents to RGB for previews (the factors and bias
 // ComfyUI uses for SDXL's VAE).
@@ -86,6 +87,7 @@ func defaults(unetJSON, vaeJSON, schedJSON, text1JSON, text2JSON []byte) (family
 	d := family.Defaults{Guidance: family.GuidanceCFG, SchedulerConfig: schedJSON}
 	var u struct {
 		SampleSize int `json:"sample_size"`
+		InChannels int `json:"in_channels"`
 	}
 	if err := json.Unmarshal(unetJSON, &u); err != nil || u.SampleSize < 1 || u.SampleSize > 1024 {
 		return d, fmt.Errorf("sdxl: unet config: sample_size must be a positive size")
@@ -96,6 +98,9 @@ func defaults(unetJSON, vaeJSON, schedJSON, text1JSON, text2JSON []byte) (family
 	}
 	d.Factor, d.LatentChannels = vcfg.Factor(), vcfg.LatentChannels
 	d.Width, d.Height = u.SampleSize*d.Factor, u.SampleSize*d.Factor
+	if u.InChannels == 2*d.LatentChannels+1 { // an inpainting UNet: latents, mask, masked-image latents
+		d.DenoiserChannels = u.InChannels
+	}
 	if d.LatentChannels == 4 {
 		m := LatentRGB
 		d.LatentRGB = &m

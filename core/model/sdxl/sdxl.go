@@ -89,8 +89,9 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sdxl: %w", err)
 	}
-	if vcfg.LatentChannels != ucfg.InChannels {
-		return nil, fmt.Errorf("sdxl: unet takes %d latent channels, vae makes %d", ucfg.InChannels, vcfg.LatentChannels)
+	if c := vcfg.LatentChannels; ucfg.InChannels != c && ucfg.InChannels != 2*c+1 {
+		return nil, fmt.Errorf("sdxl: unet takes %d input channels, vae makes %d latent channels (want %d, or %d for inpainting)",
+			ucfg.InChannels, c, c, 2*c+1)
 	}
 	if s.VAE, err = vae.New(vaeBE, vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("sdxl: %w", err)

@@ -3,7 +3,7 @@ package vae
 import "context"
 
 // Codec is a VAE as a model family's latent codec: the encode, decode and
-// latent-scaling methods of core/family.Model (and family.TiledDecoder).
+// latent-scaling methods of core/family.Model (and family.TiledDecoder, family.TiledEncoder).
 // Families embed it.
 type Codec struct{ Net *Model }
 
@@ -20,6 +20,11 @@ func (c Codec) DecodeLatents(ctx context.Context, latents []float32, shape [4]in
 // DecodeLatentsTiled decodes in tiles of tile latent pixels (seamless).
 func (c Codec) DecodeLatentsTiled(ctx context.Context, latents []float32, shape [4]int, tile int) ([]float32, [4]int, error) {
 	return c.Net.DecodeTiled(ctx, latents, shape, TileOptions{Tile: tile})
+}
+
+// EncodeImageTiled encodes in tiles of tile pixels (seamless).
+func (c Codec) EncodeImageTiled(ctx context.Context, pixels []float32, shape [4]int, tile int) ([]float32, []float32, [4]int, error) {
+	return c.Net.EncodeTiled(ctx, pixels, shape, TileOptions{Tile: tile})
 }
 
 // ToDenoiser scales (and shifts) VAE latents into the denoiser's space.

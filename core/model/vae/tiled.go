@@ -94,6 +94,68 @@ func (m *Model) decodeTiled(ctx context.Context, latents []float32, shape [4]int
 	return img, imgShape, t.minTiles, nil
 }
 
+// EncodeTiled encodes like Encode, with bounded backend memory for large
+// images, and gives the same result as Encode up to float rounding: the
+// encoder runs layer by layer as DecodeTiled's decoder does (every
+// GroupNorm with statistics over the whole activation, every convolution —
+// the stride-2 downsamplers included — tile by tile from its input window),
+// so there are no seams and nothing to blend; the mid block, with its
+// global attention, and the output layers run whole at latent resolution.
+// Samples of a batch are encoded one after another.
+func (m *Model) EncodeTiled(ctx context.Context, img []float32, shape [4]int, opt TileOptions) (mean, logvar []float32, latShape [4]int, err error) {
+	mean, logvar, latShape, _, err = m.encodeTiled(ctx, img, shape, opt)
+	return mean, logvar, latShape, err
+}
+
+// encodeTiled is EncodeTiled, also returning the smallest number of tiles
+// any tiled layer was split into (for tests).
+func (m *Model) encodeTiled(ctx context.Context, img []float32, shape [4]int, opt TileOptions) (mean, logvar []float32, latShape [4]int, minTiles int, err error) {
+	defer backend.Recover(&err)
+	if err := checkShape("image", img, shape, m.cfg.InChannels); err != nil {
+		return nil, nil, latShape, 0, err
+	}
+	tile := opt.Tile
+	if tile == 0 {
+		tile = DefaultTile
+	}
+	if tile < 1 {
+		return nil, nil, latShape, 0, fmt.Errorf("vae: tile size %d is not positive", opt.Tile)
+	}
+	t := &tiler{be: m.be, tile: tile, minTiles: math.MaxInt}
+	bn, per := shape[0], shape[1]*shape[2]*shape[3]
+	e := m.enc
+	for b := range bn {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, latShape, 0, err
+		}
+		p := plane{c: shape[1], h: shape[2], w: shape[3], d: img[b*per : (b+1)*per]}
+		if p, err = t.conv(ctx, p, nil, false, e.convIn, nil, nil, nil); err != nil {
+			return nil, nil, latShape, 0, err
+		}
+		for _, l := range e.down {
+			for _, r := range l.resnets {
+				if p, err = t.resnet(ctx, r, p); err != nil {
+					return nil, nil, latShape, 0, err
+				}
+			}
+			if l.resample != nil {
+				if p, err = t.conv(ctx, p, nil, false, l.resample, nil, nil, nil); err != nil {
+					return nil, nil, latShape, 0, err
+				}
+			}
+		}
+		h := m.be.FromFloat32(tensor.Shape{1, p.c, p.h, p.w}, p.d)
+		mu, lv, ls := m.encodeLow(h)
+		if b == 0 {
+			latShape = [4]int{bn, ls[1], ls[2], ls[3]}
+			mean = make([]float32, 0, bn*len(mu))
+			logvar = make([]float32, 0, bn*len(lv))
+		}
+		mean, logvar = append(mean, mu...), append(logvar, lv...)
+	}
+	return mean, logvar, latShape, t.minTiles, nil
+}
+
 // plane is one sample's activation (C, H, W) held on the host.
 type plane struct {
 	c, h, w int
@@ -160,7 +222,8 @@ func (t *tiler) groupNorm(g *nn.GroupNorm, x plane, silu bool) *affine {
 	return a
 }
 
-// conv computes conv(pre(up(src))) tile by tile, where up is nearest 2×
+// conv computes conv(pre(up(src))) tile by tile (any stride and padding
+// of c; tiles are in output pixels), where up is nearest 2×
 // upsampling when upsample is set and pre the affine (+SiLU) map when not
 // nil. With residual set it adds residual (through shortcut, a 1×1 conv,
 // when not nil). The result goes to dst when not nil (which must have the
@@ -168,14 +231,16 @@ func (t *tiler) groupNorm(g *nn.GroupNorm, x plane, silu bool) *affine {
 func (t *tiler) conv(ctx context.Context, src plane, pre *affine, upsample bool, c *nn.Conv2D, residual *plane, shortcut *nn.Conv2D, dst *plane) (plane, error) {
 	ws := c.W.T.Shape()
 	cout, cin, k := ws[0], ws[1], ws[2]
-	if cin != src.c || ws[3] != k || k%2 != 1 || c.Params.Stride != 1 {
-		backend.Fail("Conv2D", "tiled conv of %d channels with weight %s", src.c, ws)
+	cp := c.Params
+	s := max(cp.Stride, 1)
+	if cin != src.c || ws[3] != k || (s != 1 && (upsample || residual != nil)) {
+		backend.Fail("Conv2D", "tiled conv of %d channels with weight %s, stride %d", src.c, ws, s)
 	}
-	pad := k / 2
-	oh, ow := src.h, src.w
+	sh, sw := src.h, src.w
 	if upsample {
-		oh, ow = 2*oh, 2*ow
+		sh, sw = 2*sh, 2*sw
 	}
+	oh, ow := (sh+cp.PadTop+cp.PadBottom-k)/s+1, (sw+cp.PadLeft+cp.PadRight-k)/s+1
 	var out plane
 	if dst != nil {
 		out = *dst
@@ -194,11 +259,12 @@ func (t *tiler) conv(ctx context.Context, src plane, pre *affine, upsample bool,
 				return plane{}, err
 			}
 			th, tw := min(t.tile, oh-ty), min(t.tile, ow-tx)
-			ih, iw := th+2*pad, tw+2*pad
+			// the input window of the tile: its zero padding is gathered
+			ih, iw := (th-1)*s+k, (tw-1)*s+k
 			buf = grow(buf, cin*ih*iw)
-			gather(buf, src, pre, upsample, ty-pad, tx-pad, ih, iw)
+			gather(buf, src, pre, upsample, ty*s-cp.PadTop, tx*s-cp.PadLeft, ih, iw)
 			in := t.be.FromFloat32(tensor.Shape{1, cin, ih, iw}, buf[:cin*ih*iw])
-			o := t.be.Conv2D(in, c.W.T, c.B.T, backend.Conv2DParams{Stride: 1})
+			o := t.be.Conv2D(in, c.W.T, c.B.T, backend.Conv2DParams{Stride: s})
 			t.be.Free(in)
 			if residual != nil {
 				rbuf := make([]float32, residual.c*th*tw)

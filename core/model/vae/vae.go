@@ -265,6 +265,16 @@ func (m *Model) Encode(ctx context.Context, img []float32, shape [4]int) (mean, 
 		be.Free(h)
 		return nil, nil, latShape, err
 	}
+	mean, logvar, latShape = m.encodeLow(h)
+	return mean, logvar, latShape, nil
+}
+
+// encodeLow runs the encoder's latent-resolution part on h (which it
+// frees) — the mid block, the output norm and convolution and quant_conv —
+// and splits the moments into the posterior's mean and log-variance
+// (clamped to [-30, 20]).
+func (m *Model) encodeLow(h *tensor.Tensor) (mean, logvar []float32, latShape [4]int) {
+	be, e := m.be, m.enc
 	h = nn.Swap(be, h, e.mid.forward(be, h))
 	h = nn.Swap(be, h, e.normOut.Forward(be, h, true))
 	h = nn.Swap(be, h, e.convOut.Forward(be, h))
@@ -288,7 +298,7 @@ func (m *Model) Encode(ctx context.Context, img []float32, shape [4]int) (mean, 
 			lv[i] = min(max(v, -30), 20)
 		}
 	}
-	return mean, logvar, latShape, nil
+	return mean, logvar, latShape
 }
 
 // Decode maps latents (B, LatentChannels, h, w) — already divided by the
