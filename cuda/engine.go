@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"fmt"
+
 	"github.com/kiln-project/kiln/cuda/internal/cublas"
 	"github.com/kiln-project/kiln/cuda/internal/cudnn"
 )
@@ -32,6 +34,27 @@ type karg struct {
 type launchCfg struct {
 	grid, block [3]uint32
 	shmem       uint32
+}
+
+// check reports a configuration the driver refuses with
+// CUDA_ERROR_INVALID_VALUE (a zero or too large grid or block dimension),
+// so that it fails where it is recorded, naming the shape, instead of at
+// the next flush.
+func (c launchCfg) check() error {
+	lim := [3]uint32{1<<31 - 1, maxGridYZ, maxGridYZ}
+	blim := [3]uint32{1024, 1024, 64}
+	for i := range 3 {
+		if c.grid[i] == 0 || c.grid[i] > lim[i] {
+			return fmt.Errorf("grid %v: dimension %d is outside [1, %d]", c.grid, i, lim[i])
+		}
+		if c.block[i] == 0 || c.block[i] > blim[i] {
+			return fmt.Errorf("block %v: dimension %d is outside [1, %d]", c.block, i, blim[i])
+		}
+	}
+	if n := c.block[0] * c.block[1] * c.block[2]; n > 1024 {
+		return fmt.Errorf("block %v has %d threads, more than 1024", c.block, n)
+	}
+	return nil
 }
 
 // graphHandle names an instantiated, launchable graph of an engine.

@@ -164,6 +164,9 @@ func (e *fakeEngine) launch(kernel string, cfg launchCfg, args []karg) error {
 	if !e.hasKernel(kernel) {
 		return fmt.Errorf("fake device: kernel %s is not in the compiled image", kernel)
 	}
+	if err := cfg.check(); err != nil { // the driver's CUDA_ERROR_INVALID_VALUE
+		return fmt.Errorf("fake device: %s: %w", kernel, err)
+	}
 	a := append([]karg(nil), args...)
 	return e.do(func() (err error) {
 		defer func() {

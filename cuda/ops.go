@@ -28,13 +28,64 @@ func (d *Device) grid1(work int) launchCfg {
 // vecN is the number of elements of dt in 16 bytes.
 func vecN(dt tensor.DType) int { return 16 / dt.Size() }
 
+// maxGridYZ is CUDA's limit on a grid's y and z dimensions (x allows
+// 2³¹−1 blocks).
+const maxGridYZ = 65535
+
+// maxTRows is the most rows one transpose launch takes: its grid has one
+// block row per 32 of them.
+const maxTRows = maxGridYZ * 32
+
 // transpose records dst[k][c][r] = src[k][r][c] for src (batch, rows, cols).
+// The kernel's grid is (cols/32, rows/32, batch); shapes past the grid's y
+// and z limits (more than maxTRows rows, more than 65535 batches: a
+// channels-last image above about 1448², a LoRA's rows moved as one
+// column) are split into launches that fit (transposeAt).
 func (b *Backend) transpose(dst, src *buffer, dt tensor.DType, batch, rows, cols int) {
-	cfg := launchCfg{grid: [3]uint32{uint32((cols + 31) / 32), uint32((rows + 31) / 32), uint32(batch)}, block: [3]uint32{32, 8, 1}}
-	if batch > 65535 {
-		fail("transpose", "batch %d exceeds the grid limit", batch)
+	b.transposeAt(dst, 0, src, 0, dt, batch, rows, cols)
+}
+
+// transposeAt is transpose on the buffers' bytes from doff and soff.
+func (b *Backend) transposeAt(dst *buffer, doff int64, src *buffer, soff int64, dt tensor.DType, batch, rows, cols int) {
+	if batch == 0 || rows == 0 || cols == 0 {
+		return // a zero grid dimension is an invalid launch
 	}
-	b.d.launch("transpose"+suffix(dt), cfg, dst, pbuf(dst), pbuf(src), i32(rows), i32(cols))
+	es := int64(dt.Size())
+	mat := int64(rows) * int64(cols) * es
+	if batch > maxGridYZ {
+		for k := 0; k < batch; k += maxGridYZ {
+			n := min(maxGridYZ, batch-k)
+			b.transposeAt(dst, doff+int64(k)*mat, src, soff+int64(k)*mat, dt, n, rows, cols)
+		}
+		return
+	}
+	if rows <= maxTRows {
+		cfg := launchCfg{grid: [3]uint32{uint32((cols + 31) / 32), uint32((rows + 31) / 32), uint32(batch)}, block: [3]uint32{32, 8, 1}}
+		b.d.launch("transpose"+suffix(dt), cfg, dst, pbufAt(dst, doff), pbufAt(src, soff), i32(rows), i32(cols))
+		return
+	}
+	// rows = p·q with q ≤ maxTRows and p ≤ 65535: S (p, q, C) → D (C, p, q)
+	// in three transposes that each fit the grid: per p, (q, C) → (C, q)
+	// into T1 (p, C, q); (p, C·q) → (C·q, p) into T2 (C, q, p); per C,
+	// (q, p) → (p, q).
+	q := 0
+	for d := min(rows, maxTRows); d >= 1 && rows/d <= maxGridYZ; d-- {
+		if rows%d == 0 {
+			q = d
+			break
+		}
+	}
+	if q == 0 {
+		fail("transpose", "%d rows do not split into %d×%d launches (%d batches of %d columns)", rows, maxGridYZ, maxTRows, batch, cols)
+	}
+	p := rows / q
+	for k := 0; k < batch; k++ {
+		t1 := b.d.newBuffer(mat)
+		t2 := b.d.newBuffer(mat)
+		b.transposeAt(t1, 0, src, soff+int64(k)*mat, dt, p, q, cols)
+		b.transposeAt(t2, 0, t1, 0, dt, 1, p, cols*q)
+		b.transposeAt(dst, doff+int64(k)*mat, t2, 0, dt, cols, q, p)
+	}
 }
 
 // convert records dst = src converted between dtypes (n elements).

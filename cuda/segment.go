@@ -62,10 +62,13 @@ type arg struct {
 }
 
 func pbuf(b *buffer) arg { return arg{buf: b, size: 8} }
-func pnull() arg         { return arg{size: 8} }
-func i32(v int) arg      { return arg{v: uint64(uint32(int32(v))), size: 4} }
-func u32(v int) arg      { return arg{v: uint64(uint32(v)), size: 4} }
-func f32(v float32) arg  { return arg{v: uint64(math.Float32bits(v)), size: 4} }
+
+// pbufAt is a pointer off bytes into b.
+func pbufAt(b *buffer, off int64) arg { return arg{buf: b, off: off, size: 8} }
+func pnull() arg                      { return arg{size: 8} }
+func i32(v int) arg                   { return arg{v: uint64(uint32(int32(v))), size: 4} }
+func u32(v int) arg                   { return arg{v: uint64(uint32(v)), size: 4} }
+func f32(v float32) arg               { return arg{v: uint64(math.Float32bits(v)), size: 4} }
 
 type recKind uint8
 
@@ -140,6 +143,9 @@ func (d *Device) checkReadable(op string, b *buffer) {
 
 // launch records a kernel; out is written, the other buffer arguments read.
 func (d *Device) launch(kernel string, cfg launchCfg, out *buffer, args ...arg) {
+	if err := cfg.check(); err != nil {
+		fail(kernel, "%v", err)
+	}
 	r := &record{kind: recKernel, kernel: kernel, cfg: cfg, args: args, writes: out}
 	for _, a := range args {
 		if a.buf != nil && a.buf != out {

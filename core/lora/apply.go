@@ -134,15 +134,15 @@ func install(t Target, ns string, rows []Rows, text bool, proto rowAdapter) (rem
 // A factor whose rows all share one scale (every row of the batch uses the
 // same LoRA at the same weight) runs as two thin products over the batch
 // (x·Downᵀ, then ·Upᵀ). Otherwise, on backends with row ranges
-// (backend.RowRanger: the CPU) the products run on each run of rows alone
-// and are added into those rows in one pass; elsewhere its rows are
-// gathered, the products run on them alone, and the results are scattered
-// back scaled per row (see mixRows): rows of different jobs get different
+// (backend.RowRanger: the CPU and CUDA backends; a batch row is a
+// contiguous range there) the products run on each run of rows alone and
+// are added into those rows in one pass; elsewhere its rows are gathered,
+// the products run on them alone, and the results are scattered back
+// scaled per row (see mixRows): rows of different jobs get different
 // LoRAs in one batch.
 //
-// TODO(lora): a grouped low-rank GEMM kernel on the CUDA backend that
-// takes every factor's row segments in one launch instead of a gather,
-// two products and a scatter per factor.
+// TODO(lora): one strided-batched low-rank product for all runs of equal
+// length (stacked factors) instead of two products per run.
 func (a *rowAdapter) Adapt(be backend.Backend, x, y *tensor.Tensor, conv *backend.Conv2DParams) *tensor.Tensor {
 	if a.reference {
 		return a.host(be, x, y, conv)

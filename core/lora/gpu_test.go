@@ -132,6 +132,44 @@ func TestGPULoRABatch(t *testing.T) {
 	res := map[string]float64{"none_s": timeIt(none), "shared_s": timeIt(shared), "mixed_s": timeIt(mixed)}
 	res["mixed_vs_none"] = res["none_s"] / res["mixed_s"]
 	res["shared_vs_none"] = res["none_s"] / res["shared_s"]
+	// determinism: two identical calls after the warm-up give the same bits
+	// (the UNet once differed between consecutive calls)
+	d1, _ := run(none, jobs)
+	d2, _ := run(none, jobs)
+	diff := 0
+	for i := range d1 {
+		if d1[i] != d2[i] {
+			diff++
+		}
+	}
+	res["nondeterministic_values"] = float64(diff)
+	if diff > 0 {
+		t.Errorf("two identical UNet calls differ in %d of %d values", diff, len(d1))
+	}
+	// the shared LoRA merged into the weights: the merge (and restore) time
+	// and the step time with merged weights, for the engine's choice
+	mstart := time.Now()
+	restore, rest, err := lora.Merge(be, un, lora.UNet, shared(0), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 0 {
+		t.Fatalf("%d uses left unmerged", len(rest))
+	}
+	if err := sel.Device.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	res["merge_s"] = time.Since(mstart).Seconds()
+	res["merged_s"] = timeIt(none)
+	mergedOut, _ := run(none, jobs)
+	rstart := time.Now()
+	restore()
+	if err := sel.Device.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	res["restore_s"] = time.Since(rstart).Seconds()
+	sharedOut, _ := run(shared, jobs)
+	res["rel_err_merged_vs_unmerged"] = relErr(mergedOut, sharedOut)
 	// correctness: the mixed batch's job 3 equals job 3 alone
 	all, _ := run(mixed, jobs)
 	base, _ := run(none, jobs)
