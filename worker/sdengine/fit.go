@@ -8,6 +8,7 @@ import (
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/memory"
+	"github.com/kiln-project/kiln/core/quant"
 	"github.com/kiln-project/kiln/core/sequential"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/worker"
@@ -25,6 +26,33 @@ func (e *Engine) SetMemory(m *memory.Manager) { e.mem = m }
 func (e *Engine) LoadsLarger() bool {
 	_, ok := e.be.(backend.WeightGrouper)
 	return ok && e.mem != nil
+}
+
+// SetWeightPrecision stores the denoiser's linear and conv weights of
+// models loaded later in 8 bits ("int8", "fp8"; "", "fp16", "bf16",
+// "fp32": as they are). Only backends without weight groups (the CPU)
+// take it so far; on the GPU it is refused until a device dequantising
+// kernel exists.
+func (e *Engine) SetWeightPrecision(p string) error {
+	f, err := quant.Parse(p)
+	if err != nil {
+		return err
+	}
+	if _, grouped := e.be.(backend.WeightGrouper); grouped && f != quant.None {
+		return fmt.Errorf("sdengine: %s weights are not supported on %s yet (no device dequantising kernel)", f, e.device)
+	}
+	e.weights = f
+	return nil
+}
+
+// stageOf is the stage of the component of that kind.
+func stageOf(comps []family.Component, kind string) (sequential.Stage, bool) {
+	for _, c := range comps {
+		if c.Kind == kind {
+			return sequential.StageOf(c), true
+		}
+	}
+	return 0, false
 }
 
 // loadPlan is how a model is loaded to fit the budget.
@@ -63,6 +91,18 @@ func (e *Engine) plan(m catalog.Model, def family.Defaults, comps []memory.Compo
 func (e *Engine) build(cp family.Checkpoint, comps []family.Component, plan loadPlan) (family.Model, backend.WeightGroup, *sequential.Model, error) {
 	g, ok := e.be.(backend.WeightGrouper)
 	if !ok {
+		if pb, ok := cp.(family.PartBuilder); ok && e.weights != quant.None {
+			// 8-bit denoiser weights (dequantised on the host per product:
+			// backends without weight groups only, i.e. the CPU).
+			qb := quant.Wrap(e.be, e.weights)
+			md, err := pb.BuildParts(func(kind string) backend.Backend {
+				if s, ok := stageOf(comps, kind); ok && s == sequential.Denoiser {
+					return qb
+				}
+				return e.be
+			})
+			return md, nil, nil, err
+		}
 		md, err := cp.Build(e.be)
 		return md, nil, nil, err
 	}

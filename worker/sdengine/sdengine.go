@@ -27,6 +27,7 @@ import (
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/quant"
 	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sequential"
 	"github.com/kiln-project/kiln/cuda"
@@ -59,7 +60,8 @@ type Engine struct {
 	loraOnce sync.Once
 	lora     *loraStats
 
-	mem *memory.Manager // the device's memory manager; nil: no budget
+	mem     *memory.Manager // the device's memory manager; nil: no budget
+	weights quant.Format    // denoiser weight storage (SetWeightPrecision)
 
 	// background warm-up and tuning (GPU engines with a tuning folder)
 	mu      sync.Mutex

@@ -253,3 +253,33 @@ func TestSequentialLoading(t *testing.T) {
 		})
 	}
 }
+
+// TestWeightPrecision loads the fixture model with int8 UNet weights on
+// the CPU: it generates (close to, not equal to, the full-precision
+// model's latents is core/quant's test), and a grouping device refuses
+// 8-bit weights until it has a device kernel.
+func TestWeightPrecision(t *testing.T) {
+	e, err := New("cpu", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetWeightPrecision("int4"); err == nil {
+		t.Fatal("int4 accepted")
+	}
+	if err := e.SetWeightPrecision("int8"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Load(context.Background(), fixtureModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	res, err := m.Generate(context.Background(), worker.Request{Prompt: "a red fox", Width: 64, Height: 64, Steps: 2, N: 1, Guidance: 7, Sampler: "euler", Seed: 7}, nil)
+	if err != nil || len(res.Images) != 1 {
+		t.Fatalf("int8 model: %v", err)
+	}
+	g, _ := NewOnBackend("fake:0", newFakeDevice(0), nil)
+	if err := g.SetWeightPrecision("fp8"); err == nil {
+		t.Fatal("a grouping device accepted fp8 weights")
+	}
+}
