@@ -39,16 +39,12 @@ func (p *Pipeline) EmbeddingDims() map[string]int {
 	return a.EmbeddingDims()
 }
 
-// installUNet puts the per-row LoRA updates of a group's jobs on the
-// UNet: each job's rows (unconditional and conditional) get its LoRAs,
-// padding rows none. It returns the function that removes them.
-func (p *Pipeline) installUNet(g []*batchState) (func(), error) {
-	return p.installUNetRows(g, 0, 1<<30)
-}
-
-// installUNetRows is installUNet for a call that evaluates only rows
-// [lo, hi) of the group's rows (a call split for memory): each job's
-// adapter rows are clipped to them and renumbered from lo.
+// installUNetRows puts the per-row LoRA updates of a group's jobs on the
+// UNet for a call that evaluates rows [lo, hi) of the group's rows (all of
+// them, or part of a call split for memory): each job's rows
+// (unconditional and conditional) get its LoRAs, clipped to the call and
+// renumbered from lo; padding rows get none. It returns the function that
+// removes them.
 func (p *Pipeline) installUNetRows(g []*batchState, lo, hi int) (func(), error) {
 	var rows []lora.Rows
 	off, any := 0, false
