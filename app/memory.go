@@ -48,6 +48,19 @@ func newMemory(name string, be backend.Backend, budget, host int64, dataDir stri
 	if s, ok := eng.(interface{ SetStateDir(string) }); ok && state != "" {
 		s.SetStateDir(state)
 	}
+	// An engine that fits models larger than the budget (sequential
+	// loading) gets the manager, and the cache lets such models load.
+	if s, ok := eng.(interface{ SetMemory(*memory.Manager) }); ok {
+		s.SetMemory(mgr)
+	}
+	if l, ok := eng.(interface{ LoadsLarger() bool }); ok && l.LoadsLarger() {
+		cache.SetLoadsLarger(true)
+	}
+	// The device's allocator refuses allocations past the budget, so that
+	// a budget below the card's memory behaves like a smaller card.
+	if d, ok := be.(interface{ SetMemoryLimit(int64) }); ok {
+		d.SetMemoryLimit(budget)
+	}
 	cache.SetHostBudget(host)
 	cache.SetMeter(func() int64 { return mgr.TierBytes(memory.GPU) })
 	// A model whose components are known (loaded before) adds only what is

@@ -24,6 +24,7 @@ type allocator struct {
 	inUse  int64              // bytes handed out (activations, arenas, weights)
 	peak   int64              // high-water mark of inUse since resetPeak
 	gcHook func()             // called once before giving up on an allocation
+	limit  atomic.Int64       // most bytes held (in use and cached); 0: none
 
 	// Copies of inUse, cached and peak that any goroutine may read.
 	pubInUse, pubCached, pubPeak atomic.Int64
@@ -64,7 +65,7 @@ func (a *allocator) alloc(n int64) (uint64, int64, error) {
 		a.publish()
 		return p, c, nil
 	}
-	p, err := a.eng.alloc(c)
+	p, err := a.driverAlloc(c)
 	if err != nil && errors.Is(err, cu.ErrOutOfMemory) {
 		// Give back what the cache holds, let the GC return forgotten
 		// tensors, and try once more.
@@ -73,7 +74,7 @@ func (a *allocator) alloc(n int64) (uint64, int64, error) {
 			a.gcHook()
 			a.trim()
 		}
-		p, err = a.eng.alloc(c)
+		p, err = a.driverAlloc(c)
 	}
 	if err != nil {
 		if errors.Is(err, cu.ErrOutOfMemory) {
@@ -84,6 +85,21 @@ func (a *allocator) alloc(n int64) (uint64, int64, error) {
 	a.use(c)
 	a.publish()
 	return p, c, nil
+}
+
+// driverAlloc takes a new block of class c from the driver, within the
+// limit: cached blocks go back first when they stand in the way, and past
+// the limit the answer is the driver's out of memory.
+func (a *allocator) driverAlloc(c int64) (uint64, error) {
+	if lim := a.limit.Load(); lim > 0 {
+		if a.inUse+a.cached+c > lim {
+			a.trim()
+		}
+		if a.inUse+c > lim {
+			return 0, fmt.Errorf("%d MiB past the %d MiB limit: %w", c>>20, lim>>20, cu.ErrOutOfMemory)
+		}
+	}
+	return a.eng.alloc(c)
 }
 
 func (a *allocator) use(c int64) {

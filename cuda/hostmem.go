@@ -75,3 +75,10 @@ func (v MemView) Trim() error {
 // MemoryDevice returns the device's view for the memory manager (see
 // MemView); servers find it on a backend without importing this package.
 func (b *Backend) MemoryDevice() memory.Device { return b.d.MemView() }
+
+// SetMemoryLimit makes the device's allocator refuse, as out of memory,
+// allocations that would take the bytes it holds (in use and cached) past
+// n (0: no limit), so that a memory budget below the card's memory
+// behaves like a smaller card. Weights, activations and graph arenas
+// count; the libraries' workspaces do not.
+func (b *Backend) SetMemoryLimit(n int64) { b.d.alloc.limit.Store(max(n, 0)) }

@@ -355,6 +355,14 @@ func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []B
 		w.o.Metrics.ModelLoad.Observe(time.Since(loadStart).Seconds())
 	}
 	model := res.(Model)
+	if mr, ok := model.(MemoryRecoverer); ok {
+		// A step that runs out of memory even split row by row moves the
+		// other models off the device before the model goes sequential.
+		mr.SetFreeOthers(func(context.Context) error {
+			w.o.Cache.Free(m.Name)
+			return nil
+		})
+	}
 	if sm, ok := model.(StepModel); ok && q != nil {
 		stepped = true
 		w.runSteps(wctx, sm, g, q)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/jobs"
 )
@@ -162,6 +163,21 @@ type RunningBatch interface {
 	// Memory reports the device memory free at this step boundary and the
 	// activation peak of the last step, in bytes (0: unknown).
 	Memory() (free, peak int64)
+}
+
+// MemoryRecoverer is implemented by models that recover from running out
+// of device memory inside a step themselves (splitting the step's rows,
+// then switching to sequential loading): free is the step in between,
+// which moves the device's other models off it.
+type MemoryRecoverer interface {
+	SetFreeOthers(free func(ctx context.Context) error)
+}
+
+// MemoryReporter is implemented by running batches that say what memory
+// recovery they needed (cumulative since the batch started); the worker
+// records it in the jobs that finish after it.
+type MemoryReporter interface {
+	MemoryReport() memory.Report
 }
 
 // StepDone is a request that left a running batch.

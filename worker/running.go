@@ -186,6 +186,12 @@ func (w *Worker) runSteps(ctx context.Context, sm StepModel, g []*active, q *win
 			if r.Err == nil && r.Result == nil {
 				r.Err = fmt.Errorf("engine returned no result")
 			}
+			if mr, ok := rb.(MemoryReporter); ok {
+				if rep := mr.MemoryReport(); rep.Recovered() {
+					// Reported in the job record when it settles.
+					m.a.job.Memory = &jobs.MemoryRecovery{Splits: rep.Splits, Chunk: rep.Chunk, FreedOthers: rep.FreedOthers, Sequential: rep.Sequential}
+				}
+			}
 			w.finish(ctx, m.a, r)
 		}
 		w.o.Metrics.Stage.With(StageStep).Observe((took - decode).Seconds())

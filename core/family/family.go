@@ -59,6 +59,19 @@ type Checkpoint interface {
 	Close() error
 }
 
+// Parts gives the backend each component's weights go to, by the
+// component's Kind: a memory manager hands each component its own weight
+// group (to load them one at a time) or a quantising view (to store one
+// component's weights in 8 bits).
+type Parts func(kind string) backend.Backend
+
+// PartBuilder is implemented by checkpoints that can build each
+// component on its own backend view (all views of one device). Build(be)
+// must equal BuildParts(func(string) backend.Backend { return be }).
+type PartBuilder interface {
+	BuildParts(be Parts) (Model, error)
+}
+
 // Component is one network of a checkpoint.
 type Component struct {
 	// Kind names it as diffusers' folders do: "text_encoder",

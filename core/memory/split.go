@@ -38,6 +38,18 @@ type Report struct {
 	Sequential bool `json:"sequential,omitempty"`
 }
 
+// Add adds o to r: the attempts and splits summed, the smallest chunk,
+// either's steps.
+func (r *Report) Add(o Report) {
+	r.Attempts += o.Attempts
+	r.Splits += o.Splits
+	if r.Chunk == 0 || (o.Chunk > 0 && o.Chunk < r.Chunk) {
+		r.Chunk = o.Chunk
+	}
+	r.FreedOthers = r.FreedOthers || o.FreedOthers
+	r.Sequential = r.Sequential || o.Sequential
+}
+
 // Recovered reports whether any recovery step was needed.
 func (r Report) Recovered() bool { return r.Splits > 0 || r.FreedOthers || r.Sequential }
 

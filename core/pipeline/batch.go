@@ -2,10 +2,12 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/sample"
 )
 
@@ -311,7 +313,9 @@ func (b *batchRun) evaluate(g []*batchState) {
 	start := time.Now()
 	outs, err := b.predict(g)
 	if err != nil {
-		if len(g) > 1 && b.ctx.Err() == nil {
+		// A call that ran out of memory was split down to single rows
+		// already: running its jobs alone cannot help.
+		if len(g) > 1 && b.ctx.Err() == nil && !errors.Is(err, memory.ErrOutOfMemory) {
 			b.solo = true
 			for _, st := range g {
 				b.evaluate([]*batchState{st})
@@ -400,13 +404,8 @@ func (b *batchRun) predict(g []*batchState) ([][]float32, error) {
 		pooled, extra = repeatLastRow(pooled, rows, want), repeatLastRow(extra, rows, want)
 		rows = len(ts)
 	}
-	remove, err := p.installUNet(g)
-	if err != nil {
-		return nil, err
-	}
-	out, err := p.m.Denoise(b.ctx, family.DenoiseInput{X: in, Shape: [4]int{rows, p.denoiserChannels(), head.h, head.w}, Timesteps: ts,
+	out, err := p.denoise(b.ctx, g, family.DenoiseInput{X: in, Shape: [4]int{rows, p.denoiserChannels(), head.h, head.w}, Timesteps: ts,
 		Context: cond, ContextLen: head.ctxLen, Pooled: pooled, Extra: extra})
-	remove()
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
 	}
@@ -500,7 +499,7 @@ func (b *batchRun) decodeGroup(g []*batchState) error {
 	if err := p.m.FromDenoiser(z, shape); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	img, ishape, err := p.decodeLatents(b.ctx, z, shape)
+	img, ishape, err := p.decodeSplit(b.ctx, z, shape)
 	if err != nil {
 		return fmt.Errorf("pipeline: vae decode: %w", err)
 	}

@@ -39,16 +39,19 @@ func (p *Pipeline) EmbeddingDims() map[string]int {
 	return a.EmbeddingDims()
 }
 
-// installUNet puts the per-row LoRA updates of a group's jobs on the
-// UNet: each job's rows (unconditional and conditional) get its LoRAs,
-// padding rows none. It returns the function that removes them.
-func (p *Pipeline) installUNet(g []*batchState) (func(), error) {
+// installUNetRows puts the per-row LoRA updates of a group's jobs on the
+// UNet for a call that evaluates rows [lo, hi) of the group's rows (all of
+// them, or part of a call split for memory): each job's rows
+// (unconditional and conditional) get its LoRAs, clipped to the call and
+// renumbered from lo; padding rows get none. It returns the function that
+// removes them.
+func (p *Pipeline) installUNetRows(g []*batchState, lo, hi int) (func(), error) {
 	var rows []lora.Rows
 	off, any := 0, false
 	for _, st := range g {
 		n := st.rows()
-		if len(st.req.LoRAs) > 0 {
-			rows = append(rows, lora.Rows{From: off, To: off + n, Uses: st.req.LoRAs})
+		if from, to := max(off, lo), min(off+n, hi); len(st.req.LoRAs) > 0 && from < to {
+			rows = append(rows, lora.Rows{From: from - lo, To: to - lo, Uses: st.req.LoRAs})
 			any = true
 		}
 		off += n

@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/lora"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/rng"
 	"github.com/kiln-project/kiln/core/sample"
@@ -183,6 +184,10 @@ type Pipeline struct {
 	hook  func(ctx context.Context, text string, opts conditioning.Options, encode EncodeFunc) (conditioning.Result, error)
 	// tileAbove and tile configure tiled decoding (see SetTiling).
 	tileAbove, tile int
+	// rec is the out-of-memory recovery (SetMemoryRecovery); report
+	// accumulates what recovery did (TakeMemoryReport).
+	rec    memory.Recovery
+	report memory.Report
 }
 
 // EncodeFunc encodes one prompt with the model's text encoders.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/backend/cpu"
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/internal/fixtures"
 )
@@ -164,34 +166,102 @@ func TestRunningCancelAndBuckets(t *testing.T) {
 // above a batch of limit rows.
 type rowLimit struct {
 	backend.Backend
-	limit int
+	limit *int
 }
 
 func (b rowLimit) Conv2D(x, w, bias *tensor.Tensor, p backend.Conv2DParams) *tensor.Tensor {
-	if x.Dim(0) > b.limit {
+	if x.Dim(0) > *b.limit {
 		backend.FailErr("conv2d", fmt.Errorf("%d rows: %w", x.Dim(0), backend.ErrOutOfMemory))
 	}
 	return b.Backend.Conv2D(x, w, bias, p)
 }
 
-// TestRunningFailureStaysWithItsJob runs a batch on a device that fails
-// above two rows: the shared evaluation fails, every job is retried alone,
-// the job too big on its own fails and its neighbour finishes as it would
-// alone.
-func TestRunningFailureStaysWithItsJob(t *testing.T) {
+// TestRunningSplitsOnOutOfMemory runs a batch on a device that fails
+// (out of memory, injected) above two rows: the shared evaluation is
+// split until it fits, so no job fails, each comes out as it would alone,
+// and the pipeline reports the splits.
+func TestRunningSplitsOnOutOfMemory(t *testing.T) {
 	e := loadEnv(t)
-	p, err := Load(context.Background(), rowLimit{Backend: cpu.New(), limit: 2}, fixtures.Require(t, "sd15-tiny/model"))
+	limit := 2
+	p, err := Load(context.Background(), rowLimit{Backend: cpu.New(), limit: &limit}, fixtures.Require(t, "sd15-tiny/model"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	p.SetSchedulerConfig(schedulerFor(t, e.cases["txt2img_euler"]))
 	small := Request{Prompt: "a red circle", Width: 64, Height: 64, Steps: 3, Guidance: 5, Seed: 1, Sampler: "euler"}
-	big := Request{Prompt: "a blue square", Width: 64, Height: 64, Steps: 3, Guidance: 5, Seed: 2, N: 2, Sampler: "euler"}
+	big := Request{Prompt: "a blue square", Width: 64, Height: 64, Steps: 3, Guidance: 5, Seed: 2, N: 3, Sampler: "euler"}
 	r := p.NewRunning(context.Background())
 	got, _ := drain(t, r, map[int][]BatchJob{0: {{Request: small}, {Request: big}}})
-	if got[1].Err == nil || !errors.Is(got[1].Err, backend.ErrOutOfMemory) {
-		t.Fatalf("the job too big for the device: %v", got[1].Err)
+	for k, g := range got {
+		if g.Err != nil {
+			t.Fatalf("job %d failed for memory: %v", k, g.Err)
+		}
 	}
-	compareAlone(t, e, []Request{small}, []BatchResult{got[0]}, nil)
+	rep := p.TakeMemoryReport()
+	if rep.Splits == 0 || rep.Chunk > 2 || rep.FreedOthers || rep.Sequential {
+		t.Fatalf("report %+v: want splits down to 2 rows and no other step", rep)
+	}
+	compareAlone(t, e, []Request{small, big}, []BatchResult{got[0], got[1]}, nil)
+}
+
+// TestRunningMemoryLadder injects an out-of-memory failure that even one
+// row meets: the pipeline frees the other models, then switches to
+// sequential loading, retrying after each, and fails with a clear error
+// only when neither helps.
+func TestRunningMemoryLadder(t *testing.T) {
+	e := loadEnv(t)
+	req := Request{Prompt: "a red circle", Width: 64, Height: 64, Steps: 2, Guidance: 5, Seed: 1, Sampler: "euler"}
+	for _, tc := range []struct {
+		name                string
+		freeHelps, seqHelps bool
+		wantFreed, wantSeq  bool
+		wantErr             bool
+	}{
+		{name: "free others", freeHelps: true, wantFreed: true},
+		{name: "sequential", seqHelps: true, wantFreed: true, wantSeq: true},
+		{name: "nothing helps", wantFreed: true, wantSeq: true, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			limit := 0
+			p, err := Load(context.Background(), rowLimit{Backend: cpu.New(), limit: &limit}, fixtures.Require(t, "sd15-tiny/model"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			p.SetSchedulerConfig(schedulerFor(t, e.cases["txt2img_euler"]))
+			var calls []string
+			p.SetMemoryRecovery(memory.Recovery{
+				FreeOthers: func(context.Context) error {
+					calls = append(calls, "free")
+					if tc.freeHelps {
+						limit = 8
+					}
+					return nil
+				},
+				Sequential: func(context.Context) error {
+					calls = append(calls, "sequential")
+					if tc.seqHelps {
+						limit = 8
+					}
+					return nil
+				},
+			})
+			got, _ := drain(t, p.NewRunning(context.Background()), map[int][]BatchJob{0: {{Request: req}}})
+			rep := p.TakeMemoryReport()
+			if rep.FreedOthers != tc.wantFreed || rep.Sequential != tc.wantSeq {
+				t.Fatalf("report %+v, recovery calls %v", rep, calls)
+			}
+			if tc.wantErr {
+				if !errors.Is(got[0].Err, memory.ErrOutOfMemory) || !strings.Contains(got[0].Err.Error(), "sequential loading") {
+					t.Fatalf("want the memory manager's final error, got %v", got[0].Err)
+				}
+				return
+			}
+			if got[0].Err != nil {
+				t.Fatalf("job failed: %v (recovery calls %v)", got[0].Err, calls)
+			}
+			compareAlone(t, e, []Request{req}, []BatchResult{got[0]}, nil)
+		})
+	}
 }

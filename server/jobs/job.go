@@ -248,8 +248,11 @@ type Job struct {
 }
 
 // MemoryRecovery is what the worker did when a job's batch ran out of
-// device memory: split it (Splits halvings, last chunk of Chunk images)
-// and moved the other models off the device (FreedOthers).
+// device memory: split it (Splits halvings, last chunk of Chunk images
+// or denoiser rows), moved the other models off the device (FreedOthers),
+// and ran the model sequentially, one stage's components on the device
+// at a time (Sequential: also set for a model loaded that way because it
+// does not fit the budget whole).
 type MemoryRecovery struct {
 	Splits      int  `json:"splits"`
 	Chunk       int  `json:"chunk"`

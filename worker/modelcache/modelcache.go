@@ -184,6 +184,7 @@ type Cache struct {
 	estimate   func(id string, size int64) int64
 	observe    Observer
 	demand     func(id string) int
+	larger     bool // SetLoadsLarger
 }
 
 // New returns a cache with the given budget in bytes and eviction policy
@@ -203,6 +204,16 @@ func (c *Cache) SetPolicy(p Policy) {
 	c.mu.Lock()
 	c.policy = p
 	c.mu.Unlock()
+}
+
+// SetLoadsLarger makes models larger than the budget load anyway, counted
+// at the budget until loaded (then at their measured DeviceBytes): for an
+// engine that fits such models itself, by loading their components one
+// at a time or storing their weights in 8 bits.
+func (c *Cache) SetLoadsLarger(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.larger = on
 }
 
 // SetHostBudget bounds the host memory offloaded models may hold (0:
@@ -316,11 +327,17 @@ func (c *Cache) Acquire(ctx context.Context, id string, size int64, load Loader)
 			c.mu.Unlock()
 			return e.model, c.releaser(e), nil
 		}
+		if size > c.budget && c.larger {
+			size = c.budget // the engine fits it at load (sequential loading, 8-bit weights)
+		}
 		if size > c.budget {
 			c.mu.Unlock()
 			return nil, nil, fmt.Errorf("%w: %s needs %d bytes, budget %d", ErrTooLarge, id, size, c.budget)
 		}
 		added := c.estimateLocked(id, size)
+		if c.larger {
+			added = min(added, c.budget)
+		}
 		if err := c.makeRoomLocked(added, id); err != nil {
 			c.mu.Unlock()
 			return nil, nil, err

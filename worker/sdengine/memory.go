@@ -182,12 +182,25 @@ func encoderHash(comps []family.Component, hashes map[string]string) string {
 
 // Components lists the model's parts with their content hashes and device
 // bytes (estimated from the checkpoint), for the memory manager.
-func (m *Model) Components() []memory.Component { return append([]memory.Component(nil), m.comps...) }
+// A sequential model lists only its largest stage's components: the most
+// it holds on the device at once.
+func (m *Model) Components() []memory.Component {
+	if m.Sequential() {
+		_, comps := stageBytes(m.comps, m.stages)
+		return comps
+	}
+	return append([]memory.Component(nil), m.comps...)
+}
 
 // DeviceBytes implements modelcache.Sizer: the device bytes of the
 // model's weights, measured by the backend when it groups weights (shared
-// weights included), else estimated.
+// weights included), else estimated; for a sequential model, its largest
+// stage's (estimated).
 func (m *Model) DeviceBytes() int64 {
+	if m.Sequential() {
+		n, _ := stageBytes(m.comps, m.stages)
+		return n
+	}
 	if m.group != nil {
 		dev, _, host := m.group.Footprint()
 		return dev + host

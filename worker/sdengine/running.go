@@ -3,6 +3,7 @@ package sdengine
 import (
 	"context"
 
+	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/pipeline"
 	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/worker"
@@ -50,6 +51,18 @@ type running struct {
 	m          *Model
 	dev        *cuda.Device
 	free, peak int64 // measured at the last step
+	rep        memory.Report
+}
+
+var _ worker.MemoryReporter = (*running)(nil)
+
+// MemoryReport implements worker.MemoryReporter: the out-of-memory
+// recovery of the batch's steps so far, and whether the model runs
+// sequentially.
+func (rb *running) MemoryReport() memory.Report {
+	r := rb.rep
+	r.Sequential = r.Sequential || rb.m.Sequential()
+	return r
 }
 
 func (rb *running) Add(it worker.BatchItem, onProgress func(worker.Progress)) (int, error) {
@@ -72,6 +85,9 @@ func (rb *running) Step() []worker.StepDone {
 		rb.dev.ResetPeak()
 	}
 	fin := rb.r.Step()
+	if rep := rb.m.p.TakeMemoryReport(); rep.Recovered() {
+		rb.rep.Add(rep)
+	}
 	if rb.dev != nil {
 		s := rb.dev.Stats()
 		rb.peak = max(s.Peak-before, 0)

@@ -27,7 +27,9 @@ import (
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
+	"github.com/kiln-project/kiln/core/quant"
 	"github.com/kiln-project/kiln/core/safetensors"
+	"github.com/kiln-project/kiln/core/sequential"
 	"github.com/kiln-project/kiln/cuda"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/loralib"
@@ -57,6 +59,9 @@ type Engine struct {
 	lib      *loralib.Library
 	loraOnce sync.Once
 	lora     *loraStats
+
+	mem     *memory.Manager // the device's memory manager; nil: no budget
+	weights quant.Format    // denoiser weight storage (SetWeightPrecision)
 
 	// background warm-up and tuning (GPU engines with a tuning folder)
 	mu      sync.Mutex
@@ -115,21 +120,21 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	}
 	// On a backend that groups weights the model's weights can be offloaded
 	// and restored together, and weights identical to another model's are
-	// held once.
-	be := e.be
-	var group backend.WeightGroup
-	if g, ok := be.(backend.WeightGrouper); ok {
-		be, group = g.Grouped()
-	}
-	md, err := cp.Build(be)
+	// held once; each component gets its own group where the family
+	// builds components on their own views, so that a model too large for
+	// the budget can load them one at a time (sequential loading).
+	mcomps := components(comps, hashes, e.be)
+	plan := e.plan(m, cp.Defaults(), mcomps)
+	md, group, seq, err := e.build(cp, comps, plan)
 	if err != nil {
-		if group != nil {
-			group.Close()
-		}
 		cp.Close()
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
-	p, err := pipeline.New(md)
+	var fm family.Model = md
+	if seq != nil {
+		fm = seq
+	}
+	p, err := pipeline.New(fm)
 	if err != nil {
 		if group != nil {
 			group.Close()
@@ -138,7 +143,12 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		return nil, fmt.Errorf("sdengine: %s: %w", m.Name, err)
 	}
 	hash := encoderHash(comps, hashes)
-	mod := &Model{p: p, encoderHash: hash, group: group, be: e.be, cleanup: cleanup, comps: components(comps, hashes, e.be), adapters: newAdapters(e.lib, e.stats())}
+	mod := &Model{p: p, encoderHash: hash, group: group, seq: seq, be: e.be, cleanup: cleanup, comps: mcomps, adapters: newAdapters(e.lib, e.stats())}
+	mod.plan = plan
+	mod.stages = map[string]sequential.Stage{}
+	for _, c := range comps {
+		mod.stages[c.Kind] = sequential.StageOf(c)
+	}
 	if h, ok := any(p).(encodeHooker); ok && e.text != nil {
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
@@ -219,6 +229,9 @@ type Model struct {
 	encoderHash string
 	cached      bool
 	group       backend.WeightGroup // nil: the backend does not group weights
+	seq         *sequential.Model   // nil: the components share one group
+	stages      map[string]sequential.Stage
+	plan        loadPlan
 	comps       []memory.Component
 	adapters    *adapters
 	closed      atomic.Bool

@@ -172,6 +172,14 @@ func (c *Checkpoint) Close() error { return c.m.Close() }
 
 // Build implements family.Checkpoint.
 func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
+	return c.BuildParts(func(string) backend.Backend { return be })
+}
+
+var _ family.PartBuilder = (*Checkpoint)(nil)
+
+// BuildParts implements family.PartBuilder: the text encoder, the UNet
+// and the VAE each on the backend parts gives for its kind.
+func (c *Checkpoint) BuildParts(parts family.Parts) (family.Model, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
@@ -184,7 +192,7 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: text encoder config: %w", err)
 	}
-	cm, err := clip.New(be, ccfg, m.TextEncoder)
+	cm, err := clip.New(parts("text_encoder"), ccfg, m.TextEncoder)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: text encoder: %w", err)
 	}
@@ -196,14 +204,14 @@ func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: unet config: %w", err)
 	}
-	if md.unet, err = unet.New(be, ucfg, m.UNet); err != nil {
+	if md.unet, err = unet.New(parts("unet"), ucfg, m.UNet); err != nil {
 		return nil, fmt.Errorf("pipeline: unet: %w", err)
 	}
 	vcfg, err := vae.ParseConfig(m.VAEConfig)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: vae config: %w", err)
 	}
-	if md.Net, err = vae.New(codecBackend(be), vcfg, m.VAE); err != nil {
+	if md.Net, err = vae.New(codecBackend(parts("vae")), vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("pipeline: vae: %w", err)
 	}
 	switch ucfg.InChannels {

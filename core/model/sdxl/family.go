@@ -165,11 +165,24 @@ func (c *Checkpoint) Close() error { return c.m.Close() }
 
 // Build implements family.Checkpoint.
 func (c *Checkpoint) Build(be backend.Backend) (family.Model, error) {
+	return c.BuildParts(func(string) backend.Backend { return be })
+}
+
+var _ family.PartBuilder = (*Checkpoint)(nil)
+
+// BuildParts implements family.PartBuilder: each text encoder, the UNet
+// and the VAE on the backend parts gives for its kind.
+func (c *Checkpoint) BuildParts(parts family.Parts) (family.Model, error) {
 	vcfg, err := vae.ParseConfig(c.m.VAEConfig)
 	if err != nil {
 		return nil, fmt.Errorf("sdxl: %w", err)
 	}
-	m, err := New(be, codecBackend(be, vcfg), c.m)
+	m, err := NewParts(func(kind string) backend.Backend {
+		if kind == "vae" {
+			return codecBackend(parts(kind), vcfg)
+		}
+		return parts(kind)
+	}, c.m)
 	if err != nil {
 		return nil, err
 	}

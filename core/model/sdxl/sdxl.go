@@ -47,6 +47,18 @@ type Model struct {
 // New builds the networks of an SDXL checkpoint on be (the VAE on vaeBE,
 // which may be a higher-precision view of the same device).
 func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
+	return NewParts(func(kind string) backend.Backend {
+		if kind == "vae" {
+			return vaeBE
+		}
+		return be
+	}, m)
+}
+
+// NewParts builds the networks of an SDXL checkpoint, each component on
+// the backend parts gives for its kind ("text_encoder", "text_encoder_2",
+// "unet", "vae"; the VAE's as it is, no precision view added).
+func NewParts(parts func(kind string) backend.Backend, m *checkpoint.Model) (*Model, error) {
 	if m.Family != checkpoint.FamilySDXL {
 		return nil, fmt.Errorf("sdxl: the checkpoint holds a %q model", m.Family)
 	}
@@ -56,14 +68,14 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 		if s.tok1, err = m.Tokenizer(); err != nil {
 			return nil, fmt.Errorf("sdxl: tokenizer: %w", err)
 		}
-		if s.te1, err = newEncoder(be, m.TextEncoderConfig, m.TextEncoder, false); err != nil {
+		if s.te1, err = newEncoder(parts("text_encoder"), m.TextEncoderConfig, m.TextEncoder, false); err != nil {
 			return nil, fmt.Errorf("sdxl: text encoder: %w", err)
 		}
 	}
 	if s.tok2, err = m.Tokenizer2(); err != nil {
 		return nil, fmt.Errorf("sdxl: tokenizer 2: %w", err)
 	}
-	if s.te2, err = newEncoder(be, m.TextEncoder2Config, m.TextEncoder2, true); err != nil {
+	if s.te2, err = newEncoder(parts("text_encoder_2"), m.TextEncoder2Config, m.TextEncoder2, true); err != nil {
 		return nil, fmt.Errorf("sdxl: text encoder 2: %w", err)
 	}
 	ucfg, err := unet.ParseConfig(m.UNetConfig)
@@ -82,7 +94,7 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 	if got := s.ContextDim(); got != ucfg.ContextDim() {
 		return nil, fmt.Errorf("sdxl: the text encoders give %d-wide context, the UNet attends to %d", got, ucfg.ContextDim())
 	}
-	if s.UNet, err = unet.New(be, ucfg, m.UNet); err != nil {
+	if s.UNet, err = unet.New(parts("unet"), ucfg, m.UNet); err != nil {
 		return nil, fmt.Errorf("sdxl: %w", err)
 	}
 	vcfg, err := vae.ParseConfig(m.VAEConfig)
@@ -93,7 +105,7 @@ func New(be, vaeBE backend.Backend, m *checkpoint.Model) (*Model, error) {
 		return nil, fmt.Errorf("sdxl: unet takes %d input channels, vae makes %d latent channels (want %d, or %d for inpainting)",
 			ucfg.InChannels, c, c, 2*c+1)
 	}
-	if s.VAE, err = vae.New(vaeBE, vcfg, m.VAE); err != nil {
+	if s.VAE, err = vae.New(parts("vae"), vcfg, m.VAE); err != nil {
 		return nil, fmt.Errorf("sdxl: %w", err)
 	}
 	return s, nil
