@@ -114,6 +114,10 @@ type Defaults struct {
 	// steps and guidance scale (0: the caller's profile decides).
 	Steps         int
 	GuidanceScale float64
+	// Sampler names the sampler of a family that runs its own loop
+	// (family.Generator), which takes no other ("": the shared samplers,
+	// the scheduler config's by default).
+	Sampler string
 	// ZeroEmptyNegative makes an empty negative prompt condition on zeros
 	// (hidden states and pooled output) instead of the encoding of ""
 	// (SDXL base's force_zeros_for_empty_prompt).

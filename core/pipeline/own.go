@@ -14,6 +14,14 @@ import (
 // shift.
 const ownSampler = "flowmatch_euler"
 
+// Stepwise reports whether the model runs on the shared sampler loop, so
+// that running batches (NewRunning) can take its jobs; a family with its
+// own loop (family.Generator) runs through Generate and GenerateBatch.
+func (p *Pipeline) Stepwise() bool {
+	_, own := p.m.(family.Generator)
+	return !own
+}
+
 // generateOwn runs jobs on a model with its own denoising loop: the
 // pipeline resolves each request (sizes, seeds, noise, the init image's
 // posterior sample), the family denoises image by image, and the pipeline
@@ -49,8 +57,6 @@ func unsupportedOwn(r Request) string {
 		return "eta"
 	case !r.Micro.IsZero():
 		return "micro-conditioning"
-	case r.Emphasis:
-		return "emphasis syntax"
 	case r.DenoisingEnd != 0 || r.DenoisingStart != 0 || r.InitLatents != nil:
 		return "denoising start/end (refiner hand-off)"
 	case r.Variation.on():

@@ -38,6 +38,12 @@ type Model struct {
 	// VAEFactor is the VAE's downsampling factor (8 for Stable Diffusion);
 	// 0 when unknown.
 	VAEFactor int `json:"vae_factor,omitempty"`
+	// DefaultSteps and DefaultGuidance are the family's recommended steps
+	// and guidance scale (0: the profile's); Sampler is the sampler of a
+	// family that runs its own loop and takes no other ("": any).
+	DefaultSteps    int     `json:"-"`
+	DefaultGuidance float64 `json:"-"`
+	Sampler         string  `json:"-"`
 }
 
 // Registry holds the current model list. It is safe for concurrent use.
@@ -221,6 +227,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 			r.nativeMu.Unlock()
 		}
 		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
+		m.DefaultSteps, m.DefaultGuidance, m.Sampler = n.steps, n.guidance, n.sampler
 		return m, nil
 	}
 	if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
@@ -244,6 +251,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
 	if n, err := inspectNative(p); err == nil {
 		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
+		m.DefaultSteps, m.DefaultGuidance, m.Sampler = n.steps, n.guidance, n.sampler
 	}
 	return m, nil
 }

@@ -169,7 +169,7 @@ func (c *Checkpoint) defaults() family.Defaults {
 	return family.Defaults{
 		Width: NativeSize, Height: NativeSize, Factor: c.vaeCfg.Factor(), LatentChannels: c.vaeCfg.ZDim,
 		ContextDim: c.textCfg.HiddenSize, Guidance: family.GuidanceTrueCFG, SchedulerConfig: c.schedJSON,
-		Steps: DefaultSteps, GuidanceScale: DefaultCFG,
+		Steps: DefaultSteps, GuidanceScale: DefaultCFG, Sampler: Sampler,
 	}
 }
 
