@@ -154,26 +154,46 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 	be := sel.Backend
 	prog.describe(name + ": loading")
 	t0 := time.Now()
-	m, size, cleanup, err := openModel(name, opts.Seed)
+	var (
+		m       *checkpoint.Model
+		size    int
+		cleanup func()
+		md      family.Model
+	)
+	cp, err := SyntheticFamily(name, opts.Seed)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
-	defer cleanup()
-	// The suite times SD components (loadComponents), so it builds the
-	// family directly rather than through the family registry; SDXL is
-	// timed end to end only.
-	var md family.Model
-	if m.Family == checkpoint.FamilySDXL && (opts.Components || opts.Profile) {
-		m.Close()
-		return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time SDXL end to end (--components=false)", name)
-	}
-	cp, err := families.FromCheckpoint(m)
-	if err == nil {
-		md, err = cp.Build(be)
-	}
-	if err != nil {
-		m.Close()
-		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	if cp != nil {
+		// a family built outside core/checkpoint: end to end only
+		if opts.Components || opts.Profile {
+			cp.Close()
+			return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time it end to end (--components=false)", name)
+		}
+		if md, err = cp.Build(be); err != nil {
+			cp.Close()
+			return nil, fmt.Errorf("bench: %s: %w", name, err)
+		}
+	} else {
+		if m, size, cleanup, err = openModel(name, opts.Seed); err != nil {
+			return nil, fmt.Errorf("bench: %s: %w", name, err)
+		}
+		defer cleanup()
+		// The suite times SD components (loadComponents), so it builds the
+		// family directly rather than through the family registry; SDXL is
+		// timed end to end only.
+		if m.Family == checkpoint.FamilySDXL && (opts.Components || opts.Profile) {
+			m.Close()
+			return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time SDXL end to end (--components=false)", name)
+		}
+		cp, err := families.FromCheckpoint(m)
+		if err == nil {
+			md, err = cp.Build(be)
+		}
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("bench: %s: %w", name, err)
+		}
 	}
 	p, err := pipeline.New(md)
 	if err != nil {
@@ -231,6 +251,9 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		prog.describe(label + ": end to end")
 		req := pipeline.Request{Prompt: opts.Prompt, Width: size, Height: size, Steps: opts.Steps, N: b,
 			Guidance: opts.Guidance, Sampler: opts.Sampler, Seed: opts.Seed}
+		if md.Defaults().Sampler != "" {
+			req.Sampler = "" // the family samples with its own loop
+		}
 		var e2e, steps, heads, tails []time.Duration
 		for it := 0; it < opts.Warmup+opts.Iterations; it++ {
 			if sel.Device != nil {

@@ -226,7 +226,20 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}()
 	}
 	var p *pipeline.Pipeline
-	if name, ok := strings.CutPrefix(f.model, bench.SyntheticPrefix); ok {
+	if cp, err := bench.SyntheticFamily(f.model, 1); err != nil {
+		return fmt.Errorf("load model %s: %w", f.model, err)
+	} else if cp != nil {
+		// a random-weight family checkpoint built in memory (synthetic:qwen-image)
+		md, err := cp.Build(be)
+		if err != nil {
+			cp.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+		if p, err = pipeline.New(md); err != nil {
+			md.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+	} else if name, ok := strings.CutPrefix(f.model, bench.SyntheticPrefix); ok {
 		// a random-weight architecture, for timing without a download
 		cm, _, cleanup, err := bench.Synthetic(name, 1)
 		if err != nil {

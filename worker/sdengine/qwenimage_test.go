@@ -52,3 +52,32 @@ func TestQwenImageRunsThroughGenerateBatch(t *testing.T) {
 		t.Fatal("image 1 of seed 3 differs from seed 4 run alone")
 	}
 }
+
+// TestSyntheticQwenImageServes: synthetic:qwen-image, enabled in the
+// catalog, loads in the engine (built in memory by its family) and
+// generates with the family's defaults.
+func TestSyntheticQwenImageServes(t *testing.T) {
+	reg := catalog.New(map[string]string{"syn": "synthetic:qwen-image"}, "", "syn")
+	reg.AllowSynthetic(true)
+	reg.Refresh()
+	cm, ok := reg.Get("syn")
+	if !ok || cm.Family != "qwen-image" || cm.DefaultSteps != 50 || cm.Sampler == "" {
+		t.Fatalf("catalog: %+v %v", cm, reg.Problems())
+	}
+	e, err := New("cpu", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wm, err := e.Load(context.Background(), cm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wm.Close()
+	res, err := wm.Generate(context.Background(), worker.Request{Prompt: "a fox", Width: 64, Height: 48, Steps: 2, N: 1, Guidance: 4, Seed: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Images) != 1 || res.Images[0].Bounds().Dx() != 64 {
+		t.Fatalf("images %v", res.Images)
+	}
+}
