@@ -104,6 +104,22 @@ func TestA1111API(t *testing.T) {
 	if img, err := png.Decode(bytes.NewReader(first)); err != nil || img.Bounds().Dx() != 64 {
 		t.Fatalf("image: %v", err)
 	}
+	// hires fix: the image at twice the size, A1111's hires fields in its infotext
+	r = s.do("POST", "/sdapi/v1/txt2img", "", a1111Txt2Img("a lighthouse", map[string]any{"enable_hr": true, "hr_scale": 2,
+		"hr_upscaler": "Lanczos", "hr_second_pass_steps": 2, "denoising_strength": 0.5, "batch_size": 1}))
+	if r.status != 200 {
+		t.Fatalf("hires txt2img: %d %s", r.status, r.body)
+	}
+	hm := r.json(t)
+	hraw, _ := base64.StdEncoding.DecodeString(hm["images"].([]any)[0].(string))
+	if img, err := png.Decode(bytes.NewReader(hraw)); err != nil || img.Bounds().Dx() != 128 {
+		t.Fatalf("hires image: %v", err)
+	}
+	if it := a1111Info(t, hm)["infotexts"].([]any)[0].(string); !strings.Contains(it, "Size: 64x64") ||
+		!strings.Contains(it, "Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, Hires steps: 2, Hires upscaler: Lanczos") &&
+			!strings.Contains(it, "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 2, Hires upscaler: Lanczos") {
+		t.Fatalf("hires infotext %q", it)
+	}
 	wantText := "a lighthouse\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 1234, Size: 64x64, Model hash: " +
 		hash + ", Model: tiny, RNG: CPU, Version: kiln "
 	infotext := info["infotexts"].([]any)[0].(string)
@@ -160,7 +176,7 @@ func TestA1111API(t *testing.T) {
 		over  map[string]any
 		field string
 	}{
-		{"txt2img", map[string]any{"enable_hr": true}, "enable_hr"},
+		{"txt2img", map[string]any{"enable_hr": true, "hr_upscaler": "ESRGAN_4x"}, "hr_upscaler"},
 		{"txt2img", map[string]any{"sampler_name": "DPM++ 3M SDE"}, "sampler_name"},
 		{"txt2img", map[string]any{"scheduler": "exponential"}, "scheduler"},
 		{"txt2img", map[string]any{"colour": "red"}, "colour"},

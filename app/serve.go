@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/ws"
 	builtin "github.com/kiln-project/kiln/models"
+	"github.com/kiln-project/kiln/server/adapterstate"
 	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/broker"
 	"github.com/kiln-project/kiln/server/catalog"
@@ -346,9 +347,14 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		ln.Close()
 		return err
 	}
+	adapters, err := adapterstate.Open(ctx, in.broker.JS, 0, 1)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg, Library: in.library,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
-		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog})
+		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog, State: adapters})
 	if err != nil {
 		ln.Close()
 		return err

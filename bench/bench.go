@@ -10,16 +10,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
-	"github.com/kiln-project/kiln/core/model/clip"
 	"github.com/kiln-project/kiln/core/model/families"
-	"github.com/kiln-project/kiln/core/model/unet"
-	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/pipeline"
-	"github.com/kiln-project/kiln/core/tensor"
 	"github.com/kiln-project/kiln/cuda"
 )
 
@@ -165,10 +160,12 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	if cp != nil {
-		// a family built outside core/checkpoint: end to end only
+		// a family checkpoint built in memory (synthetic:qwen-image): its
+		// prompt and negative prompt differ in length, which the component
+		// step timing does not take; end to end only
 		if opts.Components || opts.Profile {
 			cp.Close()
-			return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time it end to end (--components=false)", name)
+			return nil, fmt.Errorf("bench: %s: component timings and profiles need prompts of one length; time it end to end (--components=false)", name)
 		}
 		if md, err = cp.Build(be); err != nil {
 			cp.Close()
@@ -179,13 +176,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 			return nil, fmt.Errorf("bench: %s: %w", name, err)
 		}
 		defer cleanup()
-		// The suite times SD components (loadComponents), so it builds the
-		// family directly rather than through the family registry; SDXL is
-		// timed end to end only.
-		if m.Family == checkpoint.FamilySDXL && (opts.Components || opts.Profile) {
-			m.Close()
-			return nil, fmt.Errorf("bench: %s: component timings and profiles are for SD 1.x/2.x models; time SDXL end to end (--components=false)", name)
-		}
+		// components and profiles time the pipeline's own model
 		cp, err := families.FromCheckpoint(m)
 		if err == nil {
 			md, err = cp.Build(be)
@@ -215,10 +206,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 	}
 	var comps *components
 	if opts.Components || opts.Profile {
-		prog.describe(name + ": loading components")
-		if comps, err = loadComponents(be, m); err != nil {
-			return nil, fmt.Errorf("bench: %s: %w", name, err)
-		}
+		comps = newComponents(md)
 	}
 	var out []Result
 	for bi, b := range opts.Batches {
@@ -231,7 +219,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 			if opts.Profile && (bi == 0 || bi == len(opts.Batches)-1) && sel.Device != nil {
 				prog.describe(label + ": profiling a UNet step")
 				r.Profile, err = sel.Device.Profile(func() error {
-					_, err := comps.unetStep(ctx, b, size/p.Factor())
+					_, err := comps.unetStep(ctx, opts.Prompt, b, size/p.Factor())
 					return err
 				})
 				if err != nil {
@@ -239,9 +227,7 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 				}
 				prog.describe(label + ": profiling a VAE decode")
 				r.VAEProfile, err = sel.Device.Profile(func() error {
-					s := size / p.Factor()
-					_, _, err := comps.va.Decode(ctx, comps.randn(b*4*s*s), [4]int{b, 4, s, s})
-					return err
+					return comps.decode(ctx, b, size/p.Factor())
 				})
 				if err != nil {
 					return out, err
@@ -302,57 +288,19 @@ func runModel(ctx context.Context, sel *cuda.Selection, name string, opts Option
 	return out, nil
 }
 
-// components are standalone copies of a pipeline's models, timed alone.
+// components times the parts of the pipeline's own model alone, through
+// the family seam (so every family, SD and SDXL alike): prompt encoding,
+// one denoiser call with classifier-free guidance, and the latent decode.
 type components struct {
-	be  backend.Backend
-	enc *conditioning.Encoder
-	un  *unet.Model
-	va  *vae.Model
-	ctx int // context width
+	m   family.Model
+	def family.Defaults
 	rng *rand.Rand
 	in  *stepInputs
+	dec []float32 // random latents of the last decode shape
 }
 
-func loadComponents(be backend.Backend, m *checkpoint.Model) (*components, error) {
-	tok, err := m.Tokenizer()
-	if err != nil {
-		return nil, err
-	}
-	ccfg, err := clip.ParseConfig(m.TextEncoderConfig)
-	if err != nil {
-		return nil, err
-	}
-	cm, err := clip.New(be, ccfg, m.TextEncoder)
-	if err != nil {
-		return nil, err
-	}
-	enc, err := conditioning.New(tok, cm)
-	if err != nil {
-		return nil, err
-	}
-	ucfg, err := unet.ParseConfig(m.UNetConfig)
-	if err != nil {
-		return nil, err
-	}
-	un, err := unet.New(be, ucfg, m.UNet)
-	if err != nil {
-		return nil, err
-	}
-	vcfg, err := vae.ParseConfig(m.VAEConfig)
-	if err != nil {
-		return nil, err
-	}
-	vbe := be
-	if w, ok := be.(interface {
-		WithActivationDType(tensor.DType) backend.Backend
-	}); ok {
-		vbe = w.WithActivationDType(tensor.BF16) // fp16 VAEs overflow
-	}
-	va, err := vae.New(vbe, vcfg, m.VAE)
-	if err != nil {
-		return nil, err
-	}
-	return &components{be: be, enc: enc, un: un, va: va, ctx: ucfg.ContextDim(), rng: rand.New(rand.NewPCG(7, 7))}, nil
+func newComponents(m family.Model) *components {
+	return &components{m: m, def: m.Defaults(), rng: rand.New(rand.NewPCG(7, 7))}
 }
 
 func (c *components) randn(n int) []float32 {
@@ -363,18 +311,75 @@ func (c *components) randn(n int) []float32 {
 	return out
 }
 
-// unetStep runs one UNet evaluation with classifier-free guidance: batch
-// 2·b at latent side s. Inputs are drawn once per shape, outside any timing.
-func (c *components) unetStep(ctx context.Context, b, s int) ([]float32, error) {
-	n := 2 * b
-	if c.in == nil || len(c.in.x) != n*4*s*s {
-		c.in = &stepInputs{x: c.randn(n * 4 * s * s), cond: c.randn(n * 77 * c.ctx)}
-	}
-	return c.un.Forward(ctx, c.in.x, [4]int{n, 4, s, s}, []float32{500}, c.in.cond, 77)
+// stepInputs are a denoiser step's inputs for one shape.
+type stepInputs struct {
+	b, s int
+	in   family.DenoiseInput
 }
 
-// stepInputs are a UNet step's random inputs.
-type stepInputs struct{ x, cond []float32 }
+// encodePair encodes the benchmark prompt and, unless the family
+// conditions an empty negative prompt on zeros, the empty negative prompt,
+// as the pipeline does.
+func (c *components) encodePair(ctx context.Context, prompt string) (pos, neg conditioning.Result, err error) {
+	if pos, err = c.m.Encode(ctx, prompt, conditioning.DefaultOptions()); err != nil {
+		return pos, neg, err
+	}
+	if c.def.ZeroEmptyNegative {
+		return pos, conditioning.Result{Hidden: make([]float32, len(pos.Hidden)), Length: pos.Length, Dim: pos.Dim,
+			Pooled: make([]float32, len(pos.Pooled))}, nil
+	}
+	neg, err = c.m.Encode(ctx, "", conditioning.DefaultOptions())
+	return pos, neg, err
+}
+
+// unetStep runs one denoiser evaluation with classifier-free guidance:
+// 2·b rows (unconditional first) at latent side s, with the prompt's real
+// conditioning and the family's extra conditioning for an s·factor image.
+// Inputs are built once per shape, outside any timing.
+func (c *components) unetStep(ctx context.Context, prompt string, b, s int) ([]float32, error) {
+	if c.in == nil || c.in.b != b || c.in.s != s {
+		pos, neg, err := c.encodePair(ctx, prompt)
+		if err != nil {
+			return nil, err
+		}
+		if neg.Length != pos.Length {
+			return nil, fmt.Errorf("prompt and negative encode to %d and %d tokens", pos.Length, neg.Length)
+		}
+		side := s * c.def.Factor
+		cond, uncond, err := c.m.Extra(family.ExtraInput{Width: side, Height: side})
+		if err != nil {
+			return nil, err
+		}
+		ch := c.def.LatentChannels
+		if c.def.DenoiserChannels > 0 {
+			ch = c.def.DenoiserChannels
+		}
+		n := 2 * b
+		in := family.DenoiseInput{X: c.randn(n * ch * s * s), Shape: [4]int{n, ch, s, s}, ContextLen: pos.Length}
+		for i := range n {
+			r, e := neg, uncond
+			if i >= b {
+				r, e = pos, cond
+			}
+			in.Timesteps = append(in.Timesteps, 500)
+			in.Context = append(in.Context, r.Hidden...)
+			in.Pooled = append(in.Pooled, r.Pooled...)
+			in.Extra = append(in.Extra, e...)
+		}
+		c.in = &stepInputs{b: b, s: s, in: in}
+	}
+	return c.m.Denoise(ctx, c.in.in)
+}
+
+// decode decodes b random latents of side s.
+func (c *components) decode(ctx context.Context, b, s int) error {
+	n := b * c.def.LatentChannels * s * s
+	if len(c.dec) != n {
+		c.dec = c.randn(n)
+	}
+	_, _, err := c.m.DecodeLatents(ctx, c.dec, [4]int{b, c.def.LatentChannels, s, s})
+	return err
+}
 
 func (c *components) time(ctx context.Context, r *Result, opts Options, s int, prog *Progress, label string) error {
 	reps := opts.Warmup + opts.Iterations
@@ -382,10 +387,7 @@ func (c *components) time(ctx context.Context, r *Result, opts Options, s int, p
 	prog.describe(label + ": text encoder")
 	for i := 0; i <= reps; i++ { // one extra warm-up: the graph is captured on the second run
 		t := time.Now()
-		if _, err := c.enc.Encode(ctx, opts.Prompt, conditioning.DefaultOptions()); err != nil {
-			return err
-		}
-		if _, err := c.enc.Encode(ctx, "", conditioning.DefaultOptions()); err != nil {
+		if _, _, err := c.encodePair(ctx, opts.Prompt); err != nil {
 			return err
 		}
 		if i > opts.Warmup {
@@ -396,7 +398,7 @@ func (c *components) time(ctx context.Context, r *Result, opts Options, s int, p
 	prog.describe(label + ": UNet step")
 	for i := 0; i <= reps; i++ {
 		t := time.Now()
-		if _, err := c.unetStep(ctx, r.Batch, s); err != nil {
+		if _, err := c.unetStep(ctx, opts.Prompt, r.Batch, s); err != nil {
 			return err
 		}
 		if i > opts.Warmup {
@@ -405,10 +407,9 @@ func (c *components) time(ctx context.Context, r *Result, opts Options, s int, p
 		prog.add(1)
 	}
 	prog.describe(label + ": VAE decode")
-	z := c.randn(r.Batch * 4 * s * s)
 	for i := 0; i <= reps; i++ {
 		t := time.Now()
-		if _, _, err := c.va.Decode(ctx, z, [4]int{r.Batch, 4, s, s}); err != nil {
+		if err := c.decode(ctx, r.Batch, s); err != nil {
 			return err
 		}
 		if i > opts.Warmup {

@@ -136,3 +136,26 @@ func TestSyntheticModels(t *testing.T) {
 		}
 	}
 }
+
+// TestRunSDXLFixtureOnCPU runs the suite, components included, on the tiny
+// SDXL fixture: the components go through the family seam, so the
+// denoiser step carries SDXL's pooled text and time ids (an SD-only path
+// would fail to build or to run it).
+func TestRunSDXLFixtureOnCPU(t *testing.T) {
+	o := DefaultOptions()
+	o.Models = []string{"../core/model/sdxl/testdata/base"}
+	o.Batches = []int{1, 2}
+	o.Steps, o.Iterations, o.Warmup, o.Guidance = 2, 1, 0, 5
+	rep, err := Run(context.Background(), &cuda.Selection{Backend: cpu.New(), Reason: "test"}, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 2 {
+		t.Fatalf("%d results", len(rep.Results))
+	}
+	for _, r := range rep.Results {
+		if r.TextEncoder.N != 1 || r.UNetStep.N != 1 || r.VAEDecode.N != 1 || r.EndToEnd.N != 1 || r.Width != 64 {
+			t.Errorf("batch %d: missing measurements %+v", r.Batch, r)
+		}
+	}
+}

@@ -418,7 +418,7 @@ func (e *cudaEngine) ltMatmul(k *ltCall) error {
 		}
 		e.ltPlans[k.shape] = p
 	}
-	return p.Run(e.ltH, cu.DevicePtr(k.a), cu.DevicePtr(k.b), cu.DevicePtr(k.c), cu.DevicePtr(k.d), cu.DevicePtr(k.e), k.beta, e.ws, workspaceLen, e.stream)
+	return p.Run(e.ltH, cu.DevicePtr(k.a), cu.DevicePtr(k.b), cu.DevicePtr(k.c), cu.DevicePtr(k.d), cu.DevicePtr(k.e), cu.DevicePtr(k.sa), cu.DevicePtr(k.sb), k.beta, e.ws, workspaceLen, e.stream)
 }
 
 func (e *cudaEngine) destroyEvent(ev eventHandle) { _ = e.drv.EventDestroy(cu.Event(ev)) }

@@ -48,6 +48,11 @@ type Options struct {
 	// Fuse folds residual additions into the kernel that makes one operand
 	// (default on; KILN_CUDA_FUSE=0 turns it off).
 	Fuse bool
+	// Precision "fp8" runs the large matrix products of linear layers and
+	// 1×1 convolutions in E4M3 with per-tensor scales where the device
+	// supports it (sm_90 with the Hopper image); "" or "fp16" keeps them in
+	// the activation dtype (KILN_CUDA_PRECISION).
+	Precision string
 	// Poison fills all activation memory with 0xff bytes (NaN in every
 	// float type) before each segment runs, so that tests catch outputs a
 	// kernel failed to write.
@@ -124,8 +129,12 @@ type Device struct {
 	convPick map[convKey]convPlan
 	linPick  map[linKey]linPlan
 	attnPick map[attnKey]attnPlan
-	fhLayout int    // descriptor convention the Hopper attention verified with; -1 unknown, fhBroken none
-	sm90a    string // what became of the Hopper image (kiln doctor)
+	fhLayout int   // descriptor convention the Hopper attention verified with; -1 unknown, fhBroken none
+	fp8      int8  // fp8 products: 0 not yet known, 1 usable, -1 not
+	fp8Min   int64 // fewest multiply-adds an fp8 product needs (fp8MinWork)
+	q8seg    *segment
+	q8memo   map[*buffer]q8Memo // activations quantised in segment q8seg
+	sm90a    string             // what became of the Hopper image (kiln doctor)
 	tuneLog  []string
 	later    *tuneQueue // shapes whose tuning is deferred (see DeferTuning)
 
@@ -182,7 +191,7 @@ func (w *worker) stop() { close(w.ch) }
 func newDevice(info Info, opts Options, eng engine, w *worker) *Device {
 	d := &Device{info: info, opts: opts, eng: eng, w: w, seg: &segment{},
 		graphs: make(map[string]*graphEntry), byFirst: make(map[string]*graphEntry), seen: make(map[uint64]int),
-		convPick: make(map[convKey]convPlan), linPick: make(map[linKey]linPlan), attnPick: make(map[attnKey]attnPlan), fhLayout: -1}
+		convPick: make(map[convKey]convPlan), linPick: make(map[linKey]linPlan), attnPick: make(map[attnKey]attnPlan), fhLayout: -1, fp8Min: fp8MinWork}
 	if d.opts.MaxGraphs < 1 {
 		d.opts.MaxGraphs = 1
 	}
@@ -333,6 +342,10 @@ func (d *Device) releaseBuffer(b *buffer) {
 		d.releaseBuffer(c)
 	}
 	b.alt = nil
+	if b.q8 != nil {
+		d.releaseBuffer(b.q8)
+		b.q8 = nil
+	}
 }
 
 func (d *Device) releaseDeferred() {

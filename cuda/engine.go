@@ -18,6 +18,7 @@ type cudnnCall struct {
 type ltCall struct {
 	shape         cublas.LtShape
 	a, b, c, d, e uint64 // e: bias
+	sa, sb        uint64 // FP8 shapes: the scales of A and B
 	beta          float32
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-project/kiln/cuda/internal/cu"
 	"github.com/kiln-project/kiln/cuda/internal/cublas"
 	"github.com/kiln-project/kiln/cuda/internal/cudnn"
+	"github.com/kiln-project/kiln/cuda/internal/half"
 	"github.com/kiln-project/kiln/cuda/internal/kernels"
 )
 
@@ -251,6 +252,33 @@ func (e *fakeEngine) emulate(kernel string, cfg launchCfg, a []karg) error {
 	parts := strings.Split(kernel, "_")
 	last := parts[len(parts)-1]
 	switch {
+	case strings.HasPrefix(kernel, "q8_amax_"):
+		// Block b of the grid-stride loop takes the 8-element vectors
+		// i with (i / 256) % grid == b.
+		n, grid := a[2].i(), int(cfg.grid[0])
+		x := e.read(a[1].p(), dtOf(last), n)
+		part := make([]float32, grid)
+		for i, v := range x {
+			b := (i / 8 / 256) % grid
+			part[b] = max(part[b], float32(math.Abs(float64(v))))
+		}
+		e.write(a[0].p(), tensor.F32, part)
+	case strings.HasPrefix(kernel, "q8_quant_"):
+		parts, n := a[4].i(), a[5].i()
+		var amax float32
+		for _, v := range e.read(a[3].p(), tensor.F32, parts) {
+			amax = max(amax, v)
+		}
+		s := float32(1)
+		if amax > 0 {
+			s = amax / 448
+		}
+		inv := 1 / s
+		q := e.bytes(a[0].p(), int64(n))
+		for i, v := range e.read(a[2].p(), dtOf(last), n) {
+			q[i] = half.ToE4M3(v * inv)
+		}
+		e.write(a[1].p(), tensor.F32, []float32{s})
 	case strings.HasPrefix(kernel, "convert_"):
 		from, to := dtOf(parts[1]), dtOf(parts[2])
 		n := a[2].i()
@@ -878,6 +906,9 @@ func (e *fakeEngine) ltMatmul(c *ltCall) error {
 		}()
 		sh := k.shape
 		dt := cuDT(sh.Type)
+		if sh.FP8 {
+			return e.lt8(&k)
+		}
 		g := cublas.Gemm{TransA: sh.TransA, TransB: sh.TransB, M: sh.M, N: sh.N, K: sh.K, Alpha: 1,
 			A: cu.DevicePtr(k.a), AType: sh.Type, LDA: sh.LDA, B: cu.DevicePtr(k.b), BType: sh.Type, LDB: sh.LDB,
 			C: cu.DevicePtr(k.d), CType: sh.Type, LDC: sh.LDC, Batch: 1}
@@ -906,4 +937,43 @@ func (e *fakeEngine) ltMatmul(c *ltCall) error {
 		e.write(k.d, dt, out)
 		return nil
 	})
+}
+
+// lt8 emulates an fp8 cuBLASLt product (op(A) = Aᵀ, op(B) = B, E4M3 with
+// float32 scales): D = sA·sB·Aᵀ·B + beta·C + bias.
+func (e *fakeEngine) lt8(k *ltCall) error {
+	sh := k.shape
+	if sh.TransA != cublas.OpT || sh.TransB != cublas.OpN {
+		return fmt.Errorf("fake fp8 product: only TN is supported (as on Hopper)")
+	}
+	dt := cuDT(sh.Type)
+	sa, sb := e.read(k.sa, tensor.F32, 1)[0], e.read(k.sb, tensor.F32, 1)[0]
+	a := e.bytes(k.a, int64((sh.M-1)*sh.LDA+sh.K))
+	b := e.bytes(k.b, int64((sh.N-1)*sh.LDB+sh.K))
+	var cvals, bias []float32
+	if k.beta != 0 {
+		cvals = e.read(k.c, dt, (sh.N-1)*sh.LDC+sh.M)
+	}
+	if sh.Bias {
+		bias = e.read(k.e, dt, sh.M)
+	}
+	out := e.read(k.d, dt, (sh.N-1)*sh.LDC+sh.M)
+	for j := 0; j < sh.N; j++ {
+		for i := 0; i < sh.M; i++ {
+			var s float64
+			for l := 0; l < sh.K; l++ {
+				s += float64(half.FromE4M3(a[l+i*sh.LDA])) * float64(half.FromE4M3(b[l+j*sh.LDB]))
+			}
+			v := float32(s * float64(sa) * float64(sb))
+			if cvals != nil {
+				v += k.beta * cvals[i+j*sh.LDC]
+			}
+			if bias != nil {
+				v += bias[i]
+			}
+			out[i+j*sh.LDC] = v
+		}
+	}
+	e.write(k.d, dt, out)
+	return nil
 }

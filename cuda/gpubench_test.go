@@ -26,7 +26,7 @@ func TestDoctorReport(t *testing.T) {
 // TestGPUBench runs the `kiln bench` suite from the test binary, for GPU
 // machines that get test binaries rather than a kiln build (see
 // scripts/gpu-check.sh). It runs only with KILN_BENCH=1; KILN_BENCH_MODELS,
-// KILN_BENCH_BATCHES, KILN_BENCH_STEPS, KILN_BENCH_ITERS, KILN_BENCH_PROFILE
+// KILN_BENCH_BATCHES, KILN_BENCH_STEPS, KILN_BENCH_ITERS, KILN_BENCH_GUIDANCE, KILN_BENCH_PROFILE
 // and KILN_BENCH_OUT (JSON) configure it.
 func TestGPUBench(t *testing.T) {
 	if os.Getenv("KILN_BENCH") != "1" {
@@ -52,6 +52,9 @@ func TestGPUBench(t *testing.T) {
 	}
 	if n, err := strconv.Atoi(os.Getenv("KILN_BENCH_ITERS")); err == nil {
 		o.Iterations = n
+	}
+	if g, err := strconv.ParseFloat(os.Getenv("KILN_BENCH_GUIDANCE"), 64); err == nil {
+		o.Guidance = g
 	}
 	o.Profile = os.Getenv("KILN_BENCH_PROFILE") == "1"
 	sel, err := cuda.Select(os.Getenv("KILN_BENCH_DEVICE"))

@@ -47,7 +47,9 @@ func (b *Backend) Linear(x, w, bias *tensor.Tensor) *tensor.Tensor {
 		return b.wrap(osh, dt, rowMajor, out)
 	}
 	xb := b.asType(b.logical(x, xs), x.DType(), dt, x.Numel())
-	b.matmulNT(out, xb, ws.buf, m, n, k, dt, bb, nil)
+	if !b.linear8(out, xb, ws.buf, bb, m, n, k, dt) {
+		b.matmulNT(out, xb, ws.buf, m, n, k, dt, bb, nil)
+	}
 	return b.wrap(osh, dt, rowMajor, out)
 }
 
@@ -177,7 +179,9 @@ func (b *Backend) Conv2D(x, w, bias *tensor.Tensor, p backend.Conv2DParams) *ten
 	g := convGeom{bn: bn, h: h, w: wd, c: cin, ho: ho, wo: wo, cout: cout, kh: kh, kw: kw, stride: p.Stride, padT: p.PadTop, padL: p.PadLeft}
 	m := bn * ho * wo
 	if kh == 1 && kw == 1 && p.Stride == 1 && p.PadTop == 0 && p.PadLeft == 0 && p.PadBottom == 0 && p.PadRight == 0 {
-		b.matmulNT(out, xb, wb, m, cout, cin, dt, bb, nil)
+		if !b.linear8(out, xb, wb, bb, m, cout, cin, dt) {
+			b.matmulNT(out, xb, wb, m, cout, cin, dt, bb, nil)
+		}
 	} else {
 		biasT := b.d.biasIn(bb, dt, cout)
 		b.emitConv(b.planConv(g, p.PadBottom, p.PadRight, dt, biasT != nil), out, xb, wb, bb, biasT, dt, g)

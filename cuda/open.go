@@ -223,6 +223,9 @@ func recordLabel(r *record) string {
 		}
 		return fmt.Sprintf("cudnn conv algo %d", r.algo)
 	case recLt:
+		if r.lt.FP8 {
+			return fmt.Sprintf("cublasLt fp8 gemm %dx%dx%d", r.lt.M, r.lt.N, r.lt.K)
+		}
 		if r.lt.Bias {
 			return fmt.Sprintf("cublasLt gemm+bias %dx%dx%d", r.lt.M, r.lt.N, r.lt.K)
 		}

@@ -41,6 +41,9 @@ func (o *Options) fromEnv(get func(string) string) {
 	if v := get("KILN_CUDA_GROUPNORM"); v != "" {
 		o.GroupNorm = v
 	}
+	if v := get("KILN_CUDA_PRECISION"); v != "" {
+		o.Precision = v
+	}
 	if v := get("KILN_CUDA_LINEAR"); v != "" {
 		o.Linear = v
 	}

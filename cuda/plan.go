@@ -530,7 +530,7 @@ func (d *Device) exec(r *record) error {
 		if c == 0 {
 			c = refAddr(r.gc)
 		}
-		return d.eng.ltMatmul(&ltCall{shape: r.lt, a: refAddr(r.ga), b: refAddr(r.gb), c: c, d: refAddr(r.gc), e: refAddr(r.gbias), beta: r.beta})
+		return d.eng.ltMatmul(&ltCall{shape: r.lt, a: refAddr(r.ga), b: refAddr(r.gb), c: c, d: refAddr(r.gc), e: refAddr(r.gbias), sa: refAddr(r.gsa), sb: refAddr(r.gsb), beta: r.beta})
 	}
 	return fmt.Errorf("cuda: unknown record kind %d", r.kind)
 }

@@ -41,6 +41,7 @@ type buffer struct {
 	dead error // non-nil: the contents are gone (why)
 
 	alt map[tensor.DType]*buffer // copies of a bias weight in other dtypes
+	q8  *buffer                  // a matrix weight's E4M3 copy (fp8.go)
 }
 
 // storage is one tensor handle's view of a buffer.
@@ -95,6 +96,7 @@ type record struct {
 	algo       int
 	lt         cublas.LtShape // recLt: A = ga, B = gb, D = gc
 	gz, gbias  bufRef         // recCudnn, recLt: residual (C) and bias, optional
+	gsa, gsb   bufRef         // recLt with lt.FP8: the scales of A and B
 	beta       float32        // recLt
 	data       []byte         // upload source
 	dst        *buffer        // upload or memset target
@@ -213,6 +215,23 @@ func (d *Device) ltRecord(sh cublas.LtShape, a, b, bias, out *buffer) {
 	d.add(r)
 }
 
+// lt8Record records the fp8 cuBLASLt product out = sa·sb·op(a)·op(b)
+// (+ bias), a and b E4M3 with their float32 scales at sa and sb.
+func (d *Device) lt8Record(sh cublas.LtShape, a, b bufRef, sa, sb bufRef, bias, out *buffer) {
+	sh.FP8 = true
+	r := &record{kind: recLt, lt: sh, ga: a, gb: b, gsa: sa, gsb: sb, gc: bufRef{buf: out}, writes: out, reads: []*buffer{a.buf, b.buf}}
+	for _, x := range []*buffer{sa.buf, sb.buf} {
+		if x != a.buf && x != b.buf {
+			r.reads = append(r.reads, x)
+		}
+	}
+	if bias != nil {
+		r.gbias = bufRef{buf: bias}
+		r.reads = append(r.reads, bias)
+	}
+	d.add(r)
+}
+
 // uploadRecord records copying host bytes into dst at flush.
 func (d *Device) uploadRecord(dst *buffer, data []byte) {
 	d.add(&record{kind: recUpload, dst: dst, data: data, writes: dst})
@@ -301,6 +320,11 @@ func encodeRecord(dst []byte, seg *segment, r *record) []byte {
 		}
 		if sh.Bias {
 			k.u32(1)
+		}
+		if sh.FP8 {
+			k.u32(8)
+			k.ref(seg, r.gsa.buf, r.gsa.off)
+			k.ref(seg, r.gsb.buf, r.gsb.off)
 		}
 		k.ref(seg, r.ga.buf, r.ga.off)
 		k.ref(seg, r.gb.buf, r.gb.off)

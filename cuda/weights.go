@@ -387,6 +387,10 @@ func (d *Device) offloadBufs(bufs []*buffer) error {
 			d.releaseBuffer(c)
 		}
 		b.alt = nil
+		if b.q8 != nil {
+			d.releaseBuffer(b.q8)
+			b.q8 = nil
+		}
 		d.alloc.release(b.addr, b.ownSize)
 		d.addWeights(-b.size)
 		b.own, b.addr, b.dead = false, 0, errOffloaded

@@ -96,11 +96,16 @@ broken=$work/e2e-broken
 cp -r "$model" "$broken"
 find "$broken/unet" -name '*.safetensors' -exec truncate -s 1000 {} +
 
+# A tiny SDXL model (core/model/sdxl's test weights, native 64²): the page's
+# SDXL-only settings (size buckets, micro-conditioning) run against it.
+sdxl=$root/core/model/sdxl/testdata/base
+[[ -f $sdxl/model_index.json ]] || { echo "web-e2e: no SDXL test model at $sdxl" >&2; exit 1; }
+
 # start NAME: runs kiln serve on a free loopback port; sets $url.
 start() {
   local name=$1 log=$work/$1.log
   "$work/kiln" serve --listen 127.0.0.1:0 --data-dir "$work/$name-data" \
-    "${model_flags[@]}" --model "e2e-broken=$broken" \
+    "${model_flags[@]}" --model "e2e-broken=$broken" --model "e2e-sdxl=$sdxl" \
     --shutdown-timeout 5s >"$log" 2>&1 &
   pids+=($!)
   url=""
@@ -133,7 +138,7 @@ status=0
 (
   cd web/e2e
   KILN_URL=$open_url KILN_KEYED_URL=$keyed_url KILN_KEY=$key KILN_MODEL_NAME=$model_name KILN_SCREENSHOT=$shot \
-    node --test --test-concurrency=1 ${KILN_E2E_TESTS:-unit.test.mjs generate.test.mjs auth.test.mjs layout.test.mjs}
+    node --test --test-concurrency=1 ${KILN_E2E_TESTS:-unit.test.mjs generate.test.mjs edit.test.mjs auth.test.mjs layout.test.mjs}
 ) || status=$?
 
 if ((status != 0)); then

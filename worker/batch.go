@@ -428,7 +428,7 @@ func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []B
 func (w *Worker) request(a *active) (Request, error) {
 	p := &a.job.Params
 	req := Request{
-		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
+		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt, Prompt2: p.Prompt2, NegativePrompt2: p.NegativePrompt2,
 		Width: p.Width, Height: p.Height, Steps: p.Steps, N: p.N,
 		ClipSkip: p.ClipSkip, Guidance: p.Guidance, Sampler: p.Sampler,
 		Seed: p.Seed, Strength: p.Strength, SharedNoise: p.SharedNoise, LoRAs: p.LoRAs, Embeddings: p.Embeddings,

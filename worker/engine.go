@@ -24,13 +24,15 @@ import (
 type Request struct {
 	Prompt         string
 	NegativePrompt string
-	Width, Height  int
-	Steps          int
-	N              int
-	ClipSkip       int
-	Guidance       float64
-	Sampler        string
-	Seed           uint64
+	// Prompt2 and NegativePrompt2 go to a second text encoder (SDXL).
+	Prompt2, NegativePrompt2 string
+	Width, Height            int
+	Steps                    int
+	N                        int
+	ClipSkip                 int
+	Guidance                 float64
+	Sampler                  string
+	Seed                     uint64
 	// SharedNoise draws all images' noise from one generator seeded with
 	// Seed instead of one per image seeded Seed+i.
 	SharedNoise bool

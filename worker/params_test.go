@@ -21,3 +21,16 @@ func TestParametersListLoRAHashes(t *testing.T) {
 		t.Errorf("no LoRAs, yet %q", s)
 	}
 }
+
+// TestParametersHires checks a hires job's PNG parameters: the first
+// pass's size (not the image's), the hires denoise and A1111's hires fields.
+func TestParametersHires(t *testing.T) {
+	p := jobs.Params{Prompt: "x", Steps: 20, Model: "m", Width: 512, Height: 512,
+		Hires: &jobs.Hires{Scale: 2, Upscaler: "latent", Steps: 10, Denoise: 0.5}}
+	s := generation(p, 1, 1024, 1024, "").Parameters().String()
+	for _, want := range []string{"Size: 512x512", "Denoising strength: 0.5", "Hires upscale: 2", "Hires steps: 10", "Hires upscaler: Latent"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("parameters %q lack %q", s, want)
+		}
+	}
+}

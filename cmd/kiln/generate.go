@@ -35,13 +35,14 @@ import (
 
 // generateFlags are the command-line settings of `kiln generate`.
 type generateFlags struct {
-	model, prompt, negative, sampler, rngKind, initImage, output, latents, device, profile, tuningDir string
-	refiner                                                                                           string
-	steps, width, height, n, clipSkip                                                                 int
-	guidance, rescale, strength, eta, refinerSwitch                                                   float64
-	seed                                                                                              int64
-	emphasis, truncate                                                                                bool
-	edit                                                                                              editFlags
+	model, prompt, negative, prompt2, negative2, sampler, rngKind, initImage, output, latents, device, profile, tuningDir string
+	refiner                                                                                                               string
+	steps, width, height, n, clipSkip                                                                                     int
+	guidance, rescale, strength, eta, refinerSwitch                                                                       float64
+	seed                                                                                                                  int64
+	emphasis, truncate                                                                                                    bool
+	edit                                                                                                                  editFlags
+	hires                                                                                                                 hiresFlags
 	// set names the flags given on the command line (the model family's
 	// defaults replace the profile's for the others).
 	set map[string]bool
@@ -54,6 +55,8 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.model, "model", "", "model: diffusers folder or single-file checkpoint, or synthetic:sd15 (random weights, for timing) (default: the built-in "+models.BuiltinName+")")
 	fs.StringVar(&f.prompt, "prompt", "", "what to draw")
 	fs.StringVar(&f.negative, "negative-prompt", "", "what not to draw")
+	fs.StringVar(&f.prompt2, "prompt-2", "", "SDXL: the second text encoder's prompt (default: --prompt)")
+	fs.StringVar(&f.negative2, "negative-prompt-2", "", "SDXL: the second text encoder's negative prompt (default: --negative-prompt)")
 	defs, err := config.Default()
 	if err != nil {
 		return nil, err
@@ -84,6 +87,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	fs.StringVar(&f.refiner, "refiner", "", "refiner model (an SDXL refiner): the model denoises until --refiner-switch, the refiner finishes")
 	fs.Float64Var(&f.refinerSwitch, "refiner-switch", 0.8, "fraction of the schedule the model runs before the refiner takes over, in (0, 1)")
 	f.edit.register(fs)
+	f.hires.register(fs)
 	fs.StringVar(&f.device, "device", "auto", "compute device: auto (the first GPU when a CUDA driver and cuBLAS are found, else the CPU), cpu, or cuda:N")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -145,6 +149,9 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	if err := f.edit.check(f.initImage, set); err != nil {
 		return nil, usageError{err}
 	}
+	if err := f.hires.check(f.initImage, set); err != nil {
+		return nil, usageError{err}
+	}
 	if f.sampler != "" {
 		known := false
 		for _, n := range sample.Names() {
@@ -186,7 +193,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		seed = uint64(binary.LittleEndian.Uint32(b[:]))
 	}
 	req := pipeline.Request{
-		Prompt: f.prompt, NegativePrompt: f.negative, Width: f.width, Height: f.height, Steps: f.steps,
+		Prompt: f.prompt, NegativePrompt: f.negative, Prompt2: f.prompt2, NegativePrompt2: f.negative2, Width: f.width, Height: f.height, Steps: f.steps,
 		N: f.n, ClipSkip: f.clipSkip, Guidance: f.guidance, GuidanceRescale: f.rescale, Sampler: strings.ToLower(f.sampler),
 		Eta: f.eta, Seed: seed, RNG: f.rngKind, Emphasis: f.emphasis, Truncate: f.truncate,
 		SkipDecode: f.output == "" && f.latents != "",
@@ -199,6 +206,9 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		req.InitImage, req.Strength = im, f.strength
 	}
 	if err := f.edit.apply(&req); err != nil {
+		return err
+	}
+	if req.Hires, err = f.hires.parse(); err != nil {
 		return err
 	}
 	sel, err := cuda.Select(f.device)
@@ -362,6 +372,7 @@ func generationParameters(f *generateFlags, req pipeline.Request, res *pipeline.
 	if req.InitImage != nil {
 		g.DenoisingStrength = req.Strength
 	}
+	f.hires.generation(&g, req, res)
 	ps := g.Parameters()
 	f.edit.parameters(&ps, res, i)
 	if f.refiner != "" { // AUTOMATIC1111's names for the SDXL hand-off

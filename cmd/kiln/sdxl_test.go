@@ -23,6 +23,8 @@ func TestGenerateSDXL(t *testing.T) {
 		key  string
 	}{
 		{"txt2img", []string{"--seed", "1234", "--steps", "8"}, "pipe/txt2img_euler/latents"},
+		{"prompt_2", []string{"--seed", "1238", "--steps", "8", "--negative-prompt", "green", "--prompt-2", "a yellow square at the bottom",
+			"--negative-prompt-2", "a black star"}, "pipe/txt2img_euler_prompt2/latents"},
 		{"refiner", []string{"--seed", "42", "--steps", "10", "--refiner", filepath.Join(dir, "refiner"), "--refiner-switch", "0.8"}, "pipe/handoff_euler/latents"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -34,6 +34,10 @@ type Options struct {
 	// (names, hashes, weights); "" for none. It is part of every cache key
 	// of an encoding.
 	Adapters string
+	// Text2 is the prompt for a family's second text encoder (SDXL's
+	// prompt_2 / negative_prompt_2); "" gives it the same text. It is part
+	// of every cache key of an encoding.
+	Text2 string
 	// Embeddings are textual inversions the prompt may name: where the
 	// tokens of an embedding's name appear they are replaced by its
 	// vectors for the encoder's namespace (see Encoder.SetNamespace).

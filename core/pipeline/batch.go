@@ -157,6 +157,7 @@ type batchState struct {
 	// passes before and after this one, for progress across both.
 	hires                *hiresPlan
 	stepBase, stepsAfter int
+	hiresFrom            [2]int // a hires second pass's first-pass size
 	x                    []float32
 	res                  *Result
 	err                  error
@@ -451,7 +452,8 @@ func (b *batchRun) decode(live []*batchState) {
 		if st.err != nil {
 			continue
 		}
-		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings}
+		st.res = &Result{Latents: st.x, LatentShape: [4]int{st.n, st.c, st.h, st.w}, Seeds: st.seeds, Subseeds: st.subseeds, Sampler: st.name, Warnings: st.warnings,
+			HiresFrom: st.hiresFrom}
 		if st.req.SkipDecode {
 			continue
 		}

@@ -60,8 +60,8 @@ type hiresInit struct {
 }
 
 // hiresPlan is a hires request in flight: the request as given, its
-// resolved second-pass settings, and how many evaluations each pass runs
-// (for progress across both).
+// resolved second-pass settings, and how many evaluations the second pass
+// runs (for progress across both).
 type hiresPlan struct {
 	req           Request
 	width, height int
@@ -204,6 +204,7 @@ func (p *Pipeline) secondPass(ctx context.Context, st *batchState) (*batchState,
 		return nil, fmt.Errorf("pipeline: hires pass: %w", err)
 	}
 	next.stepBase = st.stepBase + st.total
+	next.hiresFrom = [2]int{st.req.Width, st.req.Height}
 	next.warnings = append(append([]string(nil), st.warnings...), next.warnings...)
 	return next, nil
 }

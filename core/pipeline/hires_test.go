@@ -45,7 +45,7 @@ func TestHiresLanczosIsTwoPasses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.PixelShape != [4]int{1, 3, 96, 96} || res.Images[0].Bounds().Dx() != 96 {
+	if res.PixelShape != [4]int{1, 3, 96, 96} || res.Images[0].Bounds().Dx() != 96 || res.HiresFrom != [2]int{64, 64} {
 		t.Fatalf("hires result %v, want 96×96", res.PixelShape)
 	}
 	// 4 first-pass steps, then 3 of 6 at denoise 0.5

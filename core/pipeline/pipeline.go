@@ -41,6 +41,11 @@ type Request struct {
 	// zero: the family's defaults.
 	Micro                  family.Micro
 	Prompt, NegativePrompt string
+	// Prompt2 and NegativePrompt2 go to a family's second text encoder
+	// (SDXL's prompt_2 and negative_prompt_2; "": the same as Prompt and
+	// NegativePrompt). An empty negative conditions on zeros where the
+	// family says so only when both negatives are empty.
+	Prompt2, NegativePrompt2 string
 	// Width and Height are the image size in pixels (0: the model's
 	// default, or the init image's size); both must divide by the VAE
 	// downsampling factor.
@@ -164,6 +169,9 @@ type Result struct {
 	Warnings []string
 	// Sampler is the sampler that ran (resolved name).
 	Sampler string
+	// HiresFrom is a hires job's first-pass size (width, height); zero
+	// otherwise.
+	HiresFrom [2]int
 }
 
 // Pipeline is a loaded model ready to generate. It is not safe for
@@ -423,7 +431,9 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []
 	}
 	defer removeText()
 	opts := conditioning.Options{ClipSkip: j.req.ClipSkip, Emphasis: j.req.Emphasis, LongPrompts: !j.req.Truncate, Adapters: adapters, Embeddings: j.req.Embeddings}
-	pos, err := p.encode(ctx, j.req.Prompt, opts)
+	popts, nopts := opts, opts
+	popts.Text2, nopts.Text2 = j.req.Prompt2, j.req.NegativePrompt2
+	pos, err := p.encode(ctx, j.req.Prompt, popts)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("pipeline: prompt: %w", err)
 	}
@@ -431,11 +441,11 @@ func (p *Pipeline) conditioning(ctx context.Context, j *job) ([]float32, int, []
 	parts := []conditioning.Result{pos}
 	if j.cfg {
 		var neg conditioning.Result
-		if j.req.NegativePrompt == "" && p.def.ZeroEmptyNegative {
+		if j.req.NegativePrompt == "" && j.req.NegativePrompt2 == "" && p.def.ZeroEmptyNegative {
 			// zero conditioning, shaped like the prompt's
 			neg = conditioning.Result{Hidden: make([]float32, len(pos.Hidden)), Length: pos.Length, Dim: pos.Dim,
 				Pooled: make([]float32, len(pos.Pooled))}
-		} else if neg, err = p.encode(ctx, j.req.NegativePrompt, opts); err != nil {
+		} else if neg, err = p.encode(ctx, j.req.NegativePrompt, nopts); err != nil {
 			return nil, 0, nil, fmt.Errorf("pipeline: negative prompt: %w", err)
 		}
 		parts = []conditioning.Result{neg, pos}

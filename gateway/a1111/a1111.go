@@ -3,7 +3,8 @@
 // authenticated like any other), answered in A1111's shapes — base64
 // images, the request echoed as "parameters", the generation info as a
 // JSON string "info" — with A1111's sampler and scheduler names mapped to
-// Kiln's. Options (model, clip skip) are kept per tenant; progress shows
+// Kiln's. Options (model, clip skip) are kept per tenant
+// (persisted where the Backend is a StateStore); progress shows
 // the tenant's current job with its latest preview; interrupt and skip
 // cancel jobs; png-info reads the "parameters" chunk back.
 package a1111
@@ -147,13 +148,54 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// StateStore keeps adapter state across restarts. A Backend that also
+// implements it has the tenants' options persisted.
+type StateStore interface {
+	LoadState(ctx context.Context, key string) ([]byte, error)
+	SaveState(ctx context.Context, key string, data []byte) error
+}
+
+// storedOptions is a tenant's options as persisted.
+type storedOptions struct {
+	Model    string `json:"model,omitempty"`
+	ClipSkip int    `json:"clip_skip"`
+}
+
+func optionsKey(tenant string) string { return "a1111.options." + tenant }
+
 func (h *Handler) opts(tenant string) tenantOptions {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if o := h.options[tenant]; o != nil {
+		h.mu.Unlock()
 		return *o
 	}
-	return tenantOptions{clipSkip: 1}
+	h.mu.Unlock()
+	o := tenantOptions{clipSkip: 1}
+	if st, ok := h.b.(StateStore); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		data, err := st.LoadState(ctx, optionsKey(tenant))
+		cancel()
+		var so storedOptions
+		if err == nil && data != nil && json.Unmarshal(data, &so) == nil {
+			o = tenantOptions{model: so.Model, clipSkip: max(1, so.ClipSkip)}
+		}
+	}
+	return o
+}
+
+// saveOpts records a tenant's options (in memory and, with a StateStore,
+// persisted).
+func (h *Handler) saveOpts(ctx context.Context, tenant string, o tenantOptions) *apierr.Error {
+	if st, ok := h.b.(StateStore); ok {
+		data, _ := json.Marshal(storedOptions{Model: o.model, ClipSkip: o.clipSkip})
+		if err := st.SaveState(ctx, optionsKey(tenant), data); err != nil {
+			return apierr.New(http.StatusServiceUnavailable, apierr.CodeUnavailable, "", "storing the options failed; retry")
+		}
+	}
+	h.mu.Lock()
+	h.options[tenant] = &o
+	h.mu.Unlock()
+	return nil
 }
 
 // ---- generation ----
@@ -600,9 +642,10 @@ func (h *Handler) setOptions(w http.ResponseWriter, r *http.Request, p auth.Prin
 		WriteError(w, err)
 		return
 	}
-	h.mu.Lock()
-	h.options[p.Tenant] = &o
-	h.mu.Unlock()
+	if err := h.saveOpts(r.Context(), p.Tenant, o); err != nil {
+		WriteError(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 

@@ -52,3 +52,36 @@ func (b adapterBackend) Subscribe(tenant string, buf int) (<-chan live.Update, f
 
 // GPUs returns the GPUs the workers report.
 func (b adapterBackend) GPUs() []events.GPU { return b.status(context.Background()).GPUs }
+
+// LoadState reads an adapter's persisted state (nil without a store or a
+// value).
+func (b adapterBackend) LoadState(ctx context.Context, key string) ([]byte, error) {
+	if b.o.State == nil {
+		return nil, nil
+	}
+	return b.o.State.Get(ctx, key)
+}
+
+// SaveState persists an adapter's state (a no-op without a store).
+func (b adapterBackend) SaveState(ctx context.Context, key string, data []byte) error {
+	if b.o.State == nil {
+		return nil
+	}
+	return b.o.State.Put(ctx, key, data)
+}
+
+// ListState reads the persisted state under a key prefix.
+func (b adapterBackend) ListState(ctx context.Context, prefix string) (map[string][]byte, error) {
+	if b.o.State == nil {
+		return nil, nil
+	}
+	return b.o.State.List(ctx, prefix)
+}
+
+// DeleteState removes persisted state.
+func (b adapterBackend) DeleteState(ctx context.Context, key string) error {
+	if b.o.State == nil {
+		return nil
+	}
+	return b.o.State.Delete(ctx, key)
+}

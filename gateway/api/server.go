@@ -36,6 +36,7 @@ import (
 	"github.com/kiln-project/kiln/gateway/urlsign"
 	"github.com/kiln-project/kiln/gateway/validate"
 	"github.com/kiln-project/kiln/gateway/ws"
+	"github.com/kiln-project/kiln/server/adapterstate"
 	"github.com/kiln-project/kiln/server/audit"
 	"github.com/kiln-project/kiln/server/catalog"
 	"github.com/kiln-project/kiln/server/config"
@@ -106,6 +107,9 @@ type Options struct {
 	Web http.Handler
 	// Library is the installed LoRAs and embeddings (nil: none).
 	Library *loralib.Library
+	// State persists the adapters' state: A1111 options, ComfyUI history
+	// (nil: kept in memory only).
+	State *adapterstate.Store
 }
 
 // Server is the gateway.

@@ -7,8 +7,10 @@
 // /queue, /interrupt, /object_info, /system_stats and /upload/image answer
 // in ComfyUI's shapes, and /ws sends its status, execution_start,
 // executing, progress, executed, execution_success, execution_error and
-// execution_interrupted messages with binary preview frames. Prompts and
-// their history are kept in memory per tenant.
+// execution_interrupted messages with binary preview frames. Prompts are
+// kept in memory per tenant; finished ones (the history) are also
+// persisted where the Backend is a StateStore, so /history survives a
+// restart.
 package comfyui
 
 import (
@@ -82,6 +84,8 @@ type Handler struct {
 	number  int
 	prompts map[string]*tenantPrompts
 	sockets map[string]map[*socket]struct{}
+	// loaded marks tenants whose persisted history was read.
+	loaded map[string]bool
 }
 
 type tenantPrompts struct {
@@ -107,7 +111,8 @@ func New(o Options) *Handler {
 		o.History = 200
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Handler{o: o, ctx: ctx, cancel: cancel, prompts: map[string]*tenantPrompts{}, sockets: map[string]map[*socket]struct{}{}}
+	return &Handler{o: o, ctx: ctx, cancel: cancel, prompts: map[string]*tenantPrompts{}, sockets: map[string]map[*socket]struct{}{},
+		loaded: map[string]bool{}}
 }
 
 // Close stops following prompts and closes the sockets.
@@ -229,6 +234,7 @@ func (h *Handler) postPrompt(w http.ResponseWriter, r *http.Request, p auth.Prin
 		WriteError(w, err)
 		return
 	}
+	h.load(r.Context(), p.Tenant)
 	if len(req.Prompt) == 0 {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: ErrorItem{Type: "no_prompt", Message: "No prompt provided",
 			ExtraInfo: map[string]any{}}, NodeErrors: map[string]NodeError{}})
@@ -292,8 +298,9 @@ func (h *Handler) postPrompt(w http.ResponseWriter, r *http.Request, p auth.Prin
 	}
 	h.number++
 	pr.number = h.number
-	h.add(pr)
+	dropped := h.add(pr)
 	h.mu.Unlock()
+	h.forget(p.Tenant, dropped)
 	go h.follow(pr, updates, unsubscribe)
 	h.broadcastStatus(p.Tenant)
 	writeJSON(w, http.StatusOK, PromptResponse{PromptID: id, Number: pr.number, NodeErrors: map[string]NodeError{}})
@@ -350,8 +357,8 @@ func (h *Handler) tenant(t string) *tenantPrompts {
 }
 
 // add records a prompt, dropping the oldest finished ones beyond the
-// history size; h.mu is held.
-func (h *Handler) add(pr *prompt) {
+// history size (their ids are returned); h.mu is held.
+func (h *Handler) add(pr *prompt) (dropped []string) {
 	tp := h.tenant(pr.tenant)
 	tp.byID[pr.id] = pr
 	tp.order = append(tp.order, pr)
@@ -367,8 +374,10 @@ func (h *Handler) add(pr *prompt) {
 			break
 		}
 		delete(tp.byID, tp.order[drop].id)
+		dropped = append(dropped, tp.order[drop].id)
 		tp.order = append(tp.order[:drop], tp.order[drop+1:]...)
 	}
+	return dropped
 }
 
 // follow turns a prompt's job events into ComfyUI messages until its
@@ -485,6 +494,7 @@ func (h *Handler) follow(pr *prompt, updates <-chan live.Update, unsubscribe fun
 	if status == "success" {
 		h.send(pr, "execution_success", map[string]any{"prompt_id": pr.id, "timestamp": time.Now().UnixMilli()})
 	}
+	h.persist(pr, status) // before /history shows it: a restart keeps what a client saw
 	h.setStatus(pr, status)
 	h.send(pr, "executing", map[string]any{"node": nil, "prompt_id": pr.id})
 	h.broadcastStatus(pr.tenant)
@@ -555,6 +565,7 @@ func (pr *prompt) queueItem() []any {
 }
 
 func (h *Handler) history(w http.ResponseWriter, r *http.Request, p auth.Principal, params map[string]string) {
+	h.load(r.Context(), p.Tenant)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := map[string]HistoryEntry{}

@@ -239,12 +239,10 @@ func TestApplyInpaint(t *testing.T) {
 	}
 
 	// a mask that repaints nothing, and a missing image, name the node
-	for _, mv := range []maskVal{{upload: "a-0.png", channel: "red", invert: true}, {upload: "b-0.png", channel: "alpha"}} {
-		pl = &plan{initImage: "a-0.png", inpaint: &inpaintVal{node: "11", mask: mv}}
-		// red is 200/255 everywhere: inverted, 0.2 — not empty; use blue (10)
-		if mv.channel == "red" {
-			pl.inpaint.mask = maskVal{solid: 0, width: 8, height: 8}
-		}
+	for _, mv := range []maskVal{{solid: 0, width: 8, height: 8}, {upload: "a-0.png", channel: "red", invert: true},
+		{upload: "b-0.png", channel: "alpha"}} {
+		// red 200 inverted is 0.22 everywhere, which VAEEncodeForInpaint rounds to nothing
+		pl = &plan{initImage: "a-0.png", inpaint: &inpaintVal{node: "11", mask: mv, encode: mv.channel == "red", grow: 6}}
 		if err := h.applyInpaint(context.Background(), "t", pl, &validate.JobRequest{}, data); err == nil || err.node != "11" || err.input != "mask" {
 			t.Fatalf("%+v: %v", pl.inpaint.mask, err)
 		}

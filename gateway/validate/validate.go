@@ -43,18 +43,23 @@ const (
 // JobRequest is the body of POST /v1/jobs. Pointer fields are optional:
 // absent means the profile's default.
 type JobRequest struct {
-	Prompt         string   `json:"prompt"`
-	NegativePrompt string   `json:"negative_prompt,omitempty"`
-	Model          string   `json:"model,omitempty"`
-	Profile        string   `json:"profile,omitempty"`
-	Width          *int     `json:"width,omitempty"`
-	Height         *int     `json:"height,omitempty"`
-	Steps          *int     `json:"steps,omitempty"`
-	Guidance       *float64 `json:"guidance,omitempty"`
-	Sampler        string   `json:"sampler,omitempty"`
-	Seed           *uint64  `json:"seed,omitempty"`
-	N              *int     `json:"n,omitempty"`
-	ClipSkip       *int     `json:"clip_skip,omitempty"`
+	Prompt         string `json:"prompt"`
+	NegativePrompt string `json:"negative_prompt,omitempty"`
+	// Prompt2 and NegativePrompt2 go to SDXL's second text encoder
+	// (diffusers' prompt_2 / negative_prompt_2; empty: the same as prompt
+	// and negative_prompt).
+	Prompt2         string   `json:"prompt_2,omitempty"`
+	NegativePrompt2 string   `json:"negative_prompt_2,omitempty"`
+	Model           string   `json:"model,omitempty"`
+	Profile         string   `json:"profile,omitempty"`
+	Width           *int     `json:"width,omitempty"`
+	Height          *int     `json:"height,omitempty"`
+	Steps           *int     `json:"steps,omitempty"`
+	Guidance        *float64 `json:"guidance,omitempty"`
+	Sampler         string   `json:"sampler,omitempty"`
+	Seed            *uint64  `json:"seed,omitempty"`
+	N               *int     `json:"n,omitempty"`
+	ClipSkip        *int     `json:"clip_skip,omitempty"`
 	// InitImage is a PNG or JPEG, base64 or as a data: URL (img2img).
 	InitImage string   `json:"init_image,omitempty"`
 	Strength  *float64 `json:"strength,omitempty"`
@@ -215,7 +220,8 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 	if strings.TrimSpace(r.Prompt) == "" && !r.AllowEmptyPrompt {
 		return jobs.Params{}, apierr.Invalid("prompt", "prompt is required")
 	}
-	for _, f := range []struct{ name, text string }{{"prompt", r.Prompt}, {"negative_prompt", r.NegativePrompt}} {
+	for _, f := range []struct{ name, text string }{{"prompt", r.Prompt}, {"negative_prompt", r.NegativePrompt},
+		{"prompt_2", r.Prompt2}, {"negative_prompt_2", r.NegativePrompt2}} {
 		if !utf8.ValidString(f.text) {
 			return jobs.Params{}, apierr.Invalid(f.name, "%s is not valid UTF-8", f.name)
 		}
@@ -239,6 +245,16 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		v.cache.Set(key, &cp, int64(len(key))+256)
 	}
 	params.Prompt, params.NegativePrompt = r.Prompt, r.NegativePrompt
+	if r.Prompt2 != "" || r.NegativePrompt2 != "" {
+		if mm, ok := v.models.Get(params.Model); !ok || mm.Family != "sdxl" {
+			field := "prompt_2"
+			if r.Prompt2 == "" {
+				field = "negative_prompt_2"
+			}
+			return jobs.Params{}, apierr.Invalid(field, "%s is for SDXL's second text encoder; %q has none", field, params.Model)
+		}
+	}
+	params.Prompt2, params.NegativePrompt2 = r.Prompt2, r.NegativePrompt2
 	params.Nodes = r.Nodes
 	params.SharedNoise = r.SharedNoise
 	if r.Micro != nil {

@@ -110,6 +110,12 @@ func TestPlanCacheKeysOnQuotaAndModels(t *testing.T) {
 	if a.Prompt != "first" || b.Prompt != "second" || b.NegativePrompt != "n2" || a.Seed != 7 {
 		t.Fatalf("per-request fields mixed up: %+v %+v", a, b)
 	}
+	if _, err := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Prompt2: "\xff"}, false); err == nil || err.Field != "prompt_2" {
+		t.Fatalf("invalid prompt_2 accepted: %v", err)
+	}
+	if _, err := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", NegativePrompt2: "y"}, false); err == nil || err.Field != "negative_prompt_2" {
+		t.Fatalf("negative_prompt_2 for an SD model accepted: %v", err)
+	}
 }
 
 func TestCheckLimits(t *testing.T) {
@@ -291,6 +297,14 @@ func TestMicroConditioning(t *testing.T) {
 	p, perr := v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "xl", Micro: mc}, false)
 	if perr != nil || p.Micro == nil || *p.Micro != *mc {
 		t.Fatalf("sdxl: %+v %v", p.Micro, perr)
+	}
+	// prompt_2 / negative_prompt_2 reach the job of an SDXL model, per request.
+	p, perr = v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "xl", Prompt2: "p2", NegativePrompt2: "n2"}, false)
+	if perr != nil || p.Prompt2 != "p2" || p.NegativePrompt2 != "n2" {
+		t.Fatalf("sdxl prompt_2: %+v %v", p, perr)
+	}
+	if p, _ = v.Plan(principal(1, 60), &JobRequest{Prompt: "x", Model: "xl"}, false); p.Prompt2 != "" {
+		t.Fatalf("prompt_2 came from the plan cache: %q", p.Prompt2)
 	}
 	for _, c := range []struct {
 		model string

@@ -56,18 +56,22 @@ func ValidPriority(p string) bool {
 
 // Params are a job's validated, normalised generation parameters.
 type Params struct {
-	Model          string  `json:"model"`
-	Profile        string  `json:"profile"`
-	Prompt         string  `json:"prompt"`
-	NegativePrompt string  `json:"negative_prompt,omitempty"`
-	Width          int     `json:"width"`
-	Height         int     `json:"height"`
-	Steps          int     `json:"steps"`
-	Guidance       float64 `json:"guidance"`
-	Sampler        string  `json:"sampler"`
-	Seed           uint64  `json:"seed"`
-	N              int     `json:"n"`
-	ClipSkip       int     `json:"clip_skip,omitempty"`
+	Model          string `json:"model"`
+	Profile        string `json:"profile"`
+	Prompt         string `json:"prompt"`
+	NegativePrompt string `json:"negative_prompt,omitempty"`
+	// Prompt2 and NegativePrompt2 are SDXL's second-encoder prompts ("":
+	// the same as Prompt and NegativePrompt).
+	Prompt2         string  `json:"prompt_2,omitempty"`
+	NegativePrompt2 string  `json:"negative_prompt_2,omitempty"`
+	Width           int     `json:"width"`
+	Height          int     `json:"height"`
+	Steps           int     `json:"steps"`
+	Guidance        float64 `json:"guidance"`
+	Sampler         string  `json:"sampler"`
+	Seed            uint64  `json:"seed"`
+	N               int     `json:"n"`
+	ClipSkip        int     `json:"clip_skip,omitempty"`
 	// InitImage names the uploaded init image (img2img); Strength applies.
 	InitImage string  `json:"init_image,omitempty"`
 	Strength  float64 `json:"strength,omitempty"`

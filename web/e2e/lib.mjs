@@ -5,6 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 /** A required environment variable. */
@@ -18,7 +19,7 @@ export function env(name) {
 export const openURL = () => env('KILN_URL');
 
 // Generous: the CI machine has two cores shared by everything.
-export const SLOW = 120_000;
+export const SLOW = Number(process.env.KILN_E2E_TIMEOUT_MS) || 120_000;
 
 /**
  * Launches Chromium with a fresh profile directory; returns {context, page,
@@ -137,4 +138,67 @@ export function contrast(a, b) {
   };
   const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
   return (x + 0.05) / (y + 0.05);
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+/** A PNG chunk of type (4 letters) and data (bytes). */
+export function pngChunk(type, data) {
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  out.write(type, 4, 'latin1');
+  Buffer.from(data).copy(out, 8);
+  let c = 0xffffffff;
+  for (const b of out.subarray(4, 8 + data.length)) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  out.writeUInt32BE((c ^ 0xffffffff) >>> 0, 8 + data.length);
+  return out;
+}
+
+/**
+ * An RGB PNG of w × h whose pixel (x, y) is rgb(x, y) → [r, g, b]; text
+ * chunks {keyword: text} are written as tEXt.
+ */
+export function makePNG(w, h, rgb, text = {}) {
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const [r, g, b] = rgb(x, y);
+      raw.set([r, g, b], y * (w * 3 + 1) + 1 + x * 3);
+    }
+  }
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), pngChunk('IHDR', ihdr),
+    ...Object.entries(text).map(([k, v]) => pngChunk('tEXt', Buffer.from(`${k}\0${v}`, 'latin1'))),
+    pngChunk('IDAT', deflateSync(raw)), pngChunk('IEND', Buffer.alloc(0))]);
+}
+
+/**
+ * Decodes an image in the page (a URL, or a data: URL) into
+ * {width, height, data: [r, g, b, a, …]}.
+ */
+export function pagePixels(page, url) {
+  return page.evaluate(async (u) => {
+    // Through an <img>: the page's policy lets images (not fetch) load data: URLs.
+    const img = new Image();
+    img.src = u;
+    await img.decode();
+    const bmp = await createImageBitmap(img);
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    const g = c.getContext('2d');
+    g.drawImage(bmp, 0, 0);
+    return { width: bmp.width, height: bmp.height, data: [...g.getImageData(0, 0, bmp.width, bmp.height).data] };
+  }, url);
+}
+
+/** Waits until a job is final on the server; returns it. */
+export async function waitJob(page, base, id) {
+  await page.waitForSelector(`li.job[data-id="${id}"][data-status="succeeded"], li.job[data-id="${id}"][data-status="failed"]`);
+  return (await page.request.get(`${base}/v1/jobs/${id}`)).json();
 }

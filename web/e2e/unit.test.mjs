@@ -3,10 +3,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  buildRequest, chosenSize, insertExtraNetwork, defaultSettings, defaultSize, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
+  buildRequest, chosenSize, hiresSize, sizePresets, SDXL_BUCKETS, insertExtraNetwork, defaultSettings, defaultSize, effectiveLimits, etaSeconds, failureText, formatBytes, formatDuration,
   jobsAhead, progressText, queueText, settingsFromParams, sizeProblem, statusRank, submitErrorText, validateSettings,
 } from '../js/format.js';
 import { decodePreview } from '../js/preview.js';
+import { snap8, outpaintSize, maskPixels, invertLayer, editProblem, editFields } from '../js/edit.js';
 
 const account = {
   quota: { max_pixels: 1048576, max_steps: 150, max_n: 8 },
@@ -189,7 +190,7 @@ test('A1111 parameters become form settings', async () => {
   const { settings, skipped } = settingsFromParameters(p, { samplers, models: ['tiny'] });
   assert.deepEqual(settings, {
     prompt: 'a red circle, (blue:1.2) square', negative_prompt: 'blurry', steps: '20', guidance: '7.5', seed: '1234',
-    width: '768', height: '512', size: '768x512', sampler: 'dpmpp_2m_karras', model: 'tiny',
+    width: '768', height: '512', size: '768x512', sampler: 'dpmpp_2m_karras', model: 'tiny', hires: '',
   });
   assert.deepEqual(skipped, []);
   const other = settingsFromParameters(parseParameters('x\nSteps: 4, Sampler: Restart, CFG scale: 3, Seed: 9, Model: sdxl-base'),
@@ -204,4 +205,73 @@ test('the LoRA/embedding picker inserts prompt syntax at the caret', () => {
   assert.deepEqual(insertExtraNetwork('a cat', 1, 'embedding', 'badhands'), { text: 'a badhands cat', caret: 10 });
   assert.deepEqual(insertExtraNetwork('', undefined, 'lora', 'x'), { text: '<lora:x:1>', caret: 10 });
   assert.deepEqual(insertExtraNetwork('a ', 2, 'embedding', 'e'), { text: 'a e', caret: 3 });
+});
+
+test('SDXL models get their size buckets and native size; others the usual presets', () => {
+  const sdxl = { family: 'sdxl', native_width: 1024, native_height: 1024 };
+  assert.deepEqual(sizePresets(sdxl), SDXL_BUCKETS);
+  assert.deepEqual(sizePresets({ family: 'sd', native_width: 512, native_height: 512 })[0], [128, 128]);
+  assert.deepEqual(sizePresets({ family: 'sdxl', native_width: 512, native_height: 512 }).slice(0, 2), [[512, 512], [576, 448]]);
+  const lim = effectiveLimits({ quota: { max_pixels: 4194304, max_steps: 150, max_n: 8 } }, null);
+  assert.deepEqual(defaultSize(sdxl, balanced, lim), { width: 1024, height: 1024, source: 'model' });
+});
+
+test('hires fix and micro-conditioning settings validate and become request fields', () => {
+  const lim = effectiveLimits(account, null);
+  const s = { ...defaultSettings(), prompt: 'x', hires: '1', hires_scale: '1.5', hires_upscaler: 'lanczos', hires_steps: '6' };
+  assert.deepEqual(hiresSize(s, 512, 512), [768, 768]);
+  assert.deepEqual(hiresSize({ ...s, hires_height: '1024' }, 512, 256), [2048, 1024]);
+  assert.deepEqual(validateSettings(s, lim, { width: 512, height: 512 }), {});
+  assert.deepEqual(buildRequest(s, { width: 512, height: 512 }).hires, { upscaler: 'lanczos', scale: 1.5, steps: 6 });
+  assert.deepEqual(buildRequest({ ...s, hires_width: '1024', hires_denoise: '0.3' }, null).hires,
+    { upscaler: 'lanczos', width: 1024, height: 0, steps: 6, denoise: 0.3 });
+  assert.match(validateSettings({ ...s, hires_scale: '8' }, lim, { width: 512, height: 512 }).hires, /at most 4/);
+  assert.match(validateSettings({ ...s, hires_scale: '4' }, lim, { width: 512, height: 512 }).hires, /your limit/);
+  assert.match(validateSettings({ ...s, hires_denoise: '0' }, lim, { width: 512, height: 512 }).hires, /denoising/);
+  assert.match(validateSettings(s, lim, { width: 512, height: 512 }, { editing: true }).hires, /new images only/);
+  assert.equal(buildRequest({ ...s, hires: '' }, null).hires, undefined);
+
+  const m = { ...defaultSettings(), prompt: 'x', micro_original_width: '2048', micro_crop_top: '0' };
+  assert.deepEqual(buildRequest(m, null, { family: 'sdxl' }).micro_conditioning, { original_width: 2048, crop_top: 0 });
+  assert.equal(buildRequest(m, null, { family: 'sd' }).micro_conditioning, undefined);
+  assert.match(validateSettings({ ...m, micro_crop_top: '99999' }, lim, null, { family: 'sdxl' }).micro_conditioning, /16384/);
+  assert.deepEqual(validateSettings({ ...m, micro_crop_top: 'junk' }, lim, null, { family: 'sd' }), {});
+  // A job's hires and micro-conditioning come back into the form.
+  const back = settingsFromParams({ prompt: 'x', width: 64, height: 64, hires: { scale: 2, upscaler: 'latent', steps: 3 },
+    micro_conditioning: { original_width: 128, crop_left: 8 } }, 5);
+  assert.equal(back.hires, '1');
+  assert.equal(back.hires_scale, '2');
+  assert.equal(back.hires_steps, '3');
+  assert.equal(back.micro_original_width, '128');
+  assert.equal(back.micro_crop_left, '8');
+  assert.equal(back.micro_target_width, '');
+});
+
+test('edit helpers: mask pixels, invert, outpaint canvas and request fields', () => {
+  assert.equal(snap8(13), 16);
+  assert.equal(snap8(-20), 0);
+  assert.equal(snap8(99999), 4096);
+  assert.deepEqual(outpaintSize(128, 96, { left: 32, top: 8 }), [160, 104]);
+  const layer = new Uint8ClampedArray([9, 9, 9, 255, 0, 0, 0, 0, 1, 2, 3, 127, 0, 0, 0, 200]);
+  const { pixels, white } = maskPixels(layer);
+  assert.equal(white, 2);
+  assert.deepEqual([...pixels], [255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255, 255]);
+  invertLayer(layer, [1, 2, 3]);
+  assert.deepEqual([...layer].filter((_, i) => i % 4 === 3), [0, 255, 255, 0]);
+
+  const base = { width: 128, height: 128, strength: '', maskBlur: '', fill: '', fullRes: false, padding: '', outpaint: {} };
+  assert.match(editProblem({ ...base, mode: 'inpaint', maskWhite: 0 }).message, /Paint over/);
+  assert.equal(editProblem({ ...base, mode: 'inpaint', maskWhite: 10 }), null);
+  assert.equal(editProblem({ ...base, mode: 'img2img', strength: '1.5' }).field, 'strength');
+  assert.match(editProblem({ ...base, mode: 'outpaint' }).message, /at least one side/);
+  assert.match(editProblem({ ...base, mode: 'outpaint', outpaint: { left: '4' } }).message, /multiples of 8/);
+  assert.equal(editProblem({ ...base, mode: 'outpaint', outpaint: { left: '16', bottom: '8' } }), null);
+
+  const init = 'data:image/png;base64,AAAA';
+  assert.deepEqual(editFields({ ...base, mode: 'img2img', strength: '0.6' }, { initImage: init }), { init_image: init, strength: 0.6 });
+  assert.deepEqual(editFields({ ...base, mode: 'inpaint', maskBlur: '8', fill: 'latent_noise', fullRes: true, padding: '16' },
+    { initImage: init, mask: 'data:m' }),
+  { init_image: init, mask: 'data:m', mask_blur: 8, inpaint_fill: 'latent_noise', inpaint_full_res: true, inpaint_full_res_padding: 16 });
+  assert.deepEqual(editFields({ ...base, mode: 'outpaint', outpaint: { left: '16', right: '', top: '0', bottom: '8' } }, { initImage: init }),
+    { init_image: init, outpaint: { left: 16, bottom: 8 } });
 });

@@ -7,6 +7,30 @@ export const SIZE_PRESETS = [
   [128, 128], [256, 256], [512, 512], [512, 768], [768, 512], [768, 768], [1024, 1024],
 ];
 
+/** SDXL's training resolutions at its 1024² native area (width × height). */
+export const SDXL_BUCKETS = [
+  [1024, 1024], [1152, 896], [896, 1152], [1216, 832], [832, 1216], [1344, 768], [768, 1344], [1536, 640], [640, 1536],
+];
+
+/**
+ * The sizes the size menu offers for a model (GET /v1/models' entry): for
+ * an SDXL model its training buckets scaled to the model's native area
+ * (exactly SDXL's at 1024²), sides rounded to multiples of 8; for others
+ * SIZE_PRESETS.
+ */
+export function sizePresets(model) {
+  if (model?.family !== 'sdxl') return SIZE_PRESETS;
+  const nw = model.native_width || 1024;
+  const nh = model.native_height || 1024;
+  const scale = Math.sqrt((nw * nh) / (1024 * 1024));
+  const out = [];
+  for (const [w, h] of SDXL_BUCKETS) {
+    const size = [Math.max(64, Math.round((w * scale) / 8) * 8), Math.max(64, Math.round((h * scale) / 8) * 8)];
+    if (!out.some(([a, b]) => a === size[0] && b === size[1])) out.push(size);
+  }
+  return out;
+}
+
 /** Label of a size preset ("512 × 768 (portrait)"). */
 export function sizeLabel(w, h) {
   const shape = w === h ? 'square' : w < h ? 'portrait' : 'landscape';
@@ -65,7 +89,34 @@ export function defaultSettings() {
   return {
     prompt: '', negative_prompt: '', model: '', profile: '', size: 'default', width: '', height: '',
     steps: '', guidance: '', sampler: '', seed: '', n: '1',
+    hires: '', hires_scale: '2', hires_width: '', hires_height: '', hires_upscaler: 'latent', hires_steps: '',
+    hires_denoise: '',
+    ...Object.fromEntries(MICRO_FIELDS.map((k) => [`micro_${k}`, ''])),
   };
+}
+
+/** The micro_conditioning fields the form offers for SDXL models. */
+export const MICRO_FIELDS = ['original_width', 'original_height', 'crop_left', 'crop_top', 'target_width', 'target_height'];
+
+/** The largest micro-conditioning size or crop the server accepts. */
+const MAX_MICRO = 16384;
+
+/**
+ * The size the hires fix produces from a first pass of w × h: its own
+ * width and height when given (one of them left empty keeps the aspect
+ * ratio), else w × h times the scale; sides rounded down to multiples of 8
+ * (as the server does).
+ * NaN sides when the fields are junk.
+ */
+export function hiresSize(s, w, h) {
+  const hw = parseIntField(s.hires_width) || null;
+  const hh = parseIntField(s.hires_height) || null;
+  if (hw !== null && hh !== null) return [hw, hh];
+  if (hw !== null) return [hw, Math.floor(Math.floor((hw * h) / w) / 8) * 8];
+  if (hh !== null) return [Math.floor(Math.floor((hh * w) / h) / 8) * 8, hh];
+  const scale = parseNumberField(s.hires_scale) ?? 2;
+  if (Number.isNaN(scale) || !(w > 0) || !(h > 0)) return [NaN, NaN];
+  return [Math.floor(Math.floor(w * scale) / 8) * 8, Math.floor(Math.floor(h * scale) / 8) * 8];
 }
 
 /**
@@ -99,7 +150,7 @@ export function chosenSize(s, dflt) {
  * API's field names (prompt, width, steps, guidance, seed, n); empty when
  * the settings are fine.
  */
-export function validateSettings(s, lim, dflt) {
+export function validateSettings(s, lim, dflt, ctx = {}) {
   const errs = {};
   if (!s.prompt.trim()) errs.prompt = 'Write a prompt first.';
   else if ([...s.prompt].length > lim.maxPromptChars) errs.prompt = `The prompt is longer than ${lim.maxPromptChars} characters.`;
@@ -123,11 +174,54 @@ export function validateSettings(s, lim, dflt) {
   const n = parseIntField(s.n);
   if (Number.isNaN(n) || n === 0) errs.n = 'The number of images must be at least 1.';
   else if (n !== null && n > lim.maxN) errs.n = `At most ${lim.maxN} images per job are allowed.`;
+  if (s.hires) {
+    const p = ctx.editing ? 'The hires fix makes new images only: remove the image to edit, or turn it off.'
+      : hiresProblem(s, w, h, lim);
+    if (p) errs.hires = p;
+  }
+  if (ctx.family === 'sdxl') {
+    for (const k of MICRO_FIELDS) {
+      const v = parseIntField(s[`micro_${k}`]);
+      if (Number.isNaN(v) || (v !== null && v > MAX_MICRO)) {
+        errs.micro_conditioning = `Micro-conditioning sizes and crops must be whole numbers from 0 to ${MAX_MICRO}, or empty.`;
+        break;
+      }
+    }
+  }
   return errs;
 }
 
-/** The body of POST /v1/jobs for valid settings (empty fields are left out). */
-export function buildRequest(s, dflt) {
+/** What is wrong with the hires-fix settings for a first pass of w × h ("" when nothing). */
+function hiresProblem(s, w, h, lim) {
+  const scale = parseNumberField(s.hires_scale);
+  const hw = parseIntField(s.hires_width);
+  const hh = parseIntField(s.hires_height);
+  if (Number.isNaN(hw) || Number.isNaN(hh)) return 'The hires width and height must be whole numbers of pixels.';
+  if (hw === null && hh === null && (Number.isNaN(scale) || (scale !== null && (scale <= 1 || scale > 4)))) {
+    return 'The hires scale must be a number above 1 and at most 4.';
+  }
+  if (w !== null && h !== null && !Number.isNaN(w) && !Number.isNaN(h)) {
+    const [tw, th] = hiresSize(s, w, h);
+    const p = sizeProblem(tw, th, lim);
+    if (p) return `Hires size: ${p}`;
+    if (tw < w || th < h) return `The hires size ${tw} × ${th} must not be smaller than the first pass (${w} × ${h}).`;
+  }
+  const steps = parseIntField(s.hires_steps);
+  if (Number.isNaN(steps) || steps === 0 || (steps !== null && steps > lim.maxSteps)) {
+    return `Hires steps must be a whole number from 1 to ${lim.maxSteps}, or empty for the same as the first pass.`;
+  }
+  const d = parseNumberField(s.hires_denoise);
+  if (Number.isNaN(d) || (d !== null && (d <= 0 || d > 1))) return 'Hires denoising must be above 0 and at most 1.';
+  return '';
+}
+
+/**
+ * The body of POST /v1/jobs for valid settings (empty fields are left
+ * out). ctx.family is the model's family: micro-conditioning goes only to
+ * SDXL models; ctx.editing tells that an init image goes with the request
+ * (the hires fix does not combine with one).
+ */
+export function buildRequest(s, dflt, ctx = {}) {
   const r = { prompt: s.prompt };
   if (s.negative_prompt.trim()) r.negative_prompt = s.negative_prompt;
   if (s.model) r.model = s.model;
@@ -146,13 +240,48 @@ export function buildRequest(s, dflt) {
   if (seed !== null) r.seed = seed;
   const n = parseIntField(s.n);
   if (n !== null && n !== 1) r.n = n;
+  if (s.hires) {
+    const hr = { upscaler: s.hires_upscaler || 'latent' };
+    const hw = parseIntField(s.hires_width);
+    const hh = parseIntField(s.hires_height);
+    if (hw || hh) {
+      hr.width = hw ?? 0; // 0: keeps the first pass's aspect ratio
+      hr.height = hh ?? 0;
+    } else {
+      hr.scale = parseNumberField(s.hires_scale) ?? 2;
+    }
+    const hs = parseIntField(s.hires_steps);
+    if (hs !== null) hr.steps = hs;
+    const hd = parseNumberField(s.hires_denoise);
+    if (hd !== null) hr.denoise = hd;
+    r.hires = hr;
+  }
+  if (ctx.family === 'sdxl') {
+    const m = {};
+    for (const k of MICRO_FIELDS) {
+      const v = parseIntField(s[`micro_${k}`]);
+      if (v !== null) m[k] = v;
+    }
+    if (Object.keys(m).length) r.micro_conditioning = m;
+  }
   return r;
 }
 
-/** Settings that reproduce a job's image (for "use these settings again"). */
-export function settingsFromParams(p, seed) {
-  const preset = SIZE_PRESETS.some(([w, h]) => w === p.width && h === p.height);
+/**
+ * Settings that reproduce a job's image (for "use these settings again").
+ * A hires-fix job's width and height are its first pass's (what the form
+ * asks for); presets are the sizes the menu offers for the job's model.
+ */
+export function settingsFromParams(p, seed, presets = SIZE_PRESETS) {
+  const preset = presets.some(([w, h]) => w === p.width && h === p.height);
+  const hr = p.hires ?? null;
+  const micro = p.micro_conditioning ?? {};
+  const str = (v) => (v === undefined || v === null ? '' : String(v));
   return {
+    hires: hr ? '1' : '', hires_scale: hr?.scale ? str(hr.scale) : '2', hires_width: hr?.width ? str(hr.width) : '',
+    hires_height: hr?.height ? str(hr.height) : '', hires_upscaler: hr?.upscaler || 'latent',
+    hires_steps: str(hr?.steps), hires_denoise: str(hr?.denoise),
+    ...Object.fromEntries(MICRO_FIELDS.map((k) => [`micro_${k}`, micro[k] ? String(micro[k]) : ''])),
     prompt: p.prompt ?? '', negative_prompt: p.negative_prompt ?? '', model: p.model ?? '', profile: p.profile ?? '',
     size: preset ? `${p.width}x${p.height}` : 'custom', width: String(p.width ?? ''), height: String(p.height ?? ''),
     steps: String(p.steps ?? ''), guidance: String(p.guidance ?? ''), sampler: p.sampler ?? '',
@@ -230,6 +359,9 @@ export function failureText(err) {
 const FIELD_NAMES = {
   prompt: 'Prompt', negative_prompt: 'Negative prompt', model: 'Model', profile: 'Profile', width: 'Size',
   height: 'Size', steps: 'Steps', guidance: 'Guidance', sampler: 'Sampler', seed: 'Seed', n: 'Images',
+  hires: 'Hires fix', micro_conditioning: 'Micro-conditioning', init_image: 'Image', mask: 'Mask', outpaint: 'Outpaint',
+  strength: 'Denoising strength', mask_blur: 'Mask blur', inpaint_fill: 'Masked content', inpaint_full_res: 'Inpaint area',
+  inpaint_full_res_padding: 'Padding',
 };
 
 /** An API error from submitting a job, in plain words. */

@@ -16,7 +16,8 @@ const PAGE = 12;
 /** JobList owns the list of job cards. */
 export class JobList {
   /**
-   * o: {api, list, more, empty, filter, error, onUse(settings), samplerLabel(id)}
+   * o: {api, list, more, empty, filter, error, onUse(settings), samplerLabel(id),
+   * onSendToInpaint(imageURL, {name, params, seed})}
    */
   constructor(o) {
     this.o = o;
@@ -310,7 +311,7 @@ class JobCard {
     const label = this.list.o.samplerLabel(p.sampler);
     const bits = [p.model, p.width && `${p.width} × ${p.height}`, p.steps && `${p.steps} steps`, label,
       p.guidance !== undefined && `guidance ${p.guidance}`, p.seed !== undefined && `seed ${p.seed}`,
-      p.n > 1 && `${p.n} images`, p.profile && `profile ${p.profile}`].filter(Boolean);
+      p.n > 1 && `${p.n} images`, p.profile && `profile ${p.profile}`, editLabel(p), hiresLabel(p.hires)].filter(Boolean);
     this.paramsEl.replaceChildren(bits.join(' · '));
     if (p.negative_prompt) {
       this.paramsEl.append(h('br'), h('span', { class: 'neg' }, `Negative: ${p.negative_prompt}`));
@@ -356,12 +357,20 @@ class JobCard {
       type: 'button', class: 'link', onclick: () => copyText(String(im.seed), `Seed ${im.seed} copied`),
       'aria-label': `Copy seed ${im.seed}`,
     }, 'Copy seed');
+    const inpaint = h('button', {
+      type: 'button', class: 'link', disabled: true, 'aria-label': `Send image with seed ${im.seed} to inpaint`,
+    }, 'Send to inpaint');
     const fig = h('figure', { class: 'result' }, h('div', { class: 'result-frame' }, img),
-      h('figcaption', {}, h('span', { class: 'seed' }, `Seed ${im.seed}`), h('span', { class: 'result-actions' }, copy, dl)));
+      h('figcaption', {}, h('span', { class: 'seed' }, `Seed ${im.seed}`), h('span', { class: 'result-actions' }, copy, dl, inpaint)));
     this.list.image(im.url).then((url) => {
       img.src = url;
       dl.href = url;
       dl.removeAttribute('aria-disabled');
+      inpaint.disabled = false;
+      inpaint.onclick = () => {
+        this.list.o.onSendToInpaint?.(im.url, { name, params: p, seed: im.seed })
+          .catch((e) => announce(`Could not send the image: ${sentence(e.message)}`));
+      };
     }).catch((e) => {
       fig.querySelector('.result-frame').replaceChildren(h('p', { class: 'job-error' }, `The image could not be loaded: ${sentence(e.message)}`));
     });
@@ -474,6 +483,26 @@ class JobCard {
       this.renderActions();
     }
   }
+}
+
+/** "inpaint", "outpaint ←64 →64", "img2img 0.6" for a job that edits an image; "" otherwise. */
+function editLabel(p) {
+  if (!p.init_image) return '';
+  const strength = p.strength ? ` ${p.strength}` : '';
+  if (p.mask) return `inpaint${strength}`;
+  if (p.outpaint) {
+    const o = p.outpaint;
+    const sides = [['←', o.left], ['→', o.right], ['↑', o.top], ['↓', o.bottom]].filter(([, v]) => v).map(([a, v]) => `${a}${v}`);
+    return `outpaint ${sides.join(' ')}`;
+  }
+  return `img2img${strength}`;
+}
+
+/** "hires ×2 latent" / "hires 1024 × 1024 lanczos"; "" without hires. */
+function hiresLabel(hr) {
+  if (!hr) return '';
+  const size = hr.scale ? `×${hr.scale}` : `${hr.width} × ${hr.height}`;
+  return `hires ${size}${hr.upscaler ? ` ${hr.upscaler}` : ''}`;
 }
 
 function duration(j) {

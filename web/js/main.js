@@ -5,9 +5,10 @@
 import { Api } from './api.js';
 import { Auth } from './auth.js';
 import { announce } from './dom.js';
-import { insertExtraNetwork, submitErrorText, sentence } from './format.js';
+import { insertExtraNetwork, submitErrorText, sentence, settingsFromParams } from './format.js';
 import { JobList } from './jobs.js';
 import { LiveSocket } from './live.js';
+import { ImageEditor } from './editor.js';
 import { decodePreview } from './preview.js';
 import { SettingsForm } from './settings.js';
 import { StatusPanel } from './status.js';
@@ -18,7 +19,8 @@ const auth = new Auth($('key-dialog'));
 const api = new Api(() => auth.key);
 let samplerLabels = new Map();
 
-const settings = new SettingsForm($('generate'), { onSubmit: submit });
+const editor = new ImageEditor($('edit'), { onChange: () => settings?.refreshProfile() });
+const settings = new SettingsForm($('generate'), { onSubmit: submit, imageSize: () => editor.defaultSize() });
 const status = new StatusPanel($('status'));
 const jobs = new JobList({
   api, list: $('jobs'), more: $('more'), empty: $('jobs-empty'), filter: $('filter'), error: $('jobs-error'),
@@ -27,7 +29,22 @@ const jobs = new JobList({
     announce('Settings loaded into the form');
   },
   samplerLabel: (id) => samplerLabels.get(id) ?? id,
+  onSendToInpaint: sendToInpaint,
 });
+
+/**
+ * "Send to inpaint": a finished image becomes the init image, its job's
+ * settings fill the form (the size follows the image), and the mask
+ * tools open.
+ */
+async function sendToInpaint(url, { name, params, seed }) {
+  const blob = await api.imageBlob(url);
+  settings.apply({ ...settingsFromParams(params, seed), size: 'default', hires: '' });
+  await editor.load(blob, name, 'inpaint');
+  $('edit').scrollIntoView({ block: 'start', behavior: 'smooth' });
+  $('edit-mode').focus();
+  announce('Image sent to inpaint: paint over what should change');
+}
 
 const live = new LiveSocket({
   url: () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws?subscribe=all`,
@@ -112,12 +129,19 @@ function showBanner(retryInMs) {
 async function submit() {
   const formError = $('form-error');
   formError.hidden = true;
+  const editProblem = editor.check();
   const req = settings.request();
-  if (!req) return;
+  if (!req || editProblem) return;
   const button = $('submit');
   button.disabled = true;
   button.textContent = 'Sending…';
   try {
+    Object.assign(req, await editor.request());
+    if (req.outpaint) {
+      // The server sizes the outpainted canvas itself.
+      delete req.width;
+      delete req.height;
+    }
     const job = await api.submit(req);
     jobs.added(job);
     live.subscribe([job.id]);
@@ -125,7 +149,7 @@ async function submit() {
   } catch (e) {
     if (e.status === 401) {
       reauth('The server asks for an API key.');
-    } else if (!(e.field && settings.showError(e.field, submitErrorText(e)))) {
+    } else if (!(e.field && (settings.showError(e.field, submitErrorText(e)) || editor.showError(e.field, submitErrorText(e))))) {
       formError.textContent = submitErrorText(e);
       formError.hidden = false;
     }

@@ -124,6 +124,29 @@ export function settingsFromParameters(p, { samplers = [], models = [] } = {}) {
     if (hit) s.sampler = hit.id;
     else skipped.push(`sampler ${label}`);
   }
+  // Hires fix (A1111's txt2img "Hires upscale/resize, Hires steps, Hires
+  // upscaler", with the second pass's "Denoising strength").
+  const resize = /^(\d+)x(\d+)$/.exec(String(f['Hires resize'] ?? '').trim());
+  if (f['Hires upscale'] !== undefined || resize) {
+    s.hires = '1';
+    s.hires_scale = '2';
+    s.hires_width = '';
+    s.hires_height = '';
+    if (resize) [s.hires_width, s.hires_height] = [String(Number(resize[1])), String(Number(resize[2]))];
+    else if (Number(f['Hires upscale']) > 0) s.hires_scale = String(Number(f['Hires upscale']));
+    s.hires_steps = int(f['Hires steps']) && f['Hires steps'] !== '0' ? int(f['Hires steps']) : '';
+    const d = Number(f['Denoising strength']);
+    s.hires_denoise = f['Denoising strength'] !== undefined && d > 0 && d <= 1 ? String(d) : '';
+    const up = String(f['Hires upscaler'] ?? 'Latent');
+    if (/^latent/i.test(up)) s.hires_upscaler = 'latent';
+    else if (/^lanczos$/i.test(up)) s.hires_upscaler = 'lanczos';
+    else {
+      s.hires_upscaler = 'latent';
+      skipped.push(`upscaler ${up}`);
+    }
+  } else {
+    s.hires = '';
+  }
   if (f.Model) {
     if (models.includes(f.Model)) s.model = f.Model;
     else skipped.push(`model ${f.Model}`);

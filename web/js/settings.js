@@ -6,7 +6,8 @@
 import { h } from './dom.js';
 import { readPNGText, parseParameters, settingsFromParameters } from './pngparams.js';
 import {
-  SIZE_PRESETS, sizeLabel, effectiveLimits, defaultSize, defaultSettings, validateSettings, buildRequest, randomSeed,
+  sizePresets, sizeLabel, effectiveLimits, defaultSize, defaultSettings, validateSettings, buildRequest, randomSeed,
+  chosenSize, hiresSize, MICRO_FIELDS,
 } from './format.js';
 
 const STORAGE_KEY = 'kiln.settings.v1';
@@ -15,18 +16,30 @@ const STORAGE_KEY = 'kiln.settings.v1';
 const CONTROLS = {
   prompt: 'prompt', negative_prompt: 'negative', model: 'model', profile: 'profile', size: 'size',
   width: 'width', height: 'height', steps: 'steps', guidance: 'guidance', sampler: 'sampler', seed: 'seed', n: 'n',
+  hires: 'hires', hires_scale: 'hires-scale', hires_width: 'hires-width', hires_height: 'hires-height',
+  hires_upscaler: 'hires-upscaler', hires_steps: 'hires-steps', hires_denoise: 'hires-denoise',
+  ...Object.fromEntries(MICRO_FIELDS.map((k) => [`micro_${k}`, `micro-${k.replace('_', '-')}`])),
 };
 
 // Where the error of each API field is shown.
 const ERROR_SLOT = {
   prompt: 'prompt', negative_prompt: 'negative', model: 'model', profile: 'profile', width: 'size', height: 'size',
   steps: 'steps', guidance: 'guidance', sampler: 'sampler', seed: 'seed', n: 'n', clip_skip: 'steps',
+  hires: 'hires', micro_conditioning: 'micro',
 };
+
+// The control an error slot marks as invalid, where it is not the slot's own id.
+const SLOT_CONTROL = { hires: 'hires-scale', micro: 'micro-original-width' };
 
 /** SettingsForm drives the generate form. */
 export class SettingsForm {
-  constructor(form, { onSubmit, storage = globalThis.localStorage }) {
+  /**
+   * imageSize() gives the size an init image implies (the image panel's
+   * defaultSize: {width, height, source 'image'|'canvas'}) or null.
+   */
+  constructor(form, { onSubmit, storage = globalThis.localStorage, imageSize = () => null }) {
     this.form = form;
+    this.imageSize = imageSize;
     this.storage = storage;
     this.account = null;
     this.models = [];
@@ -50,12 +63,16 @@ export class SettingsForm {
     }
     form.addEventListener('input', (e) => {
       if (e.target.id === 'width' || e.target.id === 'height') this.el('size').value = 'custom';
+      if (!CONTROL_IDS.has(e.target.id)) return; // the image panel's own controls
       this.clearError(e.target.id);
+      this.showHires();
       this.save();
     });
     form.addEventListener('change', (e) => {
       if (e.target.id === 'profile' || e.target.id === 'model') this.refreshProfile();
       if (e.target.id === 'size') this.syncSize();
+      if (!CONTROL_IDS.has(e.target.id)) return;
+      this.showHires();
       this.save();
     });
     this.advanced.addEventListener('toggle', () => this.save());
@@ -124,9 +141,30 @@ export class SettingsForm {
     return effectiveLimits(this.account, this.currentProfile());
   }
 
-  /** The size a job gets without one: the model's native size, or the profile's. */
+  /**
+   * The size a job gets without one: the init image's (or the outpainted
+   * canvas's), else the model's native size, or the profile's.
+   */
   defaultSize() {
-    return defaultSize(this.currentModel(), this.currentProfile(), this.limits());
+    return this.imageSize() ?? defaultSize(this.currentModel(), this.currentProfile(), this.limits());
+  }
+
+  /** The model's family ("sd", "sdxl", …; "" when unknown). */
+  family() {
+    return this.currentModel()?.family ?? '';
+  }
+
+  /** Shows the hires fields when the hires fix is on, with the size it makes. */
+  showHires() {
+    const on = this.el('hires').checked;
+    this.el('hires-fields').hidden = !on;
+    const out = this.el('hires-size');
+    if (!on) return;
+    const s = this.read();
+    const [w, hgt] = chosenSize(s, this.defaultSize());
+    const [tw, th] = w && hgt ? hiresSize(s, w, hgt) : [NaN, NaN];
+    out.textContent = Number.isFinite(tw) && Number.isFinite(th)
+      ? `First pass ${w} × ${hgt}, then ${tw} × ${th}.` : '';
   }
 
   /** Rebuilds what depends on the model and profile: defaults shown, caps, size menu. */
@@ -143,15 +181,20 @@ export class SettingsForm {
 
     const size = this.el('size').value;
     const d = this.defaultSize();
-    const whose = d?.source === 'profile' ? 'Profile\'s' : 'Model\'s';
+    const whose = { profile: 'Profile\'s', image: 'Image\'s', canvas: 'Outpainted canvas' }[d?.source] ?? 'Model\'s';
     const opts = [['default', d ? `${whose} (${d.width} × ${d.height})` : whose]];
-    for (const [w, hgt] of SIZE_PRESETS) {
+    for (const [w, hgt] of sizePresets(this.currentModel())) {
       const over = w * hgt > lim.maxPixels;
       opts.push([`${w}x${hgt}`, sizeLabel(w, hgt) + (over ? ' — over your limit' : ''), over]);
     }
     opts.push(['custom', 'Custom…']);
     fill(this.el('size'), opts);
     this.el('size').value = opts.some(([v, , dis]) => v === size && !dis) ? size : 'default';
+    // Outpainting sizes the canvas from the image and its sides.
+    const locked = d?.source === 'canvas';
+    if (locked) this.el('size').value = 'default';
+    for (const id of ['size', 'width', 'height']) this.el(id).disabled = locked;
+    this.el('micro-set').hidden = this.family() !== 'sdxl';
 
     this.el('steps').placeholder = p ? `profile: ${p.steps}` : '';
     this.el('steps').max = String(lim.maxSteps);
@@ -167,6 +210,7 @@ export class SettingsForm {
     this.el('n-hint').textContent = `At most ${lim.maxN} per job.`;
     this.el('guidance-hint').textContent = `Empty uses the profile's ${p?.guidance ?? ''}; 0 to ${lim.maxGuidance}.`;
     this.syncSize();
+    this.showHires();
   }
 
   /** Shows the chosen size in the width and height boxes (typing in them
@@ -189,7 +233,10 @@ export class SettingsForm {
   /** The form's values. */
   read() {
     const s = {};
-    for (const [k, id] of Object.entries(CONTROLS)) s[k] = this.el(id).value;
+    for (const [k, id] of Object.entries(CONTROLS)) {
+      const el = this.el(id);
+      s[k] = el.type === 'checkbox' ? (el.checked ? '1' : '') : el.value;
+    }
     return s;
   }
 
@@ -205,6 +252,10 @@ export class SettingsForm {
     for (const [k, id] of Object.entries(CONTROLS)) {
       if (k === 'profile') continue;
       const el = this.el(id);
+      if (el.type === 'checkbox') {
+        el.checked = !!d[k];
+        continue;
+      }
       el.value = d[k] ?? '';
       if (el.tagName === 'SELECT' && el.value !== String(d[k] ?? '')) {
         // A value the server no longer offers (a removed model, a size now
@@ -216,6 +267,9 @@ export class SettingsForm {
     if (d.size === 'custom' || this.el('size').value === 'custom') {
       this.el('width').value = d.width;
       this.el('height').value = d.height;
+      // A custom size the menu offers (an SDXL bucket, say) is shown as that entry.
+      const entry = [...this.el('size').options].find((o) => o.value === `${d.width}x${d.height}` && !o.disabled);
+      if (entry) this.el('size').value = entry.value;
     }
     this.clearErrors();
   }
@@ -269,13 +323,14 @@ export class SettingsForm {
   /** Checks the form; returns the request body or null after showing errors. */
   request() {
     const s = this.read();
-    const errs = validateSettings(s, this.limits(), this.defaultSize());
+    const ctx = { family: this.family(), editing: !!this.imageSize() };
+    const errs = validateSettings(s, this.limits(), this.defaultSize(), ctx);
     this.clearErrors();
     if (Object.keys(errs).length) {
       for (const [field, msg] of Object.entries(errs)) this.showError(field, msg);
       return null;
     }
-    return buildRequest(s, this.defaultSize());
+    return buildRequest(s, this.defaultSize(), ctx);
   }
 
   /** Shows an error next to the field the API (or a check) named. */
@@ -285,7 +340,7 @@ export class SettingsForm {
     const box = this.el(`err-${slot}`);
     box.textContent = msg;
     box.hidden = false;
-    const ctl = this.el(slot);
+    const ctl = this.el(SLOT_CONTROL[slot] ?? slot);
     ctl.setAttribute('aria-invalid', 'true');
     if (ctl.closest('#advanced') && !this.advanced.open) this.advanced.open = true;
     if (!this.form.querySelector('[aria-invalid="true"]:focus')) {
@@ -296,19 +351,23 @@ export class SettingsForm {
   }
 
   clearError(id) {
-    const slot = { width: 'size', height: 'size' }[id] ?? id;
+    const slot = { width: 'size', height: 'size' }[id]
+      ?? (id.startsWith('hires') ? 'hires' : id.startsWith('micro-') ? 'micro' : id);
     const box = this.el(`err-${slot}`);
     if (box) {
       box.hidden = true;
       box.textContent = '';
     }
-    this.el(slot)?.removeAttribute('aria-invalid');
+    this.el(SLOT_CONTROL[slot] ?? slot)?.removeAttribute('aria-invalid');
   }
 
   clearErrors() {
     for (const slot of new Set(Object.values(ERROR_SLOT))) this.clearError(slot);
   }
 }
+
+// Ids of the controls the settings keep (the image panel's are its own).
+const CONTROL_IDS = new Set([...Object.values(CONTROLS), 'advanced']);
 
 /** Replaces a select's options with [value, label, disabled] triples. */
 function fill(select, options) {

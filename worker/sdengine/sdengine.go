@@ -157,7 +157,7 @@ func CacheHook(cache *textcache.Cache, encoderHash string) EncodeHook {
 		if !opts.LongPrompts {
 			enc += "/truncate"
 		}
-		key := textcache.Key{Encoder: enc, Prompt: text, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis, Adapters: opts.Adapters}
+		key := textcache.Key{Encoder: enc, Prompt: text, Prompt2: opts.Text2, ClipSkip: max(opts.ClipSkip, 1), Emphasis: opts.Emphasis, Adapters: opts.Adapters}
 		var res conditioning.Result
 		v, err := cache.Get(key, func() (*textcache.Value, error) {
 			r, err := encode(ctx, text, opts)
@@ -257,7 +257,7 @@ func (m *Model) Close() error {
 // request converts a worker request to the pipeline's.
 func request(req worker.Request) pipeline.Request {
 	return withEdit(req, pipeline.Request{
-		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
+		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Prompt2: req.Prompt2, NegativePrompt2: req.NegativePrompt2,
 		Width: req.Width, Height: req.Height, Steps: req.Steps, N: req.N, ClipSkip: req.ClipSkip,
 		Guidance: req.Guidance, Sampler: req.Sampler, Seed: req.Seed,
 		InitImage: req.InitImage, Strength: req.Strength, Emphasis: true, SharedGenerator: req.SharedNoise && req.N > 1,

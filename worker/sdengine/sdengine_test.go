@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/internal/fixtures"
 	"github.com/kiln-project/kiln/server/catalog"
+	"github.com/kiln-project/kiln/server/jobs"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/modelcache"
 	"github.com/kiln-project/kiln/worker/textcache"
@@ -299,5 +300,38 @@ func TestComponentHashesAreCachedBesideTheModel(t *testing.T) {
 	}
 	if _, ok := e.KnownComponents(t.TempDir()); ok {
 		t.Fatal("components known for a model never loaded")
+	}
+}
+
+// TestGenerateHires checks that a worker request's hires settings reach
+// the pipeline: the images come out at the hires size.
+func TestGenerateHires(t *testing.T) {
+	cache, _ := textcache.New(1 << 20)
+	defer cache.Close()
+	e, err := New("cpu", cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Load(context.Background(), fixtureModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	res, err := m.Generate(context.Background(), worker.Request{Prompt: "a red fox", Width: 64, Height: 64, Steps: 2, N: 1,
+		Guidance: 5, Sampler: "euler", Seed: 7, Hires: &jobs.Hires{Scale: 1.5, Upscaler: "lanczos", Steps: 2, Denoise: 0.5}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := res.Images[0].Bounds(); b.Dx() != 96 || b.Dy() != 96 {
+		t.Fatalf("hires image %v, want 96×96", b)
+	}
+}
+
+// TestRequestCarriesSecondPrompts: SDXL's prompt_2 and negative_prompt_2
+// reach the pipeline (which hands them to the second text encoder).
+func TestRequestCarriesSecondPrompts(t *testing.T) {
+	got := request(worker.Request{Prompt: "p", NegativePrompt: "n", Prompt2: "p2", NegativePrompt2: "n2", N: 1})
+	if got.Prompt2 != "p2" || got.NegativePrompt2 != "n2" || got.Prompt != "p" || got.NegativePrompt != "n" {
+		t.Fatalf("pipeline request %+v", got)
 	}
 }

@@ -21,7 +21,10 @@ type Key struct {
 	// Encoder is the content hash of the text encoder's weights.
 	Encoder string
 	// Prompt is the text as given (emphasis syntax included).
-	Prompt   string
+	Prompt string
+	// Prompt2 is the second text encoder's prompt when it differs
+	// (conditioning.Options.Text2); "" for none.
+	Prompt2  string
 	ClipSkip int
 	Emphasis bool
 	// Adapters identifies the text-encoder LoRAs and embeddings the prompt
@@ -37,6 +40,8 @@ func (k Key) String() string {
 	b = append(b, k.Encoder...)
 	b = binary.AppendUvarint(b, uint64(len(k.Prompt)))
 	b = append(b, k.Prompt...)
+	b = binary.AppendUvarint(b, uint64(len(k.Prompt2)))
+	b = append(b, k.Prompt2...)
 	b = binary.AppendVarint(b, int64(k.ClipSkip))
 	if k.Emphasis {
 		b = append(b, 1)

@@ -220,10 +220,10 @@ func (m *Model) Defaults() family.Defaults { return m.def }
 
 // Encode implements family.Model: the templated prompt's hidden states
 // (1, its own length, hidden size). Qwen-Image has no pooled output, clip
-// skip, emphasis syntax or adapters.
+// skip or adapters; prompts are taken literally (no emphasis syntax).
 func (m *Model) Encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error) {
-	if opts.ClipSkip > 1 || opts.Emphasis || len(opts.Adapters) > 0 || len(opts.Embeddings) > 0 {
-		return conditioning.Result{}, errors.New("qwenimage: clip skip, emphasis, LoRAs and embeddings are not supported")
+	if opts.ClipSkip > 1 || len(opts.Adapters) > 0 || len(opts.Embeddings) > 0 {
+		return conditioning.Result{}, errors.New("qwenimage: clip skip, LoRAs and embeddings are not supported")
 	}
 	hs, err := m.p.Text.Encode(ctx, []string{text})
 	if err != nil {

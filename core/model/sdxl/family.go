@@ -209,9 +209,10 @@ func (b *Built) Defaults() family.Defaults { return b.def }
 
 // Encode implements family.Model: both encoders' hidden states side by
 // side and the second's projected pooled output (a refiner: the second
-// encoder's alone).
+// encoder's alone). opts.Text2 goes to the second encoder (diffusers'
+// prompt_2); a refiner, as in diffusers, encodes text.
 func (b *Built) Encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error) {
-	c, err := b.EncodePrompts(ctx, text, "", opts)
+	c, err := b.EncodePrompts(ctx, text, opts.Text2, opts)
 	if err != nil {
 		return conditioning.Result{}, err
 	}

@@ -62,6 +62,8 @@ func TestPipelineThroughSeam(t *testing.T) {
 		Pipelines map[string]struct {
 			Prompt   string  `json:"prompt"`
 			Negative string  `json:"negative_prompt"`
+			Prompt2  string  `json:"prompt_2"`
+			Neg2     string  `json:"negative_prompt_2"`
 			Steps    int     `json:"steps"`
 			Guidance float64 `json:"guidance_scale"`
 			Seed     uint64  `json:"seed"`
@@ -101,10 +103,11 @@ func TestPipelineThroughSeam(t *testing.T) {
 		"txt2img_euler": "euler", "txt2img_euler_a": "euler_a", "txt2img_dpmpp_2m_karras": "dpmpp_2m_karras",
 		"txt2img_euler_negative": "euler", "txt2img_euler_nocfg": "euler", "txt2img_euler_batch2": "euler",
 		"img2img_euler": "euler", "txt2img_euler_microcond": "euler", "refiner_img2img": "euler",
+		"txt2img_euler_prompt2": "euler",
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := meta.Pipelines[name]
-			req := pipeline.Request{Prompt: c.Prompt, NegativePrompt: c.Negative, Width: 64, Height: 64, Steps: c.Steps,
+			req := pipeline.Request{Prompt: c.Prompt, NegativePrompt: c.Negative, Prompt2: c.Prompt2, NegativePrompt2: c.Neg2, Width: 64, Height: 64, Steps: c.Steps,
 				N: max(c.N, 1), Guidance: c.Guidance, Sampler: sampler, Seed: c.Seed, SharedGenerator: true,
 				Truncate: true, SkipDecode: true}
 			if c.Height > 0 {

@@ -29,6 +29,8 @@ const (
 	R32F  DataType = 0
 	R16F  DataType = 2
 	R16BF DataType = 14
+	// R8FE4M3 is FP8 E4M3 (CUDA_R_8F_E4M3), for cuBLASLt's scaled fp8 products.
+	R8FE4M3 DataType = 28
 )
 
 // ComputeType is a cublasComputeType_t value.

@@ -15,6 +15,9 @@ const (
 	ltDescEpilogue   = 7
 	ltDescBiasPtr    = 8
 	ltDescBiasType   = 26
+	ltDescScaleA     = 17
+	ltDescScaleB     = 18
+	ltDescFastAccum  = 25
 	ltPrefWorkspace  = 1
 	ltEpilogueNone   = 1
 	ltEpilogueBias   = 4
@@ -81,12 +84,16 @@ func (t *Lt) Destroy(h LtHandle) { _ = t.call("", t.fDestroy, uintptr(h)) }
 
 // LtShape is a product D (m×n) = op(A)·op(B) [+ C] [+ bias] in cuBLAS's
 // column-major terms, all matrices of one type with float32 accumulation.
+// With FP8, A and B are E4M3 instead (C, D and the bias stay Type), each
+// with a float32 dequantisation scale in device memory: D = sA·sB·op(A)·op(B)
+// [+ C] [+ bias], accumulated in cuBLASLt's fast fp8 mode.
 type LtShape struct {
 	TransA, TransB Operation
 	M, N, K        int
 	LDA, LDB, LDC  int
 	Type           DataType
 	Bias           bool // add a bias of M elements (of Type) per column
+	FP8            bool
 }
 
 // LtPlan is a configured product with the algorithm cuBLASLt's heuristic
@@ -96,12 +103,12 @@ type LtPlan struct {
 	desc, a, b, c uintptr
 	algo          [ltAlgoBytes]byte
 	Workspace     int64
-	bias          bool
+	bias, fp8     bool
 }
 
 // Plan configures shape with at most workspace bytes of workspace.
 func (t *Lt) Plan(h LtHandle, sh LtShape, workspace int64) (p *LtPlan, err error) {
-	p = &LtPlan{t: t, bias: sh.Bias}
+	p = &LtPlan{t: t, bias: sh.Bias, fp8: sh.FP8}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -129,6 +136,14 @@ func (t *Lt) Plan(h LtHandle, sh LtShape, workspace int64) (p *LtPlan, err error
 	if err = t.call("cublasLtMatmulDescSetAttribute(epilogue)", t.fDescSet, p.desc, ltDescEpilogue, uintptr(unsafe.Pointer(&epi)), 4); err != nil {
 		return
 	}
+	in := sh.Type
+	if sh.FP8 {
+		in = R8FE4M3
+		fast := int8(1)
+		if err = t.call("cublasLtMatmulDescSetAttribute(fast accumulation)", t.fDescSet, p.desc, ltDescFastAccum, uintptr(unsafe.Pointer(&fast)), 1); err != nil {
+			return
+		}
+	}
 	rowsA, colsA := sh.M, sh.K
 	if sh.TransA == OpT {
 		rowsA, colsA = sh.K, sh.M
@@ -137,16 +152,16 @@ func (t *Lt) Plan(h LtHandle, sh LtShape, workspace int64) (p *LtPlan, err error
 	if sh.TransB == OpT {
 		rowsB, colsB = sh.N, sh.K
 	}
-	layout := func(dst *uintptr, rows, cols, ld int) error {
-		return t.call("cublasLtMatrixLayoutCreate", t.fLayoutCreate, uintptr(unsafe.Pointer(dst)), uintptr(sh.Type), uintptr(rows), uintptr(cols), uintptr(ld))
+	layout := func(dst *uintptr, dt DataType, rows, cols, ld int) error {
+		return t.call("cublasLtMatrixLayoutCreate", t.fLayoutCreate, uintptr(unsafe.Pointer(dst)), uintptr(dt), uintptr(rows), uintptr(cols), uintptr(ld))
 	}
-	if err = layout(&p.a, rowsA, colsA, sh.LDA); err != nil {
+	if err = layout(&p.a, in, rowsA, colsA, sh.LDA); err != nil {
 		return
 	}
-	if err = layout(&p.b, rowsB, colsB, sh.LDB); err != nil {
+	if err = layout(&p.b, in, rowsB, colsB, sh.LDB); err != nil {
 		return
 	}
-	if err = layout(&p.c, sh.M, sh.N, sh.LDC); err != nil {
+	if err = layout(&p.c, sh.Type, sh.M, sh.N, sh.LDC); err != nil {
 		return
 	}
 	var pref uintptr
@@ -186,8 +201,20 @@ func (p *LtPlan) Close() {
 }
 
 // Run enqueues D = op(A)·op(B) + beta·C (+ bias) on stream s; C may be D.
-func (p *LtPlan) Run(h LtHandle, a, b, c, d, bias cu.DevicePtr, beta float32, ws cu.DevicePtr, wsBytes int64, s cu.Stream) error {
+// sa and sb point at the float32 scales of an FP8 plan's A and B (else
+// unused).
+func (p *LtPlan) Run(h LtHandle, a, b, c, d, bias, sa, sb cu.DevicePtr, beta float32, ws cu.DevicePtr, wsBytes int64, s cu.Stream) error {
 	t := p.t
+	if p.fp8 {
+		for _, sc := range []struct {
+			attr uintptr
+			p    uint64
+		}{{ltDescScaleA, uint64(sa)}, {ltDescScaleB, uint64(sb)}} {
+			if err := t.call("cublasLtMatmulDescSetAttribute(scale)", t.fDescSet, p.desc, sc.attr, uintptr(unsafe.Pointer(&sc.p)), 8); err != nil {
+				return err
+			}
+		}
+	}
 	if p.bias {
 		bp := uint64(bias)
 		if err := t.call("cublasLtMatmulDescSetAttribute(bias)", t.fDescSet, p.desc, ltDescBiasPtr, uintptr(unsafe.Pointer(&bp)), 8); err != nil {

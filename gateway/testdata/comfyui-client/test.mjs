@@ -3,6 +3,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { rgbaPNG } from "../rgba-png.mjs";
 import { ComfyApi, CallWrapper, PromptBuilder } from "@saintno/comfyui-sdk";
 
 const base = process.env.KILN_BASE_URL;
@@ -91,4 +92,44 @@ test("an uploaded image feeds an img2img workflow", async () => {
   graph["3"].inputs.denoise = 0.6;
   const { out: out2 } = await run(new PromptBuilder(graph, [], ["images"]).setOutputNode("images", "9"));
   assert.equal(out2.images.images.length, 1);
+});
+
+test("an inpaint workflow repaints Load Image's MASK (its transparent pixels)", async () => {
+  // a blue 64×64 image whose top-left quarter is transparent
+  const png = rgbaPNG(64, 64, (x, y) => [20, 40, 200, x < 32 && y < 32 ? 0 : 255]);
+  const up = await api.uploadImage(new Uint8Array(png), "inpaint.png");
+  assert.ok(up, "upload worked");
+  for (const variant of ["VAEEncodeForInpaint", "SetLatentNoiseMask"]) {
+    const graph = structuredClone(workflow);
+    graph["10"] = { class_type: "LoadImage", inputs: { image: up.info.filename } };
+    if (variant === "VAEEncodeForInpaint") {
+      graph["11"] = { class_type: "VAEEncodeForInpaint", inputs: { pixels: ["10", 0], vae: ["4", 2], mask: ["10", 1], grow_mask_by: 6 } };
+    } else {
+      graph["12"] = { class_type: "VAEEncode", inputs: { pixels: ["10", 0], vae: ["4", 2] } };
+      graph["11"] = { class_type: "SetLatentNoiseMask", inputs: { samples: ["12", 0], mask: ["10", 1] } };
+    }
+    graph["3"].inputs.latent_image = ["11", 0];
+    const { out, id } = await run(new PromptBuilder(graph, [], ["images"]).setOutputNode("images", "9"));
+    assert.equal(out.images.images.length, 1, variant);
+    const bytes = new Uint8Array(await (await api.getImage(out.images.images[0])).arrayBuffer());
+    assert.deepEqual([...bytes.slice(1, 4)], [0x50, 0x4e, 0x47], "a PNG");
+    assert.equal((await api.getHistory(id)).status.completed, true);
+  }
+  // a mask that repaints nothing is refused naming the node
+  const graph = structuredClone(workflow);
+  graph["10"] = { class_type: "LoadImage", inputs: { image: up.info.filename } };
+  graph["13"] = { class_type: "SolidMask", inputs: { value: 0, width: 64, height: 64 } };
+  graph["11"] = { class_type: "VAEEncodeForInpaint", inputs: { pixels: ["10", 0], vae: ["4", 2], mask: ["13", 0], grow_mask_by: 6 } };
+  graph["3"].inputs.latent_image = ["11", 0];
+  const r = await api.fetchApi("/prompt", { method: "POST", body: JSON.stringify({ prompt: graph, client_id: "kiln-client-test" }) });
+  assert.equal(r.status, 400);
+  assert.equal((await r.json()).node_errors["11"].class_type, "VAEEncodeForInpaint");
+});
+
+test("/object_info lists the inpaint nodes", async () => {
+  for (const n of ["VAEEncodeForInpaint", "SetLatentNoiseMask", "InpaintModelConditioning", "ImageToMask", "MaskToImage", "SolidMask", "InvertMask"]) {
+    const defs = await api.getNodeDefs(n);
+    assert.ok(defs[n], `${n} listed`);
+  }
+  assert.deepEqual((await api.getNodeDefs("LoadImage")).LoadImage.output, ["IMAGE", "MASK"]);
 });

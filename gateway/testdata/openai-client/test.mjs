@@ -7,8 +7,8 @@
 //              always send one) or none is the local tenant.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { deflateSync } from 'node:zlib';
 import OpenAI, { toFile } from 'openai';
+import { rgbaPNG } from '../rgba-png.mjs';
 
 const baseURL = `${process.env.KILN_BASE_URL}/v1`;
 const model = process.env.KILN_MODEL ?? 'tiny';
@@ -19,38 +19,6 @@ const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 function assertPNG(bytes) {
   assert.ok(bytes.length > 8, 'image is empty');
   assert.deepEqual([...bytes.subarray(0, 8)], PNG_MAGIC, 'not a PNG');
-}
-
-// rgbaPNG encodes a w×h RGBA image whose pixel (x, y) is px(x, y) ([r, g, b, a]).
-function rgbaPNG(w, h, px) {
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    return c >>> 0;
-  });
-  const crc = (buf) => {
-    let c = 0xffffffff;
-    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
-  const chunk = (type, data) => {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const td = Buffer.concat([Buffer.from(type, 'latin1'), data]);
-    const sum = Buffer.alloc(4);
-    sum.writeUInt32BE(crc(td));
-    return Buffer.concat([len, td, sum]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(w, 0);
-  ihdr.writeUInt32BE(h, 4);
-  ihdr[8] = 8; // bit depth
-  ihdr[9] = 6; // RGBA
-  const raw = Buffer.alloc(h * (1 + 4 * w));
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) raw.set(px(x, y), y * (1 + 4 * w) + 1 + 4 * x);
-  }
-  return Buffer.concat([Buffer.from(PNG_MAGIC), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
 }
 
 // A 64×64 mask: the top-left quarter transparent (repaint), the rest opaque.
