@@ -49,6 +49,8 @@ func unsupportedOwn(r Request) string {
 	switch {
 	case r.Sampler != "" && r.Sampler != ownSampler:
 		return "sampler " + r.Sampler + " (the family samples with " + ownSampler + ")"
+	case r.Prompt2 != "" || r.NegativePrompt2 != "":
+		return "second-encoder prompts"
 	case r.ClipSkip > 1:
 		return "clip skip"
 	case r.GuidanceRescale != 0:

@@ -222,8 +222,8 @@ func (m *Model) Defaults() family.Defaults { return m.def }
 // (1, its own length, hidden size). Qwen-Image has no pooled output, clip
 // skip or adapters; prompts are taken literally (no emphasis syntax).
 func (m *Model) Encode(ctx context.Context, text string, opts conditioning.Options) (conditioning.Result, error) {
-	if opts.ClipSkip > 1 || len(opts.Adapters) > 0 || len(opts.Embeddings) > 0 {
-		return conditioning.Result{}, errors.New("qwenimage: clip skip, LoRAs and embeddings are not supported")
+	if opts.ClipSkip > 1 || opts.Text2 != "" || len(opts.Adapters) > 0 || len(opts.Embeddings) > 0 {
+		return conditioning.Result{}, errors.New("qwenimage: clip skip, second-encoder prompts, LoRAs and embeddings are not supported")
 	}
 	hs, err := m.p.Text.Encode(ctx, []string{text})
 	if err != nil {

@@ -140,6 +140,7 @@ func TestGenerateThroughTheFamily(t *testing.T) {
 		for _, req := range []pipeline.Request{
 			{Prompt: "a", Width: W, Height: H, Steps: 1, Sampler: "euler"},
 			{Prompt: "a", Width: W, Height: H, Steps: 1, GuidanceRescale: 0.5},
+			{Prompt: "a", Prompt2: "b", Width: W, Height: H, Steps: 1},
 			{Prompt: "a", Width: 40, Height: H, Steps: 1},
 		} {
 			if _, err := p.Generate(ctx, req, nil); err == nil {
