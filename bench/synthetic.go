@@ -14,7 +14,9 @@ import (
 	"strings"
 
 	"github.com/kiln-project/kiln/core/checkpoint"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/model/modeltest"
+	"github.com/kiln-project/kiln/core/model/qwenimage"
 	"github.com/kiln-project/kiln/core/model/unet"
 	"github.com/kiln-project/kiln/core/model/vae"
 	"github.com/kiln-project/kiln/core/safetensors"
@@ -41,6 +43,21 @@ const eulerSchedulerConfig = `{
   "prediction_type": "epsilon", "set_alpha_to_one": false, "steps_offset": 1,
   "timestep_spacing": "leading", "trained_betas": null, "use_karras_sigmas": false
 }`
+
+// SyntheticFamily returns the random-weight checkpoint of a synthetic
+// architecture whose family is built outside core/checkpoint
+// ("synthetic:qwen-image": Qwen-Image at a small width, see
+// qwenimage.Synthetic), or nil for any other name.
+func SyntheticFamily(name string, seed uint64) (family.Checkpoint, error) {
+	if name != SyntheticPrefix+"qwen-image" {
+		return nil, nil
+	}
+	c, err := qwenimage.Synthetic(seed)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
 // Synthetic builds a random-weight model for name ("sd15", "sd21", "sdxl",
 // "sdxl-refiner", optionally "@SIZE" for the image side): the published

@@ -363,7 +363,7 @@ func (w *Worker) generate(wctx context.Context, g []*active, q *window) (out []B
 			return nil
 		})
 	}
-	if sm, ok := model.(StepModel); ok && q != nil {
+	if sm, ok := model.(StepModel); ok && q != nil && canStep(sm) {
 		stepped = true
 		w.runSteps(wctx, sm, g, q)
 		return nil, true
@@ -530,4 +530,12 @@ func (r *stepRecorder) record(params *jobs.Params, shape string, p Progress) {
 	r.w.o.Metrics.StepDuration.Observe(p.StepTime.Seconds())
 	r.w.latency.observe(shape, p.Batch, p.StepTime)
 	r.w.speed.observe(params.Model, float64(p.Batch)*float64(params.Width)*float64(params.Height)/1e6, p.StepTime)
+}
+
+// canStep reports whether a StepModel runs running batches; one that says
+// it cannot (CanStep false: a model family with its own sampling loop)
+// runs its jobs through GenerateBatch.
+func canStep(sm StepModel) bool {
+	c, ok := sm.(interface{ CanStep() bool })
+	return !ok || c.CanStep()
 }

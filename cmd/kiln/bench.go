@@ -26,7 +26,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o := bench.DefaultOptions()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, "+kilnmodels.BuiltinName+" (the built-in model), or synthetic:sd15, synthetic:sd15@768, synthetic:sd21, synthetic:sdxl, synthetic:sdxl-refiner (each optionally @SIZE)")
+	models := fs.String("models", "synthetic:sd15", "comma-separated model folders or files, "+kilnmodels.BuiltinName+" (the built-in model), or synthetic:sd15, synthetic:sd15@768, synthetic:sd21, synthetic:sdxl, synthetic:sdxl-refiner (each optionally @SIZE), synthetic:qwen-image (small width, end to end only: --components=false)")
 	batches := fs.String("batch-sizes", "1,4,8", "comma-separated images per job")
 	fs.IntVar(&o.Steps, "steps", o.Steps, "sampler steps")
 	fs.IntVar(&o.Iterations, "iterations", o.Iterations, "timed repetitions of each measurement")

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/bench"
+	"github.com/kiln-project/kiln/core/family"
 	"github.com/kiln-project/kiln/core/imageio"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/modelhash"
@@ -42,6 +43,9 @@ type generateFlags struct {
 	emphasis, truncate                                                                                                    bool
 	edit                                                                                                                  editFlags
 	hires                                                                                                                 hiresFlags
+	// set names the flags given on the command line (the model family's
+	// defaults replace the profile's for the others).
+	set map[string]bool
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error) {
@@ -104,6 +108,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateFlags, error)
 	}
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	f.set = set
 	if !set["steps"] {
 		f.steps = pr.Steps
 	}
@@ -231,7 +236,20 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}()
 	}
 	var p *pipeline.Pipeline
-	if name, ok := strings.CutPrefix(f.model, bench.SyntheticPrefix); ok {
+	if cp, err := bench.SyntheticFamily(f.model, 1); err != nil {
+		return fmt.Errorf("load model %s: %w", f.model, err)
+	} else if cp != nil {
+		// a random-weight family checkpoint built in memory (synthetic:qwen-image)
+		md, err := cp.Build(be)
+		if err != nil {
+			cp.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+		if p, err = pipeline.New(md); err != nil {
+			md.Close()
+			return fmt.Errorf("load model %s: %w", f.model, err)
+		}
+	} else if name, ok := strings.CutPrefix(f.model, bench.SyntheticPrefix); ok {
 		// a random-weight architecture, for timing without a download
 		cm, _, cleanup, err := bench.Synthetic(name, 1)
 		if err != nil {
@@ -256,6 +274,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("load model %s: %w", f.model, err)
 	}
 	defer p.Close()
+	familyDefaults(&req, p.Model().Defaults(), f.set)
 	var refiner *pipeline.Pipeline
 	if f.refiner != "" {
 		if f.initImage != "" {
@@ -450,4 +469,19 @@ func progressLine(step, steps int, elapsed time.Duration) string {
 		eta = (time.Duration(float64(steps-step) / rate * float64(time.Second))).Round(time.Second).String()
 	}
 	return fmt.Sprintf("[%s] %d/%d  %.2f it/s  ETA %s", bar, step, steps, rate, eta)
+}
+
+// familyDefaults puts a model family's recommended steps and guidance in
+// place of the profile's where the command line did not set them, and
+// leaves the sampler to a family that runs its own loop.
+func familyDefaults(req *pipeline.Request, d family.Defaults, set map[string]bool) {
+	if d.Steps > 0 && !set["steps"] {
+		req.Steps = d.Steps
+	}
+	if d.GuidanceScale > 0 && !set["guidance"] {
+		req.Guidance = d.GuidanceScale
+	}
+	if d.Sampler != "" && !set["sampler"] {
+		req.Sampler = ""
+	}
 }

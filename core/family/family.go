@@ -93,6 +93,12 @@ const (
 	// GuidanceCFG is classifier-free guidance: an unconditional and a
 	// conditional evaluation per image, mixed by the guidance scale.
 	GuidanceCFG Guidance = iota
+	// GuidanceTrueCFG is Qwen-Image's true CFG: the prompt and the
+	// negative prompt (each at its own length) evaluated separately,
+	// mixed by the scale, and each token's guided vector rescaled to the
+	// norm of the conditional one. A family with it runs its own loop
+	// (Generator).
+	GuidanceTrueCFG
 )
 
 // Defaults are what a family declares about one model.
@@ -117,6 +123,14 @@ type Defaults struct {
 	LatentRGB *LatentRGB
 	// SchedulerConfig is the diffusers scheduler_config.json.
 	SchedulerConfig []byte
+	// Steps and GuidanceScale are the family's recommended inference
+	// steps and guidance scale (0: the caller's profile decides).
+	Steps         int
+	GuidanceScale float64
+	// Sampler names the sampler of a family that runs its own loop
+	// (family.Generator), which takes no other ("": the shared samplers,
+	// the scheduler config's by default).
+	Sampler string
 	// ZeroEmptyNegative makes an empty negative prompt condition on zeros
 	// (hidden states and pooled output) instead of the encoding of ""
 	// (SDXL base's force_zeros_for_empty_prompt).
@@ -195,4 +209,36 @@ type DenoiseInput struct {
 	// Extra is (rows, extra width) when the family has extra
 	// conditioning, else nil.
 	Extra []float32
+}
+
+// Generator is implemented by a Model that runs its own sampling loop
+// (flow-matching transformers: the sampler's shift depends on the image
+// token count, true CFG mixes rows of different text lengths). The
+// pipeline then resolves the request (sizes, seeds, noise, the init
+// image's posterior sample) and decodes the latents; the loop is the
+// family's.
+type Generator interface {
+	// Generate denoises one image and returns its (1, C, H/f, W/f)
+	// latents in the denoiser's scale.
+	Generate(ctx context.Context, in GenerateInput) ([]float32, error)
+}
+
+// GenerateInput is one image of a Generator's job.
+type GenerateInput struct {
+	Prompt, NegativePrompt string
+	// Guidance is the guidance scale (≤ 1: the prompt alone).
+	Guidance      float64
+	Width, Height int
+	Steps         int
+	// Noise is the (1, C, H/f, W/f) unit noise.
+	Noise []float32
+	// Init, for image-to-image, is the init image's (1, C, H/f, W/f)
+	// latents in the denoiser's scale, noised to the last
+	// Strength·Steps steps; nil for text-to-image.
+	Init     []float32
+	Strength float64
+	// OnStep, when not nil, is called after every step with the steps
+	// done, the steps to run and the step's timestep; its error stops
+	// the loop.
+	OnStep func(step, steps int, timestep float64) error
 }

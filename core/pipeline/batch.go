@@ -56,6 +56,9 @@ func (p *Pipeline) Generate(ctx context.Context, req Request, onProgress func(Pr
 // memory, say), the batch goes on one job at a time.
 func (p *Pipeline) GenerateBatch(ctx context.Context, jobs []BatchJob, onProgress func(job int, pr Progress)) []BatchResult {
 	out := make([]BatchResult, len(jobs))
+	if g, ok := p.m.(family.Generator); ok {
+		return p.generateOwn(ctx, g, jobs, onProgress)
+	}
 	var live []*batchState
 	for k, bj := range jobs {
 		st, err := p.prepare(ctx, k, bj)
@@ -172,6 +175,9 @@ func (st *batchState) rows() int {
 // prepare resolves one job of a batch: its sampler, conditioning and
 // initial latents.
 func (p *Pipeline) prepare(ctx context.Context, k int, bj BatchJob) (*batchState, error) {
+	if _, own := p.m.(family.Generator); own {
+		return nil, errors.New("pipeline: this model family runs its own sampling loop: use Generate or GenerateBatch, not a running batch")
+	}
 	var plan *hiresPlan
 	if bj.Request.Hires.On() {
 		var err error

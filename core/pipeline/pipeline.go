@@ -246,7 +246,10 @@ func Load(ctx context.Context, be backend.Backend, modelPath string) (*Pipeline,
 func New(m family.Model) (*Pipeline, error) {
 	p := &Pipeline{m: m, def: m.Defaults()}
 	var err error
-	if p.sched, err = sample.ParseConfig(p.def.SchedulerConfig); err != nil {
+	if _, own := m.(family.Generator); own {
+		// the family's loop builds its own sampler (see generateOwn)
+		p.sched = &sample.Config{ClassName: ownSampler}
+	} else if p.sched, err = sample.ParseConfig(p.def.SchedulerConfig); err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 	if p.def.Factor < 1 || p.def.LatentChannels < 1 || p.def.ContextDim < 1 || p.def.Width < 1 || p.def.Height < 1 {

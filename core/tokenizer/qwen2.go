@@ -417,3 +417,23 @@ func qwen2Match(s string, i int) int {
 	// \s+
 	return end - i
 }
+
+// NewQwen2ByteLevel returns a Qwen2 tokenizer with no merges: the 256
+// byte-level symbols (ids 0–255) and the special tokens after them, the
+// first being the pad token. Text encodes byte by byte, with the
+// pre-tokenizer and added-token handling of a real one (for synthetic
+// random-weight models).
+func NewQwen2ByteLevel(special []string) (*Qwen2, error) {
+	if len(special) == 0 {
+		return nil, errors.New("tokenizer: a byte-level Qwen2 tokenizer needs a pad token")
+	}
+	vocab := make(map[string]int32, 256)
+	for b, r := range byteLevelAlphabet() {
+		vocab[string(r)] = int32(b)
+	}
+	added := make([]addedToken, len(special))
+	for i, s := range special {
+		added[i] = addedToken{content: s, id: int32(256 + i)}
+	}
+	return buildQwen2(vocab, nil, added, special[0])
+}

@@ -363,6 +363,19 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		return jobs.Params{}, apierr.New(400, apierr.CodeNoModel, "model", "unknown model %q (GET /v1/models lists them)", out.Model)
 	}
 	out.Width, out.Height = DefaultSize(model, pr, p.Quota)
+	// the model family's recommended steps and guidance over the profile's
+	if model.DefaultSteps > 0 {
+		out.Steps = min(model.DefaultSteps, pr.MaxSteps, p.Quota.MaxSteps)
+	}
+	if model.DefaultGuidance > 0 {
+		out.Guidance = model.DefaultGuidance
+	}
+	if model.Sampler != "" {
+		out.Sampler = "" // the family's own loop samples
+		if r.Sampler != "" && r.Sampler != model.Sampler {
+			return jobs.Params{}, apierr.Invalid("sampler", "model %q samples with %s; it takes no other sampler", out.Model, model.Sampler)
+		}
+	}
 
 	if r.Width != nil {
 		out.Width = *r.Width
@@ -422,7 +435,7 @@ func (v *Validator) plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		return jobs.Params{}, apierr.Invalid("guidance", "guidance must be from 0 to %g", MaxGuidance)
 	}
 
-	if r.Sampler != "" {
+	if r.Sampler != "" && model.Sampler == "" {
 		if !v.samplers[r.Sampler] {
 			return jobs.Params{}, apierr.Invalid("sampler", "unknown sampler %q; choose one of %s", r.Sampler, strings.Join(v.Samplers(), ", "))
 		}

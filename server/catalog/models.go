@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/kiln-project/kiln/core/model/qwenimage"
 	"github.com/kiln-project/kiln/server/config"
 )
 
@@ -38,6 +39,12 @@ type Model struct {
 	// VAEFactor is the VAE's downsampling factor (8 for Stable Diffusion);
 	// 0 when unknown.
 	VAEFactor int `json:"vae_factor,omitempty"`
+	// DefaultSteps and DefaultGuidance are the family's recommended steps
+	// and guidance scale (0: the profile's); Sampler is the sampler of a
+	// family that runs its own loop and takes no other ("": any).
+	DefaultSteps    int     `json:"-"`
+	DefaultGuidance float64 `json:"-"`
+	Sampler         string  `json:"-"`
 }
 
 // Registry holds the current model list. It is safe for concurrent use.
@@ -104,8 +111,10 @@ func syntheticModel(name, p string) (Model, error) {
 		side, bytes, fam = 1024, int64(6_950_000_000), "sdxl"
 	case "sdxl-refiner": // UNet 2.26 G + text encoder 0.69 G + VAE 0.08 G
 		side, bytes, fam = 1024, int64(6_070_000_000), "sdxl"
+	case "qwen-image": // the small-width random Qwen-Image of qwenimage.Synthetic (~0.3 M parameters)
+		side, bytes, fam = 1328, int64(1<<20), "qwen-image"
 	default:
-		return Model{}, fmt.Errorf("model %s: unknown synthetic architecture %q (have sd15, sd21, sdxl, sdxl-refiner)", name, arch)
+		return Model{}, fmt.Errorf("model %s: unknown synthetic architecture %q (have sd15, sd21, sdxl, sdxl-refiner, qwen-image)", name, arch)
 	}
 	if size != "" {
 		n := 0
@@ -114,7 +123,11 @@ func syntheticModel(name, p string) (Model, error) {
 		}
 		side = n
 	}
-	return Model{Name: name, Path: p, Format: "synthetic", Family: fam, Bytes: bytes, NativeWidth: side, NativeHeight: side, VAEFactor: 8}, nil
+	m := Model{Name: name, Path: p, Format: "synthetic", Family: fam, Bytes: bytes, NativeWidth: side, NativeHeight: side, VAEFactor: 8}
+	if fam == "qwen-image" {
+		m.DefaultSteps, m.DefaultGuidance, m.Sampler = qwenimage.DefaultSteps, qwenimage.DefaultCFG, qwenimage.Sampler
+	}
+	return m, nil
 }
 
 // Refresh rescans the configured paths, the built-in model and the models
@@ -221,6 +234,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 			r.nativeMu.Unlock()
 		}
 		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
+		m.DefaultSteps, m.DefaultGuidance, m.Sampler = n.steps, n.guidance, n.sampler
 		return m, nil
 	}
 	if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
@@ -244,6 +258,7 @@ func (r *Registry) inspect(name, p string) (Model, error) {
 	m := Model{Name: name, Path: p, Format: "diffusers", Bytes: total}
 	if n, err := inspectNative(p); err == nil {
 		m.Family, m.NativeWidth, m.NativeHeight, m.VAEFactor = n.family, n.width, n.height, n.factor
+		m.DefaultSteps, m.DefaultGuidance, m.Sampler = n.steps, n.guidance, n.sampler
 	}
 	return m, nil
 }

@@ -9,6 +9,9 @@ import (
 type native struct {
 	family                string
 	width, height, factor int
+	steps                 int
+	guidance              float64
+	sampler               string
 }
 
 // inspectNative asks the model's family for its native size (a diffusers
@@ -22,5 +25,6 @@ func inspectNative(path string) (native, error) {
 	if err != nil {
 		return native{}, err
 	}
-	return native{family: f.Name(), width: d.Width, height: d.Height, factor: d.Factor}, nil
+	return native{family: f.Name(), width: d.Width, height: d.Height, factor: d.Factor, steps: d.Steps, guidance: d.GuidanceScale,
+		sampler: d.Sampler}, nil
 }

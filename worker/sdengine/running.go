@@ -33,6 +33,10 @@ func RowBucket(rows int) int {
 	return (rows + 7) / 8 * 8
 }
 
+// CanStep reports whether the model runs running batches (a family with
+// its own sampling loop runs through GenerateBatch).
+func (m *Model) CanStep() bool { return m.p.Stepwise() }
+
 // StartBatch implements worker.StepModel through the pipeline's running
 // batch.
 func (m *Model) StartBatch(ctx context.Context) worker.RunningBatch {

@@ -89,10 +89,11 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var cp family.Checkpoint
 	var cleanup func()
-	var err error
-	if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
+	cp, err := bench.SyntheticFamily(m.Path, 1) // synthetic:qwen-image, or nil
+	if cp != nil || err != nil {
+		// built in memory by its family
+	} else if name, ok := strings.CutPrefix(m.Path, catalog.SyntheticPrefix); ok {
 		// a random-weight SD architecture (the registry admits these only
 		// when the operator enabled them)
 		var cm *checkpoint.Model

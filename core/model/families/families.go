@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/model/qwenimage"
 	"github.com/kiln-project/kiln/core/model/sd"
 	"github.com/kiln-project/kiln/core/model/sdxl"
 )
@@ -17,6 +18,7 @@ func All() family.Registry {
 	return family.Registry{
 		sdxl.Family{},
 		sd.Family{},
+		qwenimage.Family{},
 	}
 }
 

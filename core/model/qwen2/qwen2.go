@@ -164,32 +164,14 @@ func New(be backend.Backend, cfg Config, src safetensors.Source) (_ *Model, err 
 	if err != nil {
 		return nil, fmt.Errorf("qwen2: %w", err)
 	}
-	ws := nn.NewWeights()
-	m := &Model{cfg: cfg, be: be, ops: ops, ws: ws, freqs: nn.RopeFreqs(cfg.HeadDim(), cfg.RopeTheta)}
-	m.embed = ws.Sub("embed_tokens").Get("weight", cfg.VocabSize, cfg.HiddenSize)
-	hd, kv := cfg.HeadDim(), cfg.KVHeads*cfg.HeadDim()
-	for i := range cfg.Layers {
-		s := ws.Subf("layers.%d", i)
-		a := s.Sub("self_attn")
-		l := &layer{
-			inNorm:   nn.NewRMSNorm(s, "input_layernorm", cfg.HiddenSize, cfg.RMSNormEps),
-			q:        nn.NewLinear(a, "q_proj", cfg.HiddenSize, cfg.HiddenSize, true),
-			k:        nn.NewLinear(a, "k_proj", cfg.HiddenSize, kv, true),
-			v:        nn.NewLinear(a, "v_proj", cfg.HiddenSize, kv, true),
-			o:        nn.NewLinear(a, "o_proj", cfg.HiddenSize, cfg.HiddenSize, false),
-			postNorm: nn.NewRMSNorm(s, "post_attention_layernorm", cfg.HiddenSize, cfg.RMSNormEps),
-			gate:     nn.NewLinear(s.Sub("mlp"), "gate_proj", cfg.HiddenSize, cfg.IntermediateSize, false),
-			up:       nn.NewLinear(s.Sub("mlp"), "up_proj", cfg.HiddenSize, cfg.IntermediateSize, false),
-			down:     nn.NewLinear(s.Sub("mlp"), "down_proj", cfg.IntermediateSize, cfg.HiddenSize, false),
-			heads:    cfg.Heads, kvHeads: cfg.KVHeads, headDm: hd,
-		}
-		m.layers = append(m.layers, l)
-	}
-	m.norm = nn.NewRMSNorm(ws, "norm", cfg.HiddenSize, cfg.RMSNormEps)
+	m := declareModel(cfg)
+	m.be, m.ops = be, ops
+	ws := m.ws
 	if err := ws.Load(be, src); err != nil {
 		return nil, fmt.Errorf("qwen2: %w", err)
 	}
 	defer backend.Recover(&err)
+	hd := cfg.HeadDim()
 	for _, l := range m.layers {
 		l.kFull = [2]*tensor.Tensor{m.repeatKV(l.k.W.T, hd), m.repeatKV(l.k.B.T, hd)}
 		l.vFull = [2]*tensor.Tensor{m.repeatKV(l.v.W.T, hd), m.repeatKV(l.v.B.T, hd)}
@@ -307,3 +289,34 @@ func (l *layer) forward(be backend.Backend, ops backend.TransformerOps, x, cos, 
 	be.Free(d)
 	return x
 }
+
+// declareModel declares the weights of cfg (no backend yet).
+func declareModel(cfg Config) *Model {
+	ws := nn.NewWeights()
+	m := &Model{cfg: cfg, ws: ws, freqs: nn.RopeFreqs(cfg.HeadDim(), cfg.RopeTheta)}
+	m.embed = ws.Sub("embed_tokens").Get("weight", cfg.VocabSize, cfg.HiddenSize)
+	hd, kv := cfg.HeadDim(), cfg.KVHeads*cfg.HeadDim()
+	for i := range cfg.Layers {
+		s := ws.Subf("layers.%d", i)
+		a := s.Sub("self_attn")
+		l := &layer{
+			inNorm:   nn.NewRMSNorm(s, "input_layernorm", cfg.HiddenSize, cfg.RMSNormEps),
+			q:        nn.NewLinear(a, "q_proj", cfg.HiddenSize, cfg.HiddenSize, true),
+			k:        nn.NewLinear(a, "k_proj", cfg.HiddenSize, kv, true),
+			v:        nn.NewLinear(a, "v_proj", cfg.HiddenSize, kv, true),
+			o:        nn.NewLinear(a, "o_proj", cfg.HiddenSize, cfg.HiddenSize, false),
+			postNorm: nn.NewRMSNorm(s, "post_attention_layernorm", cfg.HiddenSize, cfg.RMSNormEps),
+			gate:     nn.NewLinear(s.Sub("mlp"), "gate_proj", cfg.HiddenSize, cfg.IntermediateSize, false),
+			up:       nn.NewLinear(s.Sub("mlp"), "up_proj", cfg.HiddenSize, cfg.IntermediateSize, false),
+			down:     nn.NewLinear(s.Sub("mlp"), "down_proj", cfg.IntermediateSize, cfg.HiddenSize, false),
+			heads:    cfg.Heads, kvHeads: cfg.KVHeads, headDm: hd,
+		}
+		m.layers = append(m.layers, l)
+	}
+	m.norm = nn.NewRMSNorm(ws, "norm", cfg.HiddenSize, cfg.RMSNormEps)
+	return m
+}
+
+// WeightInfos lists the tensors (names, shapes; dtype F32) a checkpoint
+// of cfg holds, named as New declares them (for a synthetic random-weight model).
+func WeightInfos(cfg Config) []safetensors.TensorInfo { return declareModel(cfg).ws.Infos() }

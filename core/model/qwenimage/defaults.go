@@ -14,6 +14,9 @@ const (
 	// SizeMultiple is what image sides must divide by: the VAE factor 8
 	// times the 2×2 patch.
 	SizeMultiple = 16
+	// Sampler is the family's sampler: flow-matching Euler with the
+	// resolution-dependent shift.
+	Sampler = "flowmatch_euler"
 )
 
 // AspectSizes are the model card's width × height per aspect ratio,

@@ -4,15 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 
 	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/model/qwen2"
 	"github.com/kiln-project/kiln/core/model/wanvae"
-	"github.com/kiln-project/kiln/core/safetensors"
 	"github.com/kiln-project/kiln/core/sample"
-	"github.com/kiln-project/kiln/core/tokenizer"
 )
 
 // Pipeline is a loaded Qwen-Image model: text encoder, transformer, VAE
@@ -23,118 +19,53 @@ type Pipeline struct {
 	Transformer *Transformer
 	VAE         *wanvae.Model
 	Scheduler   sample.FlowMatchConfig
-	closers     []interface{ Close() error }
+	ckpt        *Checkpoint
 }
 
 // Load opens a diffusers Qwen-Image folder (model_index.json, tokenizer/,
 // text_encoder/, transformer/, vae/, scheduler/; weights single or
 // sharded with an index) and builds it on be.
-func Load(be backend.Backend, dir string) (_ *Pipeline, err error) {
-	p := &Pipeline{}
-	defer func() {
-		if err != nil {
-			p.Close()
-		}
-	}()
-	read := func(parts ...string) ([]byte, error) {
-		return os.ReadFile(filepath.Join(append([]string{dir}, parts...)...))
-	}
-	tok, err := tokenizer.LoadQwen2(filepath.Join(dir, "tokenizer"))
+func Load(be backend.Backend, dir string) (*Pipeline, error) {
+	c, err := OpenCheckpoint(dir)
 	if err != nil {
 		return nil, err
 	}
-	data, err := read("text_encoder", "config.json")
+	p, err := c.pipeline(be)
 	if err != nil {
-		return nil, fmt.Errorf("qwenimage: %w", err)
-	}
-	tcfg, err := qwen2.ParseConfig(data)
-	if err != nil {
-		return nil, err
-	}
-	src, err := p.open(filepath.Join(dir, "text_encoder"), "model")
-	if err != nil {
-		return nil, err
-	}
-	lm, err := qwen2.LanguageModel(src)
-	if err != nil {
-		return nil, err
-	}
-	te, err := qwen2.New(be, tcfg, lm)
-	if err != nil {
-		return nil, err
-	}
-	p.Text = &TextEncoder{Tok: tok, Model: te}
-	if data, err = read("transformer", "config.json"); err != nil {
-		return nil, fmt.Errorf("qwenimage: %w", err)
-	}
-	trc, err := ParseTransformerConfig(data)
-	if err != nil {
-		return nil, err
-	}
-	if trc.JointAttentionDim != tcfg.HiddenSize {
-		return nil, fmt.Errorf("qwenimage: transformer joint_attention_dim %d differs from the text encoder's hidden_size %d", trc.JointAttentionDim, tcfg.HiddenSize)
-	}
-	if src, err = p.open(filepath.Join(dir, "transformer"), "diffusion_pytorch_model"); err != nil {
-		return nil, err
-	}
-	if p.Transformer, err = NewTransformer(be, trc, src); err != nil {
-		return nil, err
-	}
-	if data, err = read("vae", "config.json"); err != nil {
-		return nil, fmt.Errorf("qwenimage: %w", err)
-	}
-	vc, err := wanvae.ParseConfig(data)
-	if err != nil {
-		return nil, err
-	}
-	if vc.ZDim*trc.PatchSize*trc.PatchSize != trc.InChannels {
-		return nil, fmt.Errorf("qwenimage: transformer in_channels %d is not the VAE's z_dim %d × patch²", trc.InChannels, vc.ZDim)
-	}
-	if src, err = p.open(filepath.Join(dir, "vae"), "diffusion_pytorch_model"); err != nil {
-		return nil, err
-	}
-	if p.VAE, err = wanvae.New(be, vc, src); err != nil {
-		return nil, err
-	}
-	if data, err = read("scheduler", "scheduler_config.json"); err != nil {
-		return nil, fmt.Errorf("qwenimage: %w", err)
-	}
-	if p.Scheduler, err = sample.ParseFlowMatchConfig(data); err != nil {
+		c.Close()
 		return nil, err
 	}
 	return p, nil
 }
 
-// open opens base.safetensors or the sharded base.safetensors.index.json
-// in dir.
-func (p *Pipeline) open(dir, base string) (safetensors.Source, error) {
-	idx := filepath.Join(dir, base+".safetensors.index.json")
-	if _, err := os.Stat(idx); err == nil {
-		s, err := safetensors.OpenIndex(idx)
-		if err != nil {
-			return nil, fmt.Errorf("qwenimage: %w", err)
-		}
-		p.closers = append(p.closers, s)
-		return s, nil
-	}
-	f, err := safetensors.Open(filepath.Join(dir, base+".safetensors"))
+// pipeline builds the networks on be; the pipeline owns c from then on.
+func (c *Checkpoint) pipeline(be backend.Backend) (*Pipeline, error) {
+	lm, err := qwen2.LanguageModel(c.text)
 	if err != nil {
-		return nil, fmt.Errorf("qwenimage: %w", err)
+		return nil, err
 	}
-	p.closers = append(p.closers, f)
-	return f, nil
+	te, err := qwen2.New(be, c.textCfg, lm)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{Text: &TextEncoder{Tok: c.tok, Model: te}, Scheduler: c.sched, ckpt: c}
+	if p.Transformer, err = NewTransformer(be, c.trCfg, c.transformer); err != nil {
+		return nil, err
+	}
+	if p.VAE, err = wanvae.New(be, c.vaeCfg, c.vae); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Close releases the weight files.
 func (p *Pipeline) Close() error {
-	var first error
-	for _, c := range p.closers {
-		if err := c.Close(); err != nil && first == nil {
-			first = err
-		}
+	if p.ckpt == nil {
+		return nil
 	}
-	p.closers = nil
-	return first
+	err := p.ckpt.Close()
+	p.ckpt = nil
+	return err
 }
 
 // Request is one generation. Noise is the (1, z, H/8, W/8) unit noise the
@@ -158,39 +89,25 @@ type Request struct {
 // Generate runs the denoising loop and returns the packed latents (tokens
 // × z·patch²) in the transformer's scale, as output_type="latent" gives.
 func (p *Pipeline) Generate(ctx context.Context, r Request) ([]float32, error) {
-	tc := p.Transformer.Config()
-	f := p.VAE.Config().Factor()
-	z, ps := p.VAE.Config().ZDim, tc.PatchSize
-	if r.Width%(f*ps) != 0 || r.Height%(f*ps) != 0 || r.Width < 1 || r.Height < 1 {
-		return nil, fmt.Errorf("qwenimage: %d×%d: sides must be multiples of %d", r.Width, r.Height, f*ps)
-	}
-	lh, lw := r.Height/f, r.Width/f
-	if len(r.Noise) != z*lh*lw {
-		return nil, fmt.Errorf("qwenimage: noise holds %d values, want %d", len(r.Noise), z*lh*lw)
-	}
-	gh, gw := lh/ps, lw/ps
 	cfg := r.CFG > 1 && r.HasNegative
 	prompts := []string{r.Prompt}
 	if cfg {
 		prompts = append(prompts, r.Negative)
 	}
+	if err := p.checkSize(r.Width, r.Height); err != nil {
+		return nil, err
+	}
 	embeds, err := p.Text.Encode(ctx, prompts)
 	if err != nil {
 		return nil, err
 	}
-	s, err := sample.NewFlowMatchEuler(p.Scheduler, r.Steps, gh*gw)
-	if err != nil {
-		return nil, err
+	lr := loop{cond: embeds[0], width: r.Width, height: r.Height, steps: r.Steps, noise: r.Noise, strength: 1}
+	if cfg {
+		lr.uncond, lr.scale = embeds[1], r.CFG
 	}
-	start := 0
-	x := Pack(r.Noise, 1, z, lh, lw, ps)
 	if r.Image != nil {
 		if r.Strength < 0 || r.Strength > 1 {
 			return nil, fmt.Errorf("qwenimage: strength %v outside [0, 1]", r.Strength)
-		}
-		start = int(max(float64(r.Steps)-min(float64(r.Steps)*r.Strength, float64(r.Steps)), 0))
-		if start >= r.Steps {
-			return nil, fmt.Errorf("qwenimage: strength %v leaves no step of %d", r.Strength, r.Steps)
 		}
 		mean, logvar, ls, err := p.VAE.Encode(ctx, r.Image, [4]int{1, 3, r.Height, r.Width})
 		if err != nil {
@@ -203,29 +120,99 @@ func (p *Pipeline) Generate(ctx context.Context, r Request) ([]float32, error) {
 			mean[i] += float32(expHalf(logvar[i])) * r.PosteriorNoise[i]
 		}
 		p.VAE.Config().Normalize(mean, ls)
-		x = Pack(s.AddNoise(mean, r.Noise, start), 1, z, lh, lw, ps)
+		lr.init, lr.strength = mean, r.Strength
+	}
+	return p.denoise(ctx, lr)
+}
+
+// checkSize refuses image sides the VAE factor times the patch does not
+// divide.
+func (p *Pipeline) checkSize(width, height int) error {
+	m := p.VAE.Config().Factor() * p.Transformer.Config().PatchSize
+	if width%m != 0 || height%m != 0 || width < 1 || height < 1 {
+		return fmt.Errorf("qwenimage: %d×%d: sides must be multiples of %d", width, height, m)
+	}
+	return nil
+}
+
+// loop is one image's denoising run.
+type loop struct {
+	// cond and uncond are the prompt's and the negative prompt's hidden
+	// states (length × hidden size each, lengths may differ); uncond is
+	// used when scale > 1 (true CFG).
+	cond, uncond []float32
+	scale        float64
+	width        int
+	height       int
+	steps        int
+	// noise is the (1, z, H/f, W/f) unit noise; init, for img2img, the
+	// clean latents in the transformer's scale (same shape), noised to
+	// the schedule's step (1 − strength)·steps.
+	noise, init []float32
+	strength    float64
+	// onStep, when not nil, is called after every step.
+	onStep func(step, steps int, timestep float64) error
+}
+
+// denoise runs the flow-match Euler loop of QwenImagePipeline (and of its
+// img2img variant from an init latent) and returns the packed latents.
+func (p *Pipeline) denoise(ctx context.Context, r loop) ([]float32, error) {
+	tc := p.Transformer.Config()
+	f := p.VAE.Config().Factor()
+	z, ps := p.VAE.Config().ZDim, tc.PatchSize
+	if err := p.checkSize(r.width, r.height); err != nil {
+		return nil, err
+	}
+	lh, lw := r.height/f, r.width/f
+	if len(r.noise) != z*lh*lw {
+		return nil, fmt.Errorf("qwenimage: noise holds %d values, want %d", len(r.noise), z*lh*lw)
+	}
+	gh, gw := lh/ps, lw/ps
+	s, err := sample.NewFlowMatchEuler(p.Scheduler, r.steps, gh*gw)
+	if err != nil {
+		return nil, err
+	}
+	start := 0
+	x := Pack(r.noise, 1, z, lh, lw, ps)
+	if r.init != nil {
+		if len(r.init) != len(r.noise) {
+			return nil, fmt.Errorf("qwenimage: init latents hold %d values, want %d", len(r.init), len(r.noise))
+		}
+		start = int(max(float64(r.steps)-min(float64(r.steps)*r.strength, float64(r.steps)), 0))
+		if start >= r.steps {
+			return nil, fmt.Errorf("qwenimage: strength %v leaves no step of %d", r.strength, r.steps)
+		}
+		x = Pack(s.AddNoise(r.init, r.noise, start), 1, z, lh, lw, ps)
 	}
 	d := tc.JointAttentionDim
 	run := func(e []float32, x []float32, t float32) ([]float32, error) {
 		return p.Transformer.Forward(ctx, TransformerInput{X: x, H: gh, W: gw, Context: e, T: len(e) / d, Timesteps: []float32{t}})
 	}
-	for i := start; i < r.Steps; i++ {
+	for i := start; i < r.steps; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		t := float32(s.Timesteps()[i]) / 1000
-		v, err := run(embeds[0], x, t)
+		v, err := run(r.cond, x, t)
 		if err != nil {
 			return nil, err
 		}
-		if cfg {
-			u, err := run(embeds[1], x, t)
+		if r.scale > 1 {
+			u, err := run(r.uncond, x, t)
 			if err != nil {
 				return nil, err
 			}
-			if err := sample.TrueCFG(v, u, r.CFG, tc.OutChannels*ps*ps); err != nil {
+			if err := sample.TrueCFG(v, u, r.scale, tc.OutChannels*ps*ps); err != nil {
 				return nil, err
 			}
 		}
 		if x, _, err = s.Step(i, v, x, nil); err != nil {
 			return nil, err
+		}
+		if r.onStep != nil {
+			if err := r.onStep(i-start+1, r.steps-start, s.Timesteps()[i]); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return x, nil

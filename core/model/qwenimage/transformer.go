@@ -134,40 +134,9 @@ func NewTransformer(be backend.Backend, cfg TransformerConfig, src safetensors.S
 	if err != nil {
 		return nil, fmt.Errorf("qwenimage transformer: %w", err)
 	}
-	ws := nn.NewWeights()
-	d := cfg.Inner()
-	t := &Transformer{cfg: cfg, be: be, ops: ops, ws: ws}
-	t.imgIn = nn.NewLinear(ws, "img_in", cfg.InChannels, d, true)
-	t.txtIn = nn.NewLinear(ws, "txt_in", cfg.JointAttentionDim, d, true)
-	t.txtNrm = nn.NewRMSNorm(ws, "txt_norm", cfg.JointAttentionDim, 1e-6)
-	te := ws.Sub("time_text_embed").Sub("timestep_embedder")
-	t.time1 = nn.NewLinear(te, "linear_1", timeProjDim, d, true)
-	t.time2 = nn.NewLinear(te, "linear_2", d, d, true)
-	for i := range cfg.Layers {
-		s := ws.Subf("transformer_blocks.%d", i)
-		a := s.Sub("attn")
-		b := &mmBlock{
-			img: stream{
-				mod: nn.NewLinear(s.Sub("img_mod"), "1", d, 6*d, true),
-				q:   nn.NewLinear(a, "to_q", d, d, true), k: nn.NewLinear(a, "to_k", d, d, true),
-				v: nn.NewLinear(a, "to_v", d, d, true), o: nn.NewLinear(a.Sub("to_out"), "0", d, d, true),
-				nq: nn.NewRMSNorm(a, "norm_q", cfg.HeadDim, 1e-6), nk: nn.NewRMSNorm(a, "norm_k", cfg.HeadDim, 1e-6),
-				fc1: nn.NewLinear(s.Sub("img_mlp").Sub("net.0"), "proj", d, 4*d, true),
-				fc2: nn.NewLinear(s.Sub("img_mlp").Sub("net"), "2", 4*d, d, true),
-			},
-			txt: stream{
-				mod: nn.NewLinear(s.Sub("txt_mod"), "1", d, 6*d, true),
-				q:   nn.NewLinear(a, "add_q_proj", d, d, true), k: nn.NewLinear(a, "add_k_proj", d, d, true),
-				v: nn.NewLinear(a, "add_v_proj", d, d, true), o: nn.NewLinear(a, "to_add_out", d, d, true),
-				nq: nn.NewRMSNorm(a, "norm_added_q", cfg.HeadDim, 1e-6), nk: nn.NewRMSNorm(a, "norm_added_k", cfg.HeadDim, 1e-6),
-				fc1: nn.NewLinear(s.Sub("txt_mlp").Sub("net.0"), "proj", d, 4*d, true),
-				fc2: nn.NewLinear(s.Sub("txt_mlp").Sub("net"), "2", 4*d, d, true),
-			},
-		}
-		t.blocks = append(t.blocks, b)
-	}
-	t.normO = nn.NewLinear(ws.Sub("norm_out"), "linear", d, 2*d, true)
-	t.projO = nn.NewLinear(ws, "proj_out", d, cfg.PatchSize*cfg.PatchSize*cfg.OutChannels, true)
+	t := declareTransformer(cfg)
+	t.be, t.ops = be, ops
+	ws := t.ws
 	if err := ws.Load(be, src); err != nil {
 		return nil, fmt.Errorf("qwenimage transformer: %w", err)
 	}
@@ -440,4 +409,49 @@ func Unpack(t []float32, b, ch, h, w, p int) []float32 {
 		}
 	}
 	return out
+}
+
+// declareTransformer declares the weights of cfg (no backend yet).
+func declareTransformer(cfg TransformerConfig) *Transformer {
+	ws := nn.NewWeights()
+	d := cfg.Inner()
+	t := &Transformer{cfg: cfg, ws: ws}
+	t.imgIn = nn.NewLinear(ws, "img_in", cfg.InChannels, d, true)
+	t.txtIn = nn.NewLinear(ws, "txt_in", cfg.JointAttentionDim, d, true)
+	t.txtNrm = nn.NewRMSNorm(ws, "txt_norm", cfg.JointAttentionDim, 1e-6)
+	te := ws.Sub("time_text_embed").Sub("timestep_embedder")
+	t.time1 = nn.NewLinear(te, "linear_1", timeProjDim, d, true)
+	t.time2 = nn.NewLinear(te, "linear_2", d, d, true)
+	for i := range cfg.Layers {
+		s := ws.Subf("transformer_blocks.%d", i)
+		a := s.Sub("attn")
+		b := &mmBlock{
+			img: stream{
+				mod: nn.NewLinear(s.Sub("img_mod"), "1", d, 6*d, true),
+				q:   nn.NewLinear(a, "to_q", d, d, true), k: nn.NewLinear(a, "to_k", d, d, true),
+				v: nn.NewLinear(a, "to_v", d, d, true), o: nn.NewLinear(a.Sub("to_out"), "0", d, d, true),
+				nq: nn.NewRMSNorm(a, "norm_q", cfg.HeadDim, 1e-6), nk: nn.NewRMSNorm(a, "norm_k", cfg.HeadDim, 1e-6),
+				fc1: nn.NewLinear(s.Sub("img_mlp").Sub("net.0"), "proj", d, 4*d, true),
+				fc2: nn.NewLinear(s.Sub("img_mlp").Sub("net"), "2", 4*d, d, true),
+			},
+			txt: stream{
+				mod: nn.NewLinear(s.Sub("txt_mod"), "1", d, 6*d, true),
+				q:   nn.NewLinear(a, "add_q_proj", d, d, true), k: nn.NewLinear(a, "add_k_proj", d, d, true),
+				v: nn.NewLinear(a, "add_v_proj", d, d, true), o: nn.NewLinear(a, "to_add_out", d, d, true),
+				nq: nn.NewRMSNorm(a, "norm_added_q", cfg.HeadDim, 1e-6), nk: nn.NewRMSNorm(a, "norm_added_k", cfg.HeadDim, 1e-6),
+				fc1: nn.NewLinear(s.Sub("txt_mlp").Sub("net.0"), "proj", d, 4*d, true),
+				fc2: nn.NewLinear(s.Sub("txt_mlp").Sub("net"), "2", 4*d, d, true),
+			},
+		}
+		t.blocks = append(t.blocks, b)
+	}
+	t.normO = nn.NewLinear(ws.Sub("norm_out"), "linear", d, 2*d, true)
+	t.projO = nn.NewLinear(ws, "proj_out", d, cfg.PatchSize*cfg.PatchSize*cfg.OutChannels, true)
+	return t
+}
+
+// TransformerWeightInfos lists the tensors (names, shapes; dtype F32) a checkpoint
+// of cfg holds, for a synthetic random-weight model.
+func TransformerWeightInfos(cfg TransformerConfig) []safetensors.TensorInfo {
+	return declareTransformer(cfg).ws.Infos()
 }

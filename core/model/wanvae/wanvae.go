@@ -293,94 +293,9 @@ func New(be backend.Backend, cfg Config, src safetensors.Source) (_ *Model, err 
 	if err != nil {
 		return nil, fmt.Errorf("wanvae: %w", err)
 	}
-	ws := nn.NewWeights()
-	m := &Model{cfg: cfg, be: be, ops: ops, ws: ws}
-	track := func(cs ...*conv) {
-		m.convs = append(m.convs, cs...)
-	}
-	res := func(s *nn.Weights, in, out int) *resBlock {
-		r := newResBlock(s, in, out)
-		track(r.convs()...)
-		return r
-	}
-	mid := func(s *nn.Weights, c int) *midBlock {
-		b := newMid(s, c)
-		track(b.r0.convs()...)
-		track(b.r1.convs()...)
-		return b
-	}
-	d := cfg.BaseDim
-	dims := []int{d}
-	for _, u := range cfg.DimMult {
-		dims = append(dims, d*u)
-	}
-	// Encoder.
-	enc := ws.Sub("encoder")
-	m.encIn = newConv(enc, "conv_in", cfg.InputChannels, dims[0], 3)
-	track(m.encIn)
-	idx := 0
-	var out int
-	for i := range cfg.DimMult {
-		in := dims[i]
-		out = dims[i+1]
-		for range cfg.NumResBlocks {
-			m.encLayers = append(m.encLayers, &layer{res: res(enc.Subf("down_blocks.%d", idx), in, out)})
-			idx++
-			in = out
-		}
-		if i != len(cfg.DimMult)-1 {
-			s := enc.Subf("down_blocks.%d", idx)
-			l := &layer{resample: nn.NewConv2D(s.Sub("resample"), "1", out, out, 3, backend.Conv2DParams{Stride: 2, PadBottom: 1, PadRight: 1})}
-			if cfg.TemporalDownsample[i] {
-				t := s.Sub("time_conv")
-				t.Get("weight", out, out, 3, 1, 1)
-				t.Get("bias", out)
-			}
-			m.encLayers = append(m.encLayers, l)
-			idx++
-		}
-	}
-	m.encMid = mid(enc.Sub("mid_block"), out)
-	m.encNorm = newNorm(enc, "norm_out", out)
-	m.encOut = newConv(enc, "conv_out", out, 2*cfg.ZDim, 3)
-	m.quant = newConv(ws, "quant_conv", 2*cfg.ZDim, 2*cfg.ZDim, 1)
-	m.post = newConv(ws, "post_quant_conv", cfg.ZDim, cfg.ZDim, 1)
-	track(m.encOut, m.quant, m.post)
-	// Decoder.
-	dec := ws.Sub("decoder")
-	n := len(cfg.DimMult)
-	ddims := []int{d * cfg.DimMult[n-1]}
-	for i := n - 1; i >= 0; i-- {
-		ddims = append(ddims, d*cfg.DimMult[i])
-	}
-	m.decIn = newConv(dec, "conv_in", cfg.ZDim, ddims[0], 3)
-	track(m.decIn)
-	m.decMid = mid(dec.Sub("mid_block"), ddims[0])
-	for i := range n {
-		in, o := ddims[i], ddims[i+1]
-		if i > 0 {
-			in /= 2
-		}
-		s := dec.Subf("up_blocks.%d", i)
-		for j := range cfg.NumResBlocks + 1 {
-			m.decLayers = append(m.decLayers, &layer{res: res(s.Subf("resnets.%d", j), in, o)})
-			in = o
-		}
-		out = o
-		if i != n-1 {
-			u := s.Sub("upsamplers.0")
-			l := &layer{up: true, resample: nn.NewConv2D(u.Sub("resample"), "1", o, o/2, 3, backend.SymmetricPad(1, 1))}
-			if cfg.TemporalDownsample[n-2-i] {
-				t := u.Sub("time_conv")
-				t.Get("weight", 2*o, o, 3, 1, 1)
-				t.Get("bias", 2*o)
-			}
-			m.decLayers = append(m.decLayers, l)
-		}
-	}
-	m.decNorm = newNorm(dec, "norm_out", out)
-	m.decOut = newConv(dec, "conv_out", out, cfg.InputChannels, 3)
-	track(m.decOut)
+	m := declareModel(cfg)
+	m.be, m.ops = be, ops
+	ws := m.ws
 	if err := ws.Load(be, src); err != nil {
 		return nil, fmt.Errorf("wanvae: %w", err)
 	}
@@ -493,3 +408,100 @@ func (c Config) perChannel(x []float32, shape [4]int, f func(v float32, mean, st
 		}
 	}
 }
+
+// declareModel declares the weights of cfg (no backend yet).
+func declareModel(cfg Config) *Model {
+	ws := nn.NewWeights()
+	m := &Model{cfg: cfg, ws: ws}
+	track := func(cs ...*conv) {
+		m.convs = append(m.convs, cs...)
+	}
+	res := func(s *nn.Weights, in, out int) *resBlock {
+		r := newResBlock(s, in, out)
+		track(r.convs()...)
+		return r
+	}
+	mid := func(s *nn.Weights, c int) *midBlock {
+		b := newMid(s, c)
+		track(b.r0.convs()...)
+		track(b.r1.convs()...)
+		return b
+	}
+	d := cfg.BaseDim
+	dims := []int{d}
+	for _, u := range cfg.DimMult {
+		dims = append(dims, d*u)
+	}
+	// Encoder.
+	enc := ws.Sub("encoder")
+	m.encIn = newConv(enc, "conv_in", cfg.InputChannels, dims[0], 3)
+	track(m.encIn)
+	idx := 0
+	var out int
+	for i := range cfg.DimMult {
+		in := dims[i]
+		out = dims[i+1]
+		for range cfg.NumResBlocks {
+			m.encLayers = append(m.encLayers, &layer{res: res(enc.Subf("down_blocks.%d", idx), in, out)})
+			idx++
+			in = out
+		}
+		if i != len(cfg.DimMult)-1 {
+			s := enc.Subf("down_blocks.%d", idx)
+			l := &layer{resample: nn.NewConv2D(s.Sub("resample"), "1", out, out, 3, backend.Conv2DParams{Stride: 2, PadBottom: 1, PadRight: 1})}
+			if cfg.TemporalDownsample[i] {
+				t := s.Sub("time_conv")
+				t.Get("weight", out, out, 3, 1, 1)
+				t.Get("bias", out)
+			}
+			m.encLayers = append(m.encLayers, l)
+			idx++
+		}
+	}
+	m.encMid = mid(enc.Sub("mid_block"), out)
+	m.encNorm = newNorm(enc, "norm_out", out)
+	m.encOut = newConv(enc, "conv_out", out, 2*cfg.ZDim, 3)
+	m.quant = newConv(ws, "quant_conv", 2*cfg.ZDim, 2*cfg.ZDim, 1)
+	m.post = newConv(ws, "post_quant_conv", cfg.ZDim, cfg.ZDim, 1)
+	track(m.encOut, m.quant, m.post)
+	// Decoder.
+	dec := ws.Sub("decoder")
+	n := len(cfg.DimMult)
+	ddims := []int{d * cfg.DimMult[n-1]}
+	for i := n - 1; i >= 0; i-- {
+		ddims = append(ddims, d*cfg.DimMult[i])
+	}
+	m.decIn = newConv(dec, "conv_in", cfg.ZDim, ddims[0], 3)
+	track(m.decIn)
+	m.decMid = mid(dec.Sub("mid_block"), ddims[0])
+	for i := range n {
+		in, o := ddims[i], ddims[i+1]
+		if i > 0 {
+			in /= 2
+		}
+		s := dec.Subf("up_blocks.%d", i)
+		for j := range cfg.NumResBlocks + 1 {
+			m.decLayers = append(m.decLayers, &layer{res: res(s.Subf("resnets.%d", j), in, o)})
+			in = o
+		}
+		out = o
+		if i != n-1 {
+			u := s.Sub("upsamplers.0")
+			l := &layer{up: true, resample: nn.NewConv2D(u.Sub("resample"), "1", o, o/2, 3, backend.SymmetricPad(1, 1))}
+			if cfg.TemporalDownsample[n-2-i] {
+				t := u.Sub("time_conv")
+				t.Get("weight", 2*o, o, 3, 1, 1)
+				t.Get("bias", 2*o)
+			}
+			m.decLayers = append(m.decLayers, l)
+		}
+	}
+	m.decNorm = newNorm(dec, "norm_out", out)
+	m.decOut = newConv(dec, "conv_out", out, cfg.InputChannels, 3)
+	track(m.decOut)
+	return m
+}
+
+// WeightInfos lists the tensors (names, shapes; dtype F32) a checkpoint
+// of cfg holds, for a synthetic random-weight model.
+func WeightInfos(cfg Config) []safetensors.TensorInfo { return declareModel(cfg).ws.Infos() }
