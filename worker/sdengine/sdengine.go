@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
@@ -57,6 +58,8 @@ type Engine struct {
 	lib      *loralib.Library
 	loraOnce sync.Once
 	lora     *loraStats
+	layoutMu sync.Mutex
+	layouts  map[string]lora.Modules // by model name: the LoRA layouts of models loaded so far
 
 	// background warm-up and tuning (GPU engines with a tuning folder)
 	mu      sync.Mutex
@@ -143,6 +146,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
 	}
+	e.recordLayout(m.Name, p.LoRAModules())
 	e.warmUp(ctx, mod)
 	return mod, nil
 }
