@@ -160,7 +160,7 @@ func sizeOf(v any) int64 {
 	case *lora.LoRA:
 		for _, fs := range x.Factors {
 			for _, f := range fs {
-				n += len(f.Down) + len(f.Up)
+				n += len(f.Down) + len(f.Up) + len(f.Magnitude)
 			}
 		}
 	case *lora.Embedding:
