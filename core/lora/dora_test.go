@@ -11,7 +11,7 @@ import (
 
 // doraFile is a kohya LoRA of the toy model's linear layer with a
 // dora_scale; PEFT-named when peft is set.
-func doraFile(t *testing.T, seed uint64, rank int, alpha float32, peft bool) (src safetensors.Source, down, up, mag []float32) {
+func doraFile(t testing.TB, seed uint64, rank int, alpha float32, peft bool) (src safetensors.Source, down, up, mag []float32) {
 	r := rand.New(rand.NewPCG(seed, 9))
 	down, up = randVec(r, rank*5), randVec(r, 6*rank)
 	mag = make([]float32, 6)
