@@ -16,11 +16,14 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiln-project/kiln/app/wasmadapter"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/gateway/api"
 	"github.com/kiln-project/kiln/gateway/auth"
 	"github.com/kiln-project/kiln/gateway/urlsign"
@@ -96,6 +99,9 @@ type Instance struct {
 	// library is the installed LoRAs and embeddings (<models_dir>/loras,
 	// <models_dir>/embeddings).
 	library *loralib.Library
+	// layouts are the worker engines, asked for models' LoRA layouts when
+	// a tenant uploads a LoRA (set once the workers start).
+	layouts atomic.Pointer[[]worker.Engine]
 
 	api       *api.Server
 	wasm      *wasmadapter.Wasm
@@ -352,7 +358,7 @@ func (in *Instance) startGateway(ctx context.Context, o Options, reg *metrics.Re
 		ln.Close()
 		return err
 	}
-	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg, Library: in.library,
+	in.api, err = api.New(api.Options{Config: cfg, Store: store, Tenants: ts, Conn: in.broker.Conn, Models: mreg, Library: in.library, LoRAModules: in.loraModules,
 		Profiles: profiles, Registry: reg, Signer: signer, GPU: in.gpu, Logger: in.log, AllowLocal: loopback,
 		Quality: o.Quality, Web: o.Web, Wasm: o.Wasm, Audit: auditLog, State: adapters})
 	if err != nil {
@@ -516,6 +522,8 @@ func (in *Instance) startWorkers(o Options, reg *metrics.Registry, store *jobs.S
 			le.SetLibrary(in.library)
 		}
 		engines = append(engines, eng)
+		ready := slices.Clone(engines)
+		in.layouts.Store(&ready)
 		if t, ok := eng.(tuningEngine); ok && cfg.DataDir != "" {
 			dir := filepath.Join(cfg.DataDir, "tuning")
 			n, err := t.UseTuningDir(dir, in.log)
@@ -733,4 +741,23 @@ func registerGPU(reg *metrics.Registry, mon *gpu.Monitor) {
 			emit("kiln_gpu_power_watts", "GPU power draw (NVML).", "gauge", l, v, g.PowerW)
 		}
 	})
+}
+
+// loraModules is the LoRA layout of model from the first of this
+// instance's engines that has loaded it.
+func (in *Instance) loraModules(model string) (lora.Modules, error) {
+	engines := in.layouts.Load()
+	if engines == nil {
+		return nil, errors.New("this server runs no worker to read model layouts from")
+	}
+	for _, e := range *engines {
+		if le, ok := e.(interface {
+			LoRAModules(string) (lora.Modules, bool)
+		}); ok {
+			if mods, ok := le.LoRAModules(model); ok && len(mods) > 0 {
+				return mods, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("model %q has not been loaded on this server yet (or takes no LoRAs); run one job on it, then upload again", model)
 }

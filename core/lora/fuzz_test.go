@@ -33,6 +33,8 @@ func FuzzParse(f *testing.F) {
 	m := newToy(f, be)
 	f.Add(encode(f, kohyaFile(f, 1, 2, 1)))
 	f.Add(encode(f, peftFile(f, 2, 3)))
+	dora, _, _, _ := doraFile(f, 3, 2, 1, false)
+	f.Add(encode(f, dora))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		src, err := safetensors.FromBytes(data)
 		if err != nil {
@@ -41,7 +43,7 @@ func FuzzParse(f *testing.F) {
 		if l, err := Parse(src, m.modules()); err == nil {
 			for _, fs := range l.Factors {
 				for _, fc := range fs {
-					if fc.Rank <= 0 || len(fc.Down) != fc.Rank*fc.In() || len(fc.Up) != fc.Out*fc.Rank {
+					if fc.Rank <= 0 || len(fc.Down) != fc.Rank*fc.In() || len(fc.Up) != fc.Out*fc.Rank || (fc.Magnitude != nil && len(fc.Magnitude) != fc.Out) {
 						t.Fatalf("factor %s does not fit: rank %d, %d down, %d up", fc.Module, fc.Rank, len(fc.Down), len(fc.Up))
 					}
 				}

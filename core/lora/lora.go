@@ -46,6 +46,12 @@ type Factor struct {
 	Scale             float32
 	// Base is the module's shape in the model.
 	Base []int
+	// Magnitude is DoRA's magnitude vector m (one value per output
+	// feature, kohya's dora_scale / PEFT's lora_magnitude_vector); nil for
+	// a plain LoRA. Such a factor is weight-decomposed: W' = m ·
+	// (W + s·ΔW) / ‖W + s·ΔW‖ with the norm over each output row, which the
+	// low-rank products of Install cannot express: it is applied by Merge.
+	Magnitude []float32
 
 	mu  sync.Mutex
 	dev map[backend.Backend]devFactor // uploads per backend (see uploaded)
@@ -73,6 +79,22 @@ func (l *LoRA) Count() int {
 		n += len(fs)
 	}
 	return n
+}
+
+// DoRA reports whether any of the LoRA's factors in namespace ns is
+// weight-decomposed (has a Magnitude); ns "" asks about every namespace.
+func (l *LoRA) DoRA(ns string) bool {
+	for n, fs := range l.Factors {
+		if ns != "" && n != ns {
+			continue
+		}
+		for _, f := range fs {
+			if f.Magnitude != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // HasTextEncoder reports whether the LoRA adapts a text encoder.
@@ -187,6 +209,7 @@ var suffixes = []struct{ suffix, kind string }{
 	{".alpha", "alpha"},
 	{".dora_scale", "dora"},
 	{".lora_magnitude_vector", "dora"},
+	{".lora_magnitude_vector.weight", "dora"},
 }
 
 // unsupported names LyCORIS factorisations this package does not apply.
@@ -298,9 +321,20 @@ func load(src safetensors.Source, ns, mod string, p *part, m nn.Module) (*Factor
 		f.Scale = a[0] / float32(r)
 	}
 	if p.dora != "" {
-		// TODO(lora): DoRA needs the base weight's row norms per adapted
-		// weight; until the merge path computes them, refuse clearly.
-		return nil, fmt.Errorf("lora: key %q: DoRA (weight-decomposed LoRA) is not supported yet", p.dora)
+		mag, mshape, err := safetensors.Float32(src, p.dora)
+		if err != nil {
+			return nil, fmt.Errorf("lora: %w", err)
+		}
+		if len(mag) != out || (len(mshape) > 1 && mshape[0] != out) {
+			return nil, fmt.Errorf("lora: key %q has shape %v; DoRA's magnitude for module %s %v needs %d values, one per output feature (LyCORIS wd_on_out=False files are not supported)", p.dora, mshape, mod, base, out)
+		}
+		if m.Conv() {
+			return nil, fmt.Errorf("lora: key %q: DoRA on convolutions is not supported; only linear layers", p.dora)
+		}
+		if ns != UNet {
+			return nil, fmt.Errorf("lora: key %q: DoRA on the text encoder is not supported; only the denoiser's layers", p.dora)
+		}
+		f.Magnitude = slices.Clone(mag)
 	}
 	return f, nil
 }

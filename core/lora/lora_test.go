@@ -208,11 +208,16 @@ func TestParseRefusals(t *testing.T) {
 		}, `"lora_unet_blk_conv.lora_down.weight" has shape [2 3 1 1]`},
 		{"missing up", []safetensors.WriteTensor{safetensors.F32Tensor("lora_unet_blk_lin.lora_down.weight", []int{2, 5}, make([]float32, 10))}, "no matching up"},
 		{"loha", []safetensors.WriteTensor{safetensors.F32Tensor("lora_unet_blk_lin.hada_w1_a", []int{2, 5}, make([]float32, 10))}, "LyCORIS variant"},
-		{"dora", []safetensors.WriteTensor{
+		{"dora on the input side", []safetensors.WriteTensor{
 			safetensors.F32Tensor("lora_unet_blk_lin.lora_down.weight", []int{2, 5}, make([]float32, 10)),
 			safetensors.F32Tensor("lora_unet_blk_lin.lora_up.weight", []int{6, 2}, make([]float32, 12)),
-			safetensors.F32Tensor("lora_unet_blk_lin.dora_scale", []int{6, 1}, make([]float32, 6)),
-		}, "DoRA"},
+			safetensors.F32Tensor("lora_unet_blk_lin.dora_scale", []int{1, 5}, make([]float32, 5)),
+		}, `"lora_unet_blk_lin.dora_scale" has shape [1 5]`},
+		{"dora conv", []safetensors.WriteTensor{
+			safetensors.F32Tensor("lora_unet_blk_conv.lora_down.weight", []int{2, 3, 3, 3}, make([]float32, 54)),
+			safetensors.F32Tensor("lora_unet_blk_conv.lora_up.weight", []int{4, 2, 1, 1}, make([]float32, 8)),
+			safetensors.F32Tensor("lora_unet_blk_conv.dora_scale", []int{4, 1, 1, 1}, make([]float32, 4)),
+		}, "DoRA on convolutions"},
 	}
 	for _, c := range cases {
 		src, err := safetensors.NewMemory(c.ts)

@@ -286,7 +286,9 @@ type batchRun struct {
 }
 
 // groups splits the jobs of a round into those that can share one UNet
-// call: the same latent size and conditioning length, in job order.
+// call: the same latent size and conditioning length, in job order. Jobs
+// with a DoRA LoRA (applied by merging, see mergeUNet) share a call only
+// with jobs using the same LoRA set.
 func (b *batchRun) groups(active []*batchState) [][]*batchState {
 	var out [][]*batchState
 	if b.solo {
@@ -295,10 +297,13 @@ func (b *batchRun) groups(active []*batchState) [][]*batchState {
 		}
 		return out
 	}
-	type key struct{ h, w, l int }
+	type key struct {
+		h, w, l int
+		merged  string
+	}
 	at := map[key]int{}
 	for _, st := range active {
-		k := key{st.h, st.w, st.ctxLen}
+		k := key{st.h, st.w, st.ctxLen, mergeKey(st.req.LoRAs)}
 		i, ok := at[k]
 		if !ok {
 			i = len(out)

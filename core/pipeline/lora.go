@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/lora"
 )
 
@@ -62,6 +63,9 @@ func (p *Pipeline) installUNetRows(g []*batchState, lo, hi int) (func(), error) 
 	a, err := p.adaptable()
 	if err != nil {
 		return nil, err
+	}
+	if dora := doraUse(rows); dora != "" {
+		return p.mergeUNet(a, g, rows, off, dora)
 	}
 	remove, err := lora.Install(a.LoRATargets()[lora.UNet], lora.UNet, rows, false)
 	if err != nil {
@@ -126,4 +130,66 @@ func adapterKey(uses []lora.Use, embs []*lora.Embedding) string {
 		fmt.Fprintf(&b, "emb:%s;", e.Key())
 	}
 	return b.String()
+}
+
+// doraUse names a weight-decomposed (DoRA) LoRA among rows' uses; "" when
+// none.
+func doraUse(rows []lora.Rows) string {
+	for _, r := range rows {
+		for _, u := range r.Uses {
+			if u.UNet != 0 && u.LoRA != nil && u.LoRA.DoRA(lora.UNet) {
+				return u.Name
+			}
+		}
+	}
+	return ""
+}
+
+// mergeKey identifies a job's UNet LoRA set when it must be merged (it
+// holds a DoRA LoRA); "" when the set runs unmerged.
+func mergeKey(uses []lora.Use) string {
+	if doraUse([]lora.Rows{{Uses: uses}}) == "" {
+		return ""
+	}
+	var b strings.Builder
+	for _, u := range uses {
+		fmt.Fprintf(&b, "%s:%g;", u.Key(), u.UNet)
+	}
+	return b.String()
+}
+
+// mergeUNet applies a group's LoRAs by merging them into the UNet's
+// weights, as DoRA needs (its per-row magnitude rescales the base layer's
+// output, which the unmerged low-rank products cannot do). Merged weights
+// serve every row, so every job of the group must use the same LoRA set
+// (padding rows are discarded); batchRun.groups keeps such jobs apart, and
+// a group that mixes them anyway is refused. The merge is redone for each
+// evaluation (TODO(lora): keep the merged weights over a group's steps).
+func (p *Pipeline) mergeUNet(a lora.Adaptable, g []*batchState, rows []lora.Rows, total int, dora string) (func(), error) {
+	want := mergeKey(g[0].req.LoRAs)
+	for _, st := range g[1:] {
+		if mergeKey(st.req.LoRAs) != want {
+			return nil, fmt.Errorf("pipeline: LoRA %s is a DoRA (weight-decomposed) LoRA, which is applied by merging: it cannot share a batch with jobs using other LoRAs", dora)
+		}
+	}
+	t, ok := a.LoRATargets()[lora.UNet].(interface {
+		lora.Merger
+		Backend() backend.Backend
+	})
+	if !ok {
+		return nil, fmt.Errorf("pipeline: LoRA %s is a DoRA LoRA, and this model's denoiser cannot merge LoRAs", dora)
+	}
+	restore, rest, err := lora.Merge(t.Backend(), t, lora.UNet, g[0].req.LoRAs, false)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if len(rest) == 0 {
+		return restore, nil
+	}
+	remove, err := lora.Install(t, lora.UNet, []lora.Rows{{From: 0, To: total, Uses: rest}}, false)
+	if err != nil {
+		restore()
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	return func() { remove(); restore() }, nil
 }

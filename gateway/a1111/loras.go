@@ -21,12 +21,12 @@ func (h *Handler) library() *loralib.Library {
 	return nil
 }
 
-// loras lists the installed LoRAs (<models_dir>/loras); a prompt uses one
-// as <lora:name:weight>.
+// loras lists the installed LoRAs (<models_dir>/loras) and the caller's
+// own uploads; a prompt uses one as <lora:name:weight>.
 func (h *Handler) loras(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	out := []LoraItem{}
 	if lib := h.library(); lib != nil {
-		es, _ := lib.List(loralib.LoRAs)
+		es, _ := lib.ListFor(p.Tenant, loralib.LoRAs)
 		for _, e := range es {
 			out = append(out, LoraItem{Name: e.Name, Alias: e.Name, Path: "loras/" + e.Name + ".safetensors",
 				Metadata: map[string]any{"sshs_model_hash": e.Hash}})

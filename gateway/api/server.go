@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/core/imagedecode"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/modelhash"
 	"github.com/kiln-project/kiln/gateway/a1111"
 	"github.com/kiln-project/kiln/gateway/apierr"
@@ -107,6 +108,10 @@ type Options struct {
 	Web http.Handler
 	// Library is the installed LoRAs and embeddings (nil: none).
 	Library *loralib.Library
+	// LoRAModules gives the LoRA layout of a model, to check tenants'
+	// uploads against (nil, or an error: uploads for that model are
+	// refused with 503).
+	LoRAModules func(model string) (lora.Modules, error)
 	// State persists the adapters' state: A1111 options, ComfyUI history
 	// (nil: kept in memory only).
 	State *adapterstate.Store
@@ -467,6 +472,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/v1/profiles", s.listProfiles, a)
 	e.GET("/v1/samplers", s.listSamplers, a)
 	e.GET("/v1/loras", s.listLoRAs, a)
+	e.PUT("/v1/loras/:name", s.putLoRA, a)
+	e.DELETE("/v1/loras/:name", s.deleteLoRA, a)
 	e.GET("/v1/embeddings", s.listEmbeddings, a)
 	e.GET("/v1/account", s.account, a)
 	e.GET("/v1/status", s.getStatus, a)

@@ -32,8 +32,9 @@ func (v *Validator) SetLibrary(lib *loralib.Library) { v.lib = lib }
 
 // resolveLoRAs fills params' LoRAs from the request's loras field and the
 // prompt's tags, and its embeddings from the names the prompts mention.
-// Unknown names are a 400 listing close matches.
-func (v *Validator) resolveLoRAs(r *JobRequest, params *jobs.Params) *apierr.Error {
+// Unknown names are a 400 listing close matches. A tenant's uploads are
+// found before installed LoRAs of the same name.
+func (v *Validator) resolveLoRAs(tenant string, r *JobRequest, params *jobs.Params) *apierr.Error {
 	_, tags, err := lora.ExtractTags(r.Prompt)
 	if err != nil {
 		return apierr.Invalid("prompt", "%v", err)
@@ -65,11 +66,15 @@ func (v *Validator) resolveLoRAs(r *JobRequest, params *jobs.Params) *apierr.Err
 				return apierr.Invalid("loras", "LoRA %q: weight %v is outside [-%d, %d]", t.Name, w, MaxLoRAWeight, MaxLoRAWeight)
 			}
 		}
-		e, ferr := v.find(loralib.LoRAs, t.Name)
+		e, ferr := v.find(tenant, loralib.LoRAs, t.Name)
 		if ferr != nil {
 			return ferr
 		}
-		params.LoRAs = append(params.LoRAs, jobs.LoRA{Name: t.Name, Weight: t.UNet, TextWeight: t.Text, Hash: e.Hash})
+		l := jobs.LoRA{Name: t.Name, Weight: t.UNet, TextWeight: t.Text, Hash: e.Hash}
+		if e.Tenant {
+			l.Tenant = tenant
+		}
+		params.LoRAs = append(params.LoRAs, l)
 	}
 	params.Embeddings = nil
 	if v.lib == nil {
@@ -87,11 +92,11 @@ func (v *Validator) resolveLoRAs(r *JobRequest, params *jobs.Params) *apierr.Err
 	return nil
 }
 
-func (v *Validator) find(kind, name string) (loralib.Entry, *apierr.Error) {
+func (v *Validator) find(tenant, kind, name string) (loralib.Entry, *apierr.Error) {
 	if v.lib == nil {
 		return loralib.Entry{}, apierr.Invalid("loras", "unknown LoRA %q: no LoRAs are installed", name)
 	}
-	e, err := v.lib.Find(kind, name)
+	e, err := v.lib.FindFor(tenant, kind, name)
 	if err != nil {
 		var u *loralib.UnknownError
 		ae := apierr.Invalid("loras", "%v", err)

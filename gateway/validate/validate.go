@@ -264,7 +264,7 @@ func (v *Validator) Plan(p auth.Principal, r *JobRequest, hasInit bool) (jobs.Pa
 		mc := *r.Micro
 		params.Micro = &mc
 	}
-	if err := v.resolveLoRAs(r, &params); err != nil {
+	if err := v.resolveLoRAs(p.Tenant, r, &params); err != nil {
 		return jobs.Params{}, err
 	}
 	if r.Seed != nil {

@@ -86,6 +86,7 @@ type Config struct {
 	LogLevel               string            `yaml:"log_level"`
 	LogFormat              string            `yaml:"log_format"`
 	MaxBodyBytes           ByteSize          `yaml:"max_body_bytes"`
+	MaxLoRABytes           ByteSize          `yaml:"max_lora_bytes"`
 	MaxImagePixels         int               `yaml:"max_image_pixels"`
 	MaxImageDecodeBytes    ByteSize          `yaml:"max_image_decode_bytes"`
 	ImageDecodeBudget      ByteSize          `yaml:"image_decode_budget"`
@@ -283,7 +284,7 @@ func (c *Config) Validate() error {
 	if c.PreviewEvery < 0 {
 		return fmt.Errorf("config: preview_every must not be negative")
 	}
-	for name, v := range map[string]ByteSize{"max_body_bytes": c.MaxBodyBytes,
+	for name, v := range map[string]ByteSize{"max_body_bytes": c.MaxBodyBytes, "max_lora_bytes": c.MaxLoRABytes,
 		"max_image_decode_bytes": c.MaxImageDecodeBytes, "image_decode_budget": c.ImageDecodeBudget,
 		"plan_cache_bytes": c.PlanCacheBytes, "text_cache_bytes": c.TextCacheBytes} {
 		if v <= 0 {
@@ -454,6 +455,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.Var(&c.MaxBodyBytes, "max-body-bytes", "largest request body")
+	fs.Var(&c.MaxLoRABytes, "max-lora-bytes", "largest LoRA a tenant may upload")
 	fs.IntVar(&c.MaxImagePixels, "max-image-pixels", c.MaxImagePixels, "largest init image in pixels")
 	fs.Var(&c.MaxImageDecodeBytes, "max-image-decode-bytes", "largest decoded init image in memory (pixels × channels × bytes per sample, from its header)")
 	fs.Var(&c.ImageDecodeBudget, "image-decode-budget", "memory all image decodes in flight may hold together")

@@ -156,6 +156,9 @@ type LoRA struct {
 	Weight     float64 `json:"weight"`
 	TextWeight float64 `json:"text_weight"`
 	Hash       string  `json:"hash"`
+	// Tenant is the tenant whose upload this is (PUT /v1/loras/{name});
+	// "" for an installed LoRA.
+	Tenant string `json:"tenant,omitempty"`
 }
 
 // Embedding is a textual-inversion embedding a job's prompts name.

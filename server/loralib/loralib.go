@@ -34,10 +34,13 @@ const (
 type Entry struct {
 	Name string `json:"name"`
 	// Hash is A1111's hash (hex SHA-256 of the data after the header).
-	Hash string    `json:"hash"`
-	Size int64     `json:"size"`
-	Path string    `json:"-"`
-	Mod  time.Time `json:"-"`
+	Hash string `json:"hash"`
+	Size int64  `json:"size"`
+	// Tenant is set on a tenant's own upload (PUT /v1/loras/{name}),
+	// which only that tenant sees.
+	Tenant bool      `json:"tenant,omitempty"`
+	Path   string    `json:"-"`
+	Mod    time.Time `json:"-"`
 }
 
 // ShortHash is the first 12 digits of Hash, as A1111 prints it.

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -72,7 +73,7 @@ func bearer(key string) string { return "Bearer " + key }
 
 // tenantA is what the victim tenant owns; none of it may leak.
 type tenantA struct {
-	key, jobID, imageID, prompt, node, policy, signedPath, promptID string
+	key, jobID, imageID, prompt, node, policy, signedPath, promptID, lora string
 }
 
 // keyID is the id part of A's key (kiln_<id>_<secret>).
@@ -120,7 +121,7 @@ func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	a := tenantA{key: keys["tenant-victim"], prompt: "secret-prompt-of-a", node: "a-private-node", policy: "a-private-policy"}
+	a := tenantA{key: keys["tenant-victim"], prompt: "secret-prompt-of-a", node: "a-private-node", policy: "a-private-policy", lora: "a-private-lora"}
 	// A's job and image.
 	job, _ := json.Marshal(map[string]any{"prompt": a.prompt, "width": 64, "height": 64, "steps": 2, "guidance": 5})
 	r := c.do("POST", "/v1/jobs", bearer(a.key), job)
@@ -150,6 +151,14 @@ func setup(t *testing.T) (*client, *app.Instance, tenantA, map[string]string) {
 	}
 	if r := c.do("PUT", "/v1/policies/quality/"+a.policy+"?mode=activate", bearer(a.key), policies.Builtin()); r.status != http.StatusCreated {
 		t.Fatalf("A's policy: %d %s", r.status, r.body)
+	}
+	// A's LoRA (checked against the tiny model, loaded by A's job).
+	loraFile, err := os.ReadFile("../../core/lora/testdata/sd15/a.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.do("PUT", "/v1/loras/"+a.lora+"?model=tiny", bearer(a.key), loraFile); r.status != http.StatusCreated {
+		t.Fatalf("A's LoRA: %d %s", r.status, r.body)
 	}
 	// A signed URL of A's image, issued to A.
 	gen, _ := json.Marshal(map[string]any{"prompt": a.prompt, "size": "64x64", "steps": 2, "response_format": "url"})
@@ -252,6 +261,7 @@ func ghostOf(a tenantA) tenantA {
 	g.imageID = jobs.ImageID(g.jobID, 0)
 	g.node, g.policy = "z-ghost-node-00", "z-ghost-policy0"
 	g.promptID = jobs.NewID()
+	g.lora = "z-ghost-lora-00"
 	return g
 }
 
@@ -275,6 +285,8 @@ func fillWith(path string, a tenantA, hook string) (string, error) {
 			out = append(out, hook)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/nodes/"):
 			out = append(out, a.node)
+		case seg == "{name}" && strings.HasPrefix(path, "/v1/loras/"):
+			out = append(out, a.lora)
 		case seg == "{name}" && strings.HasPrefix(path, "/v1/policies/"):
 			out = append(out, a.policy)
 		case seg == "{id}" && strings.HasPrefix(path, "/v1/admin/tenants/"):
@@ -320,7 +332,7 @@ func bodyFor(method, path string) []byte {
 func TestIsolationMatrix(t *testing.T) {
 	c, _, a, keys := setup(t)
 	routes := routesOf(t, c)
-	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy, a.promptID}
+	secrets := []string{a.jobID, a.imageID, a.prompt, "tenant-victim", a.node, a.policy, a.promptID, a.lora}
 	leaks := func(body []byte) string {
 		for _, s := range secrets {
 			if bytes.Contains(body, []byte(s)) {
@@ -333,7 +345,7 @@ func TestIsolationMatrix(t *testing.T) {
 	snapshot := func() string {
 		var b strings.Builder
 		for _, p := range []string{"/v1/jobs/" + a.jobID, "/v1/images/" + a.imageID, "/v1/nodes/" + a.node,
-			"/v1/policies/quality/" + a.policy, "/v1/policies/quality", "/v1/nodes"} {
+			"/v1/policies/quality/" + a.policy, "/v1/policies/quality", "/v1/nodes", "/v1/loras"} {
 			r := c.do("GET", p, bearer(a.key), nil)
 			body := r.body
 			if strings.HasPrefix(p, "/v1/jobs/") { // drop fields that move by themselves
@@ -413,7 +425,7 @@ func TestIsolationMatrix(t *testing.T) {
 			ghost := ghostOf(a)
 			normalise := func(b []byte) string {
 				out := string(b)
-				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}, {a.promptID, ghost.promptID}} {
+				for _, p := range [][2]string{{a.jobID, ghost.jobID}, {a.imageID, ghost.imageID}, {a.node, ghost.node}, {a.policy, ghost.policy}, {a.promptID, ghost.promptID}, {a.lora, ghost.lora}} {
 					out = strings.ReplaceAll(out, p[0], p[1])
 				}
 				return out

@@ -25,6 +25,29 @@ const (
 // before Load.
 func (e *Engine) SetLibrary(lib *loralib.Library) { e.lib = lib }
 
+// recordLayout keeps the LoRA layout of a loaded model, for LoRAModules.
+func (e *Engine) recordLayout(model string, mods lora.Modules) {
+	if mods == nil {
+		return
+	}
+	e.layoutMu.Lock()
+	defer e.layoutMu.Unlock()
+	if e.layouts == nil {
+		e.layouts = map[string]lora.Modules{}
+	}
+	e.layouts[model] = mods
+}
+
+// LoRAModules returns the adaptable layers of model, to check uploaded
+// LoRA files against (lora.Parse); false until the engine has loaded that
+// model once (a layout does not change when its weights are unloaded).
+func (e *Engine) LoRAModules(model string) (lora.Modules, bool) {
+	e.layoutMu.Lock()
+	defer e.layoutMu.Unlock()
+	m, ok := e.layouts[model]
+	return m, ok
+}
+
 // LoRAStats are the engine's LoRA/embedding cache counters, over all its
 // models.
 type LoRAStats struct {
@@ -137,7 +160,7 @@ func sizeOf(v any) int64 {
 	case *lora.LoRA:
 		for _, fs := range x.Factors {
 			for _, f := range fs {
-				n += len(f.Down) + len(f.Up)
+				n += len(f.Down) + len(f.Up) + len(f.Magnitude)
 			}
 		}
 	case *lora.Embedding:
@@ -163,7 +186,7 @@ func (m *Model) request(req worker.Request) (pipeline.Request, error) {
 		return pr, fmt.Errorf("the job uses LoRAs or embeddings, and this worker has no models folder for them")
 	}
 	for _, l := range req.LoRAs {
-		e, err := a.entry(loralib.LoRAs, l.Name, l.Hash)
+		e, err := a.entry(l.Tenant, loralib.LoRAs, l.Name, l.Hash)
 		if err != nil {
 			return pr, err
 		}
@@ -184,7 +207,7 @@ func (m *Model) request(req worker.Request) (pipeline.Request, error) {
 		pr.LoRAs = append(pr.LoRAs, lora.Use{Name: l.Name, LoRA: v.(*lora.LoRA), UNet: float32(l.Weight), Text: float32(l.TextWeight)})
 	}
 	for _, em := range req.Embeddings {
-		e, err := a.entry(loralib.Embeddings, em.Name, em.Hash)
+		e, err := a.entry("", loralib.Embeddings, em.Name, em.Hash)
 		if err != nil {
 			return pr, err
 		}
@@ -209,10 +232,10 @@ func (m *Model) request(req worker.Request) (pipeline.Request, error) {
 	return pr, nil
 }
 
-// entry finds an installed file and checks it is the one the job was
+// entry finds an installed file (or tenant's upload) and checks it is the one the job was
 // submitted with.
-func (a *adapters) entry(kind, name, hash string) (loralib.Entry, error) {
-	e, err := a.lib.Find(kind, name)
+func (a *adapters) entry(tenant, kind, name, hash string) (loralib.Entry, error) {
+	e, err := a.lib.FindFor(tenant, kind, name)
 	if err != nil {
 		return e, err
 	}

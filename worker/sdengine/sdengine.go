@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/core/checkpoint"
 	"github.com/kiln-project/kiln/core/conditioning"
 	"github.com/kiln-project/kiln/core/family"
+	"github.com/kiln-project/kiln/core/lora"
 	"github.com/kiln-project/kiln/core/memory"
 	"github.com/kiln-project/kiln/core/model/families"
 	"github.com/kiln-project/kiln/core/pipeline"
@@ -59,6 +60,8 @@ type Engine struct {
 	lib      *loralib.Library
 	loraOnce sync.Once
 	lora     *loraStats
+	layoutMu sync.Mutex
+	layouts  map[string]lora.Modules // by model name: the LoRA layouts of models loaded so far
 
 	mem     *memory.Manager // the device's memory manager; nil: no budget
 	weights quant.Format    // denoiser weight storage (SetWeightPrecision)
@@ -154,6 +157,7 @@ func (e *Engine) Load(ctx context.Context, m catalog.Model) (worker.Model, error
 		h.SetEncodeHook(CacheHook(e.text, hash))
 		mod.cached = true
 	}
+	e.recordLayout(m.Name, p.LoRAModules())
 	e.warmUp(ctx, mod)
 	return mod, nil
 }

@@ -1,6 +1,7 @@
 package unet
 
 import (
+	"github.com/kiln-project/kiln/core/backend"
 	"github.com/kiln-project/kiln/core/model/nn"
 	"github.com/kiln-project/kiln/core/tensor"
 )
@@ -16,6 +17,10 @@ func (m *Model) SetAdapter(name string, a nn.Adapter) bool { return m.weights.Se
 
 // Weight returns the tensor of module name's weight (nil if none).
 func (m *Model) Weight(name string) *tensor.Tensor { return m.weights.Tensor(name + ".weight") }
+
+// Backend returns the backend the model's weights live on (for merging
+// LoRAs with its ops).
+func (m *Model) Backend() backend.Backend { return m.be }
 
 // SetWeight replaces module name's weight tensor (merging a LoRA).
 func (m *Model) SetWeight(name string, t *tensor.Tensor) bool {
