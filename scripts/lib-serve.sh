@@ -30,6 +30,7 @@ start_kiln() {
 	key=$(cat "$work/key")
 
 	echo "== start kiln serve"
+	: >"$work/serve.log" # exists before the server opens it: the wait loop reads it at once
 	XDG_CACHE_HOME="$work/cache" "$work/kiln" serve --data-dir "$work/data" --listen 127.0.0.1:0 \
 		--model "tiny=$model" --default-model tiny 2>"$work/serve.log" &
 	pid=$!

@@ -34,6 +34,7 @@ trap cleanup EXIT
 # serve NAME: starts kiln serve on data directory $work/NAME, sets $addr.
 serve() {
 	local name=$1 log="$work/$1.log"
+	: >"$log" # exists before the server opens it: the wait loop reads it at once
 	XDG_CACHE_HOME="$work/cache" "$work/kiln" serve --data-dir "$work/$name" --listen 127.0.0.1:0 \
 		--model "tiny=$model" --default-model tiny 2>"$log" &
 	local pid=$!

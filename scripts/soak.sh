@@ -22,6 +22,7 @@ cleanup() {
 trap cleanup EXIT
 go build -o "$work/kiln" ./cmd/kiln
 go build -o "$work/soak" ./tools/soak
+: >"$work/serve.log" # exists before the server opens it: the wait loop reads it at once
 XDG_CACHE_HOME="$work/cache" "$work/kiln" serve --data-dir "$work/data" --listen 127.0.0.1:0 --builtin-model=false \
 	--model "tiny=$model" --default-model tiny 2>"$work/serve.log" &
 pid=$!
